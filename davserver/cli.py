@@ -1,0 +1,451 @@
+"""The `davserver` command: the only module that prints, prompts or exits.
+
+Library code raises ConfigError, StartupError or PKIError; they end here as a
+one-line message on standard error and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from datetime import datetime, timezone
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import instance
+from .accounts import Account, load_accounts, save_accounts
+from .auth.passwords import hash_password
+from .config import ConfigError, Home, load_config
+from .errors import StartupError
+from .pki import CertificateAuthority, IssuedCert, PKIError
+
+__all__ = ["main"]
+
+_MIN_PASSWORD = 8
+
+
+class _Ctx:
+    def __init__(self, home: Path) -> None:
+        self.home = Home(home.resolve())
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the library's typed errors into a one-line message and exit status 2."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, StartupError, PKIError) as exc:
+            _fail(str(exc))
+        except PermissionError as exc:
+            _fail(f"permission denied: {exc.filename}")
+
+    return wrapper
+
+
+def _home(ctx: click.Context) -> Home:
+    obj: _Ctx = ctx.find_object(_Ctx)  # type: ignore[assignment]
+    return obj.home
+
+
+def _read_secret_stdin(what: str) -> str:
+    line = sys.stdin.readline()
+    value = line.rstrip("\r\n")
+    if not value:
+        _fail(f"no {what} on standard input")
+    return value
+
+
+def _new_password(from_stdin: bool) -> str:
+    if from_stdin:
+        password = _read_secret_stdin("password")
+    elif sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        _fail("no terminal to ask for the password: pass it with --password-stdin")
+    if len(password) < _MIN_PASSWORD:
+        _fail(f"the password must have at least {_MIN_PASSWORD} characters")
+    return password
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="DAVSERVER_HOME",
+    default=".",
+    show_default="current folder, or $DAVSERVER_HOME",
+    help="Instance folder holding config/, certs/, state/ and data/.",
+)
+@click.pass_context
+def main(ctx: click.Context, home: Path) -> None:
+    """davserver: WebDAV over TLS with client certificates, passwords and TOTP."""
+    ctx.obj = _Ctx(home)
+
+
+# --- init -------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--hostname", "hostnames", multiple=True, help="Extra DNS name or IP for the server certificate.")
+@click.option("--force", is_flag=True, help="Replace an existing CA (every issued certificate stops working).")
+@click.pass_context
+@_handled
+def init(ctx: click.Context, hostnames: tuple[str, ...], force: bool) -> None:
+    """Create the CA, server certificate, CRL, default config and accounts file."""
+    home = _home(ctx)
+    result = instance.init_instance(home, hostnames, force=force)
+    click.echo(f"CA and server certificate written to {home.certs_dir}")
+    click.echo(f"configuration: {home.config_file}" + (" (created)" if result.created_config else " (kept)"))
+    click.echo(f"accounts:      {home.accounts_file}" + (" (created)" if result.created_accounts else " (kept)"))
+    click.echo("next: davserver user add NAME, then davserver cert issue NAME")
+
+
+# --- certificates -----------------------------------------------------------------
+
+
+@main.group()
+def cert() -> None:
+    """Issue, revoke and list client certificates."""
+
+
+def _cert_json(c: IssuedCert) -> dict[str, Any]:
+    return {
+        "serial": c.serial,
+        "account": c.account,
+        "fingerprint": c.fingerprint,
+        "not_before": _iso(c.not_before),
+        "not_after": _iso(c.not_after),
+        "email": c.email,
+        "status": c.status,
+    }
+
+
+@cert.command("issue")
+@click.argument("account")
+@click.option("--days", type=click.IntRange(1, 3650), default=365, show_default=True)
+@click.option("--email", help="E-mail address for the certificate's subject alternative name.")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Path prefix: writes PREFIX.p12, PREFIX.crt, PREFIX.key [default: certs/clients/ACCOUNT].")
+@click.option("--p12-password-stdin", is_flag=True, help="Read the PKCS#12 password from standard input.")
+@click.option("--legacy-p12", is_flag=True, help="3DES/SHA-1 PKCS#12 for older macOS and Windows importers.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+@_handled
+def cert_issue(ctx: click.Context, account: str, days: int, email: str | None, out: Path | None,
+               p12_password_stdin: bool, legacy_p12: bool, as_json: bool) -> None:
+    """Issue a client certificate for ACCOUNT and bind it to the account."""
+    home = _home(ctx)
+    accounts = load_accounts(home.accounts_file)
+    if account not in accounts:
+        _fail(f"no account {account!r}: create it first with `davserver user add {account}`")
+    generated = not p12_password_stdin
+    password = instance.generate_password() if generated else _read_secret_stdin("PKCS#12 password")
+    prefix = out if out is not None else instance.next_client_prefix(home, account)
+    issued = CertificateAuthority(home.certs_dir).issue_client_cert(
+        account, out_prefix=prefix, p12_password=password.encode("utf-8"), days=days, email=email,
+        legacy_p12=legacy_p12,
+    )
+    instance.bind_certificate(home, issued)
+    if as_json:
+        data = {**_cert_json(issued), "paths": issued.paths}
+        if generated:
+            data["p12_password"] = password
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"issued certificate {issued.serial} for {account}, valid until {_iso(issued.not_after)}")
+    click.echo(f"  fingerprint: {issued.fingerprint}")
+    for kind, path in issued.paths.items():
+        click.echo(f"  {kind:4} {path}")
+    if generated:
+        click.echo(f"  PKCS#12 password (shown once): {password}")
+
+
+@cert.command("revoke")
+@click.argument("serial", required=False)
+@click.option("--account", help="Revoke every valid certificate of this account.")
+@click.pass_context
+@_handled
+def cert_revoke(ctx: click.Context, serial: str | None, account: str | None) -> None:
+    """Revoke a certificate by SERIAL, or all of an account's with --account."""
+    if bool(serial) == bool(account):
+        _fail("give either a SERIAL or --account NAME")
+    home = _home(ctx)
+    ca = CertificateAuthority(home.certs_dir)
+    revoked = ca.revoke_account(account) if account else [ca.revoke(serial or "")]
+    instance.unbind_certificates(home, revoked)
+    if not revoked:
+        click.echo(f"{account} has no valid certificates")
+    for c in revoked:
+        click.echo(f"revoked {c.serial} ({c.account})")
+
+
+@cert.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_handled
+def cert_list(ctx: click.Context, as_json: bool) -> None:
+    """List issued client certificates with their status."""
+    items = CertificateAuthority(_home(ctx).certs_dir).list_issued()
+    if as_json:
+        click.echo(json.dumps([_cert_json(c) for c in items], indent=2))
+        return
+    click.echo(f"{'SERIAL':34} {'ACCOUNT':16} {'STATUS':8} {'NOT AFTER':21} FINGERPRINT")
+    for c in items:
+        click.echo(f"{c.serial:34} {c.account:16} {c.status:8} {_iso(c.not_after):21} {c.fingerprint[:16]}…")
+
+
+# --- users -----------------------------------------------------------------------
+
+
+@main.group()
+def user() -> None:
+    """Manage accounts (config/accounts.yaml)."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--groups", default="", help="Comma-separated groups, e.g. staff,admins.")
+@click.pass_context
+@_handled
+def user_add(ctx: click.Context, name: str, password_stdin: bool, groups: str) -> None:
+    """Create an account with a password (hashed with argon2id)."""
+    home = _home(ctx)
+    group_set = frozenset(g.strip() for g in groups.split(",") if g.strip())
+    if name in load_accounts(home.accounts_file):
+        _fail(f"account {name!r} already exists (use `davserver user passwd {name}`)")
+    password = _new_password(password_stdin)
+    from .accounts import ACCOUNT_NAME_RE
+
+    if not ACCOUNT_NAME_RE.match(name):
+        _fail(f"{name!r} is not a valid account name (letters, digits, '.', '_', '@', '-'; at most 64)")
+    instance.add_account(home, Account(name=name, password_hash=hash_password(password), groups=group_set))
+    click.echo(f"account {name} created; issue its certificate with `davserver cert issue {name}`")
+
+
+def _edit_account(ctx: click.Context, name: str, **changes: Any) -> None:
+    home = _home(ctx)
+    accounts = load_accounts(home.accounts_file)
+    if name not in accounts:
+        _fail(f"no account {name!r} (see `davserver user list`)")
+    save_accounts(home.accounts_file, accounts.edit(name, **changes))
+
+
+@user.command("passwd")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from standard input.")
+@click.pass_context
+@_handled
+def user_passwd(ctx: click.Context, name: str, password_stdin: bool) -> None:
+    """Set a new password (ends cached logins of this account)."""
+    if name not in load_accounts(_home(ctx).accounts_file):
+        _fail(f"no account {name!r} (see `davserver user list`)")
+    _edit_account(ctx, name, password_hash=hash_password(_new_password(password_stdin)))
+    click.echo(f"password of {name} changed")
+
+
+@user.command("disable")
+@click.argument("name")
+@click.pass_context
+@_handled
+def user_disable(ctx: click.Context, name: str) -> None:
+    """Refuse every request of this account until it is enabled again."""
+    _edit_account(ctx, name, enabled=False)
+    click.echo(f"account {name} disabled")
+
+
+@user.command("enable")
+@click.argument("name")
+@click.pass_context
+@_handled
+def user_enable(ctx: click.Context, name: str) -> None:
+    """Allow a disabled account again."""
+    _edit_account(ctx, name, enabled=True)
+    click.echo(f"account {name} enabled")
+
+
+@user.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_handled
+def user_list(ctx: click.Context, as_json: bool) -> None:
+    """List accounts."""
+    accounts = load_accounts(_home(ctx).accounts_file)
+    rows = [
+        {
+            "name": a.name,
+            "enabled": a.enabled,
+            "groups": sorted(a.groups),
+            "password": a.password_hash is not None,
+            "totp": a.totp_secret is not None,
+            "certificates": [c.fingerprint for c in a.certificates],
+        }
+        for a in accounts.values()
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'NAME':20} {'ENABLED':8} {'CERTS':6} GROUPS")
+    for r in rows:
+        click.echo(f"{r['name']:20} {'yes' if r['enabled'] else 'no':8} {len(r['certificates']):<6} "
+                   f"{','.join(r['groups'])}")
+
+
+# --- shares ----------------------------------------------------------------------
+
+
+@main.group()
+def share() -> None:
+    """Manage shares (config/davserver.yaml)."""
+
+
+def _principal_list(value: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+@share.command("add")
+@click.argument("name")
+@click.argument("path")
+@click.option("--read-only", is_flag=True, help="Refuse every write to this share.")
+@click.option("--readers", default="", help="Accounts or @groups that may read, comma-separated (* = all).")
+@click.option("--writers", default="", help="Accounts or @groups that may read and write (* = all).")
+@click.pass_context
+@_handled
+def share_add(ctx: click.Context, name: str, path: str, read_only: bool, readers: str, writers: str) -> None:
+    """Add share NAME serving folder PATH (created if missing).
+
+    Without --readers/--writers every account may use it (read-only with --read-only).
+    """
+    readers_t, writers_t = _principal_list(readers), _principal_list(writers)
+    if not readers_t and not writers_t:
+        if read_only:
+            readers_t = ("*",)
+        else:
+            writers_t = ("*",)
+    target = instance.add_share(_home(ctx), name, path, read_only=read_only, readers=readers_t, writers=writers_t)
+    click.echo(f"share {name} -> {target} added; restart the server to serve it")
+
+
+@share.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_handled
+def share_list(ctx: click.Context, as_json: bool) -> None:
+    """List shares."""
+    config = load_config(_home(ctx))
+    rows = [
+        {
+            "name": s.name,
+            "path": str(s.path),
+            "read_only": s.read_only,
+            "readers": list(s.readers),
+            "writers": list(s.writers),
+            "require": list(s.require),
+        }
+        for s in config.shares.values()
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        mode = "read-only" if r["read_only"] else "read-write"
+        click.echo(f"{r['name']:16} {mode:10} {r['path']}  readers={','.join(r['readers']) or '-'} "
+                   f"writers={','.join(r['writers']) or '-'}")
+
+
+# --- serving ----------------------------------------------------------------------
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("DAVSERVER_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("wsgidav", "cheroot"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _run(server: Any) -> None:
+    def _terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        click.echo("stopping", err=True)
+
+
+@main.command()
+@click.option("--bind", help="Address to listen on [default: server.bind].")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port [default: server.port].")
+@click.pass_context
+@_handled
+def serve(ctx: click.Context, bind: str | None, port: int | None) -> None:
+    """Run the server in the foreground."""
+    from .server import DavServer
+
+    _setup_logging()
+    server = DavServer(load_config(_home(ctx)), bind=bind, port=port)
+    server.prepare()
+    click.echo(f"davserver serving {server.url}", err=True)
+    _run(server)
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=8443, show_default=True)
+@click.pass_context
+@_handled
+def quickstart(ctx: click.Context, port: int) -> None:
+    """Create a demo instance if needed (CA, account `demo`, its certificate, a share) and serve it."""
+    from .server import DavServer
+
+    home = _home(ctx)
+    demo = instance.prepare_demo(home)
+    _setup_logging()
+    server = DavServer(load_config(home), bind="127.0.0.1", port=port)
+    server.prepare()
+    url = server.url
+    share_url = f"{url}{demo.share}/"
+    rel = {k: os.path.relpath(v) for k, v in demo.paths.items()}
+    ca = os.path.relpath(home.certs_dir / "ca.crt")
+    click.echo(f"""
+davserver is running at {url}
+
+  account   {demo.account}
+  password  {demo.password}    (also the password of the .p12 file)
+  share     {share_url}
+
+Try it with curl:
+  curl --cacert {ca} --cert {rel['crt']} --key {rel['key']} -u {demo.account}:{demo.password} {share_url}
+
+In a browser: import {rel['p12']} (password above) into the browser's or the
+system's certificate store, trust {ca} as a certificate authority (or accept
+the warning), then open {url} and sign in as {demo.account}.
+
+Re-running `davserver quickstart` reuses this instance with a fresh demo password.
+Stop with Ctrl-C.
+""")
+    _run(server)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

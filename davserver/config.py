@@ -1,0 +1,367 @@
+"""The admin's declared configuration: typed, frozen, validated once at load.
+
+Every error names the key, the value found and how to fix it, because the
+person reading it is an admin with the YAML file open, not a developer.
+No sockets and no framework imports here: this module is shared by the CLI,
+the server and the auth core.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "AuditConfig",
+    "AuthConfig",
+    "Config",
+    "ConfigError",
+    "Home",
+    "IdentityConfig",
+    "ServerConfig",
+    "ShareConfig",
+    "TLSConfig",
+    "FACTORS",
+    "SHARE_NAME_RE",
+    "load_config",
+    "parse_config",
+]
+
+#: Lower-case only: WsgiDAV routes shares case-insensitively, so a mixed-case
+#: name would be reachable under spellings our access checks never see.
+SHARE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+#: Factors a share can require beyond the client certificate.
+FACTORS = ("password", "totp")
+_PRINCIPAL_RE = re.compile(r"^(\*|@?[A-Za-z0-9][A-Za-z0-9._@-]{0,63})$")
+_SUBJECT_RULES = ("cn", "san_email")
+
+
+class ConfigError(Exception):
+    """A configuration value is wrong: says where, what, and how to fix it."""
+
+    def __init__(self, key: str, message: str, hint: str = "", *, source: str = "") -> None:
+        self.key = key
+        self.message = message
+        self.hint = hint
+        self.source = source
+        text = f"{key}: {message}" if key else message
+        if hint:
+            text += f" ({hint})"
+        if source:
+            text = f"{source}: {text}"
+        super().__init__(text)
+
+
+@dataclass(frozen=True)
+class Home:
+    """The one folder an instance lives in; every relative path is resolved against it."""
+
+    root: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config" / "davserver.yaml"
+
+    @property
+    def accounts_file(self) -> Path:
+        return self.root / "config" / "accounts.yaml"
+
+    @property
+    def certs_dir(self) -> Path:
+        return self.root / "certs"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def resolve(self, value: str | Path) -> Path:
+        path = Path(os.path.expanduser(str(value)))
+        return path if path.is_absolute() else self.root / path
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    bind: str = "127.0.0.1"
+    port: int = 8443
+    threads: int = 32
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    certificate: Path
+    private_key: Path
+    client_ca: Path
+    crl: Path | None
+    min_version: str = "1.2"
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    """How a certificate maps to an account.
+
+    Certificates our CA issued are bound by fingerprint in the accounts file.
+    ``subject_rules`` lets an enterprise CA's certificates map by CN or SAN
+    email instead; they are tried in order after the fingerprint binding.
+    """
+
+    subject_rules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    credential_cache_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    file: Path | None  # None: standard error
+
+
+@dataclass(frozen=True)
+class ShareConfig:
+    name: str
+    path: Path
+    read_only: bool = False
+    readers: tuple[str, ...] = ()
+    writers: tuple[str, ...] = ()
+    require: tuple[str, ...] = ("password",)
+
+    def _matches(self, principals: tuple[str, ...], account: str, groups: frozenset[str]) -> bool:
+        for p in principals:
+            if p == "*" or p == account or (p.startswith("@") and p[1:] in groups):
+                return True
+        return False
+
+    def may_write(self, account: str, groups: frozenset[str]) -> bool:
+        return not self.read_only and self._matches(self.writers, account, groups)
+
+    def may_read(self, account: str, groups: frozenset[str]) -> bool:
+        return self._matches(self.readers, account, groups) or self._matches(
+            self.writers, account, groups
+        )
+
+
+@dataclass(frozen=True)
+class Config:
+    home: Home
+    server: ServerConfig
+    tls: TLSConfig
+    identity: IdentityConfig
+    auth: AuthConfig
+    audit: AuditConfig
+    shares: Mapping[str, ShareConfig] = field(default_factory=dict)
+    #: Factors asked for where no share decides (the root listing, unknown paths).
+    default_require: tuple[str, ...] = ("password",)
+
+
+# --- parsing -----------------------------------------------------------------
+
+
+def _section(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, f"expected a mapping, found {value!r}", "indent its keys under it")
+    return value
+
+
+def _check_keys(section: Mapping[str, Any], prefix: str, allowed: tuple[str, ...]) -> None:
+    for key in section:
+        if key not in allowed:
+            raise ConfigError(
+                f"{prefix}.{key}" if prefix else str(key),
+                "unknown key",
+                f"known keys: {', '.join(allowed)}",
+            )
+
+
+def _int(section: Mapping[str, Any], prefix: str, key: str, default: int, lo: int, hi: int) -> int:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"{prefix}.{key}", f"{value!r} is not a whole number from {lo} to {hi}")
+    return value
+
+
+def _float(section: Mapping[str, Any], prefix: str, key: str, default: float, lo: float) -> float:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < lo:
+        raise ConfigError(f"{prefix}.{key}", f"{value!r} is not a number >= {lo}")
+    return float(value)
+
+
+def _bool(section: Mapping[str, Any], prefix: str, key: str, default: bool) -> bool:
+    value = section.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{prefix}.{key}", f"{value!r} is not true or false")
+    return value
+
+
+def _str(section: Mapping[str, Any], prefix: str, key: str, default: str | None) -> str:
+    value = section.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{prefix}.{key}", f"{value!r} is not a non-empty string")
+    return value
+
+
+def _principals(value: Any, key: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a list of accounts or @groups, found {value!r}")
+    for item in value:
+        if not isinstance(item, str) or not _PRINCIPAL_RE.match(item):
+            raise ConfigError(key, f"{item!r} is not an account name, @group or *")
+    return tuple(value)
+
+
+def _require(value: Any, key: str) -> tuple[str, ...]:
+    if value in (None, "none"):
+        return ()
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or any(v not in FACTORS for v in value):
+        raise ConfigError(key, f"{value!r} is not a list of factors", "use [], [password] or [password, totp]")
+    if "totp" in value and "password" not in value:
+        raise ConfigError(key, f"{value!r}: totp needs password", "use [password, totp]")
+    return tuple(f for f in FACTORS if f in value)
+
+
+def _parse_server(raw: Mapping[str, Any]) -> ServerConfig:
+    s = _section(raw, "server")
+    _check_keys(s, "server", ("bind", "port", "threads", "timeout"))
+    bind = _str(s, "server", "bind", "127.0.0.1")
+    if bind not in ("localhost",):
+        try:
+            ipaddress.ip_address(bind)
+        except ValueError:
+            raise ConfigError("server.bind", f"{bind!r} is not an IP address", "e.g. 0.0.0.0 or 127.0.0.1") from None
+    return ServerConfig(
+        bind=bind,
+        port=_int(s, "server", "port", 8443, 0, 65535),
+        threads=_int(s, "server", "threads", 32, 1, 1024),
+        timeout=_float(s, "server", "timeout", 30.0, 1.0),
+    )
+
+
+def _parse_tls(raw: Mapping[str, Any], home: Home) -> TLSConfig:
+    t = _section(raw, "tls")
+    _check_keys(t, "tls", ("certificate", "private_key", "client_ca", "crl", "min_version"))
+    min_version = str(t.get("min_version", "1.2"))
+    if min_version not in ("1.2", "1.3"):
+        raise ConfigError("tls.min_version", f"{min_version!r} is not supported", "use 1.2 or 1.3")
+    crl = t.get("crl", "certs/crl.pem")
+    return TLSConfig(
+        certificate=home.resolve(_str(t, "tls", "certificate", "certs/server.crt")),
+        private_key=home.resolve(_str(t, "tls", "private_key", "certs/server.key")),
+        client_ca=home.resolve(_str(t, "tls", "client_ca", "certs/ca.crt")),
+        crl=home.resolve(crl) if crl else None,
+        min_version=min_version,
+    )
+
+
+def _parse_identity(raw: Mapping[str, Any]) -> IdentityConfig:
+    i = _section(raw, "identity")
+    _check_keys(i, "identity", ("subject_rules",))
+    rules = i.get("subject_rules") or []
+    if not isinstance(rules, list) or any(r not in _SUBJECT_RULES for r in rules):
+        raise ConfigError(
+            "identity.subject_rules", f"{rules!r} is not a list of rules", f"allowed: {', '.join(_SUBJECT_RULES)}"
+        )
+    return IdentityConfig(subject_rules=tuple(rules))
+
+
+def _parse_shares(raw: Mapping[str, Any], home: Home, default_require: tuple[str, ...]) -> dict[str, ShareConfig]:
+    shares_raw = raw.get("shares") or {}
+    if not isinstance(shares_raw, Mapping):
+        raise ConfigError("shares", f"expected a mapping of share names, found {shares_raw!r}")
+    shares: dict[str, ShareConfig] = {}
+    for name, spec in shares_raw.items():
+        key = f"shares.{name}"
+        if not isinstance(name, str) or not SHARE_NAME_RE.match(name):
+            raise ConfigError(
+                key, "is not a valid share name", "use lower-case letters, digits, '.', '_' or '-', at most 64"
+            )
+        if isinstance(spec, str):
+            spec = {"path": spec}
+        if not isinstance(spec, Mapping):
+            raise ConfigError(key, f"expected a mapping with at least 'path', found {spec!r}")
+        _check_keys(spec, key, ("path", "read_only", "readers", "writers", "require"))
+        path = home.resolve(_str(spec, key, "path", None))
+        shares[name] = ShareConfig(
+            name=name,
+            path=path,
+            read_only=_bool(spec, key, "read_only", False),
+            readers=_principals(spec.get("readers"), f"{key}.readers"),
+            writers=_principals(spec.get("writers"), f"{key}.writers"),
+            require=_require(spec["require"], f"{key}.require") if "require" in spec else default_require,
+        )
+    return shares
+
+
+def parse_config(raw: Any, home: Home) -> Config:
+    """Validate a parsed YAML document; raises ConfigError on the first problem."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError("", f"the file must hold a mapping of sections, found {type(raw).__name__}")
+    _check_keys(raw, "", ("server", "tls", "identity", "auth", "audit", "defaults", "shares"))
+    a = _section(raw, "auth")
+    _check_keys(a, "auth", ("credential_cache_seconds",))
+    au = _section(raw, "audit")
+    _check_keys(au, "audit", ("file",))
+    d = _section(raw, "defaults")
+    _check_keys(d, "defaults", ("require",))
+    audit_file = au.get("file", "state/audit.log")
+    if audit_file is not None and not isinstance(audit_file, str):
+        raise ConfigError("audit.file", f"{audit_file!r} is not a path", "use a path, or - for standard error")
+    default_require = _require(d.get("require", ["password"]), "defaults.require")
+    return Config(
+        home=home,
+        server=_parse_server(raw),
+        tls=_parse_tls(raw, home),
+        identity=_parse_identity(raw),
+        auth=AuthConfig(
+            credential_cache_seconds=_float(a, "auth", "credential_cache_seconds", 300.0, 0.0),
+        ),
+        audit=AuditConfig(file=None if audit_file in (None, "-") else home.resolve(audit_file)),
+        shares=_parse_shares(raw, home, default_require),
+        default_require=default_require,
+    )
+
+
+def load_config(home: Home) -> Config:
+    """Read and validate the instance's davserver.yaml."""
+    path = home.config_file
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            "", f"no configuration at {path}", "run `davserver init` or pass --home", source=str(path)
+        ) from None
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {path}: {exc.strerror}", source=str(path)) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError("", f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", source=str(path)) from None
+    try:
+        return parse_config(raw, home)
+    except ConfigError as exc:
+        raise ConfigError(exc.key, exc.message, exc.hint, source=str(path)) from None

@@ -1,0 +1,123 @@
+"""WsgiDAV assembly: one filesystem provider per share and a root that lists
+only the shares the signed-in account may see.
+
+Authentication and access control happen before WsgiDAV (see guard.py), so
+WsgiDAV's own HTTPAuthenticator is left out of its middleware stack: there is
+exactly one place that says yes or no.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from wsgidav.dav_provider import DAVCollection, DAVProvider
+from wsgidav.dir_browser import WsgiDavDirBrowser
+from wsgidav.error_printer import ErrorPrinter
+from wsgidav.fs_dav_provider import FilesystemProvider
+from wsgidav.request_resolver import RequestResolver
+from wsgidav.wsgidav_app import WsgiDAVApp
+
+from .config import Config, ShareConfig
+
+__all__ = ["VISIBLE_SHARES_KEY", "build_dav_app"]
+
+#: The guard puts the names of the shares the account may read here.
+VISIBLE_SHARES_KEY = "davserver.visible_shares"
+
+
+class _ShareEntry(DAVCollection):
+    """A share as it appears in the root listing (its content is served by its own provider)."""
+
+    def __init__(self, path: str, environ: dict[str, Any], share: ShareConfig) -> None:
+        super().__init__(path, environ)
+        self.share = share
+
+    def get_member_names(self) -> list[str]:
+        return []
+
+    def get_display_info(self) -> dict[str, str]:
+        return {"type": "Share"}
+
+    def get_last_modified(self) -> float | None:
+        try:
+            return os.stat(self.share.path).st_mtime
+        except OSError:
+            return None
+
+    def prevent_locking(self) -> bool:
+        return True
+
+
+class _RootCollection(DAVCollection):
+    def __init__(self, environ: dict[str, Any], shares: dict[str, ShareConfig]) -> None:
+        super().__init__("/", environ)
+        self.shares = shares
+
+    def get_member_names(self) -> list[str]:
+        visible = self.environ.get(VISIBLE_SHARES_KEY, ())
+        return [name for name in sorted(self.shares) if name in visible]
+
+    def get_member(self, name: str) -> _ShareEntry | None:
+        if name not in self.get_member_names():
+            return None
+        return _ShareEntry("/" + name, self.environ, self.shares[name])
+
+    def get_display_info(self) -> dict[str, str]:
+        return {"type": "Shares"}
+
+    def prevent_locking(self) -> bool:
+        return True
+
+
+class RootProvider(DAVProvider):
+    """Read-only virtual collection at '/': Explorer and Finder walk from here."""
+
+    def __init__(self, shares: dict[str, ShareConfig]) -> None:
+        super().__init__()
+        self.shares = shares
+
+    def is_readonly(self) -> bool:
+        return True
+
+    def get_resource_inst(self, path: str, environ: dict[str, Any]) -> DAVCollection | None:
+        self._count_get_resource_inst += 1
+        root = _RootCollection(environ, self.shares)
+        if path in ("", "/"):
+            return root
+        return root.get_member(path.strip("/")) if path.count("/") <= 1 or path.endswith("/") else None
+
+
+class ShareProvider(FilesystemProvider):
+    """A share's folder; symlinks are never followed out of it."""
+
+    def __init__(self, share: ShareConfig) -> None:
+        super().__init__(str(share.path), readonly=share.read_only, fs_opts={"follow_symlinks": False})
+        self.share = share
+
+
+def build_dav_app(config: Config) -> WsgiDAVApp:
+    mapping: dict[str, DAVProvider] = {"/": RootProvider(dict(config.shares))}
+    for name, share in config.shares.items():
+        mapping["/" + name] = ShareProvider(share)
+    return WsgiDAVApp(
+        {
+            "provider_mapping": mapping,
+            "middleware_stack": [ErrorPrinter, WsgiDavDirBrowser, RequestResolver],
+            "http_authenticator": {"domain_controller": None, "accept_basic": False, "accept_digest": False},
+            "property_manager": True,
+            "lock_storage": True,
+            "verbose": 1,
+            "logging": {"enable": False},
+            "suppress_version_info": True,
+            "add_header_MS_Author_Via": True,
+            "dir_browser": {
+                "enable": True,
+                "response_trailer": "davserver",
+                "show_user": True,
+                "davmount": True,
+                "ms_sharepoint_support": False,
+                "libre_office_support": False,
+            },
+        }
+    )

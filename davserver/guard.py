@@ -1,0 +1,252 @@
+"""The outermost WSGI layer: every request is authenticated and authorised here,
+and audited when its response ends. There is no route around it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from .accounts import AccountsWatcher
+from .audit import AuditLog
+from .auth.core import Authenticator, Credentials, Decision, authorize
+from .auth.identity import CertIdentity
+from .config import Config, ShareConfig
+from .dav import VISIBLE_SHARES_KEY
+from .revocation import RevocationList
+from .tls import CERT_ENVIRON_KEY
+
+__all__ = ["Guard", "parse_basic"]
+
+StartResponse = Callable[..., Any]
+
+#: Methods that only read. Anything else, including methods we do not know, counts as a write.
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PROPFIND", "COPY"})
+_REALM = 'Basic realm="davserver", charset="UTF-8"'
+
+
+def parse_basic(header: str | None) -> Credentials | None:
+    """Decode an Authorization header; anything odd is `malformed`, never an exception."""
+    if not header:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return Credentials(malformed=True)
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+        text = raw.decode("utf-8")
+    except (binascii.Error, ValueError):
+        return Credentials(malformed=True)
+    user, sep, password = text.partition(":")
+    if not sep:
+        return Credentials(malformed=True)
+    return Credentials(user=user, password=password)
+
+
+def _first_segment(path: str) -> str:
+    return path.lstrip("/").split("/", 1)[0].lower()
+
+
+class _Counted:
+    """wsgi.input wrapper that counts the bytes the application read."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.count = 0
+
+    def read(self, *args: Any) -> bytes:
+        data: bytes = self._stream.read(*args)
+        self.count += len(data)
+        return data
+
+    def readline(self, *args: Any) -> bytes:
+        data: bytes = self._stream.readline(*args)
+        self.count += len(data)
+        return data
+
+    def readlines(self, *args: Any) -> list[bytes]:
+        lines: list[bytes] = self._stream.readlines(*args)
+        self.count += sum(len(line) for line in lines)
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self._stream:
+            self.count += len(line)
+            yield line
+
+
+class _Audited:
+    """Response iterable that writes the audit record when the server closes it."""
+
+    def __init__(self, body: Iterable[bytes], finish: Callable[[int, bool], None]) -> None:
+        self._body = body
+        self._finish = finish
+        self._sent = 0
+        self._complete = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._body:
+            self._sent += len(chunk)
+            yield chunk
+        self._complete = True
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._finish(self._sent, self._complete)
+
+
+class Guard:
+    def __init__(
+        self,
+        app: Callable[..., Iterable[bytes]],
+        config: Config,
+        *,
+        accounts: AccountsWatcher,
+        revocations: RevocationList,
+        audit: AuditLog,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.accounts = accounts
+        self.revocations = revocations
+        self.audit = audit
+        self.clock = clock
+        self.authenticator = Authenticator(
+            config.identity, cache_seconds=config.auth.credential_cache_seconds
+        )
+
+    # --- the decision -----------------------------------------------------------
+
+    def _share(self, name: str) -> ShareConfig | None:
+        return self.config.shares.get(name)
+
+    def _decide(self, environ: dict[str, Any], share: ShareConfig | None) -> Decision:
+        method = environ.get("REQUEST_METHOD", "")
+        cert: CertIdentity | None = environ.get(CERT_ENVIRON_KEY)
+        accounts = self.accounts.current()
+        decision = self.authenticator.decide(
+            cert=cert,
+            credentials=parse_basic(environ.get("HTTP_AUTHORIZATION")),
+            accounts=accounts,
+            revoked=self.revocations.serials(),
+            share=share,
+            require=share.require if share is not None else self.config.default_require,
+            write=method not in _READ_METHODS,
+            now=self.clock(),
+        )
+        if decision.allowed and method in ("COPY", "MOVE"):
+            denied = self._check_destination(environ, decision)
+            if denied:
+                return Decision.deny(denied, decision.account, status=403)
+        return decision
+
+    def _check_destination(self, environ: dict[str, Any], decision: Decision) -> str | None:
+        """COPY and MOVE write where the Destination header points: that share must allow it."""
+        dest = environ.get("HTTP_DESTINATION", "")
+        try:
+            parts = urlsplit(dest)
+        except ValueError:
+            return "bad_destination"
+        host = environ.get("HTTP_HOST", "")
+        if parts.netloc and host and parts.netloc.lower() != host.lower():
+            return "bad_destination"
+        share = self._share(_first_segment(unquote(parts.path)))
+        if share is None or decision.account is None:
+            return "dest_write_denied"
+        denied = authorize(decision.account, share, write=True)
+        return f"dest_{denied}" if denied else None
+
+    # --- WSGI -------------------------------------------------------------------
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        started = time.monotonic()
+        share_name = _first_segment(environ.get("PATH_INFO", ""))
+        share = self._share(share_name)
+        decision = self._decide(environ, share)
+        counted = _Counted(environ.get("wsgi.input"))
+        environ["wsgi.input"] = counted
+        status_seen = ["000"]
+
+        def finish(sent: int, complete: bool) -> None:
+            self._record(environ, decision, share_name if share else None, status_seen[0],
+                         counted.count, sent, started, complete)
+
+        def recording_start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            status_seen[0] = status.split(" ", 1)[0]
+            return start_response(status, headers, exc_info)
+
+        if not decision.allowed:
+            return _Audited(self._deny(environ, decision, recording_start_response), finish)
+        account = decision.account
+        assert account is not None
+        environ["wsgidav.auth.user_name"] = account.name
+        environ["wsgidav.auth.realm"] = share_name if share else "/"
+        environ["davserver.account"] = account.name
+        environ[VISIBLE_SHARES_KEY] = frozenset(
+            name for name, s in self.config.shares.items() if s.may_read(account.name, account.groups)
+        )
+        try:
+            body = self.app(environ, recording_start_response)
+        except Exception:
+            finish(0, False)
+            raise
+        return _Audited(body, finish)
+
+    def _deny(self, environ: dict[str, Any], decision: Decision, start_response: StartResponse) -> list[bytes]:
+        if decision.status == 403:
+            status, body = "403 Forbidden", b"forbidden\n"
+            headers = []
+        else:
+            status, body = "401 Unauthorized", b"invalid credentials\n"
+            headers = [("WWW-Authenticate", _REALM)]
+        headers += [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+        ]
+        if environ.get("CONTENT_LENGTH", "0") not in ("", "0") or environ.get("HTTP_TRANSFER_ENCODING"):
+            # An unread body is never drained into memory: end the connection instead.
+            headers.append(("Connection", "close"))
+        start_response(status, headers)
+        return [body]
+
+    def _record(
+        self,
+        environ: dict[str, Any],
+        decision: Decision,
+        share: str | None,
+        status: str,
+        bytes_in: int,
+        bytes_out: int,
+        started: float,
+        complete: bool,
+    ) -> None:
+        cert: CertIdentity | None = environ.get(CERT_ENVIRON_KEY)
+        self.audit.write(
+            {
+                "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                "peer": environ.get("REMOTE_ADDR"),
+                "cert_serial": cert.serial if cert else None,
+                "cert_fingerprint": cert.fingerprint if cert else None,
+                "cert_subject": cert.subject if cert else None,
+                "account": decision.account.name if decision.account else None,
+                "share": share,
+                "method": environ.get("REQUEST_METHOD"),
+                "path": environ.get("PATH_INFO"),
+                "status": int(status) if status.isdigit() else 0,
+                "bytes_in": bytes_in,
+                "bytes_out": bytes_out,
+                "duration_ms": round((time.monotonic() - started) * 1000, 2),
+                "decision": "allow" if decision.allowed else "deny",
+                "reason": decision.reason if complete or not decision.allowed else "aborted",
+            }
+        )

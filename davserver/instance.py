@@ -1,0 +1,212 @@
+"""Setting up and editing an instance folder: the steps behind `init`, `share add`
+and `quickstart`. Returns data; the CLI does the talking.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml as pyyaml
+from ruamel.yaml import YAML
+
+from .accounts import Account, Accounts, BoundCert, load_accounts, save_accounts, write_atomic
+from .config import SHARE_NAME_RE, ConfigError, Home, load_config, parse_config
+from .auth.passwords import hash_password
+from .pki import CertificateAuthority, IssuedCert, certificate_fingerprint
+
+__all__ = [
+    "add_share",
+    "bind_certificate",
+    "default_config_text",
+    "generate_password",
+    "init_instance",
+    "next_client_prefix",
+]
+
+#: No look-alikes (0/O, 1/l/I): these passwords are read off a screen and typed.
+_ALPHABET = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+def generate_password(groups: int = 4, size: int = 5) -> str:
+    """About 117 bits, in dash-separated groups that are easy to type."""
+    return "-".join("".join(secrets.choice(_ALPHABET) for _ in range(size)) for _ in range(groups))
+
+
+def default_config_text() -> str:
+    return resources.files("davserver").joinpath("default_config.yaml").read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class InitResult:
+    created_ca: bool
+    created_config: bool
+    created_accounts: bool
+
+
+def init_instance(home: Home, hostnames: tuple[str, ...] = (), *, force: bool = False) -> InitResult:
+    """CA, server certificate, empty CRL, default config and accounts file, folders.
+
+    An existing configuration or accounts file is kept (it is the admin's);
+    only the key material is replaced, and only with force.
+    """
+    ca = CertificateAuthority(home.certs_dir)
+    ca.create(force=force)
+    ca.issue_server_cert(hostnames)
+    created_config = not home.config_file.exists()
+    if created_config:
+        write_atomic(home.config_file, default_config_text().encode("utf-8"), 0o644)
+    created_accounts = not home.accounts_file.exists()
+    if created_accounts:
+        save_accounts(home.accounts_file, Accounts({}))
+    elif force:
+        # Certificates of the old CA can no longer connect; drop their bindings.
+        accounts = load_accounts(home.accounts_file)
+        for name in list(accounts):
+            accounts = accounts.edit(name, certificates=())
+        save_accounts(home.accounts_file, accounts)
+    home.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config = load_config(home)
+    for share in config.shares.values():
+        share.path.mkdir(parents=True, exist_ok=True)
+    return InitResult(created_ca=True, created_config=created_config, created_accounts=created_accounts)
+
+
+def next_client_prefix(home: Home, account: str) -> Path:
+    """certs/clients/ACCOUNT, or ACCOUNT-2, -3 … so an earlier key is never overwritten."""
+    folder = home.certs_dir / "clients"
+    candidate = folder / account
+    n = 1
+    while any(candidate.with_name(f"{candidate.name}.{ext}").exists() for ext in ("p12", "crt", "key")):
+        n += 1
+        candidate = folder / f"{account}-{n}"
+    return candidate
+
+
+def bind_certificate(home: Home, issued: IssuedCert) -> None:
+    accounts = load_accounts(home.accounts_file)
+    account = accounts[issued.account]
+    bound = (*account.certificates, BoundCert(fingerprint=issued.fingerprint, serial=issued.serial))
+    save_accounts(home.accounts_file, accounts.edit(account.name, certificates=bound))
+
+
+def unbind_certificates(home: Home, revoked: list[IssuedCert]) -> None:
+    """Revocation also removes the binding: a certificate stops mapping to its account
+    even where no CRL is configured."""
+    gone = {c.fingerprint for c in revoked}
+    accounts = load_accounts(home.accounts_file)
+    for name, account in list(accounts.items()):
+        kept = tuple(c for c in account.certificates if c.fingerprint not in gone)
+        if kept != account.certificates:
+            accounts = accounts.edit(name, certificates=kept)
+    save_accounts(home.accounts_file, accounts)
+
+
+def add_account(home: Home, account: Account) -> None:
+    accounts = load_accounts(home.accounts_file)
+    if account.name in accounts:
+        raise ConfigError(f"accounts.{account.name}", "already exists", "pick another name or edit it")
+    save_accounts(home.accounts_file, accounts.with_account(account))
+
+
+def add_share(
+    home: Home,
+    name: str,
+    path: str,
+    *,
+    read_only: bool,
+    readers: tuple[str, ...],
+    writers: tuple[str, ...],
+    require: tuple[str, ...] | None = None,
+) -> Path:
+    """Add a share to davserver.yaml, keeping the admin's comments and order."""
+    if not SHARE_NAME_RE.match(name):
+        raise ConfigError(f"shares.{name}", "is not a valid share name", "lower-case letters, digits, '.', '_', '-'")
+    config = load_config(home)  # refuse to edit a file that is already broken
+    if name in config.shares:
+        raise ConfigError(f"shares.{name}", "already exists", "pick another name or edit davserver.yaml")
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    doc = yaml.load(home.config_file.read_text(encoding="utf-8"))
+    if doc.get("shares") is None:
+        doc["shares"] = {}
+    spec: dict[str, object] = {"path": path}
+    if read_only:
+        spec["read_only"] = True
+    if readers:
+        spec["readers"] = list(readers)
+    if writers:
+        spec["writers"] = list(writers)
+    if require is not None:
+        spec["require"] = list(require)
+    doc["shares"][name] = spec
+    out = io.StringIO()
+    yaml.dump(doc, out)
+    text = out.getvalue()
+    parse_config(pyyaml.safe_load(text), home)  # validate before it replaces the file
+    target = home.resolve(path)
+    target.mkdir(parents=True, exist_ok=True)
+    write_atomic(home.config_file, text.encode("utf-8"), 0o644)
+    return target
+
+
+@dataclass(frozen=True)
+class Demo:
+    account: str
+    password: str
+    share: str
+    paths: dict[str, str]
+
+
+DEMO_ACCOUNT = "demo"
+
+
+def prepare_demo(home: Home) -> Demo:
+    """Everything `quickstart` needs, created once and reused: CA, account, certificate, share.
+
+    The demo password is new on every run (only its hash is stored), and the
+    PKCS#12 file is re-exported with it, so no secret sits on disk in clear.
+    """
+    ca = CertificateAuthority(home.certs_dir)
+    if not ca.exists():
+        init_instance(home)
+    elif not home.config_file.exists():
+        write_atomic(home.config_file, default_config_text().encode("utf-8"), 0o644)
+    config = load_config(home)
+    if not config.shares:
+        add_share(home, "files", "data/files", read_only=False, readers=(), writers=("*",))
+        config = load_config(home)
+    share = "files" if "files" in config.shares else sorted(config.shares)[0]
+    share_path = config.shares[share].path
+    share_path.mkdir(parents=True, exist_ok=True)
+    welcome = share_path / "welcome.txt"
+    if not any(share_path.iterdir()):
+        welcome.write_text("Hello from davserver. This file is served over WebDAV with TLS client certificates.\n")
+    home.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    password = generate_password()
+    accounts = load_accounts(home.accounts_file)
+    hashed = hash_password(password)
+    if DEMO_ACCOUNT in accounts:
+        accounts = accounts.edit(DEMO_ACCOUNT, password_hash=hashed, enabled=True)
+    else:
+        accounts = accounts.with_account(Account(name=DEMO_ACCOUNT, password_hash=hashed))
+    save_accounts(home.accounts_file, accounts)
+
+    prefix = home.certs_dir / "clients" / DEMO_ACCOUNT
+    paths = {ext: str(prefix.with_name(f"{prefix.name}.{ext}")) for ext in ("p12", "crt", "key")}
+    bound = {c.fingerprint for c in accounts[DEMO_ACCOUNT].certificates}
+    current = {c.fingerprint: c for c in ca.list_issued() if c.status == "valid"}
+    usable = False
+    if Path(paths["crt"]).exists() and Path(paths["key"]).exists():
+        fp = certificate_fingerprint(Path(paths["crt"]))
+        usable = fp in bound and fp in current
+    if usable:
+        ca.export_p12(Path(paths["crt"]), Path(paths["key"]), Path(paths["p12"]), password.encode("utf-8"))
+    else:
+        issued = ca.issue_client_cert(DEMO_ACCOUNT, out_prefix=prefix, p12_password=password.encode("utf-8"))
+        bind_certificate(home, issued)
+    return Demo(account=DEMO_ACCOUNT, password=password, share=share, paths=paths)

@@ -1,0 +1,145 @@
+"""Wires configuration, accounts, CRL, TLS, the guard and WsgiDAV into a running server."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import threading
+from typing import Any
+
+from cheroot import wsgi
+from cheroot.server import HTTPRequest
+
+from .accounts import AccountsWatcher
+from .audit import AuditLog
+from .config import Config, ConfigError
+from .dav import build_dav_app
+from .errors import StartupError
+from .guard import Guard
+from .revocation import RevocationList
+from .tls import DeferredHandshakeAdapter, TLSConnection, create_ssl_context
+
+__all__ = ["DavServer"]
+
+log = logging.getLogger("davserver.server")
+
+
+class _Request(HTTPRequest):
+    """Honours an application's `Connection: close`, so cheroot closes instead of
+    draining an unread (possibly huge, unauthenticated) body into memory."""
+
+    def send_headers(self) -> None:
+        for key, value in self.outheaders:
+            if key.lower() == b"connection" and value.lower() == b"close":
+                self.close_connection = True
+        super().send_headers()
+
+
+class _Connection(TLSConnection):
+    RequestHandlerClass = _Request
+
+
+def _check_shares(config: Config) -> None:
+    for name, share in config.shares.items():
+        if not share.path.is_dir():
+            raise StartupError(f"shares.{name}.path: {share.path} is not a folder (create it or fix the path)")
+        if not share.readers and not share.writers:
+            log.warning("share %r lists no readers or writers: nobody can use it", name)
+
+
+class DavServer:
+    """One listener. `start()` returns once it accepts connections; `port` is the real port."""
+
+    def __init__(self, config: Config, *, bind: str | None = None, port: int | None = None) -> None:
+        self.config = config
+        self.bind = bind if bind is not None else config.server.bind
+        self._port = port if port is not None else config.server.port
+        _check_shares(config)
+        context = create_ssl_context(config.tls)
+        try:
+            accounts = AccountsWatcher(config.home.accounts_file)
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from None
+        self.audit = AuditLog(config.audit.file)
+        self.guard = Guard(
+            build_dav_app(config),
+            config,
+            accounts=accounts,
+            revocations=RevocationList(config.tls.crl),
+            audit=self.audit,
+        )
+        self._server = wsgi.Server(
+            (self.bind, self._port),
+            self.guard,
+            numthreads=config.server.threads,
+            server_name="davserver",
+            request_queue_size=128,
+            timeout=int(config.server.timeout),
+        )
+        self._server.ConnectionClass = _Connection
+        self._server.ssl_adapter = DeferredHandshakeAdapter(context)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        addr: Any = self._server.bind_addr
+        return int(addr[1])
+
+    @property
+    def url(self) -> str:
+        host = self.bind if ":" not in self.bind else f"[{self.bind}]"
+        if host in ("0.0.0.0", "[::]"):  # noqa: S104 - naming the wildcard, not binding it
+            host = "127.0.0.1"
+        return f"https://{host}:{self.port}/"
+
+    def prepare(self) -> None:
+        try:
+            self._server.prepare()
+        except OSError as exc:
+            err = exc.__cause__.errno if isinstance(exc.__cause__, OSError) else exc.errno
+            if err == errno.EADDRINUSE:
+                raise StartupError(
+                    f"server.port: {self.bind}:{self._port} is already in use (stop the other server or pick --port)"
+                ) from None
+            if err == errno.EACCES:
+                raise StartupError(
+                    f"server.port: not allowed to listen on {self.bind}:{self._port} (use a port above 1023)"
+                ) from None
+            raise StartupError(f"server.bind: cannot listen on {self.bind}:{self._port}: {exc}") from None
+
+    def start(self) -> None:
+        """Listen, then serve on a background thread (used by tests and quickstart)."""
+        self.prepare()
+        self._thread = threading.Thread(target=self._server.serve, name="davserver", daemon=True)
+        self._thread.start()
+
+    def serve_forever(self) -> None:
+        self.prepare()
+        try:
+            self._server.serve()
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        self._server.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.audit.close()
+
+    def __enter__(self) -> DavServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True

@@ -1,0 +1,141 @@
+"""TLS for the listener: a strict SSLContext and a cheroot adapter that
+completes handshakes in worker threads.
+
+Stock cheroot runs the handshake inside its single accept loop, so one client
+that connects and stays silent stalls every new connection until the socket
+timeout. Here the accept loop only wraps the socket; the handshake happens on
+the worker that first serves the connection, and the client certificate is
+parsed there once per connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import stat
+from pathlib import Path
+from typing import Any
+
+from cheroot.server import HTTPConnection
+from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+from .auth.identity import parse_certificate
+from .config import TLSConfig
+from .errors import StartupError
+
+__all__ = ["CERT_ENVIRON_KEY", "DeferredHandshakeAdapter", "TLSConnection", "create_ssl_context"]
+
+log = logging.getLogger("davserver.tls")
+
+#: Where the parsed client certificate (auth.identity.CertIdentity) sits in the WSGI environ.
+CERT_ENVIRON_KEY = "davserver.cert"
+
+#: TLS 1.2 suites: forward secrecy and AEAD only. TLS 1.3 suites are all AEAD already.
+_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+def _readable(path: Path, what: str, key: str) -> None:
+    if not path.is_file():
+        raise StartupError(f"tls.{key}: {what} {path} does not exist (run `davserver init` or fix the path)")
+    if not os.access(path, os.R_OK):
+        raise StartupError(f"tls.{key}: {what} {path} is not readable by this user")
+
+
+def _check_key_mode(path: Path) -> None:
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise StartupError(
+            f"tls.private_key: {path} is readable by other users (mode {stat.S_IMODE(mode):o}); "
+            f"fix it with: chmod 600 {path}"
+        )
+
+
+def create_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
+    """A server context that demands a client certificate from the configured CA bundle."""
+    _readable(tls.certificate, "server certificate", "certificate")
+    _readable(tls.private_key, "private key", "private_key")
+    _readable(tls.client_ca, "client CA bundle", "client_ca")
+    _check_key_mode(tls.private_key)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(_TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    try:
+        ctx.load_cert_chain(str(tls.certificate), str(tls.private_key))
+    except ssl.SSLError as exc:
+        raise StartupError(
+            f"tls.certificate: {tls.certificate} and {tls.private_key} do not form a usable pair ({exc.reason})"
+        ) from None
+    try:
+        ctx.load_verify_locations(cafile=str(tls.client_ca))
+    except ssl.SSLError as exc:
+        raise StartupError(f"tls.client_ca: {tls.client_ca} holds no usable CA certificate ({exc.reason})") from None
+    return ctx
+
+
+class DeferredHandshakeAdapter(BuiltinSSLAdapter):
+    """Wraps accepted sockets without handshaking; TLSConnection finishes the job."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:  # noqa: D107 - base reads files we already loaded
+        self.certificate = self.private_key = ""
+        self.certificate_chain = None
+        self.ciphers = None
+        self.private_key_password = None
+        self._server_env = {}
+        self.context = context
+
+    def wrap(self, sock: Any) -> tuple[Any, dict[str, Any]]:
+        s = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return s, {}
+
+    def connection_environ(self, sock: ssl.SSLSocket) -> dict[str, Any]:
+        cipher = sock.cipher() or ("", "", 0)
+        env: dict[str, Any] = {
+            "wsgi.url_scheme": "https",
+            "HTTPS": "on",
+            "SSL_PROTOCOL": cipher[1],
+            "SSL_CIPHER": cipher[0],
+            "SSL_CLIENT_VERIFY": "NONE",
+        }
+        der = sock.getpeercert(binary_form=True)
+        if der:
+            ident = parse_certificate(der)
+            env.update(
+                {
+                    CERT_ENVIRON_KEY: ident,
+                    "SSL_CLIENT_VERIFY": "SUCCESS",
+                    "SSL_CLIENT_M_SERIAL": ident.serial,
+                    "SSL_CLIENT_S_DN": ident.subject,
+                    "SSL_CLIENT_I_DN": ident.issuer,
+                    "SSL_CLIENT_CERT_SHA256": ident.fingerprint,
+                }
+            )
+            if ident.common_name:
+                env["SSL_CLIENT_S_DN_CN"] = ident.common_name
+            for i, email in enumerate(ident.emails):
+                env[f"SSL_CLIENT_SAN_Email_{i}"] = email
+            for i, upn in enumerate(ident.upns):
+                env[f"SSL_CLIENT_SAN_OTHER_msUPN_{i}"] = upn
+            for i, uri in enumerate(ident.uris):
+                env[f"SSL_CLIENT_SAN_URI_{i}"] = uri
+        return env
+
+
+class TLSConnection(HTTPConnection):
+    """A connection that completes its TLS handshake on the worker thread."""
+
+    _handshake_done = False
+
+    def communicate(self) -> bool:
+        if not self._handshake_done:
+            sock = self.socket
+            try:
+                sock.do_handshake()
+                self.ssl_env = self.server.ssl_adapter.connection_environ(sock)
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                log.info("TLS handshake with %s failed: %s", getattr(self, "remote_addr", "?"), exc)
+                return False
+            self._handshake_done = True
+        return bool(super().communicate())

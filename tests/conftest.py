@@ -1,0 +1,150 @@
+"""Shared fixtures: throwaway instances made by the project's own key manager,
+and live TLS servers on free ports that are always stopped."""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from davserver import instance
+from davserver.accounts import Account
+from davserver.auth.passwords import hash_password
+from davserver.config import Home, load_config
+from davserver.pki import CertificateAuthority, IssuedCert
+from davserver.server import DavServer
+
+PASSWORDS = {"alice": "alice-secret-pw", "bob": "bob-secret-pw1", "carol": "carol-secret-pw"}
+
+
+@dataclass
+class Client:
+    account: str
+    password: str
+    crt: Path
+    key: Path
+    p12: Path
+    p12_password: str
+    issued: IssuedCert
+
+
+@dataclass
+class Instance:
+    home: Home
+    clients: dict[str, Client] = field(default_factory=dict)
+
+    @property
+    def ca(self) -> CertificateAuthority:
+        return CertificateAuthority(self.home.certs_dir)
+
+    @property
+    def ca_file(self) -> Path:
+        return self.home.certs_dir / "ca.crt"
+
+    def issue(self, account: str, *, name: str | None = None, p12_password: str | None = None, **kw: object) -> Client:
+        prefix = self.home.certs_dir / "clients" / (name or account)
+        pw = p12_password or PASSWORDS.get(account, "p12-password")
+        issued = self.ca.issue_client_cert(account, out_prefix=prefix, p12_password=pw.encode(), **kw)  # type: ignore[arg-type]
+        instance.bind_certificate(self.home, issued)
+        client = Client(
+            account=account,
+            password=PASSWORDS.get(account, ""),
+            crt=Path(issued.paths["crt"]),
+            key=Path(issued.paths["key"]),
+            p12=Path(issued.paths["p12"]),
+            p12_password=pw,
+            issued=issued,
+        )
+        if name is None:
+            self.clients[account] = client
+        return client
+
+
+CONFIG = """
+server: {bind: 127.0.0.1, port: 0, threads: 16, timeout: 10}
+audit: {file: state/audit.log}
+shares:
+  files: {path: data/files, writers: ["*"]}
+  ro: {path: data/ro, read_only: true, readers: ["*"]}
+  team: {path: data/team, readers: [bob], writers: ["@staff"]}
+"""
+
+
+def make_instance(root: Path, config: str = CONFIG) -> Instance:
+    home = Home(root)
+    (root / "config").mkdir(parents=True)
+    home.config_file.write_text(config)
+    instance.init_instance(home)
+    for account, pw in PASSWORDS.items():
+        groups = frozenset({"staff"}) if account == "alice" else frozenset()
+        instance.add_account(home, Account(name=account, password_hash=hash_password(pw), groups=groups))
+    inst = Instance(home)
+    for account in PASSWORDS:
+        inst.issue(account)
+    (root / "data" / "ro" / "readme.txt").write_text("read only\n")
+    return inst
+
+
+_TEMPLATE: dict[str, Path] = {}
+
+
+@pytest.fixture
+def inst(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Instance:
+    """A fresh instance per test (copied from one built per session: keys are slow to make)."""
+    if "root" not in _TEMPLATE:
+        _TEMPLATE["root"] = tmp_path_factory.mktemp("template") / "home"
+        _TEMPLATE["inst"] = make_instance(_TEMPLATE["root"])  # type: ignore[assignment]
+    root = tmp_path / "home"
+    shutil.copytree(_TEMPLATE["root"], root)
+    template: Instance = _TEMPLATE["inst"]  # type: ignore[assignment]
+    clone = Instance(Home(root))
+    for account, c in template.clients.items():
+        rebase = lambda p: root / p.relative_to(_TEMPLATE["root"])  # noqa: E731
+        clone.clients[account] = Client(
+            account, c.password, rebase(c.crt), rebase(c.key), rebase(c.p12), c.p12_password, c.issued
+        )
+    return clone
+
+
+@contextmanager
+def running(inst: Instance) -> Iterator[DavServer]:
+    server = DavServer(load_config(inst.home), port=0)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def server(inst: Instance) -> Iterator[DavServer]:
+    with running(inst) as srv:
+        yield srv
+
+
+def session_for(inst: Instance, account: str | None = "alice", *, password: str | None = None,
+                client: Client | None = None) -> requests.Session:
+    s = requests.Session()
+    s.trust_env = False
+    s.verify = str(inst.ca_file)
+    if client is None and account is not None:
+        client = inst.clients[account]
+    if client is not None:
+        s.cert = (str(client.crt), str(client.key))
+        s.auth = (client.account, password if password is not None else client.password)
+    return s
+
+
+def client_context(inst: Instance, client: Client | None, *, tls12: bool = False) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(inst.ca_file))
+    if tls12:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    if client is not None:
+        ctx.load_cert_chain(str(client.crt), str(client.key))
+    return ctx
