@@ -170,7 +170,8 @@ class Guard:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.monotonic()
-        share_name = _first_segment(environ.get("PATH_INFO", ""))
+        path = environ.get("PATH_INFO", "")
+        share_name = _first_segment(path)
         share = self._share(share_name)
         decision = self._decide(environ, share)
         counted = _Counted(environ.get("wsgi.input"))
@@ -178,7 +179,7 @@ class Guard:
         status_seen = ["000"]
 
         def finish(sent: int, complete: bool) -> None:
-            self._record(environ, decision, share_name if share else None, status_seen[0],
+            self._record(environ, path, decision, share_name if share else None, status_seen[0],
                          counted.count, sent, started, complete)
 
         def recording_start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -222,6 +223,7 @@ class Guard:
     def _record(
         self,
         environ: dict[str, Any],
+        path: str,
         decision: Decision,
         share: str | None,
         status: str,
@@ -241,7 +243,7 @@ class Guard:
                 "account": decision.account.name if decision.account else None,
                 "share": share,
                 "method": environ.get("REQUEST_METHOD"),
-                "path": environ.get("PATH_INFO"),
+                "path": path,
                 "status": int(status) if status.isdigit() else 0,
                 "bytes_in": bytes_in,
                 "bytes_out": bytes_out,

@@ -94,6 +94,9 @@ class DavServer:
         return f"https://{host}:{self.port}/"
 
     def prepare(self) -> None:
+        """Bind and listen (idempotent), so callers can print the real URL before serving."""
+        if self._server.ready:
+            return
         try:
             self._server.prepare()
         except OSError as exc:
