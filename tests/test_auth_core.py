@@ -1,0 +1,110 @@
+"""The pure decision: every rule as a fast unit test, with an injected clock and no sockets."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from davserver.accounts import Account, Accounts, BoundCert
+from davserver.auth.core import Authenticator, Credentials
+from davserver.auth.identity import CertIdentity
+from davserver.auth.passwords import hash_password
+from davserver.config import IdentityConfig, ShareConfig
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
+FP = "a" * 64
+CERT = CertIdentity(
+    fingerprint=FP, serial="1A", subject="CN=alice", issuer="CN=ca", common_name="alice",
+    emails=("alice@example.org",), upns=(), uris=(), not_before=NOW - timedelta(days=1),
+    not_after=NOW + timedelta(days=30), client_auth=True,
+)
+HASH = hash_password("right-password")
+ACCOUNTS = Accounts({"alice": Account("alice", HASH, certificates=(BoundCert(FP),), groups=frozenset({"staff"}))})
+SHARE = ShareConfig("files", Path("/srv"), writers=("*",))
+RO = ShareConfig("ro", Path("/srv"), read_only=True, readers=("*",))
+GOOD = Credentials("alice", "right-password")
+
+
+def decide(auth: Authenticator | None = None, **kw):
+    args = dict(cert=CERT, credentials=GOOD, accounts=ACCOUNTS, revoked=frozenset(), share=SHARE,
+                require=("password",), write=False, now=NOW)
+    args.update(kw)
+    return (auth or Authenticator(IdentityConfig(), cache_seconds=300)).decide(**args)
+
+
+def test_all_factors_present_is_allowed() -> None:
+    d = decide()
+    assert d.allowed and d.reason == "ok" and d.account and d.account.name == "alice"
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason", "status"),
+    [
+        ({"cert": None}, "no_cert", 401),
+        ({"cert": replace(CERT, client_auth=False)}, "bad_eku", 401),
+        ({"now": NOW + timedelta(days=31)}, "cert_expired", 401),
+        ({"now": NOW - timedelta(days=2)}, "cert_expired", 401),
+        ({"revoked": frozenset({"1A"})}, "revoked", 401),
+        ({"cert": replace(CERT, fingerprint="b" * 64)}, "unknown_cert", 401),
+        ({"accounts": ACCOUNTS.edit("alice", enabled=False)}, "disabled", 401),
+        ({"credentials": None}, "no_credentials", 401),
+        ({"credentials": Credentials(malformed=True)}, "bad_auth_header", 401),
+        ({"credentials": Credentials("bob", "right-password")}, "user_mismatch", 401),
+        ({"credentials": Credentials("alice", "wrong")}, "bad_password", 401),
+        ({"credentials": Credentials("alice", "")}, "bad_password", 401),
+        ({"share": RO, "write": True}, "read_only", 403),
+        ({"share": ShareConfig("t", Path("/t"), readers=("bob",))}, "share_denied", 401),
+        ({"share": ShareConfig("t", Path("/t"), readers=("*",)), "write": True}, "write_denied", 403),
+        ({"share": None, "write": True}, "write_denied", 403),
+    ],
+)
+def test_each_missing_or_wrong_factor_is_refused_with_its_reason(changes: dict, reason: str, status: int) -> None:
+    d = decide(**changes)
+    assert (d.allowed, d.reason, d.status) == (False, reason, status)
+
+
+def test_certificate_only_share_needs_no_credentials() -> None:
+    assert decide(require=(), credentials=None).allowed
+    assert not decide(require=(), credentials=None, revoked=frozenset({"1A"})).allowed
+
+
+def test_groups_and_read_only_share() -> None:
+    team = ShareConfig("t", Path("/t"), writers=("@staff",))
+    assert decide(share=team, write=True).allowed
+    assert decide(share=RO, write=False).allowed
+
+
+def test_subject_rules_map_enterprise_certificates() -> None:
+    stranger = replace(CERT, fingerprint="c" * 64)
+    assert decide(cert=stranger).reason == "unknown_cert"
+    by_cn = Authenticator(IdentityConfig(subject_rules=("cn",)), cache_seconds=0)
+    assert decide(by_cn, cert=stranger).allowed
+    by_email = Authenticator(IdentityConfig(subject_rules=("san_email",)), cache_seconds=0)
+    assert decide(by_email, cert=stranger).reason == "unknown_cert"  # no account is named alice@example.org
+    emailed = Accounts({"alice@example.org": Account("alice@example.org", HASH)})
+    d = decide(by_email, cert=stranger, accounts=emailed, credentials=Credentials("alice@example.org", "right-password"))
+    assert d.allowed
+
+
+def test_verified_password_is_cached_but_not_across_password_or_certificate(monkeypatch) -> None:
+    calls = []
+    import davserver.auth.core as core
+
+    real = core.verify_password
+    monkeypatch.setattr(core, "verify_password", lambda h, p: calls.append(p) or real(h, p))
+    auth = Authenticator(IdentityConfig(), cache_seconds=60)
+    assert decide(auth).allowed and decide(auth).allowed
+    assert len(calls) == 1
+    assert not decide(auth, credentials=Credentials("alice", "wrong")).allowed  # a wrong password is never cached
+    assert len(calls) == 2
+    changed = ACCOUNTS.edit("alice", password_hash=hash_password("new-password-1"))
+    assert not decide(auth, accounts=changed).allowed  # old password after a change
+    assert decide(auth, now=NOW + timedelta(seconds=61)).allowed  # expired entry: verified again
+    assert len(calls) == 4
+    other = replace(CERT, fingerprint="d" * 64)
+    two = ACCOUNTS.edit("alice", certificates=(BoundCert(FP), BoundCert("d" * 64)))
+    assert decide(auth, cert=other, accounts=two).allowed
+    assert len(calls) == 5
