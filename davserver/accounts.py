@@ -104,7 +104,7 @@ class Accounts(Mapping[str, Account]):
         return len(self.by_name)
 
     def owner_of(self, fingerprint: str) -> str | None:
-        return self._by_fingerprint.get(fingerprint)  # type: ignore[attr-defined,no-any-return]
+        return self._by_fingerprint.get(fingerprint)  # type: ignore[attr-defined]
 
     def with_account(self, account: Account) -> Accounts:
         return Accounts({**self.by_name, account.name: account})

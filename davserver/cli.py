@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -82,7 +82,7 @@ def _new_password(from_stdin: bool) -> str:
 
 
 def _iso(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return dt.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -289,7 +289,7 @@ def user_enable(ctx: click.Context, name: str) -> None:
 def user_list(ctx: click.Context, as_json: bool) -> None:
     """List accounts."""
     accounts = load_accounts(_home(ctx).accounts_file)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": a.name,
             "enabled": a.enabled,
@@ -351,7 +351,7 @@ def share_add(ctx: click.Context, name: str, path: str, read_only: bool, readers
 def share_list(ctx: click.Context, as_json: bool) -> None:
     """List shares."""
     config = load_config(_home(ctx))
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": s.name,
             "path": str(s.path),

@@ -139,10 +139,7 @@ class ShareConfig:
     require: tuple[str, ...] = ("password",)
 
     def _matches(self, principals: tuple[str, ...], account: str, groups: frozenset[str]) -> bool:
-        for p in principals:
-            if p == "*" or p == account or (p.startswith("@") and p[1:] in groups):
-                return True
-        return False
+        return any(p in ("*", account) or (p.startswith("@") and p[1:] in groups) for p in principals)
 
     def may_write(self, account: str, groups: frozenset[str]) -> bool:
         return not self.read_only and self._matches(self.writers, account, groups)

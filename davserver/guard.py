@@ -8,7 +8,7 @@ import base64
 import binascii
 import time
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -113,7 +113,7 @@ class Guard:
         accounts: AccountsWatcher,
         revocations: RevocationList,
         audit: AuditLog,
-        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.app = app
         self.config = config
@@ -235,7 +235,7 @@ class Guard:
         cert: CertIdentity | None = environ.get(CERT_ENVIRON_KEY)
         self.audit.write(
             {
-                "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                 "peer": environ.get("REMOTE_ADDR"),
                 "cert_serial": cert.serial if cert else None,
                 "cert_fingerprint": cert.fingerprint if cert else None,

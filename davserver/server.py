@@ -97,9 +97,16 @@ class DavServer:
         """Bind and listen (idempotent), so callers can print the real URL before serving."""
         if self._server.ready:
             return
+        if self._port and not port_is_free(self.bind, self._port):
+            # Checked first because cheroot leaks its socket when bind() fails.
+            self.audit.close()
+            raise StartupError(
+                f"server.port: {self.bind}:{self._port} is already in use (stop the other server or pick --port)"
+            )
         try:
             self._server.prepare()
         except OSError as exc:
+            self.audit.close()
             err = exc.__cause__.errno if isinstance(exc.__cause__, OSError) else exc.errno
             if err == errno.EADDRINUSE:
                 raise StartupError(
@@ -141,6 +148,7 @@ class DavServer:
 
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

@@ -83,7 +83,7 @@ class DeferredHandshakeAdapter(BuiltinSSLAdapter):
         self.certificate_chain = None
         self.ciphers = None
         self.private_key_password = None
-        self._server_env = {}
+        self._server_env: dict[str, Any] = {}
         self.context = context
 
     def wrap(self, sock: Any) -> tuple[Any, dict[str, Any]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ from davserver.auth.identity import CertIdentity
 from davserver.auth.passwords import hash_password
 from davserver.config import IdentityConfig, ShareConfig
 
-NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 FP = "a" * 64
 CERT = CertIdentity(
     fingerprint=FP, serial="1A", subject="CN=alice", issuer="CN=ca", common_name="alice",
@@ -85,7 +85,8 @@ def test_subject_rules_map_enterprise_certificates() -> None:
     by_email = Authenticator(IdentityConfig(subject_rules=("san_email",)), cache_seconds=0)
     assert decide(by_email, cert=stranger).reason == "unknown_cert"  # no account is named alice@example.org
     emailed = Accounts({"alice@example.org": Account("alice@example.org", HASH)})
-    d = decide(by_email, cert=stranger, accounts=emailed, credentials=Credentials("alice@example.org", "right-password"))
+    creds = Credentials("alice@example.org", "right-password")
+    d = decide(by_email, cert=stranger, accounts=emailed, credentials=creds)
     assert d.allowed
 
 

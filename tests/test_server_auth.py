@@ -10,7 +10,7 @@ import re
 import socket
 import ssl
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -44,10 +44,12 @@ def last_reason(inst: Instance, expected: str) -> str:
 def tls_fails(inst: Instance, port: int, ctx: ssl.SSLContext) -> bool:
     """True when the server refuses the handshake (over TLS 1.3 the refusal may surface on first read)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-            with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-                tls.sendall(b"GET /files/ HTTP/1.1\r\nHost: localhost\r\n\r\n")
-                return tls.recv(100) == b""
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            tls.sendall(b"GET /files/ HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            return tls.recv(100) == b""
     except (ssl.SSLError, ConnectionError, OSError):
         return True
 
@@ -75,7 +77,7 @@ def test_certificate_from_another_ca_is_refused(inst: Instance, server, tmp_path
 
 
 def test_expired_certificate_is_refused(inst: Instance, server) -> None:
-    past = datetime.now(timezone.utc) - timedelta(days=10)
+    past = datetime.now(UTC) - timedelta(days=10)
     old = inst.issue("alice", name="alice-old", now=past, days=2)
     assert tls_fails(inst, server.port, client_context(inst, old, tls12=True))
     fresh = inst.issue("alice", name="alice-new")
