@@ -27,7 +27,10 @@ __all__ = [
     "IdentityConfig",
     "ServerConfig",
     "ShareConfig",
+    "StateConfig",
     "TLSConfig",
+    "TOTPConfig",
+    "ThrottleConfig",
     "FACTORS",
     "SHARE_NAME_RE",
     "load_config",
@@ -125,6 +128,31 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class TOTPConfig:
+    issuer: str = "davserver"
+    #: A grant ends after this long without a request (NIST SP 800-63B AAL2: 30 minutes) …
+    grant_idle_seconds: float = 1800.0
+    #: … and at the latest this long after the code was entered (AAL2: 12 hours).
+    grant_absolute_seconds: float = 43200.0
+
+
+@dataclass(frozen=True)
+class ThrottleConfig:
+    lock_after: int = 10  # failures within window_seconds that lock the key
+    lock_seconds: float = 900.0
+    window_seconds: float = 900.0
+    delay_after: int = 3  # failures answered at once before delays start
+    base_delay_seconds: float = 0.25  # doubles with every further failure …
+    max_delay_seconds: float = 4.0  # … up to this
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    backend: str = "sqlite"
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     file: Path | None  # None: standard error
 
@@ -159,6 +187,9 @@ class Config:
     auth: AuthConfig
     audit: AuditConfig
     shares: Mapping[str, ShareConfig] = field(default_factory=dict)
+    totp: TOTPConfig = field(default_factory=TOTPConfig)
+    throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
+    state: StateConfig = field(default_factory=StateConfig)
     #: Factors asked for where no share decides (the root listing, unknown paths).
     default_require: tuple[str, ...] = ("password",)
 
@@ -232,7 +263,9 @@ def _require(value: Any, key: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, list) or any(v not in FACTORS for v in value):
-        raise ConfigError(key, f"{value!r} is not a list of factors", "use [], [password] or [password, totp]")
+        raise ConfigError(
+            key, f"{value!r} is not a list of factors", "use [] (or none), [password] or [password, totp]"
+        )
     if "totp" in value and "password" not in value:
         raise ConfigError(key, f"{value!r}: totp needs password", "use [password, totp]")
     return tuple(f for f in FACTORS if f in value)
@@ -310,13 +343,48 @@ def _parse_shares(raw: Mapping[str, Any], home: Home, default_require: tuple[str
     return shares
 
 
+def _parse_totp(raw: Mapping[str, Any]) -> TOTPConfig:
+    t = _section(raw, "totp")
+    _check_keys(t, "totp", ("issuer", "grant_idle_seconds", "grant_absolute_seconds"))
+    return TOTPConfig(
+        issuer=_str(t, "totp", "issuer", "davserver"),
+        grant_idle_seconds=_float(t, "totp", "grant_idle_seconds", 1800.0, 1.0),
+        grant_absolute_seconds=_float(t, "totp", "grant_absolute_seconds", 43200.0, 1.0),
+    )
+
+
+def _parse_throttle(raw: Mapping[str, Any]) -> ThrottleConfig:
+    t = _section(raw, "throttle")
+    keys = ("lock_after", "lock_seconds", "window_seconds", "delay_after", "base_delay_seconds", "max_delay_seconds")
+    _check_keys(t, "throttle", keys)
+    return ThrottleConfig(
+        lock_after=_int(t, "throttle", "lock_after", 10, 1, 1_000_000),
+        lock_seconds=_float(t, "throttle", "lock_seconds", 900.0, 0.0),
+        window_seconds=_float(t, "throttle", "window_seconds", 900.0, 1.0),
+        delay_after=_int(t, "throttle", "delay_after", 3, 0, 1_000_000),
+        base_delay_seconds=_float(t, "throttle", "base_delay_seconds", 0.25, 0.0),
+        max_delay_seconds=_float(t, "throttle", "max_delay_seconds", 4.0, 0.0),
+    )
+
+
+def _parse_state(raw: Mapping[str, Any], home: Home) -> StateConfig:
+    s = _section(raw, "state")
+    _check_keys(s, "state", ("backend", "path"))
+    backend = s.get("backend", "sqlite")
+    if backend != "sqlite":
+        raise ConfigError("state.backend", f"{backend!r} is not a known backend", "use sqlite")
+    return StateConfig(backend=backend, path=home.resolve(_str(s, "state", "path", "state/state.db")))
+
+
 def parse_config(raw: Any, home: Home) -> Config:
     """Validate a parsed YAML document; raises ConfigError on the first problem."""
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
         raise ConfigError("", f"the file must hold a mapping of sections, found {type(raw).__name__}")
-    _check_keys(raw, "", ("server", "tls", "identity", "auth", "audit", "defaults", "shares"))
+    _check_keys(
+        raw, "", ("server", "tls", "identity", "auth", "audit", "defaults", "totp", "throttle", "state", "shares")
+    )
     a = _section(raw, "auth")
     _check_keys(a, "auth", ("credential_cache_seconds",))
     au = _section(raw, "audit")
@@ -338,6 +406,9 @@ def parse_config(raw: Any, home: Home) -> Config:
         audit=AuditConfig(file=None if audit_file in (None, "-") else home.resolve(audit_file)),
         shares=_parse_shares(raw, home, default_require),
         default_require=default_require,
+        totp=_parse_totp(raw),
+        throttle=_parse_throttle(raw),
+        state=_parse_state(raw, home),
     )
 
 

@@ -19,6 +19,9 @@ from .auth.identity import CertIdentity
 from .config import Config, ShareConfig
 from .dav import VISIBLE_SHARES_KEY
 from .revocation import RevocationList
+from .stepup import PREFIX as STEPUP_PREFIX
+from .stepup import StepUpPage
+from .store.base import StateStore
 from .tls import CERT_ENVIRON_KEY
 
 __all__ = ["Guard", "parse_basic"]
@@ -113,6 +116,7 @@ class Guard:
         accounts: AccountsWatcher,
         revocations: RevocationList,
         audit: AuditLog,
+        store: StateStore | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.app = app
@@ -122,8 +126,13 @@ class Guard:
         self.audit = audit
         self.clock = clock
         self.authenticator = Authenticator(
-            config.identity, cache_seconds=config.auth.credential_cache_seconds
+            config.identity,
+            cache_seconds=config.auth.credential_cache_seconds,
+            store=store,
+            totp_config=config.totp,
+            throttle=config.throttle,
         )
+        self.stepup = StepUpPage(self.authenticator, clock)
 
     # --- the decision -----------------------------------------------------------
 
@@ -143,6 +152,7 @@ class Guard:
             require=share.require if share is not None else self.config.default_require,
             write=method not in _READ_METHODS,
             now=self.clock(),
+            peer=environ.get("REMOTE_ADDR", ""),
         )
         if decision.allowed and method in ("COPY", "MOVE"):
             denied = self._check_destination(environ, decision)
@@ -173,9 +183,11 @@ class Guard:
         path = environ.get("PATH_INFO", "")
         share_name = _first_segment(path)
         share = self._share(share_name)
-        decision = self._decide(environ, share)
         counted = _Counted(environ.get("wsgi.input"))
         environ["wsgi.input"] = counted
+        if share_name == STEPUP_PREFIX and share is None:
+            return self._stepup(environ, start_response, path, started, counted)
+        decision = self._decide(environ, share)
         status_seen = ["000"]
 
         def finish(sent: int, complete: bool) -> None:
@@ -187,12 +199,16 @@ class Guard:
             return start_response(status, headers, exc_info)
 
         if not decision.allowed:
+            if decision.delay:
+                time.sleep(decision.delay)  # growing delay: slows guessing without telling why
             return _Audited(self._deny(environ, decision, recording_start_response), finish)
         account = decision.account
         assert account is not None
         environ["wsgidav.auth.user_name"] = account.name
         environ["wsgidav.auth.realm"] = share_name if share else "/"
         environ["davserver.account"] = account.name
+        environ["davserver.factors"] = decision.factors
+        environ["davserver.grant_expires"] = decision.grant_expires
         environ[VISIBLE_SHARES_KEY] = frozenset(
             name for name, s in self.config.shares.items() if s.may_read(account.name, account.groups)
         )
@@ -201,6 +217,31 @@ class Guard:
         except Exception:
             finish(0, False)
             raise
+        return _Audited(body, finish)
+
+    def _stepup(
+        self, environ: dict[str, Any], start_response: StartResponse, path: str, started: float, counted: _Counted
+    ) -> Iterable[bytes]:
+        """The step-up page needs only the certificate; the form itself asks for password and code."""
+        cert: CertIdentity | None = environ.get(CERT_ENVIRON_KEY)
+        found = self.authenticator.check_certificate(
+            cert, self.accounts.current(), self.revocations.serials(), self.clock()
+        )
+        status_seen = ["000"]
+
+        def recording(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            status_seen[0] = status.split(" ", 1)[0]
+            return start_response(status, headers, exc_info)
+
+        if not found.allowed or found.account is None or cert is None:
+            body: Iterable[bytes] = self._deny(environ, found, recording)
+            decision = found
+        else:
+            body, decision = self.stepup.handle(environ, recording, found.account, cert)
+
+        def finish(sent: int, complete: bool) -> None:
+            self._record(environ, path, decision, None, status_seen[0], counted.count, sent, started, complete)
+
         return _Audited(body, finish)
 
     def _deny(self, environ: dict[str, Any], decision: Decision, start_response: StartResponse) -> list[bytes]:

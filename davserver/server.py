@@ -18,6 +18,7 @@ from .dav import build_dav_app
 from .errors import StartupError
 from .guard import Guard
 from .revocation import RevocationList
+from .store.sqlite import SQLiteStore
 from .tls import DeferredHandshakeAdapter, TLSConnection, create_ssl_context
 
 __all__ = ["DavServer"]
@@ -62,12 +63,15 @@ class DavServer:
         except ConfigError as exc:
             raise StartupError(str(exc)) from None
         self.audit = AuditLog(config.audit.file)
+        assert config.state.path is not None
+        self.store = SQLiteStore(config.state.path)
         self.guard = Guard(
             build_dav_app(config),
             config,
             accounts=accounts,
             revocations=RevocationList(config.tls.crl),
             audit=self.audit,
+            store=self.store,
         )
         self._server = wsgi.Server(
             (self.bind, self._port),
@@ -137,6 +141,7 @@ class DavServer:
             self._thread.join(timeout=10)
             self._thread = None
         self.audit.close()
+        self.store.close()
 
     def __enter__(self) -> DavServer:
         self.start()

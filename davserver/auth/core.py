@@ -2,8 +2,13 @@
 
 The client only ever learns "invalid credentials" (401) or, for an
 authenticated account that may not write, "forbidden" (403); the precise
-reason goes to the audit log. "Missing" is kept apart from "wrong": a missing
-factor is a challenge, a wrong one is a failure.
+reason goes to the audit log and the throttle. "Missing" is kept apart from
+"wrong": a missing factor is a challenge, a wrong one is a counted failure.
+
+TOTP works with clients that only know user + password: the user types the
+password followed by the current code, which opens a *grant* bound to the
+account and the certificate; while it lasts the password alone (or with any
+stale code the client keeps re-sending) is enough for that certificate.
 """
 
 from __future__ import annotations
@@ -16,11 +21,17 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ..accounts import Account, Accounts
-from ..config import IdentityConfig, ShareConfig
+from ..config import IdentityConfig, ShareConfig, ThrottleConfig, TOTPConfig
+from ..store.base import Grant, StateStore
+from . import totp
 from .identity import CertIdentity
 from .passwords import verify_password
 
-__all__ = ["Authenticator", "Credentials", "Decision", "authorize"]
+__all__ = ["Authenticator", "Credentials", "Decision", "authorize", "credential_epoch"]
+
+#: Reasons that count against the throttle: somebody guessed wrong.
+FAILURES = frozenset({"bad_password", "bad_otp", "otp_replayed", "user_mismatch", "bad_auth_header"})
+_CODE_DIGITS = 6
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,9 @@ class Decision:
     status: int  # 0 when allowed; otherwise what the client is told (401, 403)
     reason: str  # "ok" or a reason code for the audit log
     account: Account | None = None
+    factors: tuple[str, ...] = ()  # what this request proved beyond the certificate
+    grant_expires: float | None = None  # POSIX time a TOTP grant in use ends
+    delay: float = 0.0  # seconds to hold a failed answer back (growing with failures)
 
     @classmethod
     def deny(cls, reason: str, account: Account | None = None, status: int = 401) -> Decision:
@@ -55,6 +69,12 @@ def authorize(account: Account, share: ShareConfig | None, write: bool) -> str |
     if write and not share.may_write(account.name, account.groups):
         return "write_denied"
     return None
+
+
+def credential_epoch(account: Account) -> str:
+    """Changes whenever the password or the TOTP secret changes, which ends every grant."""
+    material = f"{account.password_hash}|{account.totp_secret}".encode()
+    return hashlib.sha256(material).hexdigest()[:32]
 
 
 class _VerifiedCache:
@@ -96,9 +116,22 @@ class _VerifiedCache:
 
 
 class Authenticator:
-    def __init__(self, identity: IdentityConfig, *, cache_seconds: float) -> None:
+    def __init__(
+        self,
+        identity: IdentityConfig,
+        *,
+        cache_seconds: float,
+        store: StateStore | None = None,
+        totp_config: TOTPConfig | None = None,
+        throttle: ThrottleConfig | None = None,
+    ) -> None:
         self.identity = identity
+        self.store = store
+        self.totp = totp_config or TOTPConfig()
+        self.throttle = throttle or ThrottleConfig()
         self._cache = _VerifiedCache(cache_seconds)
+
+    # --- certificate -> account -----------------------------------------------------
 
     def account_for(self, cert: CertIdentity, accounts: Accounts) -> Account | None:
         """Fingerprint binding first; then the admin's subject rules, in order."""
@@ -130,6 +163,11 @@ class Authenticator:
             return Decision.deny("disabled", account)
         return Decision(True, 0, "ok", account)
 
+    # --- the whole decision ---------------------------------------------------------
+
+    def required(self, account: Account, require: tuple[str, ...]) -> tuple[str, ...]:
+        return ("password", "totp") if account.totp_required else require
+
     def decide(
         self,
         *,
@@ -141,27 +179,153 @@ class Authenticator:
         require: tuple[str, ...],
         write: bool,
         now: datetime,
+        peer: str = "",
     ) -> Decision:
         found = self.check_certificate(cert, accounts, revoked, now)
         if not found.allowed:
             return found
         account = found.account
         assert account is not None and cert is not None
-        if "password" in require:
+        stamp = now.timestamp()
+        needed = self.required(account, require)
+        factors: tuple[str, ...] = ()
+        grant_expires = None
+        if needed:
+            if self._locked(account, cert, peer, stamp):
+                return Decision.deny("locked", account)
             if credentials is None:
                 return Decision.deny("no_credentials", account)
             if credentials.malformed:
-                return Decision.deny("bad_auth_header", account)
+                return self._failed("bad_auth_header", account, cert, peer, stamp)
             if credentials.user != account.name:
-                return Decision.deny("user_mismatch", account)
-            stamp = now.timestamp()
-            if not self._cache.hit(account, cert.fingerprint, credentials.password, stamp):
-                if not verify_password(account.password_hash, credentials.password):
-                    return Decision.deny("bad_password", account)
-                self._cache.remember(account, cert.fingerprint, credentials.password, stamp)
+                return self._failed("user_mismatch", account, cert, peer, stamp)
+            if "totp" in needed:
+                outcome, grant_expires = self._password_and_totp(account, cert, credentials.password, stamp)
+                factors = ("password", "totp")
+            else:
+                outcome = "ok" if self._password_ok(account, cert, (credentials.password,), stamp) else "bad_password"
+                factors = ("password",)
+            if outcome != "ok":
+                if outcome in FAILURES:
+                    return self._failed(outcome, account, cert, peer, stamp)
+                return Decision.deny(outcome, account)
         denied = authorize(account, share, write)
         if denied == "share_denied":
             return Decision.deny(denied, account)
         if denied:
             return Decision.deny(denied, account, status=403)
-        return Decision(True, 0, "ok", account)
+        return Decision(True, 0, "ok", account, factors, grant_expires)
+
+    def step_up(
+        self, *, account: Account, cert: CertIdentity, password: str, code: str, now: datetime, peer: str = ""
+    ) -> Decision:
+        """The browser step-up form: password and code in separate fields."""
+        stamp = now.timestamp()
+        if self._locked(account, cert, peer, stamp):
+            return Decision.deny("locked", account)
+        if not self._password_ok(account, cert, (password,), stamp):
+            return self._failed("bad_password", account, cert, peer, stamp)
+        outcome, expires = self._prove_code(account, cert, code.strip(), stamp)
+        if outcome != "ok":
+            return self._failed(outcome, account, cert, peer, stamp) if outcome in FAILURES else Decision.deny(
+                outcome, account
+            )
+        return Decision(True, 0, "ok", account, ("password", "totp"), expires)
+
+    def end_grant(self, account: Account, cert: CertIdentity) -> None:
+        if self.store is not None:
+            self.store.end_grant(account.name, cert.fingerprint)
+
+    def current_grant(self, account: Account, cert: CertIdentity, now: datetime) -> Grant | None:
+        if self.store is None:
+            return None
+        grant = self.store.get_grant(account.name, cert.fingerprint)
+        if grant is None or not grant.valid(now.timestamp()) or grant.epoch != credential_epoch(account):
+            return None
+        return grant
+
+    # --- factors ----------------------------------------------------------------------
+
+    def _password_ok(self, account: Account, cert: CertIdentity, candidates: tuple[str, ...], now: float) -> bool:
+        """True when any candidate is the password; cached candidates are tried first, without argon2."""
+        for candidate in candidates:
+            if self._cache.hit(account, cert.fingerprint, candidate, now):
+                return True
+        for candidate in candidates:
+            if verify_password(account.password_hash, candidate):
+                self._cache.remember(account, cert.fingerprint, candidate, now)
+                if self.store is not None:  # a real success forgives earlier typos
+                    self.store.clear_failures(self._account_key(account, cert))
+                return True
+        return False
+
+    def _password_and_totp(
+        self, account: Account, cert: CertIdentity, typed: str, now: float
+    ) -> tuple[str, float | None]:
+        if not account.totp_secret:
+            return "totp_not_enrolled", None
+        if self.store is None:
+            return "totp_unavailable", None
+        tail = typed[-_CODE_DIGITS:]
+        has_code = len(typed) > _CODE_DIGITS and tail.isdigit()
+        base = typed[:-_CODE_DIGITS] if has_code else typed
+        grant = self.store.get_grant(account.name, cert.fingerprint)
+        if grant is not None and grant.valid(now) and grant.epoch == credential_epoch(account):
+            # Within a grant: the password alone, or with whatever code the client re-sends.
+            if not self._password_ok(account, cert, (base, typed) if has_code else (typed,), now):
+                return "bad_password", None
+            self.store.touch_grant(account.name, cert.fingerprint, now, self.totp.grant_idle_seconds)
+            return "ok", min(grant.expires, now + self.totp.grant_idle_seconds)
+        if not has_code:
+            return ("otp_required", None) if self._password_ok(account, cert, (typed,), now) else ("bad_password", None)
+        if not self._password_ok(account, cert, (base,), now):
+            if self._password_ok(account, cert, (typed,), now):
+                return "otp_required", None  # a password that ends in digits, typed without a code
+            return "bad_password", None
+        return self._prove_code(account, cert, tail, now)
+
+    def _prove_code(self, account: Account, cert: CertIdentity, code: str, now: float) -> tuple[str, float | None]:
+        if not account.totp_secret:
+            return "totp_not_enrolled", None
+        if self.store is None:
+            return "totp_unavailable", None
+        step = totp.match_step(account.totp_secret, code, now)
+        if step is None:
+            return "bad_otp", None
+        if not self.store.use_otp_step(account.name, step):
+            return "otp_replayed", None
+        expires = now + self.totp.grant_absolute_seconds
+        idle_until = min(expires, now + self.totp.grant_idle_seconds)
+        self.store.open_grant(
+            Grant(account.name, cert.fingerprint, credential_epoch(account), now, now, idle_until, expires)
+        )
+        self.store.clear_failures(self._account_key(account, cert))
+        return "ok", idle_until
+
+    # --- throttling --------------------------------------------------------------------
+
+    @staticmethod
+    def _account_key(account: Account, cert: CertIdentity) -> str:
+        return f"acct:{account.name}:{cert.fingerprint}"
+
+    def _locked(self, account: Account, cert: CertIdentity, peer: str, now: float) -> bool:
+        if self.store is None:
+            return False
+        keys = [self._account_key(account, cert)] + ([f"addr:{peer}"] if peer else [])
+        return any(self.store.lock_until(k, now) is not None for k in keys)
+
+    def _failed(self, reason: str, account: Account, cert: CertIdentity, peer: str, now: float) -> Decision:
+        """Count the failure per (account, certificate) and per address; lock past the limit."""
+        delay = 0.0
+        if self.store is not None:
+            t = self.throttle
+            keys = [self._account_key(account, cert)] + ([f"addr:{peer}"] if peer else [])
+            worst = 0
+            for key in keys:
+                count = self.store.add_failure(key, now, t.window_seconds)
+                worst = max(worst, count)
+                if count >= t.lock_after:
+                    self.store.set_lock(key, now + t.lock_seconds)
+            if worst > t.delay_after:
+                delay = min(t.max_delay_seconds, t.base_delay_seconds * 2 ** (worst - t.delay_after - 1))
+        return Decision(False, 401, reason, account, delay=delay)

@@ -1,0 +1,187 @@
+"""The browser step-up page: prove password + TOTP code once in a form, and every
+client using the same certificate gets in with the password alone until the
+grant ends. Served at a reserved path no share name can take.
+
+The page is only reachable with a valid client certificate (the TLS layer
+demands it), and its forms carry a CSRF token bound to that certificate, so
+another site cannot drive them through the user's browser.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import html
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs
+
+from .accounts import Account
+from .auth.core import Authenticator, Decision
+from .auth.identity import CertIdentity
+
+__all__ = ["PREFIX", "StepUpPage"]
+
+#: Share names start with a lower-case letter or digit, so this can never be a share.
+PREFIX = "_davserver"
+_MAX_FORM = 8192
+_TOKEN_TTL = 3600
+_SECURITY_HEADERS = [
+    ("Cache-Control", "no-store"),
+    ("Pragma", "no-cache"),
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
+    ("X-Frame-Options", "DENY"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Strict-Transport-Security", "max-age=31536000"),
+]
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;max-width:34rem;margin:3rem auto;padding:0 1rem;color:#222}
+h1{font-size:1.4rem}dl{display:grid;grid-template-columns:max-content 1fr;gap:.3rem 1rem}
+dt{color:#666}label{display:block;margin:.8rem 0 .2rem}input[type=password],input[type=text]{width:100%;
+padding:.5rem;font-size:1rem;box-sizing:border-box}button{margin-top:1rem;padding:.5rem 1.2rem;font-size:1rem}
+.ok{background:#e6f4ea;padding:.6rem 1rem}.err{background:#fce8e6;padding:.6rem 1rem}
+"""
+
+
+def _when(stamp: float) -> str:
+    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+class StepUpPage:
+    def __init__(self, authenticator: Authenticator, clock: Callable[[], datetime]) -> None:
+        self.auth = authenticator
+        self.clock = clock
+        self._key = secrets.token_bytes(32)
+
+    # --- CSRF tokens bound to the certificate ------------------------------------
+
+    def _token(self, cert: CertIdentity, issued: int | None = None) -> str:
+        issued = int(time.time()) if issued is None else issued
+        mac = hmac.new(self._key, f"{cert.fingerprint}:{issued}".encode(), hashlib.sha256).hexdigest()
+        return f"{issued}.{mac}"
+
+    def _token_ok(self, cert: CertIdentity, token: str) -> bool:
+        issued, _, _mac = token.partition(".")
+        if not issued.isdigit() or time.time() - int(issued) > _TOKEN_TTL:
+            return False
+        return hmac.compare_digest(self._token(cert, int(issued)), token)
+
+    @staticmethod
+    def _same_origin(environ: dict[str, Any]) -> bool:
+        site = environ.get("HTTP_SEC_FETCH_SITE")
+        if site and site not in ("same-origin", "none"):
+            return False
+        origin = environ.get("HTTP_ORIGIN")
+        return not origin or origin == f"https://{environ.get('HTTP_HOST', '')}"
+
+    # --- WSGI --------------------------------------------------------------------
+
+    def handle(
+        self, environ: dict[str, Any], start_response: Callable[..., Any], account: Account, cert: CertIdentity
+    ) -> tuple[Iterable[bytes], Decision]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        action = environ.get("PATH_INFO", "").rstrip("/").rsplit("/", 1)[-1]
+        ok = Decision(True, 0, "ok", account)
+        if method in ("GET", "HEAD"):
+            return self._page(start_response, account, cert, 200, head=method == "HEAD"), ok
+        if method != "POST" or action not in ("stepup", "end"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, POST"), ("Content-Length", "0")])
+            return [b""], Decision.deny("bad_request", account, status=405)
+        form = self._form(environ)
+        if form is None or not self._same_origin(environ) or not self._token_ok(cert, form.get("csrf", "")):
+            return self._page(start_response, account, cert, 403, error="The form expired. Please try again."), (
+                Decision.deny("csrf", account, status=403)
+            )
+        if action == "end":
+            self.auth.end_grant(account, cert)
+            return self._page(start_response, account, cert, 200, notice="The grant has ended."), Decision(
+                True, 0, "grant_ended", account
+            )
+        decision = self.auth.step_up(
+            account=account, cert=cert, password=form.get("password", ""), code=form.get("code", ""),
+            now=self.clock(), peer=environ.get("REMOTE_ADDR", ""),
+        )
+        if not decision.allowed:
+            if decision.delay:
+                time.sleep(decision.delay)
+            return self._page(start_response, account, cert, 403, error="Invalid credentials."), decision
+        return self._page(start_response, account, cert, 200, notice="Verified."), Decision(
+            True, 0, "stepup", account, decision.factors, decision.grant_expires
+        )
+
+    @staticmethod
+    def _form(environ: dict[str, Any]) -> dict[str, str] | None:
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return None
+        if length <= 0 or length > _MAX_FORM:
+            return None
+        body = environ["wsgi.input"].read(length)
+        try:
+            parsed = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=10)
+        except (UnicodeDecodeError, ValueError):
+            return None
+        return {k: v[0] for k, v in parsed.items()}
+
+    def _page(
+        self,
+        start_response: Callable[..., Any],
+        account: Account,
+        cert: CertIdentity,
+        status: int,
+        *,
+        error: str = "",
+        notice: str = "",
+        head: bool = False,
+    ) -> list[bytes]:
+        e = html.escape
+        grant = self.auth.current_grant(account, cert, self.clock())
+        token = self._token(cert)
+        parts = [
+            "<!doctype html><html lang=en><head><meta charset=utf-8>",
+            '<meta name=viewport content="width=device-width,initial-scale=1">',
+            f"<title>davserver sign-in</title><style>{_STYLE}</style></head><body>",
+            "<h1>Two-factor sign-in</h1>",
+            f'<p class="err">{e(error)}</p>' if error else "",
+            f'<p class="ok">{e(notice)}</p>' if notice else "",
+            "<dl>",
+            f"<dt>Account</dt><dd>{e(account.name)}</dd>",
+            f"<dt>Certificate</dt><dd>{e(cert.subject)} (serial {e(cert.serial)})</dd>",
+        ]
+        if grant is not None:
+            parts += [
+                f"<dt>Grant</dt><dd>active; ends {e(_when(grant.idle_until))} if unused, "
+                f"at the latest {e(_when(grant.expires))}</dd></dl>",
+                "<p>Every client that uses this certificate can now sign in with the password alone.</p>",
+                f'<form method=post action="/{PREFIX}/end"><input type=hidden name=csrf value="{e(token)}">',
+                "<button type=submit>End the grant now</button></form>",
+            ]
+        else:
+            parts += [
+                "<dt>Grant</dt><dd>none</dd></dl>",
+                f'<form method=post action="/{PREFIX}/stepup" autocomplete=off>',
+                f'<input type=hidden name=csrf value="{e(token)}">',
+                "<label for=password>Password</label>",
+                "<input id=password name=password type=password required autocomplete=current-password>",
+                "<label for=code>Code from your authenticator app</label>",
+                "<input id=code name=code type=text inputmode=numeric pattern=[0-9]{6} maxlength=6 required "
+                "autocomplete=one-time-code>",
+                "<button type=submit>Verify</button></form>",
+            ]
+        parts.append("</body></html>")
+        body = "".join(parts).encode("utf-8")
+        reason = {200: "OK", 403: "Forbidden"}.get(status, "OK")
+        start_response(
+            f"{status} {reason}",
+            [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body))), *_SECURITY_HEADERS],
+        )
+        return [b""] if head else [body]

@@ -1,0 +1,49 @@
+"""The state-store contract. Times are POSIX seconds passed in by the caller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["Grant", "StateStore"]
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A step-up session: TOTP was proven with this certificate, for this account."""
+
+    account: str
+    fingerprint: str
+    epoch: str  # digest of the account's password hash + TOTP secret when the grant opened
+    opened: float
+    last_used: float
+    idle_until: float
+    expires: float  # absolute end
+
+    def valid(self, now: float) -> bool:
+        return now < self.idle_until and now < self.expires
+
+
+class StateStore(Protocol):
+    # one code, one use
+    def use_otp_step(self, account: str, step: int) -> bool:
+        """Record `step` as used; False when it (or a later step) was used already. Atomic."""
+
+    # grants
+    def open_grant(self, grant: Grant) -> None: ...
+    def get_grant(self, account: str, fingerprint: str) -> Grant | None: ...
+    def touch_grant(self, account: str, fingerprint: str, now: float, idle: float) -> None: ...
+    def end_grant(self, account: str, fingerprint: str) -> None: ...
+    def end_grants(self, account: str) -> int: ...
+
+    # throttling
+    def add_failure(self, key: str, now: float, window: float) -> int:
+        """Count a failure for `key` within `window` seconds; returns the count. Atomic."""
+
+    def clear_failures(self, key: str) -> None: ...
+    def set_lock(self, key: str, until: float) -> None: ...
+    def lock_until(self, key: str, now: float) -> float | None: ...
+    def clear_locks(self, prefix: str) -> int:
+        """Remove locks and counters whose key starts with prefix; returns how many locks."""
+
+    def close(self) -> None: ...

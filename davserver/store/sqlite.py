@@ -1,0 +1,139 @@
+"""The embedded default state store: one SQLite file in WAL mode.
+
+Safe for the server's threads (a connection per thread) and for the CLI
+writing while the server runs (WAL, busy timeout). Each operation that must
+not race is one statement or one IMMEDIATE transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from .base import Grant
+
+__all__ = ["SQLiteStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS otp_steps (account TEXT PRIMARY KEY, step INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS grants (
+    account TEXT NOT NULL, fingerprint TEXT NOT NULL, epoch TEXT NOT NULL,
+    opened REAL NOT NULL, last_used REAL NOT NULL, idle_until REAL NOT NULL, expires REAL NOT NULL,
+    PRIMARY KEY (account, fingerprint));
+CREATE TABLE IF NOT EXISTS failures (key TEXT PRIMARY KEY, count INTEGER NOT NULL, window_end REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS locks (key TEXT PRIMARY KEY, until REAL NOT NULL);
+"""
+
+
+class SQLiteStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._db().executescript(_SCHEMA)
+        path.chmod(0o600)
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+            with self._all_lock:
+                self._all.append(db)
+        return db
+
+    class _Tx:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+            self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+    def _tx(self) -> SQLiteStore._Tx:
+        return self._Tx(self._db())
+
+    # --- one code, one use ---------------------------------------------------------
+
+    def use_otp_step(self, account: str, step: int) -> bool:
+        cur = self._db().execute(
+            "INSERT INTO otp_steps(account, step) VALUES (?, ?) "
+            "ON CONFLICT(account) DO UPDATE SET step = excluded.step WHERE excluded.step > otp_steps.step",
+            (account, step),
+        )
+        return cur.rowcount == 1
+
+    # --- grants ----------------------------------------------------------------------
+
+    def open_grant(self, grant: Grant) -> None:
+        self._db().execute(
+            "INSERT OR REPLACE INTO grants VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (grant.account, grant.fingerprint, grant.epoch, grant.opened, grant.last_used,
+             grant.idle_until, grant.expires),
+        )
+
+    def get_grant(self, account: str, fingerprint: str) -> Grant | None:
+        row = self._db().execute(
+            "SELECT account, fingerprint, epoch, opened, last_used, idle_until, expires FROM grants "
+            "WHERE account = ? AND fingerprint = ?",
+            (account, fingerprint),
+        ).fetchone()
+        return Grant(*row) if row else None
+
+    def touch_grant(self, account: str, fingerprint: str, now: float, idle: float) -> None:
+        self._db().execute(
+            "UPDATE grants SET last_used = ?, idle_until = MIN(expires, ?) "
+            "WHERE account = ? AND fingerprint = ? AND idle_until > ?",
+            (now, now + idle, account, fingerprint, now),
+        )
+
+    def end_grant(self, account: str, fingerprint: str) -> None:
+        self._db().execute("DELETE FROM grants WHERE account = ? AND fingerprint = ?", (account, fingerprint))
+
+    def end_grants(self, account: str) -> int:
+        return self._db().execute("DELETE FROM grants WHERE account = ?", (account,)).rowcount
+
+    # --- throttling ------------------------------------------------------------------
+
+    def add_failure(self, key: str, now: float, window: float) -> int:
+        with self._tx() as db:
+            row = db.execute("SELECT count, window_end FROM failures WHERE key = ?", (key,)).fetchone()
+            count = 1 if row is None or row[1] <= now else row[0] + 1
+            window_end = now + window if row is None or row[1] <= now else row[1]
+            db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?)", (key, count, window_end))
+        return count
+
+    def clear_failures(self, key: str) -> None:
+        self._db().execute("DELETE FROM failures WHERE key = ?", (key,))
+
+    def set_lock(self, key: str, until: float) -> None:
+        self._db().execute(
+            "INSERT INTO locks VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET until = MAX(until, excluded.until)",
+            (key, until),
+        )
+
+    def lock_until(self, key: str, now: float) -> float | None:
+        row = self._db().execute("SELECT until FROM locks WHERE key = ? AND until > ?", (key, now)).fetchone()
+        return float(row[0]) if row else None
+
+    def clear_locks(self, prefix: str) -> int:
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        with self._tx() as db:
+            n = db.execute("DELETE FROM locks WHERE key LIKE ? ESCAPE '\\'", (pattern,)).rowcount
+            db.execute("DELETE FROM failures WHERE key LIKE ? ESCAPE '\\'", (pattern,))
+        return n
+
+    def close(self) -> None:
+        with self._all_lock:
+            for db in self._all:
+                db.close()
+            self._all.clear()
+        self._local = threading.local()
