@@ -6,6 +6,7 @@ one-line message on standard error and exit status 2, never a traceback.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -18,13 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import click
+import segno
 
 from . import instance
 from .accounts import Account, load_accounts, save_accounts
+from .auth import totp
 from .auth.passwords import hash_password
 from .config import ConfigError, Home, load_config
 from .errors import StartupError
 from .pki import CertificateAuthority, IssuedCert, PKIError
+from .stepup import PREFIX as STEPUP_PREFIX
+from .store.sqlite import SQLiteStore
 
 __all__ = ["main"]
 
@@ -259,7 +264,80 @@ def user_passwd(ctx: click.Context, name: str, password_stdin: bool) -> None:
     if name not in load_accounts(_home(ctx).accounts_file):
         _fail(f"no account {name!r} (see `davserver user list`)")
     _edit_account(ctx, name, password_hash=hash_password(_new_password(password_stdin)))
+    _end_grants(_home(ctx), name)
     click.echo(f"password of {name} changed")
+
+
+def _store(home: Home) -> SQLiteStore:
+    config = load_config(home)
+    assert config.state.path is not None
+    return SQLiteStore(config.state.path)
+
+
+def _end_grants(home: Home, name: str) -> int:
+    store = _store(home)
+    try:
+        return store.end_grants(name)
+    finally:
+        store.close()
+
+
+@user.group("totp")
+def user_totp() -> None:
+    """Enrol or remove an account's TOTP authenticator."""
+
+
+@user_totp.command("enable")
+@click.argument("name")
+@click.option("--required", is_flag=True, help="Demand TOTP for this account on every share.")
+@click.option("--json", "as_json", is_flag=True, help="Print secret and otpauth:// URI as JSON.")
+@click.pass_context
+@_handled
+def user_totp_enable(ctx: click.Context, name: str, required: bool, as_json: bool) -> None:
+    """Create a new TOTP secret (replacing any old one) and show it as a QR code."""
+    home = _home(ctx)
+    config = load_config(home)
+    secret = totp.new_secret()
+    _edit_account(ctx, name, totp_secret=secret, totp_required=required)
+    _end_grants(home, name)
+    uri = totp.provisioning_uri(secret, name, config.totp.issuer)
+    if as_json:
+        click.echo(json.dumps({"account": name, "secret": secret, "uri": uri, "required": required}, indent=2))
+        return
+    qr = io.StringIO()
+    segno.make(uri, error="m").terminal(out=qr, compact=True)
+    click.echo(qr.getvalue())
+    click.echo(f"Scan this with an authenticator app, or enter the secret by hand: {secret}")
+    click.echo(f"URI: {uri}")
+    click.echo("Sign in with the password followed by the 6-digit code (e.g. mypassword123456),")
+    click.echo(f"or open https://HOST:PORT/{STEPUP_PREFIX}/ in a browser that holds the certificate.")
+
+
+@user_totp.command("disable")
+@click.argument("name")
+@click.pass_context
+@_handled
+def user_totp_disable(ctx: click.Context, name: str) -> None:
+    """Remove the account's TOTP secret (shares that require TOTP then refuse it)."""
+    _edit_account(ctx, name, totp_secret=None, totp_required=False)
+    _end_grants(_home(ctx), name)
+    click.echo(f"TOTP removed from {name}")
+
+
+@user.command("unlock")
+@click.argument("name")
+@click.pass_context
+@_handled
+def user_unlock(ctx: click.Context, name: str) -> None:
+    """Lift the temporary lock that failed sign-ins put on an account."""
+    if name not in load_accounts(_home(ctx).accounts_file):
+        _fail(f"no account {name!r} (see `davserver user list`)")
+    store = _store(_home(ctx))
+    try:
+        n = store.clear_locks(f"acct:{name}:")
+    finally:
+        store.close()
+    click.echo(f"{name} unlocked ({n} lock{'s' if n != 1 else ''} lifted)")
 
 
 @user.command("disable")
@@ -269,6 +347,7 @@ def user_passwd(ctx: click.Context, name: str, password_stdin: bool) -> None:
 def user_disable(ctx: click.Context, name: str) -> None:
     """Refuse every request of this account until it is enabled again."""
     _edit_account(ctx, name, enabled=False)
+    _end_grants(_home(ctx), name)
     click.echo(f"account {name} disabled")
 
 
@@ -327,9 +406,12 @@ def _principal_list(value: str) -> tuple[str, ...]:
 @click.option("--read-only", is_flag=True, help="Refuse every write to this share.")
 @click.option("--readers", default="", help="Accounts or @groups that may read, comma-separated (* = all).")
 @click.option("--writers", default="", help="Accounts or @groups that may read and write (* = all).")
+@click.option("--require", "require", default=None, metavar="none|password|password,totp",
+              help="Factors beyond the certificate [default: defaults.require].")
 @click.pass_context
 @_handled
-def share_add(ctx: click.Context, name: str, path: str, read_only: bool, readers: str, writers: str) -> None:
+def share_add(ctx: click.Context, name: str, path: str, read_only: bool, readers: str, writers: str,
+              require: str | None) -> None:
     """Add share NAME serving folder PATH (created if missing).
 
     Without --readers/--writers every account may use it (read-only with --read-only).
@@ -340,7 +422,12 @@ def share_add(ctx: click.Context, name: str, path: str, read_only: bool, readers
             readers_t = ("*",)
         else:
             writers_t = ("*",)
-    target = instance.add_share(_home(ctx), name, path, read_only=read_only, readers=readers_t, writers=writers_t)
+    factors: tuple[str, ...] | None = None
+    if require is not None:
+        factors = () if require.strip() == "none" else tuple(f.strip() for f in require.split(",") if f.strip())
+    target = instance.add_share(
+        _home(ctx), name, path, read_only=read_only, readers=readers_t, writers=writers_t, require=factors
+    )
     click.echo(f"share {name} -> {target} added; restart the server to serve it")
 
 
@@ -368,7 +455,7 @@ def share_list(ctx: click.Context, as_json: bool) -> None:
     for r in rows:
         mode = "read-only" if r["read_only"] else "read-write"
         click.echo(f"{r['name']:16} {mode:10} {r['path']}  readers={','.join(r['readers']) or '-'} "
-                   f"writers={','.join(r['writers']) or '-'}")
+                   f"writers={','.join(r['writers']) or '-'} require={','.join(r['require']) or 'none'}")
 
 
 # --- serving ----------------------------------------------------------------------
