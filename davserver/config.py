@@ -138,7 +138,8 @@ class TOTPConfig:
 
 @dataclass(frozen=True)
 class ThrottleConfig:
-    lock_after: int = 10  # failures within window_seconds that lock the key
+    lock_after: int = 10  # failures within window_seconds that lock an (account, certificate)
+    address_lock_after: int = 50  # … and that lock a peer address (shared by everyone behind a NAT)
     lock_seconds: float = 900.0
     window_seconds: float = 900.0
     delay_after: int = 3  # failures answered at once before delays start
@@ -355,10 +356,19 @@ def _parse_totp(raw: Mapping[str, Any]) -> TOTPConfig:
 
 def _parse_throttle(raw: Mapping[str, Any]) -> ThrottleConfig:
     t = _section(raw, "throttle")
-    keys = ("lock_after", "lock_seconds", "window_seconds", "delay_after", "base_delay_seconds", "max_delay_seconds")
+    keys = (
+        "lock_after",
+        "address_lock_after",
+        "lock_seconds",
+        "window_seconds",
+        "delay_after",
+        "base_delay_seconds",
+        "max_delay_seconds",
+    )
     _check_keys(t, "throttle", keys)
     return ThrottleConfig(
         lock_after=_int(t, "throttle", "lock_after", 10, 1, 1_000_000),
+        address_lock_after=_int(t, "throttle", "address_lock_after", 50, 1, 1_000_000),
         lock_seconds=_float(t, "throttle", "lock_seconds", 900.0, 0.0),
         window_seconds=_float(t, "throttle", "window_seconds", 900.0, 1.0),
         delay_after=_int(t, "throttle", "delay_after", 3, 0, 1_000_000),

@@ -46,7 +46,8 @@ def auth(tmp_path: Path) -> Iterator[Authenticator]:
     yield Authenticator(
         IdentityConfig(), cache_seconds=300, store=store,
         totp_config=TOTPConfig(grant_idle_seconds=600, grant_absolute_seconds=3600),
-        throttle=ThrottleConfig(lock_after=5, lock_seconds=900, delay_after=2, base_delay_seconds=0.25),
+        throttle=ThrottleConfig(lock_after=5, address_lock_after=5, lock_seconds=900, delay_after=2,
+                                base_delay_seconds=0.25),
     )
     store.close()
 

@@ -183,3 +183,24 @@ def test_quickstart_serves_what_it_prints(tmp_path: Path) -> None:
         if proc.stdout is not None:
             proc.stdout.close()
     assert proc.returncode == 0
+
+
+def test_totp_enrolment_and_share_policy(home: Path) -> None:
+    run(home, "user", "add", "alice", "--password-stdin", input="s3cret-password\n")
+    out = json.loads(run(home, "user", "totp", "enable", "alice", "--json").output)
+    assert out["uri"].startswith("otpauth://totp/") and "issuer=davserver" in out["uri"]
+    assert load_accounts(home / "config/accounts.yaml")["alice"].totp_secret == out["secret"]
+    shown = run(home, "user", "totp", "enable", "alice", "--required").output
+    assert "█" in shown or "▀" in shown or "▄" in shown, "a QR code is drawn in the terminal"
+    acc = load_accounts(home / "config/accounts.yaml")["alice"]
+    assert acc.totp_required and acc.totp_secret != out["secret"], "re-enrolling replaces the secret"
+    run(home, "user", "totp", "disable", "alice")
+    acc = load_accounts(home / "config/accounts.yaml")["alice"]
+    assert acc.totp_secret is None and not acc.totp_required
+    run(home, "share", "add", "vault", "data/vault", "--require", "password,totp")
+    run(home, "share", "add", "drop", "data/drop", "--require", "none")
+    shares = load_config(Home(home)).shares
+    assert shares["vault"].require == ("password", "totp") and shares["drop"].require == ()
+    bad = run(home, "share", "add", "x", "data/x", "--require", "totp", ok=False)
+    assert bad.exit_code == 2 and "password, totp" in bad.output
+    assert "unlocked" in run(home, "user", "unlock", "alice").output

@@ -319,12 +319,14 @@ class Authenticator:
         delay = 0.0
         if self.store is not None:
             t = self.throttle
-            keys = [self._account_key(account, cert)] + ([f"addr:{peer}"] if peer else [])
+            limits = [(self._account_key(account, cert), t.lock_after)]
+            if peer:
+                limits.append((f"addr:{peer}", t.address_lock_after))
             worst = 0
-            for key in keys:
+            for key, limit in limits:
                 count = self.store.add_failure(key, now, t.window_seconds)
                 worst = max(worst, count)
-                if count >= t.lock_after:
+                if count >= limit:
                     self.store.set_lock(key, now + t.lock_seconds)
             if worst > t.delay_after:
                 delay = min(t.max_delay_seconds, t.base_delay_seconds * 2 ** (worst - t.delay_after - 1))
