@@ -23,6 +23,7 @@ from .stepup import PREFIX as STEPUP_PREFIX
 from .stepup import StepUpPage
 from .store.base import StateStore
 from .tls import CERT_ENVIRON_KEY
+from .watchdog import current_connection
 
 __all__ = ["Guard", "parse_basic"]
 
@@ -56,15 +57,19 @@ def _first_segment(path: str) -> str:
 
 
 class _Counted:
-    """wsgi.input wrapper that counts the bytes the application read."""
+    """wsgi.input wrapper that counts the bytes the application read, and keeps
+    the body's watchdog deadline ahead of a client that sends at a fair rate."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, on_progress: Callable[[int, bool], None] | None = None) -> None:
         self._stream = stream
         self.count = 0
+        self._on_progress = on_progress
 
     def read(self, *args: Any) -> bytes:
         data: bytes = self._stream.read(*args)
         self.count += len(data)
+        if self._on_progress is not None:
+            self._on_progress(self.count, not data)
         return data
 
     def readline(self, *args: Any) -> bytes:
@@ -183,7 +188,7 @@ class Guard:
         path = environ.get("PATH_INFO", "")
         share_name = _first_segment(path)
         share = self._share(share_name)
-        counted = _Counted(environ.get("wsgi.input"))
+        counted = _Counted(environ.get("wsgi.input"), self._body_deadline(environ, started))
         environ["wsgi.input"] = counted
         if share_name == STEPUP_PREFIX and share is None:
             return self._stepup(environ, start_response, path, started, counted)
@@ -191,6 +196,9 @@ class Guard:
         status_seen = ["000"]
 
         def finish(sent: int, complete: bool) -> None:
+            conn = current_connection()
+            if conn is not None and getattr(conn, "watchdog", None) is not None:
+                conn.watchdog.disarm(conn)
             self._record(environ, path, decision, share_name if share else None, status_seen[0],
                          counted.count, sent, started, complete)
 
@@ -218,6 +226,28 @@ class Guard:
             finish(0, False)
             raise
         return _Audited(body, finish)
+
+    def _body_deadline(self, environ: dict[str, Any], started: float) -> Callable[[int, bool], None] | None:
+        """A request body must average limits.body_min_bytes_per_second after a grace time."""
+        conn = current_connection()
+        watchdog = getattr(conn, "watchdog", None)
+        limits = self.config.limits
+        if watchdog is None or not limits.body_min_bytes_per_second:
+            return None
+        length = environ.get("CONTENT_LENGTH", "")
+        expected = int(length) if length.isdigit() else None
+        if expected == 0 and not environ.get("HTTP_TRANSFER_ENCODING"):
+            return None
+        rate = limits.body_min_bytes_per_second
+        watchdog.arm(conn, started + limits.body_grace_seconds, "request body")
+
+        def progress(count: int, eof: bool) -> None:
+            if eof or (expected is not None and count >= expected):
+                watchdog.disarm(conn)
+            else:
+                watchdog.arm(conn, started + limits.body_grace_seconds + count / rate, "request body")
+
+        return progress
 
     def _stepup(
         self, environ: dict[str, Any], start_response: StartResponse, path: str, started: float, counted: _Counted
@@ -290,6 +320,7 @@ class Guard:
                 "bytes_out": bytes_out,
                 "duration_ms": round((time.monotonic() - started) * 1000, 2),
                 "decision": "allow" if decision.allowed else "deny",
-                "reason": decision.reason if complete or not decision.allowed else "aborted",
+                "reason": environ.get("davserver.limit")
+                or (decision.reason if complete or not decision.allowed else "aborted"),
             }
         )

@@ -14,6 +14,7 @@ import logging
 import os
 import ssl
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 from .auth.identity import parse_certificate
 from .config import TLSConfig
 from .errors import StartupError
+from .watchdog import Watchdog, set_current_connection
 
 __all__ = ["CERT_ENVIRON_KEY", "DeferredHandshakeAdapter", "TLSConnection", "create_ssl_context"]
 
@@ -124,11 +126,28 @@ class DeferredHandshakeAdapter(BuiltinSSLAdapter):
 
 
 class TLSConnection(HTTPConnection):
-    """A connection that completes its TLS handshake on the worker thread."""
+    """A connection that completes its TLS handshake on the worker thread.
+
+    From the moment a worker picks it up until the request headers are read,
+    one deadline applies (``header_seconds``), enforced by the server's watchdog.
+    """
 
     _handshake_done = False
+    watchdog: Watchdog | None = None
+    header_seconds: float = 10.0
 
     def communicate(self) -> bool:
+        set_current_connection(self)
+        if self.watchdog is not None:
+            self.watchdog.arm(self, time.monotonic() + self.header_seconds, "handshake or request headers")
+        try:
+            return self._communicate()
+        finally:
+            if self.watchdog is not None:
+                self.watchdog.disarm(self)
+            set_current_connection(None)
+
+    def _communicate(self) -> bool:
         if not self._handshake_done:
             sock = self.socket
             try:

@@ -1,0 +1,71 @@
+"""Whole-request deadlines, so a client that trickles bytes cannot hold a worker.
+
+cheroot's timeout applies to each read, so a client sending one byte every
+few seconds (slowloris) keeps a worker thread forever. The watchdog gives the
+handshake plus the request headers one deadline, and a request body a
+minimum average rate; past either it shuts the socket down, which ends the
+blocked read in the worker as if the client had gone away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+__all__ = ["Watchdog", "current_connection"]
+
+log = logging.getLogger("davserver.watchdog")
+
+_local = threading.local()
+
+
+def current_connection() -> Any:
+    """The connection the calling worker thread is serving (set by TLSConnection)."""
+    return getattr(_local, "conn", None)
+
+
+def set_current_connection(conn: Any) -> None:
+    _local.conn = conn
+
+
+class Watchdog:
+    def __init__(self, *, interval: float = 0.25) -> None:
+        self.interval = interval
+        self._deadlines: dict[int, tuple[float, Any, str]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, conn: Any, deadline: float, what: str) -> None:
+        self._deadlines[id(conn)] = (deadline, conn, what)
+
+    def disarm(self, conn: Any) -> None:
+        self._deadlines.pop(id(conn), None)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="davserver-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            now = time.monotonic()
+            for key, (deadline, conn, what) in list(self._deadlines.items()):
+                if deadline >= now:
+                    continue
+                current = self._deadlines.get(key)
+                if current is None or current[0] >= now:
+                    continue  # re-armed or disarmed meanwhile
+                self._deadlines.pop(key, None)
+                log.info("closing a connection from %s: %s too slow", getattr(conn, "remote_addr", "?"), what)
+                # The plain socket's shutdown: SSLSocket.shutdown would drop the TLS
+                # object under the worker that is reading from it.
+                with contextlib.suppress(OSError, AttributeError, TypeError):
+                    socket.socket.shutdown(conn.socket, socket.SHUT_RDWR)
