@@ -27,7 +27,7 @@ from .auth import totp
 from .auth.passwords import hash_password
 from .config import ConfigError, Home, load_config
 from .errors import StartupError
-from .pki import CertificateAuthority, IssuedCert, PKIError
+from .pki import CertificateAuthority, IssuedCert, PKIError, load_crl_serials
 from .stepup import PREFIX as STEPUP_PREFIX
 from .store.sqlite import SQLiteStore
 
@@ -200,6 +200,19 @@ def cert_revoke(ctx: click.Context, serial: str | None, account: str | None) -> 
         click.echo(f"{account} has no valid certificates")
     for c in revoked:
         click.echo(f"revoked {c.serial} ({c.account})")
+
+
+@cert.command("crl")
+@click.option("--days", type=click.IntRange(1, 3650), default=30, show_default=True,
+              help="Days until the CRL's nextUpdate.")
+@click.pass_context
+@_handled
+def cert_crl(ctx: click.Context, days: int) -> None:
+    """Re-sign the CRL now (running servers also do it before it falls due)."""
+    ca = CertificateAuthority(_home(ctx).certs_dir)
+    ca.write_crl(next_update_days=days)
+    revoked, next_update = load_crl_serials(ca.crl_path)
+    click.echo(f"CRL re-signed: {len(revoked)} revoked, next update {_iso(next_update) if next_update else '-'}")
 
 
 @cert.command("list")

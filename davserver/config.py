@@ -25,6 +25,8 @@ __all__ = [
     "ConfigError",
     "Home",
     "IdentityConfig",
+    "LimitsConfig",
+    "LocksConfig",
     "ServerConfig",
     "ShareConfig",
     "StateConfig",
@@ -99,6 +101,19 @@ class ServerConfig:
     port: int = 8443
     threads: int = 32
     timeout: float = 30.0
+    keep_alive_limit: int = 256
+    shutdown_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    xml_body_bytes: int = 1 << 20
+    header_bytes: int = 64 << 10
+    #: The TLS handshake plus the request headers must arrive within this.
+    header_seconds: float = 10.0
+    #: A request body must average at least this rate once the grace time is over.
+    body_min_bytes_per_second: int = 1024
+    body_grace_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -154,6 +169,12 @@ class StateConfig:
 
 
 @dataclass(frozen=True)
+class LocksConfig:
+    #: WebDAV locks are granted for at most this long ("Infinite" included); clients refresh them.
+    max_timeout_seconds: int = 3600
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     file: Path | None  # None: standard error
 
@@ -191,6 +212,8 @@ class Config:
     totp: TOTPConfig = field(default_factory=TOTPConfig)
     throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    locks: LocksConfig = field(default_factory=LocksConfig)
     #: Factors asked for where no share decides (the root listing, unknown paths).
     default_require: tuple[str, ...] = ("password",)
 
@@ -274,7 +297,7 @@ def _require(value: Any, key: str) -> tuple[str, ...]:
 
 def _parse_server(raw: Mapping[str, Any]) -> ServerConfig:
     s = _section(raw, "server")
-    _check_keys(s, "server", ("bind", "port", "threads", "timeout"))
+    _check_keys(s, "server", ("bind", "port", "threads", "timeout", "keep_alive_limit", "shutdown_timeout"))
     bind = _str(s, "server", "bind", "127.0.0.1")
     if bind not in ("localhost",):
         try:
@@ -286,6 +309,21 @@ def _parse_server(raw: Mapping[str, Any]) -> ServerConfig:
         port=_int(s, "server", "port", 8443, 0, 65535),
         threads=_int(s, "server", "threads", 32, 1, 1024),
         timeout=_float(s, "server", "timeout", 30.0, 1.0),
+        keep_alive_limit=_int(s, "server", "keep_alive_limit", 256, 1, 1_000_000),
+        shutdown_timeout=_float(s, "server", "shutdown_timeout", 30.0, 0.0),
+    )
+
+
+def _parse_limits(raw: Mapping[str, Any]) -> LimitsConfig:
+    lim = _section(raw, "limits")
+    keys = ("xml_body_bytes", "header_bytes", "header_seconds", "body_min_bytes_per_second", "body_grace_seconds")
+    _check_keys(lim, "limits", keys)
+    return LimitsConfig(
+        xml_body_bytes=_int(lim, "limits", "xml_body_bytes", 1 << 20, 1024, 1 << 30),
+        header_bytes=_int(lim, "limits", "header_bytes", 64 << 10, 4096, 16 << 20),
+        header_seconds=_float(lim, "limits", "header_seconds", 10.0, 1.0),
+        body_min_bytes_per_second=_int(lim, "limits", "body_min_bytes_per_second", 1024, 0, 1 << 30),
+        body_grace_seconds=_float(lim, "limits", "body_grace_seconds", 30.0, 1.0),
     )
 
 
@@ -386,6 +424,12 @@ def _parse_state(raw: Mapping[str, Any], home: Home) -> StateConfig:
     return StateConfig(backend=backend, path=home.resolve(_str(s, "state", "path", "state/state.db")))
 
 
+def _parse_locks(raw: Mapping[str, Any]) -> LocksConfig:
+    lk = _section(raw, "locks")
+    _check_keys(lk, "locks", ("max_timeout_seconds",))
+    return LocksConfig(max_timeout_seconds=_int(lk, "locks", "max_timeout_seconds", 3600, 1, 2_592_000))
+
+
 def parse_config(raw: Any, home: Home) -> Config:
     """Validate a parsed YAML document; raises ConfigError on the first problem."""
     if raw is None:
@@ -393,7 +437,10 @@ def parse_config(raw: Any, home: Home) -> Config:
     if not isinstance(raw, Mapping):
         raise ConfigError("", f"the file must hold a mapping of sections, found {type(raw).__name__}")
     _check_keys(
-        raw, "", ("server", "tls", "identity", "auth", "audit", "defaults", "totp", "throttle", "state", "shares")
+        raw,
+        "",
+        ("server", "tls", "identity", "auth", "audit", "defaults", "totp", "throttle", "state", "limits", "locks",
+         "shares"),
     )
     a = _section(raw, "auth")
     _check_keys(a, "auth", ("credential_cache_seconds",))
@@ -419,6 +466,8 @@ def parse_config(raw: Any, home: Home) -> Config:
         totp=_parse_totp(raw),
         throttle=_parse_throttle(raw),
         state=_parse_state(raw, home),
+        limits=_parse_limits(raw),
+        locks=_parse_locks(raw),
     )
 
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .errors import StartupError
-from .pki import PKIError, load_crl_serials
+from .pki import CertificateAuthority, PKIError, load_crl_serials
 
 __all__ = ["RevocationList"]
 
 log = logging.getLogger("davserver.revocation")
+
+#: Re-sign when less than this is left of the CRL's validity (it is signed for 30 days).
+_MARGIN = timedelta(days=10)
 
 
 class RevocationList:
@@ -57,3 +60,34 @@ class RevocationList:
                         log.error("CRL not reloaded, keeping the last good version: %s", exc)
                     self._stamp = stamp
         return self._serials
+
+    def keep_fresh(self, certs_dir: Path, *, now: datetime | None = None, margin: timedelta = _MARGIN) -> str:
+        """Re-sign our own CA's CRL well before its nextUpdate; warn about anyone else's.
+
+        Clients never see a stale CRL from us, and tools that load the CRL into
+        OpenSSL (which then refuses every client past nextUpdate) keep working.
+        Returns what was done: "fresh", "renewed", "stale" or "none".
+        """
+        if self.path is None:
+            return "none"
+        self.serials()
+        now = now or datetime.now(UTC)
+        if self.next_update is not None and self.next_update - now > margin:
+            return "fresh"
+        ca = CertificateAuthority(certs_dir)
+        own = ca.exists() and self.path.resolve() == ca.crl_path.resolve() and os.access(ca.ca_key_path, os.R_OK)
+        if own:
+            try:
+                ca.write_crl(now=now)
+            except PKIError as exc:
+                log.error("could not re-sign the CRL: %s", exc)
+            else:
+                log.info("CRL re-signed (it was due %s)", self.next_update)
+                self.serials()
+                return "renewed"
+        log.warning(
+            "the CRL %s is due for an update (nextUpdate %s): publish a fresh one (`davserver cert crl`)",
+            self.path,
+            self.next_update,
+        )
+        return "stale"

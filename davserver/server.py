@@ -17,9 +17,11 @@ from .config import Config, ConfigError
 from .dav import build_dav_app
 from .errors import StartupError
 from .guard import Guard
+from .limits import Limits
 from .revocation import RevocationList
 from .store.sqlite import SQLiteStore
 from .tls import DeferredHandshakeAdapter, TLSConnection, create_ssl_context
+from .watchdog import Watchdog
 
 __all__ = ["DavServer"]
 
@@ -28,7 +30,14 @@ log = logging.getLogger("davserver.server")
 
 class _Request(HTTPRequest):
     """Honours an application's `Connection: close`, so cheroot closes instead of
-    draining an unread (possibly huge, unauthenticated) body into memory."""
+    draining an unread (possibly huge, unauthenticated) body into memory; and
+    ends the header deadline once the headers are in."""
+
+    def parse_request(self) -> None:
+        super().parse_request()
+        watchdog = getattr(self.conn, "watchdog", None)
+        if watchdog is not None:
+            watchdog.disarm(self.conn)
 
     def send_headers(self) -> None:
         for key, value in self.outheaders:
@@ -62,14 +71,18 @@ class DavServer:
             accounts = AccountsWatcher(config.home.accounts_file)
         except ConfigError as exc:
             raise StartupError(str(exc)) from None
+        self.revocations = RevocationList(config.tls.crl)
         self.audit = AuditLog(config.audit.file)
         assert config.state.path is not None
         self.store = SQLiteStore(config.state.path)
         self.guard = Guard(
-            build_dav_app(config),
+            Limits(
+                build_dav_app(config, self.store),
+                xml_body_bytes=config.limits.xml_body_bytes,
+            ),
             config,
             accounts=accounts,
-            revocations=RevocationList(config.tls.crl),
+            revocations=self.revocations,
             audit=self.audit,
             store=self.store,
         )
@@ -83,7 +96,27 @@ class DavServer:
         )
         self._server.ConnectionClass = _Connection
         self._server.ssl_adapter = DeferredHandshakeAdapter(context)
+        self._server.max_request_header_size = config.limits.header_bytes
+        self._server.keep_alive_conn_limit = config.server.keep_alive_limit
+        self._server.shutdown_timeout = config.server.shutdown_timeout
+        self.watchdog = Watchdog()
+        # Per server, not per class: two servers in one process keep their own settings.
+        self._server.ConnectionClass = type(
+            "Connection", (_Connection,), {"watchdog": self.watchdog, "header_seconds": config.limits.header_seconds}
+        )
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._maintenance = threading.Thread(target=self._maintain, name="davserver-maintenance", daemon=True)
+
+    def _maintain(self) -> None:
+        """Hourly: keep the CRL fresh."""
+        while True:
+            try:
+                self.revocations.keep_fresh(self.config.home.certs_dir)
+            except Exception:  # noqa: BLE001 - maintenance must never take the server down
+                log.exception("CRL maintenance failed")
+            if self._stopping.wait(3600):
+                return
 
     @property
     def port(self) -> int:
@@ -125,18 +158,24 @@ class DavServer:
     def start(self) -> None:
         """Listen, then serve on a background thread (used by tests and quickstart)."""
         self.prepare()
+        self.watchdog.start()
+        self._maintenance.start()
         self._thread = threading.Thread(target=self._server.serve, name="davserver", daemon=True)
         self._thread.start()
 
     def serve_forever(self) -> None:
         self.prepare()
+        self.watchdog.start()
+        self._maintenance.start()
         try:
             self._server.serve()
         finally:
             self.stop()
 
     def stop(self) -> None:
+        self._stopping.set()
         self._server.stop()
+        self.watchdog.stop()
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
