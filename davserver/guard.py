@@ -148,13 +148,18 @@ class Guard:
         method = environ.get("REQUEST_METHOD", "")
         cert: CertIdentity | None = environ.get(CERT_ENVIRON_KEY)
         accounts = self.accounts.current()
+        require = share.require if share is not None else self.config.default_require
+        if method == "OPTIONS":
+            # Windows' WebDAV redirector gives up when OPTIONS answers 401, so OPTIONS
+            # needs the certificate only (it reveals no content, just the methods).
+            require = ()
         decision = self.authenticator.decide(
             cert=cert,
             credentials=parse_basic(environ.get("HTTP_AUTHORIZATION")),
             accounts=accounts,
             revoked=self.revocations.serials(),
             share=share,
-            require=share.require if share is not None else self.config.default_require,
+            require=require,
             write=method not in _READ_METHODS,
             now=self.clock(),
             peer=environ.get("REMOTE_ADDR", ""),
@@ -217,6 +222,8 @@ class Guard:
         environ["davserver.account"] = account.name
         environ["davserver.factors"] = decision.factors
         environ["davserver.grant_expires"] = decision.grant_expires
+        environ["davserver.share"] = share
+        environ["davserver.totp_enrolled"] = account.totp_secret is not None
         environ[VISIBLE_SHARES_KEY] = frozenset(
             name for name, s in self.config.shares.items() if s.may_read(account.name, account.groups)
         )

@@ -261,3 +261,18 @@ def test_two_servers_can_run_side_by_side(inst: Instance) -> None:
     with running(inst) as a, running(inst) as b:
         assert a.port != b.port
         assert session_for(inst).get(b.url + "files/").status_code == 200
+
+
+def test_options_needs_the_certificate_but_no_password(inst: Instance, server) -> None:
+    s = session_for(inst)
+    s.auth = None
+    r = s.options(server.url + "files/")
+    assert r.status_code == 200
+    assert r.headers["DAV"].replace(" ", "").startswith("1,2")
+    assert r.headers["MS-Author-Via"] == "DAV"
+    assert s.options(server.url + "ro/").headers["DAV"].strip() == "1", "read-only shares offer no locking"
+    assert s.options(server.url).status_code == 200
+    assert s.request("PROPFIND", server.url + "files/", headers={"Depth": "0"}).status_code == 401
+    assert session_for(inst, "carol").options(server.url + "team/").status_code == 401, "still per share"
+    inst.ca.revoke(inst.clients["alice"].issued.serial)
+    assert s.options(server.url + "files/").status_code == 401, "and still per certificate"
