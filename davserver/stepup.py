@@ -38,7 +38,9 @@ _SECURITY_HEADERS = [
     ),
     ("X-Frame-Options", "DENY"),
     ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "no-referrer"),
+    # same-origin, not no-referrer: under no-referrer the browser's own form POST
+    # carries `Origin: null`, which the CSRF check must refuse.
+    ("Referrer-Policy", "same-origin"),
     ("Strict-Transport-Security", "max-age=31536000"),
 ]
 

@@ -258,15 +258,19 @@ def test_rclone_wrong_password_fails(inst: Instance, server: DavServer, tmp_path
 _SUMMARY = re.compile(r"summary for `(\w+)': of (\d+) tests run: (\d+) passed, (\d+) failed")
 
 
-def test_litmus_all_suites_pass(inst: Instance, server: DavServer, tmp_path: Path) -> None:
+def run_litmus(inst: Instance, tmp_path: Path, url: str, account: str = "alice") -> str:
+    """Run litmus's five suites against url as the account (its p12 and password).
+
+    Fails the test on any failed or missing suite; returns the summary lines.
+    """
     litmus = require_tool("litmus")
-    alice = inst.clients["alice"]
+    client = inst.clients[account]
     # litmus decrypts the p12 with the HTTP password: conftest makes them equal.
-    assert alice.p12_password == alice.password
+    assert client.p12_password == client.password
     scratch = tmp_path / "litmus"
-    scratch.mkdir()
+    scratch.mkdir(exist_ok=True)
     proc = subprocess.run(
-        [litmus, "-k", "-c", str(alice.p12), f"{server.url}files/", alice.account, alice.password],
+        [litmus, "-k", "-c", str(client.p12), url, client.account, client.password],
         cwd=scratch, capture_output=True, text=True, env=clean_env(tmp_path),
         timeout=LITMUS_TIMEOUT, check=False,
     )
@@ -280,7 +284,11 @@ def test_litmus_all_suites_pass(inst: Instance, server: DavServer, tmp_path: Pat
     assert not failed, f"litmus failures:\n{summary}"
     # A suite that stops early still reports 0 failed; make sure each ran its tests.
     assert all(r[0] > 1 and r[0] == r[1] for r in results.values()), summary
-    print(summary)
+    return summary
+
+
+def test_litmus_all_suites_pass(inst: Instance, server: DavServer, tmp_path: Path) -> None:
+    print(run_litmus(inst, tmp_path, f"{server.url}files/"))
 
 
 # --- Python requests -----------------------------------------------------------------
