@@ -165,7 +165,10 @@ class ThrottleConfig:
 @dataclass(frozen=True)
 class StateConfig:
     backend: str = "sqlite"
-    path: Path | None = None
+    path: Path | None = None  # sqlite
+    url: str | None = None  # redis: redis://host:port/db or rediss:// for TLS
+    prefix: str = "davserver:"  # redis: every key starts with it (one per deployment)
+    password_file: Path | None = None  # redis: keeps the password out of this file
 
 
 @dataclass(frozen=True)
@@ -417,11 +420,24 @@ def _parse_throttle(raw: Mapping[str, Any]) -> ThrottleConfig:
 
 def _parse_state(raw: Mapping[str, Any], home: Home) -> StateConfig:
     s = _section(raw, "state")
-    _check_keys(s, "state", ("backend", "path"))
+    _check_keys(s, "state", ("backend", "path", "url", "prefix", "password_file"))
     backend = s.get("backend", "sqlite")
-    if backend != "sqlite":
-        raise ConfigError("state.backend", f"{backend!r} is not a known backend", "use sqlite")
-    return StateConfig(backend=backend, path=home.resolve(_str(s, "state", "path", "state/state.db")))
+    if backend not in ("sqlite", "redis"):
+        raise ConfigError("state.backend", f"{backend!r} is not a known backend", "use sqlite or redis")
+    path = home.resolve(_str(s, "state", "path", "state/state.db"))
+    if backend == "sqlite":
+        return StateConfig(backend=backend, path=path)
+    url = _str(s, "state", "url", "redis://127.0.0.1:6379/0")
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("state.url", f"{url!r} is not a Redis URL", "e.g. redis://10.0.0.5:6379/0 or rediss://…")
+    password_file = s.get("password_file")
+    return StateConfig(
+        backend=backend,
+        path=path,
+        url=url,
+        prefix=_str(s, "state", "prefix", "davserver:"),
+        password_file=home.resolve(password_file) if password_file else None,
+    )
 
 
 def _parse_locks(raw: Mapping[str, Any]) -> LocksConfig:

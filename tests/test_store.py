@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from davserver.store import Grant, SQLiteStore, StateStore
+from davserver.store.redis import RedisStore
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
-    s = SQLiteStore(tmp_path / "state.db")
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        s: StateStore = RedisStore(url, prefix=f"test-{uuid.uuid4().hex}:")
+    else:
+        s = SQLiteStore(tmp_path / "state.db")
     yield s
     s.close()
 

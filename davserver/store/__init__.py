@@ -1,14 +1,27 @@
 """Runtime state the server learns (OTP steps used, grants, failure counters,
-locks), behind one small interface so a shared backend can replace the
-embedded SQLite one without touching the auth core."""
+locks), behind one small interface: SQLite embedded by default, Redis when
+several server nodes must agree."""
 
-from .base import Grant, StateStore
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import Grant, StateStore, StoreUnavailable
 from .sqlite import SQLiteStore
 
-__all__ = ["Grant", "SQLiteStore", "StateStore", "open_store"]
+if TYPE_CHECKING:
+    from ..config import StateConfig
+
+__all__ = ["Grant", "SQLiteStore", "StateStore", "StoreUnavailable", "open_store"]
 
 
-def open_store(path: "str | object") -> StateStore:
-    from pathlib import Path
+def open_store(state: StateConfig) -> StateStore:
+    """The configured backend; Redis is imported only when used."""
+    if state.backend == "redis":
+        from .redis import RedisStore
 
-    return SQLiteStore(Path(str(path)))
+        assert state.url is not None
+        password = state.password_file.read_text().strip() if state.password_file else None
+        return RedisStore(state.url, prefix=state.prefix, password=password)
+    assert state.path is not None
+    return SQLiteStore(state.path)

@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Grant", "StateStore"]
+__all__ = ["Grant", "StateStore", "StoreUnavailable"]
+
+
+class StoreUnavailable(Exception):
+    """The state store cannot be reached: authentication that needs it fails closed."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,163 @@
+"""The shared state store for several server nodes: Redis.
+
+Everything two nodes may race on is one atomic step: accepting an OTP step
+and counting a failure are Lua scripts, locks are single SET commands.
+Values are JSON (never pickle), expiry is Redis's own key TTL (never a scan),
+and every key carries the deployment's prefix.
+
+If Redis is unreachable the store raises StoreUnavailable; the guard turns
+that into a refusal (fail closed), never into a login without the check.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import redis as redis_lib
+
+from .base import Grant, StoreUnavailable
+
+__all__ = ["RedisStore"]
+
+# KEYS[1] = otp key; ARGV[1] = step. Accept only a step later than the last one used.
+_USE_OTP = """
+local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
+local step = tonumber(ARGV[1])
+if step <= last then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', 3600)
+return 1
+"""
+
+# KEYS[1] = failure counter (hash: n, window_end); ARGV = now, window seconds.
+_ADD_FAILURE = """
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local window_end = tonumber(redis.call('HGET', KEYS[1], 'window_end') or '-1')
+local n
+if window_end <= now then
+  n = 1
+  redis.call('HSET', KEYS[1], 'n', 1, 'window_end', now + window)
+else
+  n = redis.call('HINCRBY', KEYS[1], 'n', 1)
+end
+redis.call('EXPIRE', KEYS[1], math.ceil(window) + 60)
+return n
+"""
+
+# KEYS[1] = grant key; ARGV = now, idle. Extend idle_until (never past expires) if still valid.
+_TOUCH_GRANT = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local g = cjson.decode(raw)
+local now = tonumber(ARGV[1])
+if g.idle_until <= now then return 0 end
+g.last_used = now
+g.idle_until = math.min(g.expires, now + tonumber(ARGV[2]))
+local ttl = math.max(1, math.ceil(g.idle_until - now))
+redis.call('SET', KEYS[1], cjson.encode(g), 'EX', ttl)
+return 1
+"""
+
+# KEYS[1] = lock key; ARGV = until, ttl. A lock is only ever lengthened.
+_SET_LOCK = """
+local old = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) > old then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
+return 1
+"""
+
+_CLEAR_PREFIX = """
+local n = 0
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if string.sub(key, 1, string.len(ARGV[1])) == ARGV[1] then
+    n = n + redis.call('DEL', ARGV[2] .. 'lock:' .. key)
+    redis.call('DEL', ARGV[2] .. 'fail:' .. key)
+    redis.call('SREM', KEYS[1], key)
+  end
+end
+return n
+"""
+
+
+class RedisStore:
+    def __init__(self, url: str, *, prefix: str = "davserver:", password: str | None = None) -> None:
+        self.prefix = prefix
+        extra = {"password": password} if password else {}
+        self._r = redis_lib.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, **extra)
+        self._use_otp = self._r.register_script(_USE_OTP)
+        self._add_failure = self._r.register_script(_ADD_FAILURE)
+        self._touch_grant = self._r.register_script(_TOUCH_GRANT)
+        self._clear_prefix = self._r.register_script(_CLEAR_PREFIX)
+        self._set_lock = self._r.register_script(_SET_LOCK)
+
+    def _k(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except redis_lib.RedisError as exc:
+            raise StoreUnavailable(f"state store (redis) unavailable: {exc}") from exc
+
+    def ping(self) -> None:
+        self._call(self._r.ping)
+
+    # --- one code, one use ---------------------------------------------------------
+
+    def use_otp_step(self, account: str, step: int) -> bool:
+        return bool(self._call(self._use_otp, keys=[self._k("otp", account)], args=[step]))
+
+    # --- grants ----------------------------------------------------------------------
+
+    def open_grant(self, grant: Grant) -> None:
+        ttl = max(1, math.ceil(grant.idle_until - grant.last_used))
+        value = json.dumps(grant.__dict__)
+        self._call(self._r.set, self._k("grant", grant.account, grant.fingerprint), value, ex=ttl)
+        self._call(self._r.sadd, self._k("grants", grant.account), grant.fingerprint)
+
+    def get_grant(self, account: str, fingerprint: str) -> Grant | None:
+        raw = self._call(self._r.get, self._k("grant", account, fingerprint))
+        return Grant(**json.loads(raw)) if raw else None
+
+    def touch_grant(self, account: str, fingerprint: str, now: float, idle: float) -> None:
+        self._call(self._touch_grant, keys=[self._k("grant", account, fingerprint)], args=[now, idle])
+
+    def end_grant(self, account: str, fingerprint: str) -> None:
+        self._call(self._r.delete, self._k("grant", account, fingerprint))
+
+    def end_grants(self, account: str) -> int:
+        fingerprints = self._call(self._r.smembers, self._k("grants", account))
+        keys = [self._k("grant", account, fp.decode()) for fp in fingerprints]
+        n = int(self._call(self._r.delete, *keys)) if keys else 0
+        self._call(self._r.delete, self._k("grants", account))
+        return n
+
+    # --- throttling ------------------------------------------------------------------
+
+    def add_failure(self, key: str, now: float, window: float) -> int:
+        self._call(self._r.sadd, self._k("throttle-keys"), key)
+        return int(self._call(self._add_failure, keys=[self._k("fail", key)], args=[now, window]))
+
+    def clear_failures(self, key: str) -> None:
+        self._call(self._r.delete, self._k("fail", key))
+
+    def set_lock(self, key: str, until: float) -> None:
+        # The key outlives `until` by a minute; lock_until() compares with the caller's clock.
+        ttl = max(60, math.ceil(until - time.time()) + 60)
+        self._call(self._r.sadd, self._k("throttle-keys"), key)
+        self._call(self._set_lock, keys=[self._k("lock", key)], args=[repr(until), ttl])
+
+    def lock_until(self, key: str, now: float) -> float | None:
+        raw = self._call(self._r.get, self._k("lock", key))
+        if raw is None:
+            return None
+        until = float(raw)
+        return until if until > now else None
+
+    def clear_locks(self, prefix: str) -> int:
+        return int(self._call(self._clear_prefix, keys=[self._k("throttle-keys")], args=[prefix, self.prefix]))
+
+    def close(self) -> None:
+        self._r.close()
