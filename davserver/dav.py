@@ -12,13 +12,15 @@ import os
 from typing import Any
 
 from wsgidav.dav_provider import DAVCollection, DAVProvider
-from wsgidav.dir_browser import WsgiDavDirBrowser
-from wsgidav.error_printer import ErrorPrinter
-from wsgidav.fs_dav_provider import FilesystemProvider
 from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
 from .config import Config, ShareConfig
+from .error_pages import ErrorPages
+from .fs import ShareProvider
+from .listing import Listing
+from .store.davstate import LockOwnerFilter, SQLiteLockStorage, SQLitePropertyManager
+from .store.sqlite import SQLiteStore
 
 __all__ = ["VISIBLE_SHARES_KEY", "build_dav_app"]
 
@@ -88,36 +90,22 @@ class RootProvider(DAVProvider):
         return root.get_member(path.strip("/")) if path.count("/") <= 1 or path.endswith("/") else None
 
 
-class ShareProvider(FilesystemProvider):
-    """A share's folder; symlinks are never followed out of it."""
-
-    def __init__(self, share: ShareConfig) -> None:
-        super().__init__(str(share.path), readonly=share.read_only, fs_opts={"follow_symlinks": False})
-        self.share = share
-
-
-def build_dav_app(config: Config) -> WsgiDAVApp:
+def build_dav_app(config: Config, store: SQLiteStore) -> WsgiDAVApp:
+    """WsgiDAV over the shares; WebDAV locks and dead properties live in `store`'s file."""
     mapping: dict[str, DAVProvider] = {"/": RootProvider(dict(config.shares))}
     for name, share in config.shares.items():
         mapping["/" + name] = ShareProvider(share)
     return WsgiDAVApp(
         {
             "provider_mapping": mapping,
-            "middleware_stack": [ErrorPrinter, WsgiDavDirBrowser, RequestResolver],
+            "middleware_stack": [ErrorPages, Listing, LockOwnerFilter, RequestResolver],
             "http_authenticator": {"domain_controller": None, "accept_basic": False, "accept_digest": False},
-            "property_manager": True,
-            "lock_storage": True,
+            "property_manager": SQLitePropertyManager(store),
+            "lock_storage": SQLiteLockStorage(store, max_timeout=config.locks.max_timeout_seconds),
             "verbose": 1,
             "logging": {"enable": False},
             "suppress_version_info": True,
             "add_header_MS_Author_Via": True,
-            "dir_browser": {
-                "enable": True,
-                "response_trailer": "davserver",
-                "show_user": True,
-                "davmount": True,
-                "ms_sharepoint_support": False,
-                "libre_office_support": False,
-            },
+            "dir_browser": {"enable": False},
         }
     )

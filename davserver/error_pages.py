@@ -93,6 +93,8 @@ class ErrorPages(BaseMiddleware):
             ctype, body = "text/plain; charset=utf-8", (status + "\n").encode("utf-8")
         if error.value >= 500 and error.value != 507:
             log.warning("%s %s answered %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), status)
+        if environ.get("REQUEST_METHOD") == "HEAD" or error.add_body is False:
+            body = b""  # a HEAD answer has no body: one would be read as the next response
         headers = [("Content-Type", ctype), ("Content-Length", str(len(body))), *(error.add_headers or [])]
         start_response(status, headers)
-        yield body if error.add_body is not False else b""
+        yield body

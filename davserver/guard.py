@@ -56,6 +56,12 @@ def _first_segment(path: str) -> str:
     return path.lstrip("/").split("/", 1)[0].lower()
 
 
+def _has_dot_segments(path: str) -> bool:
+    """`/files/../team/x` would be authorised for `files` and served from `team`:
+    paths with dot segments (after decoding) are refused outright."""
+    return any(part in (".", "..") for part in path.split("/"))
+
+
 class _Counted:
     """wsgi.input wrapper that counts the bytes the application read, and keeps
     the body's watchdog deadline ahead of a client that sends at a fair rate."""
@@ -180,7 +186,10 @@ class Guard:
         host = environ.get("HTTP_HOST", "")
         if parts.netloc and host and parts.netloc.lower() != host.lower():
             return "bad_destination"
-        share = self._share(_first_segment(unquote(parts.path)))
+        dest_path = unquote(parts.path)
+        if _has_dot_segments(dest_path) or "\x00" in dest_path:
+            return "bad_destination"
+        share = self._share(_first_segment(dest_path))
         if share is None or decision.account is None:
             return "dest_write_denied"
         denied = authorize(decision.account, share, write=True)
@@ -191,6 +200,12 @@ class Guard:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.monotonic()
         path = environ.get("PATH_INFO", "")
+        if _has_dot_segments(path) or "\x00" in path:
+            body = b"bad request path\n"
+            start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8"),
+                                               ("Content-Length", str(len(body))), ("Connection", "close")])
+            self._record(environ, path, Decision.deny("bad_path", status=400), None, "400", 0, 0, started, True)
+            return [body]
         share_name = _first_segment(path)
         share = self._share(share_name)
         counted = _Counted(environ.get("wsgi.input"), self._body_deadline(environ, started))

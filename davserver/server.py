@@ -16,6 +16,7 @@ from .audit import AuditLog
 from .config import Config, ConfigError
 from .dav import build_dav_app
 from .errors import StartupError
+from .fs import sweep_temp_files
 from .guard import Guard
 from .limits import Limits
 from .revocation import RevocationList
@@ -54,6 +55,11 @@ def _check_shares(config: Config) -> None:
     for name, share in config.shares.items():
         if not share.path.is_dir():
             raise StartupError(f"shares.{name}.path: {share.path} is not a folder (create it or fix the path)")
+        # Leftovers of uploads cut off by a crash. With a shared store other nodes may be
+        # uploading into the same folders, so only old leftovers go then.
+        swept = sweep_temp_files(share.path, older_than=0.0 if config.state.backend == "sqlite" else 300.0)
+        if swept:
+            log.info("share %r: removed %d unfinished upload(s)", name, swept)
         if not share.readers and not share.writers:
             log.warning("share %r lists no readers or writers: nobody can use it", name)
 

@@ -276,3 +276,15 @@ def test_options_needs_the_certificate_but_no_password(inst: Instance, server) -
     assert session_for(inst, "carol").options(server.url + "team/").status_code == 401, "still per share"
     inst.ca.revoke(inst.clients["alice"].issued.serial)
     assert s.options(server.url + "files/").status_code == 401, "and still per certificate"
+
+
+@pytest.mark.parametrize("path", ["/files/../team/secret.txt", "/files/%2e%2e/team/secret.txt",
+                                  "/files/./../team/secret.txt", "/files/..%2fteam/secret.txt"])
+def test_dot_segments_cannot_cross_into_another_share(inst: Instance, server, path: str) -> None:
+    (inst.home.root / "data/team/secret.txt").write_text("team only\n")
+    s = session_for(inst, "carol")  # carol may use `files` but not `team`
+    r = s.get(server.url.rstrip("/") + path)
+    assert r.status_code in (400, 401, 403, 404) and "team only" not in r.text
+    assert session_for(inst, "bob").get(server.url + "team/secret.txt").text == "team only\n"
+    r = s.request("COPY", server.url + "files/", headers={"Destination": server.url + "files/../team/x"})
+    assert r.status_code in (400, 403)

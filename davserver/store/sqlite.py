@@ -61,6 +61,16 @@ class SQLiteStore:
     def _tx(self) -> SQLiteStore._Tx:
         return self._Tx(self._db())
 
+    # --- for modules that keep their own tables in this file (store/davstate.py) ---------
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (autocommit); closed by close()."""
+        return self._db()
+
+    def transaction(self) -> SQLiteStore._Tx:
+        """`with store.transaction() as db:` runs the block in one IMMEDIATE transaction."""
+        return self._tx()
+
     # --- one code, one use ---------------------------------------------------------
 
     def use_otp_step(self, account: str, step: int) -> bool:

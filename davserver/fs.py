@@ -1,0 +1,575 @@
+"""The filesystem behind each share: WsgiDAV's FilesystemProvider made safe to write to.
+
+WsgiDAV 4.4 writes a PUT straight over the target (`open(path, "wb")`), so an
+aborted or failed upload destroys the old file and is still answered 2xx; COPY
+writes the destination in place with `shutil.copy2`; ETags use whole-second
+mtimes; and its error pages carry absolute server paths. Here:
+
+* a PUT or COPY writes a hidden temp file (`.davserver-upload-*`) in the target's
+  folder and renames it over the target only when every byte arrived and is on
+  disk, so readers see the old file or the new one, never a mix or a half; a new
+  file appears only once complete, and COPY onto a file replaces it in one step;
+* a body shorter than its Content-Length, a full disk (507) or a file size limit
+  (413) leave the old file byte-for-byte intact and no temp file behind;
+* temp files never show: not listed, 404 by name, refused as a write target;
+* ETags use the nanosecond mtime, size and inode, so two writes in one second differ;
+* nothing resolves outside the share root (symlinks are never followed, and a
+  request routed to a share other than the one the guard authorised is refused),
+  and no error page names a server path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from wsgidav import util
+from wsgidav.dav_error import (
+    HTTP_BAD_REQUEST,
+    HTTP_CONFLICT,
+    HTTP_FORBIDDEN,
+    HTTP_INSUFFICIENT_STORAGE,
+    HTTP_INTERNAL_ERROR,
+    HTTP_METHOD_NOT_ALLOWED,
+    HTTP_NOT_FOUND,
+    HTTP_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_REQUEST_URI_TOO_LONG,
+    DAVError,
+)
+from wsgidav.dav_provider import DAVNonCollection
+from wsgidav.fs_dav_provider import FileResource, FilesystemProvider, FolderResource
+
+from .config import ShareConfig
+
+__all__ = ["TEMP_PREFIX", "AtomicFile", "ShareProvider", "is_temp_name", "sweep_temp_files"]
+
+log = logging.getLogger("davserver.fs")
+
+#: Names of in-progress uploads and copies; hidden from clients and swept at start-up.
+TEMP_PREFIX = ".davserver-upload-"
+
+_BLOCK = 1 << 16
+#: The guard records here which share it authorised the request for.
+_REALM_KEY = "wsgidav.auth.realm"
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the name of one of our temp files."""
+    return name.startswith(TEMP_PREFIX)
+
+
+# --- errors ---------------------------------------------------------------------
+
+_ERRNO_STATUS = {
+    errno.ENOSPC: (HTTP_INSUFFICIENT_STORAGE, "Not enough space left to store the file."),
+    errno.EDQUOT: (HTTP_INSUFFICIENT_STORAGE, "Storage quota exceeded."),
+    errno.EFBIG: (HTTP_REQUEST_ENTITY_TOO_LARGE, "The file is larger than this server may store."),
+    errno.EACCES: (HTTP_FORBIDDEN, "Permission denied."),
+    errno.EPERM: (HTTP_FORBIDDEN, "Permission denied."),
+    errno.EROFS: (HTTP_FORBIDDEN, "The share is on a read-only filesystem."),
+    errno.ELOOP: (HTTP_FORBIDDEN, "Symbolic links are not served."),
+    errno.ENOENT: (HTTP_NOT_FOUND, None),
+    errno.ENOTDIR: (HTTP_CONFLICT, "A parent is not a collection."),
+    errno.EISDIR: (HTTP_CONFLICT, "The target is a collection."),
+    errno.ENOTEMPTY: (HTTP_CONFLICT, "The collection is not empty."),
+    errno.EEXIST: (HTTP_METHOD_NOT_ALLOWED, "The resource already exists."),
+    errno.ENAMETOOLONG: (HTTP_REQUEST_URI_TOO_LONG, "The name is too long."),
+}
+
+
+def _dav_error(exc: OSError, action: str, *, missing: int = HTTP_NOT_FOUND) -> DAVError:
+    """Turn an OSError into a DAVError whose text names no server path (the log gets the details)."""
+    status, text = _ERRNO_STATUS.get(exc.errno or 0, (HTTP_INTERNAL_ERROR, "Filesystem error."))
+    if exc.errno == errno.ENOENT:
+        status = missing
+    log.log(logging.ERROR if status == HTTP_INTERNAL_ERROR else logging.INFO, "%s failed: %s", action, exc)
+    return DAVError(status, text)
+
+
+def _incomplete_body(received: int, expected: int | None) -> DAVError:
+    log.info("PUT body incomplete: %d of %s bytes", received, expected if expected is not None else "?")
+    return DAVError(HTTP_BAD_REQUEST, "The request body ended early; the file was not changed.")
+
+
+# --- atomic replacement -----------------------------------------------------------
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask() would race other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on folders; the rename is still done
+    finally:
+        os.close(fd)
+
+
+class AtomicFile:
+    """A file written beside `target` and renamed over it on a successful `close()`.
+
+    Until then the target is untouched. `abort()` (or any failure) removes the temp
+    file. `expected_size`, when given, must equal the bytes written. `like` copies
+    mode and times from another file (COPY); otherwise the new file gets the old
+    file's mode and owner, or the mode of a freshly created file.
+    """
+
+    def __init__(self, target: str, *, expected_size: int | None = None, like: os.stat_result | None = None) -> None:
+        self.target = target
+        self.folder = os.path.dirname(target)
+        self.expected_size = expected_size
+        self.like = like
+        self.written = 0
+        self._done = False
+        try:
+            fd, self.temp_path = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.folder)
+        except OSError as exc:
+            self._done = True
+            raise _dav_error(exc, "creating an upload file", missing=HTTP_CONFLICT) from None
+        self._file = os.fdopen(fd, "wb", buffering=_BLOCK)
+
+    # A file-like object for WsgiDAV's do_PUT, which calls writelines() and then close().
+
+    def write(self, data: bytes) -> int:
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self.abort()
+            raise _dav_error(exc, f"writing {self.target}", missing=HTTP_CONFLICT) from None
+        self.written += len(data)
+        return len(data)
+
+    def writelines(self, chunks: Iterable[bytes]) -> None:
+        """Write every chunk; a body that breaks off (reset, timeout, bad chunking) is a 400."""
+        it = iter(chunks)
+        while True:
+            try:
+                chunk = next(it)
+            except StopIteration:
+                return
+            except DAVError:
+                self.abort()
+                raise
+            except Exception as exc:
+                self.abort()
+                log.info("PUT body broke off after %d bytes: %r", self.written, exc)
+                raise _incomplete_body(self.written, self.expected_size) from None
+            self.write(chunk)
+
+    def close(self) -> None:
+        """Commit: check the length, flush, fsync, rename over the target, fsync the folder."""
+        if self._done:
+            return
+        if self.expected_size is not None and self.written != self.expected_size:
+            self.abort()
+            raise _incomplete_body(self.written, self.expected_size)
+        try:
+            self._file.flush()
+            fd = self._file.fileno()
+            self._apply_metadata(fd)
+            os.fsync(fd)
+            self._file.close()
+            os.replace(self.temp_path, self.target)
+        except OSError as exc:
+            self.abort()
+            raise _dav_error(exc, f"storing {self.target}", missing=HTTP_CONFLICT) from None
+        self._done = True
+        _fsync_dir(self.folder)
+
+    def abort(self) -> None:
+        """Drop the temp file; the target stays as it was."""
+        if self._done:
+            return
+        self._done = True
+        with contextlib.suppress(OSError):
+            self._file.close()
+        try:
+            os.unlink(self.temp_path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.error("could not remove upload file %s: %s", self.temp_path, exc)
+
+    def __del__(self) -> None:
+        if not getattr(self, "_done", True):
+            self.abort()
+
+    def _apply_metadata(self, fd: int) -> None:
+        if self.like is not None:
+            os.fchmod(fd, stat.S_IMODE(self.like.st_mode))
+            os.utime(fd, ns=(self.like.st_atime_ns, self.like.st_mtime_ns))
+            return
+        try:
+            old = os.lstat(self.target)
+        except OSError:
+            old = None
+        if old is not None and stat.S_ISREG(old.st_mode):
+            os.fchmod(fd, stat.S_IMODE(old.st_mode))
+            if (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+                with contextlib.suppress(OSError):  # not root: the new file keeps our owner
+                    os.fchown(fd, old.st_uid, old.st_gid)
+        else:
+            os.fchmod(fd, 0o666 & ~_umask())
+
+
+def _atomic_copy(src: str, dest: str) -> None:
+    """Copy file data and mode/times (like shutil.copy2) via a temp file, so no half target is left."""
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _dav_error(exc, f"reading {src}") from None
+    with os.fdopen(fd, "rb") as source:
+        try:
+            like = os.fstat(fd)
+        except OSError as exc:
+            raise _dav_error(exc, f"reading {src}") from None
+        out = AtomicFile(dest, expected_size=like.st_size, like=like)
+        try:
+            while True:
+                block = source.read(1 << 20)
+                if not block:
+                    break
+                out.write(block)
+        except OSError as exc:
+            out.abort()
+            raise _dav_error(exc, f"reading {src}") from None
+        except BaseException:
+            out.abort()
+            raise
+        out.close()
+
+
+def sweep_temp_files(root: Path, *, older_than: float = 60.0) -> int:
+    """Remove temp files left under `root` by interrupted uploads; returns how many.
+
+    Only files not written to for `older_than` seconds go: an upload in progress
+    keeps touching its file. Pass 0 at start-up of a single server; with several
+    nodes on one shared filesystem keep the default, another node may be uploading.
+    """
+    removed = 0
+    cutoff = time.time() - older_than
+    for folder, _dirs, names in os.walk(root, followlinks=False):
+        for name in names:
+            if not is_temp_name(name):
+                continue
+            path = os.path.join(folder, name)
+            try:
+                st = os.lstat(path)
+                if stat.S_ISREG(st.st_mode) and (older_than <= 0 or st.st_mtime < cutoff):
+                    os.unlink(path)
+                    removed += 1
+            except OSError as exc:
+                log.warning("could not remove leftover upload file %s: %s", path, exc)
+    if removed:
+        log.info("removed %d leftover upload file(s) under %s", removed, root)
+    return removed
+
+
+# --- resources --------------------------------------------------------------------
+
+
+def _etag(st: os.stat_result) -> str:
+    return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
+
+
+class _File(FileResource):
+    """A regular file: atomic PUT and COPY, nanosecond ETags, no symlink following.
+
+    Length, Last-Modified and ETag all come from one stat. For the target of a GET the
+    file is opened first and that stat taken from the open file, so a PUT replacing it
+    meanwhile cannot make the body disagree with the headers.
+    """
+
+    _upload: AtomicFile | None = None
+    _fd: int | None = None
+
+    def __init__(self, path: str, environ: dict[str, Any], file_path: str, *, pin: bool = False) -> None:
+        if not pin:
+            super().__init__(path, environ, file_path)
+            return
+        fd = os.open(file_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise FileNotFoundError(errno.ENOENT, "not a regular file")
+            DAVNonCollection.__init__(self, path, environ)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._file_path = file_path
+        self.file_stat = st
+        self.name = util.to_str(os.path.basename(file_path))
+
+    def __del__(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def get_etag(self) -> str:
+        return _etag(self.file_stat)
+
+    def get_content(self) -> Any:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb", _BLOCK)
+        try:
+            fd = os.open(self._file_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _dav_error(exc, f"opening {self._file_path}") from None
+        return os.fdopen(fd, "rb", _BLOCK)
+
+    def begin_write(self, *, content_type: str | None = None) -> AtomicFile:
+        if self.provider.readonly:
+            raise DAVError(HTTP_FORBIDDEN)
+        self._upload = AtomicFile(self._file_path, expected_size=_expected_length(self.environ))
+        return self._upload
+
+    def end_write(self, *, with_errors: bool) -> None:
+        upload, self._upload = self._upload, None
+        if upload is not None and with_errors:
+            upload.abort()
+        if not with_errors:
+            try:
+                self.file_stat = os.stat(self._file_path, follow_symlinks=False)
+            except OSError as exc:
+                raise _dav_error(exc, f"stat {self._file_path}") from None
+
+    def delete(self) -> None:
+        try:
+            super().delete()
+        except OSError as exc:
+            raise _dav_error(exc, f"deleting {self._file_path}") from None
+
+    def handle_copy(self, dest_path: str, *, depth_infinity: bool) -> bool:
+        """COPY over an existing file: replace it in one step. (WsgiDAV deletes the target
+        first, request_server.py:1067, so a copy that then fails would lose it.)"""
+        if self.provider.readonly:
+            raise DAVError(HTTP_FORBIDDEN)
+        dest_res = self.provider.get_resource_inst(dest_path, self.environ)
+        if not isinstance(dest_res, _File) or self.environ.get("HTTP_OVERWRITE", "T") != "T":
+            return False  # new target or a folder: WsgiDAV's way, ending in copy_move_single()
+        _atomic_copy(self._file_path, dest_res._file_path)
+        # What WsgiDAV's delete of the old target would have dropped:
+        dest_res.remove_all_properties(recursive=False)
+        dest_res.remove_all_locks(recursive=False)
+        self._copy_dead_properties(dest_path, is_move=False, with_children=False)
+        return True
+
+    def copy_move_single(self, dest_path: str, *, is_move: bool) -> None:
+        if self.provider.readonly:
+            raise DAVError(HTTP_FORBIDDEN)
+        dest = self.provider._loc_to_file_path(dest_path, self.environ)
+        _atomic_copy(self._file_path, dest)
+        self._copy_dead_properties(dest_path, is_move=is_move, with_children=False)
+
+    def move_recursive(self, dest_path: str) -> None:
+        if self.provider.readonly:
+            raise DAVError(HTTP_FORBIDDEN)
+        dest = self.provider._loc_to_file_path(dest_path, self.environ)
+        try:
+            os.rename(self._file_path, dest)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise _dav_error(exc, f"moving {self._file_path}", missing=HTTP_CONFLICT) from None
+            _atomic_copy(self._file_path, dest)  # another filesystem: copy whole, then drop the source
+            try:
+                os.unlink(self._file_path)
+            except OSError as exc2:
+                raise _dav_error(exc2, f"moving {self._file_path}") from None
+        self._copy_dead_properties(dest_path, is_move=True, with_children=True)
+
+    def _copy_dead_properties(self, dest_path: str, *, is_move: bool, with_children: bool) -> None:
+        prop_man = self.provider.prop_manager
+        if not prop_man:
+            return
+        dest_res = self.provider.get_resource_inst(dest_path, self.environ)
+        if is_move:
+            prop_man.move_properties(
+                self.get_ref_url(), dest_res.get_ref_url(), with_children=with_children, environ=self.environ
+            )
+        else:
+            prop_man.copy_properties(self.get_ref_url(), dest_res.get_ref_url(), self.environ)
+
+
+class _NewFile(_File):
+    """The target of a PUT that does not exist yet: it appears only when the upload is complete.
+
+    (WsgiDAV creates an empty file first, which would stay behind after a failed upload.)
+    """
+
+    def __init__(self, path: str, environ: dict[str, Any], file_path: str) -> None:
+        DAVNonCollection.__init__(self, path, environ)
+        self._file_path = file_path
+        self.file_stat = os.stat_result((stat.S_IFREG | 0o644, 0, 0, 1, 0, 0, 0, 0, 0, 0))
+        self.name = util.to_str(os.path.basename(file_path))
+
+
+class _Folder(FolderResource):
+    """A folder whose listing hides temp files, symlinks and special files."""
+
+    def get_member_names(self) -> list[str]:
+        try:
+            entries = list(os.scandir(self._file_path))
+        except OSError as exc:
+            raise _dav_error(exc, f"listing {self._file_path}") from None
+        names = []
+        for entry in entries:
+            if is_temp_name(entry.name):
+                continue
+            try:
+                if entry.is_symlink():
+                    continue
+                if entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False):
+                    names.append(entry.name)
+            except OSError:
+                continue
+        return names
+
+    def get_member_list(self) -> list[Any]:
+        members = (self.get_member(name) for name in self.get_member_names())
+        return [m for m in members if m is not None]  # skip what vanished since the listing
+
+    def create_empty_resource(self, name: str) -> Any:
+        assert "/" not in name
+        if self.provider.readonly:
+            raise DAVError(HTTP_FORBIDDEN)
+        path = util.join_uri(self.path, name)
+        fp = self.provider._loc_to_file_path(path, self.environ)
+        if self.environ.get("REQUEST_METHOD") == "PUT":
+            return _NewFile(path, self.environ, fp)
+        try:  # LOCK on an unmapped URL: a real empty file, as WebDAV wants
+            os.close(os.open(fp, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666))
+        except OSError as exc:
+            raise _dav_error(exc, f"creating {fp}", missing=HTTP_CONFLICT) from None
+        return self.provider.get_resource_inst(path, self.environ)
+
+    def create_collection(self, name: str) -> None:
+        try:
+            super().create_collection(name)
+        except OSError as exc:
+            raise _dav_error(exc, f"creating folder {name!r} in {self._file_path}", missing=HTTP_CONFLICT) from None
+
+    def delete(self) -> None:
+        try:
+            super().delete()
+        except OSError as exc:
+            raise _dav_error(exc, f"deleting {self._file_path}") from None
+
+    def copy_move_single(self, dest_path: str, *, is_move: bool) -> None:
+        try:
+            super().copy_move_single(dest_path, is_move=is_move)
+        except OSError as exc:
+            raise _dav_error(exc, f"copying {self._file_path}", missing=HTTP_CONFLICT) from None
+
+    def move_recursive(self, dest_path: str) -> None:
+        try:
+            super().move_recursive(dest_path)
+        except (OSError, shutil.Error) as exc:
+            if isinstance(exc, OSError):
+                raise _dav_error(exc, f"moving {self._file_path}", missing=HTTP_CONFLICT) from None
+            log.error("moving %s failed: %s", self._file_path, exc)
+            raise DAVError(HTTP_INTERNAL_ERROR, "Filesystem error.") from None
+
+
+def _expected_length(environ: dict[str, Any]) -> int | None:
+    """Bytes the PUT body must have: Content-Length, 0 without one, None for chunked bodies."""
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return None
+    value = environ.get("CONTENT_LENGTH") or "0"
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+# --- the provider -----------------------------------------------------------------
+
+
+class ShareProvider(FilesystemProvider):
+    """A share's folder; symlinks are never followed out of it."""
+
+    def __init__(self, share: ShareConfig) -> None:
+        super().__init__(str(share.path), readonly=share.read_only, fs_opts={"follow_symlinks": False})
+        self.share = share
+
+    def is_readonly(self) -> bool:
+        """Read-only shares say so in OPTIONS (DAV: 1, no write methods, no locking)."""
+        return bool(self.readonly)
+
+    def _check_realm(self, environ: dict[str, Any]) -> None:
+        """Refuse a request WsgiDAV routed here although it was authorised for another share
+        (e.g. `/files/../team/x`: the guard saw `files`, WsgiDAV's normalisation picked `team`)."""
+        realm = environ.get(_REALM_KEY)
+        if realm is not None and str(realm).lower() != self.share.name.lower():
+            log.warning("request for share %r reached share %r: refused", realm, self.share.name)
+            raise DAVError(HTTP_FORBIDDEN, "Path outside the share.")
+
+    def _loc_to_file_path(self, path: str, environ: dict[str, Any] | None = None) -> str:
+        """WsgiDAV's resolution and realpath confinement, plus: no NUL, no dot segments,
+        no temp names, and no server path in the error."""
+        for part in path.split("/"):
+            if "\x00" in part or part in (".", ".."):
+                raise DAVError(HTTP_BAD_REQUEST, "Invalid path.")
+            if is_temp_name(part):
+                raise DAVError(HTTP_FORBIDDEN, "Reserved name.")
+        try:
+            file_path: str = super()._loc_to_file_path(path, environ)
+        except DAVError as exc:
+            raise DAVError(exc.value, "Path outside the share.") from None
+        except ValueError:
+            raise DAVError(HTTP_BAD_REQUEST, "Invalid path.") from None
+        real = os.path.realpath(file_path)
+        if not self._is_equal_or_child_path(self.root_folder_path_real, real):
+            raise DAVError(HTTP_FORBIDDEN, "Path outside the share.")
+        return file_path
+
+    def get_resource_inst(self, path: str, environ: dict[str, Any]) -> Any:
+        self._count_get_resource_inst += 1
+        self._check_realm(environ)
+        if any(is_temp_name(part) for part in path.split("/")):
+            return None
+        fp = self._loc_to_file_path(path, environ)
+        try:
+            st = os.lstat(fp)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise _dav_error(exc, f"stat {fp}") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise DAVError(HTTP_FORBIDDEN, "Symbolic links are not served.")
+        try:
+            if stat.S_ISDIR(st.st_mode):
+                return _Folder(path, environ, fp)
+            if stat.S_ISREG(st.st_mode):
+                pin = environ.get("REQUEST_METHOD") == "GET" and path == environ.get("PATH_INFO")
+                return _File(path, environ, fp, pin=pin)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _dav_error(exc, f"stat {fp}") from None
+        return None  # sockets, fifos, devices: not served (and not listed)
