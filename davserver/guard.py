@@ -201,11 +201,11 @@ class Guard:
         started = time.monotonic()
         path = environ.get("PATH_INFO", "")
         if _has_dot_segments(path) or "\x00" in path:
-            body = b"bad request path\n"
+            refusal = b"bad request path\n"
             start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8"),
-                                               ("Content-Length", str(len(body))), ("Connection", "close")])
+                                               ("Content-Length", str(len(refusal))), ("Connection", "close")])
             self._record(environ, path, Decision.deny("bad_path", status=400), None, "400", 0, 0, started, True)
-            return [body]
+            return [refusal]
         share_name = _first_segment(path)
         share = self._share(share_name)
         counted = _Counted(environ.get("wsgi.input"), self._body_deadline(environ, started))

@@ -92,6 +92,12 @@ class RedisStore:
         self._clear_prefix = self._r.register_script(_CLEAR_PREFIX)
         self._set_lock = self._r.register_script(_SET_LOCK)
 
+    @property
+    def client(self) -> redis_lib.Redis:
+        """The client (and its connection pool), for modules that keep their own keys under
+        `prefix` (store/redis_davstate.py); close() closes it."""
+        return self._r
+
     def _k(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
