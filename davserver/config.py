@@ -35,6 +35,7 @@ __all__ = [
     "ThrottleConfig",
     "FACTORS",
     "SHARE_NAME_RE",
+    "is_macos_clutter",
     "load_config",
     "parse_config",
 ]
@@ -190,6 +191,8 @@ class ShareConfig:
     readers: tuple[str, ...] = ()
     writers: tuple[str, ...] = ()
     require: tuple[str, ...] = ("password",)
+    #: macOS metadata files (`._*`, `.DS_Store`): "allow", "hide" (kept, not listed) or "refuse" (403).
+    macos_clutter: str = "allow"
 
     def _matches(self, principals: tuple[str, ...], account: str, groups: frozenset[str]) -> bool:
         return any(p in ("*", account) or (p.startswith("@") and p[1:] in groups) for p in principals)
@@ -372,7 +375,10 @@ def _parse_shares(raw: Mapping[str, Any], home: Home, default_require: tuple[str
             spec = {"path": spec}
         if not isinstance(spec, Mapping):
             raise ConfigError(key, f"expected a mapping with at least 'path', found {spec!r}")
-        _check_keys(spec, key, ("path", "read_only", "readers", "writers", "require"))
+        _check_keys(spec, key, ("path", "read_only", "readers", "writers", "require", "macos_clutter"))
+        clutter = spec.get("macos_clutter", "allow")
+        if clutter not in ("allow", "hide", "refuse"):
+            raise ConfigError(f"{key}.macos_clutter", f"{clutter!r} is not valid", "use allow, hide or refuse")
         path = home.resolve(_str(spec, key, "path", None))
         shares[name] = ShareConfig(
             name=name,
@@ -381,6 +387,7 @@ def _parse_shares(raw: Mapping[str, Any], home: Home, default_require: tuple[str
             readers=_principals(spec.get("readers"), f"{key}.readers"),
             writers=_principals(spec.get("writers"), f"{key}.writers"),
             require=_require(spec["require"], f"{key}.require") if "require" in spec else default_require,
+            macos_clutter=clutter,
         )
     return shares
 
@@ -444,6 +451,11 @@ def _parse_locks(raw: Mapping[str, Any]) -> LocksConfig:
     lk = _section(raw, "locks")
     _check_keys(lk, "locks", ("max_timeout_seconds",))
     return LocksConfig(max_timeout_seconds=_int(lk, "locks", "max_timeout_seconds", 3600, 1, 2_592_000))
+
+
+def is_macos_clutter(name: str) -> bool:
+    """AppleDouble files and Finder's folder settings."""
+    return name.startswith("._") or name == ".DS_Store"
 
 
 def parse_config(raw: Any, home: Home) -> Config:

@@ -48,7 +48,7 @@ from wsgidav.dav_error import (
 from wsgidav.dav_provider import DAVNonCollection
 from wsgidav.fs_dav_provider import FileResource, FilesystemProvider, FolderResource
 
-from .config import ShareConfig
+from .config import ShareConfig, is_macos_clutter
 
 __all__ = ["TEMP_PREFIX", "AtomicFile", "ShareProvider", "is_temp_name", "sweep_temp_files"]
 
@@ -438,8 +438,10 @@ class _Folder(FolderResource):
         except OSError as exc:
             raise _dav_error(exc, f"listing {self._file_path}") from None
         names = []
+        share = getattr(self.provider, "share", None)
+        hide_clutter = share is not None and share.macos_clutter != "allow"
         for entry in entries:
-            if is_temp_name(entry.name):
+            if is_temp_name(entry.name) or (hide_clutter and is_macos_clutter(entry.name)):
                 continue
             try:
                 if entry.is_symlink():

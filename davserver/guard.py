@@ -16,7 +16,7 @@ from .accounts import AccountsWatcher
 from .audit import AuditLog
 from .auth.core import Authenticator, Credentials, Decision, authorize
 from .auth.identity import CertIdentity
-from .config import Config, ShareConfig
+from .config import Config, ShareConfig, is_macos_clutter
 from .dav import VISIBLE_SHARES_KEY
 from .revocation import RevocationList
 from .stepup import PREFIX as STEPUP_PREFIX
@@ -170,6 +170,14 @@ class Guard:
             now=self.clock(),
             peer=environ.get("REMOTE_ADDR", ""),
         )
+        if (
+            decision.allowed
+            and share is not None
+            and share.macos_clutter == "refuse"
+            and method not in _READ_METHODS
+            and is_macos_clutter(environ.get("PATH_INFO", "").rstrip("/").rsplit("/", 1)[-1])
+        ):
+            return Decision.deny("macos_clutter", decision.account, status=403)
         if decision.allowed and method in ("COPY", "MOVE"):
             denied = self._check_destination(environ, decision)
             if denied:
@@ -193,6 +201,9 @@ class Guard:
         if share is None or decision.account is None:
             return "dest_write_denied"
         denied = authorize(decision.account, share, write=True)
+        name = dest_path.rstrip("/").rsplit("/", 1)[-1]
+        if not denied and share.macos_clutter == "refuse" and is_macos_clutter(name):
+            denied = "macos_clutter"
         return f"dest_{denied}" if denied else None
 
     # --- WSGI -------------------------------------------------------------------

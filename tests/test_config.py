@@ -84,9 +84,9 @@ def test_every_default_config_key_parses_and_is_documented_in_the_readme(tmp_pat
     readme = (ROOT / "README.md").read_text()
     keys = [f"{section}.{key}" for section, body in raw.items() if section != "shares" for key in body]
     keys += ["shares.NAME.path", "shares.NAME.read_only", "shares.NAME.readers", "shares.NAME.writers",
-             "shares.NAME.require"]
+             "shares.NAME.require", "shares.NAME.macos_clutter"]
     missing = [k for k in keys if f"`{k}`" not in readme]
     assert not missing, f"README.md does not document: {missing}"
     # and every share key the parser accepts is explained in the shipped file's comments
-    for key in ("path", "read_only", "readers", "writers", "require"):
+    for key in ("path", "read_only", "readers", "writers", "require", "macos_clutter"):
         assert re.search(rf"#\s+{key}:", default_config_text()), key

@@ -138,3 +138,31 @@ def test_replays_without_a_certificate_get_no_http_at_all(inst: Instance, server
         pass
     else:
         raise AssertionError("the handshake should have failed without a client certificate")
+
+
+def test_finder_clutter_can_be_hidden_or_refused_per_share(inst: Instance) -> None:
+    import yaml
+
+    from .conftest import running
+
+    raw = yaml.safe_load(inst.home.config_file.read_text())
+    for name, mode in (("hidden", "hide"), ("strict", "refuse")):
+        raw["shares"][name] = {"path": f"data/{name}", "writers": ["*"], "macos_clutter": mode}
+        (inst.home.root / "data" / name).mkdir()
+    inst.home.config_file.write_text(yaml.safe_dump(raw))
+    with running(inst) as server:
+        finder = client(inst, FINDER)
+        for share in ("files", "hidden"):
+            for junk in ("._Notes.txt", ".DS_Store"):
+                assert finder.put(server.url + f"{share}/{junk}", data=b"meta").status_code in (201, 204)
+        assert finder.put(server.url + "hidden/Notes.txt", data=b"text").status_code in (201, 204)
+        listing = finder.request("PROPFIND", server.url + "hidden/", headers={"Depth": "1"}).text
+        assert "Notes.txt" in listing and "._Notes.txt" not in listing and ".DS_Store" not in listing
+        assert finder.get(server.url + "hidden/._Notes.txt").content == b"meta", "hidden, still there"
+        assert "._Notes.txt" in finder.request("PROPFIND", server.url + "files/", headers={"Depth": "1"}).text
+        assert finder.put(server.url + "strict/._Notes.txt", data=b"meta").status_code == 403
+        assert finder.put(server.url + "strict/.DS_Store", data=b"meta").status_code == 403
+        assert finder.put(server.url + "strict/Notes.txt", data=b"text").status_code in (201, 204)
+        r = finder.request("COPY", server.url + "files/._Notes.txt", headers={"Destination": server.url + "strict/._x"})
+        assert r.status_code == 403
+        assert not (inst.home.root / "data/strict/._Notes.txt").exists()
