@@ -24,6 +24,8 @@ from wsgidav.dav_error import (
 )
 from wsgidav.mw.base_mw import BaseMiddleware
 
+from .store.base import StoreUnavailable
+
 __all__ = ["ErrorPages"]
 
 log = logging.getLogger("davserver.errors")
@@ -48,6 +50,9 @@ _OS_ERRORS = {
 def _as_dav_error(exc: BaseException) -> DAVError:
     if isinstance(exc, DAVError):
         return exc
+    if isinstance(exc, StoreUnavailable):
+        log.error("state store unavailable: %s", exc)
+        return DAVError(503, add_headers=[("Retry-After", "5")])
     if isinstance(exc, OSError) and exc.errno in _OS_ERRORS:
         return DAVError(_OS_ERRORS[exc.errno])
     if isinstance(exc, ValueError) and "null" in str(exc).lower():

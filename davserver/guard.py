@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
@@ -21,13 +22,14 @@ from .dav import VISIBLE_SHARES_KEY
 from .revocation import RevocationList
 from .stepup import PREFIX as STEPUP_PREFIX
 from .stepup import StepUpPage
-from .store.base import StateStore
+from .store.base import StateStore, StoreUnavailable
 from .tls import CERT_ENVIRON_KEY
 from .watchdog import current_connection
 
 __all__ = ["Guard", "parse_basic"]
 
 StartResponse = Callable[..., Any]
+log = logging.getLogger("davserver.guard")
 
 #: Methods that only read. Anything else, including methods we do not know, counts as a write.
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PROPFIND", "COPY"})
@@ -151,6 +153,14 @@ class Guard:
         return self.config.shares.get(name)
 
     def _decide(self, environ: dict[str, Any], share: ShareConfig | None) -> Decision:
+        try:
+            return self._decide_with_store(environ, share)
+        except StoreUnavailable as exc:
+            # Fail closed: without the shared state (locks, grants, used codes) nobody gets in.
+            log.error("refusing %s %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), exc)
+            return Decision.deny("store_unavailable", status=503)
+
+    def _decide_with_store(self, environ: dict[str, Any], share: ShareConfig | None) -> Decision:
         method = environ.get("REQUEST_METHOD", "")
         cert: CertIdentity | None = environ.get(CERT_ENVIRON_KEY)
         accounts = self.accounts.current()
@@ -300,7 +310,12 @@ class Guard:
             body: Iterable[bytes] = self._deny(environ, found, recording)
             decision = found
         else:
-            body, decision = self.stepup.handle(environ, recording, found.account, cert)
+            try:
+                body, decision = self.stepup.handle(environ, recording, found.account, cert)
+            except StoreUnavailable as exc:
+                log.error("step-up page: %s", exc)
+                decision = Decision.deny("store_unavailable", found.account, status=503)
+                body = self._deny(environ, decision, recording)
 
         def finish(sent: int, complete: bool) -> None:
             self._record(environ, path, decision, None, status_seen[0], counted.count, sent, started, complete)
@@ -311,6 +326,9 @@ class Guard:
         if decision.status == 403:
             status, body = "403 Forbidden", b"forbidden\n"
             headers = []
+        elif decision.status == 503:
+            status, body = "503 Service Unavailable", b"temporarily unavailable, try again shortly\n"
+            headers = [("Retry-After", "5")]
         else:
             status, body = "401 Unauthorized", b"invalid credentials\n"
             headers = [("WWW-Authenticate", _REALM)]
