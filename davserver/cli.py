@@ -29,7 +29,7 @@ from .config import ConfigError, Home, load_config
 from .errors import StartupError
 from .pki import CertificateAuthority, IssuedCert, PKIError, load_crl_serials
 from .stepup import PREFIX as STEPUP_PREFIX
-from .store.sqlite import SQLiteStore
+from .store import StateStore, open_store
 
 __all__ = ["main"]
 
@@ -281,10 +281,8 @@ def user_passwd(ctx: click.Context, name: str, password_stdin: bool) -> None:
     click.echo(f"password of {name} changed")
 
 
-def _store(home: Home) -> SQLiteStore:
-    config = load_config(home)
-    assert config.state.path is not None
-    return SQLiteStore(config.state.path)
+def _store(home: Home) -> StateStore:
+    return open_store(load_config(home).state)
 
 
 def _end_grants(home: Home, name: str) -> int:

@@ -19,6 +19,7 @@ from .config import Config, ShareConfig
 from .error_pages import ErrorPages
 from .fs import ShareProvider
 from .listing import Listing
+from .store.base import StateStore
 from .store.davstate import LockOwnerFilter, SQLiteLockStorage, SQLitePropertyManager
 from .store.sqlite import SQLiteStore
 
@@ -90,8 +91,20 @@ class RootProvider(DAVProvider):
         return root.get_member(path.strip("/")) if path.count("/") <= 1 or path.endswith("/") else None
 
 
-def build_dav_app(config: Config, store: SQLiteStore) -> WsgiDAVApp:
-    """WsgiDAV over the shares; WebDAV locks and dead properties live in `store`'s file."""
+def _dav_state(config: Config, store: StateStore) -> tuple[Any, Any]:
+    """Lock storage and property manager on the same backend as the state store."""
+    if isinstance(store, SQLiteStore):
+        return SQLiteLockStorage(store, max_timeout=config.locks.max_timeout_seconds), SQLitePropertyManager(store)
+    from .store.redis import RedisStore
+    from .store.redis_davstate import RedisLockStorage, RedisPropertyManager
+
+    assert isinstance(store, RedisStore)
+    return RedisLockStorage(store, max_timeout=config.locks.max_timeout_seconds), RedisPropertyManager(store)
+
+
+def build_dav_app(config: Config, store: StateStore) -> WsgiDAVApp:
+    """WsgiDAV over the shares; WebDAV locks and dead properties live in the state store."""
+    lock_storage, property_manager = _dav_state(config, store)
     mapping: dict[str, DAVProvider] = {"/": RootProvider(dict(config.shares))}
     for name, share in config.shares.items():
         mapping["/" + name] = ShareProvider(share)
@@ -100,8 +113,8 @@ def build_dav_app(config: Config, store: SQLiteStore) -> WsgiDAVApp:
             "provider_mapping": mapping,
             "middleware_stack": [ErrorPages, Listing, LockOwnerFilter, RequestResolver],
             "http_authenticator": {"domain_controller": None, "accept_basic": False, "accept_digest": False},
-            "property_manager": SQLitePropertyManager(store),
-            "lock_storage": SQLiteLockStorage(store, max_timeout=config.locks.max_timeout_seconds),
+            "property_manager": property_manager,
+            "lock_storage": lock_storage,
             "verbose": 1,
             "logging": {"enable": False},
             "suppress_version_info": True,

@@ -20,7 +20,7 @@ from .fs import sweep_temp_files
 from .guard import Guard
 from .limits import Limits
 from .revocation import RevocationList
-from .store.sqlite import SQLiteStore
+from .store import StoreUnavailable, open_store
 from .tls import DeferredHandshakeAdapter, TLSConnection, create_ssl_context
 from .watchdog import Watchdog
 
@@ -79,8 +79,11 @@ class DavServer:
             raise StartupError(str(exc)) from None
         self.revocations = RevocationList(config.tls.crl)
         self.audit = AuditLog(config.audit.file)
-        assert config.state.path is not None
-        self.store = SQLiteStore(config.state.path)
+        self.store = open_store(config.state)
+        try:
+            self.store.ping()
+        except StoreUnavailable as exc:
+            raise StartupError(f"state.url: {exc} (start Redis or fix the URL)") from None
         self.guard = Guard(
             Limits(
                 build_dav_app(config, self.store),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import ssl
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -191,3 +192,36 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@contextmanager
+def server_process(inst: Instance) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`davserver serve` in its own process (so it can be killed or signalled); yields it and its URL."""
+    import re
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "davserver.cli", "--home", str(inst.home.root), "serve",
+                             "--port", "0"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        url = ""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not url:
+            line = proc.stderr.readline()
+            if not line and proc.poll() is not None:
+                break
+            if m := re.search(r"serving (https://127\.0\.0\.1:\d+/)", line):
+                url = m.group(1)
+        assert url, "the server process did not start"
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()

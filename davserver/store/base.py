@@ -50,4 +50,7 @@ class StateStore(Protocol):
     def clear_locks(self, prefix: str) -> int:
         """Remove locks and counters whose key starts with prefix; returns how many locks."""
 
+    def ping(self) -> None:
+        """Raise StoreUnavailable when the backend cannot be reached."""
+
     def close(self) -> None: ...

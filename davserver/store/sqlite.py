@@ -141,6 +141,9 @@ class SQLiteStore:
             db.execute("DELETE FROM failures WHERE key LIKE ? ESCAPE '\\'", (pattern,))
         return n
 
+    def ping(self) -> None:
+        self._db().execute("SELECT 1")
+
     def close(self) -> None:
         with self._all_lock:
             for db in self._all:

@@ -1,0 +1,559 @@
+"""WebDAV locks and dead properties in Redis, shared by several server nodes.
+
+The same interfaces and rules as store/davstate.py (``SQLiteLockStorage`` and
+``SQLitePropertyManager``; read its docstring first), on the Redis the state
+store already uses, under its key prefix ``P``:
+
+Locks
+
+- ``P dav:lock:<token>``      string, the lock as JSON; key TTL = timeout + a grace
+                              minute (timeouts are capped at ``max_timeout``).
+- ``P dav:locks-at:<root>``   sorted set of the tokens locking <root>, score = expire.
+- ``P dav:lock-roots``        sorted set (all scores 0) of the roots in use: a
+                              ZRANGEBYLEX range finds the roots below a path.
+- ``P dav:lock-expiry``       sorted set of "<token> <root>", score = expire: what
+                              cleanup (and the purge in create and refresh) walks.
+
+Every change to these keys is one Lua script, so they always agree: in
+particular ``create`` purges, checks for conflicts and inserts in one script, so
+two nodes racing for the same exclusive lock cannot both get it. Lookups read
+the root, its ancestors and (for depth infinity) the roots below it: work in
+proportion to the locks on that path, never a KEYS or SCAN.
+
+Whether a lock has expired is decided by the node's clock against the stored
+expire (as with SQLite); the key TTL only makes sure a lock body that nobody
+purges does not stay in Redis for ever. Index entries whose body is gone are
+treated as gone and dropped when met.
+
+Properties
+
+- ``P dav:props:<url>``       hash: property name -> the property's XML (bytes).
+- ``P dav:prop-urls``         sorted set (all scores 0) of the URLs that have
+                              properties: ZRANGEBYLEX finds a subtree for copy,
+                              move and remove.
+
+Values are JSON or plain bytes, never pickles. A Redis error raises
+StoreUnavailable. The scripts build key names from the prefix, so a Redis
+Cluster (which wants every key declared) is not supported; one Redis (with
+replicas) is.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis as redis_lib
+from wsgidav.dav_error import (
+    HTTP_LOCKED,
+    HTTP_PRECONDITION_FAILED,
+    DAVError,
+    DAVErrorCondition,
+    PRECONDITION_CODE_LockConflict,
+    PRECONDITION_CODE_LockTokenMismatch,
+)
+from wsgidav.lock_man.lock_manager import generate_lock_token, normalize_lock_root, validate_lock
+
+from .base import StoreUnavailable
+from .davstate import DEFAULT_MAX_LOCK_TIMEOUT, SQLitePropertyManager, _ancestors, _below
+from .redis import RedisStore
+
+__all__ = ["RedisLockStorage", "RedisPropertyManager"]
+
+#: Seconds a lock's key outlives its expire: nodes' clocks may differ a little from Redis's.
+TTL_GRACE = 60
+#: Expired locks purged at most per create/refresh (cleanup() purges all, in batches).
+PURGE_BATCH = 100
+
+# --- Lua -----------------------------------------------------------------------------------
+# ARGV[1] is always the key prefix. Times travel as the strings Python wrote (repr of a float)
+# and reach Redis unchanged, so scores compare exactly; Lua's tostring() would round them.
+
+_LOCK_LIB = r"""
+local pfx = ARGV[1]
+local roots_key = pfx .. 'dav:lock-roots'
+local expiry_key = pfx .. 'dav:lock-expiry'
+local function lock_key(token) return pfx .. 'dav:lock:' .. token end
+local function at_key(root) return pfx .. 'dav:locks-at:' .. root end
+
+local function drop(token, root)
+  redis.call('DEL', lock_key(token))
+  redis.call('ZREM', at_key(root), token)
+  if redis.call('EXISTS', at_key(root)) == 0 then redis.call('ZREM', roots_key, root) end
+  redis.call('ZREM', expiry_key, token .. ' ' .. root)
+end
+
+-- Drop up to `limit` locks whose expire is before `now`; returns how many.
+local function purge(now, limit)
+  local expired = redis.call('ZRANGEBYSCORE', expiry_key, '-inf', '(' .. now, 'LIMIT', 0, limit)
+  for _, member in ipairs(expired) do
+    local token, root = string.match(member, '^(%S+) (.*)$')
+    drop(token, root)
+  end
+  return #expired
+end
+
+-- The live locks on one root, as {token, json}; an entry whose body is gone (TTL) is dropped.
+local function live(root, now)
+  local out = {}
+  for _, token in ipairs(redis.call('ZRANGEBYSCORE', at_key(root), now, '+inf')) do
+    local raw = redis.call('GET', lock_key(token))
+    if raw then table.insert(out, {token, raw}) else drop(token, root) end
+  end
+  return out
+end
+"""
+
+# ARGV: pfx, now, purge limit, token, root, json, expire, ttl ms, scope, depth, lo, hi, ancestors...
+# Returns the conflicting roots (one per conflicting lock), or an empty list when it stored the lock.
+_CREATE = _LOCK_LIB + r"""
+local now, token, root, scope, depth = ARGV[2], ARGV[4], ARGV[5], ARGV[9], ARGV[10]
+purge(now, tonumber(ARGV[3]))
+local hrefs = {}
+-- the rules of LockManager._check_lock_permission: a lock on the resource conflicts unless both
+-- are shared; a parent's only if it is depth-infinity; a child's whenever the new one is.
+local function check(path, on_root)
+  for _, lock in ipairs(live(path, now)) do
+    local l = cjson.decode(lock[2])
+    if (on_root or l.depth == 'infinity') and not (l.scope == 'shared' and scope == 'shared') then
+      table.insert(hrefs, path)
+    end
+  end
+end
+check(root, true)
+for i = 13, #ARGV do check(ARGV[i], false) end
+if depth == 'infinity' then
+  for _, r in ipairs(redis.call('ZRANGEBYLEX', roots_key, '[' .. ARGV[11], '(' .. ARGV[12])) do
+    if r ~= root then
+      for _ in ipairs(live(r, now)) do table.insert(hrefs, r) end
+    end
+  end
+end
+if #hrefs > 0 then return hrefs end
+redis.call('SET', lock_key(token), ARGV[6], 'PX', ARGV[8])
+redis.call('ZADD', at_key(root), ARGV[7], token)
+redis.call('ZADD', roots_key, 0, root)
+redis.call('ZADD', expiry_key, ARGV[7], token .. ' ' .. root)
+return {}
+"""
+
+# ARGV: pfx, now, purge limit, token, root, json, expire, ttl ms. 1 when refreshed, 0 when gone.
+_REFRESH = _LOCK_LIB + r"""
+local now, token, root = ARGV[2], ARGV[4], ARGV[5]
+purge(now, tonumber(ARGV[3]))
+local score = redis.call('ZSCORE', at_key(root), token)
+if not score or tonumber(score) < tonumber(now) then return 0 end
+if redis.call('EXISTS', lock_key(token)) == 0 then drop(token, root) return 0 end
+redis.call('SET', lock_key(token), ARGV[6], 'PX', ARGV[8])
+redis.call('ZADD', at_key(root), ARGV[7], token)
+redis.call('ZADD', expiry_key, ARGV[7], token .. ' ' .. root)
+return 1
+"""
+
+# ARGV: pfx, now, token, root. Drops the lock if it has expired (not if a refresh just extended it).
+_DROP_EXPIRED = _LOCK_LIB + r"""
+local score = redis.call('ZSCORE', at_key(ARGV[4]), ARGV[3])
+if score and tonumber(score) < tonumber(ARGV[2]) then drop(ARGV[3], ARGV[4]) return 1 end
+return 0
+"""
+
+# ARGV: pfx, token. 1 when the lock existed.
+_DELETE = _LOCK_LIB + r"""
+local raw = redis.call('GET', lock_key(ARGV[2]))
+if not raw then return 0 end
+drop(ARGV[2], cjson.decode(raw).root)
+return 1
+"""
+
+# ARGV: pfx, now, include root ('1'/'0'), include children, root, lo, hi. The live locks' JSON.
+_LIST = _LOCK_LIB + r"""
+local now, root = ARGV[2], ARGV[5]
+local out = {}
+local function add(r)
+  for _, lock in ipairs(live(r, now)) do table.insert(out, lock[2]) end
+end
+if ARGV[3] == '1' then add(root) end
+if ARGV[4] == '1' then
+  for _, r in ipairs(redis.call('ZRANGEBYLEX', roots_key, '[' .. ARGV[6], '(' .. ARGV[7])) do
+    if r ~= root then add(r) end
+  end
+end
+return out
+"""
+
+# ARGV: pfx, now, limit.
+_PURGE = _LOCK_LIB + r"""
+return purge(ARGV[2], tonumber(ARGV[3]))
+"""
+
+# ARGV: pfx.
+_CLEAR_LOCKS = _LOCK_LIB + r"""
+for _, member in ipairs(redis.call('ZRANGE', expiry_key, 0, -1)) do
+  local token, root = string.match(member, '^(%S+) (.*)$')
+  drop(token, root)
+end
+for _, root in ipairs(redis.call('ZRANGE', roots_key, 0, -1)) do redis.call('DEL', at_key(root)) end
+redis.call('DEL', roots_key, expiry_key)
+return 1
+"""
+
+_PROPS_LIB = r"""
+local pfx = ARGV[1]
+local urls_key = pfx .. 'dav:prop-urls'
+local function props_key(url) return pfx .. 'dav:props:' .. url end
+
+-- The URLs with properties in a tree: `base`, `slashed` (base with its '/') and [lo, hi).
+local function tree(base, slashed, lo, hi)
+  local out = {base}
+  if slashed ~= base then table.insert(out, slashed) end
+  for _, url in ipairs(redis.call('ZRANGEBYLEX', urls_key, '[' .. lo, '(' .. hi)) do
+    if url ~= base and url ~= slashed then table.insert(out, url) end
+  end
+  return out
+end
+
+local function remove(url)
+  redis.call('DEL', props_key(url))
+  redis.call('ZREM', urls_key, url)
+end
+
+-- Add the fields of an HGETALL reply to url's properties.
+local function put(url, fields)
+  for i = 1, #fields, 2 do redis.call('HSET', props_key(url), fields[i], fields[i + 1]) end
+  if #fields > 0 then redis.call('ZADD', urls_key, 0, url) end
+end
+"""
+
+# ARGV: pfx, url, name, value.
+_WRITE_PROP = _PROPS_LIB + r"""
+put(ARGV[2], {ARGV[3], ARGV[4]})
+return 1
+"""
+
+# ARGV: pfx, url, name.
+_REMOVE_PROP = _PROPS_LIB + r"""
+redis.call('HDEL', props_key(ARGV[2]), ARGV[3])
+if redis.call('EXISTS', props_key(ARGV[2])) == 0 then redis.call('ZREM', urls_key, ARGV[2]) end
+return 1
+"""
+
+# ARGV: pfx, base, slashed, lo, hi.
+_REMOVE_TREE = _PROPS_LIB + r"""
+for _, url in ipairs(tree(ARGV[2], ARGV[3], ARGV[4], ARGV[5])) do remove(url) end
+return 1
+"""
+
+# ARGV: pfx, src, dest, keep source ('1' copy, '0' move). The destination gets exactly src's properties.
+_COPY_ONE = _PROPS_LIB + r"""
+local fields = redis.call('HGETALL', props_key(ARGV[2]))
+if ARGV[4] ~= '1' then remove(ARGV[2]) end
+remove(ARGV[3])
+put(ARGV[3], fields)
+return 1
+"""
+
+# ARGV: pfx, src, dest (both without a trailing '/'), src tree (4), dest tree (4).
+_MOVE_TREE = _PROPS_LIB + r"""
+local src, dest = ARGV[2], ARGV[3]
+local moved = {}
+local src_urls = tree(ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+for _, url in ipairs(src_urls) do
+  local fields = redis.call('HGETALL', props_key(url))
+  if #fields > 0 then table.insert(moved, {dest .. string.sub(url, #src + 1), fields}) end
+end
+for _, url in ipairs(src_urls) do remove(url) end
+for _, url in ipairs(tree(ARGV[8], ARGV[9], ARGV[10], ARGV[11])) do remove(url) end
+for _, m in ipairs(moved) do put(m[1], m[2]) end
+return 1
+"""
+
+# ARGV: pfx.
+_CLEAR_PROPS = _PROPS_LIB + r"""
+for _, url in ipairs(redis.call('ZRANGE', urls_key, 0, -1)) do redis.call('DEL', props_key(url)) end
+redis.call('DEL', urls_key)
+return 1
+"""
+
+
+def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except redis_lib.RedisError as exc:
+        raise StoreUnavailable(f"state store (redis) unavailable: {exc}") from exc
+
+
+def _num(x: float) -> str:
+    """A float as Redis (and Lua's tonumber) read it back exactly."""
+    return repr(float(x))
+
+
+def _encode_lock(lock: dict[str, Any]) -> bytes:
+    """The lock as JSON. The owner XML is kept as text; bytes that are not UTF-8 (never
+    from WsgiDAV, but the storage takes any) go as base64 so that the JSON stays valid
+    for the scripts' cjson. Strings that cannot be UTF-8 raise, as they do with SQLite."""
+    doc = {k: lock[k] for k in ("token", "root", "principal", "type", "scope", "depth")}
+    try:
+        doc["owner"] = lock["owner"].decode("utf-8")
+    except UnicodeDecodeError:
+        doc["owner_b64"] = base64.b64encode(lock["owner"]).decode("ascii")
+    doc["timeout"] = float(lock["timeout"])
+    doc["expire"] = float(lock["expire"])
+    return json.dumps(doc, ensure_ascii=False).encode("utf-8")
+
+
+def _decode_lock(raw: bytes) -> dict[str, Any]:
+    doc = json.loads(raw)
+    owner = base64.b64decode(doc.pop("owner_b64")) if "owner_b64" in doc else doc.pop("owner").encode("utf-8")
+    return {
+        "token": doc["token"],
+        "root": doc["root"],
+        "principal": doc["principal"],
+        "type": doc["type"],
+        "scope": doc["scope"],
+        "depth": doc["depth"],
+        "owner": owner,
+        "timeout": float(doc["timeout"]),
+        "expire": float(doc["expire"]),
+    }
+
+
+class RedisLockStorage:
+    """Lock storage for WsgiDAV's LockManager (``lock_storage`` in its config), shared by nodes."""
+
+    def __init__(
+        self,
+        store: RedisStore,
+        *,
+        max_timeout: float = DEFAULT_MAX_LOCK_TIMEOUT,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_timeout <= 0:
+            raise ValueError("max_timeout must be positive")
+        self.store = store
+        self.max_timeout = float(max_timeout)
+        self._clock = clock
+        r = store.client
+        self._create = r.register_script(_CREATE)
+        self._refresh = r.register_script(_REFRESH)
+        self._drop_expired = r.register_script(_DROP_EXPIRED)
+        self._delete = r.register_script(_DELETE)
+        self._list = r.register_script(_LIST)
+        self._purge = r.register_script(_PURGE)
+        self._clear = r.register_script(_CLEAR_LOCKS)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.store.prefix!r}, max_timeout={self.max_timeout:g})"
+
+    def clamp_timeout(self, timeout: float | None) -> float:
+        """Seconds a lock is granted for: the request's, but never infinite nor above the cap."""
+        if timeout is None or timeout <= 0 or timeout > self.max_timeout:
+            return self.max_timeout
+        return float(timeout)
+
+    @staticmethod
+    def _ttl_ms(timeout: float) -> int:
+        return math.ceil((timeout + TTL_GRACE) * 1000)
+
+    def _key(self, token: str) -> str:
+        return f"{self.store.prefix}dav:lock:{token}"
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Called by LockManager: nothing to open (the store owns the connections)."""
+        self.cleanup()
+
+    def close(self) -> None:
+        """Called by LockManager.__del__: the store closes the connections, not us."""
+
+    def cleanup(self) -> int:
+        """Purge expired locks; returns how many."""
+        now = _num(self._clock())
+        total = 0
+        while True:
+            n = int(_call(self._purge, args=[self.store.prefix, now, 1000]))
+            total += n
+            if n < 1000:
+                return total
+
+    def clear(self) -> None:
+        _call(self._clear, args=[self.store.prefix])
+
+    # --- single locks ----------------------------------------------------------------
+
+    def get(self, token: str) -> dict[str, Any] | None:
+        """The lock, or None when it does not exist or has expired (an expired one is purged)."""
+        raw = _call(self.store.client.get, self._key(token))
+        if raw is None:
+            return None
+        lock = _decode_lock(raw)
+        now = self._clock()
+        if lock["expire"] < now:
+            _call(self._drop_expired, args=[self.store.prefix, _num(now), token, lock["root"]])
+            return None
+        return lock
+
+    def create(self, path: str, lock: dict[str, Any]) -> dict[str, Any]:
+        """Check for conflicts and store the lock in one script.
+
+        Like LockStorageDict.create, fills in `lock` (root, timeout, expire, token)
+        and returns it. Raises DAVError(423) when a conflicting lock exists.
+        """
+        assert lock.get("token") is None
+        assert lock.get("expire") is None, "Use timeout instead of expire"
+        assert path and "/" in path
+        root = normalize_lock_root(path)
+        lock["root"] = root
+        lock["timeout"] = self.clamp_timeout(lock.get("timeout"))
+        owner = lock.get("owner") or b""
+        lock["owner"] = owner.encode("utf-8") if isinstance(owner, str) else bytes(owner)
+        validate_lock(lock)
+        token = generate_lock_token()
+        now = self._clock()
+        expire = now + lock["timeout"]
+        body = _encode_lock({**lock, "token": token, "expire": expire})
+        lo, hi = _below(root)
+        conflicts = _call(
+            self._create,
+            args=[self.store.prefix, _num(now), PURGE_BATCH, token, root, body, _num(expire),
+                  self._ttl_ms(lock["timeout"]), lock["scope"], lock["depth"], lo, hi, *_ancestors(root)],
+        )
+        if conflicts:
+            cond = DAVErrorCondition(PRECONDITION_CODE_LockConflict)
+            for href in conflicts:
+                cond.add_href(href.decode("utf-8"))
+            raise DAVError(HTTP_LOCKED, err_condition=cond)
+        lock["expire"] = expire
+        lock["token"] = token
+        return lock
+
+    def refresh(self, token: str, *, timeout: float | None) -> dict[str, Any]:
+        """Give a live lock a new timeout (capped); 412 when it no longer exists."""
+        timeout = self.clamp_timeout(timeout)
+        raw = _call(self.store.client.get, self._key(token))
+        if raw is not None:
+            lock = _decode_lock(raw)
+            now = self._clock()
+            lock["timeout"] = timeout
+            lock["expire"] = now + timeout
+            done = _call(
+                self._refresh,
+                args=[self.store.prefix, _num(now), PURGE_BATCH, token, lock["root"], _encode_lock(lock),
+                      _num(lock["expire"]), self._ttl_ms(timeout)],
+            )
+            if done:
+                return lock
+        else:  # purges all the same, as the SQLite version does
+            _call(self._purge, args=[self.store.prefix, _num(self._clock()), PURGE_BATCH])
+        raise DAVError(HTTP_PRECONDITION_FAILED, err_condition=PRECONDITION_CODE_LockTokenMismatch)
+
+    def delete(self, token: str) -> bool:
+        """Remove a lock; False when it did not exist."""
+        return bool(_call(self._delete, args=[self.store.prefix, token]))
+
+    # --- lists -----------------------------------------------------------------------
+
+    def get_lock_list(
+        self, path: str, *, include_root: bool, include_children: bool, token_only: bool
+    ) -> list[Any]:
+        """Live locks on `path` (include_root) and/or below it (include_children)."""
+        assert path and path.startswith("/")
+        assert include_root or include_children
+        root = normalize_lock_root(path)
+        lo, hi = _below(root)
+        now = self._clock()
+        rows = _call(
+            self._list,
+            args=[self.store.prefix, _num(now), int(include_root), int(include_children), root, lo, hi],
+        )
+        locks = sorted(
+            (lock for lock in map(_decode_lock, rows) if lock["expire"] >= now),
+            key=lambda lock: (lock["root"].encode("utf-8"), lock["token"]),
+        )
+        return [lock["token"] for lock in locks] if token_only else locks
+
+
+class RedisPropertyManager:
+    """Dead-property storage for WsgiDAV (``property_manager`` in its config), shared by nodes.
+
+    Keys are WsgiDAV's ref-URLs (quoted, share prefix included, collections end in '/');
+    values are the property's XML as WsgiDAV hands it over (bytes).
+    """
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        r = store.client
+        self._write = r.register_script(_WRITE_PROP)
+        self._remove = r.register_script(_REMOVE_PROP)
+        self._remove_tree = r.register_script(_REMOVE_TREE)
+        self._copy_one = r.register_script(_COPY_ONE)
+        self._move_tree = r.register_script(_MOVE_TREE)
+        self._clear = r.register_script(_CLEAR_PROPS)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.store.prefix!r})"
+
+    def _key(self, url: str) -> str:
+        return f"{self.store.prefix}dav:props:{url}"
+
+    def get_properties(self, norm_url: str, environ: dict[str, Any] | None = None) -> list[str]:
+        names: list[bytes] = _call(self.store.client.hkeys, self._key(norm_url))
+        return [name.decode("utf-8") for name in sorted(names)]
+
+    def get_property(self, norm_url: str, name: str, environ: dict[str, Any] | None = None) -> bytes | None:
+        raw = _call(self.store.client.hget, self._key(norm_url), name)
+        return bytes(raw) if raw is not None else None
+
+    def write_property(
+        self,
+        norm_url: str,
+        name: str,
+        property_value: bytes | str,
+        dry_run: bool = False,
+        environ: dict[str, Any] | None = None,
+    ) -> None:
+        assert norm_url and norm_url.startswith("/")
+        assert name
+        assert property_value is not None
+        if dry_run:
+            return
+        value = property_value.encode("utf-8") if isinstance(property_value, str) else bytes(property_value)
+        _call(self._write, args=[self.store.prefix, norm_url, name, value])
+
+    def remove_property(
+        self, norm_url: str, name: str, dry_run: bool = False, environ: dict[str, Any] | None = None
+    ) -> None:
+        """Removing a property that does not exist is not an error."""
+        if dry_run:
+            return
+        _call(self._remove, args=[self.store.prefix, norm_url, name])
+
+    def remove_properties(self, norm_url: str, environ: dict[str, Any] | None = None) -> None:
+        """Remove the resource's properties and those of everything below it (see the SQLite class)."""
+        _call(self._remove_tree, args=[self.store.prefix, *SQLitePropertyManager._tree(norm_url)])
+
+    def copy_properties(self, src_url: str, dest_url: str, environ: dict[str, Any] | None = None) -> None:
+        """The destination ends up with exactly the source's properties."""
+        _call(self._copy_one, args=[self.store.prefix, src_url, dest_url, 1])
+
+    def move_properties(
+        self, src_url: str, dest_url: str, with_children: bool, environ: dict[str, Any] | None = None
+    ) -> None:
+        if not with_children:
+            _call(self._copy_one, args=[self.store.prefix, src_url, dest_url, 0])
+            return
+        _call(
+            self._move_tree,
+            args=[self.store.prefix, src_url.rstrip("/"), dest_url.rstrip("/"),
+                  *SQLitePropertyManager._tree(src_url), *SQLitePropertyManager._tree(dest_url)],
+        )
+
+    def clear(self) -> None:
+        _call(self._clear, args=[self.store.prefix])
+
+    def close(self) -> None:
+        """The store closes the connections."""
