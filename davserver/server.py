@@ -78,12 +78,13 @@ class DavServer:
         except ConfigError as exc:
             raise StartupError(str(exc)) from None
         self.revocations = RevocationList(config.tls.crl)
-        self.audit = AuditLog(config.audit.file)
         self.store = open_store(config.state)
         try:
             self.store.ping()
         except StoreUnavailable as exc:
+            self.store.close()
             raise StartupError(f"state.url: {exc} (start Redis or fix the URL)") from None
+        self.audit = AuditLog(config.audit.file)  # opened last: nothing above may leave it open
         self.guard = Guard(
             Limits(
                 build_dav_app(config, self.store),
