@@ -58,6 +58,15 @@ def _first_segment(path: str) -> str:
     return path.lstrip("/").split("/", 1)[0].lower()
 
 
+def _readable_path(path: str) -> str:
+    """WSGI hands the path's UTF-8 bytes over as Latin-1 text (PEP 3333); the audit log
+    wants the name people see."""
+    try:
+        return path.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return path
+
+
 def _has_dot_segments(path: str) -> bool:
     """`/files/../team/x` would be authorised for `files` and served from `team`:
     paths with dot segments (after decoding) are refused outright."""
@@ -220,7 +229,7 @@ class Guard:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.monotonic()
-        path = environ.get("PATH_INFO", "")
+        path = _readable_path(environ.get("PATH_INFO", ""))
         if _has_dot_segments(path) or "\x00" in path:
             refusal = b"bad request path\n"
             start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8"),

@@ -1,5 +1,6 @@
 """The browser step-up page (/_davserver/) in a real browser, and what its grant
-means for clients that only know a password (rclone, litmus).
+means for clients that only know a password (rclone, litmus); the folder listing a
+browser sees, on a password share and on the TOTP share after a step-up.
 
 Playwright drives Debian's chromium and presents alice's client certificate
 through its own TLS proxy, which checks the server against our CA
@@ -21,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import pyotp
 import pytest
+import yaml
 from cryptography import x509
 
+from davserver.listing import human_size
 from davserver.server import DavServer
 from tests.conftest import Instance, running, session_for
 from tests.test_clients import rclone_remote, require_tool, run_curl, run_litmus, run_rclone, share_dir
@@ -394,3 +397,166 @@ def test_curl_password_alone_refused_before_inline_stepup(
                                      client=inst.clients["alice"])
     assert (rc, status) == (0, 401), err
     assert re.search(r"(?im)^www-authenticate: basic ", headers.read_text()), headers.read_text()
+
+
+# --- 5. the folder listing in a browser ------------------------------------------------------
+
+
+def add_share(inst: Instance, name: str, **spec: object) -> Path:
+    """Add a share (data/<name>) to the instance's config before its server starts."""
+    raw = yaml.safe_load(inst.home.config_file.read_text())
+    raw["shares"][name] = {"path": f"data/{name}", **spec}
+    inst.home.config_file.write_text(yaml.safe_dump(raw))
+    folder = share_dir(inst, name)
+    folder.mkdir()
+    return folder
+
+
+def listed(page: Page) -> dict[str, str]:
+    """The listing's links: shown name -> href."""
+    links = page.locator("tbody a")
+    return {links.nth(i).inner_text(): links.nth(i).get_attribute("href") or "" for i in range(links.count())}
+
+
+def size_shown(page: Page, name: str) -> str:
+    row = page.locator("tbody tr").filter(has=page.get_by_role("link", name=name, exact=True))
+    return row.locator("td").nth(1).inner_text()
+
+
+def follow(page: Page, name: str) -> Response:
+    """Click the listing's link `name`; the response of the page it opens."""
+    with page.expect_navigation() as nav:
+        page.get_by_role("link", name=name, exact=True).click()
+    response = nav.value
+    assert response is not None
+    return response
+
+
+def password_context(browser: Browser, inst: Instance, server: DavServer) -> BrowserContext:
+    """alice's certificate, and her password (alone) for the server's Basic challenge."""
+    alice = inst.clients["alice"]
+    return cert_context(browser, inst, server, accept_downloads=True,
+                        http_credentials={"username": alice.account, "password": alice.password})
+
+
+def test_browser_listing_root_share_and_download(inst: Instance, browser: Browser) -> None:
+    add_share(inst, "private", readers=["bob"])  # a share alice may not see
+    files = share_dir(inst, "files")
+    text = "hello from the listing ✓\n".encode()
+    blob = os.urandom(300_000)
+    (files / "hello.txt").write_bytes(text)
+    (files / "blob.bin").write_bytes(blob)
+    (files / "Grüße ✓").mkdir()
+    (files / "Grüße ✓" / "notiz.txt").write_bytes(b"Notiz\n")
+    with running(inst) as server:
+        ctx = password_context(browser, inst, server)
+        try:
+            page = ctx.new_page()
+            response = page.goto(server.url)
+            assert response is not None and response.status == 200, response and response.text()
+            assert_security_headers(response)
+            assert page.locator("h1").inner_text() == "Index of /"
+            assert page.locator("p.who b").inner_text() == "alice"
+            who = page.locator("p.who").inner_text()
+            assert who.startswith("Signed in as alice with certificate CN=alice (serial "), who
+            assert who.endswith("· factors: certificate, password"), who
+            assert "two-factor" not in who, who  # alice has no TOTP and / is no TOTP share
+            assert listed(page) == {"files/": "/files/", "ro/": "/ro/", "team/": "/team/"}
+
+            response = follow(page, "files/")
+            assert response.status == 200, response.text()
+            assert page.url == server.url + "files/"
+            assert page.locator("h1").inner_text() == "Index of /files/"
+            assert listed(page) == {"../": "/", "Grüße ✓/": "/files/Gr%C3%BC%C3%9Fe%20%E2%9C%93/",
+                                   "blob.bin": "/files/blob.bin", "hello.txt": "/files/hello.txt"}
+            assert size_shown(page, "blob.bin") == human_size(len(blob)) == "293.0 KiB"
+            assert size_shown(page, "hello.txt") == f"{len(text)} B"
+            assert size_shown(page, "Grüße ✓/") == ""
+
+            # A text file opens in the browser: the response's bytes are the file's.
+            response = follow(page, "hello.txt")
+            assert response.status == 200
+            assert response.body() == text
+            page.go_back()
+            assert page.locator("h1").inner_text() == "Index of /files/"
+
+            # A binary file is a download.
+            with page.expect_download() as download_info:
+                page.get_by_role("link", name="blob.bin", exact=True).click()
+            download = download_info.value
+            assert download.failure() is None
+            assert download.suggested_filename == "blob.bin"
+            assert Path(download.path()).read_bytes() == blob
+
+            # A folder with a non-ASCII name, and back up through ../
+            response = follow(page, "Grüße ✓/")
+            assert response.status == 200
+            assert page.locator("h1").inner_text() == "Index of /files/Grüße ✓/"
+            assert listed(page) == {"../": "/files/", "notiz.txt": "/files/Gr%C3%BC%C3%9Fe%20%E2%9C%93/notiz.txt"}
+            assert follow(page, "notiz.txt").body() == b"Notiz\n"
+            page.go_back()
+            follow(page, "../")
+            assert page.locator("h1").inner_text() == "Index of /files/"
+
+            # The share alice may not see is not served either.
+            response = page.goto(server.url + "private/")
+            assert response is not None and response.status == 401, response and response.status
+            assert "Index of" not in page.content()
+        finally:
+            ctx.close()
+
+
+_GRANT_IN_LISTING = re.compile(r"two-factor grant until (\d{4}-\d\d-\d\d \d\d:\d\d) UTC")
+
+
+def test_browser_totp_share_listing_after_stepup_page(
+    secure: tuple[Instance, DavServer, pyotp.TOTP], browser: Browser
+) -> None:
+    inst, server, totp = secure
+    alice = inst.clients["alice"]
+    plan = b"the secure plan\n"
+    (share_dir(inst, "secure") / "plan.txt").write_bytes(plan)
+    ctx = password_context(browser, inst, server)
+    try:
+        page = ctx.new_page()
+        # Password alone, no grant yet: refused, nothing of the share shown.
+        response = page.goto(server.url + "secure/")
+        assert response is not None and response.status == 401, response and response.status
+        assert "plan.txt" not in page.content() and "Index of" not in page.content()
+
+        # Step up in the page: password + code.
+        response = page.goto(server.url + STEPUP)
+        assert response is not None and response.status == 200
+        page.fill("#password", alice.password)
+        page.fill("#code", totp.now())
+        response = submit(page, "Verify")
+        assert response.status == 200, page.content()
+        assert page.locator("p.ok").inner_text() == "Verified."
+
+        # The same browser, the password alone: the listing, with the grant's end.
+        before = time.time()
+        response = page.goto(server.url + "secure/")
+        assert response is not None and response.status == 200, response and response.status
+        assert_security_headers(response)
+        assert page.locator("h1").inner_text() == "Index of /secure/"
+        who = page.locator("p.who").inner_text()
+        assert who.startswith("Signed in as alice with certificate CN=alice (serial "), who
+        assert "factors: certificate, password, totp" in who, who
+        m = _GRANT_IN_LISTING.search(who)
+        assert m, who
+        until = utc(m[1] + ":00")  # shown to the minute
+        assert before + GRANT_IDLE - 60 <= until <= time.time() + GRANT_IDLE, who
+        assert listed(page) == {"../": "/", "plan.txt": "/secure/plan.txt"}
+        response = follow(page, "plan.txt")
+        assert response.status == 200 and response.body() == plan
+        page.go_back()
+
+        # The "two-factor sign-in" link leads to the step-up page, which shows the grant.
+        sign_in = page.get_by_role("link", name="two-factor sign-in", exact=True)
+        assert sign_in.get_attribute("href") == "/" + STEPUP
+        response = follow(page, "two-factor sign-in")
+        assert response.status == 200
+        assert page.url == server.url + STEPUP
+        assert _GRANT_TEXT.fullmatch(facts(page)["Grant"]), facts(page)
+    finally:
+        ctx.close()
