@@ -49,6 +49,7 @@ from wsgidav.dav_provider import DAVNonCollection
 from wsgidav.fs_dav_provider import FileResource, FilesystemProvider, FolderResource
 
 from .config import ShareConfig, is_macos_clutter
+from .fastpath import fast_get, fast_propfind
 
 __all__ = ["TEMP_PREFIX", "AtomicFile", "ShareProvider", "is_temp_name", "sweep_temp_files"]
 
@@ -522,6 +523,16 @@ class ShareProvider(FilesystemProvider):
     def is_readonly(self) -> bool:
         """Read-only shares say so in OPTIONS (DAV: 1, no write methods, no locking)."""
         return bool(self.readonly)
+
+    def custom_request_handler(self, environ: dict[str, Any], start_response: Any, default_handler: Any) -> Any:
+        """The common GET and PROPFIND take a short path (see fastpath.py); all else is WsgiDAV's."""
+        method = environ["REQUEST_METHOD"]
+        answer = None
+        if method in ("GET", "HEAD"):
+            answer = fast_get(self, environ, start_response, _etag, is_temp_name)
+        elif method == "PROPFIND":
+            answer = fast_propfind(self, environ, start_response, _etag, is_temp_name)
+        return answer if answer is not None else default_handler(environ, start_response)
 
     def _check_realm(self, environ: dict[str, Any]) -> None:
         """Refuse a request WsgiDAV routed here although it was authorised for another share
