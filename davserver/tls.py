@@ -133,6 +133,9 @@ class TLSConnection(HTTPConnection):
     """
 
     _handshake_done = False
+    # cheroot's 8 KiB buffers make every large transfer thousands of small reads and writes.
+    rbufsize = 1 << 16
+    wbufsize = 1 << 16
     watchdog: Watchdog | None = None
     header_seconds: float = 10.0
 
