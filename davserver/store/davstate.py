@@ -101,6 +101,23 @@ def _lock_dict(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
+def prepare_new_lock(path: str, lock: dict[str, Any], timeout: float) -> tuple[str, str]:
+    """Fill in a new lock's root, capped timeout and owner (as bytes); returns (root, new token).
+
+    Shared by every lock storage, so each backend only decides how to check and store.
+    """
+    assert lock.get("token") is None
+    assert lock.get("expire") is None, "Use timeout instead of expire"
+    assert path and "/" in path
+    root = normalize_lock_root(path)
+    lock["root"] = root
+    lock["timeout"] = timeout
+    owner = lock.get("owner") or b""
+    lock["owner"] = owner.encode("utf-8") if isinstance(owner, str) else bytes(owner)
+    validate_lock(lock)
+    return root, generate_lock_token()
+
+
 class SQLiteLockStorage:
     """Lock storage for WsgiDAV's LockManager (``lock_storage`` in its config)."""
 
@@ -165,16 +182,7 @@ class SQLiteLockStorage:
         Like LockStorageDict.create, fills in `lock` (root, timeout, expire, token)
         and returns it. Raises DAVError(423) when a conflicting lock exists.
         """
-        assert lock.get("token") is None
-        assert lock.get("expire") is None, "Use timeout instead of expire"
-        assert path and "/" in path
-        root = normalize_lock_root(path)
-        lock["root"] = root
-        lock["timeout"] = self.clamp_timeout(lock.get("timeout"))
-        owner = lock.get("owner") or b""
-        lock["owner"] = owner.encode("utf-8") if isinstance(owner, str) else bytes(owner)
-        validate_lock(lock)
-        token = generate_lock_token()
+        root, token = prepare_new_lock(path, lock, self.clamp_timeout(lock.get("timeout")))
         with self.store.transaction() as db:
             now = self._clock()
             db.execute("DELETE FROM dav_locks WHERE expire < ?", (now,))

@@ -56,10 +56,10 @@ from wsgidav.dav_error import (
     PRECONDITION_CODE_LockConflict,
     PRECONDITION_CODE_LockTokenMismatch,
 )
-from wsgidav.lock_man.lock_manager import generate_lock_token, normalize_lock_root, validate_lock
+from wsgidav.lock_man.lock_manager import normalize_lock_root
 
 from .base import StoreUnavailable
-from .davstate import DEFAULT_MAX_LOCK_TIMEOUT, SQLitePropertyManager, _ancestors, _below
+from .davstate import DEFAULT_MAX_LOCK_TIMEOUT, SQLitePropertyManager, _ancestors, _below, prepare_new_lock
 from .redis import RedisStore
 
 __all__ = ["RedisLockStorage", "RedisPropertyManager"]
@@ -403,16 +403,7 @@ class RedisLockStorage:
         Like LockStorageDict.create, fills in `lock` (root, timeout, expire, token)
         and returns it. Raises DAVError(423) when a conflicting lock exists.
         """
-        assert lock.get("token") is None
-        assert lock.get("expire") is None, "Use timeout instead of expire"
-        assert path and "/" in path
-        root = normalize_lock_root(path)
-        lock["root"] = root
-        lock["timeout"] = self.clamp_timeout(lock.get("timeout"))
-        owner = lock.get("owner") or b""
-        lock["owner"] = owner.encode("utf-8") if isinstance(owner, str) else bytes(owner)
-        validate_lock(lock)
-        token = generate_lock_token()
+        root, token = prepare_new_lock(path, lock, self.clamp_timeout(lock.get("timeout")))
         now = self._clock()
         expire = now + lock["timeout"]
         body = _encode_lock({**lock, "token": token, "expire": expire})
