@@ -8,6 +8,7 @@ its assets from an extra share outside our access rules.
 from __future__ import annotations
 
 import html
+import os
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -61,6 +62,10 @@ class Listing(BaseMiddleware):
         if method not in ("GET", "HEAD") or provider is None:
             return self.next_app(environ, start_response)
         path = environ["PATH_INFO"]
+        root = getattr(provider, "root_folder_path", None)
+        if root is not None and not os.path.isdir(os.path.join(root, path.lstrip("/"))):
+            # A cheap look first: most GETs are files, which the share resolves (and confines) itself.
+            return self.next_app(environ, start_response)
         res = provider.get_resource_inst(path, environ)
         if res is None or not res.is_collection:
             return self.next_app(environ, start_response)
