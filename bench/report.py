@@ -1,0 +1,154 @@
+"""Summaries (median, min-max), ratios davserver/peer, the project's targets, and the
+Markdown / JSON output."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    title: str
+    unit: str
+    higher_better: bool = True
+
+
+METRICS = [
+    Metric("get_big", "1 GiB GET (curl)", "MB/s"),
+    Metric("put_big", "1 GiB PUT (curl -T)", "MB/s"),
+    Metric("get_small", "4 KiB GET, keep-alive, 8 clients (ab -k)", "req/s"),
+    Metric("propfind_ms", "PROPFIND Depth 1, 1000 files, 1 client (median)", "ms", higher_better=False),
+    Metric("propfind_rps", "PROPFIND Depth 1, 1000 files, 4 clients", "req/s"),
+    Metric("new_conn", "new TLS connection + 4 KiB GET, 4 clients", "conn/s"),
+    Metric("rss_idle", "RSS at rest (start of each round)", "MiB", higher_better=False),
+    Metric("rss_get", "peak RSS during 1 GiB GET", "MiB", higher_better=False),
+    Metric("rss_put", "peak RSS during 1 GiB PUT", "MiB", higher_better=False),
+    Metric("rss_hwm", "peak RSS over the whole run (VmHWM)", "MiB", higher_better=False),
+]
+
+SERVERS = [("davserver", "davserver"), ("wsgidav", "stock WsgiDAV"), ("apache", "Apache httpd"),
+           ("openssl", "openssl s_server")]
+PEERS = ("wsgidav", "apache", "openssl")
+
+
+@dataclass(frozen=True)
+class Target:
+    text: str
+    metric: str
+    factor: float  # required = factor * peer median, or factor itself when peer is None
+    peer: str | None = None
+    at_most: bool = False  # True: davserver must stay at or below the required value
+
+
+TARGETS = [
+    Target("1 GiB GET ≥ 0.9 × openssl s_server", "get_big", 0.9, "openssl"),
+    Target("1 GiB PUT ≥ 1.5 × Apache", "put_big", 1.5, "apache"),
+    Target("4 KiB GET ≥ 4 × Apache", "get_small", 4.0, "apache"),
+    Target("4 KiB GET ≥ 5000 req/s", "get_small", 5000),
+    Target("PROPFIND Depth 1 (1000 files) ≤ 16 ms", "propfind_ms", 16, at_most=True),
+    Target("PROPFIND Depth 1 (1000 files) ≥ 100 req/s, 4 clients", "propfind_rps", 100),
+    Target("new TLS connections ≥ 1.1 × Apache", "new_conn", 1.1, "apache"),
+    Target("RSS < 64 MiB during 1 GiB GET", "rss_get", 64, at_most=True),
+    Target("RSS < 64 MiB during 1 GiB PUT", "rss_put", 64, at_most=True),
+    Target("RSS < 64 MiB over the whole run (VmHWM)", "rss_hwm", 64, at_most=True),
+]
+
+
+def summarize(raw: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, dict[str, float]]]:
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for metric, per_server in raw.items():
+        out[metric] = {
+            server: {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
+            for server, v in per_server.items() if v
+        }
+    return out
+
+
+def ratios(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """davserver median / peer median, per metric (for ms and MiB: lower is better, so read it inverted)."""
+    out: dict[str, dict[str, float]] = {}
+    for metric, per_server in summary.items():
+        dav = per_server.get("davserver")
+        if not dav:
+            continue
+        out[metric] = {peer: dav["median"] / s["median"] for peer, s in per_server.items()
+                       if peer != "davserver" and s["median"]}
+    return out
+
+
+def check_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for t in TARGETS:
+        dav = summary.get(t.metric, {}).get("davserver")
+        peer = summary.get(t.metric, {}).get(t.peer) if t.peer else None
+        if dav is None or (t.peer and peer is None):
+            rows.append({"target": t.text, "metric": t.metric, "status": "not measured"})
+            continue
+        required = t.factor * peer["median"] if peer else t.factor
+        measured = dav["median"]
+        met = measured <= required if t.at_most else measured >= required
+        if t.at_most:
+            gap = f"{measured - required:+.1f} {_unit(t.metric)} vs limit"
+        else:
+            gap = f"{measured / required:.2f} × required" + ("" if met else f" (needs {required / measured:.1f}× more)")
+        rows.append({"target": t.text, "metric": t.metric, "required": required, "measured": measured,
+                     "met": met, "status": "met" if met else "not met", "gap": gap})
+    return rows
+
+
+def _unit(metric: str) -> str:
+    return next(m.unit for m in METRICS if m.key == metric)
+
+
+def _num(x: float) -> str:
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    summary, rat = result["summary"], result["ratios"]
+    present = [(k, label) for k, label in SERVERS if any(k in summary.get(m.key, {}) for m in METRICS)]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"`{result['command']}` — {result['started']}, {result['elapsed_s'] / 60:.1f} min, "
+        f"{result['rounds']} round(s), big file {result['big_size'] / 2**20:,.0f} MiB, "
+        f"timed phases {result['seconds']:g} s.",
+        "",
+        "Machine and versions:",
+        "",
+        *(f"- {k}: {v}" for k, v in result["machine"].items()),
+        "",
+        "Each cell: median (min–max) over the rounds. Ratios are davserver / peer medians "
+        "(for ms and MiB lower is better).",
+        "",
+        "| workload | unit | " + " | ".join(label for _, label in present)
+        + " | " + " | ".join(f"davserver / {label}" for k, label in present if k in PEERS) + " |",
+        "|---|---|" + "---:|" * (len(present) + sum(1 for k, _ in present if k in PEERS)),
+    ]
+    for m in METRICS:
+        per = summary.get(m.key, {})
+        if not per:
+            continue
+        cells = []
+        for k, _ in present:
+            s = per.get(k)
+            cells.append(f"{_num(s['median'])} ({_num(s['min'])}–{_num(s['max'])})" if s else "–")
+        for k, _ in present:
+            if k in PEERS:
+                r = rat.get(m.key, {}).get(k)
+                cells.append(f"{r:.2f}" if r is not None else "–")
+        lines.append(f"| {m.title} | {m.unit} | " + " | ".join(cells) + " |")
+    lines += ["", "## Targets", "", "| target | required | davserver | status | gap |", "|---|---:|---:|---|---|"]
+    for row in result["targets"]:
+        if row["status"] == "not measured":
+            lines.append(f"| {row['target']} | – | – | not measured | |")
+            continue
+        unit = _unit(row["metric"])
+        lines.append(f"| {row['target']} | {_num(row['required'])} {unit} | {_num(row['measured'])} {unit} | "
+                     f"**{row['status']}** | {row['gap']} |")
+    if result.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
+    return "\n".join(lines) + "\n"

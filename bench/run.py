@@ -1,0 +1,235 @@
+"""Benchmark davserver against stock WsgiDAV, Apache httpd (mod_dav) and openssl s_server.
+
+    python bench/run.py                # full: 5 rounds, 1 GiB file, 10 s timed phases (~15 min)
+    python bench/run.py --quick        # smoke run: 1 round, 128 MiB file, 3 s phases (< 2 min)
+    python bench/run.py --rounds 3     # full sizes, 3 rounds
+    python bench/run.py --servers davserver,apache --workloads get_small,new_conn
+
+Needs curl, ab (apache2-utils), apache2 and openssl on PATH and the project installed
+in the running Python (`pip install -e .`); run it as root (Apache's workers drop to
+www-data). Everything happens in a temp folder: test data (the big file, a folder of
+1000 small files, a 4 KiB file), a davserver instance made by its own key manager
+(`davserver init`, `user add`, `cert issue`, `share add`), and the servers, each its
+own process on 127.0.0.1 and a free port, all stopped at the end.
+
+Workloads run interleaved (davserver, WsgiDAV, Apache[, openssl], then the next
+workload, and the whole sequence once per round). Results: medians with min-max and
+davserver/peer ratios on stdout, in bench/results.md and bench/results.json
+(bench/results-quick.* for --quick). See docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import clients
+import report
+from servers import (
+    Apache,
+    DavServerProc,
+    OpenSSLServer,
+    Server,
+    StockWsgiDAV,
+    make_fixture,
+    require_tools,
+    tool_versions,
+)
+
+BENCH = Path(__file__).resolve().parent
+
+NOTES = [
+    "All servers and all clients share the machine's cores; the clients (curl, ab, Python threads) "
+    "use CPU the servers would otherwise have.",
+    "Apache checks the bcrypt hash (htpasswd -B, cost 5) on every request: mod_authn_file has no cache "
+    "(mod_authn_socache would add one). davserver verifies argon2id once and then serves from its "
+    "credential cache; stock WsgiDAV compares a clear-text password.",
+    "davserver writes a PUT to a temp file, fsyncs it and renames it; Apache (mod_dav_fs) renames a temp "
+    "file without fsync; stock WsgiDAV writes the target in place without fsync. Each PUT creates a new "
+    "file, which is removed and followed by sync() before the next.",
+    "openssl s_server -WWW has no HTTP auth and closes after each response: it is the TLS ceiling for GET.",
+    "RSS of Apache is the sum over its master and worker processes (shared pages counted in each).",
+    "Stock WsgiDAV runs with 50 cheroot threads (what the wsgidav command uses), davserver with its "
+    "configured 32; Apache with Debian's mpm_event settings and unlimited requests per connection.",
+]
+
+
+def machine() -> dict[str, str]:
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+    try:
+        debian = Path("/etc/debian_version").read_text().strip()
+    except OSError:
+        debian = "?"
+    return {"cpu": f"{cpu} × {os.cpu_count()} cores", "ram": f"{mem_kib / 2**20:.0f} GiB",
+            "os": f"Debian {debian}, Linux {platform.release()}", **tool_versions(),
+            "davserver": _git_revision()}
+
+
+def _git_revision() -> str:
+    """Commit, and a digest of davserver's sources so uncommitted states can be told apart."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=BENCH.parent, capture_output=True, text=True).stdout.strip()
+
+    rev = git("rev-parse", "--short", "HEAD") or "?"
+    digest = hashlib.sha256()
+    for path in sorted((BENCH.parent / "davserver").rglob("*.py")):
+        digest.update(path.read_bytes())
+    dirty = " + uncommitted changes" if git("status", "--porcelain", "--", "davserver") else ""
+    return f"{rev}{dirty} (sources sha256 {digest.hexdigest()[:12]})"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="1 round, 128 MiB file, 3 s phases")
+    p.add_argument("--rounds", type=int, help="rounds (default 5, or 1 with --quick)")
+    p.add_argument("--servers", help="comma-separated subset of davserver,wsgidav,apache,openssl")
+    p.add_argument("--workloads", help="comma-separated subset of get_big,put_big,get_small,propfind,new_conn")
+    p.add_argument("--out", type=Path, help="output prefix (default bench/results, bench/results-quick)")
+    p.add_argument("--keep", action="store_true", help="keep the temp folder (data, configs, server logs)")
+    p.add_argument("--max-wait", type=float,
+                   help="seconds to wait, before each workload, for other processes to leave the CPUs idle "
+                        "(default 180, or 0 with --quick)")
+    args = p.parse_args()
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))  # so `finally` stops the servers
+    require_tools()
+
+    rounds = args.rounds or (1 if args.quick else 5)
+    big_size = (128 if args.quick else 1024) << 20
+    seconds = 3.0 if args.quick else 10.0
+    latency_count = 15 if args.quick else 50
+    out = args.out or BENCH / ("results-quick" if args.quick else "results")
+    wanted_servers = set(args.servers.split(",")) if args.servers else None
+    wanted_work = set(args.workloads.split(",")) if args.workloads else None
+
+    raw: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+
+    busy_log: list[float] = []
+
+    def wait_quiet() -> None:
+        """Start a workload only when the machine is quiet (other jobs would skew it), or after --max-wait."""
+        t0 = time.monotonic()
+        deadline = t0 + (args.max_wait if args.max_wait is not None else 0 if args.quick else 180)
+        while (busy := clients.cpu_busy()) > 0.15 and time.monotonic() < deadline:
+            pass
+        if time.monotonic() - t0 > 3:
+            print(f"  (waited {time.monotonic() - t0:.0f} s for other processes; CPUs now {busy:.0%} busy)", flush=True)
+        busy_log.append(busy)
+
+    def record(metric: str, server: Server, value: float, unit: str) -> None:
+        raw[metric][server.name].append(value)
+        print(f"  {metric:13} {server.name:10} {value:12,.1f} {unit}", flush=True)
+
+    def with_rss(fn: Callable[[Server], float], rss_metric: str) -> Callable[[Server], float]:
+        def run(server: Server) -> float:
+            with clients.RssSampler(server) as sampler:
+                value = fn(server)
+            record(rss_metric, server, sampler.peak_mib, "MiB peak")
+            return value
+        return run
+
+    # (name, metric, unit, function, servers it applies to)
+    workloads: list[tuple[str, str, str, Callable[[Server], float], tuple[str, ...]]] = [
+        ("get_big", "get_big", "MB/s", with_rss(clients.get_big, "rss_get"),
+         ("davserver", "wsgidav", "apache", "openssl")),
+        ("put_big", "put_big", "MB/s", with_rss(clients.put_big, "rss_put"), ("davserver", "wsgidav", "apache")),
+        ("get_small", "get_small", "req/s", lambda s: clients.ab_small(s, seconds), ("davserver", "wsgidav", "apache")),
+        ("propfind", "propfind_ms", "ms", lambda s: clients.propfind_latency(s, latency_count),
+         ("davserver", "wsgidav", "apache")),
+        ("propfind", "propfind_rps", "req/s", lambda s: clients.propfind_rate(s, seconds),
+         ("davserver", "wsgidav", "apache")),
+        ("new_conn", "new_conn", "conn/s", lambda s: clients.new_connections(s, seconds),
+         ("davserver", "wsgidav", "apache")),
+    ]
+
+    started_at = datetime.now(UTC)
+    host = machine()  # before the servers start: the sources they run
+    t_start = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="davbench-"))
+    servers: list[Server] = []
+    try:
+        print(f"bench: preparing {work} (big file {big_size >> 20} MiB)", flush=True)
+        fx = make_fixture(work, big_size)
+        kinds: tuple[type[Server], ...] = (DavServerProc, StockWsgiDAV, Apache, OpenSSLServer)
+        for cls in kinds:
+            if wanted_servers is None or cls.name in wanted_servers:
+                server = cls(fx)
+                server.start()
+                servers.append(server)
+                print(f"bench: {server.label} on port {server.port}", flush=True)
+        for rnd in range(1, rounds + 1):
+            print(f"round {rnd}/{rounds}", flush=True)
+            for server in servers:
+                if server.name != "openssl":
+                    clients.warm_up(server)
+                record("rss_idle", server, clients.rss_kib(server.pids())[0] / 1024, "MiB")
+            for name, metric, unit, fn, applies in workloads:
+                if wanted_work is not None and name not in wanted_work:
+                    continue
+                wait_quiet()
+                for server in servers:
+                    if server.name in applies:
+                        if server.name != "openssl":
+                            clients.warm_up(server)
+                        record(metric, server, fn(server), unit)
+        for server in servers:
+            record("rss_hwm", server, clients.rss_kib(server.pids())[1] / 1024, "MiB VmHWM")
+    finally:
+        for server in servers:
+            server.stop()
+        if args.keep:
+            print(f"bench: kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    summary = report.summarize({m: dict(v) for m, v in raw.items()})
+    result: dict[str, Any] = {
+        "command": "python bench/run.py " + " ".join(sys.argv[1:]),
+        "started": started_at.isoformat(timespec="seconds"),
+        "elapsed_s": time.monotonic() - t_start,
+        "rounds": rounds,
+        "big_size": big_size,
+        "seconds": seconds,
+        "propfind_latency_requests": latency_count,
+        "machine": host,
+        "raw": raw,
+        "summary": summary,
+        "ratios": report.ratios(summary),
+        "targets": report.check_targets(summary),
+        "background_cpu": busy_log,
+        "notes": [*NOTES, f"CPU busy with other work just before each workload (servers idle): median "
+                  f"{statistics.median(busy_log or [0]):.0%}, max {max(busy_log or [0]):.0%}."],
+    }
+    text = report.markdown(result)
+    out.with_suffix(".md").write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    print(text)
+    print(f"bench: wrote {out.with_suffix('.md')} and {out.with_suffix('.json')} "
+          f"in {result['elapsed_s'] / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,309 @@
+"""The benchmark's data, certificates and the servers under test.
+
+Every server runs as its own process on 127.0.0.1 and a free port, serves the same
+folder at https://127.0.0.1:PORT/data/, demands a client certificate from the CA
+that davserver's key manager creates, and is stopped by `stop()` (callers use
+try/finally). Output of each server goes to a log file in the work folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+USER = "bench"
+SMALL_NAME = "small.bin"  # 4 KiB
+BIG_NAME = "big.bin"
+MANY_NAME = "many"  # folder of small files
+N_MANY = 1000
+
+
+@dataclass(frozen=True)
+class Fixture:
+    """Files and key material shared by all servers."""
+
+    work: Path
+    data: Path
+    home: Path  # davserver instance folder
+    ca: Path
+    server_crt: Path
+    server_key: Path
+    client_crt: Path
+    client_key: Path
+    client_pem: Path  # certificate + key in one file, for ab -E
+    password: str
+    big_size: int
+
+
+def _davserver(home: Path, *args: str, stdin: str | None = None) -> str:
+    cmd = [sys.executable, "-m", "davserver.cli", "--home", str(home), *args]
+    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, check=True).stdout
+
+
+def _write_random(path: Path, size: int) -> None:
+    block = 16 << 20
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(block, left)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def make_fixture(work: Path, big_size: int) -> Fixture:
+    """Test data plus a davserver instance (CA, server certificate, account, client certificate, share)."""
+    work.chmod(0o755)  # Apache's workers (www-data) must reach the data folder
+    data = work / "data"
+    (data / MANY_NAME).mkdir(parents=True)
+    _write_random(data / BIG_NAME, big_size)
+    _write_random(data / SMALL_NAME, 4096)
+    for i in range(N_MANY):
+        (data / MANY_NAME / f"file-{i:04d}.txt").write_bytes(os.urandom(512 + i % 3584))
+    for folder in (data, data / MANY_NAME):
+        folder.chmod(0o777)  # every server (Apache as www-data too) may write here
+
+    home = work / "instance"
+    password = secrets.token_urlsafe(18)
+    _davserver(home, "init")
+    _davserver(home, "user", "add", USER, "--password-stdin", stdin=password + "\n")
+    issued = json.loads(_davserver(home, "cert", "issue", USER, "--json"))
+    _davserver(home, "share", "add", "data", str(data))
+    crt, key = Path(issued["paths"]["crt"]), Path(issued["paths"]["key"])
+    pem = work / "client.pem"
+    pem.write_bytes(crt.read_bytes() + key.read_bytes())
+    pem.chmod(0o600)
+    certs = home / "certs"
+    return Fixture(work, data, home, certs / "ca.crt", certs / "server.crt", certs / "server.key",
+                   crt, key, pem, password, big_size)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+class Server:
+    """A server process; subclasses build the command and say how to find the port."""
+
+    name = "?"
+    label = "?"
+    ready_pattern: str | None = None  # regex with one group: the port, read from the log
+
+    def __init__(self, fx: Fixture) -> None:
+        self.fx = fx
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = fx.work / f"{self.name}.log"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 30.0) -> None:
+        if self.ready_pattern is None:
+            self.port = free_port()
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, cwd=self.fx.work)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited at start:\n{self.log_path.read_text(errors='replace')}")
+            if self.ready_pattern is not None and not self.port:
+                m = re.search(self.ready_pattern, self.log_path.read_text(errors="replace"))
+                if m:
+                    self.port = int(m.group(1))
+            if self.port and _accepts(self.port):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not start within {timeout:.0f} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def pids(self) -> list[int]:
+        """The server's process and its children (Apache's workers)."""
+        return _descendants(self.proc.pid) if self.proc else []
+
+    @property
+    def base(self) -> str:
+        return f"https://127.0.0.1:{self.port}/data/"
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class DavServerProc(Server):
+    name, label = "davserver", "davserver"
+    ready_pattern = r"davserver serving https://127\.0\.0\.1:(\d+)/"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "davserver.cli", "--home", str(self.fx.home), "serve", "--port", "0"]
+
+
+class StockWsgiDAV(Server):
+    name, label = "wsgidav", "stock WsgiDAV"
+    ready_pattern = r"serving (\d+)"
+
+    def command(self) -> list[str]:
+        fx = self.fx
+        return [sys.executable, str(BENCH_DIR / "stock_wsgidav.py"), "--root", str(fx.data),
+                "--cert", str(fx.server_crt), "--key", str(fx.server_key), "--ca", str(fx.ca),
+                "--user", USER, "--password", fx.password]
+
+
+APACHE_CONF = """\
+# Generated by bench/servers.py: Debian's apache2 with mod_dav_fs, mod_ssl and Basic auth (bcrypt).
+DefaultRuntimeDir {dir}
+PidFile {dir}/httpd.pid
+Mutex file:{dir} default
+ServerName 127.0.0.1
+Listen 127.0.0.1:{port} https
+User www-data
+Group www-data
+ErrorLog {dir}/error.log
+LogLevel warn
+LogFormat "%h %l %u %t \\"%r\\" %>s %O" common
+CustomLog {dir}/access.log common
+{modules}
+# Debian's apache2.conf and mods-available/mpm_event.conf, but unlimited requests per connection
+Timeout 300
+KeepAlive On
+MaxKeepAliveRequests 0
+KeepAliveTimeout 5
+StartServers 2
+MinSpareThreads 25
+MaxSpareThreads 75
+ThreadLimit 64
+ThreadsPerChild 25
+MaxRequestWorkers 150
+MaxConnectionsPerChild 0
+TypesConfig /etc/mime.types
+LimitRequestBody 0
+SSLEngine on
+SSLCertificateFile {server_crt}
+SSLCertificateKeyFile {server_key}
+SSLCACertificateFile {ca}
+SSLVerifyClient require
+SSLVerifyDepth 1
+DavLockDB {dir}/davlock
+<Directory />
+    AllowOverride None
+    Require all denied
+</Directory>
+Alias /data {data}
+<Directory {data}>
+    Options None
+    AllowOverride None
+    Dav On
+    AuthType Basic
+    AuthName "bench"
+    AuthBasicProvider file
+    AuthUserFile {dir}/htpasswd
+    Require valid-user
+</Directory>
+"""
+
+APACHE_MODULES = ("mpm_event", "authn_core", "authn_file", "authz_core", "authz_user", "auth_basic",
+                  "mime", "alias", "dav", "dav_fs", "ssl")
+
+
+class Apache(Server):
+    name, label = "apache", "Apache httpd"
+
+    def command(self) -> list[str]:
+        fx = self.fx
+        folder = fx.work / "apache"
+        folder.mkdir(exist_ok=True)
+        folder.chmod(0o777)  # DavLockDB is written by the www-data workers
+        subprocess.run(["htpasswd", "-c", "-i", "-B", str(folder / "htpasswd"), USER],
+                       input=fx.password + "\n", text=True, check=True, capture_output=True)
+        (folder / "htpasswd").chmod(0o644)
+        modules = "\n".join(f"LoadModule {m}_module /usr/lib/apache2/modules/mod_{m}.so" for m in APACHE_MODULES)
+        conf = folder / "httpd.conf"
+        conf.write_text(APACHE_CONF.format(dir=folder, port=self.port, modules=modules, data=fx.data, ca=fx.ca,
+                                           server_crt=fx.server_crt, server_key=fx.server_key))
+        return ["apache2", "-f", str(conf), "-d", str(folder), "-DFOREGROUND"]
+
+
+class OpenSSLServer(Server):
+    """`openssl s_server -WWW`: the TLS ceiling for one GET (no auth, no HTTP keep-alive)."""
+
+    name, label = "openssl", "openssl s_server"
+    ready_pattern = r"ACCEPT 127\.0\.0\.1:(\d+)"
+
+    def command(self) -> list[str]:
+        fx = self.fx
+        return ["openssl", "s_server", "-accept", "127.0.0.1:0", "-cert", str(fx.server_crt),
+                "-key", str(fx.server_key), "-CAfile", str(fx.ca), "-Verify", "1", "-WWW"]
+    # -WWW serves paths relative to the working folder (fx.work), so /data/big.bin is fx.data/big.bin.
+
+
+def tool_versions() -> dict[str, str]:
+    def first_line(cmd: list[str]) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            return (out.stdout or out.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "missing"
+
+    from importlib.metadata import version
+
+    return {
+        "python": sys.version.split()[0],
+        "wsgidav": version("wsgidav"),
+        "cheroot": version("cheroot"),
+        "apache2": first_line(["apache2", "-v"]).removeprefix("Server version: "),
+        "openssl": " ".join(first_line(["openssl", "version"]).split()[:2]),
+        "curl": " ".join(first_line(["curl", "--version"]).split()[:2]),
+        "ab": first_line(["ab", "-V"]).removeprefix("This is ").split(" <")[0],
+    }
+
+
+def require_tools() -> None:
+    missing = [t for t in ("curl", "ab", "openssl", "apache2", "htpasswd") if shutil.which(t) is None]
+    if missing:
+        sys.exit(f"bench: missing tools: {' '.join(missing)} (apt-get install -y curl apache2 apache2-utils openssl)")
