@@ -56,9 +56,9 @@ BENCH = Path(__file__).resolve().parent
 NOTES = [
     "All servers and all clients share the machine's cores; the clients (curl, ab, Python threads) "
     "use CPU the servers would otherwise have.",
-    "Apache checks the bcrypt hash (htpasswd -B, cost 5) on every request: mod_authn_file has no cache "
-    "(mod_authn_socache would add one). davserver verifies argon2id once and then serves from its "
-    "credential cache; stock WsgiDAV compares a clear-text password.",
+    "Apache checks the bcrypt hash (htpasswd -B, cost 5) on every request (mod_authn_file keeps no "
+    "cache); davserver verifies argon2id once per credential-cache period (300 s) and serves from its "
+    "cache in between; stock WsgiDAV compares a clear-text password.",
     "davserver writes a PUT to a temp file, fsyncs it and renames it; Apache (mod_dav_fs) renames a temp "
     "file without fsync; stock WsgiDAV writes the target in place without fsync. Each PUT creates a new "
     "file, which is removed and followed by sync() before the next.",
