@@ -17,15 +17,15 @@ class Metric:
 
 
 METRICS = [
-    Metric("get_big", "1 GiB GET (curl)", "MB/s"),
-    Metric("put_big", "1 GiB PUT (curl -T)", "MB/s"),
+    Metric("get_big", "{big} GET (curl)", "MB/s"),
+    Metric("put_big", "{big} PUT (curl -T)", "MB/s"),
     Metric("get_small", "4 KiB GET, keep-alive, 8 clients (ab -k)", "req/s"),
     Metric("propfind_ms", "PROPFIND Depth 1, 1000 files, 1 client (median)", "ms", higher_better=False),
     Metric("propfind_rps", "PROPFIND Depth 1, 1000 files, 4 clients", "req/s"),
     Metric("new_conn", "new TLS connection + 4 KiB GET, 4 clients", "conn/s"),
     Metric("rss_idle", "RSS at rest (start of each round)", "MiB", higher_better=False),
-    Metric("rss_get", "peak RSS during 1 GiB GET", "MiB", higher_better=False),
-    Metric("rss_put", "peak RSS during 1 GiB PUT", "MiB", higher_better=False),
+    Metric("rss_get", "peak RSS during {big} GET", "MiB", higher_better=False),
+    Metric("rss_put", "peak RSS during {big} PUT", "MiB", higher_better=False),
     Metric("rss_hwm", "peak RSS over the whole run (VmHWM)", "MiB", higher_better=False),
 ]
 
@@ -109,6 +109,8 @@ def _num(x: float) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     summary, rat = result["summary"], result["ratios"]
+    size = result["big_size"]
+    big = "1 GiB" if size == 1 << 30 else f"{size >> 20} MiB"
     present = [(k, label) for k, label in SERVERS if any(k in summary.get(m.key, {}) for m in METRICS)]
     lines = [
         "# Benchmark results",
@@ -140,8 +142,12 @@ def markdown(result: dict[str, Any]) -> str:
             if k in PEERS:
                 r = rat.get(m.key, {}).get(k)
                 cells.append(f"{r:.2f}" if r is not None else "–")
-        lines.append(f"| {m.title} | {m.unit} | " + " | ".join(cells) + " |")
-    lines += ["", "## Targets", "", "| target | required | davserver | status | gap |", "|---|---:|---:|---|---|"]
+        title = m.title.format(big=big)
+        lines.append(f"| {title} | {m.unit} | " + " | ".join(cells) + " |")
+    lines += ["", "## Targets", ""]
+    if size != 1 << 30:
+        lines += [f"(Measured with a {big} file instead of 1 GiB: indicative only.)", ""]
+    lines += ["| target | required | davserver | status | gap |", "|---|---:|---:|---|---|"]
     for row in result["targets"]:
         if row["status"] == "not measured":
             lines.append(f"| {row['target']} | – | – | not measured | |")
@@ -152,3 +158,13 @@ def markdown(result: dict[str, Any]) -> str:
     if result.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # re-render a results .md from its .json: python bench/report.py bench/results.json
+    import json
+    import sys
+    from pathlib import Path
+
+    for name in sys.argv[1:]:
+        path = Path(name)
+        path.with_suffix(".md").write_text(markdown(json.loads(path.read_text())))

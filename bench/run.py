@@ -1,7 +1,7 @@
 """Benchmark davserver against stock WsgiDAV, Apache httpd (mod_dav) and openssl s_server.
 
-    python bench/run.py                # full: 5 rounds, 1 GiB file, 10 s timed phases (~15 min)
-    python bench/run.py --quick        # smoke run: 1 round, 128 MiB file, 3 s phases (< 2 min)
+    python bench/run.py                # full: 5 rounds, 1 GiB file, 10 s timed phases (~14 min on 2 cores)
+    python bench/run.py --quick        # smoke run: 1 round, 128 MiB file, 3 s phases (~1 min)
     python bench/run.py --rounds 3     # full sizes, 3 rounds
     python bench/run.py --servers davserver,apache --workloads get_small,new_conn
 
@@ -15,7 +15,9 @@ own process on 127.0.0.1 and a free port, all stopped at the end.
 Workloads run interleaved (davserver, WsgiDAV, Apache[, openssl], then the next
 workload, and the whole sequence once per round). Results: medians with min-max and
 davserver/peer ratios on stdout, in bench/results.md and bench/results.json
-(bench/results-quick.* for --quick). See docs/performance.md.
+(bench/results-quick.* for --quick). Before each workload the runner waits, up to
+--max-wait seconds (180; 0 with --quick), for other processes to leave the CPUs idle.
+Profiles: bench/hotspots.py. See docs/performance.md.
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ def main() -> None:
     out = args.out or BENCH / ("results-quick" if args.quick else "results")
     wanted_servers = set(args.servers.split(",")) if args.servers else None
     wanted_work = set(args.workloads.split(",")) if args.workloads else None
+    max_wait = args.max_wait if args.max_wait is not None else 0 if args.quick else 180
 
     raw: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
 
@@ -131,7 +134,7 @@ def main() -> None:
     def wait_quiet() -> None:
         """Start a workload only when the machine is quiet (other jobs would skew it), or after --max-wait."""
         t0 = time.monotonic()
-        deadline = t0 + (args.max_wait if args.max_wait is not None else 0 if args.quick else 180)
+        deadline = t0 + max_wait
         while (busy := clients.cpu_busy()) > 0.15 and time.monotonic() < deadline:
             pass
         if time.monotonic() - t0 > 3:
@@ -150,18 +153,15 @@ def main() -> None:
             return value
         return run
 
+    dav_peers = ("davserver", "wsgidav", "apache")
     # (name, metric, unit, function, servers it applies to)
     workloads: list[tuple[str, str, str, Callable[[Server], float], tuple[str, ...]]] = [
-        ("get_big", "get_big", "MB/s", with_rss(clients.get_big, "rss_get"),
-         ("davserver", "wsgidav", "apache", "openssl")),
-        ("put_big", "put_big", "MB/s", with_rss(clients.put_big, "rss_put"), ("davserver", "wsgidav", "apache")),
-        ("get_small", "get_small", "req/s", lambda s: clients.ab_small(s, seconds), ("davserver", "wsgidav", "apache")),
-        ("propfind", "propfind_ms", "ms", lambda s: clients.propfind_latency(s, latency_count),
-         ("davserver", "wsgidav", "apache")),
-        ("propfind", "propfind_rps", "req/s", lambda s: clients.propfind_rate(s, seconds),
-         ("davserver", "wsgidav", "apache")),
-        ("new_conn", "new_conn", "conn/s", lambda s: clients.new_connections(s, seconds),
-         ("davserver", "wsgidav", "apache")),
+        ("get_big", "get_big", "MB/s", with_rss(clients.get_big, "rss_get"), (*dav_peers, "openssl")),
+        ("put_big", "put_big", "MB/s", with_rss(clients.put_big, "rss_put"), dav_peers),
+        ("get_small", "get_small", "req/s", lambda s: clients.ab_small(s, seconds), dav_peers),
+        ("propfind", "propfind_ms", "ms", lambda s: clients.propfind_latency(s, latency_count), dav_peers),
+        ("propfind", "propfind_rps", "req/s", lambda s: clients.propfind_rate(s, seconds), dav_peers),
+        ("new_conn", "new_conn", "conn/s", lambda s: clients.new_connections(s, seconds), dav_peers),
     ]
 
     started_at = datetime.now(UTC)

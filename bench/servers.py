@@ -43,6 +43,7 @@ class Fixture:
     client_key: Path
     client_pem: Path  # certificate + key in one file, for ab -E
     password: str
+    password_file: Path
     big_size: int
 
 
@@ -83,9 +84,12 @@ def make_fixture(work: Path, big_size: int) -> Fixture:
     pem = work / "client.pem"
     pem.write_bytes(crt.read_bytes() + key.read_bytes())
     pem.chmod(0o600)
+    password_file = work / "password.txt"
+    password_file.write_text(password + "\n")
+    password_file.chmod(0o600)
     certs = home / "certs"
     return Fixture(work, data, home, certs / "ca.crt", certs / "server.crt", certs / "server.key",
-                   crt, key, pem, password, big_size)
+                   crt, key, pem, password, password_file, big_size)
 
 
 def free_port() -> int:
@@ -192,7 +196,7 @@ class StockWsgiDAV(Server):
         fx = self.fx
         return [sys.executable, str(BENCH_DIR / "stock_wsgidav.py"), "--root", str(fx.data),
                 "--cert", str(fx.server_crt), "--key", str(fx.server_key), "--ca", str(fx.ca),
-                "--user", USER, "--password", fx.password]
+                "--user", USER, "--password-file", str(fx.password_file)]
 
 
 APACHE_CONF = """\

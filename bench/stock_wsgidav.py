@@ -1,7 +1,7 @@
 """Peer (b): stock WsgiDAV + cheroot with a required client certificate.
 
     python bench/stock_wsgidav.py --root DIR --cert server.crt --key server.key --ca ca.crt \
-        --user NAME --password PW
+        --user NAME --password-file FILE
 
 Serves DIR at https://127.0.0.1:PORT/data/ with a FilesystemProvider, HTTP Basic
 through WsgiDAV's SimpleDomainController, and cheroot's BuiltinSSLAdapter whose
@@ -25,11 +25,13 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    for name in ("root", "cert", "key", "ca", "user", "password"):
+    for name in ("root", "cert", "key", "ca", "user", "password-file"):
         p.add_argument(f"--{name}", required=True)
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--threads", type=int, default=50)  # what `wsgidav` (server_cli.py) passes to cheroot
     args = p.parse_args()
+    with open(args.password_file, encoding="utf-8") as f:
+        password = f.read().strip()
 
     app = WsgiDAVApp(
         {
@@ -40,7 +42,7 @@ def main() -> None:
                 "accept_digest": False,
                 "default_to_digest": False,
             },
-            "simple_dc": {"user_mapping": {"*": {args.user: {"password": args.password}}}},
+            "simple_dc": {"user_mapping": {"*": {args.user: {"password": password}}}},
             "verbose": 1,
             "logging": {"enable": False},
         }
