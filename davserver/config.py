@@ -141,6 +141,8 @@ class IdentityConfig:
 @dataclass(frozen=True)
 class AuthConfig:
     credential_cache_seconds: float = 300.0
+    #: However busy the client, a verified password is checked again after this long.
+    credential_cache_max_seconds: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -471,7 +473,7 @@ def parse_config(raw: Any, home: Home) -> Config:
          "shares"),
     )
     a = _section(raw, "auth")
-    _check_keys(a, "auth", ("credential_cache_seconds",))
+    _check_keys(a, "auth", ("credential_cache_seconds", "credential_cache_max_seconds"))
     au = _section(raw, "audit")
     _check_keys(au, "audit", ("file",))
     d = _section(raw, "defaults")
@@ -487,6 +489,7 @@ def parse_config(raw: Any, home: Home) -> Config:
         identity=_parse_identity(raw),
         auth=AuthConfig(
             credential_cache_seconds=_float(a, "auth", "credential_cache_seconds", 300.0, 0.0),
+            credential_cache_max_seconds=_float(a, "auth", "credential_cache_max_seconds", 3600.0, 0.0),
         ),
         audit=AuditConfig(file=None if audit_file in (None, "-") else home.resolve(audit_file)),
         shares=_parse_shares(raw, home, default_require),

@@ -150,6 +150,7 @@ class Guard:
         self.authenticator = Authenticator(
             config.identity,
             cache_seconds=config.auth.credential_cache_seconds,
+            cache_max_seconds=config.auth.credential_cache_max_seconds,
             store=store,
             totp_config=config.totp,
             throttle=config.throttle,

@@ -109,3 +109,94 @@ def test_verified_password_is_cached_but_not_across_password_or_certificate(monk
     two = ACCOUNTS.edit("alice", certificates=(BoundCert(FP), BoundCert("d" * 64)))
     assert decide(auth, cert=other, accounts=two).allowed
     assert len(calls) == 5
+
+
+def test_cache_lifetime_slides_while_used_and_is_capped(monkeypatch) -> None:
+    calls = []
+    import davserver.auth.core as core
+
+    real = core.verify_password
+    monkeypatch.setattr(core, "verify_password", lambda h, p: calls.append(p) or real(h, p))
+    auth = Authenticator(IdentityConfig(), cache_seconds=60, cache_max_seconds=300)
+    for seconds in range(0, 300, 50):  # a busy client: one request every 50 s
+        assert decide(auth, now=NOW + timedelta(seconds=seconds)).allowed
+    assert len(calls) == 1
+    assert decide(auth, now=NOW + timedelta(seconds=300)).allowed  # the absolute cap: verified again
+    assert len(calls) == 2
+    assert decide(auth, now=NOW + timedelta(seconds=361)).allowed  # idle past the lifetime: verified again
+    assert len(calls) == 3
+
+
+def test_concurrent_misses_of_one_login_run_one_password_check(monkeypatch) -> None:
+    import threading
+    import time
+
+    import davserver.auth.core as core
+
+    calls = []
+    real = core.verify_password
+
+    def slow(h, p):
+        calls.append(p)
+        time.sleep(0.2)
+        return real(h, p)
+
+    monkeypatch.setattr(core, "verify_password", slow)
+    auth = Authenticator(IdentityConfig(), cache_seconds=60)
+    results: list[bool] = []
+    threads = [threading.Thread(target=lambda: results.append(decide(auth).allowed)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True] * 6
+    assert len(calls) == 1
+
+
+def test_password_checks_run_at_most_a_few_at_a_time(monkeypatch) -> None:
+    """Each argon2 check allocates 64 MiB: a flood of distinct bad passwords must queue, not add up."""
+    import threading
+    import time
+
+    from davserver.auth import passwords
+
+    running = 0
+    peak = 0
+    lock = threading.Lock()
+    real = passwords._hasher.verify
+
+    def counting(h, p):
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            time.sleep(0.05)
+            return real(h, p)
+        finally:
+            with lock:
+                running -= 1
+
+    class Counting:
+        verify = staticmethod(counting)
+
+    monkeypatch.setattr(passwords, "_hasher", Counting())
+    auth = Authenticator(IdentityConfig(), cache_seconds=60)
+    threads = [
+        threading.Thread(target=lambda i=i: decide(auth, credentials=Credentials("alice", f"guess-{i}")))
+        for i in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 1 <= peak <= passwords.MAX_CONCURRENT_CHECKS
+
+
+def test_dummy_hash_has_the_hashers_parameters() -> None:
+    """A missing account must cost what a wrong password costs."""
+    from davserver.auth import passwords
+
+    assert not passwords._hasher.check_needs_rehash(passwords._DUMMY_HASH)
+    assert passwords._hasher.verify(passwords._DUMMY_HASH, "davserver-no-such-password")
+    assert not passwords.verify_password(None, "davserver-no-such-password")

@@ -78,30 +78,49 @@ def credential_epoch(account: Account) -> str:
 
 
 class _VerifiedCache:
-    """Verified (account, certificate, password) triples, kept briefly so argon2
-    runs once per few minutes instead of on every request.
+    """Verified (account, certificate, password) triples, kept so argon2 runs once
+    per login instead of on every request.
 
     Entries hold a keyed digest of the password, never the password, and the
-    password hash they were verified against: a password change misses.
+    password hash they were verified against: a password change misses. The
+    lifetime slides: each hit extends it by ``ttl``, up to ``max_age`` after the
+    verification, so a busy client is not re-verified mid-transfer and an idle
+    one is forgotten after ``ttl``.
     """
 
-    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+    _STRIPES = 64
+
+    def __init__(self, ttl: float, max_age: float | None = None, max_entries: int = 10_000) -> None:
         self.ttl = ttl
+        self.max_age = max(ttl, max_age if max_age is not None else 12 * ttl)
         self.max_entries = max_entries
         self._key = secrets.token_bytes(32)
-        self._entries: dict[tuple[str, str, bytes], tuple[float, str]] = {}
+        # key -> (expires, verified_at, password hash)
+        self._entries: dict[tuple[str, str, bytes], tuple[float, float, str]] = {}
         self._lock = threading.Lock()
+        # Misses for the same key take the same stripe, so concurrent requests of
+        # one login wait for a single argon2 check instead of each running one.
+        self._stripes = [threading.Lock() for _ in range(self._STRIPES)]
 
-    def _digest(self, password: str) -> bytes:
-        return hmac.new(self._key, password.encode("utf-8"), hashlib.sha256).digest()
+    def key(self, account: Account, fingerprint: str, password: str) -> tuple[str, str, bytes]:
+        digest = hmac.new(self._key, password.encode("utf-8"), hashlib.sha256).digest()
+        return (account.name, fingerprint, digest)
 
-    def hit(self, account: Account, fingerprint: str, password: str, now: float) -> bool:
+    def stripe(self, key: tuple[str, str, bytes]) -> threading.Lock:
+        return self._stripes[key[2][0] % self._STRIPES]
+
+    def hit(self, key: tuple[str, str, bytes], account: Account, now: float) -> bool:
         if self.ttl <= 0:
             return False
-        entry = self._entries.get((account.name, fingerprint, self._digest(password)))
-        return entry is not None and entry[0] > now and entry[1] == account.password_hash
+        entry = self._entries.get(key)
+        if entry is None or entry[0] <= now or not hmac.compare_digest(entry[2], account.password_hash or ""):
+            return False
+        expires = min(now + self.ttl, entry[1] + self.max_age)
+        if expires > entry[0]:
+            self._entries[key] = (expires, entry[1], entry[2])
+        return True
 
-    def remember(self, account: Account, fingerprint: str, password: str, now: float) -> None:
+    def remember(self, key: tuple[str, str, bytes], account: Account, now: float) -> None:
         if self.ttl <= 0 or account.password_hash is None:
             return
         with self._lock:
@@ -109,10 +128,7 @@ class _VerifiedCache:
                 self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
                 if len(self._entries) >= self.max_entries:
                     self._entries.clear()
-            self._entries[(account.name, fingerprint, self._digest(password))] = (
-                now + self.ttl,
-                account.password_hash,
-            )
+            self._entries[key] = (now + self.ttl, now, account.password_hash)
 
 
 class Authenticator:
@@ -121,6 +137,7 @@ class Authenticator:
         identity: IdentityConfig,
         *,
         cache_seconds: float,
+        cache_max_seconds: float | None = None,
         store: StateStore | None = None,
         totp_config: TOTPConfig | None = None,
         throttle: ThrottleConfig | None = None,
@@ -129,7 +146,7 @@ class Authenticator:
         self.store = store
         self.totp = totp_config or TOTPConfig()
         self.throttle = throttle or ThrottleConfig()
-        self._cache = _VerifiedCache(cache_seconds)
+        self._cache = _VerifiedCache(cache_seconds, cache_max_seconds)
 
     # --- certificate -> account -----------------------------------------------------
 
@@ -248,15 +265,19 @@ class Authenticator:
 
     def _password_ok(self, account: Account, cert: CertIdentity, candidates: tuple[str, ...], now: float) -> bool:
         """True when any candidate is the password; cached candidates are tried first, without argon2."""
-        for candidate in candidates:
-            if self._cache.hit(account, cert.fingerprint, candidate, now):
-                return True
-        for candidate in candidates:
-            if verify_password(account.password_hash, candidate):
-                self._cache.remember(account, cert.fingerprint, candidate, now)
-                if self.store is not None:  # a real success forgives earlier typos
-                    self.store.clear_failures(self._account_key(account, cert))
-                return True
+        keys = [self._cache.key(account, cert.fingerprint, candidate) for candidate in candidates]
+        if any(self._cache.hit(key, account, now) for key in keys):
+            return True
+        for key, candidate in zip(keys, candidates, strict=True):
+            with self._cache.stripe(key):
+                if self._cache.hit(key, account, now):  # verified while this request waited
+                    return True
+                if not verify_password(account.password_hash, candidate):
+                    continue
+                self._cache.remember(key, account, now)
+            if self.store is not None:  # a real success forgives earlier typos
+                self.store.clear_failures(self._account_key(account, cert))
+            return True
         return False
 
     def _password_and_totp(
