@@ -21,7 +21,7 @@ from .guard import Guard
 from .limits import Limits
 from .revocation import RevocationList
 from .store import StoreUnavailable, open_store
-from .tls import DeferredHandshakeAdapter, TLSConnection, create_ssl_context
+from .tls import DeferredHandshakeAdapter, SocketWriter, TLSConnection, create_ssl_context
 from .watchdog import Watchdog
 
 __all__ = ["DavServer"]
@@ -44,7 +44,18 @@ class _Request(HTTPRequest):
         for key, value in self.outheaders:
             if key.lower() == b"connection" and value.lower() == b"close":
                 self.close_connection = True
+        wfile = self.conn.wfile
+        if isinstance(wfile, SocketWriter):
+            wfile.hold()  # sent with the first body block: one TLS record for a small answer
         super().send_headers()
+
+    def respond(self) -> None:
+        try:
+            super().respond()
+        finally:
+            wfile = self.conn.wfile
+            if isinstance(wfile, SocketWriter):
+                wfile.release()
 
 
 class _Connection(TLSConnection):
