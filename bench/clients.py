@@ -40,8 +40,9 @@ class BenchError(RuntimeError):
 
 def _curl(fx: Fixture, *args: str) -> dict[str, str]:
     fmt = "%{http_code} %{time_total} %{size_download} %{size_upload}"
-    cmd = ["curl", "-sS", "--cacert", str(fx.ca), "--cert", str(fx.client_crt), "--key", str(fx.client_key),
-           "-u", f"{USER}:{fx.password}", "-o", "/dev/null", "-w", fmt, *args]
+    # HTTP/1.1 for every server: rclone (Go) would otherwise accept curl's ALPN offer of h2, the others speak 1.1.
+    cmd = ["curl", "-sS", "--http1.1", "--cacert", str(fx.ca), "--cert", str(fx.client_crt),
+           "--key", str(fx.client_key), "-u", f"{USER}:{fx.password}", "-o", "/dev/null", "-w", fmt, *args]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         raise BenchError(f"curl {' '.join(args)}: {out.stderr.strip()}")

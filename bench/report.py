@@ -30,8 +30,8 @@ METRICS = [
 ]
 
 SERVERS = [("davserver", "davserver"), ("wsgidav", "stock WsgiDAV"), ("apache", "Apache httpd"),
-           ("openssl", "openssl s_server")]
-PEERS = ("wsgidav", "apache", "openssl")
+           ("rclone", "rclone serve"), ("openssl", "openssl s_server")]
+PEERS = ("wsgidav", "apache", "rclone", "openssl")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ class Target:
     factor: float  # required = factor * peer median, or factor itself when peer is None
     peer: str | None = None
     at_most: bool = False  # True: davserver must stay at or below the required value
+    fallback: float | None = None  # required value when the peer was not measured in this run
+    fallback_text: str = ""
 
 
 TARGETS = [
@@ -48,7 +50,10 @@ TARGETS = [
     Target("1 GiB PUT ≥ 1.5 × Apache", "put_big", 1.5, "apache"),
     Target("4 KiB GET ≥ 4 × Apache", "get_small", 4.0, "apache"),
     Target("4 KiB GET ≥ 5000 req/s", "get_small", 5000),
-    Target("PROPFIND Depth 1 (1000 files) ≤ 16 ms", "propfind_ms", 16, at_most=True),
+    # The issue asks for rclone's latency; 16 ms stands in for it when rclone is not part of the run.
+    Target("PROPFIND Depth 1 (1000 files) ≤ rclone serve (its median in this run)", "propfind_ms", 1.0, "rclone",
+           at_most=True, fallback=16,
+           fallback_text="PROPFIND Depth 1 (1000 files) ≤ 16 ms (fixed: rclone not measured)"),
     Target("PROPFIND Depth 1 (1000 files) ≥ 100 req/s, 4 clients", "propfind_rps", 100),
     Target("new TLS connections ≥ 1.1 × Apache", "new_conn", 1.1, "apache"),
     Target("RSS < 64 MiB during 1 GiB GET", "rss_get", 64, at_most=True),
@@ -84,18 +89,22 @@ def check_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
     for t in TARGETS:
         dav = summary.get(t.metric, {}).get("davserver")
         peer = summary.get(t.metric, {}).get(t.peer) if t.peer else None
-        if dav is None or (t.peer and peer is None):
-            rows.append({"target": t.text, "metric": t.metric, "status": "not measured"})
+        text, basis, required = t.text, "fixed", t.factor
+        if peer is not None:
+            basis, required = f"{t.peer} median in this run", t.factor * peer["median"]
+        elif t.peer and t.fallback is not None:
+            text, basis, required = t.fallback_text, f"fixed ({t.peer} not measured)", t.fallback
+        if dav is None or (t.peer and peer is None and t.fallback is None):
+            rows.append({"target": text, "metric": t.metric, "status": "not measured"})
             continue
-        required = t.factor * peer["median"] if peer else t.factor
         measured = dav["median"]
         met = measured <= required if t.at_most else measured >= required
         if t.at_most:
             gap = f"{measured - required:+.1f} {_unit(t.metric)} vs limit"
         else:
             gap = f"{measured / required:.2f} × required" + ("" if met else f" (needs {required / measured:.1f}× more)")
-        rows.append({"target": t.text, "metric": t.metric, "required": required, "measured": measured,
-                     "met": met, "status": "met" if met else "not met", "gap": gap})
+        rows.append({"target": text, "metric": t.metric, "basis": basis, "required": required,
+                     "measured": measured, "met": met, "status": "met" if met else "not met", "gap": gap})
     return rows
 
 

@@ -1,18 +1,19 @@
-"""Benchmark davserver against stock WsgiDAV, Apache httpd (mod_dav) and openssl s_server.
+"""Benchmark davserver against stock WsgiDAV, Apache httpd (mod_dav), rclone serve webdav and openssl s_server.
 
     python bench/run.py                # full: 5 rounds, 1 GiB file, 10 s timed phases (~14 min on 2 cores)
     python bench/run.py --quick        # smoke run: 1 round, 128 MiB file, 3 s phases (~1 min)
     python bench/run.py --rounds 3     # full sizes, 3 rounds
     python bench/run.py --servers davserver,apache --workloads get_small,new_conn
 
-Needs curl, ab (apache2-utils), apache2 and openssl on PATH and the project installed
-in the running Python (`pip install -e .`); run it as root (Apache's workers drop to
-www-data). Everything happens in a temp folder: test data (the big file, a folder of
-1000 small files, a 4 KiB file), a davserver instance made by its own key manager
-(`davserver init`, `user add`, `cert issue`, `share add`), and the servers, each its
-own process on 127.0.0.1 and a free port, all stopped at the end.
+Needs curl, ab (apache2-utils), apache2, openssl and rclone (unless --servers leaves it
+out) on PATH and the project installed in the running Python (`pip install -e .`); run
+it as root (Apache's workers drop to www-data). Everything happens in a temp folder:
+test data (the big file, a folder of 1000 small files, a 4 KiB file), a davserver
+instance made by its own key manager (`davserver init`, `user add`, `cert issue`,
+`share add`), and the servers, each its own process on 127.0.0.1 and a free port, all
+stopped at the end.
 
-Workloads run interleaved (davserver, WsgiDAV, Apache[, openssl], then the next
+Workloads run interleaved (davserver, WsgiDAV, Apache, rclone[, openssl], then the next
 workload, and the whole sequence once per round). Results: medians with min-max and
 davserver/peer ratios on stdout, in bench/results.md and bench/results.json
 (bench/results-quick.* for --quick). Before each workload the runner waits, up to
@@ -46,6 +47,7 @@ from servers import (
     Apache,
     DavServerProc,
     OpenSSLServer,
+    RcloneServe,
     Server,
     StockWsgiDAV,
     make_fixture,
@@ -54,6 +56,8 @@ from servers import (
 )
 
 BENCH = Path(__file__).resolve().parent
+#: Started, and measured in each workload, in this order.
+SERVER_KINDS: tuple[type[Server], ...] = (DavServerProc, StockWsgiDAV, Apache, RcloneServe, OpenSSLServer)
 
 NOTES = [
     "All servers and all clients share the machine's cores; the clients (curl, ab, Python threads) "
@@ -64,10 +68,15 @@ NOTES = [
     "davserver writes a PUT to a temp file, fsyncs it and renames it; Apache (mod_dav_fs) renames a temp "
     "file without fsync; stock WsgiDAV writes the target in place without fsync. Each PUT creates a new "
     "file, which is removed and followed by sync() before the next.",
+    "rclone serve webdav checks the same kind of bcrypt htpasswd file on every request too (no cache). It "
+    "keeps directory listings in its VFS directory cache (5 min) and answers PROPFIND from it; it writes a PUT "
+    "in place (open O_TRUNC, no temp file, no fsync). Go's TLS picks TLS_AES_128_GCM_SHA256 (the others: "
+    "TLS_AES_256_GCM_SHA384); curl is held to HTTP/1.1, which all servers speak.",
     "openssl s_server -WWW has no HTTP auth and closes after each response: it is the TLS ceiling for GET.",
     "RSS of Apache is the sum over its master and worker processes (shared pages counted in each).",
     "Stock WsgiDAV runs with 50 cheroot threads (what the wsgidav command uses), davserver with its "
-    "configured 32; Apache with Debian's mpm_event settings and unlimited requests per connection.",
+    "configured 32; Apache with Debian's mpm_event settings and unlimited requests per connection; rclone "
+    "with its defaults (a goroutine per connection, --vfs-cache-mode off).",
 ]
 
 
@@ -107,7 +116,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="1 round, 128 MiB file, 3 s phases")
     p.add_argument("--rounds", type=int, help="rounds (default 5, or 1 with --quick)")
-    p.add_argument("--servers", help="comma-separated subset of davserver,wsgidav,apache,openssl")
+    p.add_argument("--servers", help="comma-separated subset of davserver,wsgidav,apache,rclone,openssl")
     p.add_argument("--workloads", help="comma-separated subset of get_big,put_big,get_small,propfind,new_conn")
     p.add_argument("--out", type=Path, help="output prefix (default bench/results, bench/results-quick)")
     p.add_argument("--keep", action="store_true", help="keep the temp folder (data, configs, server logs)")
@@ -116,7 +125,6 @@ def main() -> None:
                         "(default 180, or 0 with --quick)")
     args = p.parse_args()
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))  # so `finally` stops the servers
-    require_tools()
 
     rounds = args.rounds or (1 if args.quick else 5)
     big_size = (128 if args.quick else 1024) << 20
@@ -124,6 +132,9 @@ def main() -> None:
     latency_count = 15 if args.quick else 50
     out = args.out or BENCH / ("results-quick" if args.quick else "results")
     wanted_servers = set(args.servers.split(",")) if args.servers else None
+    if unknown := (wanted_servers or set()) - {cls.name for cls in SERVER_KINDS}:
+        p.error(f"unknown server(s): {', '.join(sorted(unknown))}")
+    require_tools(wanted_servers)
     wanted_work = set(args.workloads.split(",")) if args.workloads else None
     max_wait = args.max_wait if args.max_wait is not None else 0 if args.quick else 180
 
@@ -153,7 +164,7 @@ def main() -> None:
             return value
         return run
 
-    dav_peers = ("davserver", "wsgidav", "apache")
+    dav_peers = ("davserver", "wsgidav", "apache", "rclone")
     # (name, metric, unit, function, servers it applies to)
     workloads: list[tuple[str, str, str, Callable[[Server], float], tuple[str, ...]]] = [
         ("get_big", "get_big", "MB/s", with_rss(clients.get_big, "rss_get"), (*dav_peers, "openssl")),
@@ -172,8 +183,7 @@ def main() -> None:
     try:
         print(f"bench: preparing {work} (big file {big_size >> 20} MiB)", flush=True)
         fx = make_fixture(work, big_size)
-        kinds: tuple[type[Server], ...] = (DavServerProc, StockWsgiDAV, Apache, OpenSSLServer)
-        for cls in kinds:
+        for cls in SERVER_KINDS:
             if wanted_servers is None or cls.name in wanted_servers:
                 server = cls(fx)
                 server.start()

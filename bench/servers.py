@@ -255,6 +255,13 @@ APACHE_MODULES = ("mpm_event", "authn_core", "authn_file", "authz_core", "authz_
                   "mime", "alias", "dav", "dav_fs", "ssl")
 
 
+def _htpasswd(path: Path, password: str) -> None:
+    """The bench user in a bcrypt htpasswd file (`htpasswd -B`, cost 5): Apache and rclone read the same format."""
+    subprocess.run(["htpasswd", "-c", "-i", "-B", str(path), USER],
+                   input=password + "\n", text=True, check=True, capture_output=True)
+    path.chmod(0o644)  # Apache's workers run as www-data
+
+
 class Apache(Server):
     name, label = "apache", "Apache httpd"
 
@@ -263,14 +270,36 @@ class Apache(Server):
         folder = fx.work / "apache"
         folder.mkdir(exist_ok=True)
         folder.chmod(0o777)  # DavLockDB is written by the www-data workers
-        subprocess.run(["htpasswd", "-c", "-i", "-B", str(folder / "htpasswd"), USER],
-                       input=fx.password + "\n", text=True, check=True, capture_output=True)
-        (folder / "htpasswd").chmod(0o644)
+        _htpasswd(folder / "htpasswd", fx.password)
         modules = "\n".join(f"LoadModule {m}_module /usr/lib/apache2/modules/mod_{m}.so" for m in APACHE_MODULES)
         conf = folder / "httpd.conf"
         conf.write_text(APACHE_CONF.format(dir=folder, port=self.port, modules=modules, data=fx.data, ca=fx.ca,
                                            server_crt=fx.server_crt, server_key=fx.server_key))
         return ["apache2", "-f", str(conf), "-d", str(folder), "-DFOREGROUND"]
+
+
+class RcloneServe(Server):
+    """`rclone serve webdav` (Go net/http and x/net/webdav over rclone's VFS and local backend), its defaults.
+
+    rclone serves the root of its remote, so it gets the data folder itself under `--baseurl /data`: the
+    workloads' URLs stay the same and nothing else of the work folder (keys, passwords) is exposed.
+    Basic auth comes from a bcrypt htpasswd file like Apache's; rclone checks it on every request too.
+    """
+
+    name, label = "rclone", "rclone serve"
+    ready_pattern = r"WebDav Server started on \[?https://127\.0\.0\.1:(\d+)/"
+
+    def command(self) -> list[str]:
+        fx = self.fx
+        folder = fx.work / "rclone"
+        folder.mkdir(exist_ok=True)
+        _htpasswd(folder / "htpasswd", fx.password)
+        config = folder / "rclone.conf"
+        config.touch()  # its own empty config: root's rclone.conf is neither read nor created
+        return ["rclone", "serve", "webdav", str(fx.data), "--addr", "127.0.0.1:0", "--baseurl", "/data",
+                "--cert", str(fx.server_crt), "--key", str(fx.server_key), "--client-ca", str(fx.ca),
+                "--htpasswd", str(folder / "htpasswd"), "--vfs-cache-mode", "off",
+                "--config", str(config), "--cache-dir", str(folder / "cache")]
 
 
 class OpenSSLServer(Server):
@@ -302,12 +331,18 @@ def tool_versions() -> dict[str, str]:
         "cheroot": version("cheroot"),
         "apache2": first_line(["apache2", "-v"]).removeprefix("Server version: "),
         "openssl": " ".join(first_line(["openssl", "version"]).split()[:2]),
+        "rclone": " ".join(first_line(["rclone", "version"]).split()[:2]),
         "curl": " ".join(first_line(["curl", "--version"]).split()[:2]),
         "ab": first_line(["ab", "-V"]).removeprefix("This is ").split(" <")[0],
     }
 
 
-def require_tools() -> None:
-    missing = [t for t in ("curl", "ab", "openssl", "apache2", "htpasswd") if shutil.which(t) is None]
+def require_tools(servers: set[str] | None = None) -> None:
+    """Exit early, with the apt packages to install, when a tool of the run is missing (rclone: only if selected)."""
+    tools = ["curl", "ab", "openssl", "apache2", "htpasswd"]
+    if servers is None or "rclone" in servers:
+        tools.append("rclone")
+    missing = [t for t in tools if shutil.which(t) is None]
     if missing:
-        sys.exit(f"bench: missing tools: {' '.join(missing)} (apt-get install -y curl apache2 apache2-utils openssl)")
+        sys.exit(f"bench: missing tools: {' '.join(missing)} "
+                 "(apt-get install -y curl apache2 apache2-utils openssl rclone)")
