@@ -14,11 +14,12 @@ import logging
 import os
 import ssl
 import stat
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from cheroot.makefile import MakeFile, StreamWriter
+from cheroot.makefile import MakeFile, StreamReader, StreamWriter
 from cheroot.server import HTTPConnection
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
@@ -126,6 +127,46 @@ class DeferredHandshakeAdapter(BuiltinSSLAdapter):
         return env
 
 
+class SocketReader(StreamReader):
+    """cheroot's reader, with large reads filled straight from the TLS socket.
+
+    For a read larger than its buffer, the pure-Python reader allocates a
+    buffer-sized bytearray per TLS record, joins the pieces and slices the result:
+    several copies of every uploaded byte. Here one buffer is filled in place.
+    """
+
+    # The pure-Python reader's (``_pyio.BufferedReader``) state, which the stubs do not show.
+    buffer_size: int
+    _read_lock: threading.Lock
+    _read_buf: bytes
+    _read_pos: int
+
+    def read(self, size: int | None = -1) -> Any:
+        if size is None or size < 0 or size <= self.buffer_size:
+            return super().read(size)
+        with self._read_lock:
+            held = self._read_buf[self._read_pos :]
+            data: bytes | bytearray
+            if len(held) >= size:
+                self._read_pos += size
+                data = held[:size]
+            else:
+                self._read_buf, self._read_pos = b"", 0
+                out = bytearray(size)
+                got = len(held)
+                out[:got] = held
+                with memoryview(out) as view:
+                    while got < size:
+                        n = self.raw.readinto(view[got:])
+                        if not n:
+                            break
+                        got += n
+                del out[got:]
+                data = out
+        self.bytes_read += len(data)
+        return data
+
+
 class SocketWriter(StreamWriter):
     """Writes straight to the TLS socket.
 
@@ -191,6 +232,7 @@ class TLSConnection(HTTPConnection):
 
     def __init__(self, server: Any, sock: Any, makefile: Any = MakeFile) -> None:
         super().__init__(server, sock, makefile)
+        self.rfile = SocketReader(sock, "rb", self.rbufsize)
         self.wfile = SocketWriter(sock, "wb", self.wbufsize)
 
     def communicate(self) -> bool:
