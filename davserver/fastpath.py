@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -137,6 +138,66 @@ def _prop_values(name: str, entry_name: str, path: str, st: os.stat_result, is_d
     return None
 
 
+class _FragmentCache:
+    """Rendered ``<D:response>`` elements, keyed by everything they are made of.
+
+    The key holds the href, the requested properties and the member's inode,
+    mtime, ctime, size and mode, so a changed file simply misses: nothing needs
+    invalidating. Two generations bound the memory: when the current one fills
+    half the budget it becomes the old one and the older is dropped; hits in the
+    old generation move to the current one.
+    """
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.half = budget_bytes // 2
+        self._current: dict[tuple[Any, ...], bytes] = {}
+        self._old: dict[tuple[Any, ...], bytes] = {}
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...]) -> bytes | None:
+        value = self._current.get(key)
+        if value is None:
+            value = self._old.get(key)
+            if value is not None:
+                self.put(key, value)
+        return value
+
+    def put(self, key: tuple[Any, ...], value: bytes) -> None:
+        with self._lock:
+            if self._size + len(value) > self.half:
+                self._old, self._current, self._size = self._current, {}, 0
+            self._current[key] = value
+            self._size += len(value)
+
+
+#: A 1,000-file folder renders to about 470 KB.
+_fragments = _FragmentCache(8 << 20)
+
+
+def _render(href: str, name: str, st: os.stat_result, is_dir: bool, names: tuple[str, ...],
+            etag: Callable[[os.stat_result], str], config: dict[str, Any]) -> bytes:
+    found: list[tuple[str, str]] = []
+    missing: list[str] = []
+    for prop in names:
+        value = _prop_values(prop, name, href, st, is_dir, etag, config)
+        if value is None:
+            missing.append(prop)
+        else:
+            found.append((prop, value))
+    out = [f"<D:response><D:href>{escape(quote(href))}</D:href>"]
+    if found:
+        out.append("<D:propstat><D:prop>")
+        out.extend(f"<D:{p}>{v}</D:{p}>" if v else f"<D:{p}/>" for p, v in found)
+        out.append("</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat>")
+    if missing:
+        out.append("<D:propstat><D:prop>")
+        out.extend(f"<D:{p}/>" for p in missing)
+        out.append("</D:prop><D:status>HTTP/1.1 404 Not Found</D:status></D:propstat>")
+    out.append("</D:response>")
+    return "".join(out).encode("utf-8")
+
+
 def fast_propfind(provider: ShareProvider, environ: dict[str, Any], start_response: Callable[..., Any],
                   etag: Callable[[os.stat_result], str], is_temp: Callable[[str], bool]) -> Any:
     """PROPFIND Depth 0/1 for live properties only, or None to let WsgiDAV answer."""
@@ -178,28 +239,17 @@ def fast_propfind(provider: ShareProvider, environ: dict[str, Any], start_respon
                     members.append((base + name + "/", name, est, True))
                 elif stat.S_ISREG(est.st_mode):
                     members.append((base + name, name, est, False))
-    out = ['<?xml version="1.0" encoding="utf-8" ?>\n<D:multistatus xmlns:D="DAV:">']
+    wanted = tuple(names)
+    out = [b'<?xml version="1.0" encoding="utf-8" ?>\n<D:multistatus xmlns:D="DAV:">']
     for href, name, mst, mdir in members:
-        found: list[tuple[str, str]] = []
-        missing: list[tuple[str, str | None]] = []
-        for prop in names:
-            value = _prop_values(prop, name, href, mst, mdir, etag, config)
-            if value is None:
-                missing.append((prop, value))
-            else:
-                found.append((prop, value))
-        out.append(f"<D:response><D:href>{escape(quote(href))}</D:href>")
-        if found:
-            out.append("<D:propstat><D:prop>")
-            out.extend(f"<D:{p}>{v}</D:{p}>" if v else f"<D:{p}/>" for p, v in found)
-            out.append("</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat>")
-        if missing:
-            out.append("<D:propstat><D:prop>")
-            out.extend(f"<D:{p}/>" for p, _ in missing)
-            out.append("</D:prop><D:status>HTTP/1.1 404 Not Found</D:status></D:propstat>")
-        out.append("</D:response>")
-    out.append("</D:multistatus>")
-    body = "".join(out).encode("utf-8")
+        key = (href, wanted, mst.st_ino, mst.st_mtime_ns, mst.st_ctime_ns, mst.st_size, mst.st_mode)
+        fragment = _fragments.get(key)
+        if fragment is None:
+            fragment = _render(href, name, mst, mdir, wanted, etag, config)
+            _fragments.put(key, fragment)
+        out.append(fragment)
+    out.append(b"</D:multistatus>")
+    body = b"".join(out)
     start_response("207 Multi-Status", [("Content-Type", "application/xml; charset=utf-8"),
                                         ("Content-Length", str(len(body))), ("Date", util.get_rfc1123_time())])
     return [body]

@@ -79,3 +79,52 @@ def test_get_fast_path_matches_headers_and_leaves_the_rest_to_wsgidav(inst: Inst
     assert s.get(server.url + "files/.davserver-upload-x").status_code in (403, 404)
     os.symlink("/etc/hostname", inst.home.root / "data/files/host")
     assert s.get(server.url + "files/host").status_code in (403, 404)
+
+
+def test_propfind_answers_follow_changes_on_disk(inst: Instance, server: DavServer) -> None:
+    """Rendered members are reused only while the file is unchanged (same inode, times, size, mode)."""
+    root = inst.home.root / "data/files/cached"
+    root.mkdir(parents=True)
+    for i in range(20):
+        (root / f"f{i}.txt").write_bytes(b"x" * i)
+    s = session_for(inst)
+
+    def listing() -> dict[str, dict[str, tuple[str, str]]]:
+        r = s.request("PROPFIND", server.url + "files/cached/", headers={"Depth": "1"}, data=props_body(LIVE))
+        assert r.status_code == 207
+        return parse(r.text)
+
+    def allprop() -> dict[str, dict[str, tuple[str, str]]]:
+        return parse(s.request("PROPFIND", server.url + "files/cached/", headers={"Depth": "1"}).text)
+
+    first = listing()
+    assert listing() == first  # the second answer comes from rendered fragments
+    (root / "f3.txt").write_bytes(b"changed content")  # new size and times
+    (root / "f4.txt").write_bytes(b"yyyy")  # same size, new content: new mtime/ctime
+    os.chmod(root / "f5.txt", 0o600)  # metadata only: new ctime
+    (root / "f6.txt").rename(root / "renamed.txt")
+    (root / "f7.txt").unlink()
+    (root / "new.txt").write_bytes(b"new")
+    second = listing()
+    want = allprop()
+    assert set(second) == set(want)
+    assert "/files/cached/renamed.txt" in second and "/files/cached/f6.txt" not in second
+    assert "/files/cached/f7.txt" not in second and "/files/cached/new.txt" in second
+    for href, props in second.items():
+        for name in ("getcontentlength", "getetag", "getlastmodified", "creationdate", "displayname"):
+            if name in want[href]:
+                assert props[name] == want[href][name], (href, name)
+    assert second["/files/cached/f3.txt"]["getcontentlength"] == ("200", "15")
+    assert second["/files/cached/f4.txt"]["getetag"] != first["/files/cached/f4.txt"]["getetag"]
+    assert second["/files/cached/f0.txt"] == first["/files/cached/f0.txt"]
+
+
+def test_fragment_cache_stays_within_its_budget() -> None:
+    from davserver.fastpath import _FragmentCache
+
+    cache = _FragmentCache(1000)
+    for i in range(1000):
+        cache.put((i,), b"x" * 10)
+        assert sum(map(len, cache._current.values())) + sum(map(len, cache._old.values())) <= 1000
+    assert cache.get((999,)) == b"x" * 10
+    assert cache.get((0,)) is None
