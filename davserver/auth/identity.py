@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,7 +44,10 @@ def _upn(value: bytes) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_certificate(der: bytes) -> CertIdentity:
+    """The facts of a DER certificate; cached by its exact bytes (the result is
+    immutable), because every new connection of a client presents the same one."""
     cert = x509.load_der_x509_certificate(der)
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     emails: list[str] = []
