@@ -687,3 +687,43 @@ def test_server_start_sweeps_unfinished_uploads(inst) -> None:
     with running(inst):
         assert not leftover.exists()
         assert keep.read_bytes() == b"kept"
+
+
+def test_path_resolution_confines_every_kind_of_symlink(tmp_path: Path) -> None:
+    """The provider's own resolution, directly: links that stay inside resolve, links out are refused."""
+    from wsgidav.dav_error import DAVError
+
+    from davserver.config import ShareConfig
+    from davserver.fs import ShareProvider
+
+    outside = tmp_path / "outside"
+    (outside / "deep").mkdir(parents=True)
+    root = tmp_path / "share"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "f.txt").write_text("x")
+    os.symlink("a/b", root / "inner")  # stays inside
+    os.symlink(outside, root / "out")
+    os.symlink("../../out", root / "a" / "b" / "chain")  # inside link to an outside link
+    os.symlink("/nonexistent-davserver/dir", root / "dangling")
+    os.symlink(tmp_path / "share-sibling", root / "sibling")  # a name that starts like the root
+    (tmp_path / "share-sibling").mkdir()
+    link_root = tmp_path / "via-link"
+    os.symlink(root, link_root)  # the share configured through a symlink
+    provider = ShareProvider(ShareConfig("s", link_root))
+
+    real = os.path.realpath(root)
+    assert provider._loc_to_file_path("/") == real
+    assert provider._loc_to_file_path("/a/b/f.txt") == os.path.join(real, "a/b/f.txt")
+    assert provider._loc_to_file_path("//a//b/") == os.path.join(real, "a/b")
+    assert provider._loc_to_file_path("/inner/f.txt") == os.path.join(real, "inner/f.txt")
+    assert provider._loc_to_file_path("/missing/deeper/x") == os.path.join(real, "missing/deeper/x")
+    for path in ("/out", "/out/deep", "/out/new.txt", "/a/b/chain/deep", "/inner/chain/x", "/dangling/x",
+                 "/sibling/x"):
+        with pytest.raises(DAVError) as refused:
+            provider._loc_to_file_path(path)
+        assert refused.value.value == 403, path
+        assert str(outside) not in str(refused.value.context_info or ""), path
+    for path in ("/a/../out", "/./a", "/a/\x00b", "/a/.davserver-upload-x"):
+        with pytest.raises(DAVError) as bad:
+            provider._loc_to_file_path(path)
+        assert bad.value.value in (400, 403), path
