@@ -69,6 +69,20 @@ def test_grants_open_touch_expire_and_end(store: StateStore) -> None:
     assert store.get_grant("alice", "fp2") is None
 
 
+def test_any_locked_asks_for_several_keys_at_once(store: StateStore) -> None:
+    assert not store.any_locked([], now=0)
+    assert not store.any_locked(["acct:a:fp", "addr:1.2.3.4"], now=0)
+    store.set_lock("addr:1.2.3.4", until=100)
+    assert store.any_locked(["acct:a:fp", "addr:1.2.3.4"], now=50)
+    assert store.any_locked(["addr:1.2.3.4"], now=50)
+    assert not store.any_locked(["acct:a:fp", "addr:1.2.3.5"], now=50)
+    assert not store.any_locked(["acct:a:fp", "addr:1.2.3.4"], now=100)  # lifted at its end
+    store.set_lock("acct:a:fp", until=300)
+    assert store.any_locked(["acct:a:fp", "addr:1.2.3.4"], now=200)
+    store.clear_locks("acct:a:")
+    assert not store.any_locked(["acct:a:fp", "addr:1.2.3.4"], now=200)
+
+
 def test_failures_count_in_a_window_and_locks_lift(store: StateStore) -> None:
     assert [store.add_failure("k", now=t, window=60) for t in (0, 1, 2)] == [1, 2, 3]
     assert store.add_failure("k", now=61, window=60) == 1, "a new window starts over"

@@ -333,7 +333,7 @@ class Authenticator:
         if self.store is None:
             return False
         keys = [self._account_key(account, cert)] + ([f"addr:{peer}"] if peer else [])
-        return any(self.store.lock_until(k, now) is not None for k in keys)
+        return self.store.any_locked(keys, now)
 
     def _failed(self, reason: str, account: Account, cert: CertIdentity, peer: str, now: float) -> Decision:
         """Count the failure per (account, certificate) and per address; lock past the limit."""

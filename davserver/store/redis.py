@@ -162,6 +162,12 @@ class RedisStore:
         until = float(raw)
         return until if until > now else None
 
+    def any_locked(self, keys: list[str], now: float) -> bool:
+        if not keys:
+            return False
+        values = self._call(self._r.mget, [self._k("lock", key) for key in keys])
+        return any(raw is not None and float(raw) > now for raw in values)
+
     def clear_locks(self, prefix: str) -> int:
         return int(self._call(self._clear_prefix, keys=[self._k("throttle-keys")], args=[prefix, self.prefix]))
 

@@ -134,6 +134,13 @@ class SQLiteStore:
         row = self._db().execute("SELECT until FROM locks WHERE key = ? AND until > ?", (key, now)).fetchone()
         return float(row[0]) if row else None
 
+    def any_locked(self, keys: list[str], now: float) -> bool:
+        if not keys:
+            return False
+        marks = ",".join("?" * len(keys))
+        sql = f"SELECT 1 FROM locks WHERE key IN ({marks}) AND until > ? LIMIT 1"  # noqa: S608 - only ? marks
+        return self._db().execute(sql, (*keys, now)).fetchone() is not None
+
     def clear_locks(self, prefix: str) -> int:
         pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         with self._tx() as db:
