@@ -783,6 +783,18 @@ def test_props_names_are_sorted(props: PropertyManager) -> None:
     assert props.get_properties("/f/a") == ["{DAV:}z", "{urn:x}a", "{urn:x}b", "{urn:x}\u00e4"]
 
 
+def test_props_get_many_answers_for_a_whole_folder(props: PropertyManager) -> None:
+    urls = [f"/files/d/f{i}" for i in range(1200)]  # more than one batch
+    for i in (0, 7, 499, 500, 1199):
+        props.write_property(urls[i], "{urn:x}b", value(f"b{i}"))
+        props.write_property(urls[i], "{urn:x}a", value(f"a{i}"))
+    props.write_property("/files/d/f7/deeper", "{urn:x}a", value("not asked"))
+    got = props.get_many(urls + ["/files/none"])
+    assert sorted(got) == sorted(urls[i] for i in (0, 7, 499, 500, 1199))
+    assert got[urls[500]] == (("{urn:x}a", value("a500")), ("{urn:x}b", value("b500")))
+    assert props.get_many([]) == {}
+
+
 def test_props_remove_properties_takes_the_subtree(props: PropertyManager) -> None:
     for url in ("/files/d/", "/files/d/a", "/files/d/e/b", "/files/dx", "/files/D/a"):
         props.write_property(url, "{urn:x}p", value(url))

@@ -298,6 +298,17 @@ class SQLitePropertyManager:
             for (name,) in self._db().execute("SELECT name FROM dav_props WHERE url = ? ORDER BY name", (norm_url,))
         ]
 
+    def get_many(self, urls: list[str]) -> dict[str, tuple[tuple[str, bytes], ...]]:
+        """The properties of many resources (a folder's members) in a few queries: url -> ((name, value), …)."""
+        found: dict[str, list[tuple[str, bytes]]] = {}
+        db = self._db()
+        for i in range(0, len(urls), 500):
+            batch = urls[i : i + 500]
+            sql = f"SELECT url, name, value FROM dav_props WHERE url IN ({','.join('?' * len(batch))})"  # noqa: S608
+            for url, name, value in db.execute(sql + " ORDER BY url, name", batch):
+                found.setdefault(url, []).append((name, bytes(value)))
+        return {url: tuple(props) for url, props in found.items()}
+
     def get_property(self, norm_url: str, name: str, environ: dict[str, Any] | None = None) -> bytes | None:
         row = self._db().execute("SELECT value FROM dav_props WHERE url = ? AND name = ?", (norm_url, name)).fetchone()
         return bytes(row[0]) if row else None

@@ -495,6 +495,18 @@ class RedisPropertyManager:
         names: list[bytes] = _call(self.store.client.hkeys, self._key(norm_url))
         return [name.decode("utf-8") for name in sorted(names)]
 
+    def get_many(self, urls: list[str]) -> dict[str, tuple[tuple[str, bytes], ...]]:
+        """The properties of many resources (a folder's members) in one round trip: url -> ((name, value), …)."""
+        pipe = self.store.client.pipeline(transaction=False)
+        for url in urls:
+            pipe.hgetall(self._key(url))
+        replies: list[dict[bytes, bytes]] = _call(pipe.execute)
+        return {
+            url: tuple(sorted((name.decode("utf-8"), bytes(value)) for name, value in reply.items()))
+            for url, reply in zip(urls, replies, strict=True)
+            if reply
+        }
+
     def get_property(self, norm_url: str, name: str, environ: dict[str, Any] | None = None) -> bytes | None:
         raw = _call(self.store.client.hget, self._key(norm_url), name)
         return bytes(raw) if raw is not None else None
