@@ -499,9 +499,10 @@ def _run(server: Any) -> None:
 @_handled
 def serve(ctx: click.Context, bind: str | None, port: int | None) -> None:
     """Run the server in the foreground."""
-    from .server import DavServer
+    from .server import DavServer, tune_allocator
 
     _setup_logging()
+    tune_allocator()
     server = DavServer(load_config(_home(ctx)), bind=bind, port=port)
     server.prepare()
     click.echo(f"davserver serving {server.url}", err=True)
@@ -514,11 +515,12 @@ def serve(ctx: click.Context, bind: str | None, port: int | None) -> None:
 @_handled
 def quickstart(ctx: click.Context, port: int) -> None:
     """Create a demo instance if needed (CA, account `demo`, its certificate, a share) and serve it."""
-    from .server import DavServer
+    from .server import DavServer, tune_allocator
 
     home = _home(ctx)
     demo = instance.prepare_demo(home)
     _setup_logging()
+    tune_allocator()
     server = DavServer(load_config(home), bind="127.0.0.1", port=port)
     server.prepare()
     url = server.url

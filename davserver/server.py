@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import socket
 import threading
+import time
 from typing import Any
 
 from cheroot import wsgi
@@ -27,6 +29,43 @@ from .watchdog import Watchdog
 __all__ = ["DavServer"]
 
 log = logging.getLogger("davserver.server")
+
+
+#: How often freed heap memory is handed back to the system.
+_TRIM_SECONDS = 5.0
+
+
+#: glibc's mallopt parameter for the number of malloc arenas.
+_M_ARENA_MAX = -8
+
+
+def _libc() -> Any:
+    try:
+        libc = ctypes.CDLL(None)
+        libc.malloc_trim, libc.mallopt  # noqa: B018 - both exist on glibc only
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_glibc = _libc()
+
+
+def tune_allocator(arenas: int = 2) -> None:
+    """glibc gives each busy thread its own malloc arena (up to 8 per core) and keeps
+    what is freed in it: with 32 workers that was about 8 MiB of resident memory
+    for nothing, as Python's own allocator and the GIL already serialise most
+    allocations. Process-wide: the ``davserver`` command calls it before any worker
+    thread starts (an arena, once made, stays)."""
+    if _glibc is not None:
+        _glibc.mallopt(_M_ARENA_MAX, arenas)
+
+
+def release_free_memory() -> None:
+    """Hand the free pages of the heap back to the system after a burst (many
+    clients, big PROPFIND answers), instead of staying at the high-water mark."""
+    if _glibc is not None:
+        _glibc.malloc_trim(0)
 
 
 class _Request(HTTPRequest):
@@ -130,13 +169,18 @@ class DavServer:
         self._maintenance = threading.Thread(target=self._maintain, name="davserver-maintenance", daemon=True)
 
     def _maintain(self) -> None:
-        """Hourly: keep the CRL fresh."""
+        """Hourly: keep the CRL fresh. Every few seconds: hand freed memory back."""
+        crl_due = 0.0
         while True:
-            try:
-                self.revocations.keep_fresh(self.config.home.certs_dir)
-            except Exception:  # noqa: BLE001 - maintenance must never take the server down
-                log.exception("CRL maintenance failed")
-            if self._stopping.wait(3600):
+            now = time.monotonic()
+            if now >= crl_due:
+                crl_due = now + 3600
+                try:
+                    self.revocations.keep_fresh(self.config.home.certs_dir)
+                except Exception:  # noqa: BLE001 - maintenance must never take the server down
+                    log.exception("CRL maintenance failed")
+            release_free_memory()
+            if self._stopping.wait(_TRIM_SECONDS):
                 return
 
     @property
@@ -185,6 +229,7 @@ class DavServer:
         self._thread.start()
 
     def serve_forever(self) -> None:
+        """Serve in this thread until stopped: the ``davserver serve`` process."""
         self.prepare()
         self.watchdog.start()
         self._maintenance.start()
