@@ -63,8 +63,8 @@ NOTES = [
     "All servers and all clients share the machine's cores; the clients (curl, ab, Python threads) "
     "use CPU the servers would otherwise have.",
     "Apache checks the bcrypt hash (htpasswd -B, cost 5) on every request (mod_authn_file keeps no "
-    "cache); davserver verifies argon2id once per credential-cache period (300 s) and serves from its "
-    "cache in between; stock WsgiDAV compares a clear-text password.",
+    "cache); davserver verifies argon2id once per login and then serves from its verified-credential "
+    "cache (kept 300 s after the last use, at most 3600 s); stock WsgiDAV compares a clear-text password.",
     "davserver writes a PUT to a temp file, fsyncs it and renames it; Apache (mod_dav_fs) renames a temp "
     "file without fsync; stock WsgiDAV writes the target in place without fsync. Each PUT creates a new "
     "file, which is removed and followed by sync() before the next.",
