@@ -18,12 +18,14 @@ among them) run against these paths too.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import shutil
 import stat
 import threading
 import xml.etree.ElementTree as XMLTree
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from .fs import ShareProvider
 
 __all__ = ["LIVE_PROPS", "fast_get", "fast_propfind"]
+
+log = logging.getLogger("davserver.fastpath")
 
 _BLOCK = 1 << 18
 #: Live properties answered from one stat per member.
@@ -220,9 +224,11 @@ _fragments = _FragmentCache(8 << 20)
 
 
 class _Member:
-    __slots__ = ("dead", "href", "is_dir", "name", "path", "quota", "ref", "st")
+    __slots__ = ("dead", "fs_path", "href", "is_dir", "name", "path", "quota", "ref", "st")
 
-    def __init__(self, path: str, ref: str, href: str, name: str, st: os.stat_result, is_dir: bool) -> None:
+    def __init__(self, fs_path: str, path: str, ref: str, href: str, name: str, st: os.stat_result,
+                 is_dir: bool) -> None:
+        self.fs_path = fs_path
         self.path = path
         self.ref = ref  # WsgiDAV's ref-URL: the key of dead properties and locks
         self.href = href
@@ -234,8 +240,10 @@ class _Member:
 
 
 def _render(m: _Member, names: tuple[str, ...], allprop: bool, locking: bool,
-            etag: Callable[[os.stat_result], str], config: dict[str, Any]) -> bytes | None:
-    """One member's ``<D:response>``, or None when a stored dead property cannot be used."""
+            etag: Callable[[os.stat_result], str], config: dict[str, Any], *, strict: bool = True) -> bytes | None:
+    """One member's ``<D:response>``; None (strict) when a stored dead property does not
+    parse. Not strict (the answer is already under way), such a property is reported
+    as missing."""
     dead = dict(m.dead)
     if allprop:
         names = (_ALLPROP_FOLDER if m.is_dir else _ALLPROP_FILE) + (_LOCK_PROPS if locking else ()) + tuple(dead)
@@ -259,7 +267,9 @@ def _render(m: _Member, names: tuple[str, ...], allprop: bool, locking: bool,
         elif clark in dead:
             element = _dead_xml(dead[clark])
             if element is None:
-                return None
+                if strict:
+                    return None
+                log.warning("stored property %s of %s does not parse: reported as missing", clark, m.ref)
         if element is None:
             missing.append(clark)
         else:
@@ -292,12 +302,79 @@ def _has_locks(provider: ShareProvider, ref: str, is_dir: bool, depth: str) -> b
     return lm is not None and bool(lm.get_url_lock_list(ref, recursive=is_dir and depth == "1"))
 
 
+_HEAD = b'<?xml version="1.0" encoding="utf-8" ?>\n<D:multistatus xmlns:D="DAV:">'
+_TAIL = b"</D:multistatus>"
+#: Members rendered per store query and per piece of a streamed answer.
+_BATCH = 1000
+
+
+class _Listing:
+    """What one PROPFIND needs to render its members, batch by batch."""
+
+    def __init__(self, provider: ShareProvider, names: tuple[str, ...], etag: Callable[[os.stat_result], str],
+                 config: dict[str, Any]) -> None:
+        self.names = names
+        self.allprop = names == ()
+        self.locking = provider.lock_manager is not None
+        self.etag = etag
+        self.config = config
+        pm = provider.prop_manager
+        self.get_many = getattr(pm, "get_many", None) if pm is not None else None
+        self.needs_dead = pm is not None and (self.allprop or any(not n.startswith("{DAV:}") for n in names))
+        self.needs_quota = self.allprop or any(n in _QUOTA for n in names)
+        self._usage: dict[int, tuple[int, int]] = {}
+
+    def render(self, members: list[_Member], *, strict: bool) -> bytes | None:
+        """The members' ``<D:response>`` elements; None (strict) when one needs WsgiDAV."""
+        if self.needs_dead:
+            if self.get_many is None:
+                return None
+            stored = self.get_many([m.ref for m in members])
+            for m in members:
+                m.dead = stored.get(m.ref, ())
+        if self.needs_quota:
+            for m in members:
+                if m.is_dir:
+                    if m.st.st_dev not in self._usage:
+                        du = shutil.disk_usage(m.fs_path)
+                        self._usage[m.st.st_dev] = (du.used, du.free)
+                    m.quota = self._usage[m.st.st_dev]
+        out = []
+        for m in members:
+            mst = m.st
+            key = (m.href, self.names, self.locking, mst.st_ino, mst.st_mtime_ns, mst.st_ctime_ns, mst.st_size,
+                   mst.st_mode, m.dead, m.quota)
+            fragment = _fragments.get(key)
+            if fragment is None:
+                fragment = _render(m, self.names, self.allprop, self.locking, self.etag, self.config, strict=strict)
+                if fragment is None:
+                    return None
+                _fragments.put(key, fragment)
+            out.append(fragment)
+        return b"".join(out)
+
+
+def _stream(listing: _Listing, first: bytes, batches: Iterator[list[_Member]]) -> Iterator[bytes]:
+    """A large folder's answer, sent as it is rendered: memory stays at one batch."""
+    try:
+        yield _HEAD + first
+        for batch in batches:
+            yield listing.render(batch, strict=False) or b""
+        yield _TAIL
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+
+
 def fast_propfind(provider: ShareProvider, environ: dict[str, Any], start_response: Callable[..., Any],
                   etag: Callable[[os.stat_result], str], is_temp: Callable[[str], bool]) -> Any:
     """PROPFIND Depth 0/1 (named properties or allprop), or None to let WsgiDAV answer.
 
     Locks make WsgiDAV answer (lockdiscovery has to be rendered exactly); dead
-    properties are fetched for all members at once.
+    properties are fetched a batch of members at a time. A folder of more than
+    one batch is streamed (chunked), so a 50,000-file folder does not have to fit
+    in memory as one answer.
     """
     depth = environ.get("HTTP_DEPTH", "")
     if depth not in ("0", "1") or "HTTP_IF" in environ:
@@ -308,7 +385,6 @@ def fast_propfind(provider: ShareProvider, environ: dict[str, Any], start_respon
     names = _requested_props(environ)
     if names is None:
         return None
-    allprop = names == ()
     provider._check_realm(environ)
     file_path = provider._loc_to_file_path(path, environ)
     try:
@@ -317,7 +393,6 @@ def fast_propfind(provider: ShareProvider, environ: dict[str, Any], start_respon
         return None
     if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
         return None
-    config = environ["wsgidav.config"]
     share_path = provider.share_path.rstrip("/")
     is_dir = stat.S_ISDIR(st.st_mode)
     rel = path if path.startswith("/") else "/" + path
@@ -325,63 +400,55 @@ def fast_propfind(provider: ShareProvider, environ: dict[str, Any], start_respon
         rel += "/"
     prefix = provider.mount_path + share_path
 
-    def member(rel_path: str, name: str, mst: os.stat_result, mdir: bool) -> _Member:
-        return _Member(share_path + rel_path, quote(share_path + rel_path), quote(prefix + rel_path, safe=_HREF_SAFE),
-                       name, mst, mdir)
+    def member(fs_path: str, rel_path: str, name: str, mst: os.stat_result, mdir: bool) -> _Member:
+        return _Member(fs_path, share_path + rel_path, quote(share_path + rel_path),
+                       quote(prefix + rel_path, safe=_HREF_SAFE), name, mst, mdir)
 
     # WsgiDAV names a resource after its file on disk (for a share's root: the folder's name).
-    members = [member(rel, os.path.basename(file_path.rstrip("/")), st, is_dir)]
-    if is_dir and depth == "1":
-        hide_clutter = provider.share.macos_clutter != "allow"
-        with os.scandir(file_path) as entries:
-            for entry in entries:
-                name = entry.name
-                if is_temp(name) or (hide_clutter and is_macos_clutter(name)):
-                    continue
-                try:
-                    est = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if stat.S_ISDIR(est.st_mode):
-                    members.append(member(rel + name + "/", name, est, True))
-                elif stat.S_ISREG(est.st_mode):
-                    members.append(member(rel + name, name, est, False))
-
-    locking = provider.lock_manager is not None
-    if locking and (allprop or "{DAV:}lockdiscovery" in names) and _has_locks(provider, members[0].ref, is_dir, depth):
+    top = member(file_path, rel, os.path.basename(file_path.rstrip("/")), st, is_dir)
+    listing = _Listing(provider, names, etag, environ["wsgidav.config"])
+    if (listing.locking and (listing.allprop or "{DAV:}lockdiscovery" in names)
+            and _has_locks(provider, top.ref, is_dir, depth)):
         return None
-    if allprop or any(not n.startswith("{DAV:}") for n in names):
-        pm = provider.prop_manager
-        if pm is not None:
-            get_many = getattr(pm, "get_many", None)
-            if get_many is None:
-                return None
-            stored = get_many([m.ref for m in members])
-            for m in members:
-                m.dead = stored.get(m.ref, ())
-    if allprop or any(n in _QUOTA for n in names):
-        usage: dict[int, tuple[int, int]] = {}
-        for m in members:
-            if m.is_dir:
-                if m.st.st_dev not in usage:
-                    du = shutil.disk_usage(os.path.join(file_path, m.name) if m is not members[0] else file_path)
-                    usage[m.st.st_dev] = (du.used, du.free)
-                m.quota = usage[m.st.st_dev]
 
-    out = [b'<?xml version="1.0" encoding="utf-8" ?>\n<D:multistatus xmlns:D="DAV:">']
-    for m in members:
-        mst = m.st
-        key = (m.href, names, locking, mst.st_ino, mst.st_mtime_ns, mst.st_ctime_ns, mst.st_size, mst.st_mode,
-               m.dead, m.quota)
-        fragment = _fragments.get(key)
-        if fragment is None:
-            fragment = _render(m, names, allprop, locking, etag, config)
-            if fragment is None:
-                return None
-            _fragments.put(key, fragment)
-        out.append(fragment)
-    out.append(b"</D:multistatus>")
-    body = b"".join(out)
-    start_response("207 Multi-Status", [("Content-Type", "application/xml; charset=utf-8"),
-                                        ("Content-Length", str(len(body))), ("Date", util.get_rfc1123_time())])
-    return [body]
+    def batches() -> Generator[list[_Member], None, None]:
+        batch = [top]
+        if is_dir and depth == "1":
+            hide_clutter = provider.share.macos_clutter != "allow"
+            with os.scandir(file_path) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if is_temp(name) or (hide_clutter and is_macos_clutter(name)):
+                        continue
+                    try:
+                        est = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if stat.S_ISDIR(est.st_mode):
+                        batch.append(member(entry.path, rel + name + "/", name, est, True))
+                    elif stat.S_ISREG(est.st_mode):
+                        batch.append(member(entry.path, rel + name, name, est, False))
+                    if len(batch) >= _BATCH:
+                        yield batch
+                        batch = []
+        if batch:
+            yield batch
+
+    pieces = batches()
+    try:
+        first = listing.render(next(pieces), strict=True)
+        second = next(pieces, None)
+    except BaseException:
+        pieces.close()
+        raise
+    if first is None:
+        pieces.close()
+        return None
+    date = ("Date", util.get_rfc1123_time())
+    content_type = ("Content-Type", "application/xml; charset=utf-8")
+    if second is None:
+        body = _HEAD + first + _TAIL
+        start_response("207 Multi-Status", [content_type, ("Content-Length", str(len(body))), date])
+        return [body]
+    start_response("207 Multi-Status", [content_type, date])
+    return _stream(listing, first, itertools.chain([second], pieces))

@@ -249,3 +249,50 @@ def test_a_broken_stored_property_leaves_the_answer_to_wsgidav(inst: Instance, s
     fast, full = _both(s, monkeypatch, server.url + "files/odd/", "1", None)
     assert "<ns0:multistatus" in fast  # WsgiDAV's serialisation: the short path stood aside
     _assert_same(fast, full)
+
+
+def test_a_large_folder_is_streamed_and_still_matches_wsgidav(inst: Instance, server: DavServer,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """More than one batch of members: the answer is sent chunked as it is rendered."""
+    root = inst.home.root / "data/files/large"
+    (root / "zdir").mkdir(parents=True)
+    for i in range(2300):
+        (root / f"f{i:05}.txt").write_bytes(b"x" * (i % 7))
+    s = session_for(inst)
+    u = server.url + "files/large/"
+    for target in ("f02299.txt", "zdir/", "f00001.txt"):
+        assert s.request("PROPPATCH", u + target, data=WIN32_PATCH.encode()).status_code == 207
+    for body in (None, props_body(LIVE)):
+        r = s.request("PROPFIND", u, headers={"Depth": "1"}, data=body)
+        assert r.status_code == 207
+        assert "Content-Length" not in r.headers and r.headers.get("Transfer-Encoding") == "chunked"
+        with wsgidav_only(monkeypatch):
+            full = s.request("PROPFIND", u, headers={"Depth": "1"}, data=body)
+        assert len(parse(r.text)) == 2302
+        _assert_same(r.text, full.text)
+    got = parse(s.request("PROPFIND", u, headers={"Depth": "1"}).text)
+    assert got["/files/large/f02299.txt"]["Win32FileAttributes"] == ("200", "00000020")
+    assert got["/files/large/zdir/"]["Win32FileAttributes"] == ("200", "00000020")
+    small = s.request("PROPFIND", u + "zdir/", headers={"Depth": "1"})
+    assert small.headers.get("Content-Length") == str(len(small.content))  # one batch: a plain answer
+
+
+def test_a_broken_property_late_in_a_streamed_answer_is_reported_missing(inst: Instance, server: DavServer) -> None:
+    root = inst.home.root / "data/files/late"
+    root.mkdir(parents=True)
+    for i in range(1500):
+        (root / f"f{i:05}.txt").write_bytes(b"x")
+    s = session_for(inst)
+    u = server.url + "files/late/"
+    names = [e.name for e in os.scandir(root)]
+    late = names[-1]  # rendered in the second batch
+    assert s.request("PROPPATCH", u + late, data=WIN32_PATCH.encode()).status_code == 207
+    server.store.connection().execute("UPDATE dav_props SET value = ? WHERE url LIKE '/files/late/%'",
+                                      (b"<not-xml",))
+    r = s.request("PROPFIND", u, headers={"Depth": "1"})
+    assert r.status_code == 207 and r.headers.get("Transfer-Encoding") == "chunked"
+    got = parse(r.text)  # still well-formed
+    assert len(got) == 1501
+    assert got["/files/late/" + late]["getcontentlength"] == ("200", "1")
+    assert "Win32FileAttributes" not in got["/files/late/" + late] or got["/files/late/" + late][
+        "Win32FileAttributes"][0] == "404"
