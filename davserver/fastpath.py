@@ -224,19 +224,22 @@ _fragments = _FragmentCache(8 << 20)
 
 
 class _Member:
-    __slots__ = ("dead", "fs_path", "href", "is_dir", "name", "path", "quota", "ref", "st")
+    __slots__ = ("dead", "fs_path", "href", "is_dir", "name", "path", "quota", "st")
 
-    def __init__(self, fs_path: str, path: str, ref: str, href: str, name: str, st: os.stat_result,
-                 is_dir: bool) -> None:
+    def __init__(self, fs_path: str, path: str, href: str, name: str, st: os.stat_result, is_dir: bool) -> None:
         self.fs_path = fs_path
         self.path = path
-        self.ref = ref  # WsgiDAV's ref-URL: the key of dead properties and locks
         self.href = href
         self.name = name
         self.st = st
         self.is_dir = is_dir
         self.dead: tuple[tuple[str, bytes], ...] = ()
         self.quota: tuple[int, int] | None = None
+
+    @property
+    def ref(self) -> str:
+        """WsgiDAV's ref-URL: the key of dead properties and locks (asked for only when needed)."""
+        return quote(self.path)
 
 
 def _render(m: _Member, names: tuple[str, ...], allprop: bool, locking: bool,
@@ -400,12 +403,18 @@ def fast_propfind(provider: ShareProvider, environ: dict[str, Any], start_respon
         rel += "/"
     prefix = provider.mount_path + share_path
 
-    def member(fs_path: str, rel_path: str, name: str, mst: os.stat_result, mdir: bool) -> _Member:
-        return _Member(fs_path, share_path + rel_path, quote(share_path + rel_path),
-                       quote(prefix + rel_path, safe=_HREF_SAFE), name, mst, mdir)
-
     # WsgiDAV names a resource after its file on disk (for a share's root: the folder's name).
-    top = member(file_path, rel, os.path.basename(file_path.rstrip("/")), st, is_dir)
+    top = _Member(file_path, share_path + rel, quote(prefix + rel, safe=_HREF_SAFE),
+                  os.path.basename(file_path.rstrip("/")), st, is_dir)
+    # Members' hrefs: the folder's, quoted once, and each name quoted on its own (quoting
+    # works character by character, so this is the same as quoting the whole path).
+    base_path, base_href = share_path + rel, top.href
+
+    def member(fs_path: str, name: str, mst: os.stat_result, mdir: bool) -> _Member:
+        tail = "/" if mdir else ""
+        return _Member(fs_path, base_path + name + tail, base_href + quote(name, safe=_HREF_SAFE) + tail, name,
+                       mst, mdir)
+
     listing = _Listing(provider, names, etag, environ["wsgidav.config"])
     if (listing.locking and (listing.allprop or "{DAV:}lockdiscovery" in names)
             and _has_locks(provider, top.ref, is_dir, depth)):
@@ -425,9 +434,9 @@ def fast_propfind(provider: ShareProvider, environ: dict[str, Any], start_respon
                     except OSError:
                         continue
                     if stat.S_ISDIR(est.st_mode):
-                        batch.append(member(entry.path, rel + name + "/", name, est, True))
+                        batch.append(member(entry.path, name, est, True))
                     elif stat.S_ISREG(est.st_mode):
-                        batch.append(member(entry.path, rel + name, name, est, False))
+                        batch.append(member(entry.path, name, est, False))
                     if len(batch) >= _BATCH:
                         yield batch
                         batch = []
