@@ -437,7 +437,7 @@ def fast_propfind(provider: ShareProvider, environ: dict[str, Any], start_respon
                         batch.append(member(entry.path, name, est, True))
                     elif stat.S_ISREG(est.st_mode):
                         batch.append(member(entry.path, name, est, False))
-                    if len(batch) >= _BATCH:
+                    if len(batch) > _BATCH:  # the folder itself plus 1,000 members still go in one piece
                         yield batch
                         batch = []
         if batch:

@@ -275,6 +275,12 @@ def test_a_large_folder_is_streamed_and_still_matches_wsgidav(inst: Instance, se
     assert got["/files/large/zdir/"]["Win32FileAttributes"] == ("200", "00000020")
     small = s.request("PROPFIND", u + "zdir/", headers={"Depth": "1"})
     assert small.headers.get("Content-Length") == str(len(small.content))  # one batch: a plain answer
+    thousand = inst.home.root / "data/files/thousand"
+    thousand.mkdir()
+    for i in range(1000):
+        (thousand / f"t{i}").write_bytes(b"")
+    r = s.request("PROPFIND", server.url + "files/thousand/", headers={"Depth": "1"}, data=props_body(LIVE))
+    assert r.headers.get("Content-Length") == str(len(r.content)) and len(parse(r.text)) == 1001
 
 
 def test_a_broken_property_late_in_a_streamed_answer_is_reported_missing(inst: Instance, server: DavServer) -> None:
