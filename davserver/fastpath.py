@@ -332,9 +332,10 @@ class _Listing:
         if self.needs_dead:
             if self.get_many is None:
                 return None
-            stored = self.get_many([m.ref for m in members])
-            for m in members:
-                m.dead = stored.get(m.ref, ())
+            refs = [m.ref for m in members]
+            stored = self.get_many(refs)
+            for m, ref in zip(members, refs, strict=True):
+                m.dead = stored.get(ref, ())
         if self.needs_quota:
             for m in members:
                 if m.is_dir:
