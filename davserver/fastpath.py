@@ -224,17 +224,32 @@ _fragments = _FragmentCache(8 << 20)
 
 
 class _Member:
-    __slots__ = ("dead", "fs_path", "href", "is_dir", "name", "path", "quota", "st")
+    """A resource in the answer. Its href is quoted only when its fragment is rendered:
+    the cache knows a member by its folder's href and its name (``ident``)."""
 
-    def __init__(self, fs_path: str, path: str, href: str, name: str, st: os.stat_result, is_dir: bool) -> None:
+    __slots__ = ("_href", "dead", "fs_path", "ident", "is_dir", "name", "path", "quota", "st")
+
+    def __init__(self, fs_path: str, path: str, ident: str | tuple[str, str], name: str, st: os.stat_result,
+                 is_dir: bool) -> None:
         self.fs_path = fs_path
         self.path = path
-        self.href = href
+        self.ident = ident  # the href itself, or (the folder's href, name) for a member of the folder
         self.name = name
         self.st = st
         self.is_dir = is_dir
         self.dead: tuple[tuple[str, bytes], ...] = ()
         self.quota: tuple[int, int] | None = None
+        self._href: str | None = None
+
+    @property
+    def href(self) -> str:
+        if self._href is None:
+            if isinstance(self.ident, str):
+                self._href = self.ident
+            else:
+                base, name = self.ident
+                self._href = base + quote(name, safe=_HREF_SAFE) + ("/" if self.is_dir else "")
+        return self._href
 
     @property
     def ref(self) -> str:
@@ -346,7 +361,7 @@ class _Listing:
         out = []
         for m in members:
             mst = m.st
-            key = (m.href, self.names, self.locking, mst.st_ino, mst.st_mtime_ns, mst.st_ctime_ns, mst.st_size,
+            key = (m.ident, self.names, self.locking, mst.st_ino, mst.st_mtime_ns, mst.st_ctime_ns, mst.st_size,
                    mst.st_mode, m.dead, m.quota)
             fragment = _fragments.get(key)
             if fragment is None:
@@ -412,9 +427,7 @@ def fast_propfind(provider: ShareProvider, environ: dict[str, Any], start_respon
     base_path, base_href = share_path + rel, top.href
 
     def member(fs_path: str, name: str, mst: os.stat_result, mdir: bool) -> _Member:
-        tail = "/" if mdir else ""
-        return _Member(fs_path, base_path + name + tail, base_href + quote(name, safe=_HREF_SAFE) + tail, name,
-                       mst, mdir)
+        return _Member(fs_path, base_path + name + ("/" if mdir else ""), (base_href, name), name, mst, mdir)
 
     listing = _Listing(provider, names, etag, environ["wsgidav.config"])
     if (listing.locking and (listing.allprop or "{DAV:}lockdiscovery" in names)
