@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -302,3 +303,54 @@ def test_a_broken_property_late_in_a_streamed_answer_is_reported_missing(inst: I
     assert got["/files/late/" + late]["getcontentlength"] == ("200", "1")
     assert "Win32FileAttributes" not in got["/files/late/" + late] or got["/files/late/" + late][
         "Win32FileAttributes"][0] == "404"
+
+
+def test_a_stalled_streamed_listing_does_not_hold_up_other_listings(inst: Instance, server: DavServer) -> None:
+    """Listings render one at a time, but a client that stops reading its (streamed)
+    answer must not keep the others waiting: rendering is done before each piece is sent."""
+    import base64
+    import socket
+    import threading
+
+    from .conftest import PASSWORDS, client_context
+
+    root = inst.home.root / "data/files/slow"
+    root.mkdir(parents=True)
+    for i in range(20000):  # an answer of about 9 MB: far more than the socket buffers below hold
+        (root / f"f{i:05}.txt").write_bytes(b"x")
+    (inst.home.root / "data/files/other").mkdir()
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the stalled client's window stays small
+    raw.connect(("127.0.0.1", server.port))
+    stalled = client_context(inst, inst.clients["alice"]).wrap_socket(raw, server_hostname="127.0.0.1")
+    auth = base64.b64encode(f"alice:{PASSWORDS['alice']}".encode()).decode()
+    stalled.sendall(f"PROPFIND /files/slow/ HTTP/1.1\r\nHost: 127.0.0.1\r\nDepth: 1\r\n"
+                    f"Authorization: Basic {auth}\r\nContent-Length: 0\r\n\r\n".encode())
+    first = stalled.recv(4096)
+    assert first.startswith(b"HTTP/1.1 207") and b"chunked" in first.lower()
+    time.sleep(1)  # the server fills the window and blocks sending: the client reads nothing more
+
+    results: list[int] = []
+
+    def listing() -> None:
+        s = session_for(inst)
+        r = s.request("PROPFIND", server.url + "files/other/", headers={"Depth": "1"}, timeout=10)
+        results.append(r.status_code)
+
+    try:
+        threads = [threading.Thread(target=listing) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(15)
+        assert results == [207] * 4
+        stalled.settimeout(30)
+        answer = first
+        while not answer.endswith(b"0\r\n\r\n"):  # the stalled answer still completes
+            chunk = stalled.recv(1 << 16)
+            if not chunk:
+                break
+            answer += chunk
+        assert b"</D:multistatus>" in answer[-64:]
+    finally:
+        stalled.close()
