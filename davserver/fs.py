@@ -49,6 +49,7 @@ from wsgidav.dav_provider import DAVNonCollection
 from wsgidav.fs_dav_provider import FileResource, FilesystemProvider, FolderResource
 
 from .config import ShareConfig, is_macos_clutter
+from .copymove import copy_or_move
 from .fastpath import fast_get, fast_propfind
 
 __all__ = ["TEMP_PREFIX", "AtomicFile", "ShareProvider", "is_temp_name", "sweep_temp_files"]
@@ -558,6 +559,8 @@ class ShareProvider(FilesystemProvider):
             answer = fast_get(self, environ, start_response, _etag, is_temp_name)
         elif method == "PROPFIND":
             answer = fast_propfind(self, environ, start_response, _etag, is_temp_name)
+        elif method in ("COPY", "MOVE"):  # on the Destination the guard parsed and authorised
+            return copy_or_move(default_handler.__self__, environ, start_response, is_move=method == "MOVE")
         return answer if answer is not None else default_handler(environ, start_response)
 
     def _check_realm(self, environ: dict[str, Any]) -> None:
@@ -566,6 +569,7 @@ class ShareProvider(FilesystemProvider):
         realm = environ.get(_REALM_KEY)
         if realm is not None and str(realm).lower() != self.share.name.lower():
             log.warning("request for share %r reached share %r: refused", realm, self.share.name)
+            environ["davserver.limit"] = "share_mismatch"  # audited as a refusal (guard.REFUSAL_KEY)
             raise DAVError(HTTP_FORBIDDEN, "Path outside the share.")
 
     def _loc_to_file_path(self, path: str, environ: dict[str, Any] | None = None) -> str:

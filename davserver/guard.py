@@ -11,29 +11,41 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
+from . import access
+from .access import Refusal, refusal_for_status
 from .accounts import AccountsWatcher
 from .audit import AuditLog
-from .auth.core import Authenticator, Credentials, Decision, authorize
+from .auth.core import Authenticator, Credentials, Decision
 from .auth.identity import CertIdentity
-from .config import Config, ShareConfig, is_macos_clutter
+from .config import Config, ShareConfig
+from .copymove import DESTINATION_KEY
 from .dav import VISIBLE_SHARES_KEY
 from .revocation import RevocationList
 from .stepup import PREFIX as STEPUP_PREFIX
 from .stepup import StepUpPage
 from .store.base import StateStore, StoreUnavailable
+from .target import BadTarget, Target, parse_destination, parse_request_target, parse_wsgi_path
 from .tls import CERT_ENVIRON_KEY
 from .watchdog import current_connection
 
-__all__ = ["Guard", "parse_basic"]
+__all__ = ["REFUSAL_KEY", "Guard", "parse_basic"]
 
 StartResponse = Callable[..., Any]
 log = logging.getLogger("davserver.guard")
 
-#: Methods that only read. Anything else, including methods we do not know, counts as a write.
-_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PROPFIND", "COPY"})
 _REALM = 'Basic realm="davserver", charset="UTF-8"'
+
+#: A layer after the decision that refuses what was allowed (a limit, a lock token of
+#: another account, a bad name) puts its reason (an access.Refusal value) here; the
+#: audit line then says deny with that reason.
+REFUSAL_KEY = "davserver.limit"
+
+#: What OPTIONS answers, the same for every path of a share whatever exists there
+#: (an answer that differs between an existing and a missing file would tell a
+#: certificate holder without a password what is in the share).
+_OPTIONS_READ = ("1", "OPTIONS, HEAD, GET, PROPFIND")
+_OPTIONS_WRITE = ("1,2", "OPTIONS, HEAD, GET, PROPFIND, PROPPATCH, PUT, DELETE, MKCOL, COPY, MOVE, LOCK, UNLOCK")
 
 
 def parse_basic(header: str | None) -> Credentials | None:
@@ -54,23 +66,26 @@ def parse_basic(header: str | None) -> Credentials | None:
     return Credentials(user=user, password=password)
 
 
-def _first_segment(path: str) -> str:
-    return path.lstrip("/").split("/", 1)[0].lower()
-
-
-def _readable_path(path: str) -> str:
-    """WSGI hands the path's UTF-8 bytes over as Latin-1 text (PEP 3333); the audit log
-    wants the name people see."""
+def _raw_target(environ: dict[str, Any]) -> bytes | None:
+    """The request target's bytes as they came on the request line, when the server kept them."""
+    raw = environ.get("REQUEST_URI")
+    if not isinstance(raw, str):
+        return None
     try:
-        return path.encode("latin-1").decode("utf-8", "replace")
+        return raw.encode("latin-1")
     except UnicodeEncodeError:
-        return path
+        return raw.encode("utf-8")
 
 
-def _has_dot_segments(path: str) -> bool:
-    """`/files/../team/x` would be authorised for `files` and served from `team`:
-    paths with dot segments (after decoding) are refused outright."""
-    return any(part in (".", "..") for part in path.split("/"))
+def _printable(raw: bytes | str) -> str:
+    """A refused target for the audit log: its text where it decodes, escapes where not."""
+    data = raw.encode("latin-1", "replace") if isinstance(raw, str) else raw
+    return data.decode("utf-8", "backslashreplace")[:2048]
+
+
+def _has_body(environ: dict[str, Any]) -> bool:
+    """Whether the request announced a body (which an early answer leaves unread)."""
+    return environ.get("CONTENT_LENGTH", "0") not in ("", "0") or bool(environ.get("HTTP_TRANSFER_ENCODING"))
 
 
 class _Counted:
@@ -162,88 +177,67 @@ class Guard:
     def _share(self, name: str) -> ShareConfig | None:
         return self.config.shares.get(name)
 
-    def _decide(self, environ: dict[str, Any], share: ShareConfig | None) -> Decision:
+    def _decide(
+        self, environ: dict[str, Any], target: Target, destination: Target | None, share: ShareConfig | None
+    ) -> Decision:
         try:
-            return self._decide_with_store(environ, share)
+            return self._decide_with_store(environ, target, destination, share)
         except StoreUnavailable as exc:
             # Fail closed: without the shared state (locks, grants, used codes) nobody gets in.
-            log.error("refusing %s %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), exc)
-            return Decision.deny("store_unavailable", status=503)
+            log.error("refusing %s %s: %s", environ.get("REQUEST_METHOD"), target.path, exc)
+            return Decision.deny(Refusal.STORE_UNAVAILABLE, status=503)
 
-    def _decide_with_store(self, environ: dict[str, Any], share: ShareConfig | None) -> Decision:
+    def _decide_with_store(
+        self, environ: dict[str, Any], target: Target, destination: Target | None, share: ShareConfig | None
+    ) -> Decision:
+        """Authenticate with the factors the share needs, then :func:`access.decide` once
+        for every resource the request touches."""
         method = environ.get("REQUEST_METHOD", "")
         cert: CertIdentity | None = environ.get(CERT_ENVIRON_KEY)
-        accounts = self.accounts.current()
         require = share.require if share is not None else self.config.default_require
         if method == "OPTIONS":
             # Windows' WebDAV redirector gives up when OPTIONS answers 401, so OPTIONS
-            # needs the certificate only (it reveals no content, just the methods).
+            # needs the certificate only; its answer is fixed per share (_options).
             require = ()
-        decision = self.authenticator.decide(
+        shares = self.config.shares
+        return self.authenticator.decide(
             cert=cert,
             credentials=parse_basic(environ.get("HTTP_AUTHORIZATION")),
-            accounts=accounts,
+            accounts=self.accounts.current(),
             revoked=self.revocations.serials(),
             share=share,
             require=require,
-            write=method not in _READ_METHODS,
+            write=method not in access.READ_METHODS,
             now=self.clock(),
             peer=environ.get("REMOTE_ADDR", ""),
+            access=lambda account: access.decide(account, method, target, destination, shares),
         )
-        if (
-            decision.allowed
-            and share is not None
-            and share.macos_clutter == "refuse"
-            and method not in _READ_METHODS
-            and is_macos_clutter(environ.get("PATH_INFO", "").rstrip("/").rsplit("/", 1)[-1])
-        ):
-            return Decision.deny("macos_clutter", decision.account, status=403)
-        if decision.allowed and method in ("COPY", "MOVE"):
-            denied = self._check_destination(environ, decision)
-            if denied:
-                return Decision.deny(denied, decision.account, status=403)
-        return decision
-
-    def _check_destination(self, environ: dict[str, Any], decision: Decision) -> str | None:
-        """COPY and MOVE write where the Destination header points: that share must allow it."""
-        dest = environ.get("HTTP_DESTINATION", "")
-        try:
-            parts = urlsplit(dest)
-        except ValueError:
-            return "bad_destination"
-        host = environ.get("HTTP_HOST", "")
-        if parts.netloc and host and parts.netloc.lower() != host.lower():
-            return "bad_destination"
-        dest_path = unquote(parts.path)
-        if _has_dot_segments(dest_path) or "\x00" in dest_path:
-            return "bad_destination"
-        share = self._share(_first_segment(dest_path))
-        if share is None or decision.account is None:
-            return "dest_write_denied"
-        denied = authorize(decision.account, share, write=True)
-        name = dest_path.rstrip("/").rsplit("/", 1)[-1]
-        if not denied and share.macos_clutter == "refuse" and is_macos_clutter(name):
-            denied = "macos_clutter"
-        return f"dest_{denied}" if denied else None
 
     # --- WSGI -------------------------------------------------------------------
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.monotonic()
-        path = _readable_path(environ.get("PATH_INFO", ""))
-        if _has_dot_segments(path) or "\x00" in path:
-            refusal = b"bad request path\n"
-            start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8"),
-                                               ("Content-Length", str(len(refusal))), ("Connection", "close")])
-            self._record(environ, path, Decision.deny("bad_path", status=400), None, "400", 0, 0, started, True)
-            return [refusal]
-        share_name = _first_segment(path)
+        method = environ.get("REQUEST_METHOD", "")
+        raw = _raw_target(environ)
+        try:
+            if raw is not None:
+                target, _query = parse_request_target(raw)
+            else:
+                target = parse_wsgi_path(environ.get("PATH_INFO", ""))
+            destination = self._destination(environ, method)
+        except BadTarget as exc:
+            return self._refuse_unparsable(environ, start_response, exc, raw, started)
+        # From here on every layer, WsgiDAV's routing included, sees the one parsed path.
+        environ["PATH_INFO"] = target.wsgi_path
+        environ[DESTINATION_KEY] = destination
+        path = target.path
+        share_name = target.share or ""
         share = self._share(share_name)
         counted = _Counted(environ.get("wsgi.input"), self._body_deadline(environ, started))
         environ["wsgi.input"] = counted
         if share_name == STEPUP_PREFIX and share is None:
             return self._stepup(environ, start_response, path, started, counted)
-        decision = self._decide(environ, share)
+        decision = self._decide(environ, target, destination, share)
         status_seen = ["000"]
 
         def finish(sent: int, complete: bool) -> None:
@@ -251,7 +245,7 @@ class Guard:
             if conn is not None and getattr(conn, "watchdog", None) is not None:
                 conn.watchdog.disarm(conn)
             self._record(environ, path, decision, share_name if share else None, status_seen[0],
-                         counted.count, sent, started, complete)
+                         counted.count, sent, started, complete, destination)
 
         def recording_start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             status_seen[0] = status.split(" ", 1)[0]
@@ -263,6 +257,8 @@ class Guard:
             return _Audited(self._deny(environ, decision, recording_start_response), finish)
         account = decision.account
         assert account is not None
+        if method == "OPTIONS":
+            return _Audited(self._options(environ, share, recording_start_response), finish)
         environ["wsgidav.auth.user_name"] = account.name
         environ["wsgidav.auth.realm"] = share_name if share else "/"
         environ["davserver.account"] = account.name
@@ -279,6 +275,50 @@ class Guard:
             finish(0, False)
             raise
         return _Audited(body, finish)
+
+    @staticmethod
+    def _destination(environ: dict[str, Any], method: str) -> Target | None:
+        """The Destination of a COPY or MOVE, parsed once (None for other methods)."""
+        if method not in ("COPY", "MOVE"):
+            return None
+        value = environ.get("HTTP_DESTINATION")
+        if value is None:
+            raise BadTarget(Refusal.BAD_DESTINATION, "COPY and MOVE need a Destination header")
+        return parse_destination(
+            value, host=environ.get("HTTP_HOST", ""), scheme=environ.get("wsgi.url_scheme", "https")
+        )
+
+    def _refuse_unparsable(
+        self,
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        exc: BadTarget,
+        raw: bytes | None,
+        started: float,
+    ) -> Iterable[bytes]:
+        """400 (or 502) for a target or Destination that names nothing unambiguously."""
+        log.info("refusing %s: %s", environ.get("REQUEST_METHOD"), exc.detail)
+        status = "502 Bad Gateway" if exc.status == 502 else "400 Bad Request"
+        body = b"bad gateway\n" if exc.status == 502 else b"bad request\n"
+        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+        if _has_body(environ):
+            headers.append(("Connection", "close"))
+        start_response(status, headers)
+        shown = _printable(raw if raw is not None else environ.get("PATH_INFO", ""))
+        decision = Decision.deny(exc.reason, status=exc.status)
+        self._record(environ, shown, decision, None, str(exc.status), 0, len(body), started, True, None)
+        return [body]
+
+    def _options(
+        self, environ: dict[str, Any], share: ShareConfig | None, start_response: StartResponse
+    ) -> list[bytes]:
+        """OPTIONS, answered here with the same headers for every path of a share."""
+        dav, allow = _OPTIONS_WRITE if share is not None and not share.read_only else _OPTIONS_READ
+        headers = [("DAV", dav), ("Allow", allow), ("MS-Author-Via", "DAV"), ("Content-Length", "0")]
+        if _has_body(environ):
+            headers.append(("Connection", "close"))
+        start_response("200 OK", headers)
+        return []
 
     def _body_deadline(self, environ: dict[str, Any], started: float) -> Callable[[int, bool], None] | None:
         """A request body must average limits.body_min_bytes_per_second after a grace time."""
@@ -324,7 +364,7 @@ class Guard:
                 body, decision = self.stepup.handle(environ, recording, found.account, cert)
             except StoreUnavailable as exc:
                 log.error("step-up page: %s", exc)
-                decision = Decision.deny("store_unavailable", found.account, status=503)
+                decision = Decision.deny(Refusal.STORE_UNAVAILABLE, found.account, status=503)
                 body = self._deny(environ, decision, recording)
 
         def finish(sent: int, complete: bool) -> None:
@@ -346,7 +386,7 @@ class Guard:
             ("Content-Type", "text/plain; charset=utf-8"),
             ("Content-Length", str(len(body))),
         ]
-        if environ.get("CONTENT_LENGTH", "0") not in ("", "0") or environ.get("HTTP_TRANSFER_ENCODING"):
+        if _has_body(environ):
             # An unread body is never drained into memory: end the connection instead.
             headers.append(("Connection", "close"))
         start_response(status, headers)
@@ -363,25 +403,42 @@ class Guard:
         bytes_out: int,
         started: float,
         complete: bool,
+        destination: Target | None = None,
     ) -> None:
+        """One audit line per request. ``decision`` is deny when the access decision
+        refused, when a later layer refused what it allowed (REFUSAL_KEY), or when the
+        answer is 401/403 anyway; other 4xx/5xx keep allow with a reason named after
+        the status (a missing file is an outcome, not a refusal)."""
         cert: CertIdentity | None = environ.get(CERT_ENVIRON_KEY)
-        self.audit.write(
-            {
-                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                "peer": environ.get("REMOTE_ADDR"),
-                "cert_serial": cert.serial if cert else None,
-                "cert_fingerprint": cert.fingerprint if cert else None,
-                "cert_subject": cert.subject if cert else None,
-                "account": decision.account.name if decision.account else None,
-                "share": share,
-                "method": environ.get("REQUEST_METHOD"),
-                "path": path,
-                "status": int(status) if status.isdigit() else 0,
-                "bytes_in": bytes_in,
-                "bytes_out": bytes_out,
-                "duration_ms": round((time.monotonic() - started) * 1000, 2),
-                "decision": "allow" if decision.allowed else "deny",
-                "reason": environ.get("davserver.limit")
-                or (decision.reason if complete or not decision.allowed else "aborted"),
-            }
-        )
+        code = int(status) if status.isdigit() else 0
+        later = environ.get(REFUSAL_KEY)
+        if not decision.allowed:
+            verdict, reason = "deny", str(decision.reason)
+        elif later:
+            verdict, reason = "deny", str(later)
+        elif code in (401, 403):
+            verdict, reason = "deny", str(Refusal.FORBIDDEN if code == 403 else Refusal.NO_CREDENTIALS)
+        elif code >= 400:
+            verdict, reason = "allow", str(refusal_for_status(code))
+        else:
+            verdict, reason = "allow", decision.reason if complete else "aborted"
+        record: dict[str, Any] = {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "peer": environ.get("REMOTE_ADDR"),
+            "cert_serial": cert.serial if cert else None,
+            "cert_fingerprint": cert.fingerprint if cert else None,
+            "cert_subject": cert.subject if cert else None,
+            "account": decision.account.name if decision.account else None,
+            "share": share,
+            "method": environ.get("REQUEST_METHOD"),
+            "path": path,
+            "status": code,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "duration_ms": round((time.monotonic() - started) * 1000, 2),
+            "decision": verdict,
+            "reason": reason,
+        }
+        if destination is not None:
+            record["destination"] = destination.path
+        self.audit.write(record)

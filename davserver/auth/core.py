@@ -17,9 +17,11 @@ import hashlib
 import hmac
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from ..access import Refusal, authorize
 from ..accounts import Account, Accounts
 from ..config import IdentityConfig, ShareConfig, ThrottleConfig, TOTPConfig
 from ..store.base import Grant, StateStore
@@ -56,19 +58,6 @@ class Decision:
     @classmethod
     def deny(cls, reason: str, account: Account | None = None, status: int = 401) -> Decision:
         return cls(False, status, reason, account)
-
-
-def authorize(account: Account, share: ShareConfig | None, write: bool) -> str | None:
-    """The reason an authenticated account may not do this on that share, or None."""
-    if share is None:
-        return "write_denied" if write else None
-    if not share.may_read(account.name, account.groups):
-        return "share_denied"
-    if write and share.read_only:
-        return "read_only"
-    if write and not share.may_write(account.name, account.groups):
-        return "write_denied"
-    return None
 
 
 def credential_epoch(account: Account) -> str:
@@ -197,7 +186,12 @@ class Authenticator:
         write: bool,
         now: datetime,
         peer: str = "",
+        access: Callable[[Account], Refusal | None] | None = None,
     ) -> Decision:
+        """Authenticate, then authorise: ``access`` (access.decide bound to the request's
+        parsed resources) is the resource rule; without it, ``share`` and ``write`` are
+        checked as one resource. A refused share is 401 like a failed sign-in (its
+        existence is not confirmed); every other resource refusal is 403."""
         found = self.check_certificate(cert, accounts, revoked, now)
         if not found.allowed:
             return found
@@ -226,7 +220,7 @@ class Authenticator:
                 if outcome in FAILURES:
                     return self._failed(outcome, account, cert, peer, stamp)
                 return Decision.deny(outcome, account)
-        denied = authorize(account, share, write)
+        denied = access(account) if access is not None else authorize(account, share, write)
         if denied == "share_denied":
             return Decision.deny(denied, account)
         if denied:

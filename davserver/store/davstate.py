@@ -412,6 +412,7 @@ class LockOwnerFilter(BaseMiddleware):
             for token in environ["wsgidav.ifLockTokenList"]:
                 lock = lock_manager.get_lock(token)
                 if lock is not None and lock["principal"] != user:
+                    environ["davserver.limit"] = "lock_token_owner"  # audited as a refusal (guard.REFUSAL_KEY)
                     raise DAVError(HTTP_FORBIDDEN, context_info="Token was created by another user.")
         result: Iterable[bytes] = self.next_app(environ, start_response)
         return result

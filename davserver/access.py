@@ -1,0 +1,177 @@
+"""The one access decision: may this account do this to these resources?
+
+The guard authenticates a request (certificate, password, code: auth/core.py)
+and then asks :func:`decide` once, with the request's parsed target and
+Destination (target.py), for every resource the request touches: the target,
+and for COPY and MOVE the destination too. Nothing later in the request asks
+again; the filesystem and WsgiDAV execute on the same parsed paths.
+
+Every refusal anywhere in the server has a reason from :class:`Refusal`, the
+audit log's ``reason`` vocabulary. The client hears only the status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+
+from .accounts import Account
+from .config import ShareConfig, is_macos_clutter
+from .target import Target
+
+__all__ = ["READ_METHODS", "Refusal", "authorize", "decide", "refusal_for_status"]
+
+#: Methods that only read their target. Anything else, including methods we do not
+#: know, counts as a write. (COPY reads its source and writes its Destination.)
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PROPFIND", "COPY"})
+
+
+class Refusal(StrEnum):
+    """Why a request was refused: the ``reason`` field of the audit log."""
+
+    # the request itself (target.py, framing)
+    BAD_PATH = "bad_path"
+    BAD_DESTINATION = "bad_destination"
+    BAD_FRAMING = "bad_framing"
+    # the certificate and the account (auth/core.py)
+    NO_CERT = "no_cert"
+    BAD_EKU = "bad_eku"
+    CERT_EXPIRED = "cert_expired"
+    REVOKED = "revoked"
+    UNKNOWN_CERT = "unknown_cert"
+    DISABLED = "disabled"
+    # the factors (auth/core.py); the first five count toward the sign-in lockout
+    BAD_PASSWORD = "bad_password"  # noqa: S105 - a reason name
+    BAD_OTP = "bad_otp"
+    OTP_REPLAYED = "otp_replayed"
+    USER_MISMATCH = "user_mismatch"
+    BAD_AUTH_HEADER = "bad_auth_header"
+    NO_CREDENTIALS = "no_credentials"
+    OTP_REQUIRED = "otp_required"
+    TOTP_NOT_ENROLLED = "totp_not_enrolled"
+    TOTP_UNAVAILABLE = "totp_unavailable"
+    LOCKED = "locked"  # a sign-in lockout is in force
+    STORE_UNAVAILABLE = "store_unavailable"
+    # the resources (this module)
+    SHARE_DENIED = "share_denied"
+    READ_ONLY = "read_only"
+    WRITE_DENIED = "write_denied"
+    MACOS_CLUTTER = "macos_clutter"
+    SHARE_ROOT = "share_root"
+    DEST_SHARE_DENIED = "dest_share_denied"
+    DEST_READ_ONLY = "dest_read_only"
+    DEST_WRITE_DENIED = "dest_write_denied"
+    DEST_MACOS_CLUTTER = "dest_macos_clutter"
+    DEST_SHARE_ROOT = "dest_share_root"
+    # later layers, which execute what was allowed and may still refuse it
+    LOCK_TOKEN_OWNER = "lock_token_owner"  # noqa: S105 - another account's WebDAV lock token (store/davstate.py)
+    FORBIDDEN = "forbidden"  # a 403 from WebDAV or the filesystem that no layer explained
+    SHARE_MISMATCH = "share_mismatch"  # routed to another share than authorised (fs.py)
+    PROPFIND_DEPTH = "propfind_depth"
+    XML_TOO_LARGE = "xml_too_large"
+    # what the filesystem or WebDAV said, when no layer named a reason
+    BAD_REQUEST = "bad_request"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    CONFLICT = "conflict"
+    PRECONDITION_FAILED = "precondition_failed"
+    TOO_LARGE = "too_large"
+    RESOURCE_LOCKED = "resource_locked"  # 423: a WebDAV lock, not a sign-in lockout
+    INSUFFICIENT_STORAGE = "insufficient_storage"
+    BAD_GATEWAY = "bad_gateway"
+    SERVER_ERROR = "server_error"
+    OTHER = "other"
+
+
+_BY_STATUS = {
+    400: Refusal.BAD_REQUEST,
+    401: Refusal.NO_CREDENTIALS,
+    403: Refusal.FORBIDDEN,
+    404: Refusal.NOT_FOUND,
+    405: Refusal.METHOD_NOT_ALLOWED,
+    409: Refusal.CONFLICT,
+    412: Refusal.PRECONDITION_FAILED,
+    413: Refusal.TOO_LARGE,
+    414: Refusal.BAD_PATH,
+    415: Refusal.BAD_REQUEST,
+    416: Refusal.BAD_REQUEST,
+    423: Refusal.RESOURCE_LOCKED,
+    502: Refusal.BAD_GATEWAY,
+    507: Refusal.INSUFFICIENT_STORAGE,
+}
+
+
+def refusal_for_status(status: int) -> Refusal:
+    """The reason recorded for a 4xx/5xx answer that no layer explained."""
+    if status >= 500 and status not in _BY_STATUS:
+        return Refusal.SERVER_ERROR
+    return _BY_STATUS.get(status, Refusal.OTHER)
+
+
+def authorize(account: Account, share: ShareConfig | None, write: bool) -> Refusal | None:
+    """The rule for one resource: may ``account`` read (or write) in ``share``?
+
+    ``share`` None is the server root (and names that are no share): readable,
+    never writable. Returns the refusal, or None when allowed.
+    """
+    if share is None:
+        return Refusal.WRITE_DENIED if write else None
+    if not share.may_read(account.name, account.groups):
+        return Refusal.SHARE_DENIED
+    if write and share.read_only:
+        return Refusal.READ_ONLY
+    if write and not share.may_write(account.name, account.groups):
+        return Refusal.WRITE_DENIED
+    return None
+
+
+_DEST = {
+    Refusal.SHARE_DENIED: Refusal.DEST_SHARE_DENIED,
+    Refusal.READ_ONLY: Refusal.DEST_READ_ONLY,
+    Refusal.WRITE_DENIED: Refusal.DEST_WRITE_DENIED,
+}
+
+
+def decide(
+    account: Account,
+    method: str,
+    target: Target,
+    destination: Target | None,
+    shares: Mapping[str, ShareConfig],
+) -> Refusal | None:
+    """Every resource rule for one request, in one place.
+
+    ``target`` and ``destination`` come from target.py (``destination`` only for
+    COPY and MOVE, where it is required). Returns None when the account may do
+    ``method`` on all of them, else the first refusal:
+
+    * the target's share must allow reading, and writing unless ``method`` only reads;
+    * a share root (``/files/``) cannot be deleted or moved (it is configuration);
+    * macOS clutter names are refused as write targets where the share says so;
+    * COPY and MOVE must name a destination inside a share the account may write,
+      below its root, under the same clutter rule.
+    """
+    share = shares.get(target.share) if target.share else None
+    write = method not in READ_METHODS
+    refused = authorize(account, share, write)
+    if refused:
+        return refused
+    if share is not None and target.is_share_root and method in ("DELETE", "MOVE"):
+        return Refusal.SHARE_ROOT
+    if write and share is not None and share.macos_clutter == "refuse" and is_macos_clutter(target.name):
+        return Refusal.MACOS_CLUTTER
+    if method not in ("COPY", "MOVE"):
+        return None
+    if destination is None:
+        return Refusal.BAD_DESTINATION
+    dest_share = shares.get(destination.share) if destination.share else None
+    if dest_share is None:
+        return Refusal.DEST_WRITE_DENIED
+    refused = authorize(account, dest_share, True)
+    if refused:
+        return _DEST.get(refused, refused)
+    if destination.is_share_root:
+        return Refusal.DEST_SHARE_ROOT
+    if dest_share.macos_clutter == "refuse" and is_macos_clutter(destination.name):
+        return Refusal.DEST_MACOS_CLUTTER
+    return None
