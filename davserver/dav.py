@@ -16,6 +16,7 @@ from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
 from .config import Config, ShareConfig
+from .content_safety import ContentSafety
 from .error_pages import ErrorPages
 from .fs import ShareProvider
 from .listing import Listing
@@ -111,7 +112,7 @@ def build_dav_app(config: Config, store: StateStore) -> WsgiDAVApp:
     return WsgiDAVApp(
         {
             "provider_mapping": mapping,
-            "middleware_stack": [ErrorPages, Listing, LockOwnerFilter, RequestResolver],
+            "middleware_stack": [ErrorPages, Listing, ContentSafety, LockOwnerFilter, RequestResolver],
             "http_authenticator": {"domain_controller": None, "accept_basic": False, "accept_digest": False},
             "property_manager": property_manager,
             "lock_storage": lock_storage,

@@ -3,6 +3,16 @@
 WsgiDAV's ErrorPrinter puts its version, the server time and the error's
 context text into HTML error pages. Here an error is its status line, or the
 RFC 4918 precondition XML that clients act on; details go to the log only.
+
+WsgiDAV writes the same HTML page, with ``WsgiDAV/<version>`` and the server
+time in it, as the body of the answers it *returns* rather than raises: every
+``util.send_status_response`` (util.py:1256, through
+``DAVError.get_response_page``, dav_error.py:249) — the 201 of PUT, MKCOL,
+COPY and MOVE, a single error of COPY/MOVE/DELETE (request_server.py:189).
+The only HTML a request below this middleware may answer with besides those
+pages is a user's file or the folder listing, both a 200/206 of GET or HEAD;
+so every other HTML body is such a page and is replaced by the status line.
+Every body written here carries the headers of content_safety.py.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from wsgidav.dav_error import (
 )
 from wsgidav.mw.base_mw import BaseMiddleware
 
+from .content_safety import SAFETY_HEADERS, replace_headers
 from .store.base import StoreUnavailable
 
 __all__ = ["ErrorPages"]
@@ -61,27 +72,60 @@ def _as_dav_error(exc: BaseException) -> DAVError:
     return DAVError(HTTP_INTERNAL_ERROR)
 
 
+def _is_status_page(environ: dict[str, Any], status: str, headers: list[tuple[str, str]]) -> bool:
+    """Whether an answer is one of WsgiDAV's HTML status pages (see the module's docstring)."""
+    values = {k.lower(): v for k, v in headers}
+    if values.get("content-type", "").split(";", 1)[0].strip().lower() != "text/html":
+        return False
+    if values.get("content-length", "").strip() == "0":
+        return False  # OPTIONS * says text/html over an empty body
+    code = status.split(" ", 1)[0]
+    return not (environ.get("REQUEST_METHOD") in ("GET", "HEAD") and code in ("200", "206"))
+
+
+def _status_answer(environ: dict[str, Any], status: str, headers: list[tuple[str, str]]) -> tuple[
+        list[tuple[str, str]], bytes]:
+    """The status line as a text/plain body, in place of a status page; other headers kept."""
+    body = b"" if environ.get("REQUEST_METHOD") == "HEAD" else (status + "\n").encode("utf-8")
+    return replace_headers(headers, [("Content-Type", "text/plain; charset=utf-8"),
+                                     ("Content-Length", str(len(body))), *SAFETY_HEADERS]), body
+
+
 class ErrorPages(BaseMiddleware):
+    """Turns every exception into a clean answer and WsgiDAV's status pages into status lines."""
+
     def __init__(self, wsgidav_app: Any, next_app: Callable[..., Iterable[bytes]], config: dict[str, Any]) -> None:
         super().__init__(wsgidav_app, next_app, config)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
         captured = util.SubAppStartResponse()
         started = False
+        replacement: bytes | None = None
+
+        def start() -> None:
+            nonlocal replacement
+            headers = captured.response_headers
+            if _is_status_page(environ, captured.status, headers):
+                headers, replacement = _status_answer(environ, captured.status, headers)
+            start_response(captured.status, headers, captured.exc_info)
+
         try:
             app_iter = self.next_app(environ, captured)
             try:
                 for chunk in app_iter:
                     if not started:
-                        start_response(captured.status, captured.response_headers, captured.exc_info)
+                        start()
                         started = True
-                    yield chunk
+                    if replacement is None:
+                        yield chunk
             finally:
                 close = getattr(app_iter, "close", None)
                 if close is not None:
                     close()
             if not started:
-                start_response(captured.status, captured.response_headers, captured.exc_info)
+                start()
+            if replacement is not None:
+                yield replacement
             return
         except Exception as exc:  # noqa: BLE001 - every failure becomes a clean answer
             if started:
@@ -89,7 +133,8 @@ class ErrorPages(BaseMiddleware):
             error = _as_dav_error(exc)
         status = get_http_status_string(error)
         if error.value in (HTTP_NOT_MODIFIED, HTTP_NO_CONTENT):
-            start_response(status, [("Content-Length", "0")])
+            # content_safety.py gives a file's 304 the headers of its 200.
+            start_response(status, [("Content-Length", "0"), *(error.add_headers or [])])
             yield b""
             return
         if error.err_condition:
@@ -100,6 +145,7 @@ class ErrorPages(BaseMiddleware):
             log.warning("%s %s answered %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), status)
         if environ.get("REQUEST_METHOD") == "HEAD" or error.add_body is False:
             body = b""  # a HEAD answer has no body: one would be read as the next response
-        headers = [("Content-Type", ctype), ("Content-Length", str(len(body))), *(error.add_headers or [])]
+        headers = replace_headers([("Content-Type", ctype), ("Content-Length", str(len(body))),
+                                   *(error.add_headers or [])], SAFETY_HEADERS)
         start_response(status, headers)
         yield body
