@@ -104,14 +104,20 @@ class ServerConfig:
     timeout: float = 30.0
     keep_alive_limit: int = 256
     shutdown_timeout: float = 30.0
+    #: TLS handshakes in progress from one address; a new one closes that address's oldest (handshake.py).
+    handshakes_per_address: int = 128
+    #: TLS handshakes in progress in all; a new one closes the oldest of the busiest address.
+    handshakes_total: int = 1024
 
 
 @dataclass(frozen=True)
 class LimitsConfig:
     xml_body_bytes: int = 1 << 20
     header_bytes: int = 64 << 10
-    #: The TLS handshake plus the request headers must arrive within this.
+    #: The request headers must arrive within this once a worker serves the connection.
     header_seconds: float = 10.0
+    #: The TLS handshake must complete within this after the connection is accepted.
+    handshake_seconds: float = 10.0
     #: A request body must average at least this rate once the grace time is over.
     body_min_bytes_per_second: int = 1024
     body_grace_seconds: float = 30.0
@@ -305,7 +311,12 @@ def _require(value: Any, key: str) -> tuple[str, ...]:
 
 def _parse_server(raw: Mapping[str, Any]) -> ServerConfig:
     s = _section(raw, "server")
-    _check_keys(s, "server", ("bind", "port", "threads", "timeout", "keep_alive_limit", "shutdown_timeout"))
+    _check_keys(
+        s,
+        "server",
+        ("bind", "port", "threads", "timeout", "keep_alive_limit", "shutdown_timeout",
+         "handshakes_per_address", "handshakes_total"),
+    )
     bind = _str(s, "server", "bind", "127.0.0.1")
     if bind not in ("localhost",):
         try:
@@ -319,17 +330,21 @@ def _parse_server(raw: Mapping[str, Any]) -> ServerConfig:
         timeout=_float(s, "server", "timeout", 30.0, 1.0),
         keep_alive_limit=_int(s, "server", "keep_alive_limit", 256, 1, 1_000_000),
         shutdown_timeout=_float(s, "server", "shutdown_timeout", 30.0, 0.0),
+        handshakes_per_address=_int(s, "server", "handshakes_per_address", 128, 1, 1_000_000),
+        handshakes_total=_int(s, "server", "handshakes_total", 1024, 1, 1_000_000),
     )
 
 
 def _parse_limits(raw: Mapping[str, Any]) -> LimitsConfig:
     lim = _section(raw, "limits")
-    keys = ("xml_body_bytes", "header_bytes", "header_seconds", "body_min_bytes_per_second", "body_grace_seconds")
+    keys = ("xml_body_bytes", "header_bytes", "header_seconds", "body_min_bytes_per_second", "body_grace_seconds",
+            "handshake_seconds")
     _check_keys(lim, "limits", keys)
     return LimitsConfig(
         xml_body_bytes=_int(lim, "limits", "xml_body_bytes", 1 << 20, 1024, 1 << 30),
         header_bytes=_int(lim, "limits", "header_bytes", 64 << 10, 4096, 16 << 20),
         header_seconds=_float(lim, "limits", "header_seconds", 10.0, 1.0),
+        handshake_seconds=_float(lim, "limits", "handshake_seconds", 10.0, 1.0),
         body_min_bytes_per_second=_int(lim, "limits", "body_min_bytes_per_second", 1024, 0, 1 << 30),
         body_grace_seconds=_float(lim, "limits", "body_grace_seconds", 30.0, 1.0),
     )

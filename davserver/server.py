@@ -10,7 +10,6 @@ import threading
 import time
 from typing import Any
 
-from cheroot import wsgi
 from cheroot.server import HTTPRequest
 
 from .accounts import AccountsWatcher
@@ -20,6 +19,7 @@ from .dav import build_dav_app
 from .errors import StartupError
 from .fs import sweep_temp_files
 from .guard import Guard
+from .handshake import HandshakeLoop, HandshakingServer, raise_open_file_limit
 from .limits import Limits
 from .revocation import RevocationList
 from .store import StoreUnavailable, open_store
@@ -146,7 +146,7 @@ class DavServer:
             audit=self.audit,
             store=self.store,
         )
-        self._server = wsgi.Server(
+        self._server = HandshakingServer(
             (self.bind, self._port),
             self.guard,
             numthreads=config.server.threads,
@@ -160,6 +160,14 @@ class DavServer:
         self._server.keep_alive_conn_limit = config.server.keep_alive_limit
         self._server.shutdown_timeout = config.server.shutdown_timeout
         self.watchdog = Watchdog()
+        #: Completes TLS handshakes off the workers; its counters() are for the metrics endpoint.
+        self.handshakes = HandshakeLoop(
+            self._server,
+            per_address=config.server.handshakes_per_address,
+            total=config.server.handshakes_total,
+            deadline_seconds=config.limits.handshake_seconds,
+        )
+        self._server.handshakes = self.handshakes
         # Per server, not per class: two servers in one process keep their own settings.
         self._server.ConnectionClass = type(
             "Connection", (_Connection,), {"watchdog": self.watchdog, "header_seconds": config.limits.header_seconds}
@@ -223,6 +231,8 @@ class DavServer:
     def start(self) -> None:
         """Listen, then serve on a background thread (used by tests and quickstart)."""
         self.prepare()
+        raise_open_file_limit()
+        self.handshakes.start()
         self.watchdog.start()
         self._maintenance.start()
         self._thread = threading.Thread(target=self._server.serve, name="davserver", daemon=True)
@@ -231,6 +241,8 @@ class DavServer:
     def serve_forever(self) -> None:
         """Serve in this thread until stopped: the ``davserver serve`` process."""
         self.prepare()
+        raise_open_file_limit()
+        self.handshakes.start()
         self.watchdog.start()
         self._maintenance.start()
         try:
@@ -240,6 +252,7 @@ class DavServer:
 
     def stop(self) -> None:
         self._stopping.set()
+        self.handshakes.stop()
         self._server.stop()
         self.watchdog.stop()
         if self._thread is not None:

@@ -1,17 +1,18 @@
 """TLS for the listener: a strict SSLContext and a cheroot adapter that
-completes handshakes in worker threads.
+defers the handshake out of the accept loop.
 
 Stock cheroot runs the handshake inside its single accept loop, so one client
 that connects and stays silent stalls every new connection until the socket
-timeout. Here the accept loop only wraps the socket; the handshake happens on
-the worker that first serves the connection, and the client certificate is
-parsed there once per connection.
+timeout. Here the accept loop only wraps the socket; the handshake is stepped
+without blocking by the handshake loop (handshake.py), never by a request
+worker, and the client certificate is parsed there once per connection.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import selectors
 import ssl
 import stat
 import threading
@@ -80,7 +81,8 @@ def create_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
 
 
 class DeferredHandshakeAdapter(BuiltinSSLAdapter):
-    """Wraps accepted sockets without handshaking; TLSConnection finishes the job."""
+    """Wraps accepted sockets without handshaking; ``TLSConnection.continue_handshake``,
+    driven by the handshake loop (handshake.py), finishes the job."""
 
     def __init__(self, context: ssl.SSLContext) -> None:  # noqa: D107 - base reads files we already loaded
         self.certificate = self.private_key = ""
@@ -217,10 +219,12 @@ class SocketWriter(StreamWriter):
 
 
 class TLSConnection(HTTPConnection):
-    """A connection that completes its TLS handshake on the worker thread.
+    """A connection whose TLS handshake is completed before any worker serves it.
 
-    From the moment a worker picks it up until the request headers are read,
-    one deadline applies (``header_seconds``), enforced by the server's watchdog.
+    The handshake loop (handshake.py) calls :meth:`continue_handshake` while the socket
+    is non-blocking, and hands the connection on only once it returns 0. From the
+    moment a worker picks it up until the request headers are read, one deadline
+    applies (``header_seconds``), enforced by the server's watchdog.
     """
 
     _handshake_done = False
@@ -235,10 +239,34 @@ class TLSConnection(HTTPConnection):
         self.rfile = SocketReader(sock, "rb", self.rbufsize)
         self.wfile = SocketWriter(sock, "wb", self.wbufsize)
 
+    @property
+    def handshake_done(self) -> bool:
+        """True once the handshake completed and ``ssl_env`` describes the client."""
+        return self._handshake_done
+
+    def continue_handshake(self) -> int:
+        """One non-blocking step of the server handshake (the socket must be non-blocking).
+
+        Returns 0 when the handshake has completed (``ssl_env`` is then set, with the
+        parsed client certificate), else ``selectors.EVENT_READ`` or
+        ``selectors.EVENT_WRITE``: what the socket must become before the next step.
+        Raises ``ssl.SSLError`` (refused: no certificate, untrusted CA, not TLS ...),
+        ``OSError`` (peer gone) or ``ValueError`` (an unparsable client certificate).
+        """
+        try:
+            self.socket.do_handshake()
+        except ssl.SSLWantReadError:
+            return selectors.EVENT_READ
+        except ssl.SSLWantWriteError:
+            return selectors.EVENT_WRITE
+        self.ssl_env = self.server.ssl_adapter.connection_environ(self.socket)
+        self._handshake_done = True
+        return 0
+
     def communicate(self) -> bool:
         set_current_connection(self)
         if self.watchdog is not None:
-            self.watchdog.arm(self, time.monotonic() + self.header_seconds, "handshake or request headers")
+            self.watchdog.arm(self, time.monotonic() + self.header_seconds, "request headers")
         try:
             return self._communicate()
         finally:
@@ -248,12 +276,8 @@ class TLSConnection(HTTPConnection):
 
     def _communicate(self) -> bool:
         if not self._handshake_done:
-            sock = self.socket
-            try:
-                sock.do_handshake()
-                self.ssl_env = self.server.ssl_adapter.connection_environ(sock)
-            except (ssl.SSLError, OSError, ValueError) as exc:
-                log.info("TLS handshake with %s failed: %s", getattr(self, "remote_addr", "?"), exc)
-                return False
-            self._handshake_done = True
+            # A worker never waits for a client that has not proved its certificate.
+            log.error("connection from %s reached a worker before its TLS handshake; closed",
+                      getattr(self, "remote_addr", "?"))
+            return False
         return bool(super().communicate())

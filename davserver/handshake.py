@@ -1,0 +1,378 @@
+"""TLS handshakes off the request workers: one selector loop completes them without
+blocking, and only a connection whose handshake has completed reaches a worker.
+
+cheroot's accept loop (``cheroot/connections.py`` ``ConnectionManager._run`` →
+``_from_server_socket``) hands every accepted connection to ``HTTPServer.process_conn``
+(``cheroot/server.py``), which queues it for a worker thread. With the handshake on the
+worker, a client that connected and stayed silent, or sent its ClientHello one byte at
+a time, held a worker until the deadline: 64 silent connections stalled a certificate
+holder for 20 s, 40 trickling ones for about 10 s.
+
+:class:`HandshakingServer` sends a connection that has not completed its handshake to
+a :class:`HandshakeLoop` instead: a thread that steps every pending handshake with
+non-blocking ``do_handshake()`` calls as its socket becomes readable or writable. A
+completed connection goes back to cheroot: to a worker at once when OpenSSL already
+holds decrypted bytes of it (``SSLSocket.pending()``, invisible to ``select``),
+otherwise to cheroot's own selector (``HTTPServer.put_conn``), where a silent
+certificate holder waits like any idle keep-alive connection, not on a worker.
+
+Bounds (all settings in ``config.py``):
+
+- ``limits.handshake_seconds``: a handshake not completed this long after the
+  connection was accepted is closed.
+- ``server.handshakes_per_address``: pending handshakes from one address. A new
+  connection from an address at its cap closes that address's *oldest* pending
+  handshake. The newest is kept because a legitimate client behind the same address
+  (a NAT) completes its handshake within a round trip or two, while a flood's oldest
+  connections are the silent ones; refusing the newest instead would let a flood hold
+  the cap and lock that address's real users out for the whole deadline.
+- ``server.handshakes_total``: pending handshakes in all. At the cap, a new connection
+  closes the oldest pending handshake of the address holding the most of them, so a
+  flood from one address cannot push out the clients of other addresses.
+
+Every closed handshake is counted (:class:`HandshakeCounters`, read by
+:meth:`HandshakeLoop.counters`) and logged at INFO, at most one line per kind every
+:data:`LOG_INTERVAL` seconds with the number of events it stands for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import resource
+import selectors
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from cheroot import wsgi
+
+from .tls import TLSConnection
+
+__all__ = ["HandshakeCounters", "HandshakeLoop", "HandshakingServer", "raise_open_file_limit"]
+
+log = logging.getLogger("davserver.handshake")
+
+#: Seconds between two log lines of one kind (failed handshakes, timeouts, evictions).
+LOG_INTERVAL = 10.0
+
+#: The soft open-file limit asked for when the hard one is unlimited (Linux caps it at fs.nr_open).
+_NO_LIMIT_TARGET = 1 << 20
+
+#: Longest sleep of the loop when nothing happens (the next deadline usually comes sooner).
+_IDLE_SECONDS = 1.0
+
+
+@dataclass
+class HandshakeCounters:
+    """Totals since the server started, for the metrics endpoint; only the loop thread writes.
+
+    ``accepted``: connections that entered the loop; ``completed``: handed to the server;
+    ``failed``: handshake refused or broken (no or untrusted certificate, not TLS, peer
+    gone); ``timed_out``: past ``limits.handshake_seconds``; ``evicted_per_address`` and
+    ``evicted_total``: closed to make room under ``server.handshakes_per_address`` and
+    ``server.handshakes_total``; ``pending``: handshakes in progress now.
+    """
+
+    accepted: int = 0
+    completed: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    evicted_per_address: int = 0
+    evicted_total: int = 0
+    pending: int = 0
+
+
+class _RateLimitedLog:
+    """INFO lines of one kind at most every `interval` seconds, each saying how many
+    events it stands for, so a flood cannot flood the log too."""
+
+    def __init__(self, interval: float = LOG_INTERVAL) -> None:
+        self.interval = interval
+        self._next: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def info(self, kind: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next.get(kind, 0.0):
+            self._held[kind] = self._held.get(kind, 0) + 1
+            return
+        self._next[kind] = now + self.interval
+        held = self._held.pop(kind, 0)
+        if held:
+            log.info(msg + " (and %d more like it in the last %.0f s)", *args, held, self.interval)
+        else:
+            log.info(msg, *args)
+
+
+class _Pending:
+    __slots__ = ("address", "conn", "deadline", "events")
+
+    def __init__(self, conn: TLSConnection, address: str, deadline: float) -> None:
+        self.conn = conn
+        self.address = address
+        self.deadline = deadline
+        self.events = selectors.EVENT_READ
+
+
+class HandshakeLoop:
+    """Completes TLS handshakes on one thread, without blocking, within bounds.
+
+    `server` is the cheroot server the completed connections go back to; `per_address`
+    and `total` cap the pending handshakes (≥ 1); `deadline_seconds` is the time from
+    acceptance to a completed handshake. :meth:`submit` is called by cheroot's accept
+    thread; everything else about a pending connection happens on the loop's thread.
+    """
+
+    def __init__(self, server: Any, *, per_address: int, total: int, deadline_seconds: float) -> None:
+        if per_address < 1 or total < 1 or deadline_seconds <= 0:
+            raise ValueError("per_address and total must be at least 1, deadline_seconds above 0")
+        self.server = server
+        self.per_address = per_address
+        self.total = total
+        self.deadline_seconds = deadline_seconds
+        self._counters = HandshakeCounters()
+        self._log = _RateLimitedLog()
+        self._intake: deque[TLSConnection] = deque()
+        self._order: dict[_Pending, None] = {}  # oldest first: deadlines come in this order
+        self._by_address: dict[str, dict[_Pending, None]] = {}
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- any thread ---------------------------------------------------------------
+
+    def counters(self) -> HandshakeCounters:
+        """A copy of the totals (see :class:`HandshakeCounters`)."""
+        snapshot = HandshakeCounters(**asdict(self._counters))
+        snapshot.pending = len(self._order)
+        return snapshot
+
+    def start(self) -> None:
+        """Start the loop's thread (idempotent)."""
+        if self._thread is not None:
+            return
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._thread = threading.Thread(target=self._run, name="davserver-handshakes", daemon=True)
+        self._thread.start()
+
+    def submit(self, conn: TLSConnection) -> None:
+        """Take over an accepted connection whose handshake has not completed."""
+        if self._thread is None or self._stopping.is_set():
+            _close(conn)
+            return
+        self._intake.append(conn)
+        self._wake()
+
+    def stop(self) -> None:
+        """Stop the thread and close every pending handshake."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._wake()
+            self._thread.join(timeout=10)
+        for entry in list(self._order):
+            self._drop(entry)
+            _close(entry.conn)
+        while self._intake:
+            _close(self._intake.popleft())
+        for s in (self._wake_r, self._wake_w):
+            if s is not None:
+                s.close()
+        if self._selector is not None:
+            self._selector.close()
+
+    def _wake(self) -> None:
+        # A full socket buffer means unread wake-ups: the loop wakes up anyway.
+        with contextlib.suppress(OSError):
+            assert self._wake_w is not None
+            self._wake_w.send(b"\0")
+
+    # --- the loop's thread ----------------------------------------------------------
+
+    def _run(self) -> None:
+        assert self._selector is not None
+        while not self._stopping.is_set():
+            timeout = _IDLE_SECONDS
+            if self._order:
+                timeout = max(0.0, min(timeout, next(iter(self._order)).deadline - time.monotonic()))
+            try:
+                events = self._selector.select(timeout)
+            except OSError:  # noqa: PERF203 - a closed fd under the selector; the next pass recovers
+                log.exception("handshake selector failed")
+                continue
+            for key, _ in events:
+                if key.data is None:
+                    self._take_intake()
+                else:
+                    self._step(key.data)
+            self._expire(time.monotonic())
+
+    def _take_intake(self) -> None:
+        assert self._wake_r is not None
+        with contextlib.suppress(BlockingIOError):
+            while self._wake_r.recv(4096):
+                pass
+        while self._intake:
+            try:
+                self._admit(self._intake.popleft())
+            except Exception:  # noqa: BLE001 - one broken connection must not end the loop
+                log.exception("could not take over a new connection")
+
+    def _admit(self, conn: TLSConnection) -> None:
+        assert self._selector is not None
+        self._counters.accepted += 1
+        address = str(conn.remote_addr or "")
+        same = self._by_address.get(address)
+        if same is not None and len(same) >= self.per_address:
+            self._evict(next(iter(same)), per_address=True)
+        if len(self._order) >= self.total:
+            self._evict(self._oldest_of_busiest(), per_address=False)
+        entry = _Pending(conn, address, time.monotonic() + self.deadline_seconds)
+        conn.socket.setblocking(False)
+        # The client speaks first: nothing to do until its ClientHello arrives.
+        self._selector.register(conn.socket, selectors.EVENT_READ, entry)
+        self._order[entry] = None
+        self._by_address.setdefault(address, {})[entry] = None
+
+    def _oldest_of_busiest(self) -> _Pending:
+        busiest = max(self._by_address.values(), key=len)
+        return next(iter(busiest))
+
+    def _evict(self, entry: _Pending, *, per_address: bool) -> None:
+        self._drop(entry)
+        _close(entry.conn)
+        if per_address:
+            self._counters.evicted_per_address += 1
+            self._log.info(
+                "evict_address",
+                "closed the oldest pending TLS handshake from %s: server.handshakes_per_address (%d) reached",
+                entry.address, self.per_address,
+            )
+        else:
+            self._counters.evicted_total += 1
+            self._log.info(
+                "evict_total",
+                "closed the oldest pending TLS handshake from %s (the busiest address): "
+                "server.handshakes_total (%d) reached",
+                entry.address, self.total,
+            )
+
+    def _drop(self, entry: _Pending) -> None:
+        """Forget a pending handshake (the caller closes or hands on its connection)."""
+        if entry not in self._order:
+            return
+        del self._order[entry]
+        same = self._by_address[entry.address]
+        del same[entry]
+        if not same:
+            del self._by_address[entry.address]
+        if self._selector is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.unregister(entry.conn.socket)
+
+    def _step(self, entry: _Pending) -> None:
+        conn = entry.conn
+        try:
+            wanted = conn.continue_handshake()
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            self._drop(entry)
+            _close(conn)
+            self._counters.failed += 1
+            self._log.info("failed", "TLS handshake with %s failed: %s", entry.address or "?", exc)
+            return
+        except Exception:  # noqa: BLE001 - one broken connection must not end the loop
+            self._drop(entry)
+            _close(conn)
+            self._counters.failed += 1
+            log.exception("TLS handshake with %s broke", entry.address or "?")
+            return
+        if wanted:
+            if wanted != entry.events:
+                assert self._selector is not None
+                self._selector.modify(conn.socket, wanted, entry)
+                entry.events = wanted
+            return
+        self._drop(entry)
+        self._counters.completed += 1
+        try:
+            self._hand_on(conn)
+        except OSError as exc:  # the peer left right after its handshake
+            log.debug("connection from %s lost after its handshake: %s", entry.address or "?", exc)
+            _close(conn)
+
+    def _hand_on(self, conn: TLSConnection) -> None:
+        server = self.server
+        if not server.ready:
+            _close(conn)
+            return
+        conn.socket.settimeout(server.timeout)
+        if conn.socket.pending():
+            # Decrypted bytes inside OpenSSL: select() would never report them.
+            server.process_conn(conn)
+        else:
+            # Idle until its first request arrives, in cheroot's selector, not on a worker.
+            server.put_conn(conn)
+
+    def _expire(self, now: float) -> None:
+        while self._order:
+            entry = next(iter(self._order))
+            if entry.deadline > now:
+                return
+            self._drop(entry)
+            _close(entry.conn)
+            self._counters.timed_out += 1
+            self._log.info(
+                "timed_out",
+                "closed a TLS handshake from %s: not completed within limits.handshake_seconds (%g s)",
+                entry.address or "?", self.deadline_seconds,
+            )
+
+
+def _close(conn: TLSConnection) -> None:
+    with contextlib.suppress(OSError):
+        conn.close()
+
+
+class HandshakingServer(wsgi.Server):
+    """cheroot's WSGI server, with handshakes in a :class:`HandshakeLoop`.
+
+    ``process_conn`` (``cheroot/server.py``) is where cheroot's connection manager
+    hands over both new connections and kept-alive ones that became readable; a
+    :class:`~davserver.tls.TLSConnection` whose handshake has not completed goes to
+    ``handshakes`` instead of the worker pool. Set ``handshakes`` before serving.
+    """
+
+    handshakes: HandshakeLoop | None = None
+
+    def process_conn(self, conn: Any) -> None:
+        if self.handshakes is not None and isinstance(conn, TLSConnection) and not conn.handshake_done:
+            self.handshakes.submit(conn)
+        else:
+            super().process_conn(conn)
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit and return the new soft
+    limit: every pending handshake, kept-alive connection and open file is a descriptor,
+    and the usual soft limit (1,024) is below what one flood opens."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else _NO_LIMIT_TARGET
+    if soft != resource.RLIM_INFINITY and soft >= target:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, exc)
+        return soft
+    log.info("open-file limit raised from %d to %d", soft, target)
+    return target
