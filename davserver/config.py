@@ -27,6 +27,7 @@ __all__ = [
     "IdentityConfig",
     "LimitsConfig",
     "LocksConfig",
+    "PropertiesConfig",
     "ServerConfig",
     "ShareConfig",
     "StateConfig",
@@ -184,6 +185,24 @@ class StateConfig:
 class LocksConfig:
     #: WebDAV locks are granted for at most this long ("Infinite" included); clients refresh them.
     max_timeout_seconds: int = 3600
+    #: Live locks on one resource (only shared locks can pile up); past it LOCK gets 507.
+    max_per_resource: int = 64
+    #: Live locks one account holds, on all resources; past it LOCK gets 507.
+    max_per_account: int = 1000
+
+
+@dataclass(frozen=True)
+class PropertiesConfig:
+    """Bounds of dead properties (store/davstate.py PropertyBounds); over one: 507."""
+
+    #: Bytes of one property's value (its XML as stored).
+    max_value_bytes: int = 64 << 10
+    #: Properties on one resource.
+    max_per_resource: int = 256
+    #: Bytes of names + values on one resource.
+    max_bytes_per_resource: int = 1 << 20
+    #: Bytes of dead properties one PROPFIND answer may carry; a larger answer is refused before it is built.
+    max_propfind_bytes: int = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -228,6 +247,7 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     locks: LocksConfig = field(default_factory=LocksConfig)
+    properties: PropertiesConfig = field(default_factory=PropertiesConfig)
     #: Factors asked for where no share decides (the root listing, unknown paths).
     default_require: tuple[str, ...] = ("password",)
 
@@ -466,8 +486,24 @@ def _parse_state(raw: Mapping[str, Any], home: Home) -> StateConfig:
 
 def _parse_locks(raw: Mapping[str, Any]) -> LocksConfig:
     lk = _section(raw, "locks")
-    _check_keys(lk, "locks", ("max_timeout_seconds",))
-    return LocksConfig(max_timeout_seconds=_int(lk, "locks", "max_timeout_seconds", 3600, 1, 2_592_000))
+    _check_keys(lk, "locks", ("max_timeout_seconds", "max_per_resource", "max_per_account"))
+    return LocksConfig(
+        max_timeout_seconds=_int(lk, "locks", "max_timeout_seconds", 3600, 1, 2_592_000),
+        max_per_resource=_int(lk, "locks", "max_per_resource", 64, 1, 1_000_000),
+        max_per_account=_int(lk, "locks", "max_per_account", 1000, 1, 100_000_000),
+    )
+
+
+def _parse_properties(raw: Mapping[str, Any]) -> PropertiesConfig:
+    pr = _section(raw, "properties")
+    _check_keys(pr, "properties", ("max_value_bytes", "max_per_resource", "max_bytes_per_resource",
+                                   "max_propfind_bytes"))
+    return PropertiesConfig(
+        max_value_bytes=_int(pr, "properties", "max_value_bytes", 64 << 10, 1024, 1 << 30),
+        max_per_resource=_int(pr, "properties", "max_per_resource", 256, 1, 1_000_000),
+        max_bytes_per_resource=_int(pr, "properties", "max_bytes_per_resource", 1 << 20, 1024, 1 << 34),
+        max_propfind_bytes=_int(pr, "properties", "max_propfind_bytes", 64 << 20, 1 << 16, 1 << 40),
+    )
 
 
 def is_macos_clutter(name: str) -> bool:
@@ -485,7 +521,7 @@ def parse_config(raw: Any, home: Home) -> Config:
         raw,
         "",
         ("server", "tls", "identity", "auth", "audit", "defaults", "totp", "throttle", "state", "limits", "locks",
-         "shares"),
+         "properties", "shares"),
     )
     a = _section(raw, "auth")
     _check_keys(a, "auth", ("credential_cache_seconds", "credential_cache_max_seconds"))
@@ -514,6 +550,7 @@ def parse_config(raw: Any, home: Home) -> Config:
         state=_parse_state(raw, home),
         limits=_parse_limits(raw),
         locks=_parse_locks(raw),
+        properties=_parse_properties(raw),
     )
 
 

@@ -21,7 +21,14 @@ from .error_pages import ErrorPages
 from .fs import ShareProvider
 from .listing import Listing
 from .store.base import StateStore
-from .store.davstate import LockOwnerFilter, SQLiteLockStorage, SQLitePropertyManager
+from .store.davstate import (
+    LockBounds,
+    LockOwnerFilter,
+    PropertyBounds,
+    RecordLimitReason,
+    SQLiteLockStorage,
+    SQLitePropertyManager,
+)
 from .store.sqlite import SQLiteStore
 
 __all__ = ["VISIBLE_SHARES_KEY", "build_dav_app"]
@@ -93,14 +100,19 @@ class RootProvider(DAVProvider):
 
 
 def _dav_state(config: Config, store: StateStore) -> tuple[Any, Any]:
-    """Lock storage and property manager on the same backend as the state store."""
+    """Lock storage and property manager on the same backend as the state store, with their bounds."""
+    lk, pr = config.locks, config.properties
+    timeout = lk.max_timeout_seconds
+    locks = LockBounds(per_resource=lk.max_per_resource, per_account=lk.max_per_account)
+    props = PropertyBounds(value_bytes=pr.max_value_bytes, per_resource=pr.max_per_resource,
+                           bytes_per_resource=pr.max_bytes_per_resource, answer_bytes=pr.max_propfind_bytes)
     if isinstance(store, SQLiteStore):
-        return SQLiteLockStorage(store, max_timeout=config.locks.max_timeout_seconds), SQLitePropertyManager(store)
+        return SQLiteLockStorage(store, max_timeout=timeout, bounds=locks), SQLitePropertyManager(store, bounds=props)
     from .store.redis import RedisStore
     from .store.redis_davstate import RedisLockStorage, RedisPropertyManager
 
     assert isinstance(store, RedisStore)
-    return RedisLockStorage(store, max_timeout=config.locks.max_timeout_seconds), RedisPropertyManager(store)
+    return RedisLockStorage(store, max_timeout=timeout, bounds=locks), RedisPropertyManager(store, bounds=props)
 
 
 def build_dav_app(config: Config, store: StateStore) -> WsgiDAVApp:
@@ -112,7 +124,9 @@ def build_dav_app(config: Config, store: StateStore) -> WsgiDAVApp:
     return WsgiDAVApp(
         {
             "provider_mapping": mapping,
-            "middleware_stack": [ErrorPages, Listing, ContentSafety, LockOwnerFilter, RequestResolver],
+            "middleware_stack": [
+                ErrorPages, Listing, ContentSafety, LockOwnerFilter, RecordLimitReason, RequestResolver,
+            ],
             "http_authenticator": {"domain_controller": None, "accept_basic": False, "accept_digest": False},
             "property_manager": property_manager,
             "lock_storage": lock_storage,

@@ -35,6 +35,7 @@ from defusedxml import ElementTree
 from wsgidav import util
 
 from .config import is_macos_clutter
+from .store.davstate import refuse
 
 if TYPE_CHECKING:
     from .fs import ShareProvider
@@ -100,17 +101,11 @@ def fast_get(provider: ShareProvider, environ: dict[str, Any], start_response: C
 def _requested_props(environ: dict[str, Any]) -> tuple[str, ...] | None:
     """The property names asked for in Clark notation, () for allprop, or None when
     the request needs WsgiDAV (propname, allprop with include, malformed XML)."""
-    length = environ.get("CONTENT_LENGTH", "").strip()
-    if length in ("", "0"):
+    parsed, root = _propfind_body(environ)
+    if not parsed:
+        return None
+    if root is None:
         return ()  # no body: allprop
-    if not length.isdigit():
-        return None
-    body = environ["wsgi.input"].read(int(length))
-    environ["wsgi.input"] = _Replay(body)  # WsgiDAV can still read it if we pass
-    try:
-        root = ElementTree.fromstring(body)
-    except Exception:  # noqa: BLE001 - malformed XML: WsgiDAV answers 400
-        return None
     if root.tag != "{DAV:}propfind" or len(root) != 1:
         return None
     if root[0].tag == "{DAV:}allprop" and not len(root[0]):
@@ -123,6 +118,77 @@ def _requested_props(environ: dict[str, Any]) -> tuple[str, ...] | None:
             return None
         names.append(el.tag)
     return tuple(names)
+
+
+_BODY_KEY = "davserver.propfind_body"
+
+
+def _propfind_body(environ: dict[str, Any]) -> tuple[bool, Any]:
+    """The PROPFIND body, read and parsed once per request (WsgiDAV reads it again from a
+    replay if it answers): (True, None) without a body, (True, the root element), or
+    (False, None) when it cannot be read as XML (WsgiDAV answers 400)."""
+    cached: tuple[bool, Any] | None = environ.get(_BODY_KEY)
+    if cached is not None:
+        return cached
+    length = environ.get("CONTENT_LENGTH", "").strip()
+    parsed: tuple[bool, Any] = (True, None)
+    if length not in ("", "0") and not length.isdigit():
+        parsed = (False, None)
+    elif length not in ("", "0"):
+        body = environ["wsgi.input"].read(int(length))
+        environ["wsgi.input"] = _Replay(body)  # WsgiDAV can still read it if we pass
+        try:
+            parsed = (True, ElementTree.fromstring(body))
+        except Exception:  # noqa: BLE001 - malformed XML: WsgiDAV answers 400
+            parsed = (False, None)
+    environ[_BODY_KEY] = parsed
+    return parsed
+
+
+def _dead_props_asked(environ: dict[str, Any]) -> tuple[tuple[str, ...] | None, bool] | None:
+    """Which dead properties a PROPFIND's answer carries: (None, True) all of them with
+    their values (allprop, with or without include), (names, True) the named ones,
+    (None, False) all names without values (propname); None when the body is not a
+    propfind WsgiDAV would answer with properties (it answers 400)."""
+    parsed, root = _propfind_body(environ)
+    if not parsed:
+        return None
+    if root is None:
+        return None, True
+    if root.tag != "{DAV:}propfind" or not len(root):
+        return None
+    kind = root[0].tag
+    if kind == "{DAV:}allprop":
+        return None, True
+    if kind == "{DAV:}propname":
+        return None, False
+    if kind == "{DAV:}prop":
+        return tuple(dict.fromkeys(el.tag for el in root[0] if not el.tag.startswith("{DAV:}"))), True
+    return None
+
+
+def _check_answer_size(provider: ShareProvider, environ: dict[str, Any], path: str, depth: str) -> None:
+    """Refuse (507, reason ``answer_too_large``) a PROPFIND whose dead properties would make
+    its answer larger than ``properties.max_propfind_bytes``, before any of it is built.
+
+    Runs for every PROPFIND of a share, whichever path then answers it: the store
+    measures the resource's and (Depth 1) its members' stored properties without
+    reading them (store/davstate.py ``answer_bytes``). Live properties are small and
+    fixed per member; dead ones are what a client can make large.
+    """
+    pm = provider.prop_manager
+    measure = getattr(pm, "answer_bytes", None)
+    bounds = getattr(pm, "bounds", None)
+    asked = _dead_props_asked(environ)
+    if measure is None or bounds is None or asked is None or asked[0] == ():
+        return
+    names, values = asked
+    limit: int = bounds.answer_bytes
+    ref = quote(provider.share_path.rstrip("/") + (path if path.startswith("/") else "/" + path))
+    size: int = measure(ref, members=depth == "1", names=names, values=values, stop_after=limit)
+    if size > limit:
+        provider._check_realm(environ)  # a request for another share hears that first
+        raise refuse(environ, "answer_too_large", f"over {limit} bytes of dead properties")
 
 
 class _Replay:
@@ -406,9 +472,10 @@ def fast_propfind(provider: ShareProvider, environ: dict[str, Any], start_respon
     in memory as one answer.
     """
     depth = environ.get("HTTP_DEPTH", "")
+    path = environ["PATH_INFO"] or "/"
+    _check_answer_size(provider, environ, path, depth)  # also when WsgiDAV answers
     if depth not in ("0", "1") or "HTTP_IF" in environ:
         return None
-    path = environ["PATH_INFO"] or "/"
     if any(is_temp(part) for part in path.split("/")):
         return None
     names = _requested_props(environ)

@@ -23,6 +23,15 @@ Locks:
 - A lock belongs to the account that took it (``principal``). WsgiDAV enforces
   that for writes and UNLOCK, but not for a LOCK refresh:
   :class:`LockOwnerFilter` closes that gap.
+- At most ``LockBounds.per_resource`` live locks on one resource (only shared
+  locks can pile up) and ``LockBounds.per_account`` held by one account: counted
+  in the same transaction as the conflict check, so no race gets past them.
+
+Dead properties are bounded per resource (:class:`PropertyBounds`): a value's
+size, how many, and their bytes together. A PROPPATCH is checked and applied as
+one transaction (see :class:`_Pending`), and one PROPFIND answer's dead
+properties are measured before it is built (``answer_bytes``). Every refusal is
+a :class:`StateLimitExceeded` (507) whose reason reaches the audit line.
 """
 
 from __future__ import annotations
@@ -30,11 +39,14 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from wsgidav import util
 from wsgidav.dav_error import (
+    HTTP_FAILED_DEPENDENCY,
     HTTP_FORBIDDEN,
+    HTTP_INSUFFICIENT_STORAGE,
     HTTP_LOCKED,
     HTTP_PRECONDITION_FAILED,
     DAVError,
@@ -47,7 +59,17 @@ from wsgidav.mw.base_mw import BaseMiddleware
 
 from .sqlite import SQLiteStore
 
-__all__ = ["DEFAULT_MAX_LOCK_TIMEOUT", "LockOwnerFilter", "SQLiteLockStorage", "SQLitePropertyManager"]
+__all__ = [
+    "DEFAULT_MAX_LOCK_TIMEOUT",
+    "LIMIT_ENVIRON_KEY",
+    "LockBounds",
+    "LockOwnerFilter",
+    "PropertyBounds",
+    "RecordLimitReason",
+    "SQLiteLockStorage",
+    "SQLitePropertyManager",
+    "StateLimitExceeded",
+]
 
 #: Seconds; what `locks.max_timeout_seconds` defaults to.
 DEFAULT_MAX_LOCK_TIMEOUT = 3600
@@ -59,6 +81,7 @@ CREATE TABLE IF NOT EXISTS dav_locks (
     owner BLOB NOT NULL, timeout REAL NOT NULL, expire REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS dav_locks_root ON dav_locks(root);
 CREATE INDEX IF NOT EXISTS dav_locks_expire ON dav_locks(expire);
+CREATE INDEX IF NOT EXISTS dav_locks_principal ON dav_locks(principal, expire);
 CREATE TABLE IF NOT EXISTS dav_props (
     url TEXT NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (url, name));
 """
@@ -118,20 +141,275 @@ def prepare_new_lock(path: str, lock: dict[str, Any], timeout: float) -> tuple[s
     return root, generate_lock_token()
 
 
+# --- bounds -------------------------------------------------------------------------------
+
+#: Where a refusal's reason goes for the audit line (guard.py ``_record`` reads it).
+LIMIT_ENVIRON_KEY = "davserver.limit"
+#: Namespace of the condition element in a refusal's ``<D:error>`` body (RFC 4918 §16
+#: lets a server name its own conditions; clients ignore the ones they do not know).
+LIMIT_NAMESPACE = "urn:davserver:limit"
+
+
+@dataclass(frozen=True)
+class PropertyBounds:
+    """What the dead properties of one resource may hold (settings ``properties.*``).
+
+    - ``value_bytes``: the largest value, in bytes of its XML as stored (the whole
+      element, as WsgiDAV serialises it: tag, namespace declaration and content).
+    - ``per_resource``: the most properties on one resource.
+    - ``bytes_per_resource``: the most bytes of names (UTF-8) plus values on one resource.
+    - ``answer_bytes``: the most bytes of dead properties (names plus the values asked
+      for) one PROPFIND answer may carry; a larger one is refused before it is built.
+
+    A write that would leave a resource over a bound, and hold more than before, is
+    refused; one that shrinks it (a remove) is always allowed, so lowering a bound
+    never traps what is already stored.
+    """
+
+    value_bytes: int = 64 << 10
+    per_resource: int = 256
+    bytes_per_resource: int = 1 << 20
+    answer_bytes: int = 64 << 20
+
+    def __post_init__(self) -> None:
+        for name in ("value_bytes", "per_resource", "bytes_per_resource", "answer_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+
+
+@dataclass(frozen=True)
+class LockBounds:
+    """The most live WebDAV locks on one resource (``locks.max_per_resource``; only shared
+    locks can pile up there) and held by one account (``locks.max_per_account``)."""
+
+    per_resource: int = 64
+    per_account: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.per_resource < 1 or self.per_account < 1:
+            raise ValueError("lock bounds must be positive")
+
+
+#: The defaults, as the config documents them.
+DEFAULT_PROPERTY_BOUNDS = PropertyBounds()
+DEFAULT_LOCK_BOUNDS = LockBounds()
+
+
+class StateLimitExceeded(DAVError):
+    """A lock, a property or a PROPFIND answer over its bound: ``507 Insufficient Storage``.
+
+    ``reason`` is one of ``property_too_large`` (one value), ``too_many_properties``,
+    ``property_bytes_exceeded`` (names + values of one resource), ``too_many_locks``
+    (on one resource), ``too_many_account_locks`` or ``answer_too_large`` (PROPFIND).
+
+    Why 507 for every kind: RFC 4918 §9.2.1 names it for a PROPPATCH ("the server did
+    not have sufficient space to record the property"), and §11.5 defines it as the
+    server being unable to store the representation a request needs, a condition that
+    lasts until something is removed — which is what a full lock table or a too large
+    answer is, too. 503 would say the whole server is overloaded and invite a retry
+    after ``Retry-After``; clients (rclone, Windows' MiniRedir) retry 503 in a loop,
+    where a 507 is reported to the user. A refusal's body (LOCK, PROPFIND) is
+    ``<D:error><L:REASON xmlns:L="urn:davserver:limit"/></D:error>``; inside a
+    PROPPATCH's 207 the property's propstat carries the 507.
+    """
+
+    def __init__(self, reason: str, context: str) -> None:
+        super().__init__(
+            HTTP_INSUFFICIENT_STORAGE,
+            context_info=context,
+            err_condition=DAVErrorCondition(f"{{{LIMIT_NAMESPACE}}}{reason.replace('_', '-')}"),
+        )
+        self.reason = reason
+
+
+def refuse(environ: dict[str, Any] | None, reason: str, context: str) -> StateLimitExceeded:
+    """Note the reason for the audit line (the first one a request meets) and return the error to raise."""
+    if environ is not None:
+        environ.setdefault(LIMIT_ENVIRON_KEY, reason)
+    return StateLimitExceeded(reason, context)
+
+
+def prop_bytes(name: str, value: bytes) -> int:
+    """What a property counts toward ``bytes_per_resource``: its name (UTF-8) and its value."""
+    return len(name.encode("utf-8")) + len(value)
+
+
+def over_bounds(bounds: PropertyBounds, count: int, total: int, count_before: int, total_before: int) -> str | None:
+    """The reason a resource may not go from (count_before, total_before) to (count, total), or None."""
+    if count > bounds.per_resource and count > count_before:
+        return "too_many_properties"
+    if total > bounds.bytes_per_resource and total > total_before:
+        return "property_bytes_exceeded"
+    return None
+
+
+def project(sizes: dict[str, int], changes: list[tuple[str, bytes | None]]) -> dict[str, int]:
+    """The resource's property sizes after `changes` (in document order: RFC 4918 §9.2)."""
+    after = dict(sizes)
+    for name, value in changes:
+        if value is None:
+            after.pop(name, None)
+        else:
+            after[name] = prop_bytes(name, value)
+    return after
+
+
+#: environ key: the PROPPATCH changes collected in its dry run, per resource.
+_PENDING_KEY = "davserver.proppatch"
+
+
+class _Pending:
+    """One PROPPATCH's changes to one resource, checked as they come and applied as one.
+
+    WsgiDAV first tries every instruction with ``dry_run=True`` (request_server.py
+    do_PROPPATCH) and, only when all succeed, applies them one call at a time. Here
+    the dry run collects the changes and checks the bounds against the stored state
+    plus the changes so far (a property that does not fit gets 507 in the 207, the
+    others 424, nothing is stored); the first real call applies them all in one
+    transaction (SQLite) or one script (Redis) that checks the bounds again against
+    what is stored at that moment. So a PROPPATCH is atomic, and two racing ones can
+    never leave a resource over a bound: the loser gets 507 for every property.
+    """
+
+    __slots__ = ("changes", "count", "count_before", "done", "outcome", "sizes", "total", "total_before")
+
+    def __init__(self, sizes: dict[str, int]) -> None:
+        self.sizes = dict(sizes)
+        self.count_before = self.count = len(sizes)
+        self.total_before = self.total = sum(sizes.values())
+        self.changes: list[tuple[str, bytes | None]] = []
+        self.done = 0  # changes the real pass has reached
+        self.outcome: str | None = None  # "ok" or a refusal's reason, once applied
+
+    def add(self, bounds: PropertyBounds, name: str, value: bytes | None) -> str | None:
+        """Take the change into the projection; the reason it does not fit (and then it is not taken)."""
+        old = self.sizes.get(name)
+        new = None if value is None else prop_bytes(name, value)
+        count = self.count + (old is None and new is not None) - (old is not None and new is None)
+        total = self.total - (old or 0) + (new or 0)
+        reason = over_bounds(bounds, count, total, self.count_before, self.total_before)
+        if reason is None:
+            if new is None:
+                self.sizes.pop(name, None)
+            else:
+                self.sizes[name] = new
+            self.count, self.total = count, total
+            self.changes.append((name, value))
+        return reason
+
+
+class BoundedProperties:
+    """The part of a property manager that enforces :class:`PropertyBounds` (both backends).
+
+    A backend provides ``_sizes`` (name -> bytes of one resource's properties) and
+    ``_apply`` (check the bounds against what is stored and make the changes, in one
+    transaction; the reason when they do not fit); this class turns WsgiDAV's
+    ``write_property``/``remove_property`` calls into checked, atomic batches.
+    """
+
+    bounds: PropertyBounds
+
+    def _sizes(self, url: str) -> dict[str, int]:
+        raise NotImplementedError
+
+    def _apply(self, url: str, changes: list[tuple[str, bytes | None]]) -> str | None:
+        raise NotImplementedError
+
+    def _change(self, url: str, name: str, value: bytes | None, dry_run: bool,
+                environ: dict[str, Any] | None) -> None:
+        """One instruction of a PROPPATCH (value None: remove). Raises StateLimitExceeded (507),
+        or DAVError(424) for the later instructions of a batch that was refused at commit."""
+        if value is not None and len(value) > self.bounds.value_bytes:
+            raise refuse(environ, "property_too_large",
+                         f"{name}: {len(value)} bytes, at most {self.bounds.value_bytes}")
+        batches: dict[str, _Pending] | None = environ.setdefault(_PENDING_KEY, {}) if environ is not None else None
+        if dry_run:
+            if batches is None:
+                return  # nothing to collect into: the real call checks on its own
+            pending = batches.get(url)
+            if pending is None:
+                pending = batches[url] = _Pending(self._sizes(url))
+            reason = pending.add(self.bounds, name, value)
+            if reason is not None:
+                raise refuse(environ, reason, self._describe(reason, url))
+            return
+        pending = batches.get(url) if batches is not None else None
+        if pending is not None and pending.changes[pending.done:pending.done + 1] == [(name, value)]:
+            pending.done += 1
+            if pending.outcome is None:
+                pending.outcome = self._apply(url, pending.changes) or "ok"
+                if pending.outcome != "ok":
+                    raise refuse(environ, pending.outcome, self._describe(pending.outcome, url))
+            elif pending.outcome != "ok":
+                raise DAVError(HTTP_FAILED_DEPENDENCY)
+            return
+        reason = self._apply(url, [(name, value)])  # a call outside a PROPPATCH's dry run/real pair
+        if reason is not None:
+            raise refuse(environ, reason, self._describe(reason, url))
+
+    def _describe(self, reason: str, url: str) -> str:
+        if reason == "too_many_properties":
+            return f"{url}: at most {self.bounds.per_resource} properties"
+        return f"{url}: at most {self.bounds.bytes_per_resource} bytes of properties"
+
+    def write_property(
+        self,
+        norm_url: str,
+        name: str,
+        property_value: bytes | str,
+        dry_run: bool = False,
+        environ: dict[str, Any] | None = None,
+    ) -> None:
+        """Set a dead property (WsgiDAV's PropertyManager interface); 507 over a bound."""
+        assert norm_url and norm_url.startswith("/")
+        assert name
+        assert property_value is not None
+        value = property_value.encode("utf-8") if isinstance(property_value, str) else bytes(property_value)
+        self._change(norm_url, name, value, dry_run, environ)
+
+    def remove_property(
+        self, norm_url: str, name: str, dry_run: bool = False, environ: dict[str, Any] | None = None
+    ) -> None:
+        """Removing a property that does not exist is not an error."""
+        self._change(norm_url, name, None, dry_run, environ)
+
+
+class RecordLimitReason(BaseMiddleware):
+    """Puts a :class:`StateLimitExceeded`'s reason where the audit line finds it.
+
+    A lock storage is called without the request (LockManager.acquire gets the URL
+    and principal only), so a lock bound cannot write to the environ itself; its
+    error passes through here on its way to the error page.
+    """
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        try:
+            result: Iterable[bytes] = self.next_app(environ, start_response)
+        except StateLimitExceeded as exc:
+            environ.setdefault(LIMIT_ENVIRON_KEY, exc.reason)
+            raise
+        return result
+
+
 class SQLiteLockStorage:
-    """Lock storage for WsgiDAV's LockManager (``lock_storage`` in its config)."""
+    """Lock storage for WsgiDAV's LockManager (``lock_storage`` in its config).
+
+    `max_timeout` is in seconds; `bounds` caps the live locks per resource and per account.
+    """
 
     def __init__(
         self,
         store: SQLiteStore,
         *,
         max_timeout: float = DEFAULT_MAX_LOCK_TIMEOUT,
+        bounds: LockBounds = DEFAULT_LOCK_BOUNDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_timeout <= 0:
             raise ValueError("max_timeout must be positive")
         self.store = store
         self.max_timeout = float(max_timeout)
+        self.bounds = bounds
         self._clock = clock
         store.connection().executescript(_SCHEMA)
 
@@ -177,10 +455,12 @@ class SQLiteLockStorage:
         return lock
 
     def create(self, path: str, lock: dict[str, Any]) -> dict[str, Any]:
-        """Check for conflicts and store the lock in one transaction.
+        """Check for conflicts and bounds and store the lock in one transaction.
 
         Like LockStorageDict.create, fills in `lock` (root, timeout, expire, token)
-        and returns it. Raises DAVError(423) when a conflicting lock exists.
+        and returns it. Raises DAVError(423) when a conflicting lock exists, and
+        StateLimitExceeded (507) when the resource or the account (``lock["principal"]``)
+        already has as many live locks as its bound allows.
         """
         root, token = prepare_new_lock(path, lock, self.clamp_timeout(lock.get("timeout")))
         with self.store.transaction() as db:
@@ -192,6 +472,13 @@ class SQLiteLockStorage:
                 for href in conflicts:
                     cond.add_href(href)
                 raise DAVError(HTTP_LOCKED, err_condition=cond)
+            on_root = db.execute("SELECT COUNT(*) FROM dav_locks WHERE root = ? AND expire >= ?", (root, now))
+            if on_root.fetchone()[0] >= self.bounds.per_resource:
+                raise StateLimitExceeded("too_many_locks", f"{root}: at most {self.bounds.per_resource} locks")
+            held = db.execute("SELECT COUNT(*) FROM dav_locks WHERE principal = ? AND expire >= ?",
+                              (lock["principal"], now))
+            if held.fetchone()[0] >= self.bounds.per_account:
+                raise StateLimitExceeded("too_many_account_locks", f"at most {self.bounds.per_account} locks")
             lock["expire"] = now + lock["timeout"]
             lock["token"] = token
             db.execute(
@@ -267,15 +554,17 @@ class SQLiteLockStorage:
         return [lock["token"] for lock in locks] if token_only else locks
 
 
-class SQLitePropertyManager:
+class SQLitePropertyManager(BoundedProperties):
     """Dead-property storage for WsgiDAV (``property_manager`` in its config).
 
     Keys are WsgiDAV's ref-URLs (quoted, share prefix included, collections end in '/');
-    values are the property's XML as WsgiDAV hands it over (bytes).
+    values are the property's XML as WsgiDAV hands it over (bytes). Writes are held
+    to `bounds` (see :class:`BoundedProperties`).
     """
 
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: SQLiteStore, *, bounds: PropertyBounds = DEFAULT_PROPERTY_BOUNDS) -> None:
         self.store = store
+        self.bounds = bounds
         store.connection().executescript(_SCHEMA)
 
     def __repr__(self) -> str:
@@ -313,33 +602,65 @@ class SQLitePropertyManager:
         row = self._db().execute("SELECT value FROM dav_props WHERE url = ? AND name = ?", (norm_url, name)).fetchone()
         return bytes(row[0]) if row else None
 
-    def write_property(
-        self,
-        norm_url: str,
-        name: str,
-        property_value: bytes | str,
-        dry_run: bool = False,
-        environ: dict[str, Any] | None = None,
-    ) -> None:
-        assert norm_url and norm_url.startswith("/")
-        assert name
-        assert property_value is not None
-        if dry_run:
-            return
-        value = property_value.encode("utf-8") if isinstance(property_value, str) else bytes(property_value)
-        self._db().execute(
-            "INSERT INTO dav_props (url, name, value) VALUES (?, ?, ?) "
-            "ON CONFLICT(url, name) DO UPDATE SET value = excluded.value",
-            (norm_url, name, value),
-        )
+    @staticmethod
+    def _sizes_in(db: sqlite3.Connection, url: str) -> dict[str, int]:
+        return {
+            name: len(name.encode("utf-8")) + int(size)
+            for name, size in db.execute("SELECT name, length(value) FROM dav_props WHERE url = ?", (url,))
+        }
 
-    def remove_property(
-        self, norm_url: str, name: str, dry_run: bool = False, environ: dict[str, Any] | None = None
-    ) -> None:
-        """Removing a property that does not exist is not an error."""
-        if dry_run:
-            return
-        self._db().execute("DELETE FROM dav_props WHERE url = ? AND name = ?", (norm_url, name))
+    def _sizes(self, url: str) -> dict[str, int]:
+        return self._sizes_in(self._db(), url)
+
+    def _apply(self, url: str, changes: list[tuple[str, bytes | None]]) -> str | None:
+        """Check the bounds against what is stored and make the changes: one IMMEDIATE
+        transaction, so no other connection or process writes in between."""
+        with self.store.transaction() as db:
+            before = self._sizes_in(db, url)
+            after = project(before, changes)
+            reason = over_bounds(self.bounds, len(after), sum(after.values()), len(before), sum(before.values()))
+            if reason is not None:
+                return reason
+            for name, value in changes:
+                if value is None:
+                    db.execute("DELETE FROM dav_props WHERE url = ? AND name = ?", (url, name))
+                else:
+                    db.execute(
+                        "INSERT INTO dav_props (url, name, value) VALUES (?, ?, ?) "
+                        "ON CONFLICT(url, name) DO UPDATE SET value = excluded.value",
+                        (url, name, value),
+                    )
+        return None
+
+    def answer_bytes(self, url: str, *, members: bool, names: tuple[str, ...] | None, values: bool = True,
+                     stop_after: int | None = None) -> int:
+        """Bytes of dead properties a PROPFIND of `url` would carry, measured without reading them.
+
+        Counts `url` (with and without its trailing '/') and, with `members`, the
+        resources directly inside it (Depth 1); names (UTF-8) plus, with `values`, the
+        values; only the properties in `names`, or all (None: allprop). `stop_after` is
+        accepted for the Redis backend's sake (which stops counting past it); here the
+        sum is exact.
+        """
+        base, slashed, lo, hi = self._tree(url)
+        where = "(url IN (?, ?)"
+        args: list[Any] = [base, slashed]
+        if members:
+            where += " OR (url >= ? AND url < ? AND instr(substr(url, ?), '/') IN (0, length(url) - ?))"
+            args += [lo, hi, len(lo) + 1, len(lo)]
+        where += ")"
+        size = "length(CAST(name AS BLOB))" + (" + length(value)" if values else "")
+        db = self._db()
+        if names is None:
+            row = db.execute(f"SELECT COALESCE(SUM({size}), 0) FROM dav_props WHERE {where}", args)  # noqa: S608
+            return int(row.fetchone()[0])
+        total = 0
+        for i in range(0, len(names), 500):
+            batch = list(names[i : i + 500])
+            sql = (f"SELECT COALESCE(SUM({size}), 0) FROM dav_props WHERE {where} "  # noqa: S608
+                   f"AND name IN ({','.join('?' * len(batch))})")
+            total += int(db.execute(sql, args + batch).fetchone()[0])
+        return total
 
     def remove_properties(self, norm_url: str, environ: dict[str, Any] | None = None) -> None:
         """Remove the resource's properties and those of everything below it.

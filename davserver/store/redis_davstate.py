@@ -13,10 +13,16 @@ Locks
                               ZRANGEBYLEX range finds the roots below a path.
 - ``P dav:lock-expiry``       sorted set of "<token> <root>", score = expire: what
                               cleanup (and the purge in create and refresh) walks.
+- ``P dav:locks-of:<account>`` sorted set of the account's tokens, score = expire:
+                              what the per-account bound counts (entries past their
+                              expire are dropped when it counts).
+- ``P dav:lock-owners``       hash: token -> account, so that dropping a lock whose
+                              key has already expired still finds its locks-of entry.
 
 Every change to these keys is one Lua script, so they always agree: in
 particular ``create`` purges, checks for conflicts and inserts in one script, so
-two nodes racing for the same exclusive lock cannot both get it. Lookups read
+two nodes racing for the same exclusive lock cannot both get it, and the bounds
+(locks per resource, per account) are counted in that same script. Lookups read
 the root, its ancestors and (for depth infinity) the roots below it: work in
 proportion to the locks on that path, never a KEYS or SCAN.
 
@@ -31,6 +37,9 @@ Properties
 - ``P dav:prop-urls``         sorted set (all scores 0) of the URLs that have
                               properties: ZRANGEBYLEX finds a subtree for copy,
                               move and remove.
+
+A PROPPATCH is one script that measures the resource's properties (HSTRLEN,
+never reading a value), checks the bounds and makes every change, or none.
 
 Values are JSON or plain bytes, never pickles. A Redis error raises
 StoreUnavailable. The scripts build key names from the prefix, so a Redis
@@ -59,7 +68,19 @@ from wsgidav.dav_error import (
 from wsgidav.lock_man.lock_manager import normalize_lock_root
 
 from .base import StoreUnavailable
-from .davstate import DEFAULT_MAX_LOCK_TIMEOUT, SQLitePropertyManager, _ancestors, _below, prepare_new_lock
+from .davstate import (
+    DEFAULT_LOCK_BOUNDS,
+    DEFAULT_MAX_LOCK_TIMEOUT,
+    DEFAULT_PROPERTY_BOUNDS,
+    BoundedProperties,
+    LockBounds,
+    PropertyBounds,
+    SQLitePropertyManager,
+    StateLimitExceeded,
+    _ancestors,
+    _below,
+    prepare_new_lock,
+)
 from .redis import RedisStore
 
 __all__ = ["RedisLockStorage", "RedisPropertyManager"]
@@ -79,8 +100,15 @@ local roots_key = pfx .. 'dav:lock-roots'
 local expiry_key = pfx .. 'dav:lock-expiry'
 local function lock_key(token) return pfx .. 'dav:lock:' .. token end
 local function at_key(root) return pfx .. 'dav:locks-at:' .. root end
+local owners_key = pfx .. 'dav:lock-owners'
+local function of_key(principal) return pfx .. 'dav:locks-of:' .. principal end
 
 local function drop(token, root)
+  local principal = redis.call('HGET', owners_key, token)
+  if principal then
+    redis.call('ZREM', of_key(principal), token)
+    redis.call('HDEL', owners_key, token)
+  end
   redis.call('DEL', lock_key(token))
   redis.call('ZREM', at_key(root), token)
   if redis.call('EXISTS', at_key(root)) == 0 then redis.call('ZREM', roots_key, root) end
@@ -108,8 +136,9 @@ local function live(root, now)
 end
 """
 
-# ARGV: pfx, now, purge limit, token, root, json, expire, ttl ms, scope, depth, lo, hi, ancestors...
-# Returns the conflicting roots (one per conflicting lock), or an empty list when it stored the lock.
+# ARGV: pfx, now, purge limit, token, root, json, expire, ttl ms, scope, depth, lo, hi, principal,
+# locks per resource, locks per account, ancestors... Returns the conflicting roots (one per
+# conflicting lock), {'!reason'} when a bound is reached, or an empty list when it stored the lock.
 _CREATE = _LOCK_LIB + r"""
 local now, token, root, scope, depth = ARGV[2], ARGV[4], ARGV[5], ARGV[9], ARGV[10]
 purge(now, tonumber(ARGV[3]))
@@ -125,7 +154,7 @@ local function check(path, on_root)
   end
 end
 check(root, true)
-for i = 13, #ARGV do check(ARGV[i], false) end
+for i = 16, #ARGV do check(ARGV[i], false) end
 if depth == 'infinity' then
   for _, r in ipairs(redis.call('ZRANGEBYLEX', roots_key, '[' .. ARGV[11], '(' .. ARGV[12])) do
     if r ~= root then
@@ -134,6 +163,12 @@ if depth == 'infinity' then
   end
 end
 if #hrefs > 0 then return hrefs end
+if #live(root, now) >= tonumber(ARGV[14]) then return {'!too_many_locks'} end
+local of = of_key(ARGV[13])
+redis.call('ZREMRANGEBYSCORE', of, '-inf', '(' .. now)
+if redis.call('ZCARD', of) >= tonumber(ARGV[15]) then return {'!too_many_account_locks'} end
+redis.call('ZADD', of, ARGV[7], token)
+redis.call('HSET', owners_key, token, ARGV[13])
 redis.call('SET', lock_key(token), ARGV[6], 'PX', ARGV[8])
 redis.call('ZADD', at_key(root), ARGV[7], token)
 redis.call('ZADD', roots_key, 0, root)
@@ -141,7 +176,7 @@ redis.call('ZADD', expiry_key, ARGV[7], token .. ' ' .. root)
 return {}
 """
 
-# ARGV: pfx, now, purge limit, token, root, json, expire, ttl ms. 1 when refreshed, 0 when gone.
+# ARGV: pfx, now, purge limit, token, root, json, expire, ttl ms, principal. 1 when refreshed, 0 when gone.
 _REFRESH = _LOCK_LIB + r"""
 local now, token, root = ARGV[2], ARGV[4], ARGV[5]
 purge(now, tonumber(ARGV[3]))
@@ -151,6 +186,7 @@ if redis.call('EXISTS', lock_key(token)) == 0 then drop(token, root) return 0 en
 redis.call('SET', lock_key(token), ARGV[6], 'PX', ARGV[8])
 redis.call('ZADD', at_key(root), ARGV[7], token)
 redis.call('ZADD', expiry_key, ARGV[7], token .. ' ' .. root)
+redis.call('ZADD', of_key(ARGV[9]), 'XX', ARGV[7], token)
 return 1
 """
 
@@ -197,7 +233,7 @@ for _, member in ipairs(redis.call('ZRANGE', expiry_key, 0, -1)) do
   drop(token, root)
 end
 for _, root in ipairs(redis.call('ZRANGE', roots_key, 0, -1)) do redis.call('DEL', at_key(root)) end
-redis.call('DEL', roots_key, expiry_key)
+redis.call('DEL', roots_key, expiry_key, owners_key)
 return 1
 """
 
@@ -228,19 +264,6 @@ local function put(url, fields)
 end
 """
 
-# ARGV: pfx, url, name, value.
-_WRITE_PROP = _PROPS_LIB + r"""
-put(ARGV[2], {ARGV[3], ARGV[4]})
-return 1
-"""
-
-# ARGV: pfx, url, name.
-_REMOVE_PROP = _PROPS_LIB + r"""
-redis.call('HDEL', props_key(ARGV[2]), ARGV[3])
-if redis.call('EXISTS', props_key(ARGV[2])) == 0 then redis.call('ZREM', urls_key, ARGV[2]) end
-return 1
-"""
-
 # ARGV: pfx, base, slashed, lo, hi.
 _REMOVE_TREE = _PROPS_LIB + r"""
 for _, url in ipairs(tree(ARGV[2], ARGV[3], ARGV[4], ARGV[5])) do remove(url) end
@@ -269,6 +292,89 @@ for _, url in ipairs(src_urls) do remove(url) end
 for _, url in ipairs(tree(ARGV[8], ARGV[9], ARGV[10], ARGV[11])) do remove(url) end
 for _, m in ipairs(moved) do put(m[1], m[2]) end
 return 1
+"""
+
+# ARGV: pfx, url. {name, bytes of its value, ...}; never reads a value.
+_SIZES = _PROPS_LIB + r"""
+local key, out = props_key(ARGV[2]), {}
+for _, name in ipairs(redis.call('HKEYS', key)) do
+  table.insert(out, name)
+  table.insert(out, redis.call('HSTRLEN', key, name))
+end
+return out
+"""
+
+# ARGV: pfx, url, most properties, most bytes, then (op, name, value) triples: op 's' sets, 'r'
+# removes (value ''). The bounds are those of davstate.over_bounds: a resource may not end up over
+# one while holding more than before. Returns the refusal's reason, or '' when every change was made.
+_APPLY = _PROPS_LIB + r"""
+local url = ARGV[2]
+local key = props_key(url)
+local sizes, count, total = {}, 0, 0
+for _, name in ipairs(redis.call('HKEYS', key)) do
+  sizes[name] = #name + redis.call('HSTRLEN', key, name)
+  count = count + 1
+  total = total + sizes[name]
+end
+local count0, total0 = count, total
+for i = 5, #ARGV, 3 do
+  local name, old = ARGV[i + 1], sizes[ARGV[i + 1]]
+  local new = nil
+  if ARGV[i] == 's' then new = #name + #ARGV[i + 2] end
+  if old then count = count - 1 total = total - old end
+  if new then count = count + 1 total = total + new end
+  sizes[name] = new
+end
+if count > tonumber(ARGV[3]) and count > count0 then return 'too_many_properties' end
+if total > tonumber(ARGV[4]) and total > total0 then return 'property_bytes_exceeded' end
+for i = 5, #ARGV, 3 do
+  if ARGV[i] == 's' then redis.call('HSET', key, ARGV[i + 1], ARGV[i + 2])
+  else redis.call('HDEL', key, ARGV[i + 1]) end
+end
+if redis.call('EXISTS', key) == 1 then redis.call('ZADD', urls_key, 0, url)
+else redis.call('ZREM', urls_key, url) end
+return ''
+"""
+
+# ARGV: pfx, base, slashed, lo, hi, members ('1'/'0'), what ('a' names and values, 'n' names,
+# 'p' the names and values of the properties named after), stop after, names... Bytes of dead
+# properties a PROPFIND would carry (see SQLitePropertyManager.answer_bytes); past `stop after`
+# it stops counting. Members are walked 1,000 URLs at a time; only direct members count.
+_ANSWER_BYTES = _PROPS_LIB + r"""
+local base, slashed, lo, hi, what = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[7]
+local stop = tonumber(ARGV[8])
+local total = 0
+local function count(url)
+  local key = props_key(url)
+  if what == 'p' then
+    for i = 9, #ARGV do
+      local n = redis.call('HSTRLEN', key, ARGV[i])
+      if n > 0 then total = total + #ARGV[i] + n end
+    end
+  else
+    for _, name in ipairs(redis.call('HKEYS', key)) do
+      total = total + #name
+      if what == 'a' then total = total + redis.call('HSTRLEN', key, name) end
+    end
+  end
+end
+count(base)
+if slashed ~= base then count(slashed) end
+if ARGV[6] == '1' then
+  local from = '[' .. lo
+  while total <= stop do
+    local urls = redis.call('ZRANGEBYLEX', urls_key, from, '(' .. hi, 'LIMIT', 0, 1000)
+    for _, url in ipairs(urls) do
+      local rest = string.sub(url, #lo + 1)
+      local slash = string.find(rest, '/', 1, true)
+      if (slash == nil or slash == #rest) and url ~= base and url ~= slashed then count(url) end
+      if total > stop then break end
+    end
+    if #urls < 1000 then break end
+    from = '(' .. urls[#urls]
+  end
+end
+return total
 """
 
 # ARGV: pfx.
@@ -322,19 +428,24 @@ def _decode_lock(raw: bytes) -> dict[str, Any]:
 
 
 class RedisLockStorage:
-    """Lock storage for WsgiDAV's LockManager (``lock_storage`` in its config), shared by nodes."""
+    """Lock storage for WsgiDAV's LockManager (``lock_storage`` in its config), shared by nodes.
+
+    `max_timeout` is in seconds; `bounds` caps the live locks per resource and per account.
+    """
 
     def __init__(
         self,
         store: RedisStore,
         *,
         max_timeout: float = DEFAULT_MAX_LOCK_TIMEOUT,
+        bounds: LockBounds = DEFAULT_LOCK_BOUNDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_timeout <= 0:
             raise ValueError("max_timeout must be positive")
         self.store = store
         self.max_timeout = float(max_timeout)
+        self.bounds = bounds
         self._clock = clock
         r = store.client
         self._create = r.register_script(_CREATE)
@@ -398,10 +509,12 @@ class RedisLockStorage:
         return lock
 
     def create(self, path: str, lock: dict[str, Any]) -> dict[str, Any]:
-        """Check for conflicts and store the lock in one script.
+        """Check for conflicts and bounds and store the lock in one script.
 
         Like LockStorageDict.create, fills in `lock` (root, timeout, expire, token)
-        and returns it. Raises DAVError(423) when a conflicting lock exists.
+        and returns it. Raises DAVError(423) when a conflicting lock exists, and
+        StateLimitExceeded (507) when the resource or the account already has as
+        many live locks as its bound allows.
         """
         root, token = prepare_new_lock(path, lock, self.clamp_timeout(lock.get("timeout")))
         now = self._clock()
@@ -411,8 +524,13 @@ class RedisLockStorage:
         conflicts = _call(
             self._create,
             args=[self.store.prefix, _num(now), PURGE_BATCH, token, root, body, _num(expire),
-                  self._ttl_ms(lock["timeout"]), lock["scope"], lock["depth"], lo, hi, *_ancestors(root)],
+                  self._ttl_ms(lock["timeout"]), lock["scope"], lock["depth"], lo, hi, lock["principal"],
+                  self.bounds.per_resource, self.bounds.per_account, *_ancestors(root)],
         )
+        if conflicts and conflicts[0].startswith(b"!"):
+            reason = conflicts[0][1:].decode("ascii")
+            bound = self.bounds.per_resource if reason == "too_many_locks" else self.bounds.per_account
+            raise StateLimitExceeded(reason, f"{root}: at most {bound} locks")
         if conflicts:
             cond = DAVErrorCondition(PRECONDITION_CODE_LockConflict)
             for href in conflicts:
@@ -434,7 +552,7 @@ class RedisLockStorage:
             done = _call(
                 self._refresh,
                 args=[self.store.prefix, _num(now), PURGE_BATCH, token, lock["root"], _encode_lock(lock),
-                      _num(lock["expire"]), self._ttl_ms(timeout)],
+                      _num(lock["expire"]), self._ttl_ms(timeout), lock["principal"]],
             )
             if done:
                 return lock
@@ -468,18 +586,21 @@ class RedisLockStorage:
         return [lock["token"] for lock in locks] if token_only else locks
 
 
-class RedisPropertyManager:
+class RedisPropertyManager(BoundedProperties):
     """Dead-property storage for WsgiDAV (``property_manager`` in its config), shared by nodes.
 
     Keys are WsgiDAV's ref-URLs (quoted, share prefix included, collections end in '/');
-    values are the property's XML as WsgiDAV hands it over (bytes).
+    values are the property's XML as WsgiDAV hands it over (bytes). Writes are held
+    to `bounds` (see davstate.BoundedProperties).
     """
 
-    def __init__(self, store: RedisStore) -> None:
+    def __init__(self, store: RedisStore, *, bounds: PropertyBounds = DEFAULT_PROPERTY_BOUNDS) -> None:
         self.store = store
+        self.bounds = bounds
         r = store.client
-        self._write = r.register_script(_WRITE_PROP)
-        self._remove = r.register_script(_REMOVE_PROP)
+        self._sizes_script = r.register_script(_SIZES)
+        self._apply_script = r.register_script(_APPLY)
+        self._answer_bytes = r.register_script(_ANSWER_BYTES)
         self._remove_tree = r.register_script(_REMOVE_TREE)
         self._copy_one = r.register_script(_COPY_ONE)
         self._move_tree = r.register_script(_MOVE_TREE)
@@ -511,29 +632,28 @@ class RedisPropertyManager:
         raw = _call(self.store.client.hget, self._key(norm_url), name)
         return bytes(raw) if raw is not None else None
 
-    def write_property(
-        self,
-        norm_url: str,
-        name: str,
-        property_value: bytes | str,
-        dry_run: bool = False,
-        environ: dict[str, Any] | None = None,
-    ) -> None:
-        assert norm_url and norm_url.startswith("/")
-        assert name
-        assert property_value is not None
-        if dry_run:
-            return
-        value = property_value.encode("utf-8") if isinstance(property_value, str) else bytes(property_value)
-        _call(self._write, args=[self.store.prefix, norm_url, name, value])
+    def _sizes(self, url: str) -> dict[str, int]:
+        flat: list[Any] = _call(self._sizes_script, args=[self.store.prefix, url])
+        return {
+            name.decode("utf-8"): len(name) + int(size) for name, size in zip(flat[::2], flat[1::2], strict=True)
+        }
 
-    def remove_property(
-        self, norm_url: str, name: str, dry_run: bool = False, environ: dict[str, Any] | None = None
-    ) -> None:
-        """Removing a property that does not exist is not an error."""
-        if dry_run:
-            return
-        _call(self._remove, args=[self.store.prefix, norm_url, name])
+    def _apply(self, url: str, changes: list[tuple[str, bytes | None]]) -> str | None:
+        """Check the bounds against what is stored and make the changes: one script."""
+        args: list[Any] = [self.store.prefix, url, self.bounds.per_resource, self.bounds.bytes_per_resource]
+        for name, value in changes:
+            args += ["r", name, b""] if value is None else ["s", name, value]
+        reason = _call(self._apply_script, args=args)
+        return reason.decode("ascii") if reason else None
+
+    def answer_bytes(self, url: str, *, members: bool, names: tuple[str, ...] | None, values: bool = True,
+                     stop_after: int | None = None) -> int:
+        """Bytes of dead properties a PROPFIND of `url` would carry (see the SQLite class);
+        the count stops soon after it passes `stop_after`."""
+        what = "p" if names is not None else "a" if values else "n"
+        stop = stop_after if stop_after is not None else 1 << 62
+        args = [self.store.prefix, *SQLitePropertyManager._tree(url), int(members), what, stop, *(names or ())]
+        return int(_call(self._answer_bytes, args=args))
 
     def remove_properties(self, norm_url: str, environ: dict[str, Any] | None = None) -> None:
         """Remove the resource's properties and those of everything below it (see the SQLite class)."""
