@@ -49,7 +49,7 @@ from wsgidav.dav_provider import DAVNonCollection
 from wsgidav.fs_dav_provider import FileResource, FilesystemProvider, FolderResource
 
 from .config import ShareConfig, is_macos_clutter
-from .copymove import copy_or_move
+from .copymove import DESTINATION_KEY, copy_or_move
 from .fastpath import fast_get, fast_propfind
 
 __all__ = ["TEMP_PREFIX", "AtomicFile", "ShareProvider", "is_temp_name", "sweep_temp_files"]
@@ -567,7 +567,9 @@ class ShareProvider(FilesystemProvider):
         """Refuse a request WsgiDAV routed here although it was authorised for another share
         (e.g. `/files/../team/x`: the guard saw `files`, WsgiDAV's normalisation picked `team`)."""
         realm = environ.get(_REALM_KEY)
-        if realm is not None and str(realm).lower() != self.share.name.lower():
+        destination = environ.get(DESTINATION_KEY)  # COPY/MOVE: its share was authorised too
+        allowed = {str(realm).lower(), getattr(destination, "share", None)}
+        if realm is not None and self.share.name.lower() not in allowed:
             log.warning("request for share %r reached share %r: refused", realm, self.share.name)
             environ["davserver.limit"] = "share_mismatch"  # audited as a refusal (guard.REFUSAL_KEY)
             raise DAVError(HTTP_FORBIDDEN, "Path outside the share.")
