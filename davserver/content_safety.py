@@ -133,19 +133,21 @@ class ContentSafety(BaseMiddleware):
                 headers = replace_headers(headers, SAFETY_HEADERS)
             return start_response(status, headers, exc_info)
 
+        if not is_file_method:
+            return self.next_app(environ, safe_start_response)
         try:
             app_iter = self.next_app(environ, safe_start_response)
         except DAVError as exc:
-            self._on_error(environ, exc, is_file_method)
+            self._on_error(environ, exc)
             raise
-        return self._iterate(environ, app_iter, is_file_method)
+        return self._iterate(environ, app_iter)
 
-    def _iterate(self, environ: dict[str, Any], app_iter: Iterable[bytes], is_file_method: bool) -> Iterator[bytes]:
+    def _iterate(self, environ: dict[str, Any], app_iter: Iterable[bytes]) -> Iterator[bytes]:
         # WsgiDAV's GET is a generator: its DAVErrors (304 among them) come out while iterating.
         try:
             yield from app_iter
         except DAVError as exc:
-            self._on_error(environ, exc, is_file_method)
+            self._on_error(environ, exc)
             raise
         finally:
             close = getattr(app_iter, "close", None)
@@ -153,9 +155,9 @@ class ContentSafety(BaseMiddleware):
                 close()
 
     @staticmethod
-    def _on_error(environ: dict[str, Any], exc: DAVError, is_file_method: bool) -> None:
-        """A 304 of a file gets the headers its 200 had; error_pages.py writes the rest."""
-        if is_file_method and exc.value == HTTP_NOT_MODIFIED:
+    def _on_error(environ: dict[str, Any], exc: DAVError) -> None:
+        """A file's 304 gets the headers its 200 had; error_pages.py writes the other errors."""
+        if exc.value == HTTP_NOT_MODIFIED:
             path = environ.get("PATH_INFO", "")
             sent = [("Content-Type", util.guess_mime_type(path, environ.get("wsgidav.config")))]
             headers = file_headers(sent, path)[1:]

@@ -16,6 +16,8 @@ import email.utils
 import mimetypes
 import platform
 import re
+import socket
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -33,7 +35,7 @@ from davserver import fs
 from davserver.content_safety import INLINE_TYPES, content_disposition, file_headers
 from davserver.server import DavServer
 
-from .conftest import Instance, session_for
+from .conftest import Instance, client_context, session_for
 
 CSP = "sandbox; default-src 'none'; frame-ancestors 'none'"
 #: Types a browser renders as an active document (script, XSLT, plugins): never inline.
@@ -385,7 +387,7 @@ def test_no_answer_names_a_version(inst: Instance, server: DavServer) -> None:
     hit("GET", s, "GET", u + "a.txt", 200)
     hit("GET missing", s, "GET", u + "nope", 404)
     hit("GET range not satisfiable", s, "GET", u + "a.txt", 416, headers={"Range": "bytes=50-60"})
-    hit("GET with a body", s, "GET", u + "a.txt", (400, 415), data=b"xyz")
+    hit("GET with a body", s, "GET", u + "a.txt", (200, 400, 413, 415), data=b"xyz")
     hit("HEAD", s, "HEAD", u + "a.txt", 200)
     hit("HEAD missing", s, "HEAD", u + "nope", 404)
     hit("GET listing", s, "GET", u, 200)
@@ -413,6 +415,42 @@ def test_no_answer_names_a_version(inst: Instance, server: DavServer) -> None:
         assert r.text == "201 Created\n"
         assert r.headers["X-Content-Type-Options"] == "nosniff"
     assert created.headers["ETag"]  # the headers WsgiDAV gave it are kept
+
+
+def raw_answer(inst: Instance, server: DavServer, request: bytes) -> bytes:
+    """What the server sends back to raw bytes (TLS with alice's certificate), up to its close."""
+    ctx = client_context(inst, inst.clients["alice"])
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(request)
+        out = b""
+        try:
+            while chunk := tls.recv(65536):
+                out += chunk
+        except (TimeoutError, ssl.SSLError, ConnectionError):
+            pass
+    return out
+
+
+def test_no_answer_to_a_malformed_request_names_a_version(inst: Instance, server: DavServer) -> None:
+    """cheroot's own answers (simple_response, before any application code) and the
+    server's Server header."""
+    host = b"Host: localhost\r\n"
+    requests_ = {
+        "garbage": b"GARBAGE\r\n\r\n",
+        "HTTP/9.9": b"GET /files/ HTTP/9.9\r\n" + host + b"\r\n",
+        "bad header": b"GET /files/ HTTP/1.1\r\n" + host + b"No colon here\r\n\r\n",
+        "huge header": b"GET /files/ HTTP/1.1\r\n" + host + b"X-Big: " + b"a" * 200_000 + b"\r\n\r\n",
+        "no credentials": b"GET /files/ HTTP/1.1\r\n" + host + b"Connection: close\r\n\r\n",
+    }
+    for label, request in requests_.items():
+        answer = raw_answer(inst, server, request)
+        assert answer.startswith(b"HTTP/1.1 "), (label, answer[:200])
+        text = answer.decode("latin-1").lower()
+        assert not [v for v in VERSIONS if v.lower() in text], (label, answer[:500])
+        for line in text.split("\r\n\r\n", 1)[0].split("\r\n"):
+            if line.startswith("server:"):
+                assert line == "server: davserver", (label, line)
 
 
 def test_version_check_can_fail(inst: Instance, server: DavServer) -> None:
