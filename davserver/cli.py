@@ -24,12 +24,14 @@ import segno
 from . import instance
 from .accounts import Account, load_accounts, save_accounts
 from .auth import totp
+from .auth.lockout import account_prefix, address_key, canonical_address
 from .auth.passwords import hash_password
 from .config import ConfigError, Home, load_config
 from .errors import StartupError
 from .pki import CertificateAuthority, IssuedCert, PKIError, load_crl_serials
 from .stepup import PREFIX as STEPUP_PREFIX
 from .store import StateStore, open_store
+from .store.base import StoreUnavailable
 
 __all__ = ["main"]
 
@@ -336,19 +338,48 @@ def user_totp_disable(ctx: click.Context, name: str) -> None:
 
 
 @user.command("unlock")
-@click.argument("name")
+@click.argument("name", required=False)
+@click.option("--address", metavar="ADDR", help="Lift the lockout of this peer address (IPv4 or IPv6) instead.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 @_handled
-def user_unlock(ctx: click.Context, name: str) -> None:
-    """Lift the temporary lock that failed sign-ins put on an account."""
-    if name not in load_accounts(_home(ctx).accounts_file):
-        _fail(f"no account {name!r} (see `davserver user list`)")
-    store = _store(_home(ctx))
+def user_unlock(ctx: click.Context, name: str | None, address: str | None, as_json: bool) -> None:
+    """Lift the sign-in lockout that failures put on account NAME (all its certificates)
+    or, with --address, on a peer address (everyone behind it)."""
+    if (name is None) == (address is None):
+        _fail("give an account NAME or --address ADDR, one of the two")
+    home = _home(ctx)
     try:
-        n = store.clear_locks(f"acct:{name}:")
-    finally:
-        store.close()
-    click.echo(f"{name} unlocked ({n} lock{'s' if n != 1 else ''} lifted)")
+        if name is not None:
+            accounts = load_accounts(home.accounts_file)
+            if name not in accounts:
+                similar = sorted(a for a in accounts if a.casefold() == name.casefold())
+                hint = (f"account names are case-sensitive: did you mean {similar[0]!r}?" if similar
+                        else "see `davserver user list`")
+                _fail(f"no account {name!r} ({hint})")
+            store = _store(home)
+            try:
+                n = store.clear_locks(account_prefix(name))
+            finally:
+                store.close()
+            result: dict[str, Any] = {"account": name, "lifted": n}
+            message = f"{name} unlocked ({n} lock{'s' if n != 1 else ''} lifted)"
+        else:
+            assert address is not None
+            try:
+                canonical = canonical_address(address)
+            except ValueError:
+                _fail(f"--address: {address!r} is not an IPv4 or IPv6 address (e.g. 192.0.2.7 or 2001:db8::7)")
+            store = _store(home)
+            try:
+                n = store.clear_lockout(address_key(canonical))
+            finally:
+                store.close()
+            result = {"address": canonical, "lifted": n}
+            message = f"address {canonical} unlocked ({n} lockout{'s' if n != 1 else ''} lifted)"
+    except StoreUnavailable as exc:
+        _fail(f"{exc} (check state.url in the configuration, or start the store)")
+    click.echo(json.dumps(result, indent=2) if as_json else message)
 
 
 @user.command("disable")

@@ -164,7 +164,9 @@ class TOTPConfig:
 @dataclass(frozen=True)
 class ThrottleConfig:
     lock_after: int = 10  # failures within window_seconds that lock an (account, certificate)
-    address_lock_after: int = 50  # … and that lock a peer address (shared by everyone behind a NAT)
+    # distinct accounts locked out from one address within window_seconds that lock out the
+    # address (one account counts once, however many certificates it uses): auth/lockout.py
+    address_lock_after: int = 5
     lock_seconds: float = 900.0
     window_seconds: float = 900.0
     delay_after: int = 3  # failures answered at once before delays start
@@ -453,7 +455,7 @@ def _parse_throttle(raw: Mapping[str, Any]) -> ThrottleConfig:
     _check_keys(t, "throttle", keys)
     return ThrottleConfig(
         lock_after=_int(t, "throttle", "lock_after", 10, 1, 1_000_000),
-        address_lock_after=_int(t, "throttle", "address_lock_after", 50, 1, 1_000_000),
+        address_lock_after=_int(t, "throttle", "address_lock_after", 5, 1, 1_000_000),
         lock_seconds=_float(t, "throttle", "lock_seconds", 900.0, 0.0),
         window_seconds=_float(t, "throttle", "window_seconds", 900.0, 1.0),
         delay_after=_int(t, "throttle", "delay_after", 3, 0, 1_000_000),

@@ -71,10 +71,13 @@ class StepUpPage:
         return f"{issued}.{mac}"
 
     def _token_ok(self, cert: CertIdentity, token: str) -> bool:
+        """Any text may arrive here: only ASCII digits make the time (``int()`` also reads
+        Arabic-Indic digits) and bytes are compared (`hmac.compare_digest` raises TypeError
+        on non-ASCII str), so a forged token is refused, never a 500."""
         issued, _, _mac = token.partition(".")
-        if not issued.isdigit() or time.time() - int(issued) > _TOKEN_TTL:
+        if not (issued.isascii() and issued.isdigit()) or time.time() - int(issued) > _TOKEN_TTL:
             return False
-        return hmac.compare_digest(self._token(cert, int(issued)), token)
+        return hmac.compare_digest(self._token(cert, int(issued)).encode(), token.encode("utf-8", "replace"))
 
     @staticmethod
     def _same_origin(environ: dict[str, Any]) -> bool:

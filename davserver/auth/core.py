@@ -9,6 +9,14 @@ TOTP works with clients that only know user + password: the user types the
 password followed by the current code, which opens a *grant* bound to the
 account and the certificate; while it lasts the password alone (or with any
 stale code the client keeps re-sending) is enough for that certificate.
+
+Only six ASCII digits make a code. A password followed by six characters that are
+digits in any script is read as password + code, so a code typed in Arabic-Indic
+or fullwidth digits is a wrong code (counted), never an error.
+
+Failures lead to sign-in lockouts as `lockout.py` describes: counted per factor,
+each factor's count cleared only by that factor's success, so a right password
+never wipes out wrong codes.
 """
 
 from __future__ import annotations
@@ -27,13 +35,14 @@ from ..config import IdentityConfig, ShareConfig, ThrottleConfig, TOTPConfig
 from ..store.base import Grant, StateStore
 from . import totp
 from .identity import CertIdentity
+from .lockout import FACTOR_OF, Lockouts
 from .passwords import verify_password
 
 __all__ = ["Authenticator", "Credentials", "Decision", "authorize", "credential_epoch"]
 
 #: Reasons that count against the throttle: somebody guessed wrong.
-FAILURES = frozenset({"bad_password", "bad_otp", "otp_replayed", "user_mismatch", "bad_auth_header"})
-_CODE_DIGITS = 6
+FAILURES = frozenset(FACTOR_OF)
+_CODE_DIGITS = totp.CODE_DIGITS
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,7 @@ class Authenticator:
         self.totp = totp_config or TOTPConfig()
         self.throttle = throttle or ThrottleConfig()
         self._cache = _VerifiedCache(cache_seconds, cache_max_seconds)
+        self.lockouts = Lockouts(store, self.throttle) if store is not None else None
 
     # --- certificate -> account -----------------------------------------------------
 
@@ -269,8 +279,8 @@ class Authenticator:
                 if not verify_password(account.password_hash, candidate):
                     continue
                 self._cache.remember(key, account, now)
-            if self.store is not None:  # a real success forgives earlier typos
-                self.store.clear_failures(self._account_key(account, cert))
+            if self.lockouts is not None:  # forgives earlier wrong passwords, never wrong codes
+                self.lockouts.succeed(account.name, cert.fingerprint, "password")
             return True
         return False
 
@@ -282,6 +292,7 @@ class Authenticator:
         if self.store is None:
             return "totp_unavailable", None
         tail = typed[-_CODE_DIGITS:]
+        # Digits of any script mark a code attempt; only ASCII ones can match (totp.match_step).
         has_code = len(typed) > _CODE_DIGITS and tail.isdigit()
         base = typed[:-_CODE_DIGITS] if has_code else typed
         grant = self.store.get_grant(account.name, cert.fingerprint)
@@ -314,35 +325,20 @@ class Authenticator:
         self.store.open_grant(
             Grant(account.name, cert.fingerprint, credential_epoch(account), now, now, idle_until, expires)
         )
-        self.store.clear_failures(self._account_key(account, cert))
+        if self.lockouts is not None:
+            self.lockouts.succeed(account.name, cert.fingerprint, "totp")
         return "ok", idle_until
 
     # --- throttling --------------------------------------------------------------------
 
-    @staticmethod
-    def _account_key(account: Account, cert: CertIdentity) -> str:
-        return f"acct:{account.name}:{cert.fingerprint}"
-
     def _locked(self, account: Account, cert: CertIdentity, peer: str, now: float) -> bool:
-        if self.store is None:
+        if self.lockouts is None:
             return False
-        keys = [self._account_key(account, cert)] + ([f"addr:{peer}"] if peer else [])
-        return self.store.any_locked(keys, now)
+        return self.lockouts.is_locked_out(account.name, cert.fingerprint, peer, now)
 
     def _failed(self, reason: str, account: Account, cert: CertIdentity, peer: str, now: float) -> Decision:
-        """Count the failure per (account, certificate) and per address; lock past the limit."""
+        """Count the failure against its factor, for the canonical account and the certificate."""
         delay = 0.0
-        if self.store is not None:
-            t = self.throttle
-            limits = [(self._account_key(account, cert), t.lock_after)]
-            if peer:
-                limits.append((f"addr:{peer}", t.address_lock_after))
-            worst = 0
-            for key, limit in limits:
-                count = self.store.add_failure(key, now, t.window_seconds)
-                worst = max(worst, count)
-                if count >= limit:
-                    self.store.set_lock(key, now + t.lock_seconds)
-            if worst > t.delay_after:
-                delay = min(t.max_delay_seconds, t.base_delay_seconds * 2 ** (worst - t.delay_after - 1))
+        if self.lockouts is not None:
+            delay = self.lockouts.fail(account.name, cert.fingerprint, FACTOR_OF[reason], peer, now)
         return Decision(False, 401, reason, account, delay=delay)

@@ -1,4 +1,9 @@
-"""The state-store contract. Times are POSIX seconds passed in by the caller."""
+"""The state-store contract. Times are POSIX seconds passed in by the caller.
+
+Keys of sign-in lockouts and failure counters are opaque strings made by
+auth/lockout.py; a backend compares them exactly (case-sensitive, no patterns).
+The lock/locks names below are sign-in lockouts, not WebDAV locks (store/davstate.py).
+"""
 
 from __future__ import annotations
 
@@ -50,7 +55,16 @@ class StateStore(Protocol):
     def any_locked(self, keys: list[str], now: float) -> bool:
         """Whether any of the keys is locked at `now`: one round trip, asked on every request."""
     def clear_locks(self, prefix: str) -> int:
-        """Remove locks and counters whose key starts with prefix; returns how many locks."""
+        """Remove sign-in lockouts and counters whose key starts with `prefix` (an exact,
+        case-sensitive prefix: no wildcards, ``alice`` is not ``Alice``); returns how many lockouts."""
+
+    def note_lockout(self, address: str, account: str, now: float, window: float) -> int:
+        """Record that `account` was locked out from the `address` key at `now`; returns how
+        many distinct accounts were locked out from it within the last `window` seconds. Atomic."""
+
+    def clear_lockout(self, key: str) -> int:
+        """Remove the lockout, counters and lockout records of exactly `key`; returns 1 when a
+        lockout still in the store was removed, else 0."""
 
     def ping(self) -> None:
         """Raise StoreUnavailable when the backend cannot be reached."""

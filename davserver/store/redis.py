@@ -5,6 +5,10 @@ and counting a failure are Lua scripts, locks are single SET commands.
 Values are JSON (never pickle), expiry is Redis's own key TTL (never a scan),
 and every key carries the deployment's prefix.
 
+`clear_locks` finds sign-in lockouts with SCAN (an administrator's command, not
+the request path) under a MATCH pattern whose glob characters are escaped, and
+checks the exact, case-sensitive prefix of every key it deletes.
+
 If Redis is unreachable the store raises StoreUnavailable; the guard turns
 that into a refusal (fail closed), never into a login without the check.
 """
@@ -68,17 +72,23 @@ if tonumber(ARGV[1]) > old then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2
 return 1
 """
 
-_CLEAR_PREFIX = """
-local n = 0
-for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if string.sub(key, 1, string.len(ARGV[1])) == ARGV[1] then
-    n = n + redis.call('DEL', ARGV[2] .. 'lock:' .. key)
-    redis.call('DEL', ARGV[2] .. 'fail:' .. key)
-    redis.call('SREM', KEYS[1], key)
-  end
-end
-return n
+# KEYS[1] = zset of accounts locked out from one address (score: when); ARGV = now, window, account.
+_NOTE_LOCKOUT = """
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local old = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[3]) or '-1')
+if now > old then redis.call('ZADD', KEYS[1], now, ARGV[3]) end
+redis.call('EXPIRE', KEYS[1], math.ceil(window) + 60)
+return redis.call('ZCARD', KEYS[1])
 """
+
+_GLOB_SPECIALS = frozenset("*?[]\\")
+
+
+def _glob_escape(text: str) -> str:
+    """`text` as a literal in a Redis MATCH pattern (stringmatchlen: backslash escapes)."""
+    return "".join("\\" + ch if ch in _GLOB_SPECIALS else ch for ch in text)
 
 
 class RedisStore:
@@ -89,7 +99,7 @@ class RedisStore:
         self._use_otp = self._r.register_script(_USE_OTP)
         self._add_failure = self._r.register_script(_ADD_FAILURE)
         self._touch_grant = self._r.register_script(_TOUCH_GRANT)
-        self._clear_prefix = self._r.register_script(_CLEAR_PREFIX)
+        self._note_lockout = self._r.register_script(_NOTE_LOCKOUT)
         self._set_lock = self._r.register_script(_SET_LOCK)
 
     @property
@@ -143,7 +153,6 @@ class RedisStore:
     # --- throttling ------------------------------------------------------------------
 
     def add_failure(self, key: str, now: float, window: float) -> int:
-        self._call(self._r.sadd, self._k("throttle-keys"), key)
         return int(self._call(self._add_failure, keys=[self._k("fail", key)], args=[now, window]))
 
     def clear_failures(self, key: str) -> None:
@@ -152,7 +161,6 @@ class RedisStore:
     def set_lock(self, key: str, until: float) -> None:
         # The key outlives `until` by a minute; lock_until() compares with the caller's clock.
         ttl = max(60, math.ceil(until - time.time()) + 60)
-        self._call(self._r.sadd, self._k("throttle-keys"), key)
         self._call(self._set_lock, keys=[self._k("lock", key)], args=[repr(until), ttl])
 
     def lock_until(self, key: str, now: float) -> float | None:
@@ -169,7 +177,28 @@ class RedisStore:
         return any(raw is not None and float(raw) > now for raw in values)
 
     def clear_locks(self, prefix: str) -> int:
-        return int(self._call(self._clear_prefix, keys=[self._k("throttle-keys")], args=[prefix, self.prefix]))
+        lifted = 0
+        for kind in ("lock", "fail"):
+            literal = self._k(kind, prefix)
+            pattern = _glob_escape(literal) + "*"
+            scanned = self._call(self._scan_all, pattern)
+            found = [k for k in scanned if k.decode("utf-8", "surrogateescape").startswith(literal)]
+            for i in range(0, len(found), 500):
+                n = int(self._call(self._r.delete, *found[i:i + 500]))
+                lifted += n if kind == "lock" else 0
+        return lifted
+
+    def _scan_all(self, pattern: str) -> list[bytes]:
+        return list(self._r.scan_iter(match=pattern, count=1000))
+
+    def note_lockout(self, address: str, account: str, now: float, window: float) -> int:
+        keys = [self._k("lockouts", address)]
+        return int(self._call(self._note_lockout, keys=keys, args=[repr(now), repr(window), account]))
+
+    def clear_lockout(self, key: str) -> int:
+        n = int(self._call(self._r.delete, self._k("lock", key)))
+        self._call(self._r.delete, self._k("fail", key), self._k("lockouts", key))
+        return n
 
     def close(self) -> None:
         self._r.close()

@@ -23,6 +23,8 @@ CREATE TABLE IF NOT EXISTS grants (
     PRIMARY KEY (account, fingerprint));
 CREATE TABLE IF NOT EXISTS failures (key TEXT PRIMARY KEY, count INTEGER NOT NULL, window_end REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS locks (key TEXT PRIMARY KEY, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS lockout_accounts (
+    address TEXT NOT NULL, account TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (address, account));
 """
 
 
@@ -142,10 +144,30 @@ class SQLiteStore:
         return self._db().execute(sql, (*keys, now)).fetchone() is not None
 
     def clear_locks(self, prefix: str) -> int:
-        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        # Not LIKE: it ignores case (`alice` would lift `Alice`) and treats `_` and `%` as
+        # wildcards. substr() counts characters, as len() does; `=` compares bytes (BINARY).
+        args = (len(prefix), prefix)
         with self._tx() as db:
-            n = db.execute("DELETE FROM locks WHERE key LIKE ? ESCAPE '\\'", (pattern,)).rowcount
-            db.execute("DELETE FROM failures WHERE key LIKE ? ESCAPE '\\'", (pattern,))
+            n = db.execute("DELETE FROM locks WHERE substr(key, 1, ?) = ?", args).rowcount
+            db.execute("DELETE FROM failures WHERE substr(key, 1, ?) = ?", args)
+        return n
+
+    def note_lockout(self, address: str, account: str, now: float, window: float) -> int:
+        with self._tx() as db:
+            db.execute("DELETE FROM lockout_accounts WHERE at <= ?", (now - window,))  # every address: stays small
+            db.execute(
+                "INSERT INTO lockout_accounts VALUES (?, ?, ?) "
+                "ON CONFLICT(address, account) DO UPDATE SET at = MAX(at, excluded.at)",
+                (address, account, now),
+            )
+            row = db.execute("SELECT COUNT(*) FROM lockout_accounts WHERE address = ?", (address,)).fetchone()
+        return int(row[0])
+
+    def clear_lockout(self, key: str) -> int:
+        with self._tx() as db:
+            n = db.execute("DELETE FROM locks WHERE key = ?", (key,)).rowcount
+            db.execute("DELETE FROM failures WHERE key = ?", (key,))
+            db.execute("DELETE FROM lockout_accounts WHERE address = ?", (key,))
         return n
 
     def ping(self) -> None:

@@ -1,0 +1,111 @@
+"""Sign-in lockout: failures counted per factor, per (account, certificate), and
+per address — kept apart from WebDAV locks, which are another thing entirely.
+
+The rules (NIST SP 800-63B §5.2.2 asks that consecutive failures be limited):
+
+* **Per factor.** Every failure is counted for the canonical account (the name
+  in the accounts file that the certificate maps to — never the user name the
+  client typed), the certificate's fingerprint, and the factor that failed:
+  ``password`` (wrong password, a Basic user that is not the certificate's
+  account, an undecodable header) or ``totp`` (wrong or replayed code). A
+  factor's count is cleared only by a success of *that* factor: a right password
+  never forgives wrong codes, so with the right password and wrong codes the
+  count keeps growing across credential-cache expiries.
+* **Per (account, certificate).** When either factor reaches
+  ``throttle.lock_after`` failures within ``throttle.window_seconds``, that
+  account+certificate is locked out for ``throttle.lock_seconds``.
+* **Per address.** An address is locked out when ``throttle.address_lock_after``
+  distinct accounts have been locked out from it within the window. One account
+  counts once however many certificates it uses, so the holder of one account's
+  certificates cannot lock out everybody else behind the same NAT, and a few
+  users' typing mistakes never lock out an address; an address that keeps
+  locking out different accounts (someone holding many stolen certificates)
+  does get locked out.
+
+Store keys (exact strings, compared case-sensitively by both backends):
+``acct:<account>:<fingerprint>`` for the lockout,
+``acct:<account>:<fingerprint>:<factor>`` for the counters, ``addr:<address>``
+for the address (its canonical text form, see `address_key`).
+`davserver user unlock NAME` clears the ``acct:NAME:`` prefix,
+`davserver user unlock --address ADDR` clears ``addr:ADDR``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from ..config import ThrottleConfig
+from ..store.base import StateStore
+
+__all__ = ["FACTOR_OF", "Factor", "Lockouts", "account_key", "account_prefix", "address_key", "canonical_address"]
+
+Factor = Literal["password", "totp"]
+
+#: Which factor a counted failure belongs to; reasons not listed are not counted.
+FACTOR_OF: dict[str, Factor] = {
+    "bad_password": "password",
+    "user_mismatch": "password",
+    "bad_auth_header": "password",
+    "bad_otp": "totp",
+    "otp_replayed": "totp",
+}
+
+
+def account_prefix(account: str) -> str:
+    """The prefix every lockout key of `account` (a canonical account name) starts with."""
+    return f"acct:{account}:"
+
+
+def account_key(account: str, fingerprint: str) -> str:
+    return f"{account_prefix(account)}{fingerprint}"
+
+
+def canonical_address(text: str) -> str:
+    """One spelling per address: ``::ffff:10.0.0.1`` and ``10.0.0.1`` are the same peer,
+    IPv6 is compressed and lower-case. Raises ValueError for text that is not an address."""
+    ip = ipaddress.ip_address(text.strip())
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def address_key(peer: str) -> str:
+    """The lockout key of a peer address (REMOTE_ADDR); text that is no address is kept as is."""
+    try:
+        return f"addr:{canonical_address(peer)}"
+    except ValueError:
+        return f"addr:{peer}"
+
+
+class Lockouts:
+    """Counts failures and decides lockouts in a `StateStore`; times are POSIX seconds passed in."""
+
+    def __init__(self, store: StateStore, throttle: ThrottleConfig) -> None:
+        self.store = store
+        self.throttle = throttle
+
+    def is_locked_out(self, account: str, fingerprint: str, peer: str, now: float) -> bool:
+        """Whether the account+certificate or the address is locked out (one store round trip)."""
+        keys = [account_key(account, fingerprint)] + ([address_key(peer)] if peer else [])
+        return self.store.any_locked(keys, now)
+
+    def fail(self, account: str, fingerprint: str, factor: Factor, peer: str, now: float) -> float:
+        """Count one failure of `factor`; lock out past the limits. Returns the seconds to
+        hold the answer back (0 for the first ``delay_after`` failures, then doubling)."""
+        t = self.throttle
+        key = account_key(account, fingerprint)
+        count = self.store.add_failure(f"{key}:{factor}", now, t.window_seconds)
+        if count >= t.lock_after:
+            self.store.set_lock(key, now + t.lock_seconds)
+            if peer:
+                addr = address_key(peer)
+                if self.store.note_lockout(addr, account, now, t.window_seconds) >= t.address_lock_after:
+                    self.store.set_lock(addr, now + t.lock_seconds)
+        if count > t.delay_after:
+            return float(min(t.max_delay_seconds, t.base_delay_seconds * 2 ** (count - t.delay_after - 1)))
+        return 0.0
+
+    def succeed(self, account: str, fingerprint: str, factor: Factor) -> None:
+        """A success of `factor` clears that factor's count, and only that one."""
+        self.store.clear_failures(f"{account_key(account, fingerprint)}:{factor}")
