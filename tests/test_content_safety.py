@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from wsgidav import util
 
 from davserver import fs
+from davserver.config import load_config
 from davserver.content_safety import INLINE_TYPES, content_disposition, file_headers
 from davserver.server import DavServer
 
@@ -375,6 +376,9 @@ def test_no_answer_names_a_version(inst: Instance, server: DavServer) -> None:
     hit("PROPPATCH", s, "PROPPATCH", u + "a.txt", 207, data=PROPPATCH_BODY)
     hit("PROPFIND", s, "PROPFIND", u, 207, headers={"Depth": "1"})
     hit("PROPFIND bad XML", s, "PROPFIND", u, 400, headers={"Depth": "0"}, data=b"<nope")
+    hit("PROPFIND too large", s, "PROPFIND", u, 413, headers={"Depth": "0"},
+        data=b"<" * (load_config(inst.home).limits.xml_body_bytes + 1))
+    hit("PROPFIND infinity", s, "PROPFIND", u, (400, 403), headers={"Depth": "infinity"})
     lock = hit("LOCK", s, "LOCK", u + "a.txt", 200, data=LOCK_BODY, headers={"Timeout": "Second-60"})
     token = lock.headers["Lock-Token"]
     hit("PUT locked", s, "PUT", u + "a.txt", 423, data=b"x")
