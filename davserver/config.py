@@ -122,6 +122,12 @@ class LimitsConfig:
     #: A request body must average at least this rate once the grace time is over.
     body_min_bytes_per_second: int = 1024
     body_grace_seconds: float = 30.0
+    #: After an answer given before the request body was read, what the client still
+    #: sends is read and dropped in the background (http1.py), up to this many bytes ...
+    linger_bytes: int = 64 << 20
+    #: ... and this many seconds, for at most this many connections at a time (0: close at once).
+    linger_seconds: float = 10.0
+    linger_connections: int = 64
 
 
 @dataclass(frozen=True)
@@ -360,7 +366,7 @@ def _parse_server(raw: Mapping[str, Any]) -> ServerConfig:
 def _parse_limits(raw: Mapping[str, Any]) -> LimitsConfig:
     lim = _section(raw, "limits")
     keys = ("xml_body_bytes", "header_bytes", "header_seconds", "body_min_bytes_per_second", "body_grace_seconds",
-            "handshake_seconds")
+            "handshake_seconds", "linger_bytes", "linger_seconds", "linger_connections")
     _check_keys(lim, "limits", keys)
     return LimitsConfig(
         xml_body_bytes=_int(lim, "limits", "xml_body_bytes", 1 << 20, 1024, 1 << 30),
@@ -369,6 +375,9 @@ def _parse_limits(raw: Mapping[str, Any]) -> LimitsConfig:
         handshake_seconds=_float(lim, "limits", "handshake_seconds", 10.0, 1.0),
         body_min_bytes_per_second=_int(lim, "limits", "body_min_bytes_per_second", 1024, 0, 1 << 30),
         body_grace_seconds=_float(lim, "limits", "body_grace_seconds", 30.0, 1.0),
+        linger_bytes=_int(lim, "limits", "linger_bytes", 64 << 20, 0, 1 << 40),
+        linger_seconds=_float(lim, "limits", "linger_seconds", 10.0, 0.0),
+        linger_connections=_int(lim, "limits", "linger_connections", 64, 0, 1 << 16),
     )
 
 

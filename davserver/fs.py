@@ -28,7 +28,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +60,6 @@ log = logging.getLogger("davserver.fs")
 TEMP_PREFIX = ".davserver-upload-"
 
 _BLOCK = 1 << 16
-#: How much of a refused upload is read and dropped so its client can read the error.
-_DRAIN_BYTES = 256 << 20
-_DRAIN_SECONDS = 10.0
 #: The guard records here which share it authorised the request for.
 _REALM_KEY = "wsgidav.auth.realm"
 
@@ -182,11 +179,9 @@ class AtomicFile:
                 self.abort()
                 log.info("PUT body broke off after %d bytes: %r", self.written, exc)
                 raise _incomplete_body(self.written, self.expected_size) from None
-            try:
-                self.write(chunk)
-            except DAVError:
-                _drain(it)
-                raise
+            # A refused write (507, 413) leaves the rest of the body unread: the connection
+            # layer closes after the answer and drops the rest off the workers (http1.py).
+            self.write(chunk)
 
     def close(self) -> None:
         """Commit: check the length, flush, fsync, rename over the target, fsync the folder."""
@@ -242,25 +237,6 @@ class AtomicFile:
                     os.fchown(fd, old.st_uid, old.st_gid)
         else:
             os.fchmod(fd, 0o666 & ~_umask())
-
-
-def _drain(chunks: Iterator[bytes]) -> None:
-    """Read (and drop) what is left of a refused upload's body, within limits.
-
-    The server closes the connection after the error; closed with unread data, the
-    socket sends a reset, and the client, still sending, loses the answer (a full
-    disk looks like a network failure). The client has been authenticated, and the
-    watchdog's minimum body rate still applies.
-    """
-    deadline = time.monotonic() + _DRAIN_SECONDS
-    left = _DRAIN_BYTES
-    try:
-        for chunk in chunks:
-            left -= len(chunk)
-            if left <= 0 or time.monotonic() > deadline:
-                return
-    except Exception:  # noqa: BLE001 - the body broke off: nothing left to drain
-        return
 
 
 def _atomic_copy(src: str, dest: str) -> None:

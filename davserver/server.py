@@ -10,8 +10,6 @@ import threading
 import time
 from typing import Any
 
-from cheroot.server import HTTPRequest
-
 from .accounts import AccountsWatcher
 from .audit import AuditLog
 from .config import Config, ConfigError
@@ -20,10 +18,11 @@ from .errors import StartupError
 from .fs import sweep_temp_files
 from .guard import Guard
 from .handshake import HandshakeLoop, HandshakingServer, raise_open_file_limit
+from .http1 import HTTP1Options, HTTP1Request
 from .limits import Limits
 from .revocation import RevocationList
 from .store import StoreUnavailable, open_store
-from .tls import DeferredHandshakeAdapter, SocketWriter, TLSConnection, create_ssl_context
+from .tls import DeferredHandshakeAdapter, TLSConnection, create_ssl_context
 from .watchdog import Watchdog
 
 __all__ = ["DavServer"]
@@ -68,37 +67,8 @@ def release_free_memory() -> None:
         _glibc.malloc_trim(0)
 
 
-class _Request(HTTPRequest):
-    """Honours an application's `Connection: close`, so cheroot closes instead of
-    draining an unread (possibly huge, unauthenticated) body into memory; and
-    ends the header deadline once the headers are in."""
-
-    def parse_request(self) -> None:
-        super().parse_request()
-        watchdog = getattr(self.conn, "watchdog", None)
-        if watchdog is not None:
-            watchdog.disarm(self.conn)
-
-    def send_headers(self) -> None:
-        for key, value in self.outheaders:
-            if key.lower() == b"connection" and value.lower() == b"close":
-                self.close_connection = True
-        wfile = self.conn.wfile
-        if isinstance(wfile, SocketWriter):
-            wfile.hold()  # sent with the first body block: one TLS record for a small answer
-        super().send_headers()
-
-    def respond(self) -> None:
-        try:
-            super().respond()
-        finally:
-            wfile = self.conn.wfile
-            if isinstance(wfile, SocketWriter):
-                wfile.release()
-
-
 class _Connection(TLSConnection):
-    RequestHandlerClass = _Request
+    RequestHandlerClass = HTTP1Request
 
 
 def _check_shares(config: Config) -> None:
@@ -155,6 +125,7 @@ class DavServer:
             timeout=int(config.server.timeout),
         )
         self._server.ConnectionClass = _Connection
+        HTTP1Options.from_limits(config.limits, self.audit).attach(self._server)  # audits framing refusals
         self._server.ssl_adapter = DeferredHandshakeAdapter(context)
         self._server.max_request_header_size = config.limits.header_bytes
         self._server.keep_alive_conn_limit = config.server.keep_alive_limit

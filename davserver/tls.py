@@ -130,12 +130,24 @@ class DeferredHandshakeAdapter(BuiltinSSLAdapter):
 
 
 class SocketReader(StreamReader):
-    """cheroot's reader, with large reads filled straight from the TLS socket.
+    """cheroot's reader, with large reads filled straight from the TLS socket, and
+    never more than ``max_read`` bytes per call.
 
     For a read larger than its buffer, the pure-Python reader allocates a
     buffer-sized bytearray per TLS record, joins the pieces and slices the result:
     several copies of every uploaded byte. Here one buffer is filled in place.
+
+    The buffer is allocated before the bytes arrive, so its size must not come from
+    the client: cheroot drains an unread body with one ``read(remaining)``
+    (``cheroot/server.py`` ~1236), which made one ``OPTIONS`` with
+    ``Content-Length: 268435456`` and no body cost 256 MiB. ``read(size)`` and
+    ``readline(size)`` therefore return at most ``max_read`` bytes (also for a size of
+    -1 or None, "all"); fewer than asked means "ask again", b"" means end of stream.
+    The request bodies (http1.py) read in such blocks.
     """
+
+    #: Most bytes one read() or readline() returns (and allocates), whatever it is asked for.
+    max_read = 1 << 20
 
     # The pure-Python reader's (``_pyio.BufferedReader``) state, which the stubs do not show.
     buffer_size: int
@@ -143,8 +155,15 @@ class SocketReader(StreamReader):
     _read_buf: bytes
     _read_pos: int
 
+    def readline(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0 or size > self.max_read:
+            size = self.max_read
+        return super().readline(size)
+
     def read(self, size: int | None = -1) -> Any:
-        if size is None or size < 0 or size <= self.buffer_size:
+        if size is None or size < 0 or size > self.max_read:
+            size = self.max_read
+        if size <= self.buffer_size:
             return super().read(size)
         with self._read_lock:
             held = self._read_buf[self._read_pos :]
