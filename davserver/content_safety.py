@@ -22,12 +22,13 @@ the extension) is not on :data:`INLINE_TYPES` also carries
 ``Content-Disposition: attachment`` with the file's name (RFC 6266 §4, the
 non-ASCII name as ``filename*`` per RFC 8187 §3.2): the browser saves it
 instead of rendering it. The allow-list holds only types a browser shows as a
-passive document — plain text, raster images, audio and video. Everything
-else is a download: the active types (``text/html``, ``application/xhtml+xml``,
+passive document and that still display in the sandbox — plain text and
+raster images. Everything else is a download: audio and video (see
+:data:`INLINE_TYPES`), the active types (``text/html``, ``application/xhtml+xml``,
 ``image/svg+xml``, ``text/xml`` and ``application/xml``, ``multipart/related``,
-``message/rfc822``, ``text/xsl``), PDF (its viewer runs script, and a sandbox
-without ``allow-plugins`` shows nothing anyway), and every type we cannot
-vouch for, including a missing or malformed ``Content-Type``.
+``message/rfc822``, ``text/xsl``), PDF (a viewer with a script engine of
+its own), and every type we cannot vouch for, including a missing or
+malformed ``Content-Type``.
 
 The middleware sits between :class:`~davserver.listing.Listing` (which answers
 folder pages with its own strict policy) and WsgiDAV's request resolver, so it
@@ -59,15 +60,15 @@ SAFETY_HEADERS: tuple[tuple[str, str], ...] = (
 )
 
 #: Media types (lower case, without parameters) a browser shows inline as a passive
-#: document. Anything else is sent as an attachment.
+#: document, and that still display under the sandbox. Anything else is sent as an
+#: attachment. Audio and video are not here: Chromium's media document loads the file
+#: again from the sandbox's opaque origin, which the policy (media-src) and then CORS
+#: refuse, so the player stayed empty; as a download they play.
 INLINE_TYPES = frozenset(
     {
         "text/plain",
         "image/png", "image/jpeg", "image/gif", "image/webp", "image/avif", "image/bmp",
         "image/vnd.microsoft.icon", "image/x-icon",
-        "audio/mpeg", "audio/ogg", "audio/wav", "audio/x-wav", "audio/flac", "audio/aac", "audio/mp4",
-        "audio/webm",
-        "video/mp4", "video/webm", "video/ogg",
     }
 )
 

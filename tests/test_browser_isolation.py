@@ -17,6 +17,7 @@ Screenshots of what bob saw go to the test's temporary folder.
 from __future__ import annotations
 
 import json
+import math
 import struct
 import time
 import zlib
@@ -88,6 +89,14 @@ def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
             + chunk(b"IDAT", zlib.compress(row * height)) + chunk(b"IEND", b""))
 
 
+def wav(seconds: int = 1, rate: int = 8000) -> bytes:
+    """A short 16-bit mono tone."""
+    samples = b"".join(struct.pack("<h", int(8000 * math.sin(i / 10))) for i in range(rate * seconds))
+    fmt = struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+    return (b"RIFF" + struct.pack("<I", 36 + len(samples)) + b"WAVEfmt " + fmt + b"data"
+            + struct.pack("<I", len(samples)) + samples)
+
+
 @pytest.fixture
 def vault(inst: Instance) -> Iterator[tuple[Instance, DavServer]]:
     """Share `vault` (bob only; password + TOTP), bob stepped up inline; alice's pages in `files`."""
@@ -107,6 +116,7 @@ def vault(inst: Instance) -> Iterator[tuple[Instance, DavServer]]:
                 assert s.put(server.url + "files/" + name, data=body, timeout=30).status_code == 201, name
             s.put(server.url + "files/photo.png", data=png(120, 60, (220, 30, 30)), timeout=30)
             s.put(server.url + "files/notes.txt", data="plain notes for bob ✓\n".encode(), timeout=30)
+            s.put(server.url + "files/tone.wav", data=wav(), timeout=30)
         yield inst, server
 
 
@@ -263,6 +273,12 @@ def test_images_text_and_listing_still_work_for_bob(vault: tuple[Instance, DavSe
         assert page.locator("body").inner_text().strip() == "plain notes for bob ✓"
         shot(page, tmp_path, "notes")
         page.go_back()
+
+        # Audio and video are downloads (inline, the sandbox leaves the player empty).
+        with page.expect_download() as info:
+            page.get_by_role("link", name="tone.wav", exact=True).click()
+        assert info.value.suggested_filename == "tone.wav"
+        assert Path(info.value.path()).read_bytes() == wav()
 
         # Back in the listing, the vault's link works (bob's grant), and its file opens.
         assert page.locator("h1").inner_text() == "Index of /files/"
