@@ -263,12 +263,14 @@ class _Pending:
 
     WsgiDAV first tries every instruction with ``dry_run=True`` (request_server.py
     do_PROPPATCH) and, only when all succeed, applies them one call at a time. Here
-    the dry run collects the changes and checks the bounds against the stored state
-    plus the changes so far (a property that does not fit gets 507 in the 207, the
-    others 424, nothing is stored); the first real call applies them all in one
-    transaction (SQLite) or one script (Redis) that checks the bounds again against
-    what is stored at that moment. So a PROPPATCH is atomic, and two racing ones can
-    never leave a resource over a bound: the loser gets 507 for every property.
+    the dry run collects the changes and checks each, in document order (RFC 4918
+    §9.2), against the stored state plus the changes before it: no instruction may
+    take the resource over a bound while it holds more than before the PROPPATCH (a
+    property that does not fit gets 507 in the 207, the others 424, nothing is
+    stored). The first real call applies them all in one transaction (SQLite) or
+    one script (Redis) that checks the end state again against what is stored at
+    that moment. So a PROPPATCH is atomic, and racing ones can never leave a
+    resource over a bound: a loser gets 507 for its first property, 424 for the rest.
     """
 
     __slots__ = ("changes", "count", "count_before", "done", "outcome", "sizes", "total", "total_before")
@@ -375,20 +377,45 @@ class BoundedProperties:
 
 
 class RecordLimitReason(BaseMiddleware):
-    """Puts a :class:`StateLimitExceeded`'s reason where the audit line finds it.
+    """Puts a lock bound's reason where the audit line finds it.
 
     A lock storage is called without the request (LockManager.acquire gets the URL
     and principal only), so a lock bound cannot write to the environ itself; its
-    error passes through here on its way to the error page.
+    :class:`StateLimitExceeded` passes through here on its way to the error page.
+    WsgiDAV's request handler is a generator (request_server.py ``__call__``), so
+    the error arrives while the answer is iterated, not when the app is called.
     """
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        result: Iterable[bytes] = self.next_app(environ, start_response)
+        if environ.get("REQUEST_METHOD") != "LOCK":
+            return result
+        return _NotingLimit(result, environ)
+
+
+class _NotingLimit:
+    """An answer passed through unchanged, except that a StateLimitExceeded met while it is
+    iterated leaves its reason in the environ; ``close`` reaches the answer (PEP 3333)."""
+
+    def __init__(self, result: Iterable[bytes], environ: dict[str, Any]) -> None:
+        self._result = result
+        self._iter = iter(result)
+        self._environ = environ
+
+    def __iter__(self) -> _NotingLimit:
+        return self
+
+    def __next__(self) -> bytes:
         try:
-            result: Iterable[bytes] = self.next_app(environ, start_response)
+            return next(self._iter)
         except StateLimitExceeded as exc:
-            environ.setdefault(LIMIT_ENVIRON_KEY, exc.reason)
+            self._environ.setdefault(LIMIT_ENVIRON_KEY, exc.reason)
             raise
-        return result
+
+    def close(self) -> None:
+        close = getattr(self._result, "close", None)
+        if close is not None:
+            close()
 
 
 class SQLiteLockStorage:
