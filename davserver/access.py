@@ -67,6 +67,8 @@ class Refusal(StrEnum):
     LOCK_TOKEN_OWNER = "lock_token_owner"  # noqa: S105 - another account's WebDAV lock token (store/davstate.py)
     FORBIDDEN = "forbidden"  # a 403 from WebDAV or the filesystem that no layer explained
     SHARE_MISMATCH = "share_mismatch"  # routed to another share than authorised (fs.py)
+    BAD_NAME = "bad_name"  # a new name with a control character (names.py, fs.py)
+    TREE_DEPTH = "tree_depth"  # deeper than limits.max_tree_depth (fs.py)
     PROPFIND_DEPTH = "propfind_depth"
     XML_TOO_LARGE = "xml_too_large"
     # what the filesystem or WebDAV said, when no layer named a reason

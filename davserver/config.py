@@ -122,6 +122,11 @@ class LimitsConfig:
     #: A request body must average at least this rate once the grace time is over.
     body_min_bytes_per_second: int = 1024
     body_grace_seconds: float = 30.0
+    #: Levels below a share root where anything may be created, and the deepest tree
+    #: COPY, MOVE and DELETE walk (fs.py). At most 400: WsgiDAV's walk and shutil's
+    #: copytree (a MOVE across filesystems) take up to two frames per level, and
+    #: Python allows 1,000.
+    max_tree_depth: int = 256
     #: After an answer given before the request body was read, what the client still
     #: sends is read and dropped in the background (http1.py), up to this many bytes ...
     linger_bytes: int = 64 << 20
@@ -366,7 +371,7 @@ def _parse_server(raw: Mapping[str, Any]) -> ServerConfig:
 def _parse_limits(raw: Mapping[str, Any]) -> LimitsConfig:
     lim = _section(raw, "limits")
     keys = ("xml_body_bytes", "header_bytes", "header_seconds", "body_min_bytes_per_second", "body_grace_seconds",
-            "handshake_seconds", "linger_bytes", "linger_seconds", "linger_connections")
+            "max_tree_depth", "handshake_seconds", "linger_bytes", "linger_seconds", "linger_connections")
     _check_keys(lim, "limits", keys)
     return LimitsConfig(
         xml_body_bytes=_int(lim, "limits", "xml_body_bytes", 1 << 20, 1024, 1 << 30),
@@ -375,6 +380,7 @@ def _parse_limits(raw: Mapping[str, Any]) -> LimitsConfig:
         handshake_seconds=_float(lim, "limits", "handshake_seconds", 10.0, 1.0),
         body_min_bytes_per_second=_int(lim, "limits", "body_min_bytes_per_second", 1024, 0, 1 << 30),
         body_grace_seconds=_float(lim, "limits", "body_grace_seconds", 30.0, 1.0),
+        max_tree_depth=_int(lim, "limits", "max_tree_depth", 256, 1, 400),
         linger_bytes=_int(lim, "limits", "linger_bytes", 64 << 20, 0, 1 << 40),
         linger_seconds=_float(lim, "limits", "linger_seconds", 10.0, 0.0),
         linger_connections=_int(lim, "limits", "linger_connections", 64, 0, 1 << 16),

@@ -91,8 +91,12 @@ class RootProvider(DAVProvider):
     def is_readonly(self) -> bool:
         return True
 
-    def get_resource_inst(self, path: str, environ: dict[str, Any]) -> DAVCollection | None:
+    def get_resource_inst(self, path: str | None, environ: dict[str, Any]) -> DAVCollection | None:
+        """``/``, a share's entry in it, or None. ``path`` None (the parent of ``/``, which
+        WsgiDAV asks for on COPY/MOVE, util.get_uri_parent) names nothing."""
         self._count_get_resource_inst += 1
+        if path is None:
+            return None
         root = _RootCollection(environ, self.shares)
         if path in ("", "/"):
             return root
@@ -120,7 +124,7 @@ def build_dav_app(config: Config, store: StateStore) -> WsgiDAVApp:
     lock_storage, property_manager = _dav_state(config, store)
     mapping: dict[str, DAVProvider] = {"/": RootProvider(dict(config.shares))}
     for name, share in config.shares.items():
-        mapping["/" + name] = ShareProvider(share)
+        mapping["/" + name] = ShareProvider(share, max_tree_depth=config.limits.max_tree_depth)
     return WsgiDAVApp(
         {
             "provider_mapping": mapping,

@@ -13,7 +13,9 @@ listing) both take it. Anything else — ranges, conditional requests,
 propname, a lock to show in lockdiscovery, a stored property that does not
 parse — goes to WsgiDAV unchanged, so behaviour is the same; the tests
 compare the two answers, and the suites that run against WsgiDAV (litmus
-among them) run against these paths too.
+among them) run against these paths too. Names are written as names.py says,
+as on WsgiDAV's path: hrefs percent-encoded, ``displayname`` with U+FFFD for
+what XML cannot carry, names that are not UTF-8 left out.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from defusedxml import ElementTree
 from wsgidav import util
 
 from .config import is_macos_clutter
+from .names import display_name, is_listable
 from .store.davstate import refuse
 
 if TYPE_CHECKING:
@@ -226,7 +229,7 @@ def _prop_values(name: str, entry_name: str, path: str, st: os.stat_result, is_d
     if name == "resourcetype":
         return "<D:collection/>" if is_dir else ""
     if name == "displayname":
-        return escape(entry_name)
+        return escape(display_name(entry_name))  # XML 1.0 cannot carry every name on disk (names.py)
     if name == "getlastmodified":
         return util.get_rfc1123_time(st.st_mtime)
     if name == "creationdate":
@@ -518,7 +521,7 @@ def fast_propfind(provider: ShareProvider, environ: dict[str, Any], start_respon
             with os.scandir(file_path) as entries:
                 for entry in entries:
                     name = entry.name
-                    if is_temp(name) or (hide_clutter and is_macos_clutter(name)):
+                    if is_temp(name) or (hide_clutter and is_macos_clutter(name)) or not is_listable(name):
                         continue
                     try:
                         est = entry.stat(follow_symlinks=False)

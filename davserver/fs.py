@@ -15,7 +15,20 @@ mtimes; and its error pages carry absolute server paths. Here:
 * ETags use the nanosecond mtime, size and inode, so two writes in one second differ;
 * nothing resolves outside the share root (symlinks are never followed, and a
   request routed to a share other than the one the guard authorised is refused),
-  and no error page names a server path.
+  and no error page names a server path;
+* names: a new name with a control character is refused (400, ``bad_name``);
+  names already on disk are listed safely, and names that are not UTF-8 are
+  hidden (the rules are in names.py);
+* a share root cannot be replaced, deleted, moved, or copied into itself (PUT
+  405, the others 403, ``share_root``/``dest_share_root``): WsgiDAV asks for the
+  parent of the root there and failed with a 500;
+* trees are bounded by ``limits.max_tree_depth`` levels below the share root:
+  nothing is created deeper (PUT, MKCOL, LOCK, COPY, MOVE), and COPY, MOVE and
+  DELETE of a folder whose tree reaches deeper are refused (403, ``tree_depth``)
+  before WsgiDAV walks it — its walk (dav_provider.py:467 ``get_descendants``),
+  ``shutil.rmtree``/``copytree`` and Python 3.11's ``os.walk`` recurse once per
+  level and a 1,100-level tree made on disk ended in a RecursionError (500). The
+  depth is measured here with an explicit stack, never by recursion.
 """
 
 from __future__ import annotations
@@ -48,11 +61,14 @@ from wsgidav.dav_error import (
 from wsgidav.dav_provider import DAVNonCollection
 from wsgidav.fs_dav_provider import FileResource, FilesystemProvider, FolderResource
 
+from .access import Refusal
 from .config import ShareConfig, is_macos_clutter
 from .copymove import DESTINATION_KEY, copy_or_move
 from .fastpath import fast_get, fast_propfind
+from .names import display_name, is_listable, refused_name
 
-__all__ = ["TEMP_PREFIX", "AtomicFile", "ShareProvider", "is_temp_name", "sweep_temp_files"]
+__all__ = ["DEFAULT_MAX_TREE_DEPTH", "TEMP_PREFIX", "AtomicFile", "ShareProvider", "is_temp_name", "sweep_temp_files",
+           "tree_height_exceeds"]
 
 log = logging.getLogger("davserver.fs")
 
@@ -95,6 +111,62 @@ def _dav_error(exc: OSError, action: str, *, missing: int = HTTP_NOT_FOUND) -> D
         status = missing
     log.log(logging.ERROR if status == HTTP_INTERNAL_ERROR else logging.INFO, "%s failed: %s", action, exc)
     return DAVError(status, text)
+
+
+def _refuse(environ: dict[str, Any], reason: Refusal, status: int, text: str,
+            headers: list[tuple[str, str]] | None = None) -> DAVError:
+    """A refusal with its audit reason (``davserver.limit``, read by the guard's audit line)."""
+    environ["davserver.limit"] = str(reason)
+    return DAVError(status, text, add_headers=headers)
+
+
+def _check_new_name(environ: dict[str, Any], name: str) -> None:
+    """Raise 400 ``bad_name`` for a name that may not be created (names.py)."""
+    problem = refused_name(name)
+    if problem is not None:
+        log.info("refused to create a name with a forbidden character: %r", name)
+        raise _refuse(environ, Refusal.BAD_NAME, HTTP_BAD_REQUEST, problem)
+
+
+# --- tree depth -------------------------------------------------------------------
+
+
+def _depth(path: str) -> int:
+    """Levels below the share root: ``/`` is 0, ``/a`` and ``/a/`` are 1, ``/a/b`` is 2."""
+    return sum(1 for part in path.split("/") if part)
+
+
+def tree_height_exceeds(folder: str, budget: int) -> bool:
+    """True when anything under the folder ``folder`` lies more than ``budget`` levels below it.
+
+    A member of ``folder`` is 1 level below it. Walks with an explicit stack (one
+    ``scandir`` per folder, symlinks not followed) and stops at the first entry
+    past the budget, so it never recurses and stops early on a deep tree. A path
+    too long for the system (ENAMETOOLONG) counts as too deep: WsgiDAV could not
+    walk it either. Other errors (a folder removed meanwhile, no permission) skip
+    that folder.
+    """
+    if budget < 0:
+        return True
+    stack = [(folder, 0)]
+    while stack:
+        path, level = stack.pop()
+        try:
+            entries = os.scandir(path)
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                return True
+            continue
+        with entries:
+            for entry in entries:
+                if level + 1 > budget:
+                    return True
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append((entry.path, level + 1))
+                except OSError:
+                    continue
+    return False
 
 
 def _incomplete_body(received: int, expected: int | None) -> DAVError:
@@ -275,18 +347,27 @@ def sweep_temp_files(root: Path, *, older_than: float = 60.0) -> int:
     """
     removed = 0
     cutoff = time.time() - older_than
-    for folder, _dirs, names in os.walk(root, followlinks=False):
-        for name in names:
-            if not is_temp_name(name):
-                continue
-            path = os.path.join(folder, name)
+    folders = [str(root)]  # an explicit stack: os.walk recurses per level in Python 3.11
+    while folders:
+        folder = folders.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            log.warning("could not look for leftover upload files in %s: %s", folder, exc)
+            continue
+        for entry in entries:
             try:
-                st = os.lstat(path)
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.path)
+                    continue
+                if not is_temp_name(entry.name):
+                    continue
+                st = entry.stat(follow_symlinks=False)
                 if stat.S_ISREG(st.st_mode) and (older_than <= 0 or st.st_mtime < cutoff):
-                    os.unlink(path)
+                    os.unlink(entry.path)
                     removed += 1
             except OSError as exc:
-                log.warning("could not remove leftover upload file %s: %s", path, exc)
+                log.warning("could not remove leftover upload file %s: %s", entry.path, exc)
     if removed:
         log.info("removed %d leftover upload file(s) under %s", removed, root)
     return removed
@@ -336,6 +417,9 @@ class _File(FileResource):
     def get_etag(self) -> str:
         return _etag(self.file_stat)
 
+    def get_display_name(self) -> str:
+        return display_name(self.name)
+
     def get_content(self) -> Any:
         fd, self._fd = self._fd, None
         if fd is not None:
@@ -374,6 +458,7 @@ class _File(FileResource):
         first, request_server.py:1067, so a copy that then fails would lose it.)"""
         if self.provider.readonly:
             raise DAVError(HTTP_FORBIDDEN)
+        self.provider.check_tree(self.environ, None, dest_path)
         dest_res = self.provider.get_resource_inst(dest_path, self.environ)
         if not isinstance(dest_res, _File) or self.environ.get("HTTP_OVERWRITE", "T") != "T":
             return False  # new target or a folder: WsgiDAV's way, ending in copy_move_single()
@@ -383,6 +468,11 @@ class _File(FileResource):
         dest_res.remove_all_locks(recursive=False)
         self._copy_dead_properties(dest_path, is_move=False, with_children=False)
         return True
+
+    def handle_move(self, dest_path: str) -> bool:
+        """Only checks the destination's name and depth; WsgiDAV then moves as usual."""
+        self.provider.check_tree(self.environ, None, dest_path)
+        return False
 
     def copy_move_single(self, dest_path: str, *, is_move: bool) -> None:
         if self.provider.readonly:
@@ -434,7 +524,11 @@ class _NewFile(_File):
 
 
 class _Folder(FolderResource):
-    """A folder whose listing hides temp files, symlinks and special files."""
+    """A folder whose listing hides temp files, symlinks, special files and names that
+    are not UTF-8; new names and tree depth are checked before WsgiDAV acts."""
+
+    def get_display_name(self) -> str:
+        return display_name(self.name)
 
     def get_member_names(self) -> list[str]:
         try:
@@ -446,6 +540,8 @@ class _Folder(FolderResource):
         hide_clutter = share is not None and share.macos_clutter != "allow"
         for entry in entries:
             if is_temp_name(entry.name) or (hide_clutter and is_macos_clutter(entry.name)):
+                continue
+            if not is_listable(entry.name):
                 continue
             try:
                 if entry.is_symlink():
@@ -465,6 +561,7 @@ class _Folder(FolderResource):
         if self.provider.readonly:
             raise DAVError(HTTP_FORBIDDEN)
         path = util.join_uri(self.path, name)
+        self.provider.check_tree(self.environ, None, path)
         fp = self.provider._loc_to_file_path(path, self.environ)
         if self.environ.get("REQUEST_METHOD") == "PUT":
             return _NewFile(path, self.environ, fp)
@@ -475,6 +572,7 @@ class _Folder(FolderResource):
         return self.provider.get_resource_inst(path, self.environ)
 
     def create_collection(self, name: str) -> None:
+        self.provider.check_tree(self.environ, None, util.join_uri(self.path, name))
         try:
             super().create_collection(name)
         except OSError as exc:
@@ -485,6 +583,21 @@ class _Folder(FolderResource):
             super().delete()
         except OSError as exc:
             raise _dav_error(exc, f"deleting {self._file_path}") from None
+
+    def handle_delete(self) -> bool:
+        """Only checks the tree's depth; WsgiDAV then walks and deletes it as usual."""
+        self.provider.check_tree(self.environ, self, None)
+        return False
+
+    def handle_copy(self, dest_path: str, *, depth_infinity: bool) -> bool:
+        """Only checks the destination's name and the tree's depth; WsgiDAV then copies."""
+        self.provider.check_tree(self.environ, self, dest_path)
+        return False
+
+    def handle_move(self, dest_path: str) -> bool:
+        """Only checks the destination's name and the tree's depth; WsgiDAV then moves."""
+        self.provider.check_tree(self.environ, self, dest_path)
+        return False
 
     def copy_move_single(self, dest_path: str, *, is_move: bool) -> None:
         try:
@@ -515,21 +628,39 @@ def _expected_length(environ: dict[str, Any]) -> int | None:
 
 # --- the provider -----------------------------------------------------------------
 
+#: Methods refused on a share root itself.
+_ROOT_REFUSED = frozenset({"PUT", "DELETE", "MOVE", "COPY"})
+
+
+#: The default of ``limits.max_tree_depth``: levels below a share root.
+DEFAULT_MAX_TREE_DEPTH = 256
+
 
 class ShareProvider(FilesystemProvider):
-    """A share's folder; symlinks are never followed out of it."""
+    """A share's folder; symlinks are never followed out of it.
 
-    def __init__(self, share: ShareConfig) -> None:
+    ``max_tree_depth`` (``limits.max_tree_depth``) bounds how many levels below the
+    share root anything may be created, and how deep a tree COPY, MOVE and DELETE
+    may walk (see the module docstring).
+    """
+
+    def __init__(self, share: ShareConfig, *, max_tree_depth: int = DEFAULT_MAX_TREE_DEPTH) -> None:
         super().__init__(str(share.path), readonly=share.read_only, fs_opts={"follow_symlinks": False})
         self.share = share
+        self.max_tree_depth = max_tree_depth
 
     def is_readonly(self) -> bool:
         """Read-only shares say so in OPTIONS (DAV: 1, no write methods, no locking)."""
         return bool(self.readonly)
 
     def custom_request_handler(self, environ: dict[str, Any], start_response: Any, default_handler: Any) -> Any:
-        """The common GET and PROPFIND take a short path (see fastpath.py); all else is WsgiDAV's."""
+        """The common GET and PROPFIND take a short path (see fastpath.py); all else is WsgiDAV's.
+
+        A PUT, DELETE, MOVE or COPY of the share root itself is refused first
+        (:meth:`_check_share_root`)."""
         method = environ["REQUEST_METHOD"]
+        if method in _ROOT_REFUSED and not environ.get("PATH_INFO", "").strip("/"):
+            self._check_share_root(environ, method)
         answer = None
         if method in ("GET", "HEAD"):
             answer = fast_get(self, environ, start_response, _etag, is_temp_name)
@@ -538,6 +669,47 @@ class ShareProvider(FilesystemProvider):
         elif method in ("COPY", "MOVE"):  # on the Destination the guard parsed and authorised
             return copy_or_move(default_handler.__self__, environ, start_response, is_move=method == "MOVE")
         return answer if answer is not None else default_handler(environ, start_response)
+
+    def _check_share_root(self, environ: dict[str, Any], method: str) -> None:
+        """Refuse what would replace, remove or duplicate the share root (``/files``, ``/files/``).
+
+        The root is configuration, not content: PUT onto it is 405 (RFC 4918 §9.7.2,
+        PUT on a collection; with ``Allow``), DELETE and MOVE are 403 (§9.6, §9.9.4),
+        and COPY is 403 when the destination is in the same share, i.e. inside the
+        source (§9.8.5; Apache mod_dav answers the same). WsgiDAV asked for the
+        root's parent (request_server.py:647, :856) and failed with a 500.
+        """
+        if method == "PUT":
+            allow = "OPTIONS, GET, HEAD, PROPFIND" + ("" if self.readonly else ", PROPPATCH, LOCK, UNLOCK")
+            raise _refuse(environ, Refusal.SHARE_ROOT, HTTP_METHOD_NOT_ALLOWED, "A share root is a collection.",
+                          [("Allow", allow)])
+        if method == "COPY":
+            dest = environ.get(DESTINATION_KEY)
+            if dest is not None and getattr(dest, "share", None) != self.share.name:
+                return  # into another share: not inside the source
+            raise _refuse(environ, Refusal.SHARE_ROOT, HTTP_FORBIDDEN, "A share root cannot be copied into itself.")
+        raise _refuse(environ, Refusal.SHARE_ROOT, HTTP_FORBIDDEN, "A share root cannot be deleted or moved.")
+
+    def check_tree(self, environ: dict[str, Any], source: Any, dest_path: str | None) -> None:
+        """Refuse a new name that may not be created, or an operation past ``max_tree_depth``.
+
+        ``source`` is the folder resource a DELETE, COPY or MOVE walks (None for a
+        file or a creation); ``dest_path`` the share path something is created at
+        (None for DELETE). Raises DAVError 400 ``bad_name`` (names.py) or 403
+        ``tree_depth``: the destination lies deeper than the limit, or the folder's
+        tree reaches deeper than the limit where it is or where it would go.
+        """
+        limit = self.max_tree_depth
+        top = _depth(source.path) if source is not None else 0
+        if dest_path is not None:
+            name = dest_path.rstrip("/").rsplit("/", 1)[-1]
+            if refused_name(name) is not None and not os.path.lexists(self._loc_to_file_path(dest_path, environ)):
+                _check_new_name(environ, name)
+            top = max(top, _depth(dest_path))
+        if top > limit or (source is not None and tree_height_exceeds(source._file_path, limit - top)):
+            log.info("refused: a tree deeper than %d levels (limits.max_tree_depth)", limit)
+            raise _refuse(environ, Refusal.TREE_DEPTH, HTTP_FORBIDDEN,
+                          f"Folders may not be nested deeper than {limit} levels below the share.")
 
     def _check_realm(self, environ: dict[str, Any]) -> None:
         """Refuse a request WsgiDAV routed here although it was authorised for another share
@@ -584,9 +756,20 @@ class ShareProvider(FilesystemProvider):
                 break
         return file_path
 
-    def get_resource_inst(self, path: str, environ: dict[str, Any]) -> Any:
+    def get_resource_inst(self, path: str | None, environ: dict[str, Any]) -> Any:
+        """The resource at share path ``path``, or None when nothing (servable) is there.
+
+        ``path`` None is what WsgiDAV asks for as the parent of the share root
+        (``util.get_uri_parent``): for the source of a COPY of the root to another
+        share there is none; as the parent of a COPY/MOVE destination it means
+        the destination is the share root, which cannot be replaced (403).
+        """
         self._count_get_resource_inst += 1
         self._check_realm(environ)
+        if path is None:
+            if not environ.get("PATH_INFO", "").strip("/"):
+                return None
+            raise _refuse(environ, Refusal.DEST_SHARE_ROOT, HTTP_FORBIDDEN, "A share root cannot be replaced.")
         if any(is_temp_name(part) for part in path.split("/")):
             return None
         fp = self._loc_to_file_path(path, environ)

@@ -3,6 +3,10 @@ and factors, until when, and the folder's content with readable sizes and dates.
 
 It replaces WsgiDAV's directory browser, which names its version and serves
 its assets from an extra share outside our access rules.
+
+Every name is shown through names.display_name (control characters and what
+XML/HTML cannot carry become U+FFFD) and escaped; every link is the exact name,
+percent-encoded. Names that are not UTF-8 are not listed (the share hides them).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from wsgidav.mw.base_mw import BaseMiddleware
 
 from .auth.identity import CertIdentity
 from .config import ShareConfig
+from .names import display_name
 from .stepup import PREFIX as STEPUP_PREFIX
 from .tls import CERT_ENVIRON_KEY
 
@@ -47,6 +52,11 @@ def human_size(n: int | None) -> str:
             return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"  # pragma: no cover
+
+
+def _text(value: str) -> str:
+    """Text for HTML (content or a quoted attribute): shown as names.display_name, then escaped."""
+    return html.escape(display_name(value))
 
 
 def _when(stamp: float | None) -> str:
@@ -82,7 +92,7 @@ class Listing(BaseMiddleware):
         return [b""] if method == "HEAD" else [body]
 
     def _render(self, environ: dict[str, Any], res: Any, base: str) -> str:
-        e = html.escape
+        e = _text
         rows = []
         if base != "/":
             parent = base.rstrip("/").rsplit("/", 1)[0] + "/"
@@ -113,7 +123,7 @@ class Listing(BaseMiddleware):
 
     @staticmethod
     def _who(environ: dict[str, Any]) -> str:
-        e = html.escape
+        e = _text
         cert: CertIdentity | None = environ.get(CERT_ENVIRON_KEY)
         account = environ.get("davserver.account", "")
         factors = ("certificate", *environ.get("davserver.factors", ()))
