@@ -213,6 +213,12 @@ def test_exact_input_u0001_in_a_folder(inst: Instance, server: DavServer, monkey
     links = parse_listing(s.get(server.url + "files/shared/").text)
     assert links == {"/files/": "../", "/files/shared/a%01b.txt": "a\ufffdb.txt",
                      "/files/shared/ok%20%26%20fine.txt": "ok & fine.txt"}
+    # A folder with such a name: its own listing shows the name in its title, replaced too.
+    (folder / "sub\x01dir").mkdir()
+    page = s.get(server.url + "files/shared/sub%01dir/")
+    assert page.status_code == 200 and "\x01" not in page.text
+    assert "<title>/files/shared/sub\ufffddir/</title>" in page.text
+    assert parse_listing(page.text) == {"/files/shared/": "../"}
     # The odd name can still be read and renamed away.
     assert s.get(server.url + "files/shared/a%01b.txt").content == b"one"
     r = s.request("MOVE", server.url + "files/shared/a%01b.txt", headers={"Destination": "/files/shared/ab.txt"})
