@@ -71,6 +71,13 @@ class Refusal(StrEnum):
     TREE_DEPTH = "tree_depth"  # deeper than limits.max_tree_depth (fs.py)
     PROPFIND_DEPTH = "propfind_depth"
     XML_TOO_LARGE = "xml_too_large"
+    # bounded WebDAV state (store/davstate.py, fastpath.py): answered 507
+    PROPERTY_TOO_LARGE = "property_too_large"  # one dead property's value
+    TOO_MANY_PROPERTIES = "too_many_properties"  # on one resource
+    PROPERTY_BYTES_EXCEEDED = "property_bytes_exceeded"  # names + values of one resource
+    TOO_MANY_LOCKS = "too_many_locks"  # on one resource
+    TOO_MANY_ACCOUNT_LOCKS = "too_many_account_locks"
+    ANSWER_TOO_LARGE = "answer_too_large"  # a PROPFIND's dead properties
     # what the filesystem or WebDAV said, when no layer named a reason
     BAD_REQUEST = "bad_request"
     NOT_FOUND = "not_found"

@@ -36,6 +36,7 @@ from xml.sax.saxutils import escape
 from defusedxml import ElementTree
 from wsgidav import util
 
+from .access import Refusal
 from .config import is_macos_clutter
 from .names import display_name, is_listable
 from .store.davstate import refuse
@@ -191,7 +192,7 @@ def _check_answer_size(provider: ShareProvider, environ: dict[str, Any], path: s
     size: int = measure(ref, members=depth == "1", names=names, values=values, stop_after=limit)
     if size > limit:
         provider._check_realm(environ)  # a request for another share hears that first
-        raise refuse(environ, "answer_too_large", f"over {limit} bytes of dead properties")
+        raise refuse(environ, Refusal.ANSWER_TOO_LARGE, f"over {limit} bytes of dead properties")
 
 
 class _Replay:

@@ -57,6 +57,7 @@ from wsgidav.dav_error import (
 from wsgidav.lock_man.lock_manager import generate_lock_token, normalize_lock_root, validate_lock
 from wsgidav.mw.base_mw import BaseMiddleware
 
+from ..access import Refusal
 from .sqlite import SQLiteStore
 
 __all__ = [
@@ -198,7 +199,7 @@ DEFAULT_LOCK_BOUNDS = LockBounds()
 class StateLimitExceeded(DAVError):
     """A lock, a property or a PROPFIND answer over its bound: ``507 Insufficient Storage``.
 
-    ``reason`` is one of ``property_too_large`` (one value), ``too_many_properties``,
+    ``reason`` (access.Refusal) is ``property_too_large`` (one value), ``too_many_properties``,
     ``property_bytes_exceeded`` (names + values of one resource), ``too_many_locks``
     (on one resource), ``too_many_account_locks`` or ``answer_too_large`` (PROPFIND).
 
@@ -213,7 +214,7 @@ class StateLimitExceeded(DAVError):
     PROPPATCH's 207 the property's propstat carries the 507.
     """
 
-    def __init__(self, reason: str, context: str) -> None:
+    def __init__(self, reason: Refusal, context: str) -> None:
         super().__init__(
             HTTP_INSUFFICIENT_STORAGE,
             context_info=context,
@@ -222,7 +223,7 @@ class StateLimitExceeded(DAVError):
         self.reason = reason
 
 
-def refuse(environ: dict[str, Any] | None, reason: str, context: str) -> StateLimitExceeded:
+def refuse(environ: dict[str, Any] | None, reason: Refusal, context: str) -> StateLimitExceeded:
     """Note the reason for the audit line (the first one a request meets) and return the error to raise."""
     if environ is not None:
         environ.setdefault(LIMIT_ENVIRON_KEY, reason)
@@ -234,12 +235,13 @@ def prop_bytes(name: str, value: bytes) -> int:
     return len(name.encode("utf-8")) + len(value)
 
 
-def over_bounds(bounds: PropertyBounds, count: int, total: int, count_before: int, total_before: int) -> str | None:
+def over_bounds(bounds: PropertyBounds, count: int, total: int, count_before: int,
+                total_before: int) -> Refusal | None:
     """The reason a resource may not go from (count_before, total_before) to (count, total), or None."""
     if count > bounds.per_resource and count > count_before:
-        return "too_many_properties"
+        return Refusal.TOO_MANY_PROPERTIES
     if total > bounds.bytes_per_resource and total > total_before:
-        return "property_bytes_exceeded"
+        return Refusal.PROPERTY_BYTES_EXCEEDED
     return None
 
 
@@ -281,9 +283,9 @@ class _Pending:
         self.total_before = self.total = sum(sizes.values())
         self.changes: list[tuple[str, bytes | None]] = []
         self.done = 0  # changes the real pass has reached
-        self.outcome: str | None = None  # "ok" or a refusal's reason, once applied
+        self.outcome: Refusal | str | None = None  # "ok" or a refusal's reason, once applied
 
-    def add(self, bounds: PropertyBounds, name: str, value: bytes | None) -> str | None:
+    def add(self, bounds: PropertyBounds, name: str, value: bytes | None) -> Refusal | None:
         """Take the change into the projection; the reason it does not fit (and then it is not taken)."""
         old = self.sizes.get(name)
         new = None if value is None else prop_bytes(name, value)
@@ -314,7 +316,7 @@ class BoundedProperties:
     def _sizes(self, url: str) -> dict[str, int]:
         raise NotImplementedError
 
-    def _apply(self, url: str, changes: list[tuple[str, bytes | None]]) -> str | None:
+    def _apply(self, url: str, changes: list[tuple[str, bytes | None]]) -> Refusal | None:
         raise NotImplementedError
 
     def _change(self, url: str, name: str, value: bytes | None, dry_run: bool,
@@ -322,7 +324,7 @@ class BoundedProperties:
         """One instruction of a PROPPATCH (value None: remove). Raises StateLimitExceeded (507),
         or DAVError(424) for the later instructions of a batch that was refused at commit."""
         if value is not None and len(value) > self.bounds.value_bytes:
-            raise refuse(environ, "property_too_large",
+            raise refuse(environ, Refusal.PROPERTY_TOO_LARGE,
                          f"{name}: {len(value)} bytes, at most {self.bounds.value_bytes}")
         batches: dict[str, _Pending] | None = environ.setdefault(_PENDING_KEY, {}) if environ is not None else None
         if dry_run:
@@ -339,9 +341,10 @@ class BoundedProperties:
         if pending is not None and pending.changes[pending.done:pending.done + 1] == [(name, value)]:
             pending.done += 1
             if pending.outcome is None:
-                pending.outcome = self._apply(url, pending.changes) or "ok"
-                if pending.outcome != "ok":
-                    raise refuse(environ, pending.outcome, self._describe(pending.outcome, url))
+                refused = self._apply(url, pending.changes)
+                pending.outcome = refused or "ok"
+                if refused is not None:
+                    raise refuse(environ, refused, self._describe(refused, url))
             elif pending.outcome != "ok":
                 raise DAVError(HTTP_FAILED_DEPENDENCY)
             return
@@ -350,7 +353,7 @@ class BoundedProperties:
             raise refuse(environ, reason, self._describe(reason, url))
 
     def _describe(self, reason: str, url: str) -> str:
-        if reason == "too_many_properties":
+        if reason == Refusal.TOO_MANY_PROPERTIES:
             return f"{url}: at most {self.bounds.per_resource} properties"
         return f"{url}: at most {self.bounds.bytes_per_resource} bytes of properties"
 
@@ -501,11 +504,11 @@ class SQLiteLockStorage:
                 raise DAVError(HTTP_LOCKED, err_condition=cond)
             on_root = db.execute("SELECT COUNT(*) FROM dav_locks WHERE root = ? AND expire >= ?", (root, now))
             if on_root.fetchone()[0] >= self.bounds.per_resource:
-                raise StateLimitExceeded("too_many_locks", f"{root}: at most {self.bounds.per_resource} locks")
+                raise StateLimitExceeded(Refusal.TOO_MANY_LOCKS, f"{root}: at most {self.bounds.per_resource} locks")
             held = db.execute("SELECT COUNT(*) FROM dav_locks WHERE principal = ? AND expire >= ?",
                               (lock["principal"], now))
             if held.fetchone()[0] >= self.bounds.per_account:
-                raise StateLimitExceeded("too_many_account_locks", f"at most {self.bounds.per_account} locks")
+                raise StateLimitExceeded(Refusal.TOO_MANY_ACCOUNT_LOCKS, f"at most {self.bounds.per_account} locks")
             lock["expire"] = now + lock["timeout"]
             lock["token"] = token
             db.execute(
@@ -639,7 +642,7 @@ class SQLitePropertyManager(BoundedProperties):
     def _sizes(self, url: str) -> dict[str, int]:
         return self._sizes_in(self._db(), url)
 
-    def _apply(self, url: str, changes: list[tuple[str, bytes | None]]) -> str | None:
+    def _apply(self, url: str, changes: list[tuple[str, bytes | None]]) -> Refusal | None:
         """Check the bounds against what is stored and make the changes: one IMMEDIATE
         transaction, so no other connection or process writes in between."""
         with self.store.transaction() as db:

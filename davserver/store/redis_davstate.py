@@ -67,6 +67,7 @@ from wsgidav.dav_error import (
 )
 from wsgidav.lock_man.lock_manager import normalize_lock_root
 
+from ..access import Refusal
 from .base import StoreUnavailable
 from .davstate import (
     DEFAULT_LOCK_BOUNDS,
@@ -528,8 +529,8 @@ class RedisLockStorage:
                   self.bounds.per_resource, self.bounds.per_account, *_ancestors(root)],
         )
         if conflicts and conflicts[0].startswith(b"!"):
-            reason = conflicts[0][1:].decode("ascii")
-            bound = self.bounds.per_resource if reason == "too_many_locks" else self.bounds.per_account
+            reason = Refusal(conflicts[0][1:].decode("ascii"))
+            bound = self.bounds.per_resource if reason == Refusal.TOO_MANY_LOCKS else self.bounds.per_account
             raise StateLimitExceeded(reason, f"{root}: at most {bound} locks")
         if conflicts:
             cond = DAVErrorCondition(PRECONDITION_CODE_LockConflict)
@@ -638,13 +639,13 @@ class RedisPropertyManager(BoundedProperties):
             name.decode("utf-8"): len(name) + int(size) for name, size in zip(flat[::2], flat[1::2], strict=True)
         }
 
-    def _apply(self, url: str, changes: list[tuple[str, bytes | None]]) -> str | None:
+    def _apply(self, url: str, changes: list[tuple[str, bytes | None]]) -> Refusal | None:
         """Check the bounds against what is stored and make the changes: one script."""
         args: list[Any] = [self.store.prefix, url, self.bounds.per_resource, self.bounds.bytes_per_resource]
         for name, value in changes:
             args += ["r", name, b""] if value is None else ["s", name, value]
         reason = _call(self._apply_script, args=args)
-        return reason.decode("ascii") if reason else None
+        return Refusal(reason.decode("ascii")) if reason else None
 
     def answer_bytes(self, url: str, *, members: bool, names: tuple[str, ...] | None, values: bool = True,
                      stop_after: int | None = None) -> int:
