@@ -6,8 +6,8 @@ Values are JSON (never pickle), expiry is Redis's own key TTL (never a scan),
 and every key carries the deployment's prefix.
 
 `clear_locks` finds sign-in lockouts with SCAN (an administrator's command, not
-the request path) under a MATCH pattern whose glob characters are escaped, and
-checks the exact, case-sensitive prefix of every key it deletes.
+the request path) under a MATCH pattern whose glob characters (of the deployment
+prefix too) are escaped, so it matches the exact, case-sensitive prefix.
 
 If Redis is unreachable the store raises StoreUnavailable; the guard turns
 that into a refusal (fail closed), never into a login without the check.
@@ -181,8 +181,7 @@ class RedisStore:
         for kind in ("lock", "fail"):
             literal = self._k(kind, prefix)
             pattern = _glob_escape(literal) + "*"
-            scanned = self._call(self._scan_all, pattern)
-            found = [k for k in scanned if k.decode("utf-8", "surrogateescape").startswith(literal)]
+            found = self._call(self._scan_all, pattern)
             for i in range(0, len(found), 500):
                 n = int(self._call(self._r.delete, *found[i:i + 500]))
                 lifted += n if kind == "lock" else 0
