@@ -275,6 +275,44 @@ def test_answer_bytes_measures_what_a_propfind_would_carry(backend: Backend) -> 
     assert pm.answer_bytes("/files/d/f1", members=True, names=None) == size(["/files/d/f1"])
 
 
+URL_PARTS = st.sampled_from(["a", "b", "a b", "a%20b", "z", "a-", "a0", "~"])
+TREES = st.lists(
+    st.tuples(st.lists(URL_PARTS, min_size=1, max_size=3), st.booleans(),
+              st.sampled_from(["{x}p", "{x}q", "{y}p"]), st.integers(1, 50)),
+    max_size=40,
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tree=TREES)
+def test_answer_bytes_counts_exactly_the_folder_and_its_direct_members(backend: Backend, tree: list[Any]) -> None:
+    """For any tree of URLs with properties (files and folders, siblings whose names share a
+    prefix with a sub-folder, deep sub-trees the walk skips): the folder's Depth 1 measure is
+    what a brute-force sum over the folder and its direct members gives."""
+    pm = props_of(backend.open(), PropertyBounds())
+    pm.clear()
+    stored_: dict[str, dict[str, bytes]] = {}
+    for parts, folder, name, size in tree:
+        url = "/files/d/" + "/".join(parts) + ("/" if folder else "")
+        value = b"<v>" + b"w" * size + b"</v>"
+        pm.write_property(url, name, value)
+        stored_.setdefault(url, {})[name] = value
+    pm.write_property("/files/d/", "{x}top", b"<t/>")
+    stored_.setdefault("/files/d/", {})["{x}top"] = b"<t/>"
+    pm.write_property("/files/dz", "{x}p", b"<not-below/>")
+
+    def direct(url: str) -> bool:
+        rest = url[len("/files/d/"):]
+        return "/" not in rest.rstrip("/")
+
+    for names in (None, ("{x}p",), ("{y}p", "{x}top")):
+        expected = sum(len(n) + len(v) for url, props in stored_.items() if direct(url)
+                       for n, v in props.items() if names is None or n in names)
+        assert pm.answer_bytes("/files/d", members=True, names=names) == expected
+    expected_names = sum(len(n) for url, props in stored_.items() if direct(url) for n in props)
+    assert pm.answer_bytes("/files/d/", members=True, names=None, values=False) == expected_names
+
+
 # --- contract: locks ----------------------------------------------------------------------------
 
 

@@ -93,6 +93,23 @@ _SELECT_LOCK = (
 )
 
 
+#: The URLs with properties directly inside a folder (parameters: the folder's URL with
+#: its '/' as `lo`, `hi` from _below, len(lo), `hi` again), by a skip walk over the
+#: primary key: from a member to the next URL; from a URL deeper down to the first one
+#: past its sub-folder (prefix + U+10FFFF sorts after every URL below it).
+_MEMBERS = """
+WITH RECURSIVE walk(u, n) AS (
+    SELECT (SELECT min(url) FROM dav_props WHERE url > ? AND url < ?), ?
+    UNION ALL
+    SELECT (SELECT min(url) FROM dav_props WHERE url < ? AND url > CASE
+                WHEN instr(substr(u, n + 1), '/') IN (0, length(u) - n) THEN u
+                ELSE substr(u, 1, n + instr(substr(u, n + 1), '/')) || char(1114111) END), n
+    FROM walk WHERE u IS NOT NULL
+)
+SELECT u FROM walk WHERE u IS NOT NULL AND instr(substr(u, n + 1), '/') IN (0, length(u) - n)
+"""
+
+
 def _below(prefix: str) -> tuple[str, str]:
     """Bounds of the strings that start with `prefix` + '/' (case-sensitive, index-friendly:
     '0' sorts right after '/'). SQLite's LIKE would ignore case and need escaping."""
@@ -671,14 +688,18 @@ class SQLitePropertyManager(BoundedProperties):
         values; only the properties in `names`, or all (None: allprop). `stop_after` is
         accepted for the Redis backend's sake (which stops counting past it); here the
         sum is exact.
+
+        Members are found by a skip walk over the index (``_MEMBERS``): one step per
+        member with properties and one per sub-folder, never a step per property
+        deeper down, so a share root over a million properties costs what its own
+        members do.
         """
         base, slashed, lo, hi = self._tree(url)
-        where = "(url IN (?, ?)"
+        where = "url IN (?, ?)"
         args: list[Any] = [base, slashed]
         if members:
-            where += " OR (url >= ? AND url < ? AND instr(substr(url, ?), '/') IN (0, length(url) - ?))"
-            args += [lo, hi, len(lo) + 1, len(lo)]
-        where += ")"
+            where = f"(url IN (?, ?) OR url IN ({_MEMBERS}))"
+            args += [lo, hi, len(lo), hi]
         size = "length(CAST(name AS BLOB))" + (" + length(value)" if values else "")
         db = self._db()
         if names is None:

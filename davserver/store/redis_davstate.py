@@ -340,7 +340,8 @@ return ''
 # ARGV: pfx, base, slashed, lo, hi, members ('1'/'0'), what ('a' names and values, 'n' names,
 # 'p' the names and values of the properties named after), stop after, names... Bytes of dead
 # properties a PROPFIND would carry (see SQLitePropertyManager.answer_bytes); past `stop after`
-# it stops counting. Members are walked 1,000 URLs at a time; only direct members count.
+# it stops counting. Members are walked 100 URLs at a time, and a sub-folder's URLs are skipped
+# with one jump: the work follows the members, not everything below them.
 _ANSWER_BYTES = _PROPS_LIB + r"""
 local base, slashed, lo, hi, what = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[7]
 local stop = tonumber(ARGV[8])
@@ -362,17 +363,24 @@ end
 count(base)
 if slashed ~= base then count(slashed) end
 if ARGV[6] == '1' then
-  local from = '[' .. lo
+  local from = '(' .. lo
   while total <= stop do
-    local urls = redis.call('ZRANGEBYLEX', urls_key, from, '(' .. hi, 'LIMIT', 0, 1000)
+    local urls = redis.call('ZRANGEBYLEX', urls_key, from, '(' .. hi, 'LIMIT', 0, 100)
+    local jumped = false
     for _, url in ipairs(urls) do
       local rest = string.sub(url, #lo + 1)
       local slash = string.find(rest, '/', 1, true)
-      if (slash == nil or slash == #rest) and url ~= base and url ~= slashed then count(url) end
+      if slash == nil or slash == #rest then
+        count(url)
+        from = '(' .. url
+      else  -- deeper down: skip the whole sub-folder (U+10FFFF sorts after everything in it)
+        from = '(' .. lo .. string.sub(rest, 1, slash) .. '\244\143\191\191'
+        jumped = true
+        break
+      end
       if total > stop then break end
     end
-    if #urls < 1000 then break end
-    from = '(' .. urls[#urls]
+    if not jumped and #urls < 100 then break end
   end
 end
 return total
