@@ -109,6 +109,8 @@ class ServerConfig:
     handshakes_per_address: int = 128
     #: TLS handshakes in progress in all; a new one closes the oldest of the busiest address.
     handshakes_total: int = 1024
+    #: Connections the kernel holds for accept(); a burst beyond it loses SYNs (1 s retry).
+    listen_backlog: int = 1024
 
 
 @dataclass(frozen=True)
@@ -348,7 +350,7 @@ def _parse_server(raw: Mapping[str, Any]) -> ServerConfig:
         s,
         "server",
         ("bind", "port", "threads", "timeout", "keep_alive_limit", "shutdown_timeout",
-         "handshakes_per_address", "handshakes_total"),
+         "handshakes_per_address", "handshakes_total", "listen_backlog"),
     )
     bind = _str(s, "server", "bind", "127.0.0.1")
     if bind not in ("localhost",):
@@ -365,6 +367,7 @@ def _parse_server(raw: Mapping[str, Any]) -> ServerConfig:
         shutdown_timeout=_float(s, "server", "shutdown_timeout", 30.0, 0.0),
         handshakes_per_address=_int(s, "server", "handshakes_per_address", 128, 1, 1_000_000),
         handshakes_total=_int(s, "server", "handshakes_total", 1024, 1, 1_000_000),
+        listen_backlog=_int(s, "server", "listen_backlog", 1024, 16, 65535),
     )
 
 

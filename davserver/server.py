@@ -121,7 +121,7 @@ class DavServer:
             self.guard,
             numthreads=config.server.threads,
             server_name="davserver",
-            request_queue_size=128,
+            request_queue_size=config.server.listen_backlog,
             timeout=int(config.server.timeout),
         )
         self._server.ConnectionClass = _Connection

@@ -394,6 +394,32 @@ def test_total_cap_closes_the_oldest_handshake_of_the_busiest_address(inst: Inst
                 s.close()
 
 
+@pytest.mark.parametrize(("backlog", "retried"), [(None, False), (16, True)])
+def test_a_burst_of_connections_waits_in_the_listen_backlog(inst: Instance, backlog: int | None,
+                                                            retried: bool) -> None:
+    """1,000 connects in a burst, faster than accept(): the default backlog (1,024) queues
+    them all at once; a backlog of 16 drops SYNs, and a dropped SYN costs its client a
+    second (the kernel's retry), whoever that client is."""
+    settings = {} if backlog is None else {"server__listen_backlog": backlog}
+    with live(inst, **settings) as server:
+        raise_own_file_limit(4096)
+        socks: list[socket.socket] = []
+        try:
+            started = time.monotonic()
+            slowest = 0.0
+            for _ in range(1000):
+                before = time.monotonic()
+                socks.append(connect(server.port))
+                slowest = max(slowest, time.monotonic() - before)
+                if slowest > 0.9:
+                    break  # a SYN was dropped and retried
+            assert (slowest > 0.9) is retried, (slowest, time.monotonic() - started)
+            assert timed_get(inst, server.url) < 0.5
+        finally:
+            for s in socks:
+                s.close()
+
+
 @pytest.mark.parametrize("kind", ["silent", "trickling"])
 def test_handshake_deadline_closes_unfinished_handshakes(inst: Instance, kind: str) -> None:
     with live(inst, limits__handshake_seconds=1) as server:
@@ -438,9 +464,10 @@ def test_open_file_limit_is_raised_to_the_hard_limit(inst: Instance) -> None:
 def test_handshake_settings_have_defaults_and_bounds(inst: Instance) -> None:
     config = load_config(inst.home)
     assert (config.server.handshakes_per_address, config.server.handshakes_total) == (128, 1024)
+    assert config.server.listen_backlog == 1024
     assert config.limits.handshake_seconds == 10.0
     for key, value in [("server__handshakes_per_address", 0), ("server__handshakes_total", 0),
-                       ("limits__handshake_seconds", 0.5)]:
+                       ("limits__handshake_seconds", 0.5), ("server__listen_backlog", 8)]:
         good = inst.home.config_file.read_text()
         configure(inst, **{key: value})
         with pytest.raises(ConfigError, match=key.replace("__", ".")):
