@@ -101,9 +101,10 @@ def copy_or_move(
 def _walk(root: str, *, listed_only: bool = True) -> list[tuple[str, bool]]:
     """The entries below ``root`` as (path relative to it, is a folder), parents first,
     without recursion (Python 3.11's os.walk recurses once per level). With
-    ``listed_only``, what listings hide is skipped: symlinks, special files and
-    upload temp files."""
+    ``listed_only``, what listings hide is skipped: symlinks, special files,
+    upload temp files and names that are not UTF-8 (names.py)."""
     from .fs import is_temp_name
+    from .names import is_listable
 
     found: list[tuple[str, bool]] = []
     stack = [""]
@@ -113,7 +114,8 @@ def _walk(root: str, *, listed_only: bool = True) -> list[tuple[str, bool]]:
             for entry in entries:
                 child = f"{rel}/{entry.name}" if rel else entry.name
                 is_dir = entry.is_dir(follow_symlinks=False)
-                if listed_only and (is_temp_name(entry.name) or not (is_dir or entry.is_file(follow_symlinks=False))):
+                if listed_only and (is_temp_name(entry.name) or not is_listable(entry.name)
+                                    or not (is_dir or entry.is_file(follow_symlinks=False))):
                     continue
                 found.append((child, is_dir))
                 if is_dir:
@@ -181,6 +183,8 @@ def _across_shares(
     dest_parent = _resource_of(dest_provider, util.get_uri_parent(dest_path), environ)
     if dest_parent is None or not dest_parent.is_collection:
         raise DAVError(HTTP_CONFLICT, context_info="Destination parent must be a collection.")
+    # The destination's new name and the tree's depth, as within one share (fs.py, names.py).
+    dest_provider.check_tree(environ, src_res if src_res.is_collection else None, dest_path)
     src_file = src_res._file_path
     dest_file = dest_provider._loc_to_file_path(dest_path, environ)
     real_src, real_dest = os.path.realpath(src_file), os.path.realpath(dest_file)

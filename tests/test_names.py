@@ -245,6 +245,8 @@ def test_names_that_are_not_utf8_are_hidden(inst: Instance, server: DavServer,
                                                                     "/files/old/caf%C3%A9.txt": "café.txt"}
     r = s.request("COPY", server.url + "files/old/", headers={"Destination": "/files/copy/"})
     assert r.status_code == 201 and os.listdir(inst.home.root / "data/files/copy") == ["café.txt"]
+    r = s.request("COPY", server.url + "files/old/", headers={"Destination": "/team/copy/"})  # another share
+    assert r.status_code == 201 and os.listdir(inst.home.root / "data/team/copy") == ["café.txt"]
     assert s.delete(server.url + "files/old/").status_code == 204 and not folder.exists()
 
 
@@ -287,8 +289,14 @@ def test_names_with_controls_cannot_be_created(inst: Instance, server: DavServer
         assert r.status_code == 400, (method, r.status_code)
         r = s.request(method, server.url + "files/dir/", headers={"Destination": "/files/" + url + "/"})
         assert r.status_code == 400, (method, r.status_code)
+    team = inst.home.root / "data/team"
+    (team / "t.txt").write_bytes(b"team")
+    for method in ("COPY", "MOVE"):  # from another share (copymove._across_shares)
+        r = s.request(method, server.url + "team/t.txt", headers={"Destination": "/files/dir/" + url})
+        assert r.status_code == 400, (method, r.status_code)
+        _refused(inst, method, "/team/t.txt")
     assert sorted(os.listdir(data)) == before and os.listdir(data / "dir") == []
-    assert (data / "src.txt").read_bytes() == b"source"
+    assert (data / "src.txt").read_bytes() == b"source" and (team / "t.txt").read_bytes() == b"team"
 
 
 @pytest.mark.parametrize("name", ["a & b.txt", "Été déjà.txt", "x|y.txt", "minutes;draft.txt", "report?v2.txt",

@@ -186,12 +186,13 @@ def test_a_tree_deeper_than_the_limit_made_on_disk_is_refused_not_a_500(inst: In
     data = inst.home.root / "data/files"
     deepest = make_tree(data / "deep", 1100)
     (deepest / "leaf.txt").write_bytes(b"leaf")
-    for method, dest in (("COPY", "/files/copy/"), ("MOVE", "/files/moved/"), ("DELETE", "")):
+    for method, dest in (("COPY", "/files/copy/"), ("MOVE", "/files/moved/"), ("DELETE", ""),
+                         ("COPY", "/team/copy/"), ("MOVE", "/team/moved/")):
         r = s.request(method, server.url + "files/deep/", headers={"Destination": dest} if dest else {})
         assert r.status_code == 403, (method, r.status_code, r.text[:200])
         assert reason_of(inst, method, "/files/deep/") == "tree_depth"
     assert (deepest / "leaf.txt").read_bytes() == b"leaf"
-    assert sorted(os.listdir(data)) == ["deep"]
+    assert sorted(os.listdir(data)) == ["deep"] and os.listdir(inst.home.root / "data/team") == []
     # Listing it level by level still works (PROPFIND is depth-limited).
     assert s.request("PROPFIND", server.url + "files/deep/", headers={"Depth": "1"}).status_code == 207
 
@@ -208,7 +209,11 @@ def test_trees_within_the_limit_copy_move_and_delete(inst: Instance, server: Dav
     assert s.request("MOVE", server.url + "files/c/", headers={"Destination": "/files/m/"}).status_code == 201
     assert (data / "m" / "/".join(["d"] * levels) / "leaf.txt").read_bytes() == b"leaf"
     assert s.delete(server.url + "files/m/").status_code == 204
+    r = s.request("COPY", server.url + "files/t/", headers={"Destination": "/team/t/"})  # another share
+    assert r.status_code == 201
+    assert (inst.home.root / "data/team/t" / "/".join(["d"] * levels) / "leaf.txt").read_bytes() == b"leaf"
     assert s.delete(server.url + "files/t/").status_code == 204
+    assert s.delete(server.url + "team/t/").status_code == 204
     assert os.listdir(data) == []
 
 
