@@ -1,9 +1,9 @@
 """TLS handshakes off the request workers: one selector loop completes them without
 blocking, and only a connection whose handshake has completed reaches a worker.
 
-cheroot's accept loop (``cheroot/connections.py`` ``ConnectionManager._run`` →
-``_from_server_socket``) hands every accepted connection to ``HTTPServer.process_conn``
-(``cheroot/server.py``), which queues it for a worker thread. With the handshake on the
+cheroot 11.1.2's accept loop (``cheroot/connections.py:250``, ``ConnectionManager._run``
+after ``_from_server_socket``) hands every accepted connection to
+``HTTPServer.process_conn`` (``cheroot/server.py:2194``), which queues it for a worker. With the handshake on the
 worker, a client that connected and stayed silent, or sent its ClientHello one byte at
 a time, held a worker until the deadline: 64 silent connections stalled a certificate
 holder for 20 s, 40 trickling ones for about 10 s.
@@ -13,14 +13,15 @@ a :class:`HandshakeLoop` instead: a thread that steps every pending handshake wi
 non-blocking ``do_handshake()`` calls as its socket becomes readable or writable. A
 completed connection goes back to cheroot: to a worker at once when OpenSSL already
 holds decrypted bytes of it (``SSLSocket.pending()``, invisible to ``select``),
-otherwise to cheroot's own selector (``HTTPServer.put_conn``), where a silent
+otherwise to cheroot's own selector (``HTTPServer.put_conn``, ``cheroot/server.py:1954``), where a silent
 certificate holder waits like any idle keep-alive connection, not on a worker.
 
 Bounds (all settings in ``config.py``):
 
 - ``limits.handshake_seconds``: a handshake not completed this long after the
   connection was accepted is closed.
-- ``server.handshakes_per_address``: pending handshakes from one address. A new
+- ``server.handshakes_per_address``: pending handshakes from one address (an IPv6
+  client counts by its /64 prefix, the block one subscriber gets). A new
   connection from an address at its cap closes that address's *oldest* pending
   handshake. The newest is kept because a legitimate client behind the same address
   (a NAT) completes its handshake within a round trip or two, while a flood's oldest
@@ -38,6 +39,7 @@ Every closed handshake is counted (:class:`HandshakeCounters`, read by
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import resource
 import selectors
@@ -53,7 +55,7 @@ from cheroot import wsgi
 
 from .tls import TLSConnection
 
-__all__ = ["HandshakeCounters", "HandshakeLoop", "HandshakingServer", "raise_open_file_limit"]
+__all__ = ["HandshakeCounters", "HandshakeLoop", "HandshakingServer", "address_key", "raise_open_file_limit"]
 
 log = logging.getLogger("davserver.handshake")
 
@@ -109,6 +111,22 @@ class _RateLimitedLog:
             log.info(msg, *args)
 
 
+def address_key(address: str) -> str:
+    """The client a per-address cap counts: an IPv4 address as is (also when it arrives
+    IPv4-mapped on an IPv6 listener), an IPv6 address by its /64 prefix, since one
+    subscriber is given a whole /64 (RFC 6177) and could otherwise take a fresh address
+    for every connection. Anything unparsable is its own key."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class _Pending:
     __slots__ = ("address", "conn", "deadline", "events")
 
@@ -126,6 +144,7 @@ class HandshakeLoop:
     and `total` cap the pending handshakes (≥ 1); `deadline_seconds` is the time from
     acceptance to a completed handshake. :meth:`submit` is called by cheroot's accept
     thread; everything else about a pending connection happens on the loop's thread.
+    Raises ``ValueError`` for a cap below 1 or a deadline not above 0.
     """
 
     def __init__(self, server: Any, *, per_address: int, total: int, deadline_seconds: float) -> None:
@@ -144,6 +163,7 @@ class HandshakeLoop:
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._stopping = threading.Event()
+        self._intake_lock = threading.Lock()  # submit() against stop(): no connection left behind
         self._thread: threading.Thread | None = None
 
     # --- any thread ---------------------------------------------------------------
@@ -168,15 +188,17 @@ class HandshakeLoop:
 
     def submit(self, conn: TLSConnection) -> None:
         """Take over an accepted connection whose handshake has not completed."""
-        if self._thread is None or self._stopping.is_set():
-            _close(conn)
-            return
-        self._intake.append(conn)
-        self._wake()
+        with self._intake_lock:
+            if self._thread is not None and not self._stopping.is_set():
+                self._intake.append(conn)
+                self._wake()
+                return
+        _close(conn)
 
     def stop(self) -> None:
         """Stop the thread and close every pending handshake."""
-        self._stopping.set()
+        with self._intake_lock:
+            self._stopping.set()
         if self._thread is not None:
             self._wake()
             self._thread.join(timeout=10)
@@ -231,7 +253,7 @@ class HandshakeLoop:
     def _admit(self, conn: TLSConnection) -> None:
         assert self._selector is not None
         self._counters.accepted += 1
-        address = str(conn.remote_addr or "")
+        address = address_key(str(conn.remote_addr or ""))
         same = self._by_address.get(address)
         if same is not None and len(same) >= self.per_address:
             self._evict(next(iter(same)), per_address=True)
@@ -346,7 +368,8 @@ def _close(conn: TLSConnection) -> None:
 class HandshakingServer(wsgi.Server):
     """cheroot's WSGI server, with handshakes in a :class:`HandshakeLoop`.
 
-    ``process_conn`` (``cheroot/server.py``) is where cheroot's connection manager
+    ``process_conn`` (``cheroot/server.py:2194``; called from ``cheroot/connections.py:250``
+    and ``:255``) is where cheroot's connection manager
     hands over both new connections and kept-alive ones that became readable; a
     :class:`~davserver.tls.TLSConnection` whose handshake has not completed goes to
     ``handshakes`` instead of the worker pool. Set ``handshakes`` before serving.

@@ -26,6 +26,7 @@ import requests.adapters
 import yaml
 
 from davserver.config import ConfigError, load_config
+from davserver.handshake import address_key
 from davserver.pki import CertificateAuthority
 from davserver.server import DavServer
 
@@ -473,3 +474,16 @@ def test_handshake_settings_have_defaults_and_bounds(inst: Instance) -> None:
         with pytest.raises(ConfigError, match=key.replace("__", ".")):
             load_config(inst.home)
         inst.home.config_file.write_text(good)
+
+
+@pytest.mark.parametrize(("address", "key"), [
+    ("127.0.0.1", "127.0.0.1"),
+    ("::ffff:192.0.2.7", "192.0.2.7"),
+    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+    ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+    ("fe80::1%eth0", "fe80::/64"),
+    ("", ""),
+])
+def test_an_ipv6_client_counts_by_its_slash_64(address: str, key: str) -> None:
+    assert address_key(address) == key
