@@ -90,6 +90,8 @@ __all__ = ["RedisLockStorage", "RedisPropertyManager"]
 TTL_GRACE = 60
 #: Expired locks purged at most per create/refresh (cleanup() purges all, in batches).
 PURGE_BATCH = 100
+#: Members one script call of answer_bytes looks at before it hands back (a few ms of Redis).
+ANSWER_WALK_STEP = 2000
 
 # --- Lua -----------------------------------------------------------------------------------
 # ARGV[1] is always the key prefix. Times travel as the strings Python wrote (repr of a float)
@@ -338,18 +340,20 @@ return ''
 """
 
 # ARGV: pfx, base, slashed, lo, hi, members ('1'/'0'), what ('a' names and values, 'n' names,
-# 'p' the names and values of the properties named after), stop after, names... Bytes of dead
-# properties a PROPFIND would carry (see SQLitePropertyManager.answer_bytes); past `stop after`
-# it stops counting. Members are walked 100 URLs at a time, and a sub-folder's URLs are skipped
-# with one jump: the work follows the members, not everything below them.
+# 'p' the names and values of the properties named after), stop after, resume from ('' at the
+# start), URLs per call, names... Bytes of dead properties a PROPFIND would carry (see
+# SQLitePropertyManager.answer_bytes) as {bytes, where to resume ('' when done)}. It stops past
+# `stop after`, and after `URLs per call` members so that a huge folder never holds Redis up
+# for long: the caller resumes. A sub-folder's URLs are skipped with one jump: the work follows
+# the members, not everything below them.
 _ANSWER_BYTES = _PROPS_LIB + r"""
 local base, slashed, lo, hi, what = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[7]
-local stop = tonumber(ARGV[8])
+local stop, from, budget = tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10])
 local total = 0
 local function count(url)
   local key = props_key(url)
   if what == 'p' then
-    for i = 9, #ARGV do
+    for i = 11, #ARGV do
       local n = redis.call('HSTRLEN', key, ARGV[i])
       if n > 0 then total = total + #ARGV[i] + n end
     end
@@ -360,30 +364,33 @@ local function count(url)
     end
   end
 end
-count(base)
-if slashed ~= base then count(slashed) end
-if ARGV[6] == '1' then
-  local from = '(' .. lo
-  while total <= stop do
-    local urls = redis.call('ZRANGEBYLEX', urls_key, from, '(' .. hi, 'LIMIT', 0, 100)
-    local jumped = false
-    for _, url in ipairs(urls) do
-      local rest = string.sub(url, #lo + 1)
-      local slash = string.find(rest, '/', 1, true)
-      if slash == nil or slash == #rest then
-        count(url)
-        from = '(' .. url
-      else  -- deeper down: skip the whole sub-folder (U+10FFFF sorts after everything in it)
-        from = '(' .. lo .. string.sub(rest, 1, slash) .. '\244\143\191\191'
-        jumped = true
-        break
-      end
-      if total > stop then break end
-    end
-    if not jumped and #urls < 100 then break end
-  end
+if from == '' then
+  count(base)
+  if slashed ~= base then count(slashed) end
+  if ARGV[6] ~= '1' then return {total, ''} end
+  from = '(' .. lo
 end
-return total
+while total <= stop and budget > 0 do
+  local urls = redis.call('ZRANGEBYLEX', urls_key, from, '(' .. hi, 'LIMIT', 0, 100)
+  local jumped = false
+  for _, url in ipairs(urls) do
+    local rest = string.sub(url, #lo + 1)
+    local slash = string.find(rest, '/', 1, true)
+    budget = budget - 1
+    if slash == nil or slash == #rest then
+      count(url)
+      from = '(' .. url
+    else  -- deeper down: skip the whole sub-folder (U+10FFFF sorts after everything in it)
+      from = '(' .. lo .. string.sub(rest, 1, slash) .. '\244\143\191\191'
+      jumped = true
+      break
+    end
+    if total > stop or budget <= 0 then break end
+  end
+  if not jumped and #urls < 100 and budget > 0 and total <= stop then return {total, ''} end
+end
+if total > stop then return {total, ''} end
+return {total, from}
 """
 
 # ARGV: pfx.
@@ -606,6 +613,8 @@ class RedisPropertyManager(BoundedProperties):
     def __init__(self, store: RedisStore, *, bounds: PropertyBounds = DEFAULT_PROPERTY_BOUNDS) -> None:
         self.store = store
         self.bounds = bounds
+        #: Members one answer_bytes script call looks at before handing back.
+        self.walk_step = ANSWER_WALK_STEP
         r = store.client
         self._sizes_script = r.register_script(_SIZES)
         self._apply_script = r.register_script(_APPLY)
@@ -660,9 +669,16 @@ class RedisPropertyManager(BoundedProperties):
         """Bytes of dead properties a PROPFIND of `url` would carry (see the SQLite class);
         the count stops soon after it passes `stop_after`."""
         what = "p" if names is not None else "a" if values else "n"
-        stop = stop_after if stop_after is not None else 1 << 62
-        args = [self.store.prefix, *SQLitePropertyManager._tree(url), int(members), what, stop, *(names or ())]
-        return int(_call(self._answer_bytes, args=args))
+        stop = stop_after if stop_after is not None else 1 << 52
+        tree = SQLitePropertyManager._tree(url)
+        total, resume = 0, b""
+        while True:
+            args = [self.store.prefix, *tree, int(members), what, stop - total, resume, self.walk_step,
+                    *(names or ())]
+            counted, resume = _call(self._answer_bytes, args=args)
+            total += int(counted)
+            if not resume:
+                return total
 
     def remove_properties(self, norm_url: str, environ: dict[str, Any] | None = None) -> None:
         """Remove the resource's properties and those of everything below it (see the SQLite class)."""
