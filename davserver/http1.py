@@ -714,7 +714,12 @@ class HTTP1Request(HTTPRequest):
     def _refuse(self, detail: str) -> None:
         """400 with Connection: close, and its audit line."""
         log.info("refusing a request from %s: %s", getattr(self.conn, "remote_addr", "?"), detail)
+        self._audit(400, Refusal.BAD_FRAMING, self._answer_400(detail))
+
+    def _answer_400(self, detail: str) -> int:
+        """Write a 400 that closes the connection; the bytes written."""
         self.close_connection = True
+        self.sent_headers = True
         body = f"bad request framing: {detail}\n".encode()
         head = (
             f"{self.server.protocol} 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -722,7 +727,7 @@ class HTTP1Request(HTTPRequest):
         ).encode("latin-1")
         with contextlib.suppress(OSError):
             self.conn.wfile.write(head + body)
-        self._audit(400, Refusal.BAD_FRAMING)
+        return len(head) + len(body)
 
     def simple_response(self, status: Any, msg: Any = "") -> None:
         """cheroot's short answers; those given before the application ran (a malformed
@@ -733,7 +738,7 @@ class HTTP1Request(HTTPRequest):
             self.close_connection = True
             self._audit(code, Refusal.BAD_FRAMING if code == 400 else refusal_for_status(code))
 
-    def _audit(self, status: int, reason: Refusal) -> None:
+    def _audit(self, status: int, reason: Refusal, sent: int = 0) -> None:
         """One line in the field set of ``Guard._record`` (guard.py)."""
         if self._audited:
             return
@@ -757,7 +762,7 @@ class HTTP1Request(HTTPRequest):
                 "path": uri.decode("utf-8", "backslashreplace")[:2048] if isinstance(uri, bytes) else None,
                 "status": status,
                 "bytes_in": 0,
-                "bytes_out": 0,
+                "bytes_out": sent,
                 "duration_ms": 0.0,
                 "decision": "deny",
                 "reason": str(reason),
@@ -794,8 +799,7 @@ class HTTP1Request(HTTPRequest):
             # It escaped the application before an answer: answer here (the guard wrote the line).
             self.close_connection = True
             if not self.sent_headers:
-                self.sent_headers = True
-                self.simple_response("400 Bad Request", f"bad request framing: {exc.detail}")
+                self._answer_400(exc.detail)
         finally:
             wfile = self.conn.wfile
             if isinstance(wfile, SocketWriter):

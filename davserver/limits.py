@@ -47,7 +47,12 @@ class Limits:
                 return _simple(start_response, "403 Forbidden", _FINITE_DEPTH, close=False,
                                ctype="application/xml; charset=utf-8")
         if method in XML_METHODS:
-            refused = self._cap_body(environ)
+            try:
+                refused = self._cap_body(environ)
+            except ValueError:
+                # A chunked body that breaks its framing (http1.BadChunkedBody, which also
+                # records the reason bad_framing): 400, and the connection closes.
+                return _simple(start_response, "400 Bad Request", b"bad request framing\n", close=True)
             if refused:
                 environ["davserver.limit"] = "xml_too_large"
                 return _simple(start_response, "413 Content Too Large", b"request body too large\n", close=True)

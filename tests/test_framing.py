@@ -333,3 +333,26 @@ def test_unread_chunked_body_never_runs_as_a_request(inst: Instance, server: Dav
     assert response.startswith(b"HTTP/1.1 409 ") and _answers(response) == 1 and closed, response
     assert b"Connection: close" in response
     assert (files / "victim.txt").read_text() == "must survive"
+
+
+@pytest.mark.parametrize("method", ["PROPFIND", "PROPPATCH", "LOCK"])
+def test_live_bad_chunk_in_an_xml_body_is_refused(inst: Instance, server: DavServer, method: str) -> None:
+    """XML bodies are read by the request limits before WsgiDAV: the same 400, one audit line."""
+    xml = b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>'
+    for size, status in ((b"0x10", b"400"), (f"{len(xml):x}".encode(), None)):
+        before = len(_audit_lines(inst))
+        tls = _tls(inst, server)
+        tls.sendall(f"{method} /files/ HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH}\r\nDepth: 0\r\n"
+                    f"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n".encode()
+                    + size + b"\r\n" + xml + b"\r\n0\r\n\r\n")
+        response, closed = _read_all(tls)
+        tls.close()
+        assert _answers(response) == 1 and closed, (size, response[:100])
+        time.sleep(0.05)
+        lines = _audit_lines(inst)[before:]
+        assert len(lines) == 1, lines
+        if status is not None:
+            assert response.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in response
+            assert (lines[0]["decision"], lines[0]["reason"], lines[0]["status"]) == ("deny", "bad_framing", 400)
+        else:  # twin: the well-formed chunk is parsed as XML (whatever WsgiDAV then answers)
+            assert lines[0]["reason"] != "bad_framing", lines
