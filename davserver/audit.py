@@ -18,6 +18,11 @@ __all__ = ["AuditLog"]
 
 log = logging.getLogger("davserver.audit")
 
+#: Line breaks other than LF that JSON may carry raw but that line-splitting tools
+#: (Python's str.splitlines, some log shippers) honour: escaped, so a file name
+#: cannot split one record into two.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
 
 class AuditLog:
     def __init__(self, path: Path | None) -> None:
@@ -33,7 +38,7 @@ class AuditLog:
             self._owned = True
 
     def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str).translate(_LINE_BREAKS)
         with self._lock:
             try:
                 self._stream.write(line + "\n")

@@ -378,3 +378,15 @@ def test_copy_and_move_across_shares(inst: Instance, server: DavServer) -> None:
     r = s.request("PROPFIND", server.url + "team/moved/sub/b.txt", headers={"Depth": "0"},
                   data=b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>')
     assert "blue" in r.text
+
+
+@pytest.mark.parametrize("name", ["line\u2028sep.txt", "para\u2029sep.txt", "next\u0085line.txt"])
+def test_a_name_with_a_unicode_line_break_stays_one_audit_record(inst: Instance, server: DavServer,
+                                                                  name: str) -> None:
+    before = len(audit(inst))
+    r = session_for(inst).put(server.url + "files/" + quote(name), data=b"x")
+    assert r.status_code in (201, 400)  # U+0085 is a C1 control: refused as a new name
+    text = (inst.home.state_dir / "audit.log").read_text()
+    records = [json.loads(line) for line in text.splitlines()]  # splits on U+2028/U+2029/U+0085 too
+    assert len(records) == before + 1
+    assert records[-1]["path"] == "/files/" + name
