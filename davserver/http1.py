@@ -52,6 +52,7 @@ import logging
 import re
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -481,6 +482,17 @@ class ChunkedBody(_Body):
 # --- lingering close ---------------------------------------------------------------
 
 
+def _send_close_notify(sock: socket.socket) -> None:
+    """End the TLS stream properly (RFC 8446 §6.1: close_notify before closing the write
+    side), without waiting for the client's: on the non-blocking socket, ``unwrap()``
+    sends the alert and stops at "want read". A plain socket, or a TLS layer that cannot
+    send now, is left as it is."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return
+    with contextlib.suppress(ssl.SSLError, OSError, ValueError):
+        sock.unwrap()
+
+
 @dataclass
 class _Lingering:
     sock: socket.socket
@@ -528,10 +540,10 @@ class Lingerer:
                 self.counters["refused"] += 1
                 return False
             try:
-                # The plain socket's calls: the TLS layer is not used again (no close_notify,
-                # as cheroot never sends one either).
-                socket.socket.shutdown(sock, socket.SHUT_WR)
                 socket.socket.setblocking(sock, False)
+                _send_close_notify(sock)
+                # From here the plain socket's calls: the TLS layer is not used again.
+                socket.socket.shutdown(sock, socket.SHUT_WR)
             except OSError:
                 return False
             self._count += 1

@@ -370,3 +370,19 @@ def test_linger_settings_are_checked(inst: Instance, key: str, value: object) ->
 def test_linger_settings_defaults(inst: Instance) -> None:
     limits = load_config(inst.home).limits
     assert (limits.linger_bytes, limits.linger_seconds, limits.linger_connections) == (64 << 20, 10.0, 64)
+
+
+def test_lingering_close_ends_tls_with_close_notify(inst: Instance, server: DavServer) -> None:
+    """After an early answer the TLS stream ends properly (RFC 8446 §6.1), so a client that
+    reads to the end sees a clean end, not an EOF "in violation of protocol"."""
+    ctx = client_context(inst, inst.clients["alice"])
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    tls = ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False)
+    try:
+        tls.sendall(head_of("PUT", "/files/x.bin", WRONG, "", 1 << 30))
+        out = b""
+        while chunk := tls.recv(65536):  # raises SSLEOFError on an end without close_notify
+            out += chunk
+        assert out.startswith(b"HTTP/1.1 401 ") and out.endswith(b"invalid credentials\n")
+    finally:
+        tls.close()
