@@ -272,6 +272,8 @@ class _Body:
         #: The WSGI environ (set by the request), marked when the framing breaks.
         self.environ: dict[str, Any] | None = None
         self.eof = False
+        #: Set once the framing broke; every later read raises it again.
+        self.failed: BadChunkedBody | None = None
 
     @property
     def finished(self) -> bool:
@@ -284,10 +286,12 @@ class _Body:
             self._request.send_continue()
 
     def _broken(self, detail: str) -> BadChunkedBody:
+        """The error to raise, now and on every later read (the stream is garbage from here);
+        the audit line will say bad_framing."""
         if self.environ is not None:
             self.environ[REFUSAL_KEY] = Refusal.BAD_FRAMING
-        self._request.framing_broken = True
-        return BadChunkedBody(detail)
+        self.failed = BadChunkedBody(detail)
+        return self.failed
 
     def read(self, size: int | None = -1) -> bytes:
         raise NotImplementedError
@@ -444,6 +448,8 @@ class ChunkedBody(_Body):
         return True
 
     def read(self, size: int | None = -1) -> bytes:
+        if self.failed is not None:
+            raise self.failed
         if self._done or size == 0:
             return b""
         self._starting()
@@ -464,6 +470,8 @@ class ChunkedBody(_Body):
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _line_piece(self, size: int) -> bytes:
+        if self.failed is not None:
+            raise self.failed
         if self._done:
             return b""
         self._starting()
@@ -686,8 +694,6 @@ class HTTP1Request(HTTPRequest):
 
     #: The client sent ``Expect: 100-continue`` and no ``100 Continue`` was sent yet.
     expect_continue = False
-    #: A chunked body broke its framing while the application read it.
-    framing_broken = False
     _audited = False
     _body: _Body | None = None
     _length = 0

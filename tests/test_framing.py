@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from davserver.http1 import FramingError, frame_request, read_fields
@@ -119,13 +119,13 @@ def test_connection_and_expect_tokens() -> None:
 def test_content_length_is_digits_only(value: bytes) -> None:
     """For any value: accepted exactly when it is 1 to 19 ASCII digits (after OWS), and then
     the length is its decimal value; never an exception other than FramingError."""
+    assume(b"\n" not in value)  # a line feed ends the field line: a different request
     head = b"Host: x\r\nContent-Length: " + value + b"\r\n"
     stripped = value.strip(b" \t")
     try:
         framing = frame(head)
     except FramingError:
-        assert not (stripped.isdigit() and stripped.isascii() and 1 <= len(stripped) <= 19 and b"\r" not in value
-                    and b"\n" not in value)
+        assert not (stripped.isdigit() and stripped.isascii() and 1 <= len(stripped) <= 19 and b"\r" not in value)
         return
     assert stripped.isdigit() and len(stripped) <= 19
     assert framing.length == int(stripped)
@@ -143,6 +143,7 @@ _TCHAR = st.sampled_from(list(b"!#$%&'*+-.^`|~0123456789abcdefghijklmnopqrstuvwx
 def test_any_field_line_is_taken_only_when_well_formed(name: bytes, value: bytes, junk: bytes) -> None:
     """A name that is a token directly followed by the colon, and a value without control
     characters, is taken as is (minus surrounding whitespace); anything else is refused."""
+    assume(b"\n" not in value)  # a line feed ends the field line: a different request
     if name.title() in (b"Host", b"Content-Length", b"Transfer-Encoding"):
         name = b"X-" + name
     line = name + junk + b":" + value
