@@ -296,10 +296,10 @@ class Guard:
         raw: bytes | None,
         started: float,
     ) -> Iterable[bytes]:
-        """400 (or 502) for a target or Destination that names nothing unambiguously."""
+        """400 (or 403) for a target or Destination that names nothing unambiguously."""
         log.info("refusing %s: %s", environ.get("REQUEST_METHOD"), exc.detail)
-        status = "502 Bad Gateway" if exc.status == 502 else "400 Bad Request"
-        body = b"bad gateway\n" if exc.status == 502 else b"bad request\n"
+        status = "403 Forbidden" if exc.status == 403 else "400 Bad Request"
+        body = b"forbidden\n" if exc.status == 403 else b"bad request\n"
         headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
         if _has_body(environ):
             headers.append(("Connection", "close"))

@@ -22,7 +22,8 @@ The rules (RFC 3986 §3, §2.1; RFC 9112 §3.2; RFC 4918 §10.3):
   way, wsgidav_app.py:404), and the canonical path spells it in lower case.
 
 Errors are :class:`BadTarget` with a reason for the audit log and the status the
-client gets (400, or 502 for a Destination on another server, RFC 4918 §9.8.5).
+client gets: 400, or 403 for a Destination on another server (RFC 4918 §9.8.5 allows
+502 there; no client input gets a 5xx here, and 403 is what it always got).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class BadTarget(ValueError):
     """A request target or Destination that names no resource unambiguously.
 
     ``reason`` goes to the audit log (``bad_path``, ``bad_destination``);
-    ``status`` is what the client is told (400, or 502 for another server).
+    ``status`` is what the client is told (400, or 403 for another server).
     """
 
     def __init__(self, reason: str, detail: str, status: int = 400) -> None:
@@ -211,7 +212,7 @@ def parse_destination(value: str, *, host: str, scheme: str = "https") -> Target
 
     ``value`` is the WSGI header string (its bytes as Latin-1, PEP 3333); ``host``
     the request's Host header, ``scheme`` its own scheme. An absolute URI must
-    name this server (same scheme, same host and port) or the answer is 502
+    name this server (same scheme, same host and port) or the answer is 403
     (RFC 4918 §9.8.5). Raises :class:`BadTarget` (reason ``bad_destination``).
     """
     try:
@@ -226,5 +227,5 @@ def parse_destination(value: str, *, host: str, scheme: str = "https") -> Target
         raise BadTarget("bad_destination", "a query in the Destination")
     dest_scheme, authority, path = _split_absolute(raw, "bad_destination")
     if dest_scheme and (dest_scheme != scheme.lower() or not _same_authority(authority, host, scheme.lower())):
-        raise BadTarget("bad_destination", "the Destination names another server", status=502)
+        raise BadTarget("bad_destination", "the Destination names another server", status=403)
     return _parse_path(path, "bad_destination")
