@@ -360,6 +360,27 @@ def test_locks_of_one_account_stop_at_the_bound(backend: Backend) -> None:
         locks.create("/files/g4", new_lock("alice"))
 
 
+def test_the_look_ahead_agrees_with_create(backend: Backend) -> None:
+    """check_bounds (asked before WsgiDAV creates a locked empty file) refuses exactly when
+    create would, for the resource bound and the account bound."""
+    clock = Clock()
+    locks = locks_of(backend.open(), LockBounds(per_resource=2, per_account=3), clock)
+    assert locks.check_bounds("/files/a", "alice") is None
+    for _ in range(2):
+        locks.create("/files/a", shared_lock())
+    refused = locks.check_bounds("/files/a", "bob")
+    assert refused is not None and refused.reason == "too_many_locks" and refused.value == 507
+    with pytest.raises(StateLimitExceeded):
+        locks.create("/files/a", shared_lock("bob"))
+    assert locks.check_bounds("/files/b", "alice") is None
+    locks.create("/files/b", shared_lock())
+    refused = locks.check_bounds("/files/c", "alice")
+    assert refused is not None and refused.reason == "too_many_account_locks"
+    assert locks.check_bounds("/files/c", "bob") is None
+    clock.now += 601
+    assert locks.check_bounds("/files/a", "alice") is None, "expired locks count no more"
+
+
 def test_racing_lock_requests_get_exactly_the_bound(backend: Backend) -> None:
     stores = [backend.open() for _ in range(8)]
     storages = [locks_of(s, LockBounds(per_resource=3, per_account=1000)) for s in stores]
@@ -593,7 +614,8 @@ def test_a_normal_lock_and_unlock_still_work(live: tuple[Instance, RedisStore | 
             assert alice.request("UNLOCK", url, headers={"Lock-Token": token}).status_code == 204
 
 
-def test_locks_per_account_are_bounded(inst: Instance) -> None:
+def test_locks_per_account_are_bounded(live: tuple[Instance, RedisStore | None]) -> None:
+    inst, _ = live
     raw = yaml.safe_load(inst.home.config_file.read_text())
     raw["locks"] = {"max_per_account": 5}
     inst.home.config_file.write_text(yaml.safe_dump(raw))
@@ -603,6 +625,8 @@ def test_locks_per_account_are_bounded(inst: Instance) -> None:
             r = alice.request("LOCK", f"{srv.url}files/l{i}.txt", data=EXCLUSIVE_LOCK, headers={**XML, "Depth": "0"})
             assert r.status_code == (507 if i == 5 else 201), (i, r.status_code)
         assert audit_reasons(inst, "LOCK")[-1] == "too_many_account_locks"
+        assert b"too-many-account-locks" in r.content
+        assert not (inst.home.root / "data/files/l5.txt").exists(), "a refused LOCK creates no file"
         r = bob.request("LOCK", f"{srv.url}files/l5.txt", data=EXCLUSIVE_LOCK, headers={**XML, "Depth": "0"})
         assert r.status_code in (200, 201), "another account still locks"
 

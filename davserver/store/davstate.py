@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from wsgidav import util
 from wsgidav.dav_error import (
@@ -397,20 +398,36 @@ class BoundedProperties:
 
 
 class RecordLimitReason(BaseMiddleware):
-    """Puts a lock bound's reason where the audit line finds it.
+    """Lock bounds at the request: checked before WsgiDAV creates anything, and the
+    reason of a refusal put where the audit line finds it.
 
-    A lock storage is called without the request (LockManager.acquire gets the URL
-    and principal only), so a lock bound cannot write to the environ itself; its
-    :class:`StateLimitExceeded` passes through here on its way to the error page.
-    WsgiDAV's request handler is a generator (request_server.py ``__call__``), so
-    the error arrives while the answer is iterated, not when the app is called.
+    WsgiDAV creates the empty file of a LOCK on an unmapped URL before it asks for
+    the lock (request_server.py do_LOCK, "TODO: check for locked parents BEFORE
+    creating an empty child"), so a LOCK refused only by the storage would leave
+    that file behind. A new LOCK is therefore first checked here (``check_bounds``,
+    not atomic: a race can still get past it, and then the storage's atomic check
+    in ``create`` refuses, leaving the empty file). A lock storage is called
+    without the request (LockManager.acquire gets the URL and principal only), so
+    its :class:`StateLimitExceeded` is noted on its way to the error page: WsgiDAV's
+    request handler is a generator (request_server.py ``__call__``), so the error
+    arrives while the answer is iterated, not when the app is called.
     """
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        result: Iterable[bytes] = self.next_app(environ, start_response)
         if environ.get("REQUEST_METHOD") != "LOCK":
+            result: Iterable[bytes] = self.next_app(environ, start_response)
             return result
-        return _NotingLimit(result, environ)
+        lock_manager = self.wsgidav_app.lock_manager
+        check = getattr(getattr(lock_manager, "storage", None), "check_bounds", None)
+        share_path = getattr(environ.get("wsgidav.provider"), "share_path", None)
+        if check is not None and share_path and "HTTP_IF" not in environ:
+            # the lock's root as the resource's get_ref_url() will name it (dav_provider.py)
+            root = normalize_lock_root(quote(share_path.rstrip("/") + environ.get("PATH_INFO", "")))
+            refused: StateLimitExceeded | None = check(root, environ.get("wsgidav.auth.user_name", ""))
+            if refused is not None:
+                environ.setdefault(LIMIT_ENVIRON_KEY, refused.reason)
+                raise refused
+        return _NotingLimit(self.next_app(environ, start_response), environ)
 
 
 class _NotingLimit:
@@ -519,13 +536,9 @@ class SQLiteLockStorage:
                 for href in conflicts:
                     cond.add_href(href)
                 raise DAVError(HTTP_LOCKED, err_condition=cond)
-            on_root = db.execute("SELECT COUNT(*) FROM dav_locks WHERE root = ? AND expire >= ?", (root, now))
-            if on_root.fetchone()[0] >= self.bounds.per_resource:
-                raise StateLimitExceeded(Refusal.TOO_MANY_LOCKS, f"{root}: at most {self.bounds.per_resource} locks")
-            held = db.execute("SELECT COUNT(*) FROM dav_locks WHERE principal = ? AND expire >= ?",
-                              (lock["principal"], now))
-            if held.fetchone()[0] >= self.bounds.per_account:
-                raise StateLimitExceeded(Refusal.TOO_MANY_ACCOUNT_LOCKS, f"at most {self.bounds.per_account} locks")
+            refused = self._over_bounds(db, root, lock["principal"], now)
+            if refused is not None:
+                raise refused
             lock["expire"] = now + lock["timeout"]
             lock["token"] = token
             db.execute(
@@ -535,6 +548,21 @@ class SQLiteLockStorage:
                  lock["timeout"], lock["expire"]),
             )
         return lock
+
+    def check_bounds(self, root: str, principal: str) -> StateLimitExceeded | None:
+        """The refusal a new lock on `root` for `principal` would meet now, or None (a
+        look ahead for RecordLimitReason; ``create`` checks again, atomically)."""
+        now = self._clock()
+        return self._over_bounds(self._db(), root, principal, now)
+
+    def _over_bounds(self, db: sqlite3.Connection, root: str, principal: str, now: float) -> StateLimitExceeded | None:
+        on_root = db.execute("SELECT COUNT(*) FROM dav_locks WHERE root = ? AND expire >= ?", (root, now))
+        if on_root.fetchone()[0] >= self.bounds.per_resource:
+            return StateLimitExceeded(Refusal.TOO_MANY_LOCKS, f"{root}: at most {self.bounds.per_resource} locks")
+        held = db.execute("SELECT COUNT(*) FROM dav_locks WHERE principal = ? AND expire >= ?", (principal, now))
+        if held.fetchone()[0] >= self.bounds.per_account:
+            return StateLimitExceeded(Refusal.TOO_MANY_ACCOUNT_LOCKS, f"at most {self.bounds.per_account} locks")
+        return None
 
     @staticmethod
     def _conflicts(db: sqlite3.Connection, root: str, scope: str, depth: str, now: float) -> list[str]:

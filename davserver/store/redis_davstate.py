@@ -179,6 +179,15 @@ redis.call('ZADD', expiry_key, ARGV[7], token .. ' ' .. root)
 return {}
 """
 
+# ARGV: pfx, now, root, principal, locks per resource, locks per account. The reason a new lock
+# would be refused now ('' when it would not): create's bound checks, as a look ahead.
+_CHECK_BOUNDS = _LOCK_LIB + r"""
+local now = ARGV[2]
+if #live(ARGV[3], now) >= tonumber(ARGV[5]) then return 'too_many_locks' end
+if redis.call('ZCOUNT', of_key(ARGV[4]), now, '+inf') >= tonumber(ARGV[6]) then return 'too_many_account_locks' end
+return ''
+"""
+
 # ARGV: pfx, now, purge limit, token, root, json, expire, ttl ms, principal. 1 when refreshed, 0 when gone.
 _REFRESH = _LOCK_LIB + r"""
 local now, token, root = ARGV[2], ARGV[4], ARGV[5]
@@ -465,6 +474,7 @@ class RedisLockStorage:
         self._clock = clock
         r = store.client
         self._create = r.register_script(_CREATE)
+        self._check_bounds = r.register_script(_CHECK_BOUNDS)
         self._refresh = r.register_script(_REFRESH)
         self._drop_expired = r.register_script(_DROP_EXPIRED)
         self._delete = r.register_script(_DELETE)
@@ -544,9 +554,7 @@ class RedisLockStorage:
                   self.bounds.per_resource, self.bounds.per_account, *_ancestors(root)],
         )
         if conflicts and conflicts[0].startswith(b"!"):
-            reason = Refusal(conflicts[0][1:].decode("ascii"))
-            bound = self.bounds.per_resource if reason == Refusal.TOO_MANY_LOCKS else self.bounds.per_account
-            raise StateLimitExceeded(reason, f"{root}: at most {bound} locks")
+            raise self._refusal(Refusal(conflicts[0][1:].decode("ascii")), root)
         if conflicts:
             cond = DAVErrorCondition(PRECONDITION_CODE_LockConflict)
             for href in conflicts:
@@ -555,6 +563,18 @@ class RedisLockStorage:
         lock["expire"] = expire
         lock["token"] = token
         return lock
+
+    def check_bounds(self, root: str, principal: str) -> StateLimitExceeded | None:
+        """The refusal a new lock on `root` for `principal` would meet now, or None (a
+        look ahead for davstate.RecordLimitReason; ``create`` checks again, atomically)."""
+        args = [self.store.prefix, _num(self._clock()), root, principal, self.bounds.per_resource,
+                self.bounds.per_account]
+        reason = _call(self._check_bounds, args=args)
+        return self._refusal(Refusal(reason.decode("ascii")), root) if reason else None
+
+    def _refusal(self, reason: Refusal, root: str) -> StateLimitExceeded:
+        bound = self.bounds.per_resource if reason == Refusal.TOO_MANY_LOCKS else self.bounds.per_account
+        return StateLimitExceeded(reason, f"{root}: at most {bound} locks")
 
     def refresh(self, token: str, *, timeout: float | None) -> dict[str, Any]:
         """Give a live lock a new timeout (capped); 412 when it no longer exists."""
