@@ -524,6 +524,7 @@ def test_the_issues_property_attacks_are_refused_and_store_nothing(live: tuple[I
         # one PROPPATCH with a 1,000,000-byte value
         r = alice.request("PROPPATCH", base + "f0.txt", data=proppatch_body([("v", "a" * 1_000_000)]), headers=XML)
         assert statuses(r) == {"{urn:attack}v": 507}
+        assert b"at most 65536" in r.content and b"DAVErrorCondition" not in r.content
         assert audit_reasons(inst, "PROPPATCH")[-1] == "property_too_large"
 
         # one PROPPATCH with 20,000 properties: 256 would fit, none is stored
@@ -533,6 +534,8 @@ def test_the_issues_property_attacks_are_refused_and_store_nothing(live: tuple[I
         assert len(got) == 20000
         assert sorted(set(got.values())) == [424, 507]
         assert sum(s == 507 for s in got.values()) == 20000 - 256
+        assert len(r.content) < 1 << 20, "the 207 repeats no explanation 20,000 times"
+        assert r.content.count(b"at most 256 properties") == 1 and b"DAVErrorCondition" not in r.content
         assert audit_reasons(inst, "PROPPATCH")[-1] == "too_many_properties"
 
         # 40 × 1 MB

@@ -232,20 +232,27 @@ class StateLimitExceeded(DAVError):
     PROPPATCH's 207 the property's propstat carries the 507.
     """
 
-    def __init__(self, reason: Refusal, context: str) -> None:
+    def __init__(self, reason: Refusal, context: str | None, *, in_multistatus: bool = False) -> None:
+        condition = f"{{{LIMIT_NAMESPACE}}}{reason.replace('_', '-')}"
         super().__init__(
             HTTP_INSUFFICIENT_STORAGE,
             context_info=context,
-            err_condition=DAVErrorCondition(f"{{{LIMIT_NAMESPACE}}}{reason.replace('_', '-')}"),
+            # a property's propstat has no room for it; WsgiDAV would write its repr into
+            # the 207's responsedescription instead (dav_error.py get_user_info)
+            err_condition=None if in_multistatus else DAVErrorCondition(condition),
         )
         self.reason = reason
 
 
-def refuse(environ: dict[str, Any] | None, reason: Refusal, context: str) -> StateLimitExceeded:
-    """Note the reason for the audit line (the first one a request meets) and return the error to raise."""
+def refuse(environ: dict[str, Any] | None, reason: Refusal, context: str, *,
+           in_multistatus: bool = False) -> StateLimitExceeded:
+    """Note the reason for the audit line and return the error to raise. Only the first
+    refusal of a request says why (WsgiDAV repeats each one's text in a 207's
+    responsedescription: 20,000 refused properties would carry 20,000 copies)."""
+    first = environ is None or LIMIT_ENVIRON_KEY not in environ
     if environ is not None:
         environ.setdefault(LIMIT_ENVIRON_KEY, reason)
-    return StateLimitExceeded(reason, context)
+    return StateLimitExceeded(reason, context if first else None, in_multistatus=in_multistatus)
 
 
 def prop_bytes(name: str, value: bytes) -> int:
@@ -343,7 +350,7 @@ class BoundedProperties:
         or DAVError(424) for the later instructions of a batch that was refused at commit."""
         if value is not None and len(value) > self.bounds.value_bytes:
             raise refuse(environ, Refusal.PROPERTY_TOO_LARGE,
-                         f"{name}: {len(value)} bytes, at most {self.bounds.value_bytes}")
+                         f"{name}: {len(value)} bytes, at most {self.bounds.value_bytes}", in_multistatus=True)
         batches: dict[str, _Pending] | None = environ.setdefault(_PENDING_KEY, {}) if environ is not None else None
         if dry_run:
             if batches is None:
@@ -353,7 +360,7 @@ class BoundedProperties:
                 pending = batches[url] = _Pending(self._sizes(url))
             reason = pending.add(self.bounds, name, value)
             if reason is not None:
-                raise refuse(environ, reason, self._describe(reason, url))
+                raise refuse(environ, reason, self._describe(reason, url), in_multistatus=True)
             return
         pending = batches.get(url) if batches is not None else None
         if pending is not None and pending.changes[pending.done:pending.done + 1] == [(name, value)]:
@@ -362,13 +369,13 @@ class BoundedProperties:
                 refused = self._apply(url, pending.changes)
                 pending.outcome = refused or "ok"
                 if refused is not None:
-                    raise refuse(environ, refused, self._describe(refused, url))
+                    raise refuse(environ, refused, self._describe(refused, url), in_multistatus=True)
             elif pending.outcome != "ok":
                 raise DAVError(HTTP_FAILED_DEPENDENCY)
             return
         reason = self._apply(url, [(name, value)])  # a call outside a PROPPATCH's dry run/real pair
         if reason is not None:
-            raise refuse(environ, reason, self._describe(reason, url))
+            raise refuse(environ, reason, self._describe(reason, url), in_multistatus=True)
 
     def _describe(self, reason: str, url: str) -> str:
         if reason == Refusal.TOO_MANY_PROPERTIES:
