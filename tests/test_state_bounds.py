@@ -558,6 +558,35 @@ def test_the_issues_property_attacks_are_refused_and_store_nothing(live: tuple[I
         assert b"urn:attack" not in r.content
 
 
+@pytest.mark.parametrize(
+    ("setting", "value", "refused", "fits", "reason"),
+    [
+        # 2,000 bytes of content make a 2,030-byte value (the element's tag and namespace)
+        ("max_value_bytes", 2048, [("v", "x" * 2100)], [("v", "x" * 2000)], "property_too_large"),
+        ("max_per_resource", 3, [("a", ""), ("b", ""), ("c", ""), ("d", "")], [("a", ""), ("b", ""), ("c", "")],
+         "too_many_properties"),
+        ("max_bytes_per_resource", 8192, [("a", "x" * 3000), ("b", "x" * 3000), ("c", "x" * 3000)],
+         [("a", "x" * 3000), ("b", "x" * 3000)], "property_bytes_exceeded"),
+    ],
+)
+def test_each_property_setting_is_the_bound_the_server_enforces(
+    inst: Instance, setting: str, value: int, refused: list[tuple[str, str]], fits: list[tuple[str, str]],
+    reason: str,
+) -> None:
+    raw = yaml.safe_load(inst.home.config_file.read_text())
+    raw["properties"] = {setting: value}
+    inst.home.config_file.write_text(yaml.safe_dump(raw))
+    with running(inst) as srv:
+        alice = session_for(inst, "alice")
+        url = f"{srv.url}files/p.txt"
+        alice.put(url, data=b"x")
+        got = statuses(alice.request("PROPPATCH", url, data=proppatch_body(refused), headers=XML))
+        assert sorted(got.values()) == [424] * (len(refused) - 1) + [507], got
+        assert audit_reasons(inst, "PROPPATCH")[-1] == reason
+        got = statuses(alice.request("PROPPATCH", url, data=proppatch_body(fits), headers=XML))
+        assert set(got.values()) == {200}, got
+
+
 def test_windows_properties_are_still_stored(live: tuple[Instance, RedisStore | None]) -> None:
     """The twin: Windows' Win32* PROPPATCH after every upload, a few hundred bytes."""
     inst, _ = live

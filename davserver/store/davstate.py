@@ -32,6 +32,13 @@ size, how many, and their bytes together. A PROPPATCH is checked and applied as
 one transaction (see :class:`_Pending`), and one PROPFIND answer's dead
 properties are measured before it is built (``answer_bytes``). Every refusal is
 a :class:`StateLimitExceeded` (507) whose reason reaches the audit line.
+
+What holds under concurrency: a bound is never exceeded, by any number of
+racing requests on any number of processes or nodes, because the count and the
+write are one transaction (SQLite ``BEGIN IMMEDIATE``) or one Lua script
+(Redis). What the bounds do not cover: the number of resources. The state a
+writer can add grows with the files it may create (each at most
+``bytes_per_resource``), so a share's disk quota bounds it, not these settings.
 """
 
 from __future__ import annotations
