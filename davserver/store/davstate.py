@@ -38,7 +38,8 @@ racing requests on any number of processes or nodes, because the count and the
 write are one transaction (SQLite ``BEGIN IMMEDIATE``) or one Lua script
 (Redis). What the bounds do not cover: the number of resources. The state a
 writer can add grows with the files it may create (each at most
-``bytes_per_resource``), so a share's disk quota bounds it, not these settings.
+``bytes_per_resource``); only the share's filesystem (its space, inodes or a
+quota on it) bounds how many that is.
 """
 
 from __future__ import annotations
