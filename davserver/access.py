@@ -51,6 +51,7 @@ class Refusal(StrEnum):
     TOTP_NOT_ENROLLED = "totp_not_enrolled"
     TOTP_UNAVAILABLE = "totp_unavailable"
     LOCKED = "locked"  # a sign-in lockout is in force
+    CSRF = "csrf"  # a step-up form without its certificate-bound token or from another origin
     STORE_UNAVAILABLE = "store_unavailable"
     # the resources (this module)
     SHARE_DENIED = "share_denied"
