@@ -351,7 +351,8 @@ def sweep_temp_files(root: Path, *, older_than: float = 60.0) -> int:
     while folders:
         folder = folders.pop()
         try:
-            entries = list(os.scandir(folder))
+            with os.scandir(folder) as found:  # closed even when reading it fails half-way
+                entries = list(found)
         except OSError as exc:
             log.warning("could not look for leftover upload files in %s: %s", folder, exc)
             continue
@@ -532,7 +533,8 @@ class _Folder(FolderResource):
 
     def get_member_names(self) -> list[str]:
         try:
-            entries = list(os.scandir(self._file_path))
+            with os.scandir(self._file_path) as found:  # closed even when reading it fails half-way
+                entries = list(found)
         except OSError as exc:
             raise _dav_error(exc, f"listing {self._file_path}") from None
         names = []
