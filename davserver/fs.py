@@ -771,6 +771,12 @@ class ShareProvider(FilesystemProvider):
         if path is None:
             if not environ.get("PATH_INFO", "").strip("/"):
                 return None
+            # WsgiDAV's util.get_uri_parent also answers None for a blank last name
+            # ("/\r", "/ "): that is a name that cannot be created, not the share root.
+            dest = environ.get(DESTINATION_KEY)
+            name = dest.name if dest is not None else environ.get("PATH_INFO", "").rstrip("/").rsplit("/", 1)[-1]
+            if not name.strip():
+                _check_new_name(environ, name)
             raise _refuse(environ, Refusal.DEST_SHARE_ROOT, HTTP_FORBIDDEN, "A share root cannot be replaced.")
         if any(is_temp_name(part) for part in path.split("/")):
             return None

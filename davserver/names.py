@@ -39,8 +39,13 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 def refused_name(name: str) -> str | None:
     """Why ``name`` may not be created (a sentence for the client), or None when it may.
 
-    ``name`` is one decoded path segment. Pure; no I/O.
+    ``name`` is one decoded path segment. Pure; no I/O. A name of white space only
+    (``str.strip`` leaves nothing) is refused too: no client can show or type it back,
+    and WsgiDAV takes such a last segment for the share root (util.get_uri_parent
+    strips the path), which turned a PUT of ``%0D`` into a refusal to replace the root.
     """
+    if not name.strip():
+        return "A name cannot consist of white space only."
     if name.isprintable():  # fast path: every refused character is non-printable
         return None
     found = _REFUSED.search(name)

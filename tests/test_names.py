@@ -71,8 +71,15 @@ def test_display_name_is_always_xml_and_free_of_controls(name: str) -> None:
     assert not any(c in shown for c in CONTROLS + BIDI + NON_XML + ["\t", "\n", "\r"])
     assert len(shown) == len(name)  # one U+FFFD per refused character: nothing else changes
     assert all(a == b or b == "\ufffd" for a, b in zip(name, shown, strict=True))
-    assert refused_name(shown) is None
-    assert (refused_name(name) is None) == (shown == name)
+    if name.strip():  # a blank name is refused whatever its characters (tested below)
+        assert refused_name(shown) is None
+        assert (refused_name(name) is None) == (shown == name)
+
+
+@pytest.mark.parametrize("name", ["", " ", "\r", "\n", "\t", "  \u3000", "\x1c", "\x85", "\u2028"])
+def test_a_blank_name_is_refused(name: str) -> None:
+    assert refused_name(name) is not None
+    assert refused_name(name + "x") is None or not (name + "x").isprintable()
 
 
 def test_refused_and_hidden_characters() -> None:
@@ -346,3 +353,13 @@ def test_creating_names_matches_the_rule(inst: Instance, server: DavServer) -> N
             assert not os.path.lexists(data / name)
 
     check()
+
+
+@pytest.mark.parametrize("encoded", ["%0D", "%0A", "%20", "%20%20", "%E3%80%80", "%09"])
+def test_a_blank_name_is_refused_live(inst: Instance, server: DavServer, encoded: str) -> None:
+    s = session_for(inst)
+    for method in ("PUT", "MKCOL"):
+        r = s.request(method, server.url + "files/" + encoded, data=b"v" if method == "PUT" else None)
+        assert r.status_code == 400, (method, encoded, r.status_code)
+    assert sorted(os.listdir(inst.home.root / "data/files")) == []
+    assert s.put(server.url + "files/a%20b", data=b"v").status_code == 201  # the twin: spaces inside a name
