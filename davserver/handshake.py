@@ -163,7 +163,6 @@ class HandshakeLoop:
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._stopping = threading.Event()
-        self._intake_lock = threading.Lock()  # submit() against stop(): no connection left behind
         self._thread: threading.Thread | None = None
 
     # --- any thread ---------------------------------------------------------------
@@ -188,30 +187,37 @@ class HandshakeLoop:
 
     def submit(self, conn: TLSConnection) -> None:
         """Take over an accepted connection whose handshake has not completed."""
-        with self._intake_lock:
-            if self._thread is not None and not self._stopping.is_set():
-                self._intake.append(conn)
-                self._wake()
-                return
-        _close(conn)
+        # No lock: this runs on cheroot's accept thread, the main thread of `davserver
+        # serve`, where SIGTERM raises KeyboardInterrupt and could leave a lock held.
+        self._intake.append(conn)
+        if self._thread is None or self._stopping.is_set():
+            self._close_intake()  # stop() may have emptied the intake already
+        else:
+            self._wake()
 
     def stop(self) -> None:
         """Stop the thread and close every pending handshake."""
-        with self._intake_lock:
-            self._stopping.set()
+        self._stopping.set()
         if self._thread is not None:
             self._wake()
             self._thread.join(timeout=10)
         for entry in list(self._order):
             self._drop(entry)
             _close(entry.conn)
-        while self._intake:
-            _close(self._intake.popleft())
+        self._close_intake()
         for s in (self._wake_r, self._wake_w):
             if s is not None:
                 s.close()
         if self._selector is not None:
             self._selector.close()
+
+    def _close_intake(self) -> None:
+        while True:
+            try:
+                conn = self._intake.popleft()  # atomic: submit() and stop() may both drain
+            except IndexError:
+                return
+            _close(conn)
 
     def _wake(self) -> None:
         # A full socket buffer means unread wake-ups: the loop wakes up anyway.

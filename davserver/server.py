@@ -144,6 +144,7 @@ class DavServer:
             "Connection", (_Connection,), {"watchdog": self.watchdog, "header_seconds": config.limits.header_seconds}
         )
         self._thread: threading.Thread | None = None
+        self._serve_error: BaseException | None = None
         self._stopping = threading.Event()
         self._maintenance = threading.Thread(target=self._maintain, name="davserver-maintenance", daemon=True)
 
@@ -206,20 +207,37 @@ class DavServer:
         self.handshakes.start()
         self.watchdog.start()
         self._maintenance.start()
-        self._thread = threading.Thread(target=self._server.serve, name="davserver", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="davserver", daemon=True)
         self._thread.start()
 
-    def serve_forever(self) -> None:
-        """Serve in this thread until stopped: the ``davserver serve`` process."""
-        self.prepare()
-        raise_open_file_limit()
-        self.handshakes.start()
-        self.watchdog.start()
-        self._maintenance.start()
+    def _serve(self) -> None:
         try:
             self._server.serve()
+        except BaseException as exc:  # noqa: BLE001 - handed on to serve_forever's caller
+            if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                log.exception("the server loop stopped on an error")
+            self._serve_error = exc
+
+    def serve_forever(self) -> None:
+        """Serve until stopped: the ``davserver serve`` process.
+
+        cheroot's accept loop runs on its own thread while this (main) thread only waits,
+        so the KeyboardInterrupt that SIGTERM raises lands here and never inside the loop.
+        Raised there within ``Queue.put`` (a connection handed to the workers), between
+        ``Condition.notify`` releasing a waiter and removing it (``threading.py``; CPython
+        gh-92530 fixed only half of it), it left a stale waiter that swallowed a later
+        wake-up: one worker slept through its shutdown request and ``stop()`` waited for
+        it forever (one SIGTERM in about twenty, right after traffic).
+        """
+        self.start()
+        thread = self._thread
+        try:
+            while thread is not None and thread.is_alive():
+                thread.join(0.5)
         finally:
             self.stop()
+        if self._serve_error is not None:
+            raise self._serve_error
 
     def stop(self) -> None:
         self._stopping.set()
