@@ -271,14 +271,15 @@ class HandshakeLoop:
         self._selector.register(conn.socket, selectors.EVENT_READ, entry)
         self._order[entry] = None
         self._by_address.setdefault(address, {})[entry] = None
+        if _bytes_waiting(conn.socket):
+            self._step(entry)  # usually it has: one trip through select() saved
 
     def _oldest_of_busiest(self) -> _Pending:
         busiest = max(self._by_address.values(), key=len)
         return next(iter(busiest))
 
     def _evict(self, entry: _Pending, *, per_address: bool) -> None:
-        self._drop(entry)
-        _close(entry.conn)
+        # Counted before the close: whoever sees the close also sees the count.
         if per_address:
             self._counters.evicted_per_address += 1
             self._log.info(
@@ -294,6 +295,8 @@ class HandshakeLoop:
                 "server.handshakes_total (%d) reached",
                 entry.address, self.total,
             )
+        self._drop(entry)
+        _close(entry.conn)
 
     def _drop(self, entry: _Pending) -> None:
         """Forget a pending handshake (the caller closes or hands on its connection)."""
@@ -313,15 +316,15 @@ class HandshakeLoop:
         try:
             wanted = conn.continue_handshake()
         except (ssl.SSLError, OSError, ValueError) as exc:
+            self._counters.failed += 1
             self._drop(entry)
             _close(conn)
-            self._counters.failed += 1
             self._log.info("failed", "TLS handshake with %s failed: %s", entry.address or "?", exc)
             return
         except Exception:  # noqa: BLE001 - one broken connection must not end the loop
+            self._counters.failed += 1
             self._drop(entry)
             _close(conn)
-            self._counters.failed += 1
             log.exception("TLS handshake with %s broke", entry.address or "?")
             return
         if wanted:
@@ -330,8 +333,8 @@ class HandshakeLoop:
                 self._selector.modify(conn.socket, wanted, entry)
                 entry.events = wanted
             return
-        self._drop(entry)
         self._counters.completed += 1
+        self._drop(entry)
         try:
             self._hand_on(conn)
         except OSError as exc:  # the peer left right after its handshake
@@ -356,14 +359,24 @@ class HandshakeLoop:
             entry = next(iter(self._order))
             if entry.deadline > now:
                 return
+            self._counters.timed_out += 1
             self._drop(entry)
             _close(entry.conn)
-            self._counters.timed_out += 1
             self._log.info(
                 "timed_out",
                 "closed a TLS handshake from %s: not completed within limits.handshake_seconds (%g s)",
                 entry.address or "?", self.deadline_seconds,
             )
+
+
+def _bytes_waiting(sock: ssl.SSLSocket) -> bool:
+    """True when the kernel holds bytes of `sock`: a non-blocking peek at the TCP stream
+    under the TLS layer (hence the plain socket's recv), which reads nothing into OpenSSL
+    (a silent connection costs no read buffer)."""
+    try:
+        return bool(socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # nothing yet (EAGAIN), or an error the handshake step will meet
+        return False
 
 
 def _close(conn: TLSConnection) -> None:
