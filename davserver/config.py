@@ -180,6 +180,10 @@ class ThrottleConfig:
     # distinct accounts locked out from one address within window_seconds that lock out the
     # address (one account counts once, however many certificates it uses): auth/lockout.py
     address_lock_after: int = 5
+    # consecutive failures of one factor for an account, across all its certificates and
+    # windows, that lock the account out until `davserver user unlock` (0: off); NIST SP
+    # 800-63B §5.2.2 asks for no more than 100: auth/lockout.py
+    max_consecutive_failures: int = 100
     lock_seconds: float = 900.0
     window_seconds: float = 900.0
     delay_after: int = 3  # failures answered at once before delays start
@@ -464,6 +468,7 @@ def _parse_throttle(raw: Mapping[str, Any]) -> ThrottleConfig:
     keys = (
         "lock_after",
         "address_lock_after",
+        "max_consecutive_failures",
         "lock_seconds",
         "window_seconds",
         "delay_after",
@@ -474,6 +479,7 @@ def _parse_throttle(raw: Mapping[str, Any]) -> ThrottleConfig:
     return ThrottleConfig(
         lock_after=_int(t, "throttle", "lock_after", 10, 1, 1_000_000),
         address_lock_after=_int(t, "throttle", "address_lock_after", 5, 1, 1_000_000),
+        max_consecutive_failures=_int(t, "throttle", "max_consecutive_failures", 100, 0, 1_000_000),
         lock_seconds=_float(t, "throttle", "lock_seconds", 900.0, 0.0),
         window_seconds=_float(t, "throttle", "window_seconds", 900.0, 1.0),
         delay_after=_int(t, "throttle", "delay_after", 3, 0, 1_000_000),

@@ -71,3 +71,16 @@ def test_every_reason_the_server_gives_is_in_the_one_list() -> None:
     assert found, "the patterns still match the code"
     known = {r.value for r in Refusal} | {"ok"}
     assert found <= known, sorted(found - known)
+
+
+def test_every_scandir_of_the_server_is_closed() -> None:
+    """Each os.scandir iterator is opened in a with statement (or entered by one on the next
+    line), so an error half-way or an early exit never leaves one for the garbage collector."""
+    for source in (ROOT / "davserver").rglob("*.py"):
+        lines = source.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if "os.scandir(" not in line or line.lstrip().startswith(("#", "``", "*")) or "``scandir``" in line:
+                continue
+            entered = "with " in line or (i + 4 < len(lines) and any(
+                ln.strip().startswith("with ") and line.split("=")[0].strip() in ln for ln in lines[i + 1:i + 6]))
+            assert entered, f"{source.name}:{i + 1}: {line.strip()}"

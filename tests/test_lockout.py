@@ -558,3 +558,47 @@ def test_live_one_accounts_certificates_do_not_lock_out_the_address_several_acco
         assert cli(inst, "user", "unlock", "--address", "127.0.0.300")[0] == 2
         assert cli(inst, "user", "unlock")[0] == 2, "a name or an address"
         assert cli(inst, "user", "unlock", "bob", "--address", "127.0.0.1")[0] == 2
+
+
+# --- the account-wide ceiling on consecutive failures (NIST SP 800-63B §5.2.2) ------------------
+
+
+def test_slow_guessing_over_every_certificate_locks_the_account_until_unlocked(any_store: StateStore) -> None:
+    """Guessing below the per-window limit, spread over two certificates and a month, still
+    stops at throttle.max_consecutive_failures; only `user unlock` lifts that lockout."""
+    auth = make_auth(any_store, lock_after=5, lock_seconds=60, window_seconds=60, max_consecutive_failures=12)
+    accounts = accounts_with("alice", certs=2)
+    at = T0
+    for i in range(12):
+        at = T0 + timedelta(days=2 * i)  # one guess every two days, never near the per-window limit
+        assert ask(auth, accounts, "alice", 101 + i % 2, PW + wrong_code(at), at=at).reason == "bad_otp"
+    for n in (101, 102):  # both certificates, the right code, weeks later
+        later = at + timedelta(days=30)
+        assert ask(auth, accounts, "alice", n, PW + code_at(later), at=later).reason == "locked"
+    assert ask(auth, accounts_with("bob"), "bob", 101, PW + code_at(later), at=later).allowed, "others are not"
+    assert any_store.clear_locks(account_prefix("alice")) >= 1  # what `davserver user unlock alice` does
+    assert ask(auth, accounts, "alice", 101, PW + code_at(later), at=later).allowed
+
+
+def test_a_success_of_the_factor_restarts_the_account_wide_count(any_store: StateStore) -> None:
+    auth = make_auth(any_store, lock_after=1000, max_consecutive_failures=6)
+    accounts = accounts_with("alice", certs=2)
+    for round_ in range(3):  # 5 wrong codes, then the right one: never 6 in a row
+        at = T0 + timedelta(minutes=5 * round_)
+        for k in range(5):
+            assert ask(auth, accounts, "alice", 101 + k % 2, PW + wrong_code(at), at=at).reason == "bad_otp"
+        d = ask(auth, accounts, "alice", 102, PW + code_at(at), at=at)
+        assert d.allowed, round_
+        auth.end_grant(accounts["alice"], cert_of("alice", 102))
+    # wrong passwords have a count of their own, which right codes do not restart
+    for k in range(6):
+        assert ask(auth, accounts, "alice", 101, "typo-typo", share=PW_SHARE).reason == "bad_password", k
+    assert ask(auth, accounts, "alice", 102, PW, share=PW_SHARE).reason == "locked"
+
+
+def test_the_ceiling_can_be_turned_off(store: StateStore) -> None:
+    auth = make_auth(store, lock_after=1000, max_consecutive_failures=0)
+    accounts = accounts_with("alice")
+    for _ in range(101):  # past the default ceiling of 100 (the password is verified once, then cached)
+        assert ask(auth, accounts, "alice", 101, PW + wrong_code(T0)).reason == "bad_otp"
+    assert ask(auth, accounts, "alice", 101, PW + code_at(T0)).allowed

@@ -14,6 +14,12 @@ The rules (NIST SP 800-63B §5.2.2 asks that consecutive failures be limited):
 * **Per (account, certificate).** When either factor reaches
   ``throttle.lock_after`` failures within ``throttle.window_seconds``, that
   account+certificate is locked out for ``throttle.lock_seconds``.
+* **Per account, without a window.** Failures of one factor over all the
+  account's certificates are also counted with no time window; at
+  ``throttle.max_consecutive_failures`` (100, NIST's ceiling) the whole account
+  is locked out until an administrator runs `davserver user unlock NAME`. A
+  success of that factor (with any certificate) starts the count again. Without
+  it, ten guesses every lockout period would go on for ever.
 * **Per address.** An address is locked out when ``throttle.address_lock_after``
   distinct accounts have been locked out from it within the window. One account
   counts once however many certificates it uses, so the holder of one account's
@@ -24,7 +30,8 @@ The rules (NIST SP 800-63B §5.2.2 asks that consecutive failures be limited):
 
 Store keys (exact strings, compared case-sensitively by both backends):
 ``acct:<account>:<fingerprint>`` for the lockout,
-``acct:<account>:<fingerprint>:<factor>`` for the counters, ``addr:<address>``
+``acct:<account>:<fingerprint>:<factor>`` for the counters,
+``acct:<account>:*`` and ``acct:<account>:*:<factor>`` for the account-wide ones, ``addr:<address>``
 for the address (its canonical text form, see `address_key`).
 `davserver user unlock NAME` clears the ``acct:NAME:`` prefix,
 `davserver user unlock --address ADDR` clears ``addr:ADDR``.
@@ -61,6 +68,12 @@ def account_key(account: str, fingerprint: str) -> str:
     return f"{account_prefix(account)}{fingerprint}"
 
 
+#: Stands for every certificate of the account in its account-wide keys (a fingerprint is hex).
+_ALL_CERTIFICATES = "*"
+#: The account-wide count has no window: long enough to outlive any deployment's patience.
+_NO_WINDOW = 10 * 365 * 86400.0
+
+
 def canonical_address(text: str) -> str:
     """One spelling per address: ``::ffff:10.0.0.1`` and ``10.0.0.1`` are the same peer,
     IPv6 is compressed and lower-case. Raises ValueError for text that is not an address."""
@@ -87,7 +100,8 @@ class Lockouts:
 
     def is_locked_out(self, account: str, fingerprint: str, peer: str, now: float) -> bool:
         """Whether the account+certificate or the address is locked out (one store round trip)."""
-        keys = [account_key(account, fingerprint)] + ([address_key(peer)] if peer else [])
+        keys = [account_key(account, fingerprint), account_key(account, _ALL_CERTIFICATES)]
+        keys += [address_key(peer)] if peer else []
         return self.store.any_locked(keys, now)
 
     def fail(self, account: str, fingerprint: str, factor: Factor, peer: str, now: float) -> float:
@@ -102,10 +116,16 @@ class Lockouts:
                 addr = address_key(peer)
                 if self.store.note_lockout(addr, account, now, t.window_seconds) >= t.address_lock_after:
                     self.store.set_lock(addr, now + t.lock_seconds)
+        if t.max_consecutive_failures:
+            everywhere = account_key(account, _ALL_CERTIFICATES)
+            if self.store.add_failure(f"{everywhere}:{factor}", now, _NO_WINDOW) >= t.max_consecutive_failures:
+                self.store.set_lock(everywhere, now + _NO_WINDOW)
         if count > t.delay_after:
             return float(min(t.max_delay_seconds, t.base_delay_seconds * 2 ** (count - t.delay_after - 1)))
         return 0.0
 
     def succeed(self, account: str, fingerprint: str, factor: Factor) -> None:
-        """A success of `factor` clears that factor's count, and only that one."""
+        """A success of `factor` clears that factor's counts (this certificate's and the
+        account-wide one), and only that factor's."""
         self.store.clear_failures(f"{account_key(account, fingerprint)}:{factor}")
+        self.store.clear_failures(f"{account_key(account, _ALL_CERTIFICATES)}:{factor}")
