@@ -9,13 +9,15 @@ and opens the file once, and a PROPFIND lists the folder with one scandir
 pass, fetches the members' dead properties in one store query, and writes
 the multistatus directly, reusing each member's rendered answer while the
 member is unchanged. Named properties and allprop (Windows Explorer's
-listing) both take it. Anything else — ranges, conditional requests,
+listing) both take it, and so does a GET of one byte range (Finder reads
+files in parallel ranges; ranges.py reads the header for both paths).
+Anything else — conditional requests, If-Range, an unsatisfiable range,
 propname, a lock to show in lockdiscovery, a stored property that does not
 parse — goes to WsgiDAV unchanged, so behaviour is the same; the tests
 compare the two answers, and the suites that run against WsgiDAV (litmus
 among them) run against these paths too. Names are written as names.py says,
-as on WsgiDAV's path: hrefs percent-encoded, ``displayname`` with U+FFFD for
-what XML cannot carry, names that are not UTF-8 left out.
+as on WsgiDAV's path: hrefs percent-encoded as hrefs.py says, ``displayname``
+with U+FFFD for what XML cannot carry, names that are not UTF-8 left out.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ from wsgidav import util
 
 from .access import Refusal
 from .config import is_macos_clutter
+from .hrefs import quote_href
 from .names import display_name, is_listable
+from .ranges import Unsatisfiable, resolve_range
 from .store.davstate import refuse
 
 if TYPE_CHECKING:
@@ -55,18 +59,26 @@ LIVE_PROPS = frozenset(
      "getcontenttype"}
 )
 _CONDITIONAL = ("HTTP_IF", "HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE",
-                "HTTP_IF_UNMODIFIED_SINCE", "HTTP_IF_RANGE", "HTTP_RANGE")
+                "HTTP_IF_UNMODIFIED_SINCE", "HTTP_IF_RANGE")
 
 
-def _file_body(fd: int) -> Iterator[bytes]:
+def _file_body(fd: int, first: int = 0, size: int | None = None) -> Iterator[bytes]:
+    """The file's bytes from ``first``: ``size`` of them, or all to the end when None."""
     with os.fdopen(fd, "rb", buffering=0) as f:
-        while chunk := f.read(_BLOCK):
+        if size is None:
+            while chunk := f.read(_BLOCK):
+                yield chunk
+            return
+        f.seek(first)
+        while size > 0 and (chunk := f.read(min(_BLOCK, size))):
+            size -= len(chunk)
             yield chunk
 
 
 def fast_get(provider: ShareProvider, environ: dict[str, Any], start_response: Callable[..., Any],
              etag: Callable[[os.stat_result], str], is_temp: Callable[[str], bool]) -> Any:
-    """A plain GET/HEAD of a regular file, or None to let WsgiDAV answer."""
+    """A plain GET/HEAD of a regular file, whole or one satisfiable byte range (206, the
+    Range already made canonical by ranges.normalise_range), or None to let WsgiDAV answer."""
     if any(key in environ for key in _CONDITIONAL) or environ.get("CONTENT_LENGTH", "0") not in ("", "0"):
         return None
     path = environ["PATH_INFO"]
@@ -87,19 +99,27 @@ def fast_get(provider: ShareProvider, environ: dict[str, Any], start_response: C
     except OSError:
         os.close(fd)
         return None
+    # A Range was read once, as ranges.py says (ShareProvider.custom_request_handler left one
+    # canonical range or none); an unsatisfiable one is WsgiDAV's 416, with its error body.
+    part = resolve_range(environ["HTTP_RANGE"], st.st_size) if "HTTP_RANGE" in environ else None
+    if isinstance(part, Unsatisfiable):
+        os.close(fd)
+        return None
     headers = [
-        ("Content-Length", str(st.st_size)),
+        ("Content-Length", str(st.st_size if part is None else part.size)),
         ("Last-Modified", util.get_rfc1123_time(st.st_mtime)),
         ("Content-Type", util.guess_mime_type(path, environ["wsgidav.config"])),
         ("Date", util.get_rfc1123_time()),
         ("ETag", f'"{etag(st)}"'),
         ("Accept-Ranges", "bytes"),
     ]
-    start_response("200 OK", headers)
+    if part is not None:
+        headers.append(("Content-Range", part.content_range))
+    start_response("200 OK" if part is None else "206 Partial Content", headers)
     if environ["REQUEST_METHOD"] == "HEAD":
         os.close(fd)
         return [b""]
-    return _file_body(fd)
+    return _file_body(fd) if part is None else _file_body(fd, part.first, part.size)
 
 
 def _requested_props(environ: dict[str, Any]) -> tuple[str, ...] | None:
@@ -318,7 +338,7 @@ class _Member:
                 self._href = self.ident
             else:
                 base, name = self.ident
-                self._href = base + quote(name, safe=_HREF_SAFE) + ("/" if self.is_dir else "")
+                self._href = base + quote_href(name) + ("/" if self.is_dir else "")
         return self._href
 
     @property
@@ -381,7 +401,6 @@ def _render(m: _Member, names: tuple[str, ...], allprop: bool, locking: bool,
 
 
 _QUOT = {'"': "&quot;"}
-_HREF_SAFE = "/!*'(),$-_|."  # as WsgiDAV's get_href: Nautilus chokes on '(' quoted as '%28'
 
 
 def _has_locks(provider: ShareProvider, ref: str, is_dir: bool, depth: str) -> bool:
@@ -501,7 +520,7 @@ def fast_propfind(provider: ShareProvider, environ: dict[str, Any], start_respon
     prefix = provider.mount_path + share_path
 
     # WsgiDAV names a resource after its file on disk (for a share's root: the folder's name).
-    top = _Member(file_path, share_path + rel, quote(prefix + rel, safe=_HREF_SAFE),
+    top = _Member(file_path, share_path + rel, quote_href(prefix + rel),
                   os.path.basename(file_path.rstrip("/")), st, is_dir)
     # Members' hrefs: the folder's, quoted once, and each name quoted on its own (quoting
     # works character by character, so this is the same as quoting the whole path).

@@ -65,7 +65,9 @@ from .access import Refusal
 from .config import ShareConfig, is_macos_clutter
 from .copymove import DESTINATION_KEY, copy_or_move
 from .fastpath import fast_get, fast_propfind
+from .hrefs import quote_href
 from .names import display_name, is_listable, refused_name
+from .ranges import normalise_range
 
 __all__ = ["DEFAULT_MAX_TREE_DEPTH", "TEMP_PREFIX", "AtomicFile", "ShareProvider", "is_temp_name", "sweep_temp_files",
            "tree_height_exceeds"]
@@ -418,6 +420,10 @@ class _File(FileResource):
     def get_etag(self) -> str:
         return _etag(self.file_stat)
 
+    def get_href(self) -> str:
+        """The href WsgiDAV writes for this file: hrefs.py's quoting, as the short path's."""
+        return quote_href(self.provider.mount_path + self.provider.share_path + self.get_preferred_path())
+
     def get_display_name(self) -> str:
         return display_name(self.name)
 
@@ -527,6 +533,10 @@ class _NewFile(_File):
 class _Folder(FolderResource):
     """A folder whose listing hides temp files, symlinks, special files and names that
     are not UTF-8; new names and tree depth are checked before WsgiDAV acts."""
+
+    def get_href(self) -> str:
+        """The href WsgiDAV writes for this folder: hrefs.py's quoting, as the short path's."""
+        return quote_href(self.provider.mount_path + self.provider.share_path + self.get_preferred_path())
 
     def get_display_name(self) -> str:
         return display_name(self.name)
@@ -665,12 +675,28 @@ class ShareProvider(FilesystemProvider):
             self._check_share_root(environ, method)
         answer = None
         if method in ("GET", "HEAD"):
+            if "HTTP_RANGE" in environ:  # read once for both paths (ranges.py)
+                normalise_range(environ, self._file_size(environ) if method == "GET" else None)
             answer = fast_get(self, environ, start_response, _etag, is_temp_name)
         elif method == "PROPFIND":
             answer = fast_propfind(self, environ, start_response, _etag, is_temp_name)
         elif method in ("COPY", "MOVE"):  # on the Destination the guard parsed and authorised
             return copy_or_move(default_handler.__self__, environ, start_response, is_move=method == "MOVE")
         return answer if answer is not None else default_handler(environ, start_response)
+
+    def _file_size(self, environ: dict[str, Any]) -> int | None:
+        """The size in bytes of the regular file a GET names, or None when it names
+        anything else (missing, a folder, a symlink: the answering path says which).
+        Confined like every lookup (:meth:`_loc_to_file_path`); raises DAVError as it does."""
+        path = environ["PATH_INFO"]
+        if any(is_temp_name(part) for part in path.split("/")):
+            return None
+        self._check_realm(environ)
+        try:
+            st = os.lstat(self._loc_to_file_path(path, environ))
+        except (OSError, ValueError):
+            return None
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
 
     def _check_share_root(self, environ: dict[str, Any], method: str) -> None:
         """Refuse what would replace, remove or duplicate the share root (``/files``, ``/files/``).

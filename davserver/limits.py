@@ -3,15 +3,23 @@
 WsgiDAV reads XML request bodies whole into memory and treats a PROPFIND
 without Depth as infinite. Here XML bodies are capped (413, read
 incrementally, so a chunked body is never larger in memory than the cap) and
-PROPFIND must name a finite depth (403 with DAV:propfind-finite-depth, RFC 4918
-§9.1): a folder tree walk is the client's job, one level at a time.
+a PROPFIND of a collection must name a finite depth (403 with
+DAV:propfind-finite-depth, RFC 4918 §9.1): a folder tree walk is the client's job,
+one level at a time. §9.1 allows that refusal on collections only: a PROPFIND
+without Depth, or with ``Depth: infinity``, of a regular file is the same request as
+Depth 0 (a file has no members) and goes on as one (Kodi's existence check sends
+no Depth, xbmc/xbmc#2361).
 """
 
 from __future__ import annotations
 
 import io
+import os
+import stat
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from .target import BadTarget, parse_wsgi_path
 
 __all__ = ["Limits"]
 
@@ -33,6 +41,36 @@ def _simple(start_response: Callable[..., Any], status: str, body: bytes, *, clo
     return [body]
 
 
+def _names_a_file(environ: dict[str, Any]) -> bool:
+    """Whether the request's path names a regular file inside its share.
+
+    Looked up without following any symlink: each component below the share root
+    is lstat'ed, and a symlink, a missing component or anything but a regular file
+    at the end answers False (the request is then treated as one on a collection,
+    and refused as before). Only file types are read, nothing is opened, and the
+    provider still confines the request itself (fs.py ``_loc_to_file_path``).
+    """
+    share = environ.get("davserver.share")
+    if share is None:
+        return False  # the server root: a collection
+    try:
+        segments = parse_wsgi_path(environ.get("PATH_INFO", "")).segments[1:]
+    except BadTarget:
+        return False
+    current = os.fspath(share.path)
+    for index, name in enumerate(segments):
+        current = os.path.join(current, name)
+        try:
+            mode = os.lstat(current).st_mode
+        except (OSError, ValueError):
+            return False
+        if stat.S_ISLNK(mode) or (index < len(segments) - 1 and not stat.S_ISDIR(mode)):
+            return False
+        if index == len(segments) - 1:
+            return stat.S_ISREG(mode)
+    return False
+
+
 class Limits:
     def __init__(self, app: Callable[..., Iterable[bytes]], *, xml_body_bytes: int) -> None:
         self.app = app
@@ -42,6 +80,8 @@ class Limits:
         method = environ.get("REQUEST_METHOD", "")
         if method == "PROPFIND":
             depth = environ.get("HTTP_DEPTH", "").strip().lower()
+            if depth in ("", "infinity") and _names_a_file(environ):
+                environ["HTTP_DEPTH"] = depth = "0"
             if depth not in ("0", "1"):
                 environ["davserver.limit"] = "propfind_depth"
                 return _simple(start_response, "403 Forbidden", _FINITE_DEPTH, close=False,
