@@ -133,8 +133,10 @@ class ErrorPages(BaseMiddleware):
             error = _as_dav_error(exc)
         status = get_http_status_string(error)
         if error.value in (HTTP_NOT_MODIFIED, HTTP_NO_CONTENT):
-            # content_safety.py gives a file's 304 the headers of its 200.
-            start_response(status, [("Content-Length", "0"), *(error.add_headers or [])])
+            # content_safety.py gives a file's 304 the headers of its 200. A 304 has no
+            # Content-Length: one of 0 would contradict the 200's (RFC 9110 §8.6).
+            length = [] if error.value == HTTP_NOT_MODIFIED else [("Content-Length", "0")]
+            start_response(status, [*length, *(error.add_headers or [])])
             yield b""
             return
         if error.err_condition:

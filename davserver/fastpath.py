@@ -11,7 +11,8 @@ the multistatus directly, reusing each member's rendered answer while the
 member is unchanged. Named properties and allprop (Windows Explorer's
 listing) both take it, and so does a GET of one byte range (Finder reads
 files in parallel ranges; ranges.py reads the header for both paths).
-Anything else — conditional requests, If-Range, an unsatisfiable range,
+RFC 9110 preconditions are decided by conditions.py, as on WsgiDAV's path.
+Anything else — the If header, If-Range, an unsatisfiable range,
 propname, a lock to show in lockdiscovery, a stored property that does not
 parse — goes to WsgiDAV unchanged, so behaviour is the same; the tests
 compare the two answers, and the suites that run against WsgiDAV (litmus
@@ -39,6 +40,7 @@ from defusedxml import ElementTree
 from wsgidav import util
 
 from .access import Refusal
+from .conditions import Validators, entity_tag, evaluate, precondition_error
 from .config import is_macos_clutter
 from .hrefs import quote_href
 from .names import display_name, is_listable
@@ -58,8 +60,11 @@ LIVE_PROPS = frozenset(
     {"resourcetype", "getcontentlength", "getlastmodified", "getetag", "creationdate", "displayname",
      "getcontenttype"}
 )
-_CONDITIONAL = ("HTTP_IF", "HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE",
-                "HTTP_IF_UNMODIFIED_SINCE", "HTTP_IF_RANGE")
+#: Left to WsgiDAV: the If header needs the lock manager; If-Range is evaluated there.
+#: The RFC 9110 preconditions are decided here, by conditions.evaluate, as on its path.
+_CONDITIONAL = ("HTTP_IF", "HTTP_IF_RANGE")
+_PRECONDITIONS = ("HTTP_IF", "HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE",
+                  "HTTP_IF_UNMODIFIED_SINCE")
 
 
 def _file_body(fd: int, first: int = 0, size: int | None = None) -> Iterator[bytes]:
@@ -99,6 +104,12 @@ def fast_get(provider: ShareProvider, environ: dict[str, Any], start_response: C
     except OSError:
         os.close(fd)
         return None
+    # Preconditions come before Range (RFC 9110 §13.2.2), decided as on WsgiDAV's path.
+    current = Validators(etag(st), st.st_mtime_ns // 1_000_000_000)
+    outcome = evaluate(environ["REQUEST_METHOD"], environ, current)
+    if outcome is not None:
+        os.close(fd)
+        raise precondition_error(outcome, current)
     # A Range was read once, as ranges.py says (ShareProvider.custom_request_handler left one
     # canonical range or none); an unsatisfiable one is WsgiDAV's 416, with its error body.
     part = resolve_range(environ["HTTP_RANGE"], st.st_size) if "HTTP_RANGE" in environ else None
@@ -110,7 +121,7 @@ def fast_get(provider: ShareProvider, environ: dict[str, Any], start_response: C
         ("Last-Modified", util.get_rfc1123_time(st.st_mtime)),
         ("Content-Type", util.guess_mime_type(path, environ["wsgidav.config"])),
         ("Date", util.get_rfc1123_time()),
-        ("ETag", f'"{etag(st)}"'),
+        ("ETag", entity_tag(etag(st))),
         ("Accept-Ranges", "bytes"),
     ]
     if part is not None:
@@ -260,7 +271,7 @@ def _prop_values(name: str, entry_name: str, path: str, st: os.stat_result, is_d
     if name == "getcontentlength":
         return str(st.st_size)
     if name == "getetag":
-        return escape(etag(st))  # unquoted, as WsgiDAV writes it on its own path
+        return escape(entity_tag(etag(st)))  # quoted, the ETag header's value (RFC 4918 §15.6)
     if name == "getcontenttype":
         return escape(util.guess_mime_type(path, config))
     return None
@@ -497,8 +508,8 @@ def fast_propfind(provider: ShareProvider, environ: dict[str, Any], start_respon
     depth = environ.get("HTTP_DEPTH", "")
     path = environ["PATH_INFO"] or "/"
     _check_answer_size(provider, environ, path, depth)  # also when WsgiDAV answers
-    if depth not in ("0", "1") or "HTTP_IF" in environ:
-        return None
+    if depth not in ("0", "1") or any(key in environ for key in _PRECONDITIONS):
+        return None  # preconditions: WsgiDAV's path decides them (conditions.PreconditionServer)
     if any(is_temp(part) for part in path.split("/")):
         return None
     names = _requested_props(environ)

@@ -62,6 +62,7 @@ from wsgidav.dav_provider import DAVNonCollection
 from wsgidav.fs_dav_provider import FileResource, FilesystemProvider, FolderResource
 
 from .access import Refusal
+from .conditions import PreconditionServer, entity_tag
 from .config import ShareConfig, is_macos_clutter
 from .copymove import DESTINATION_KEY, copy_or_move
 from .fastpath import fast_get, fast_propfind
@@ -380,6 +381,9 @@ def sweep_temp_files(root: Path, *, older_than: float = 60.0) -> int:
 
 
 def _etag(st: os.stat_result) -> str:
+    """The opaque-tag (unquoted, as WsgiDAV's ``get_etag`` contract wants, util.py:1413) of a
+    file: inode, nanosecond mtime and size. Strong: it changes with every write. The ETag
+    header and ``DAV:getetag`` carry it quoted (conditions.entity_tag)."""
     return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
 
 
@@ -419,6 +423,14 @@ class _File(FileResource):
 
     def get_etag(self) -> str:
         return _etag(self.file_stat)
+
+    def get_property_value(self, name: str) -> Any:
+        """``DAV:getetag`` is the entity-tag, quoted exactly as the ETag header (RFC 4918
+        §15.6); WsgiDAV writes ``get_etag()`` unquoted (dav_provider.py:748,
+        mar10/wsgidav#222), so a sync client comparing the two saw every file as changed."""
+        if name == "{DAV:}getetag":
+            return entity_tag(self.get_etag())
+        return super().get_property_value(name)
 
     def get_href(self) -> str:
         """The href WsgiDAV writes for this file: hrefs.py's quoting, as the short path's."""
@@ -673,6 +685,9 @@ class ShareProvider(FilesystemProvider):
         method = environ["REQUEST_METHOD"]
         if method in _ROOT_REFUSED and not environ.get("PATH_INFO", "").strip("/"):
             self._check_share_root(environ, method)
+        # WsgiDAV's own methods, with conditions.py deciding every precondition (RFC 9110 §13,
+        # RFC 4918 §10.4), also on a name that does not exist yet.
+        default_handler = getattr(PreconditionServer.of(default_handler.__self__), default_handler.__name__)
         answer = None
         if method in ("GET", "HEAD"):
             if "HTTP_RANGE" in environ:  # read once for both paths (ranges.py)
