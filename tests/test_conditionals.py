@@ -401,3 +401,26 @@ def test_a_304_keeps_the_connection_usable(inst: Instance, server: DavServer) ->
     for _ in range(3):
         assert s.get(server.url + "files/k.txt", headers={"If-None-Match": etag}).status_code == 304
     assert s.get(server.url + "files/k.txt").content == b"keep"
+
+
+def test_short_and_full_paths_send_the_same_headers(inst: Instance, server: DavServer,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The equivalence of fastpath.fast_get and WsgiDAV's GET/HEAD, extended to headers and
+    to the conditional answers (200, 304 either way, 412), for an inline and a download type."""
+    for name in ("notes.txt", "Report.docx"):
+        (inst.home.root / "data/files" / name).write_bytes(b"same bytes")
+        s = session_for(inst)
+        f = server.url + "files/" + name
+        first = s.get(f)
+        for headers in ({}, {"If-None-Match": first.headers["ETag"]},
+                        {"If-Modified-Since": first.headers["Last-Modified"]}, {"If-Match": '"stale"'},
+                        {"If-Unmodified-Since": OLD}, {"If-None-Match": '"other"'}):
+            for method in ("GET", "HEAD"):
+                fast = s.request(method, f, headers=headers)
+                with wsgidav_only(monkeypatch):
+                    full = s.request(method, f, headers=headers)
+                assert fast.status_code == full.status_code, (name, method, headers)
+                got = {k: v for k, v in fast.headers.items() if k != "Date"}
+                want = {k: v for k, v in full.headers.items() if k != "Date"}
+                assert got == want, (name, method, headers)
+                assert fast.content == full.content
