@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import calendar
 import re
+import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -124,8 +125,6 @@ def parse_http_date(value: str, *, now_year: int | None = None) -> int | None:
     elif m := _RFC850.fullmatch(value):
         day, mon, yy, hh, mm, ss = m.groups()
         if now_year is None:
-            import time
-
             now_year = time.gmtime().tm_year
         y = now_year - now_year % 100 + int(yy)
         year = str(y - 100 if y > now_year + 50 else y)
