@@ -9,8 +9,10 @@ exactly one place that says yes or no.
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
+from wsgidav.dav_error import HTTP_NOT_FOUND, DAVError
 from wsgidav.dav_provider import DAVCollection, DAVProvider
 from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
@@ -37,12 +39,61 @@ __all__ = ["VISIBLE_SHARES_KEY", "build_dav_app"]
 VISIBLE_SHARES_KEY = "davserver.visible_shares"
 
 
-class _ShareEntry(DAVCollection):
-    """A share as it appears in the root listing (its content is served by its own provider)."""
+_QUOTA_PROPS = ("{DAV:}quota-used-bytes", "{DAV:}quota-available-bytes")
+
+
+def _disk_figures(folder: os.PathLike[str] | str) -> tuple[int, int] | None:
+    """(used, available) bytes of the filesystem holding ``folder``, from one statvfs
+    (``shutil.disk_usage``: used = (blocks - free blocks) x fragment size, available =
+    blocks available to unprivileged users x fragment size), or None when it cannot
+    be read (a share folder missing). The same figures a share's own folders report
+    on both PROPFIND paths (WsgiDAV's fs_dav_provider.py:209, fastpath.py)."""
+    try:
+        usage = shutil.disk_usage(folder)
+    except OSError:
+        return None
+    return usage.used, usage.free
+
+
+class _QuotaMixin:
+    """RFC 4331 quota properties as integers, or 404 for the property when there are none.
+
+    WsgiDAV writes a ``None`` from ``get_used_bytes``/``get_available_bytes`` as an empty
+    value with 200 when the property is named (dav_provider.py:733); RFC 4331 §3/§4 want
+    an integer or the property absent, so a missing figure is answered 404 here."""
+
+    def _figures(self) -> tuple[int, int] | None:
+        raise NotImplementedError
+
+    def get_used_bytes(self) -> int | None:
+        figures = self._figures()
+        return None if figures is None else figures[0]
+
+    def get_available_bytes(self) -> int | None:
+        figures = self._figures()
+        return None if figures is None else figures[1]
+
+    def get_property_value(self, name: str) -> Any:
+        if name in _QUOTA_PROPS and self._figures() is None:
+            raise DAVError(HTTP_NOT_FOUND)
+        return super().get_property_value(name)  # type: ignore[misc]
+
+
+class _ShareEntry(_QuotaMixin, DAVCollection):
+    """A share as it appears in the root listing (its content is served by its own provider).
+
+    Its quota properties are its folder's filesystem's figures (:func:`_disk_figures`), so
+    a drive mapped at ``/`` sees each share's free space."""
 
     def __init__(self, path: str, environ: dict[str, Any], share: ShareConfig) -> None:
         super().__init__(path, environ)
         self.share = share
+        self._quota: tuple[int, int] | None | bool = False
+
+    def _figures(self) -> tuple[int, int] | None:
+        if self._quota is False:
+            self._quota = _disk_figures(self.share.path)
+        return self._quota  # type: ignore[return-value]
 
     def get_member_names(self) -> list[str]:
         return []
@@ -60,10 +111,24 @@ class _ShareEntry(DAVCollection):
         return True
 
 
-class _RootCollection(DAVCollection):
+class _RootCollection(_QuotaMixin, DAVCollection):
+    """``/``: the shares the account may see.
+
+    Its quota properties are those of the visible share whose filesystem has the
+    least space available (used bytes of that same filesystem): a client mapping
+    ``/`` as one drive is never promised space that one of its shares lacks. With
+    no visible share (or none readable) the properties are answered 404."""
+
     def __init__(self, environ: dict[str, Any], shares: dict[str, ShareConfig]) -> None:
         super().__init__("/", environ)
         self.shares = shares
+        self._quota: tuple[int, int] | None | bool = False
+
+    def _figures(self) -> tuple[int, int] | None:
+        if self._quota is False:
+            found = [f for name in self.get_member_names() if (f := _disk_figures(self.shares[name].path))]
+            self._quota = min(found, key=lambda f: f[1]) if found else None
+        return self._quota  # type: ignore[return-value]
 
     def get_member_names(self) -> list[str]:
         visible = self.environ.get(VISIBLE_SHARES_KEY, ())
