@@ -163,6 +163,8 @@ class AuthConfig:
     credential_cache_seconds: float = 300.0
     #: However busy the client, a verified password is checked again after this long.
     credential_cache_max_seconds: float = 3600.0
+    #: Basic user ``DOMAIN\\name`` or ``name@domain`` is the certificate's account ``name``.
+    strip_domain: bool = True
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,9 @@ class ThrottleConfig:
     delay_after: int = 3  # failures answered at once before delays start
     base_delay_seconds: float = 0.25  # doubles with every further failure …
     max_delay_seconds: float = 4.0  # … up to this
+    # count a failure that repeats one already counted within window_seconds (same account,
+    # certificate, user and password; never a code): false counts it once, auth/lockout.py
+    count_repeats: bool = False
 
 
 @dataclass(frozen=True)
@@ -474,6 +479,7 @@ def _parse_throttle(raw: Mapping[str, Any]) -> ThrottleConfig:
         "delay_after",
         "base_delay_seconds",
         "max_delay_seconds",
+        "count_repeats",
     )
     _check_keys(t, "throttle", keys)
     return ThrottleConfig(
@@ -485,6 +491,7 @@ def _parse_throttle(raw: Mapping[str, Any]) -> ThrottleConfig:
         delay_after=_int(t, "throttle", "delay_after", 3, 0, 1_000_000),
         base_delay_seconds=_float(t, "throttle", "base_delay_seconds", 0.25, 0.0),
         max_delay_seconds=_float(t, "throttle", "max_delay_seconds", 4.0, 0.0),
+        count_repeats=_bool(t, "throttle", "count_repeats", False),
     )
 
 
@@ -550,7 +557,7 @@ def parse_config(raw: Any, home: Home) -> Config:
          "properties", "shares"),
     )
     a = _section(raw, "auth")
-    _check_keys(a, "auth", ("credential_cache_seconds", "credential_cache_max_seconds"))
+    _check_keys(a, "auth", ("credential_cache_seconds", "credential_cache_max_seconds", "strip_domain"))
     au = _section(raw, "audit")
     _check_keys(au, "audit", ("file",))
     d = _section(raw, "defaults")
@@ -567,6 +574,7 @@ def parse_config(raw: Any, home: Home) -> Config:
         auth=AuthConfig(
             credential_cache_seconds=_float(a, "auth", "credential_cache_seconds", 300.0, 0.0),
             credential_cache_max_seconds=_float(a, "auth", "credential_cache_max_seconds", 3600.0, 0.0),
+            strip_domain=_bool(a, "auth", "strip_domain", True),
         ),
         audit=AuditConfig(file=None if audit_file in (None, "-") else home.resolve(audit_file)),
         shares=_parse_shares(raw, home, default_require),

@@ -48,8 +48,32 @@ _OPTIONS_READ = ("1", "OPTIONS, HEAD, GET, PROPFIND")
 _OPTIONS_WRITE = ("1,2", "OPTIONS, HEAD, GET, PROPFIND, PROPPATCH, PUT, DELETE, MKCOL, COPY, MOVE, LOCK, UNLOCK")
 
 
+def _decode_credentials(raw: bytes) -> str:
+    """The user-pass octets of Basic as text. UTF-8 first: davserver's challenge says
+    ``charset="UTF-8"`` (RFC 7617 §2.1). Octets that are not UTF-8 come from a client
+    that ignores the parameter and encodes as ISO-8859-1 (RFC 7617 Appendix B.3 calls it
+    historical practice; Windows' Mini-Redirector, OkHttp's default ``Credentials.basic``):
+    they are read as Windows-1252, the superset WHATWG Encoding §4.2 reads for the label
+    "iso-8859-1" (so 0x80 is €), and the five octets Windows-1252 leaves undefined as
+    ISO-8859-1. No octet string is refused. A Latin-1 octet string that happens to be
+    valid UTF-8 (e.g. ``Ã©``) is read as UTF-8: such passwords are not expected."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "".join(
+            raw[i : i + 1].decode("cp1252", errors="strict") if raw[i] not in _CP1252_UNDEFINED else chr(raw[i])
+            for i in range(len(raw))
+        )
+
+
+#: Octets Windows-1252 does not define; read as ISO-8859-1 (the C1 control of that value).
+_CP1252_UNDEFINED = frozenset((0x81, 0x8D, 0x8F, 0x90, 0x9D))
+
+
 def parse_basic(header: str | None) -> Credentials | None:
-    """Decode an Authorization header; anything odd is `malformed`, never an exception."""
+    """Decode an Authorization header; anything odd is `malformed`, never an exception.
+    The user-pass is UTF-8, or else Windows-1252/ISO-8859-1 (`_decode_credentials`);
+    only bad base64 or a missing ``:`` is malformed."""
     if not header:
         return None
     scheme, _, value = header.strip().partition(" ")
@@ -57,9 +81,9 @@ def parse_basic(header: str | None) -> Credentials | None:
         return Credentials(malformed=True)
     try:
         raw = base64.b64decode(value.strip(), validate=True)
-        text = raw.decode("utf-8")
     except (binascii.Error, ValueError):
         return Credentials(malformed=True)
+    text = _decode_credentials(raw)
     user, sep, password = text.partition(":")
     if not sep:
         return Credentials(malformed=True)
@@ -169,6 +193,7 @@ class Guard:
             store=store,
             totp_config=config.totp,
             throttle=config.throttle,
+            strip_domain=config.auth.strip_domain,
         )
         self.stepup = StepUpPage(self.authenticator, clock)
 

@@ -146,9 +146,9 @@ def test_share_policies(auth: Authenticator) -> None:
 
 
 def test_failures_delay_then_lock_and_the_lock_holds_for_the_right_password(auth: Authenticator) -> None:
-    delays = [ask(auth, "nope-nope-nope").delay for _ in range(4)]
+    delays = [ask(auth, f"nope-{i}").delay for i in range(4)]  # distinct: a repeat counts once
     assert delays[:2] == [0, 0] and 0 < delays[2] < delays[3]
-    assert ask(auth, "nope-nope-nope").reason == "bad_password"  # the fifth failure sets the lock
+    assert ask(auth, "nope-4").reason == "bad_password"  # the fifth failure sets the lock
     d = ask(auth, PW + code(T0))
     assert (d.allowed, d.reason) == (False, "locked")
     later = T0 + timedelta(seconds=901)
@@ -157,8 +157,8 @@ def test_failures_delay_then_lock_and_the_lock_holds_for_the_right_password(auth
 
 def test_one_accounts_certificates_do_not_lock_out_the_address(auth: Authenticator) -> None:
     # The address lockout counts distinct accounts (tests/test_lockout.py has the rest of the rule).
-    for fp in itertools.islice(itertools.cycle([FP1, FP2]), 10):
-        ask(auth, "nope-nope-nope", fp=fp, peer="10.9.9.9")
+    for i, fp in enumerate(itertools.islice(itertools.cycle([FP1, FP2]), 10)):
+        ask(auth, f"nope-{i}", fp=fp, peer="10.9.9.9")
     assert ask(auth, PW, share=PW_SHARE, fp=FP2, peer="10.9.9.9").reason == "locked", "each pair is locked out"
     third = Accounts({"alice": replace(ALICE, certificates=(*ALICE.certificates, BoundCert("3" * 64)))})
     assert ask(auth, PW, share=PW_SHARE, fp="3" * 64, peer="10.9.9.9", accounts=third).allowed, (

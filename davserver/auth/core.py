@@ -16,7 +16,15 @@ or fullwidth digits is a wrong code (counted), never an error.
 
 Failures lead to sign-in lockouts as `lockout.py` describes: counted per factor,
 each factor's count cleared only by that factor's success, so a right password
-never wipes out wrong codes.
+never wipes out wrong codes. A failure repeating one already counted within the
+window (the same user and password) is not counted again: it tests nothing new.
+Wrong codes always count, each one. Windows' Mini-Redirector retries
+one sign-in eleven times (sigoden/dufs#307); those are one failure, not a lockout.
+
+Passwords are compared after RFC 8265 OpaqueString preparation (`passwords.py`).
+The Basic user must be the certificate's account; with ``auth.strip_domain``
+(default on) ``DOMAIN\\user`` and ``user@domain``, as Windows sends them, are the
+account when the user part is exactly its name.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from ..store.base import Grant, StateStore
 from . import totp
 from .identity import CertIdentity
 from .lockout import FACTOR_OF, Lockouts
-from .passwords import verify_password
+from .passwords import password_forms, prepare_password, verify_password
 
 __all__ = ["Authenticator", "Credentials", "Decision", "authorize", "credential_epoch"]
 
@@ -139,8 +147,15 @@ class Authenticator:
         store: StateStore | None = None,
         totp_config: TOTPConfig | None = None,
         throttle: ThrottleConfig | None = None,
+        strip_domain: bool = True,
     ) -> None:
+        """``strip_domain``: accept ``DOMAIN\\user`` and ``user@domain`` as ``user`` (see
+        `user_matches`). Failure digests are keyed with a random per-process key, so
+        several processes sharing one store may each count a repeat once (more, never
+        fewer, than one count per distinct failure)."""
         self.identity = identity
+        self.strip_domain = strip_domain
+        self._failure_key = secrets.token_bytes(32)
         self.store = store
         self.totp = totp_config or TOTPConfig()
         self.throttle = throttle or ThrottleConfig()
@@ -217,9 +232,10 @@ class Authenticator:
             if credentials is None:
                 return Decision.deny("no_credentials", account)
             if credentials.malformed:
-                return self._failed("bad_auth_header", account, cert, peer, stamp)
-            if credentials.user != account.name:
-                return self._failed("user_mismatch", account, cert, peer, stamp)
+                return self._failed("bad_auth_header", account, cert, peer, stamp, "")
+            if not self.user_matches(credentials.user, account.name):
+                seen = f"{credentials.user}\0{credentials.password}"
+                return self._failed("user_mismatch", account, cert, peer, stamp, seen)
             if "totp" in needed:
                 outcome, grant_expires = self._password_and_totp(account, cert, credentials.password, stamp)
                 factors = ("password", "totp")
@@ -228,7 +244,7 @@ class Authenticator:
                 factors = ("password",)
             if outcome != "ok":
                 if outcome in FAILURES:
-                    return self._failed(outcome, account, cert, peer, stamp)
+                    return self._failed(outcome, account, cert, peer, stamp, credentials.password)
                 return Decision.deny(outcome, account)
         denied = access(account) if access is not None else authorize(account, share, write)
         if denied == "share_denied":
@@ -245,10 +261,11 @@ class Authenticator:
         if self._locked(account, cert, peer, stamp):
             return Decision.deny("locked", account)
         if not self._password_ok(account, cert, (password,), stamp):
-            return self._failed("bad_password", account, cert, peer, stamp)
+            return self._failed("bad_password", account, cert, peer, stamp, password)
         outcome, expires = self._prove_code(account, cert, code.strip(), stamp)
         if outcome != "ok":
-            return self._failed(outcome, account, cert, peer, stamp) if outcome in FAILURES else Decision.deny(
+            seen = f"{password}\0{code.strip()}"
+            return self._failed(outcome, account, cert, peer, stamp, seen) if outcome in FAILURES else Decision.deny(
                 outcome, account
             )
         return Decision(True, 0, "ok", account, ("password", "totp"), expires)
@@ -265,10 +282,27 @@ class Authenticator:
             return None
         return grant
 
+    def user_matches(self, typed: str, account: str) -> bool:
+        """Whether the Basic user `typed` names `account` (the certificate's). Exactly
+        equal; or, with ``strip_domain``, ``DOMAIN\\account`` (text after the last
+        backslash, the down-level logon name Windows' Mini-Redirector and ``net use``
+        send) or ``account@domain`` (text before the last ``@``, the UPN form). Case is
+        never folded: ``Carol`` is not ``carol``."""
+        if typed == account:
+            return True
+        if not self.strip_domain:
+            return False
+        if "\\" in typed and typed.rpartition("\\")[2] == account:
+            return True
+        return "@" in typed and typed.rpartition("@")[0] == account
+
     # --- factors ----------------------------------------------------------------------
 
     def _password_ok(self, account: Account, cert: CertIdentity, candidates: tuple[str, ...], now: float) -> bool:
-        """True when any candidate is the password; cached candidates are tried first, without argon2."""
+        """True when any candidate is the password; cached candidates are tried first, without argon2.
+        Each candidate is tried in the forms `passwords.password_forms` gives (prepared as
+        RFC 8265 OpaqueString first, then as typed, for hashes made before preparation)."""
+        candidates = tuple(dict.fromkeys(form for candidate in candidates for form in password_forms(candidate)))
         keys = [self._cache.key(account, cert.fingerprint, candidate) for candidate in candidates]
         if any(self._cache.hit(key, account, now) for key in keys):
             return True
@@ -336,9 +370,22 @@ class Authenticator:
             return False
         return self.lockouts.is_locked_out(account.name, cert.fingerprint, peer, now)
 
-    def _failed(self, reason: str, account: Account, cert: CertIdentity, peer: str, now: float) -> Decision:
-        """Count the failure against its factor, for the canonical account and the certificate."""
+    def _failed(
+        self, reason: str, account: Account, cert: CertIdentity, peer: str, now: float, seen: str
+    ) -> Decision:
+        """Count the failure against its factor, for the canonical account and the certificate.
+
+        `seen` is what was tried (the password, or user and password): for a password
+        failure its keyed digest (HMAC-SHA256, never the text; NFC and NFD spellings are
+        one) lets `Lockouts.fail` count a repeat within the window once. A code failure
+        always counts: the same six digits in another step are a new guess (a replayed
+        old code included), and in the same step forgiving them would win nothing."""
         delay = 0.0
         if self.lockouts is not None:
-            delay = self.lockouts.fail(account.name, cert.fingerprint, FACTOR_OF[reason], peer, now)
+            factor = FACTOR_OF[reason]
+            digest = ""
+            if factor == "password":  # every wrong or replayed code counts (lockout.py)
+                material = f"{reason}\0{prepare_password(seen)}".encode("utf-8", "surrogatepass")
+                digest = hmac.new(self._failure_key, material, hashlib.sha256).hexdigest()[:32]
+            delay = self.lockouts.fail(account.name, cert.fingerprint, factor, peer, now, digest)
         return Decision(False, 401, reason, account, delay=delay)

@@ -11,6 +11,16 @@ The rules (NIST SP 800-63B §5.2.2 asks that consecutive failures be limited):
   factor's count is cleared only by a success of *that* factor: a right password
   never forgives wrong codes, so with the right password and wrong codes the
   count keeps growing across credential-cache expiries.
+* **Repeats count once.** A failure that repeats one already counted for the same
+  account, certificate and factor within ``throttle.window_seconds`` (the caller
+  passes a keyed digest of what was tried: see `Authenticator._failed`) is not
+  counted again, here or account-wide: it tests no new guess. Clients retry one
+  sign-in many times (Windows' Mini-Redirector: eleven PROPFINDs per ``net use``,
+  sigoden/dufs#307), which must not lock the user out. ``throttle.count_repeats:
+  true`` counts every failure, as before. TOTP failures always count, each one: a
+  wrong code tells an attacker nothing about the password and repeats of one code
+  are rare from clients, so nothing is won by forgiving them, and the code guessing
+  defence stays exactly as it was.
 * **Per (account, certificate).** When either factor reaches
   ``throttle.lock_after`` failures within ``throttle.window_seconds``, that
   account+certificate is locked out for ``throttle.lock_seconds``.
@@ -31,6 +41,7 @@ The rules (NIST SP 800-63B §5.2.2 asks that consecutive failures be limited):
 Store keys (exact strings, compared case-sensitively by both backends):
 ``acct:<account>:<fingerprint>`` for the lockout,
 ``acct:<account>:<fingerprint>:<factor>`` for the counters,
+``acct:<account>:<fingerprint>:<factor>:seen:<digest>`` for the failures already counted,
 ``acct:<account>:*`` and ``acct:<account>:*:<factor>`` for the account-wide ones, ``addr:<address>``
 for the address (its canonical text form, see `address_key`).
 `davserver user unlock NAME` clears the ``acct:NAME:`` prefix,
@@ -84,11 +95,18 @@ def canonical_address(text: str) -> str:
 
 
 def address_key(peer: str) -> str:
-    """The lockout key of a peer address (REMOTE_ADDR); text that is no address is kept as is."""
+    """The lockout key of a peer address (REMOTE_ADDR); text that is no address is kept as is.
+
+    An IPv6 peer is keyed by its /64 (one subscriber's block, as the handshake caps count
+    it): otherwise one holder of several accounts' certificates would take a fresh address
+    of the block for every account and never reach the address lockout."""
     try:
-        return f"addr:{canonical_address(peer)}"
+        canonical = canonical_address(peer)
     except ValueError:
         return f"addr:{peer}"
+    if ":" in canonical:
+        return f"addr:{ipaddress.ip_network(canonical + '/64', strict=False)}"
+    return f"addr:{canonical}"
 
 
 class Lockouts:
@@ -104,11 +122,17 @@ class Lockouts:
         keys += [address_key(peer)] if peer else []
         return self.store.any_locked(keys, now)
 
-    def fail(self, account: str, fingerprint: str, factor: Factor, peer: str, now: float) -> float:
+    def fail(self, account: str, fingerprint: str, factor: Factor, peer: str, now: float, seen: str = "") -> float:
         """Count one failure of `factor`; lock out past the limits. Returns the seconds to
-        hold the answer back (0 for the first ``delay_after`` failures, then doubling)."""
+        hold the answer back (0 for the first ``delay_after`` failures, then doubling).
+
+        `seen` (hex, a keyed digest of what was tried; "" when unknown) makes a repeat of
+        a failure already counted within the window count nothing and wait 0 seconds."""
         t = self.throttle
         key = account_key(account, fingerprint)
+        repeat_key = f"{key}:{factor}:seen:{seen}"
+        if seen and not t.count_repeats and self.store.add_failure(repeat_key, now, t.window_seconds) > 1:
+            return 0.0
         count = self.store.add_failure(f"{key}:{factor}", now, t.window_seconds)
         if count >= t.lock_after:
             self.store.set_lock(key, now + t.lock_seconds)
