@@ -70,6 +70,7 @@ class Refusal(StrEnum):
     SHARE_MISMATCH = "share_mismatch"  # routed to another share than authorised (fs.py)
     BAD_NAME = "bad_name"  # a new name with a control character (names.py, fs.py)
     TREE_DEPTH = "tree_depth"  # deeper than limits.max_tree_depth (fs.py)
+    NAME_COLLISION = "name_collision"  # differs from an existing name only by Unicode normalisation (fs.py)
     PROPFIND_DEPTH = "propfind_depth"
     XML_TOO_LARGE = "xml_too_large"
     # bounded WebDAV state (store/davstate.py, fastpath.py): answered 507

@@ -29,11 +29,22 @@ mtimes; and its error pages carry absolute server paths. Here:
   ``shutil.rmtree``/``copytree`` and Python 3.11's ``os.walk`` recurse once per
   level and a 1,100-level tree made on disk ended in a RecursionError (500). The
   depth is measured here with an explicit stack, never by recursion.
+* Unicode normalisation: a name is found in any canonical form (NFC, NFD). macOS
+  asks for ``cafe\u0301.txt`` (NFD) where Windows and Linux created ``caf\u00e9.txt``
+  (NFC); when the exact name is missing, the folder's one member whose NFC equals
+  the request's NFC is used (one scandir of that folder, only on a miss of a
+  non-ASCII name; an exact hit costs one lstat per component as before). A
+  request path is rewritten to the names on disk before WsgiDAV or the short
+  paths see it, so hrefs, locks and dead properties use the on-disk form. Names
+  stay on disk as they were created; a new name that differs from an existing
+  one only by normalisation (possible only where two such twins already exist
+  on disk, so the request matches neither) is refused (409, ``name_collision``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -41,6 +52,7 @@ import shutil
 import stat
 import tempfile
 import time
+import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -129,6 +141,38 @@ def _check_new_name(environ: dict[str, Any], name: str) -> None:
     if problem is not None:
         log.info("refused to create a name with a forbidden character: %r", name)
         raise _refuse(environ, Refusal.BAD_NAME, HTTP_BAD_REQUEST, problem)
+
+
+def _twin(folder: str, name: str) -> str | None:
+    """The one member of ``folder`` whose NFC form equals ``name``'s, or None when there
+    is none, or more than one (an ambiguous request names neither). One scandir;
+    temp files and names that are not listed (names.py) never match."""
+    want = unicodedata.normalize("NFC", name)
+    found: str | None = None
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                other = entry.name
+                if other == name or is_temp_name(other) or not is_listable(other):
+                    continue
+                if unicodedata.normalize("NFC", other) == want:
+                    if found is not None:
+                        return None
+                    found = other
+    except (OSError, ValueError):
+        return None
+    return found
+
+
+def _twins(folder: str, name: str) -> list[str]:
+    """Members of ``folder`` other than ``name`` that have ``name``'s NFC form (one scandir)."""
+    want = unicodedata.normalize("NFC", name)
+    try:
+        with os.scandir(folder) as entries:
+            return [e.name for e in entries if e.name != name and not is_temp_name(e.name)
+                    and unicodedata.normalize("NFC", e.name) == want]
+    except (OSError, ValueError):
+        return []
 
 
 # --- tree depth -------------------------------------------------------------------
@@ -682,6 +726,7 @@ class ShareProvider(FilesystemProvider):
 
         A PUT, DELETE, MOVE or COPY of the share root itself is refused first
         (:meth:`_check_share_root`)."""
+        self._on_disk(environ)
         method = environ["REQUEST_METHOD"]
         if method in _ROOT_REFUSED and not environ.get("PATH_INFO", "").strip("/"):
             self._check_share_root(environ, method)
@@ -696,6 +741,7 @@ class ShareProvider(FilesystemProvider):
         elif method == "PROPFIND":
             answer = fast_propfind(self, environ, start_response, _etag, is_temp_name)
         elif method in ("COPY", "MOVE"):  # on the Destination the guard parsed and authorised
+            self._destination_on_disk(environ)
             return copy_or_move(default_handler.__self__, environ, start_response, is_move=method == "MOVE")
         return answer if answer is not None else default_handler(environ, start_response)
 
@@ -748,19 +794,40 @@ class ShareProvider(FilesystemProvider):
             name = dest_path.rstrip("/").rsplit("/", 1)[-1]
             if refused_name(name) is not None and not os.path.lexists(self._loc_to_file_path(dest_path, environ)):
                 _check_new_name(environ, name)
+            if not name.isascii():
+                self._check_collision(environ, dest_path)
             top = max(top, _depth(dest_path))
         if top > limit or (source is not None and tree_height_exceeds(source._file_path, limit - top)):
             log.info("refused: a tree deeper than %d levels (limits.max_tree_depth)", limit)
             raise _refuse(environ, Refusal.TREE_DEPTH, HTTP_FORBIDDEN,
                           f"Folders may not be nested deeper than {limit} levels below the share.")
 
+    def _realm_ok(self, environ: dict[str, Any]) -> bool:
+        """False when the guard authorised the request for another share than this one."""
+        realm = environ.get(_REALM_KEY)
+        destination = environ.get(DESTINATION_KEY)  # COPY/MOVE: its share was authorised too
+        allowed = {str(realm).lower(), getattr(destination, "share", None)}
+        return realm is None or self.share.name.lower() in allowed
+
+    def _check_collision(self, environ: dict[str, Any], dest_path: str) -> None:
+        """Refuse (409, ``name_collision``) to create a name that differs from an existing
+        member of its folder only by Unicode normalisation. Where exactly one such member
+        exists the lookup already found it (:meth:`_resolve`), so this is hit where the
+        folder holds several (made on disk) and the request matches none of them."""
+        file_path = self._loc_to_file_path(dest_path, environ)
+        if os.path.lexists(file_path):
+            return
+        folder, name = os.path.split(file_path)
+        if _twins(folder, name):
+            log.info("refused a name that differs from an existing one only by Unicode normalisation")
+            raise _refuse(environ, Refusal.NAME_COLLISION, HTTP_CONFLICT,
+                          "A file or folder of this name, in another Unicode normalisation form, exists.")
+
     def _check_realm(self, environ: dict[str, Any]) -> None:
         """Refuse a request WsgiDAV routed here although it was authorised for another share
         (e.g. `/files/../team/x`: the guard saw `files`, WsgiDAV's normalisation picked `team`)."""
         realm = environ.get(_REALM_KEY)
-        destination = environ.get(DESTINATION_KEY)  # COPY/MOVE: its share was authorised too
-        allowed = {str(realm).lower(), getattr(destination, "share", None)}
-        if realm is not None and self.share.name.lower() not in allowed:
+        if not self._realm_ok(environ):
             log.warning("request for share %r reached share %r: refused", realm, self.share.name)
             environ["davserver.limit"] = "share_mismatch"  # audited as a refusal (guard.REFUSAL_KEY)
             raise DAVError(HTTP_FORBIDDEN, "Path outside the share.")
@@ -773,7 +840,16 @@ class ShareProvider(FilesystemProvider):
         are looked at: one lstat each, where ``realpath`` (as WsgiDAV does it, twice
         per request) walks every component from ``/``. A path without a symlink in it
         is its own real path; one with a symlink is resolved and must stay inside.
+        A missing non-ASCII component is matched across Unicode normalisation forms
+        (:func:`_twin`, one scandir of its folder); the path returned names the
+        files as they are on disk.
         """
+        return self._resolve(path)[1]
+
+    def _resolve(self, path: str) -> tuple[list[str], str]:
+        """``path``'s components as named on disk (a missing one as requested) and its file
+        path; raises DAVError 400 (NUL, dot segment), 403 (temp name, symlink leading
+        out) or as the filesystem's error maps (:func:`_dav_error`)."""
         parts = [part for part in path.split("/") if part]
         for part in parts:
             if "\x00" in part or part in (".", ".."):
@@ -781,23 +857,73 @@ class ShareProvider(FilesystemProvider):
             if is_temp_name(part):
                 raise DAVError(HTTP_FORBIDDEN, "Reserved name.")
         root = self.root_folder_path_real
-        file_path = os.path.join(root, *parts)
         current = root
-        for part in parts:
-            current = os.path.join(current, part)
+        for i, part in enumerate(parts):
+            candidate = os.path.join(current, part)
             try:
-                st = os.lstat(current)
+                try:
+                    st = os.lstat(candidate)
+                except FileNotFoundError:
+                    twin = None if part.isascii() else _twin(current, part)
+                    if twin is None:
+                        break  # nothing below a missing component exists, so nothing there can lead out
+                    parts[i] = twin
+                    candidate = os.path.join(current, twin)
+                    st = os.lstat(candidate)
             except (FileNotFoundError, NotADirectoryError):
-                break  # nothing below a missing component exists, so nothing there can lead out
+                break
             except ValueError:
                 raise DAVError(HTTP_BAD_REQUEST, "Invalid path.") from None
             except OSError as exc:
                 raise _dav_error(exc, "resolving a path") from None
+            current = candidate
             if stat.S_ISLNK(st.st_mode):
-                if not self._is_equal_or_child_path(root, os.path.realpath(file_path)):
+                if not self._is_equal_or_child_path(root, os.path.realpath(os.path.join(root, *parts))):
                     raise DAVError(HTTP_FORBIDDEN, "Path outside the share.")
                 break
-        return file_path
+        return parts, os.path.join(root, *parts)
+
+    def _on_disk(self, environ: dict[str, Any]) -> None:
+        """Rewrite ``PATH_INFO`` to the names on disk when it names them in another Unicode
+        normalisation form (``cafe\u0301.txt`` for ``caf\u00e9.txt``), so WsgiDAV and the short
+        paths answer for, lock and keep properties of one resource under one href.
+
+        ASCII paths are left alone at no cost; a non-ASCII path costs one lstat when it
+        exists as requested, and the walk of :meth:`_resolve` only when it does not."""
+        path = environ.get("PATH_INFO", "")
+        if path.isascii() or not self._realm_ok(environ):
+            return
+        try:
+            os.lstat(os.path.join(self.root_folder_path_real, *(p for p in path.split("/") if p)))
+            return
+        except (OSError, ValueError):
+            pass
+        try:
+            parts = self._resolve(path)[0]
+        except DAVError:
+            return  # the path is refused as usual where it is looked up
+        canonical = "/" + "/".join(parts) + ("/" if path.endswith("/") and parts else "")
+        if canonical != path and canonical.strip("/") != path.strip("/"):
+            log.debug("request path matched across Unicode normalisation forms")
+            environ["PATH_INFO"] = canonical
+
+    def _destination_on_disk(self, environ: dict[str, Any]) -> None:
+        """Rewrite a COPY/MOVE Destination (``environ[DESTINATION_KEY]``, the guard's parsed
+        target) to the names on disk, as :meth:`_on_disk` does the request path: a MOVE
+        onto ``cafe\u0301.txt`` replaces ``caf\u00e9.txt`` and keeps its on-disk name."""
+        dest = environ.get(DESTINATION_KEY)
+        if dest is None or len(dest.segments) < 2 or all(seg.isascii() for seg in dest.segments[1:]):
+            return
+        app = environ.get("wsgidav.app")
+        provider = app.provider_map.get("/" + str(dest.share)) if app is not None else self
+        if not isinstance(provider, ShareProvider):
+            return
+        try:
+            parts = provider._resolve("/" + "/".join(dest.segments[1:]))[0]
+        except DAVError:
+            return  # refused as usual where it is looked up
+        if tuple(parts) != dest.segments[1:]:
+            environ[DESTINATION_KEY] = dataclasses.replace(dest, segments=(dest.segments[0], *parts))
 
     def get_resource_inst(self, path: str | None, environ: dict[str, Any]) -> Any:
         """The resource at share path ``path``, or None when nothing (servable) is there.
