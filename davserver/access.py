@@ -79,7 +79,9 @@ class Refusal(StrEnum):
     PROPERTY_BYTES_EXCEEDED = "property_bytes_exceeded"  # names + values of one resource
     TOO_MANY_LOCKS = "too_many_locks"  # on one resource
     TOO_MANY_ACCOUNT_LOCKS = "too_many_account_locks"
-    ANSWER_TOO_LARGE = "answer_too_large"  # a PROPFIND's dead properties
+    ANSWER_TOO_LARGE = "answer_too_large"  # a PROPFIND's estimated answer (fastpath.check_propfind)
+    PROPFIND_NAMES_EXCEEDED = "propfind_names_exceeded"  # more names than properties.max_propfind_names
+    LOCK_OWNER_TOO_LARGE = "lock_owner_too_large"  # a LOCK's <D:owner> over locks.max_owner_bytes
     # what the filesystem or WebDAV said, when no layer named a reason
     BAD_REQUEST = "bad_request"
     NOT_FOUND = "not_found"
@@ -156,19 +158,25 @@ def decide(
     COPY and MOVE, where it is required). Returns None when the account may do
     ``method`` on all of them, else the first refusal:
 
-    * the target's share must allow reading, and writing unless ``method`` only reads;
-    * a share root (``/files/``) cannot be deleted or moved (it is configuration);
+    * the target's share must exist and allow reading (a missing share is refused as one
+      the account may not read), and writing unless ``method`` only reads;
+    * a share root (``/files/``) cannot be deleted, moved or locked (it is configuration,
+      and one writer's Depth-infinity lock on it would stop every other writer);
     * macOS clutter names are refused as write targets where the share says so;
     * COPY and MOVE must name a destination inside a share the account may write,
       below its root, under the same clutter rule.
     """
     share = shares.get(target.share) if target.share else None
+    if target.share is not None and share is None:
+        # A name at the root that is no share answers like a share the account may not
+        # read: which shares exist is not told to those who cannot see them.
+        return Refusal.SHARE_DENIED
     write = method not in READ_METHODS
     refused = authorize(account, share, write)
     if refused:
         return refused
-    if share is not None and target.is_share_root and method in ("DELETE", "MOVE"):
-        return Refusal.SHARE_ROOT
+    if share is not None and target.is_share_root and method in ("DELETE", "MOVE", "LOCK"):
+        return Refusal.SHARE_ROOT  # configuration, not content; a lock on it would freeze the share
     if write and share is not None and share.macos_clutter == "refuse" and is_macos_clutter(target.name):
         return Refusal.MACOS_CLUTTER
     if method not in ("COPY", "MOVE"):

@@ -216,9 +216,12 @@ def parse_destination(value: str, *, host: str, scheme: str = "https") -> Target
     (RFC 4918 §9.8.5). Raises :class:`BadTarget` (reason ``bad_destination``).
     """
     try:
-        raw = value.strip().encode("latin-1")
+        raw = value.encode("latin-1")
     except UnicodeEncodeError:
-        raw = value.strip().encode("utf-8")
+        raw = value.encode("utf-8")
+    # Only the optional white space of RFC 9110 §5.6.3 (space, tab) surrounds a field value:
+    # str.strip() would also take 0x85 and 0xA0, bytes of a raw UTF-8 name ("à" ends in 0xA0).
+    raw = raw.strip(b" \t")
     if not raw:
         raise BadTarget("bad_destination", "an empty Destination")
     if b"#" in raw:

@@ -10,6 +10,7 @@ worker, and the client certificate is parsed there once per connection.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import selectors
@@ -233,7 +234,12 @@ class SocketWriter(StreamWriter):
             self._send(held)
 
     def _send(self, b: Any) -> None:
-        self._sock.sendall(b)
+        try:
+            self._sock.sendall(b)
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:
+            # The client went away mid-answer (a cancelled download): the reset cheroot
+            # already treats as routine (errors.socket_errors_to_ignore), not a traceback.
+            raise ConnectionResetError(errno.ECONNRESET, "client closed the connection") from exc
         self.bytes_written += len(b)
 
 

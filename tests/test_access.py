@@ -36,8 +36,10 @@ def t(path: str) -> Target:
     (CAROL, "GET", "/team/a", None, Refusal.SHARE_DENIED),
     (ALICE, "PUT", "/ro/a", None, Refusal.READ_ONLY),
     (ALICE, "PUT", "/", None, Refusal.WRITE_DENIED),
-    (ALICE, "PUT", "/nosuch/x", None, Refusal.WRITE_DENIED),
-    (ALICE, "GET", "/nosuch/x", None, None),
+    (ALICE, "PUT", "/nosuch/x", None, Refusal.SHARE_DENIED),
+    (ALICE, "GET", "/nosuch/x", None, Refusal.SHARE_DENIED),  # answers like a share alice cannot read
+    (ALICE, "GET", "/", None, None),
+    (ALICE, "LOCK", "/files/", None, Refusal.SHARE_ROOT),
     (ALICE, "BREW", "/files/x", None, None),  # unknown methods count as writes: files allows them
     (BOB, "BREW", "/team/x", None, Refusal.WRITE_DENIED),
     (ALICE, "DELETE", "/files/", None, Refusal.SHARE_ROOT),

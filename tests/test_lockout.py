@@ -602,3 +602,16 @@ def test_the_ceiling_can_be_turned_off(store: StateStore) -> None:
     for _ in range(101):  # past the default ceiling of 100 (the password is verified once, then cached)
         assert ask(auth, accounts, "alice", 101, PW + wrong_code(T0)).reason == "bad_otp"
     assert ask(auth, accounts, "alice", 101, PW + code_at(T0)).allowed
+
+
+def test_an_ipv6_address_lockout_covers_its_64_block(store: StateStore) -> None:
+    """Several accounts' certificates used from different addresses of one /64 (one
+    subscriber's block) lock out the block; another block and IPv4 are separate."""
+    auth = make_auth(store, lock_after=1, address_lock_after=2)
+    accounts = accounts_with("a1", "a2", "a3")
+    assert ask(auth, accounts, "a1", 101, "typo-typo", share=PW_SHARE, peer="2001:db8:1:2::10").reason == "bad_password"
+    assert ask(auth, accounts, "a2", 201, "typo-typo", share=PW_SHARE, peer="2001:db8:1:2::ff").reason == "bad_password"
+    assert ask(auth, accounts, "a3", 301, PW, share=PW_SHARE, peer="2001:db8:1:2:abcd::1").reason == "locked"
+    assert ask(auth, accounts, "a3", 301, PW, share=PW_SHARE, peer="2001:db8:1:3::1").allowed
+    assert address_key("2001:db8:1:2::10") == address_key("2001:db8:1:2:ffff::") == "addr:2001:db8:1:2::/64"
+    assert address_key("::ffff:192.0.2.7") == address_key("192.0.2.7") == "addr:192.0.2.7"

@@ -247,8 +247,17 @@ def test_options_answers_the_same_for_every_path_of_a_share(inst: Instance, serv
     assert len(answers) == 1, answers
     ro = {s.options(server.url + p).headers["Allow"] for p in ("ro/", "ro/readme.txt", "ro/missing")}
     assert ro == {"OPTIONS, HEAD, GET, PROPFIND"}
-    roots = {s.options(server.url + p).headers["Allow"] for p in ("", "nosuch/", "nosuch/x")}
-    assert roots == {"OPTIONS, HEAD, GET, PROPFIND"}
+    assert s.options(server.url).headers["Allow"] == "OPTIONS, HEAD, GET, PROPFIND"
+    # a share carol may not read and a share that does not exist answer alike
+    carol = session_for(inst, "carol")
+    carol.auth = None
+    hidden = {(r.status_code, r.text) for r in (carol.options(server.url + p) for p in ("team/", "team/x", "nosuch/",
+                                                                                        "nosuch/x"))}
+    assert hidden == {(401, "invalid credentials\n")}
+    carol.auth = ("carol", inst.clients["carol"].password)
+    found = {carol.request("PROPFIND", server.url + p, headers={"Depth": "0"}).status_code
+             for p in ("team/", "nosuch/")}
+    assert found == {401}
 
 
 def test_another_accounts_lock_token_is_audited_as_a_refusal(inst: Instance, server: DavServer) -> None:
@@ -391,3 +400,59 @@ def test_a_name_with_a_unicode_line_break_stays_one_audit_record(inst: Instance,
     records = [json.loads(line) for line in text.splitlines()]  # splits on U+2028/U+2029/U+0085 too
     assert len(records) == before + 1
     assert records[-1]["path"] == "/files/" + name
+
+
+@pytest.mark.parametrize("tail", [b"\xa0", b"\x85", b"\xc2\xa0"])
+def test_only_space_and_tab_are_trimmed_from_a_destination(inst: Instance, server: DavServer, tail: bytes) -> None:
+    """0x85 and 0xA0 are not white space around a field value (RFC 9110 §5.6.3): trimmed as
+    str.strip() does, a MOVE to `victim.txt\\xa0` overwrote `victim.txt`."""
+    files = inst.home.root / "data/files"
+    (files / "victim.txt").write_text("victim\n")
+    (files / "new.txt").write_text("new\n")
+    s = session_for(inst)
+    for dest in (b"/files/victim.txt" + tail, tail + b"/files/victim.txt"):
+        (files / "new.txt").write_text("new\n")
+        r = s.request("MOVE", server.url + "files/new.txt", headers={"Destination": dest})
+        assert r.status_code in (400, 201), (dest, r.status_code)  # 201: a name ending in U+00A0
+        assert (files / "victim.txt").read_text() == "victim\n"
+    (files / "new.txt").write_text("new\n")
+    # the twins: raw UTF-8 names whose last byte is 0xA0 or 0x85, and real white space around
+    for name in ("voilà.txt", "Å.txt"):
+        r = s.request("MOVE", server.url + "files/new.txt", headers={"Destination": f"/files/{name}".encode()})
+        assert r.status_code in (201, 204) and (files / name).read_text() == "new\n", name
+        os.rename(files / name, files / "new.txt")
+    r = s.request("MOVE", server.url + "files/new.txt", headers={"Destination": b"/files/moved.txt \t"})
+    assert r.status_code == 201 and (files / "moved.txt").read_text() == "new\n"
+
+
+def test_a_cancelled_download_leaves_no_traceback(inst: Instance, server: DavServer,
+                                                 capfd: pytest.CaptureFixture[str],
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """cheroot writes errors it does not know to be routine to standard error, with a traceback."""
+    import socket
+    import ssl
+
+    from .conftest import client_context
+
+    (inst.home.root / "data/files/big.bin").write_bytes(b"x" * (8 << 20))
+    import base64
+    auth = base64.b64encode(f"alice:{inst.clients['alice'].password}".encode()).decode()
+    ctx: ssl.SSLContext = client_context(inst, inst.clients["alice"])
+    with socket.create_connection(("127.0.0.1", server.port)) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(f"GET /files/big.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\r\n".encode())
+        assert tls.recv(100)
+    before = len(audit(inst))
+    record = audit(inst, before + 1)[-1] if before == 0 else None
+    for _ in range(200):
+        records = audit(inst)
+        if records and records[-1]["path"] == "/files/big.bin":
+            record = records[-1]
+            break
+        time.sleep(0.02)
+    assert record is not None and record["reason"] == "aborted"
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
+    time.sleep(0.2)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "socket.error" not in err, err[-2000:]
+    assert session_for(inst).get(server.url + "files/big.bin", stream=True).status_code == 200  # still serving
