@@ -31,6 +31,19 @@ Bounds (all settings in ``config.py``):
   closes the oldest pending handshake of the address holding the most of them, so a
   flood from one address cannot push out the clients of other addresses.
 
+- Certificate check: a completed handshake whose client certificate is revoked, or
+  maps to no enabled account (``HandshakeLoop(admit=...)``, wired by the server to the
+  guard's own certificate check), is closed here, before any worker reads from it.
+  Such a client can never be served, and a worker waiting for its request headers
+  is one a legitimate client lacks.
+
+After the handshake, :class:`HeaderPhase` bounds the connections of one client
+certificate that hold a worker while their request headers arrive
+(``limits.header_phase_per_certificate``): a request worker blocks on a connection
+from the moment it becomes readable until its header section is complete, so 40
+connections trickling a request line a byte a second held every worker for
+``limits.header_seconds``.
+
 Every closed handshake is counted (:class:`HandshakeCounters`, read by
 :meth:`HandshakeLoop.counters`) and logged at INFO, at most one line per kind every
 :data:`LOG_INTERVAL` seconds with the number of events it stands for.
@@ -48,6 +61,7 @@ import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -55,7 +69,15 @@ from cheroot import wsgi
 
 from .tls import TLSConnection
 
-__all__ = ["HandshakeCounters", "HandshakeLoop", "HandshakingServer", "address_key", "raise_open_file_limit"]
+__all__ = [
+    "HandshakeCounters",
+    "HandshakeLoop",
+    "HandshakingServer",
+    "HeaderPhase",
+    "HeaderPhaseCounters",
+    "address_key",
+    "raise_open_file_limit",
+]
 
 log = logging.getLogger("davserver.handshake")
 
@@ -77,7 +99,9 @@ class HandshakeCounters:
     ``failed``: handshake refused or broken (no or untrusted certificate, not TLS, peer
     gone); ``timed_out``: past ``limits.handshake_seconds``; ``evicted_per_address`` and
     ``evicted_total``: closed to make room under ``server.handshakes_per_address`` and
-    ``server.handshakes_total``; ``pending``: handshakes in progress now.
+    ``server.handshakes_total``; ``refused_certificate``: completed, then closed because
+    the certificate is revoked or maps to no enabled account (the ``admit`` callback);
+    ``pending``: handshakes in progress now.
     """
 
     accepted: int = 0
@@ -86,6 +110,7 @@ class HandshakeCounters:
     timed_out: int = 0
     evicted_per_address: int = 0
     evicted_total: int = 0
+    refused_certificate: int = 0
     pending: int = 0
 
 
@@ -144,16 +169,30 @@ class HandshakeLoop:
     and `total` cap the pending handshakes (≥ 1); `deadline_seconds` is the time from
     acceptance to a completed handshake. :meth:`submit` is called by cheroot's accept
     thread; everything else about a pending connection happens on the loop's thread.
+    `admit`, called on the loop's thread with the completed connection's ``ssl_env`` (the
+    parsed certificate under ``tls.CERT_ENVIRON_KEY``) and its peer address, returns None
+    to hand the connection on, or a refusal reason (a short word such as ``"revoked"``)
+    to close it; it must be cheap and must not block (it runs once per handshake, for
+    every client). An exception in it closes the connection (counted as refused).
     Raises ``ValueError`` for a cap below 1 or a deadline not above 0.
     """
 
-    def __init__(self, server: Any, *, per_address: int, total: int, deadline_seconds: float) -> None:
+    def __init__(
+        self,
+        server: Any,
+        *,
+        per_address: int,
+        total: int,
+        deadline_seconds: float,
+        admit: Callable[[dict[str, Any], str], str | None] | None = None,
+    ) -> None:
         if per_address < 1 or total < 1 or deadline_seconds <= 0:
             raise ValueError("per_address and total must be at least 1, deadline_seconds above 0")
         self.server = server
         self.per_address = per_address
         self.total = total
         self.deadline_seconds = deadline_seconds
+        self.admit = admit
         self._counters = HandshakeCounters()
         self._log = _RateLimitedLog()
         self._intake: deque[TLSConnection] = deque()
@@ -335,11 +374,33 @@ class HandshakeLoop:
             return
         self._counters.completed += 1
         self._drop(entry)
+        if self.admit is not None and self._refuse(entry):
+            return
         try:
             self._hand_on(conn)
         except OSError as exc:  # the peer left right after its handshake
             log.debug("connection from %s lost after its handshake: %s", entry.address or "?", exc)
             _close(conn)
+
+    def _refuse(self, entry: _Pending) -> bool:
+        """Close a completed connection whose certificate ``admit`` refuses; True if closed."""
+        assert self.admit is not None
+        try:
+            reason = self.admit(entry.conn.ssl_env, str(entry.conn.remote_addr or ""))
+        except Exception:  # noqa: BLE001 - a broken check refuses; it must not end the loop
+            log.exception("certificate check after the TLS handshake with %s broke", entry.address or "?")
+            reason = "error"
+        if reason is None:
+            return False
+        # Counted before the close: whoever sees the close also sees the count.
+        self._counters.refused_certificate += 1
+        _close(entry.conn)
+        self._log.info(
+            "refused_certificate",
+            "closed a connection from %s after its TLS handshake: client certificate refused (%s)",
+            entry.address or "?", reason,
+        )
+        return True
 
     def _hand_on(self, conn: TLSConnection) -> None:
         server = self.server
@@ -367,6 +428,106 @@ class HandshakeLoop:
                 "closed a TLS handshake from %s: not completed within limits.handshake_seconds (%g s)",
                 entry.address or "?", self.deadline_seconds,
             )
+
+
+#: A connection in the header phase for less than this is not evicted yet: the one
+#: entering waits (at most this long) for it to finish or to age, so parallel requests
+#: of one certificate that a busy machine delays by a few milliseconds are not cut off.
+EVICT_AFTER_SECONDS = 0.05
+
+
+@dataclass
+class HeaderPhaseCounters:
+    """Totals since the server started: ``evicted``, connections shut down to make room
+    under ``limits.header_phase_per_certificate``; ``in_phase``: connections in the
+    header phase now."""
+
+    evicted: int = 0
+    in_phase: int = 0
+
+
+class HeaderPhase:
+    """Bounds the connections of one client certificate that hold a worker while their
+    request headers arrive.
+
+    A connection is in the header phase from the moment a worker picks it up
+    (``tls.TLSConnection.communicate``) until its header section has been read
+    (``http1.HTTP1Request.parse_request``); :meth:`enter` and :meth:`leave` mark the
+    two ends and are called by the worker thread serving it. A legitimate client sends
+    a whole header section in one packet, so it spends microseconds here; a client
+    trickling its headers spends up to ``limits.header_seconds`` (the watchdog), on a
+    worker. At most `per_certificate` (≥ 1) connections of one certificate (keyed by
+    its SHA-256 fingerprint, ``SSL_CLIENT_CERT_SHA256`` in ``ssl_env``) are in the
+    phase: a new one at the cap shuts down the *oldest* of them (the plain socket's
+    shutdown, as the watchdog does, which ends the read blocked in its worker), once
+    that one has been in the phase :data:`EVICT_AFTER_SECONDS`; the newest is kept
+    because a fast legitimate request of the same certificate must still be served
+    while the tricklers lose their slots. A connection without a fingerprint is not
+    counted (the handshake loop refuses those before a worker sees them). Raises
+    ``ValueError`` for `per_certificate` below 1.
+    """
+
+    def __init__(self, per_certificate: int, *, evict_after: float = EVICT_AFTER_SECONDS) -> None:
+        if per_certificate < 1:
+            raise ValueError("per_certificate must be at least 1")
+        self.per_certificate = per_certificate
+        self.evict_after = evict_after
+        self._cond = threading.Condition()
+        # fingerprint -> {id(conn): (monotonic entry time, conn)}, oldest first
+        self._by_key: dict[str, dict[int, tuple[float, Any]]] = {}
+        self._keys: dict[int, str] = {}
+        self._evicted = 0
+        self._log = _RateLimitedLog()
+
+    def counters(self) -> HeaderPhaseCounters:
+        """A copy of the totals (see :class:`HeaderPhaseCounters`)."""
+        with self._cond:
+            return HeaderPhaseCounters(evicted=self._evicted, in_phase=len(self._keys))
+
+    def enter(self, conn: Any) -> None:
+        """`conn` (a ``TLSConnection`` with ``ssl_env``) starts waiting for its headers;
+        at the cap, shut down the oldest connection of its certificate in the phase."""
+        key = str((getattr(conn, "ssl_env", None) or {}).get("SSL_CLIENT_CERT_SHA256") or "")
+        if not key:
+            return
+        with self._cond:
+            while True:
+                same = self._by_key.setdefault(key, {})
+                if len(same) < self.per_certificate:
+                    break
+                oldest, (started, victim) = next(iter(same.items()))
+                wait = started + self.evict_after - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                del same[oldest]
+                del self._keys[oldest]
+                self._evicted += 1
+                self._log.info(
+                    "evict_header_phase",
+                    "closed the oldest connection of certificate %s still sending its request headers: "
+                    "limits.header_phase_per_certificate (%d) reached",
+                    key[:16], self.per_certificate,
+                )
+                with contextlib.suppress(OSError, AttributeError, TypeError):
+                    # The plain socket's shutdown: SSLSocket.shutdown would drop the TLS
+                    # object under the worker that is reading from it.
+                    socket.socket.shutdown(victim.socket, socket.SHUT_RDWR)
+            same[id(conn)] = (time.monotonic(), conn)
+            self._keys[id(conn)] = key
+
+    def leave(self, conn: Any) -> None:
+        """`conn`'s header section is in (or its request ended); idempotent."""
+        with self._cond:
+            key = self._keys.pop(id(conn), None)
+            if key is None:
+                return
+            same = self._by_key.get(key)
+            if same is not None:
+                same.pop(id(conn), None)
+                if not same:
+                    del self._by_key[key]
+            self._cond.notify_all()
 
 
 def _bytes_waiting(sock: ssl.SSLSocket) -> bool:

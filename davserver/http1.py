@@ -705,6 +705,9 @@ class HTTP1Request(HTTPRequest):
         watchdog = getattr(self.conn, "watchdog", None)
         if watchdog is not None:
             watchdog.disarm(self.conn)
+        phase = getattr(self.conn, "header_phase", None)
+        if phase is not None:
+            phase.leave(self.conn)  # headers in: no longer counted against the certificate
         if not self.ready and self._audited:
             self._linger()  # the 400 reaches the client even if it is still sending
 

@@ -8,6 +8,7 @@ import logging
 import socket
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from .accounts import AccountsWatcher
@@ -17,12 +18,12 @@ from .dav import build_dav_app
 from .errors import StartupError
 from .fs import sweep_temp_files
 from .guard import Guard
-from .handshake import HandshakeLoop, HandshakingServer, raise_open_file_limit
+from .handshake import HandshakeLoop, HandshakingServer, HeaderPhase, raise_open_file_limit
 from .http1 import HTTP1Options, HTTP1Request
 from .limits import Limits
 from .revocation import RevocationList
 from .store import StoreUnavailable, open_store
-from .tls import DeferredHandshakeAdapter, TLSConnection, create_ssl_context
+from .tls import CERT_ENVIRON_KEY, DeferredHandshakeAdapter, TLSConnection, create_ssl_context
 from .watchdog import Watchdog
 
 __all__ = ["DavServer"]
@@ -137,16 +138,57 @@ class DavServer:
             per_address=config.server.handshakes_per_address,
             total=config.server.handshakes_total,
             deadline_seconds=config.limits.handshake_seconds,
+            admit=self._certificate_refusal,
         )
         self._server.handshakes = self.handshakes
+        #: Caps one certificate's connections waiting on workers for their headers.
+        self.header_phase = HeaderPhase(config.limits.header_phase_per_certificate)
         # Per server, not per class: two servers in one process keep their own settings.
         self._server.ConnectionClass = type(
-            "Connection", (_Connection,), {"watchdog": self.watchdog, "header_seconds": config.limits.header_seconds}
+            "Connection",
+            (_Connection,),
+            {
+                "watchdog": self.watchdog,
+                "header_seconds": config.limits.header_seconds,
+                "header_phase": self.header_phase,
+            },
         )
         self._thread: threading.Thread | None = None
         self._serve_error: BaseException | None = None
         self._stopping = threading.Event()
         self._maintenance = threading.Thread(target=self._maintain, name="davserver-maintenance", daemon=True)
+
+    def _certificate_refusal(self, ssl_env: dict[str, Any], peer: str) -> str | None:
+        """The handshake loop's check of a completed handshake: None to serve the
+        connection, else the reason (revoked, unknown_cert, disabled ...) its certificate
+        can never be served, the guard's own certificate check (auth/core.py
+        ``check_certificate``). The refusal gets its audit line, as the guard's would."""
+        cert = ssl_env.get(CERT_ENVIRON_KEY)
+        found = self.guard.authenticator.check_certificate(
+            cert, self.guard.accounts.current(), self.revocations.serials(), self.guard.clock()
+        )
+        if found.allowed:
+            return None
+        self.audit.write(
+            {
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "peer": peer,
+                "cert_serial": cert.serial if cert else None,
+                "cert_fingerprint": cert.fingerprint if cert else None,
+                "cert_subject": cert.subject if cert else None,
+                "account": found.account.name if found.account else None,
+                "share": None,
+                "method": None,
+                "path": None,
+                "status": 0,
+                "bytes_in": 0,
+                "bytes_out": 0,
+                "duration_ms": 0.0,
+                "decision": "deny",
+                "reason": str(found.reason),
+            }
+        )
+        return str(found.reason)
 
     def _maintain(self) -> None:
         """Hourly: keep the CRL fresh. Every few seconds: hand freed memory back."""

@@ -249,7 +249,9 @@ class TLSConnection(HTTPConnection):
     The handshake loop (handshake.py) calls :meth:`continue_handshake` while the socket
     is non-blocking, and hands the connection on only once it returns 0. From the
     moment a worker picks it up until the request headers are read, one deadline
-    applies (``header_seconds``), enforced by the server's watchdog.
+    applies (``header_seconds``), enforced by the server's watchdog, and the
+    connection counts against its certificate's cap in ``header_phase``
+    (``handshake.HeaderPhase``, left in ``http1.HTTP1Request.parse_request``).
     """
 
     _handshake_done = False
@@ -258,6 +260,7 @@ class TLSConnection(HTTPConnection):
     wbufsize = 1 << 16
     watchdog: Watchdog | None = None
     header_seconds: float = 10.0
+    header_phase: Any = None  # handshake.HeaderPhase (handshake.py imports this module)
 
     def __init__(self, server: Any, sock: Any, makefile: Any = MakeFile) -> None:
         super().__init__(server, sock, makefile)
@@ -292,9 +295,13 @@ class TLSConnection(HTTPConnection):
         set_current_connection(self)
         if self.watchdog is not None:
             self.watchdog.arm(self, time.monotonic() + self.header_seconds, "request headers")
+        if self.header_phase is not None and self._handshake_done:
+            self.header_phase.enter(self)
         try:
             return self._communicate()
         finally:
+            if self.header_phase is not None:
+                self.header_phase.leave(self)
             if self.watchdog is not None:
                 self.watchdog.disarm(self)
             set_current_connection(None)
