@@ -77,7 +77,7 @@ from .access import Refusal
 from .conditions import PreconditionServer, entity_tag
 from .config import ShareConfig, is_macos_clutter
 from .copymove import DESTINATION_KEY, copy_or_move
-from .fastpath import fast_get, fast_propfind
+from .fastpath import check_propfind, fast_get, fast_propfind
 from .hrefs import quote_href
 from .names import display_name, is_listable, refused_name
 from .ranges import normalise_range
@@ -93,6 +93,8 @@ TEMP_PREFIX = ".davserver-upload-"
 _BLOCK = 1 << 16
 #: The guard records here which share it authorised the request for.
 _REALM_KEY = "wsgidav.auth.realm"
+#: Folder scans of one request (:meth:`ShareProvider._resolve`): (folder, name) -> its twins.
+_TWINS_KEY = "davserver.twins"
 
 
 def is_temp_name(name: str) -> bool:
@@ -143,36 +145,16 @@ def _check_new_name(environ: dict[str, Any], name: str) -> None:
         raise _refuse(environ, Refusal.BAD_NAME, HTTP_BAD_REQUEST, problem)
 
 
-def _twin(folder: str, name: str) -> str | None:
-    """The one member of ``folder`` whose NFC form equals ``name``'s, or None when there
-    is none, or more than one (an ambiguous request names neither). One scandir;
-    temp files and names that are not listed (names.py) never match."""
-    want = unicodedata.normalize("NFC", name)
-    found: str | None = None
-    try:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                other = entry.name
-                if other == name or is_temp_name(other) or not is_listable(other):
-                    continue
-                if unicodedata.normalize("NFC", other) == want:
-                    if found is not None:
-                        return None
-                    found = other
-    except (OSError, ValueError):
-        return None
-    return found
-
-
-def _twins(folder: str, name: str) -> list[str]:
-    """Members of ``folder`` other than ``name`` that have ``name``'s NFC form (one scandir)."""
+def _twins(folder: str, name: str) -> tuple[str, ...]:
+    """The members of ``folder`` other than ``name`` whose NFC form equals ``name``'s (one
+    scandir). Temp files and names that are not listed (names.py) never count."""
     want = unicodedata.normalize("NFC", name)
     try:
         with os.scandir(folder) as entries:
-            return [e.name for e in entries if e.name != name and not is_temp_name(e.name)
-                    and unicodedata.normalize("NFC", e.name) == want]
+            return tuple(e.name for e in entries if e.name != name and not is_temp_name(e.name)
+                         and is_listable(e.name) and unicodedata.normalize("NFC", e.name) == want)
     except (OSError, ValueError):
-        return []
+        return ()
 
 
 # --- tree depth -------------------------------------------------------------------
@@ -739,6 +721,7 @@ class ShareProvider(FilesystemProvider):
                 normalise_range(environ, self._file_size(environ) if method == "GET" else None)
             answer = fast_get(self, environ, start_response, _etag, is_temp_name)
         elif method == "PROPFIND":
+            check_propfind(self, environ)  # the answer's size, for both paths
             answer = fast_propfind(self, environ, start_response, _etag, is_temp_name)
         elif method in ("COPY", "MOVE"):  # on the Destination the guard parsed and authorised
             self._destination_on_disk(environ)
@@ -818,7 +801,7 @@ class ShareProvider(FilesystemProvider):
         if os.path.lexists(file_path):
             return
         folder, name = os.path.split(file_path)
-        if _twins(folder, name):
+        if self._twins_of(folder, name, environ.setdefault(_TWINS_KEY, {})):
             log.info("refused a name that differs from an existing one only by Unicode normalisation")
             raise _refuse(environ, Refusal.NAME_COLLISION, HTTP_CONFLICT,
                           "A file or folder of this name, in another Unicode normalisation form, exists.")
@@ -841,15 +824,27 @@ class ShareProvider(FilesystemProvider):
         per request) walks every component from ``/``. A path without a symlink in it
         is its own real path; one with a symlink is resolved and must stay inside.
         A missing non-ASCII component is matched across Unicode normalisation forms
-        (:func:`_twin`, one scandir of its folder); the path returned names the
+        (:func:`_twins`, one scandir of its folder per request); the path returned names the
         files as they are on disk.
         """
-        return self._resolve(path)[1]
+        return self._resolve(path, environ.setdefault(_TWINS_KEY, {}) if environ is not None else None)[1]
 
-    def _resolve(self, path: str) -> tuple[list[str], str]:
+    @staticmethod
+    def _twins_of(folder: str, name: str, memo: dict[tuple[str, str], tuple[str, ...]] | None) -> tuple[str, ...]:
+        """:func:`_twins`, scanned once per request (``memo``, kept in the request's environ)."""
+        if memo is None:
+            return _twins(folder, name)
+        found = memo.get((folder, name))
+        if found is None:
+            found = memo[folder, name] = _twins(folder, name)
+        return found
+
+    def _resolve(self, path: str, memo: dict[tuple[str, str], tuple[str, ...]] | None = None) -> tuple[list[str], str]:
         """``path``'s components as named on disk (a missing one as requested) and its file
-        path; raises DAVError 400 (NUL, dot segment), 403 (temp name, symlink leading
-        out) or as the filesystem's error maps (:func:`_dav_error`)."""
+        path. ``memo`` keeps the folder scans of one request (WsgiDAV looks a path up
+        several times), so a new non-ASCII name costs one scan of its folder. Raises
+        DAVError 400 (NUL, dot segment), 403 (temp name, symlink leading out) or as the
+        filesystem's error maps (:func:`_dav_error`)."""
         parts = [part for part in path.split("/") if part]
         for part in parts:
             if "\x00" in part or part in (".", ".."):
@@ -864,9 +859,10 @@ class ShareProvider(FilesystemProvider):
                 try:
                     st = os.lstat(candidate)
                 except FileNotFoundError:
-                    twin = None if part.isascii() else _twin(current, part)
-                    if twin is None:
+                    twins = () if part.isascii() else self._twins_of(current, part, memo)
+                    if len(twins) != 1:  # none, or several: the request names none of them
                         break  # nothing below a missing component exists, so nothing there can lead out
+                    twin = twins[0]
                     parts[i] = twin
                     candidate = os.path.join(current, twin)
                     st = os.lstat(candidate)
@@ -899,7 +895,7 @@ class ShareProvider(FilesystemProvider):
         except (OSError, ValueError):
             pass
         try:
-            parts = self._resolve(path)[0]
+            parts = self._resolve(path, environ.setdefault(_TWINS_KEY, {}))[0]
         except DAVError:
             return  # the path is refused as usual where it is looked up
         canonical = "/" + "/".join(parts) + ("/" if path.endswith("/") and parts else "")
@@ -919,7 +915,7 @@ class ShareProvider(FilesystemProvider):
         if not isinstance(provider, ShareProvider):
             return
         try:
-            parts = provider._resolve("/" + "/".join(dest.segments[1:]))[0]
+            parts = provider._resolve("/" + "/".join(dest.segments[1:]), environ.setdefault(_TWINS_KEY, {}))[0]
         except DAVError:
             return  # refused as usual where it is looked up
         if tuple(parts) != dest.segments[1:]:

@@ -98,6 +98,10 @@ def test_put_on_the_nfd_form_overwrites_the_nfc_file(inst: Instance, server: Dav
     (share / "Ordner-ä").mkdir()
     assert s.request("MKCOL", url(server, "files", unicodedata.normalize("NFD", "Ordner-ä"))).status_code == 405
     assert s.request("MKCOL", url(server, "files", "Ordner-ö")).status_code == 201  # the twin: a new name
+    # a new file in a folder named in the other form goes into the folder on disk
+    nfd_folder = unicodedata.normalize("NFD", "Ordner-ä")
+    assert s.put(url(server, "files", nfd_folder, "neu.txt"), data=b"n").status_code == 201
+    assert os.listdir(share / "Ordner-ä") == ["neu.txt"]
     assert sorted(os.listdir(share)) == sorted([NFC_CAFE, "Ordner-ä", "Ordner-ö"])
 
 
@@ -214,6 +218,12 @@ def test_exact_names_cost_no_folder_scan_and_a_miss_one(inst: Instance, server: 
     assert scanned == []
     assert s.get(url(server, "files", "ä", "ö", NFD_CAFE)).status_code == 200
     assert scanned == [str(deep)]
+    scanned.clear()  # a new non-ASCII name: its folder is scanned once for twins, however often looked up
+    assert s.put(url(server, "files", "ä", "ö", "neu-ü.txt"), data=b"n").status_code == 201
+    assert scanned == [str(deep)]
+    scanned.clear()
+    assert s.put(url(server, "files", "ä", "ö", "new.txt"), data=b"n").status_code == 201  # ASCII: none
+    assert scanned == []
 
 
 def test_locks_and_properties_are_shared_by_both_forms(inst: Instance, server: DavServer) -> None:
