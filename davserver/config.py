@@ -119,6 +119,9 @@ class LimitsConfig:
     header_bytes: int = 64 << 10
     #: The request headers must arrive within this once a worker serves the connection.
     header_seconds: float = 10.0
+    #: Connections of one client certificate that may wait on workers for their request
+    #: headers at once; a new one at the cap closes the oldest (handshake.HeaderPhase).
+    header_phase_per_certificate: int = 4
     #: The TLS handshake must complete within this after the connection is accepted.
     handshake_seconds: float = 10.0
     #: A request body must average at least this rate once the grace time is over.
@@ -383,13 +386,15 @@ def _parse_server(raw: Mapping[str, Any]) -> ServerConfig:
 def _parse_limits(raw: Mapping[str, Any]) -> LimitsConfig:
     lim = _section(raw, "limits")
     keys = ("xml_body_bytes", "header_bytes", "header_seconds", "body_min_bytes_per_second", "body_grace_seconds",
-            "max_tree_depth", "handshake_seconds", "linger_bytes", "linger_seconds", "linger_connections")
+            "max_tree_depth", "handshake_seconds", "linger_bytes", "linger_seconds", "linger_connections",
+            "header_phase_per_certificate")
     _check_keys(lim, "limits", keys)
     return LimitsConfig(
         xml_body_bytes=_int(lim, "limits", "xml_body_bytes", 1 << 20, 1024, 1 << 30),
         header_bytes=_int(lim, "limits", "header_bytes", 64 << 10, 4096, 16 << 20),
         header_seconds=_float(lim, "limits", "header_seconds", 10.0, 1.0),
         handshake_seconds=_float(lim, "limits", "handshake_seconds", 10.0, 1.0),
+        header_phase_per_certificate=_int(lim, "limits", "header_phase_per_certificate", 4, 1, 1_000_000),
         body_min_bytes_per_second=_int(lim, "limits", "body_min_bytes_per_second", 1024, 0, 1 << 30),
         body_grace_seconds=_float(lim, "limits", "body_grace_seconds", 30.0, 1.0),
         max_tree_depth=_int(lim, "limits", "max_tree_depth", 256, 1, 400),
