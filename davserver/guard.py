@@ -324,7 +324,8 @@ class Guard:
         """400 (or 403) for a target or Destination that names nothing unambiguously."""
         log.info("refusing %s: %s", environ.get("REQUEST_METHOD"), exc.detail)
         status = "403 Forbidden" if exc.status == 403 else "400 Bad Request"
-        body = b"forbidden\n" if exc.status == 403 else b"bad request\n"
+        # What was wrong with the name is the client's own input: saying it helps and tells nothing.
+        body = b"forbidden\n" if exc.status == 403 else f"bad request: {exc.detail}\n".encode()
         headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
         if _has_body(environ):
             headers.append(("Connection", "close"))

@@ -119,7 +119,7 @@ def _decode_segment(raw: bytes, reason: str) -> str:
     except UnicodeDecodeError:
         raise BadTarget(reason, "a name is not valid UTF-8") from None
     if "/" in name:
-        raise BadTarget(reason, "an encoded slash inside a name")
+        raise BadTarget(reason, "a name cannot contain a slash (%2F)")
     if "\x00" in name:
         raise BadTarget(reason, "a NUL byte in a name")
     if name in (".", ".."):

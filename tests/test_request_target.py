@@ -456,3 +456,10 @@ def test_a_cancelled_download_leaves_no_traceback(inst: Instance, server: DavSer
     err = capfd.readouterr().err
     assert "Traceback" not in err and "socket.error" not in err, err[-2000:]
     assert session_for(inst).get(server.url + "files/big.bin", stream=True).status_code == 200  # still serving
+
+
+def test_a_refused_name_says_what_is_wrong_with_it(inst: Instance, server: DavServer) -> None:
+    r = session_for(inst).put(server.url + "files/a%2Fb.txt", data=b"x")
+    assert r.status_code == 400 and r.text == "bad request: a name cannot contain a slash (%2F)\n"
+    r = session_for(inst).get(server.url + "files/%ff")
+    assert r.status_code == 400 and r.text == "bad request: a name is not valid UTF-8\n"
