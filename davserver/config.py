@@ -216,6 +216,8 @@ class LocksConfig:
     max_per_resource: int = 64
     #: Live locks one account holds, on all resources; past it LOCK gets 507.
     max_per_account: int = 1000
+    #: Bytes of one lock's <D:owner> (its XML as stored); a LOCK with a larger one gets 507.
+    max_owner_bytes: int = 4096
 
 
 @dataclass(frozen=True)
@@ -230,6 +232,8 @@ class PropertiesConfig:
     max_bytes_per_resource: int = 1 << 20
     #: Bytes of dead properties one PROPFIND answer may carry; a larger answer is refused before it is built.
     max_propfind_bytes: int = 64 << 20
+    #: Property names one PROPFIND may ask for; more: 507 before anything is looked up.
+    max_propfind_names: int = 1000
 
 
 @dataclass(frozen=True)
@@ -524,23 +528,26 @@ def _parse_state(raw: Mapping[str, Any], home: Home) -> StateConfig:
 
 def _parse_locks(raw: Mapping[str, Any]) -> LocksConfig:
     lk = _section(raw, "locks")
-    _check_keys(lk, "locks", ("max_timeout_seconds", "max_per_resource", "max_per_account"))
+    _check_keys(lk, "locks", ("max_timeout_seconds", "max_per_resource", "max_per_account",
+                                 "max_owner_bytes"))
     return LocksConfig(
         max_timeout_seconds=_int(lk, "locks", "max_timeout_seconds", 3600, 1, 2_592_000),
         max_per_resource=_int(lk, "locks", "max_per_resource", 64, 1, 1_000_000),
         max_per_account=_int(lk, "locks", "max_per_account", 1000, 1, 100_000_000),
+        max_owner_bytes=_int(lk, "locks", "max_owner_bytes", 4096, 256, 1 << 20),
     )
 
 
 def _parse_properties(raw: Mapping[str, Any]) -> PropertiesConfig:
     pr = _section(raw, "properties")
     _check_keys(pr, "properties", ("max_value_bytes", "max_per_resource", "max_bytes_per_resource",
-                                   "max_propfind_bytes"))
+                                   "max_propfind_bytes", "max_propfind_names"))
     return PropertiesConfig(
         max_value_bytes=_int(pr, "properties", "max_value_bytes", 64 << 10, 1024, 1 << 30),
         max_per_resource=_int(pr, "properties", "max_per_resource", 256, 1, 1_000_000),
         max_bytes_per_resource=_int(pr, "properties", "max_bytes_per_resource", 1 << 20, 1024, 1 << 34),
         max_propfind_bytes=_int(pr, "properties", "max_propfind_bytes", 64 << 20, 1 << 16, 1 << 40),
+        max_propfind_names=_int(pr, "properties", "max_propfind_names", 1000, 32, 1_000_000),
     )
 
 

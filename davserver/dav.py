@@ -172,9 +172,11 @@ def _dav_state(config: Config, store: StateStore) -> tuple[Any, Any]:
     """Lock storage and property manager on the same backend as the state store, with their bounds."""
     lk, pr = config.locks, config.properties
     timeout = lk.max_timeout_seconds
-    locks = LockBounds(per_resource=lk.max_per_resource, per_account=lk.max_per_account)
+    locks = LockBounds(per_resource=lk.max_per_resource, per_account=lk.max_per_account,
+                       owner_bytes=lk.max_owner_bytes)
     props = PropertyBounds(value_bytes=pr.max_value_bytes, per_resource=pr.max_per_resource,
-                           bytes_per_resource=pr.max_bytes_per_resource, answer_bytes=pr.max_propfind_bytes)
+                           bytes_per_resource=pr.max_bytes_per_resource, answer_bytes=pr.max_propfind_bytes,
+                           answer_names=pr.max_propfind_names)
     if isinstance(store, SQLiteStore):
         return SQLiteLockStorage(store, max_timeout=timeout, bounds=locks), SQLitePropertyManager(store, bounds=props)
     from .store.redis import RedisStore

@@ -50,7 +50,7 @@ from .store.davstate import refuse
 if TYPE_CHECKING:
     from .fs import ShareProvider
 
-__all__ = ["LIVE_PROPS", "fast_get", "fast_propfind"]
+__all__ = ["LIVE_PROPS", "check_propfind", "fast_get", "fast_propfind"]
 
 log = logging.getLogger("davserver.fastpath")
 
@@ -202,28 +202,145 @@ def _dead_props_asked(environ: dict[str, Any]) -> tuple[tuple[str, ...] | None, 
     return None
 
 
-def _check_answer_size(provider: ShareProvider, environ: dict[str, Any], path: str, depth: str) -> None:
-    """Refuse (507, reason ``answer_too_large``) a PROPFIND whose dead properties would make
-    its answer larger than ``properties.max_propfind_bytes``, before any of it is built.
+#: Bytes of one ``<D:response>`` besides its properties and its href's name: the element,
+#: the two propstat wrappers with their statuses (the fast path renders about 180).
+_ENTRY_BYTES = 256
+#: Bytes of one asked-for live DAV: property's value, at most as rendered (dates, lengths,
+#: ETags, content types, quota figures; displayname is counted with the member's name).
+_LIVE_VALUE_BYTES = 48
+#: allprop or propname: the live properties of one member (about 560 bytes rendered,
+#: supportedlock and an empty lockdiscovery included).
+_ALLPROP_BYTES = 640
+#: One ``<D:activelock>`` besides its owner: scope, type, depth, timeout, token and root.
+_LOCK_ENTRY_BYTES = 512
 
-    Runs for every PROPFIND of a share, whichever path then answers it: the store
-    measures the resource's and (Depth 1) its members' stored properties without
-    reading them (store/davstate.py ``answer_bytes``). Live properties are small and
-    fixed per member; dead ones are what a client can make large.
+
+def _asked_names(environ: dict[str, Any]) -> int:
+    """How many property names a PROPFIND body asks for (``<D:prop>`` and allprop's
+    ``<D:include>`` children, duplicates counted); 0 without a body or when it is not XML."""
+    parsed, root = _propfind_body(environ)
+    if not parsed or root is None:
+        return 0
+    return sum(len(el) for el in root if el.tag in ("{DAV:}prop", "{DAV:}include"))
+
+
+def _name_bytes(clark: str) -> int:
+    """Bytes one asked-for name costs in one member's ``<D:response>``: its element (as the
+    fast path writes it; WsgiDAV's ``ns0:`` prefixes are about as long) and, for a live
+    DAV: property, room for its value."""
+    if clark.startswith("{DAV:}"):
+        local = clark[6:]
+        size = len(local.encode("utf-8"))
+        if clark == "{DAV:}supportedlock":
+            return len(_SUPPORTED_LOCK)
+        if local in LIVE_PROPS or clark in _QUOTA or clark == "{DAV:}lockdiscovery":
+            return 2 * size + 7 + _LIVE_VALUE_BYTES  # locks themselves: _lock_bytes
+        return size + 8  # not a live property here: an empty element in the 404 propstat
+    ns, _, local = clark[1:].partition("}")
+    return len(local.encode("utf-8")) + len(escape(ns, _QUOT).encode("utf-8")) + 16
+
+
+def _lock_bytes(provider: ShareProvider, ref: str, members: int, below: bool) -> int:
+    """Bytes of lockdiscovery in the answer: each live lock on the resource or above it
+    once per entry it covers (a depth-infinity lock shows on every member), each lock
+    below it (``below``: Depth 1 of a folder) once. Every lock's owner is at most
+    ``locks.max_owner_bytes`` (store/davstate.py check_owner)."""
+    lm = provider.lock_manager
+    if lm is None:
+        return 0
+    total = 0
+    above = lm.get_indirect_url_lock_list(ref)
+    seen = set()
+    for lock in above:
+        seen.add(lock.get("token"))
+        covers = members + 1 if lock.get("depth") == "infinity" else 1
+        total += covers * (_LOCK_ENTRY_BYTES + len(lock.get("owner") or b""))
+    if below:
+        for lock in lm.get_url_lock_list(ref, recursive=True):
+            if lock.get("token") not in seen:
+                total += _LOCK_ENTRY_BYTES + len(lock.get("owner") or b"")
+    return total
+
+
+def check_propfind(provider: ShareProvider, environ: dict[str, Any]) -> None:
+    """Refuse a PROPFIND whose answer would be too large, before any of it is built.
+
+    Called for every PROPFIND of a share before either path answers it (fs.py
+    ``custom_request_handler``), so WsgiDAV's answer is bounded as the short one is.
+
+    - More than ``properties.max_propfind_names`` names asked for (``<D:prop>`` or
+      allprop's ``<D:include>``): 507, reason ``propfind_names_exceeded``.
+    - An estimated answer over ``properties.max_propfind_bytes``: 507, reason
+      ``answer_too_large``. The estimate, in bytes, is (entries) × (per-entry overhead
+      + the rendered size of every asked-for name, or the live properties of allprop)
+      + the href and displayname of each member (from its name on disk) + the stored
+      dead properties asked for (measured by the store without reading them:
+      store/davstate.py ``answer_bytes``) + lockdiscovery (:func:`_lock_bytes`).
+      Entries are the resource plus, for Depth 1 of a folder, its members, counted
+      with one scandir that stops as soon as the estimate is over the bound.
+
+    Every asked-for name costs an entry per member even when no member has it (a
+    404 propstat), so 60,000 undefined names over a folder of 200 files would be a
+    325 MB answer: it is refused here. A streamed answer (folders over 1,000
+    members) is estimated whole, like one that is sent in one piece.
     """
     pm = provider.prop_manager
-    measure = getattr(pm, "answer_bytes", None)
     bounds = getattr(pm, "bounds", None)
-    asked = _dead_props_asked(environ)
-    if measure is None or bounds is None or asked is None or asked[0] == ():
+    if bounds is None:
         return
-    names, values = asked
+    depth = environ.get("HTTP_DEPTH", "")
+    path = environ["PATH_INFO"] or "/"
     limit: int = bounds.answer_bytes
-    ref = quote(provider.share_path.rstrip("/") + (path if path.startswith("/") else "/" + path))
-    size: int = measure(ref, members=depth == "1", names=names, values=values, stop_after=limit)
-    if size > limit:
+    if _asked_names(environ) > bounds.answer_names:
         provider._check_realm(environ)  # a request for another share hears that first
-        raise refuse(environ, Refusal.ANSWER_TOO_LARGE, f"over {limit} bytes of dead properties")
+        raise refuse(environ, Refusal.PROPFIND_NAMES_EXCEEDED, f"over {bounds.answer_names} property names")
+    asked = _dead_props_asked(environ)
+    if asked is None:
+        return  # WsgiDAV answers 400
+    rel = path if path.startswith("/") else "/" + path
+    ref = quote(provider.share_path.rstrip("/") + rel)
+    names, values = asked
+    requested = _requested_names(environ)
+    if requested is None:  # allprop, propname
+        per_entry = _ENTRY_BYTES + _ALLPROP_BYTES
+        lockdiscovery = True
+    else:
+        per_entry = _ENTRY_BYTES + sum(_name_bytes(n) for n in requested)
+        lockdiscovery = "{DAV:}lockdiscovery" in requested
+    href_bytes = len(quote(provider.mount_path + ref).encode("ascii"))
+    per_entry += href_bytes
+    size = 0
+    if names != () and getattr(pm, "answer_bytes", None) is not None:
+        size += pm.answer_bytes(ref, members=depth == "1", names=names, values=values, stop_after=limit)
+    size += per_entry
+    members = 0
+    if depth == "1" and size <= limit:
+        try:
+            file_path = provider._loc_to_file_path(path, environ)
+            with os.scandir(file_path) as entries:
+                for entry in entries:
+                    members += 1
+                    size += per_entry + 4 * len(entry.name.encode("utf-8", "surrogateescape"))
+                    if size > limit:
+                        break
+        except (OSError, ValueError):
+            pass  # not a folder, or missing: the answering path says so
+    if size <= limit and lockdiscovery and provider.lock_manager is not None:
+        size += _lock_bytes(provider, ref, members, below=depth == "1" and members > 0)
+    if size > limit:
+        provider._check_realm(environ)
+        raise refuse(environ, Refusal.ANSWER_TOO_LARGE, f"over {limit} bytes of answer")
+
+
+def _requested_names(environ: dict[str, Any]) -> tuple[str, ...] | None:
+    """The names a ``<D:prop>`` (or allprop's ``<D:include>``) asks for, or None for
+    allprop and propname (their answer is estimated per member, not per name)."""
+    parsed, root = _propfind_body(environ)
+    if not parsed or root is None or not len(root):
+        return None
+    if root[0].tag != "{DAV:}prop":
+        return None
+    return tuple(dict.fromkeys(el.tag for el in root[0] if isinstance(el.tag, str)))
 
 
 class _Replay:
@@ -506,8 +623,7 @@ def fast_propfind(provider: ShareProvider, environ: dict[str, Any], start_respon
     in memory as one answer.
     """
     depth = environ.get("HTTP_DEPTH", "")
-    path = environ["PATH_INFO"] or "/"
-    _check_answer_size(provider, environ, path, depth)  # also when WsgiDAV answers
+    path = environ["PATH_INFO"] or "/"  # check_propfind has bounded the answer (fs.py)
     if depth not in ("0", "1") or any(key in environ for key in _PRECONDITIONS):
         return None  # preconditions: WsgiDAV's path decides them (conditions.PreconditionServer)
     if any(is_temp(part) for part in path.split("/")):

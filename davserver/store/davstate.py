@@ -185,8 +185,10 @@ class PropertyBounds:
       element, as WsgiDAV serialises it: tag, namespace declaration and content).
     - ``per_resource``: the most properties on one resource.
     - ``bytes_per_resource``: the most bytes of names (UTF-8) plus values on one resource.
-    - ``answer_bytes``: the most bytes of dead properties (names plus the values asked
-      for) one PROPFIND answer may carry; a larger one is refused before it is built.
+    - ``answer_bytes``: the most bytes one PROPFIND answer may carry, estimated before
+      it is built (fastpath.check_propfind: every asked-for name costs a propstat entry
+      per member, plus the dead properties' bytes and lockdiscovery); over it: refused.
+    - ``answer_names``: the most property names one PROPFIND may ask for.
 
     A write that would leave a resource over a bound, and hold more than before, is
     refused; one that shrinks it (a remove) is always allowed, so lowering a bound
@@ -197,9 +199,10 @@ class PropertyBounds:
     per_resource: int = 256
     bytes_per_resource: int = 1 << 20
     answer_bytes: int = 64 << 20
+    answer_names: int = 1000
 
     def __post_init__(self) -> None:
-        for name in ("value_bytes", "per_resource", "bytes_per_resource", "answer_bytes"):
+        for name in ("value_bytes", "per_resource", "bytes_per_resource", "answer_bytes", "answer_names"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
 
@@ -207,14 +210,26 @@ class PropertyBounds:
 @dataclass(frozen=True)
 class LockBounds:
     """The most live WebDAV locks on one resource (``locks.max_per_resource``; only shared
-    locks can pile up there) and held by one account (``locks.max_per_account``)."""
+    locks can pile up there) and held by one account (``locks.max_per_account``), and
+    the largest ``<D:owner>`` of one lock in bytes of its XML as stored
+    (``locks.max_owner_bytes``; lockdiscovery repeats it in every PROPFIND answer)."""
 
     per_resource: int = 64
     per_account: int = 1000
+    owner_bytes: int = 4096
 
     def __post_init__(self) -> None:
-        if self.per_resource < 1 or self.per_account < 1:
+        if self.per_resource < 1 or self.per_account < 1 or self.owner_bytes < 1:
             raise ValueError("lock bounds must be positive")
+
+
+def check_owner(lock: dict[str, Any], bounds: LockBounds) -> None:
+    """Raise StateLimitExceeded (507, ``lock_owner_too_large``) when the lock's owner
+    (bytes, as prepare_new_lock left it) is longer than ``bounds.owner_bytes``.
+    Called by every lock storage's ``create`` before anything is stored."""
+    if len(lock["owner"]) > bounds.owner_bytes:
+        raise StateLimitExceeded(Refusal.LOCK_OWNER_TOO_LARGE,
+                                 f"lock owner over {bounds.owner_bytes} bytes")
 
 
 #: The defaults, as the config documents them.
@@ -542,6 +557,7 @@ class SQLiteLockStorage:
         already has as many live locks as its bound allows.
         """
         root, token = prepare_new_lock(path, lock, self.clamp_timeout(lock.get("timeout")))
+        check_owner(lock, self.bounds)
         with self.store.transaction() as db:
             now = self._clock()
             db.execute("DELETE FROM dav_locks WHERE expire < ?", (now,))

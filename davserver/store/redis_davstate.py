@@ -80,6 +80,7 @@ from .davstate import (
     StateLimitExceeded,
     _ancestors,
     _below,
+    check_owner,
     prepare_new_lock,
 )
 from .redis import RedisStore
@@ -543,6 +544,7 @@ class RedisLockStorage:
         many live locks as its bound allows.
         """
         root, token = prepare_new_lock(path, lock, self.clamp_timeout(lock.get("timeout")))
+        check_owner(lock, self.bounds)
         now = self._clock()
         expire = now + lock["timeout"]
         body = _encode_lock({**lock, "token": token, "expire": expire})
