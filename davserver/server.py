@@ -160,14 +160,16 @@ class DavServer:
 
     def _certificate_refusal(self, ssl_env: dict[str, Any], peer: str) -> str | None:
         """The handshake loop's check of a completed handshake: None to serve the
-        connection, else the reason (revoked, unknown_cert, disabled ...) its certificate
+        connection, else the reason (revoked, unknown_cert, cert_expired ...) its certificate
         can never be served, the guard's own certificate check (auth/core.py
         ``check_certificate``). The refusal gets its audit line, as the guard's would."""
         cert = ssl_env.get(CERT_ENVIRON_KEY)
         found = self.guard.authenticator.check_certificate(
             cert, self.guard.accounts.current(), self.revocations.serials(), self.guard.clock()
         )
-        if found.allowed:
+        if found.allowed or found.reason == "disabled":
+            # A disabled account is still one of ours: the guard answers it 401 with its
+            # reason, which tells its user (and the administrator) more than a closed connection.
             return None
         self.audit.write(
             {

@@ -343,7 +343,8 @@ def test_live_bad_chunk_in_an_xml_body_is_refused(inst: Instance, server: DavSer
     for size, status in ((b"0x10", b"400"), (f"{len(xml):x}".encode(), None)):
         before = len(_audit_lines(inst))
         tls = _tls(inst, server)
-        tls.sendall(f"{method} /files/ HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH}\r\nDepth: 0\r\n"
+        target = "/files/lock-target.txt" if method == "LOCK" else "/files/"  # a share root cannot be locked
+        tls.sendall(f"{method} {target} HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH}\r\nDepth: 0\r\n"
                     f"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n".encode()
                     + size + b"\r\n" + xml + b"\r\n0\r\n\r\n")
         response, closed = _read_all(tls)

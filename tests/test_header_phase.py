@@ -162,7 +162,16 @@ def refuse_bob(inst: Instance, how: str) -> None:
         save_accounts(path, load_accounts(path).edit("bob", enabled=False))
 
 
-@pytest.mark.parametrize("how", ["revoked", "disabled"])
+def test_a_disabled_accounts_connection_is_answered_not_closed(inst: Instance, a_txt: None) -> None:
+    """A disabled account is still one of ours: the guard answers it 401 with its reason."""
+    with live(inst) as server:
+        refuse_bob(inst, "disabled")
+        assert session_for(inst, "bob").get(server.url + "files/a.txt").status_code == 401
+        assert server.handshakes.counters().refused_certificate == 0
+        wait_for(lambda: "disabled" in audit_reasons(inst))
+
+
+@pytest.mark.parametrize("how", ["revoked"])
 def test_a_refused_certificate_is_closed_before_any_worker(inst: Instance, a_txt: None, how: str) -> None:
     with live(inst) as server:
         # The twin first: bob's certificate as it is, silent after its handshake, stays open.
