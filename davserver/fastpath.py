@@ -165,19 +165,38 @@ def _propfind_body(environ: dict[str, Any]) -> tuple[bool, Any]:
     cached: tuple[bool, Any] | None = environ.get(_BODY_KEY)
     if cached is not None:
         return cached
-    length = environ.get("CONTENT_LENGTH", "").strip()
+    body = _raw_body(environ)
     parsed: tuple[bool, Any] = (True, None)
-    if length not in ("", "0") and not length.isdigit():
+    if body is None:
         parsed = (False, None)
-    elif length not in ("", "0"):
-        body = environ["wsgi.input"].read(int(length))
-        environ["wsgi.input"] = _Replay(body)  # WsgiDAV can still read it if we pass
+    elif body:
         try:
             parsed = (True, ElementTree.fromstring(body))
         except Exception:  # noqa: BLE001 - malformed XML: WsgiDAV answers 400
             parsed = (False, None)
     environ[_BODY_KEY] = parsed
     return parsed
+
+
+_RAW_KEY = "davserver.propfind_raw"
+
+
+def _raw_body(environ: dict[str, Any]) -> bytes | None:
+    """The PROPFIND body's bytes, read once (b"" without one; None when Content-Length is
+    not a number); the input is replaced by a replay so WsgiDAV can read it again. Its
+    size is already capped at ``limits.xml_body_bytes`` (limits.py)."""
+    if _RAW_KEY in environ:
+        cached: bytes | None = environ[_RAW_KEY]
+        return cached
+    length = environ.get("CONTENT_LENGTH", "").strip()
+    body: bytes | None = b""
+    if length not in ("", "0") and not length.isdigit():
+        body = None
+    elif length not in ("", "0"):
+        body = environ["wsgi.input"].read(int(length))
+        environ["wsgi.input"] = _Replay(body)  # WsgiDAV can still read it if we pass
+    environ[_RAW_KEY] = body
+    return body
 
 
 def _dead_props_asked(environ: dict[str, Any]) -> tuple[tuple[str, ...] | None, bool] | None:
@@ -291,7 +310,11 @@ def check_propfind(provider: ShareProvider, environ: dict[str, Any]) -> None:
     depth = environ.get("HTTP_DEPTH", "")
     path = environ["PATH_INFO"] or "/"
     limit: int = bounds.answer_bytes
-    if _asked_names(environ) > bounds.answer_names:
+    raw = _raw_body(environ)
+    # Each name is at least one '<': a body with far more tags than the cap allows is
+    # refused before it is parsed (60,000 elements cost ~30 MiB and 0.1 s to build).
+    if (raw is not None and raw.count(b"<") > 2 * bounds.answer_names + 64) or \
+            _asked_names(environ) > bounds.answer_names:
         provider._check_realm(environ)  # a request for another share hears that first
         raise refuse(environ, Refusal.PROPFIND_NAMES_EXCEEDED, f"over {bounds.answer_names} property names")
     asked = _dead_props_asked(environ)

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from defusedxml import ElementTree as DefusedElementTree
 from wsgidav import util
 from wsgidav.dav_error import (
     HTTP_FAILED_DEPENDENCY,
@@ -65,6 +66,7 @@ from wsgidav.dav_error import (
 )
 from wsgidav.lock_man.lock_manager import generate_lock_token, normalize_lock_root, validate_lock
 from wsgidav.mw.base_mw import BaseMiddleware
+from wsgidav.xml_tools import xml_to_bytes
 
 from ..access import Refusal
 from .sqlite import SQLiteStore
@@ -454,10 +456,42 @@ class RecordLimitReason(BaseMiddleware):
             # the lock's root as the resource's get_ref_url() will name it (dav_provider.py)
             root = normalize_lock_root(quote(share_path.rstrip("/") + environ.get("PATH_INFO", "")))
             refused: StateLimitExceeded | None = check(root, environ.get("wsgidav.auth.user_name", ""))
+            if refused is None:
+                refused = _owner_look_ahead(environ, getattr(lock_manager.storage, "bounds", None))
             if refused is not None:
                 environ.setdefault(LIMIT_ENVIRON_KEY, refused.reason)
                 raise refused
         return _NotingLimit(self.next_app(environ, start_response), environ)
+
+
+class _Replay:
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def read(self, size: int = -1) -> bytes:
+        data, self._body = (self._body, b"") if size < 0 else (self._body[:size], self._body[size:])
+        return data
+
+
+def _owner_look_ahead(environ: dict[str, Any], bounds: LockBounds | None) -> StateLimitExceeded | None:
+    """The refusal a new LOCK's ``<D:owner>`` will meet in ``create`` (check_owner), found
+    before WsgiDAV creates the empty file of an unmapped URL. Only a body longer than the
+    bound can hold a larger owner; such a body (at most ``limits.xml_body_bytes``) is read,
+    parsed and left for WsgiDAV to read again; the owner is measured as WsgiDAV stores it
+    (request_server.py do_LOCK: xml_to_bytes of the element)."""
+    length = environ.get("CONTENT_LENGTH", "").strip()
+    if bounds is None or not length.isdigit() or int(length) <= bounds.owner_bytes:
+        return None
+    body = environ["wsgi.input"].read(int(length))
+    environ["wsgi.input"] = _Replay(body)
+    try:
+        root = DefusedElementTree.fromstring(body)
+    except Exception:  # noqa: BLE001 - WsgiDAV answers 400
+        return None
+    owner = root.find("{DAV:}owner")
+    if owner is None or len(xml_to_bytes(owner, pretty=False)) <= bounds.owner_bytes:
+        return None
+    return StateLimitExceeded(Refusal.LOCK_OWNER_TOO_LARGE, f"lock owner over {bounds.owner_bytes} bytes")
 
 
 class _NotingLimit:
