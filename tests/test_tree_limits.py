@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from davserver.copymove import _walk
 from davserver.fs import tree_height_exceeds
 from davserver.server import DavServer
 
@@ -46,9 +47,27 @@ def reason_of(inst: Instance, method: str, path: str, count: int = 1) -> str:
     return found[-1]
 
 
+_MADE: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _remove_deep_trees() -> Iterator[None]:
+    """Each test's deep trees go when it ends, deepest first and without recursion: Python
+    3.11's shutil.rmtree recurses per level, so pytest's own clean-up of old temporary
+    folders (at the end of a later session) would stop with a RecursionError."""
+    yield
+    while _MADE:
+        base = _MADE.pop()
+        if base.exists():
+            for rel, is_dir in reversed(_walk(str(base), listed_only=False)):
+                full = os.path.join(base, rel)
+                os.rmdir(full) if is_dir else os.unlink(full)
+
+
 def make_tree(base: Path, levels: int) -> Path:
     """``levels`` nested folders ``d/d/…`` below ``base`` (os.makedirs recurses per missing
-    level, so it is called for 100 at a time); returns the deepest."""
+    level, so it is called for 100 at a time); returns the deepest. Removed when the test ends."""
+    _MADE.append(base)
     path = str(base)
     done = 0
     while done < levels:
