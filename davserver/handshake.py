@@ -33,9 +33,11 @@ Bounds (all settings in ``config.py``):
 
 - Certificate check: a completed handshake whose client certificate is revoked, or
   maps to no enabled account (``HandshakeLoop(admit=...)``, wired by the server to the
-  guard's own certificate check), is closed here, before any worker reads from it.
-  Such a client can never be served, and a worker waiting for its request headers
-  is one a legitimate client lacks.
+  guard's own certificate check), is marked (``REFUSED_KEY`` in its ``ssl_env``). All
+  such connections share one slot group in :class:`HeaderPhase`, so however many
+  refused certificates a client holds, they cannot keep workers waiting for headers;
+  they are still answered (401 with the reason in the audit line, by the guard), not
+  dropped after a completed handshake, which a client would take for a network fault.
 
 After the handshake, :class:`HeaderPhase` bounds the connections of one client
 certificate that hold a worker while their request headers arrive
@@ -70,6 +72,7 @@ from cheroot import wsgi
 from .tls import TLSConnection
 
 __all__ = [
+    "REFUSED_KEY",
     "HandshakeCounters",
     "HandshakeLoop",
     "HandshakingServer",
@@ -89,6 +92,11 @@ _NO_LIMIT_TARGET = 1 << 20
 
 #: Longest sleep of the loop when nothing happens (the next deadline usually comes sooner).
 _IDLE_SECONDS = 1.0
+
+
+#: In a connection's ``ssl_env``: why its certificate can never be served (set by the
+#: handshake loop's ``admit`` check); such connections share one HeaderPhase group.
+REFUSED_KEY = "davserver.refused_certificate"
 
 
 @dataclass
@@ -172,8 +180,9 @@ class HandshakeLoop:
     `admit`, called on the loop's thread with the completed connection's ``ssl_env`` (the
     parsed certificate under ``tls.CERT_ENVIRON_KEY``) and its peer address, returns None
     to hand the connection on, or a refusal reason (a short word such as ``"revoked"``)
-    to close it; it must be cheap and must not block (it runs once per handshake, for
-    every client). An exception in it closes the connection (counted as refused).
+    to mark it (``REFUSED_KEY``) before handing it on; it must be cheap and must not block
+    (it runs once per handshake, for every client). An exception in it marks the
+    connection as refused.
     Raises ``ValueError`` for a cap below 1 or a deadline not above 0.
     """
 
@@ -383,7 +392,8 @@ class HandshakeLoop:
             _close(conn)
 
     def _refuse(self, entry: _Pending) -> bool:
-        """Close a completed connection whose certificate ``admit`` refuses; True if closed."""
+        """Mark a completed connection whose certificate ``admit`` refuses (it is handed on
+        all the same, into the refused group of :class:`HeaderPhase`); always False."""
         assert self.admit is not None
         try:
             reason = self.admit(entry.conn.ssl_env, str(entry.conn.remote_addr or ""))
@@ -392,15 +402,14 @@ class HandshakeLoop:
             reason = "error"
         if reason is None:
             return False
-        # Counted before the close: whoever sees the close also sees the count.
         self._counters.refused_certificate += 1
-        _close(entry.conn)
+        entry.conn.ssl_env[REFUSED_KEY] = reason
         self._log.info(
             "refused_certificate",
-            "closed a connection from %s after its TLS handshake: client certificate refused (%s)",
+            "a connection from %s presents a refused client certificate (%s): one shared header slot group",
             entry.address or "?", reason,
         )
-        return True
+        return False
 
     def _hand_on(self, conn: TLSConnection) -> None:
         server = self.server
@@ -462,8 +471,9 @@ class HeaderPhase:
     shutdown, as the watchdog does, which ends the read blocked in its worker), once
     that one has been in the phase :data:`EVICT_AFTER_SECONDS`; the newest is kept
     because a fast legitimate request of the same certificate must still be served
-    while the tricklers lose their slots. A connection without a fingerprint is not
-    counted (the handshake loop refuses those before a worker sees them). Raises
+    while the tricklers lose their slots. Every connection whose certificate the
+    handshake loop refused (``REFUSED_KEY``) counts in one group, as if all were one
+    certificate. A connection without a fingerprint is not counted. Raises
     ``ValueError`` for `per_certificate` below 1.
     """
 
@@ -487,7 +497,8 @@ class HeaderPhase:
     def enter(self, conn: Any) -> None:
         """`conn` (a ``TLSConnection`` with ``ssl_env``) starts waiting for its headers;
         at the cap, shut down the oldest connection of its certificate in the phase."""
-        key = str((getattr(conn, "ssl_env", None) or {}).get("SSL_CLIENT_CERT_SHA256") or "")
+        env = getattr(conn, "ssl_env", None) or {}
+        key = REFUSED_KEY if env.get(REFUSED_KEY) else str(env.get("SSL_CLIENT_CERT_SHA256") or "")
         if not key:
             return
         with self._cond:

@@ -8,7 +8,6 @@ import logging
 import socket
 import threading
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from .accounts import AccountsWatcher
@@ -159,38 +158,16 @@ class DavServer:
         self._maintenance = threading.Thread(target=self._maintain, name="davserver-maintenance", daemon=True)
 
     def _certificate_refusal(self, ssl_env: dict[str, Any], peer: str) -> str | None:
-        """The handshake loop's check of a completed handshake: None to serve the
-        connection, else the reason (revoked, unknown_cert, cert_expired ...) its certificate
-        can never be served, the guard's own certificate check (auth/core.py
-        ``check_certificate``). The refusal gets its audit line, as the guard's would."""
-        cert = ssl_env.get(CERT_ENVIRON_KEY)
+        """The handshake loop's check of a completed handshake: None for a certificate that
+        may be served, else the reason (revoked, unknown_cert, disabled ...) it never can
+        be, by the guard's own certificate check (auth/core.py ``check_certificate``). Such
+        connections share one header slot group (handshake.HeaderPhase); the guard still
+        answers each request 401 and audits it with that reason."""
         found = self.guard.authenticator.check_certificate(
-            cert, self.guard.accounts.current(), self.revocations.serials(), self.guard.clock()
+            ssl_env.get(CERT_ENVIRON_KEY), self.guard.accounts.current(), self.revocations.serials(),
+            self.guard.clock(),
         )
-        if found.allowed or found.reason == "disabled":
-            # A disabled account is still one of ours: the guard answers it 401 with its
-            # reason, which tells its user (and the administrator) more than a closed connection.
-            return None
-        self.audit.write(
-            {
-                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                "peer": peer,
-                "cert_serial": cert.serial if cert else None,
-                "cert_fingerprint": cert.fingerprint if cert else None,
-                "cert_subject": cert.subject if cert else None,
-                "account": found.account.name if found.account else None,
-                "share": None,
-                "method": None,
-                "path": None,
-                "status": 0,
-                "bytes_in": 0,
-                "bytes_out": 0,
-                "duration_ms": 0.0,
-                "decision": "deny",
-                "reason": str(found.reason),
-            }
-        )
-        return str(found.reason)
+        return None if found.allowed else str(found.reason)
 
     def _maintain(self) -> None:
         """Hourly: keep the CRL fresh. Every few seconds: hand freed memory back."""

@@ -137,8 +137,9 @@ def test_the_cap_is_the_setting(inst: Instance, a_txt: None, cap: int) -> None:
         warm(inst, server)
         with Tricklers(server.port, bob, 12):
             wait_for(lambda: server.header_phase.counters().evicted >= 12, timeout=30)
-            # Every connection of bob's in the phase is one his tricklers hold.
-            assert server.header_phase.counters().in_phase <= cap
+            # bob's connections in the phase: the cap, plus at most a newcomer that waits out
+            # the eviction delay (handshake.EVICT_AFTER_SECONDS) before taking the oldest's slot.
+            assert server.header_phase.counters().in_phase <= cap + 1
             assert timed_get(inst, server, "bob") < 0.5
 
 
@@ -162,53 +163,35 @@ def refuse_bob(inst: Instance, how: str) -> None:
         save_accounts(path, load_accounts(path).edit("bob", enabled=False))
 
 
-def test_a_disabled_accounts_connection_is_answered_not_closed(inst: Instance, a_txt: None) -> None:
-    """A disabled account is still one of ours: the guard answers it 401 with its reason."""
+@pytest.mark.parametrize("how", ["revoked", "disabled"])
+def test_a_refused_certificates_connection_is_answered_401_and_counted(inst: Instance, a_txt: None,
+                                                                       how: str) -> None:
+    """A certificate that can never be served is marked at its handshake, and still answered:
+    401 with the reason in the audit line (a connection dropped after a completed handshake
+    looks like a network fault to a client)."""
     with live(inst) as server:
-        refuse_bob(inst, "disabled")
-        assert session_for(inst, "bob").get(server.url + "files/a.txt").status_code == 401
+        assert session_for(inst, "bob").get(server.url + "files/a.txt").status_code == 200  # the twin
         assert server.handshakes.counters().refused_certificate == 0
-        wait_for(lambda: "disabled" in audit_reasons(inst))
-
-
-@pytest.mark.parametrize("how", ["revoked"])
-def test_a_refused_certificate_is_closed_before_any_worker(inst: Instance, a_txt: None, how: str) -> None:
-    with live(inst) as server:
-        # The twin first: bob's certificate as it is, silent after its handshake, stays open.
-        ok = client_context(inst, inst.clients["bob"]).wrap_socket(
-            socket.create_connection(("127.0.0.1", server.port), timeout=5), server_hostname="localhost"
-        )
         refuse_bob(inst, how)
-        bad = client_context(inst, inst.clients["bob"]).wrap_socket(
-            socket.create_connection(("127.0.0.1", server.port), timeout=5), server_hostname="localhost"
-        )
-        # Nothing sent: only the handshake loop can have closed it, no worker read from it.
-        bad.settimeout(3)
-        with pytest.raises((ssl.SSLError, OSError)):
-            if bad.recv(1) == b"":
-                raise ConnectionResetError("closed")
-        ok.settimeout(0.5)
-        with pytest.raises(TimeoutError):
-            ok.recv(1)
-        counters = server.handshakes.counters()
-        assert counters.refused_certificate == 1
-        assert server.header_phase.counters().evicted == 0
+        assert session_for(inst, "bob").get(server.url + "files/a.txt").status_code == 401
+        assert server.handshakes.counters().refused_certificate == 1
         wait_for(lambda: how in audit_reasons(inst))
-        bad.close()
-        ok.close()
 
 
-def test_tricklers_of_a_revoked_certificate_stall_nobody(inst: Instance, a_txt: None) -> None:
+def test_tricklers_of_refused_certificates_share_one_group_and_stall_nobody(inst: Instance, a_txt: None) -> None:
+    """Two revoked certificates' tricklers count as one certificate: together they hold at
+    most the cap (plus the newcomer waiting out the eviction delay), so nobody is stalled."""
     bob = client_context(inst, inst.clients["bob"])
+    carol = client_context(inst, inst.clients["carol"])
     inst.ca.revoke(inst.clients["bob"].issued.serial)
-    # The cap out of reach: the handshake check alone keeps them off the workers.
-    with live(inst, limits__header_phase_per_certificate=1_000_000) as server:
+    inst.ca.revoke(inst.clients["carol"].issued.serial)
+    with live(inst) as server:
         timed_get(inst, server, "alice")  # warm (see warm(); bob's certificate is revoked)
-        with Tricklers(server.port, bob, 40):
+        with Tricklers(server.port, bob, 20), Tricklers(server.port, carol, 20):
             wait_for(lambda: server.handshakes.counters().refused_certificate >= 40, timeout=30)
+            wait_for(lambda: server.header_phase.counters().evicted >= 10, timeout=30)
             assert timed_get(inst, server, "alice") < 0.5
-            assert server.header_phase.counters().in_phase == 0
-            assert server.header_phase.counters().evicted == 0
+            assert server.header_phase.counters().in_phase <= 4 + 1
 
 
 def test_keep_alive_and_pipelining_are_served_under_the_flood(inst: Instance, a_txt: None) -> None:
