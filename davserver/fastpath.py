@@ -23,6 +23,7 @@ with U+FFFD for what XML cannot carry, names that are not UTF-8 left out.
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 import os
@@ -194,7 +195,7 @@ def _raw_body(environ: dict[str, Any]) -> bytes | None:
         body = None
     elif length not in ("", "0"):
         body = environ["wsgi.input"].read(int(length))
-        environ["wsgi.input"] = _Replay(body)  # WsgiDAV can still read it if we pass
+        environ["wsgi.input"] = io.BytesIO(body)  # WsgiDAV can still read it if we pass
     environ[_RAW_KEY] = body
     return body
 
@@ -364,15 +365,6 @@ def _requested_names(environ: dict[str, Any]) -> tuple[str, ...] | None:
     if root[0].tag != "{DAV:}prop":
         return None
     return tuple(dict.fromkeys(el.tag for el in root[0] if isinstance(el.tag, str)))
-
-
-class _Replay:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    def read(self, size: int = -1) -> bytes:
-        data, self._body = (self._body, b"") if size < 0 else (self._body[:size], self._body[size:])
-        return data
 
 
 _SUPPORTED_LOCK = (

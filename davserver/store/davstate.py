@@ -44,6 +44,7 @@ quota on it) bounds how many that is.
 
 from __future__ import annotations
 
+import io
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -464,15 +465,6 @@ class RecordLimitReason(BaseMiddleware):
         return _NotingLimit(self.next_app(environ, start_response), environ)
 
 
-class _Replay:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    def read(self, size: int = -1) -> bytes:
-        data, self._body = (self._body, b"") if size < 0 else (self._body[:size], self._body[size:])
-        return data
-
-
 def _owner_look_ahead(environ: dict[str, Any], bounds: LockBounds | None) -> StateLimitExceeded | None:
     """The refusal a new LOCK's ``<D:owner>`` will meet in ``create`` (check_owner), found
     before WsgiDAV creates the empty file of an unmapped URL. Only a body longer than the
@@ -483,7 +475,7 @@ def _owner_look_ahead(environ: dict[str, Any], bounds: LockBounds | None) -> Sta
     if bounds is None or not length.isdigit() or int(length) <= bounds.owner_bytes:
         return None
     body = environ["wsgi.input"].read(int(length))
-    environ["wsgi.input"] = _Replay(body)
+    environ["wsgi.input"] = io.BytesIO(body)
     try:
         root = DefusedElementTree.fromstring(body)
     except Exception:  # noqa: BLE001 - WsgiDAV answers 400
