@@ -118,14 +118,20 @@ def a_txt(inst: Instance) -> None:
     (inst.home.root / "data/files/a.txt").write_text("a\n")
 
 
+#: A stalled request waits for the tricklers' header deadline (limits.header_seconds, 10 s;
+#: 9.4-17.9 s in the report, over 2 s in the control test below); a served one takes
+#: milliseconds, but the bound leaves room for a loaded 2-core machine.
+SERVED = 1.5
+
+
 def test_tricklers_of_one_certificate_stall_nobody(inst: Instance, a_txt: None) -> None:
     # The report: 40 connections with bob's certificate trickle their headers (16 workers here).
     with live(inst) as server:
         warm(inst, server)
         with Tricklers(server.port, client_context(inst, inst.clients["bob"]), 40):
             wait_for(lambda: server.header_phase.counters().evicted >= 40, timeout=30)
-            assert timed_get(inst, server, "alice") < 0.5
-            assert timed_get(inst, server, "bob") < 0.5, "the trickling certificate's own whole request is served"
+            assert timed_get(inst, server, "alice") < SERVED
+            assert timed_get(inst, server, "bob") < SERVED, "the trickling certificate's own whole request is served"
             in_phase = server.header_phase.counters().in_phase
     assert in_phase <= 4 + 1, "bob never holds more workers than limits.header_phase_per_certificate"
 
@@ -140,7 +146,7 @@ def test_the_cap_is_the_setting(inst: Instance, a_txt: None, cap: int) -> None:
             # bob's connections in the phase: the cap, plus at most a newcomer that waits out
             # the eviction delay (handshake.EVICT_AFTER_SECONDS) before taking the oldest's slot.
             assert server.header_phase.counters().in_phase <= cap + 1
-            assert timed_get(inst, server, "bob") < 0.5
+            assert timed_get(inst, server, "bob") < SERVED
 
 
 def test_without_the_cap_tricklers_stall_everyone(inst: Instance, a_txt: None) -> None:
@@ -149,7 +155,7 @@ def test_without_the_cap_tricklers_stall_everyone(inst: Instance, a_txt: None) -
     bob = client_context(inst, inst.clients["bob"])
     with live(inst, limits__header_phase_per_certificate=1_000_000) as server, Tricklers(server.port, bob, 40):
         wait_for(lambda: server.header_phase.counters().in_phase >= 16, timeout=30)
-        assert timed_get(inst, server, "alice") > 2.0
+        assert timed_get(inst, server, "alice") > 2.0 > SERVED
         assert server.header_phase.counters().evicted == 0
 
 
@@ -190,7 +196,7 @@ def test_tricklers_of_refused_certificates_share_one_group_and_stall_nobody(inst
         with Tricklers(server.port, bob, 20), Tricklers(server.port, carol, 20):
             wait_for(lambda: server.handshakes.counters().refused_certificate >= 40, timeout=30)
             wait_for(lambda: server.header_phase.counters().evicted >= 10, timeout=30)
-            assert timed_get(inst, server, "alice") < 0.5
+            assert timed_get(inst, server, "alice") < SERVED
             assert server.header_phase.counters().in_phase <= 4 + 1
 
 
