@@ -225,3 +225,16 @@ def server_process(inst: Instance) -> Iterator[tuple[subprocess.Popen[str], str]
                 proc.wait(timeout=10)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+@contextmanager
+def wsgidav_only(monkeypatch: pytest.MonkeyPatch, *, get: bool = True) -> Iterator[None]:
+    """WsgiDAV's own answers, to compare the short paths with: fastpath's PROPFIND switched
+    off, and with `get` its GET/HEAD too."""
+    from davserver import fs
+
+    with monkeypatch.context() as m:
+        if get:
+            m.setattr(fs, "fast_get", lambda *args: None)
+        m.setattr(fs, "fast_propfind", lambda *args: None)
+        yield

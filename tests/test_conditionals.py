@@ -18,24 +18,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsgidav import util
 
-from davserver import conditions, fs
+from davserver import conditions
 from davserver.conditions import Validators, evaluate, if_header_holds, parse_entity_tags, parse_http_date
 from davserver.server import DavServer
 
-from .conftest import Instance, session_for
+from .conftest import Instance, session_for, wsgidav_only
 
 OLD = "Mon, 01 Jan 2001 00:00:00 GMT"
 LOCKINFO = (b'<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
             b"<D:locktype><D:write/></D:locktype></D:lockinfo>")
 
 
-@contextmanager
-def wsgidav_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """WsgiDAV's own GET/HEAD and PROPFIND: both short paths switched off."""
-    with monkeypatch.context() as m:
-        m.setattr(fs, "fast_get", lambda *args: None)
-        m.setattr(fs, "fast_propfind", lambda *args: None)
-        yield
 
 
 @contextmanager

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 import pytest
 from defusedxml import ElementTree
 
-from davserver import fs
 from davserver.server import DavServer
 
 from .conftest import Instance, session_for
+from .conftest import wsgidav_only as conftest_wsgidav_only
 
 LIVE = ["resourcetype", "getcontentlength", "getlastmodified", "getetag", "creationdate", "displayname",
         "getcontenttype"]
@@ -39,12 +38,9 @@ def parse(xml: str) -> dict[str, dict[str, tuple[str, str]]]:
     return out
 
 
-@contextmanager
-def wsgidav_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """WsgiDAV's own PROPFIND (the short path switched off), to compare answers with."""
-    with monkeypatch.context() as m:
-        m.setattr(fs, "fast_propfind", lambda *args: None)
-        yield
+def wsgidav_only(monkeypatch: pytest.MonkeyPatch) -> AbstractContextManager[None]:
+    """WsgiDAV's own PROPFIND (the short GET path stays on)."""
+    return conftest_wsgidav_only(monkeypatch, get=False)
 
 
 def test_propfind_fast_path_matches_the_full_path(inst: Instance, server: DavServer,

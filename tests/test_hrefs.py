@@ -6,8 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import string
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from urllib.parse import unquote, urlsplit
 
 import pytest
@@ -23,6 +22,7 @@ from davserver.names import refused_name
 from davserver.server import DavServer
 
 from .conftest import Instance, session_for
+from .conftest import wsgidav_only as conftest_wsgidav_only
 
 #: RFC 3986 §3.3 path-absolute, character by character: pchar = unreserved / pct-encoded /
 #: sub-delims / ":" / "@", and "/" between segments.
@@ -33,12 +33,9 @@ PROP = (b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:prop><D:displayname
         b"</D:prop></D:propfind>")
 
 
-@contextmanager
-def wsgidav_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """WsgiDAV's own PROPFIND (request_server.py), the short path switched off."""
-    with monkeypatch.context() as m:
-        m.setattr(fs, "fast_propfind", lambda *args: None)
-        yield
+def wsgidav_only(monkeypatch: pytest.MonkeyPatch) -> AbstractContextManager[None]:
+    """WsgiDAV's own PROPFIND (the short GET path stays on)."""
+    return conftest_wsgidav_only(monkeypatch, get=False)
 
 
 def hrefs(s: requests.Session, url: str, body: bytes | None) -> list[str]:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import pytest
 import requests
 
-from davserver import fs
 from davserver.server import DavServer
 
 from .conftest import Instance, session_for
+from .conftest import wsgidav_only as conftest_wsgidav_only
 
 #: cases/20-propfind-infinity-on-file.py's body (Kodi's existence check)
 BODY = (b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:prop><D:resourcetype/><D:getcontentlength/>'
@@ -21,11 +21,9 @@ BODY = (b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:prop><D:resourcetyp
 INFINITE = [None, "infinity", "Infinity", "INFINITY"]
 
 
-@contextmanager
-def wsgidav_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    with monkeypatch.context() as m:
-        m.setattr(fs, "fast_propfind", lambda *args: None)
-        yield
+def wsgidav_only(monkeypatch: pytest.MonkeyPatch) -> AbstractContextManager[None]:
+    """WsgiDAV's own PROPFIND (the short GET path stays on)."""
+    return conftest_wsgidav_only(monkeypatch, get=False)
 
 
 def propfind(s: requests.Session, url: str, depth: str | None) -> requests.Response:

@@ -12,23 +12,15 @@ import requests
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from davserver import fs
 from davserver.ranges import ByteRange, Unsatisfiable, resolve_range
 from davserver.server import DavServer
 
-from .conftest import Instance, session_for
+from .conftest import Instance, session_for, wsgidav_only
 
 SIZES = (0, 1, 2, 10, 37, 1024)
 DATA = bytes(range(256)) * 4  # 1024 bytes; file "rN.bin" holds DATA[:N]
 
 
-@contextmanager
-def wsgidav_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """WsgiDAV's own GET (request_server.py ``_send_resource``): the short paths switched off."""
-    with monkeypatch.context() as m:
-        m.setattr(fs, "fast_get", lambda *args: None)
-        m.setattr(fs, "fast_propfind", lambda *args: None)
-        yield
 
 
 # --- the reference: RFC 9110 §14.1.1-§14.2 read directly ---------------------------
