@@ -456,6 +456,10 @@ class _File(FileResource):
         mar10/wsgidav#222), so a sync client comparing the two saw every file as changed."""
         if name == "{DAV:}getetag":
             return entity_tag(self.get_etag())
+        if name in ("{DAV:}quota-used-bytes", "{DAV:}quota-available-bytes"):
+            # RFC 4331 defines them on collections; WsgiDAV answers a file's with 200 and
+            # an empty value (dav_provider.py:733), the short path with 404, as here.
+            raise DAVError(HTTP_NOT_FOUND)
         return super().get_property_value(name)
 
     def get_href(self) -> str:
