@@ -31,6 +31,7 @@ __all__ = [
     "ServerConfig",
     "ShareConfig",
     "StateConfig",
+    "SubjectRule",
     "TLSConfig",
     "TOTPConfig",
     "ThrottleConfig",
@@ -150,15 +151,28 @@ class TLSConfig:
 
 
 @dataclass(frozen=True)
+class SubjectRule:
+    """One ``identity.subject_rules`` entry: a certificate whose issuing CA is the one
+    in the file ``issuer`` (an absolute path; the YAML value is relative to the
+    instance home) maps to the account its ``match`` field names: ``"cn"`` (the
+    subject's common name) or ``"san_email"`` (an e-mail address in the SAN).
+    auth/issuers.py loads the file and decides "issued by" on the CA's key."""
+
+    issuer: Path
+    match: str
+
+
+@dataclass(frozen=True)
 class IdentityConfig:
     """How a certificate maps to an account.
 
     Certificates our CA issued are bound by fingerprint in the accounts file.
     ``subject_rules`` lets an enterprise CA's certificates map by CN or SAN
-    email instead; they are tried in order after the fingerprint binding.
+    email instead, each rule for the certificates of one named issuing CA;
+    they are tried in order after the fingerprint binding.
     """
 
-    subject_rules: tuple[str, ...] = ()
+    subject_rules: tuple[SubjectRule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -424,15 +438,45 @@ def _parse_tls(raw: Mapping[str, Any], home: Home) -> TLSConfig:
     )
 
 
-def _parse_identity(raw: Mapping[str, Any]) -> IdentityConfig:
+#: How a subject rule is written; shown by every subject_rules error.
+_SUBJECT_RULE_FORM = "write each rule as {issuer: certs/users-ca.crt, match: cn}; match: cn, san_email"
+
+
+def _parse_identity(raw: Mapping[str, Any], home: Home) -> IdentityConfig:
+    """``identity.subject_rules``: a list of ``{issuer: PATH, match: cn|san_email}``.
+
+    The former plain form (``[cn]``) is refused, not reinterpreted: it mapped a name
+    from whichever CA in tls.client_ca signed it, so with a company root trusted a
+    partner sub-CA's ``CN=eve`` became account eve, and no narrower reading of it is
+    what the admin wrote."""
     i = _section(raw, "identity")
     _check_keys(i, "identity", ("subject_rules",))
+    key = "identity.subject_rules"
     rules = i.get("subject_rules") or []
-    if not isinstance(rules, list) or any(r not in _SUBJECT_RULES for r in rules):
-        raise ConfigError(
-            "identity.subject_rules", f"{rules!r} is not a list of rules", f"allowed: {', '.join(_SUBJECT_RULES)}"
-        )
-    return IdentityConfig(subject_rules=tuple(rules))
+    if not isinstance(rules, list):
+        raise ConfigError(key, f"{rules!r} is not a list of rules", _SUBJECT_RULE_FORM)
+    parsed: list[SubjectRule] = []
+    for n, rule in enumerate(rules):
+        where = f"{key}[{n}]"
+        if isinstance(rule, str):
+            raise ConfigError(
+                key,
+                f"{rule!r} names no issuing CA: it would map any certificate that any CA in tls.client_ca "
+                "signs, so a partner's sub-CA could sign in as any account",
+                f"name the CA whose certificates map: subject_rules: [{{issuer: certs/users-ca.crt, "
+                f"match: {rule if rule in _SUBJECT_RULES else 'cn'}}}]; match: {', '.join(_SUBJECT_RULES)}",
+            )
+        if not isinstance(rule, Mapping):
+            raise ConfigError(where, f"{rule!r} is not a rule", _SUBJECT_RULE_FORM)
+        _check_keys(rule, where, ("issuer", "match"))
+        issuer = rule.get("issuer")
+        if not isinstance(issuer, str) or not issuer.strip():
+            raise ConfigError(f"{where}.issuer", f"{issuer!r} is not a path to a CA certificate", _SUBJECT_RULE_FORM)
+        match = rule.get("match")
+        if match not in _SUBJECT_RULES:
+            raise ConfigError(f"{where}.match", f"{match!r} is not a rule", f"allowed: {', '.join(_SUBJECT_RULES)}")
+        parsed.append(SubjectRule(issuer=home.resolve(issuer), match=str(match)))
+    return IdentityConfig(subject_rules=tuple(parsed))
 
 
 def _parse_shares(raw: Mapping[str, Any], home: Home, default_require: tuple[str, ...]) -> dict[str, ShareConfig]:
@@ -582,7 +626,7 @@ def parse_config(raw: Any, home: Home) -> Config:
         home=home,
         server=_parse_server(raw),
         tls=_parse_tls(raw, home),
-        identity=_parse_identity(raw),
+        identity=_parse_identity(raw, home),
         auth=AuthConfig(
             credential_cache_seconds=_float(a, "auth", "credential_cache_seconds", 300.0, 0.0),
             credential_cache_max_seconds=_float(a, "auth", "credential_cache_max_seconds", 3600.0, 0.0),

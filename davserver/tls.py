@@ -26,6 +26,7 @@ from cheroot.server import HTTPConnection
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from .auth.identity import parse_certificate
+from .auth.issuers import check_trust_anchors
 from .config import TLSConfig
 from .errors import StartupError
 from .watchdog import Watchdog, set_current_connection
@@ -78,6 +79,10 @@ def create_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
         ctx.load_verify_locations(cafile=str(tls.client_ca))
     except ssl.SSLError as exc:
         raise StartupError(f"tls.client_ca: {tls.client_ca} holds no usable CA certificate ({exc.reason})") from None
+    # Any CA in tls.client_ca is a trust anchor, a sub-CA alone too (an admin trusting one
+    # company sub-CA, not its root); that is why it may hold CA certificates only.
+    check_trust_anchors(tls.client_ca)
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return ctx
 
 

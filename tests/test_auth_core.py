@@ -77,19 +77,6 @@ def test_groups_and_read_only_share() -> None:
     assert decide(share=RO, write=False).allowed
 
 
-def test_subject_rules_map_enterprise_certificates() -> None:
-    stranger = replace(CERT, fingerprint="c" * 64)
-    assert decide(cert=stranger).reason == "unknown_cert"
-    by_cn = Authenticator(IdentityConfig(subject_rules=("cn",)), cache_seconds=0)
-    assert decide(by_cn, cert=stranger).allowed
-    by_email = Authenticator(IdentityConfig(subject_rules=("san_email",)), cache_seconds=0)
-    assert decide(by_email, cert=stranger).reason == "unknown_cert"  # no account is named alice@example.org
-    emailed = Accounts({"alice@example.org": Account("alice@example.org", HASH)})
-    creds = Credentials("alice@example.org", "right-password")
-    d = decide(by_email, cert=stranger, accounts=emailed, credentials=creds)
-    assert d.allowed
-
-
 def test_verified_password_is_cached_but_not_across_password_or_certificate(monkeypatch) -> None:
     calls = []
     import davserver.auth.core as core

@@ -43,6 +43,7 @@ from ..config import IdentityConfig, ShareConfig, ThrottleConfig, TOTPConfig
 from ..store.base import Grant, StateStore
 from . import totp
 from .identity import CertIdentity
+from .issuers import SubjectRules
 from .lockout import FACTOR_OF, Lockouts
 from .passwords import password_forms, prepare_password, verify_password
 
@@ -154,6 +155,8 @@ class Authenticator:
         several processes sharing one store may each count a repeat once (more, never
         fewer, than one count per distinct failure)."""
         self.identity = identity
+        #: Raises StartupError when a rule's issuer is not one readable CA certificate.
+        self.subject_rules = SubjectRules(identity.subject_rules)
         self.strip_domain = strip_domain
         self._failure_key = secrets.token_bytes(32)
         self.store = store
@@ -165,14 +168,12 @@ class Authenticator:
     # --- certificate -> account -----------------------------------------------------
 
     def account_for(self, cert: CertIdentity, accounts: Accounts) -> Account | None:
-        """Fingerprint binding first; then the admin's subject rules, in order."""
+        """Fingerprint binding first; then the admin's subject rules, in order, each for
+        the certificates its issuing CA signed."""
         name = accounts.owner_of(cert.fingerprint)
         if name is None:
-            for rule in self.identity.subject_rules:
-                candidates = (cert.common_name,) if rule == "cn" else cert.emails
-                name = next((c for c in candidates if c and c in accounts), None)
-                if name is not None:
-                    break
+            # Only from the rules whose issuing CA's key signed this certificate (auth/issuers.py).
+            name = next((c for c in self.subject_rules.names(cert) if c in accounts), None)
         return accounts.get(name) if name is not None else None
 
     def check_certificate(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography import x509
@@ -29,6 +29,9 @@ class CertIdentity:
     not_before: datetime
     not_after: datetime
     client_auth: bool  # EKU allows TLS client authentication
+    #: The certificate as presented (DER), for checks that need more than these facts
+    #: (auth/issuers.py: which CA's key signed it).
+    der: bytes = field(default=b"", repr=False, compare=False)
 
     def is_current(self, now: datetime) -> bool:
         return self.not_before <= now <= self.not_after
@@ -80,4 +83,5 @@ def parse_certificate(der: bytes) -> CertIdentity:
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
         client_auth=client_auth,
+        der=der,
     )
