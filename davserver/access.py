@@ -72,6 +72,8 @@ class Refusal(StrEnum):
     TREE_DEPTH = "tree_depth"  # deeper than limits.max_tree_depth (fs.py)
     NAME_COLLISION = "name_collision"  # differs from an existing name only by Unicode normalisation (fs.py)
     PROPFIND_DEPTH = "propfind_depth"
+    BAD_MTIME = "bad_mtime"  # an X-OC-Mtime that is not whole seconds 0..9999-12-31 (oc_compat.py)
+    CHECKSUM_MISMATCH = "checksum_mismatch"  # a PUT body unlike its OC-Checksum (oc_compat.py)
     XML_TOO_LARGE = "xml_too_large"
     # bounded WebDAV state (store/davstate.py, fastpath.py): answered 507
     PROPERTY_TOO_LARGE = "property_too_large"  # one dead property's value

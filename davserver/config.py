@@ -248,6 +248,8 @@ class PropertiesConfig:
     max_propfind_bytes: int = 64 << 20
     #: Property names one PROPFIND may ask for; more: 507 before anything is looked up.
     max_propfind_names: int = 1000
+    #: SHA-1 and MD5 of every upload, computed as it streams and answered as oc:checksums (oc_compat.py).
+    checksums: bool = True
 
 
 @dataclass(frozen=True)
@@ -585,13 +587,14 @@ def _parse_locks(raw: Mapping[str, Any]) -> LocksConfig:
 def _parse_properties(raw: Mapping[str, Any]) -> PropertiesConfig:
     pr = _section(raw, "properties")
     _check_keys(pr, "properties", ("max_value_bytes", "max_per_resource", "max_bytes_per_resource",
-                                   "max_propfind_bytes", "max_propfind_names"))
+                                   "max_propfind_bytes", "max_propfind_names", "checksums"))
     return PropertiesConfig(
         max_value_bytes=_int(pr, "properties", "max_value_bytes", 64 << 10, 1024, 1 << 30),
         max_per_resource=_int(pr, "properties", "max_per_resource", 256, 1, 1_000_000),
         max_bytes_per_resource=_int(pr, "properties", "max_bytes_per_resource", 1 << 20, 1024, 1 << 34),
         max_propfind_bytes=_int(pr, "properties", "max_propfind_bytes", 64 << 20, 1 << 16, 1 << 40),
         max_propfind_names=_int(pr, "properties", "max_propfind_names", 1000, 32, 1_000_000),
+        checksums=_bool(pr, "properties", "checksums", True),
     )
 
 

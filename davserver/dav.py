@@ -191,7 +191,8 @@ def build_dav_app(config: Config, store: StateStore) -> WsgiDAVApp:
     lock_storage, property_manager = _dav_state(config, store)
     mapping: dict[str, DAVProvider] = {"/": RootProvider(dict(config.shares))}
     for name, share in config.shares.items():
-        mapping["/" + name] = ShareProvider(share, max_tree_depth=config.limits.max_tree_depth)
+        mapping["/" + name] = ShareProvider(share, max_tree_depth=config.limits.max_tree_depth,
+                                            checksums=config.properties.checksums)
     return WsgiDAVApp(
         {
             "provider_mapping": mapping,

@@ -45,6 +45,7 @@ from .conditions import Validators, entity_tag, evaluate, precondition_error
 from .config import is_macos_clutter
 from .hrefs import quote_href
 from .names import display_name, is_listable
+from .oc_compat import CHECKSUMS, checksums_xml, stored_checksums
 from .ranges import Unsatisfiable, resolve_range
 from .store.davstate import refuse
 
@@ -231,6 +232,8 @@ _LIVE_VALUE_BYTES = 48
 #: allprop or propname: the live properties of one member (about 560 bytes rendered,
 #: supportedlock and an empty lockdiscovery included).
 _ALLPROP_BYTES = 640
+#: ``oc:checksums`` with its SHA-1 and MD5 (oc_compat.py): about 170 bytes rendered.
+_CHECKSUMS_BYTES = 192
 #: One ``<D:activelock>`` besides its owner: scope, type, depth, timeout, token and root.
 _LOCK_ENTRY_BYTES = 512
 
@@ -256,6 +259,8 @@ def _name_bytes(clark: str) -> int:
         if local in LIVE_PROPS or clark in _QUOTA or clark == "{DAV:}lockdiscovery":
             return 2 * size + 7 + _LIVE_VALUE_BYTES  # locks themselves: _lock_bytes
         return size + 8  # not a live property here: an empty element in the 404 propstat
+    if clark == CHECKSUMS:
+        return _CHECKSUMS_BYTES
     ns, _, local = clark[1:].partition("}")
     return len(local.encode("utf-8")) + len(escape(ns, _QUOT).encode("utf-8")) + 16
 
@@ -491,10 +496,12 @@ class _Member:
 
 
 def _render(m: _Member, names: tuple[str, ...], allprop: bool, locking: bool,
-            etag: Callable[[os.stat_result], str], config: dict[str, Any], *, strict: bool = True) -> bytes | None:
+            etag: Callable[[os.stat_result], str], config: dict[str, Any], *, strict: bool = True,
+            checksums: bool = False) -> bytes | None:
     """One member's ``<D:response>``; None (strict) when a stored dead property does not
     parse. Not strict (the answer is already under way), such a property is reported
-    as missing."""
+    as missing. A file's ``oc:checksums`` is the server's (oc_compat.py; ``checksums``:
+    ``properties.checksums``), answered as WsgiDAV's path answers it (fs.py)."""
     dead = dict(m.dead)
     if allprop:
         names = (_ALLPROP_FOLDER if m.is_dir else _ALLPROP_FILE) + (_LOCK_PROPS if locking else ()) + tuple(dead)
@@ -515,6 +522,9 @@ def _render(m: _Member, names: tuple[str, ...], allprop: bool, locking: bool,
                 element = "<D:lockdiscovery/>"
             elif locking and clark == "{DAV:}supportedlock":
                 element = _SUPPORTED_LOCK
+        elif clark == CHECKSUMS and not m.is_dir:
+            value = stored_checksums(m.fs_path, m.st) if checksums else None
+            element = checksums_xml(value) if value is not None else None
         elif clark in dead:
             element = _dead_xml(dead[clark])
             if element is None:
@@ -577,6 +587,7 @@ class _Listing:
         self.get_many = getattr(pm, "get_many", None) if pm is not None else None
         self.needs_dead = pm is not None and (self.allprop or any(not n.startswith("{DAV:}") for n in names))
         self.needs_quota = self.allprop or any(n in _QUOTA for n in names)
+        self.checksums = bool(getattr(provider, "checksums", False))
         self._usage: dict[int, tuple[int, int]] = {}
 
     def render(self, members: list[_Member], *, strict: bool) -> bytes | None:
@@ -598,11 +609,14 @@ class _Listing:
         out = []
         for m in members:
             mst = m.st
+            # The ctime moves when checksums are kept (an xattr is set): a cached answer
+            # never outlives them.
             key = (m.ident, self.names, self.locking, mst.st_ino, mst.st_mtime_ns, mst.st_ctime_ns, mst.st_size,
-                   mst.st_mode, m.dead, m.quota)
+                   mst.st_mode, m.dead, m.quota, self.checksums)
             fragment = _fragments.get(key)
             if fragment is None:
-                fragment = _render(m, self.names, self.allprop, self.locking, self.etag, self.config, strict=strict)
+                fragment = _render(m, self.names, self.allprop, self.locking, self.etag, self.config, strict=strict,
+                                   checksums=self.checksums)
                 if fragment is None:
                     return None
                 _fragments.put(key, fragment)

@@ -69,6 +69,7 @@ from wsgidav.dav_error import (
     HTTP_REQUEST_ENTITY_TOO_LARGE,
     HTTP_REQUEST_URI_TOO_LONG,
     DAVError,
+    PRECONDITION_CODE_ProtectedProperty,
 )
 from wsgidav.dav_provider import DAVNonCollection
 from wsgidav.fs_dav_provider import FileResource, FilesystemProvider, FolderResource
@@ -80,6 +81,16 @@ from .copymove import DESTINATION_KEY, copy_or_move
 from .fastpath import check_propfind, fast_get, fast_propfind
 from .hrefs import quote_href
 from .names import display_name, is_listable, refused_name
+from .oc_compat import (
+    CHECKSUMS,
+    MTIME_ACCEPTED_KEY,
+    Digests,
+    checksums_element,
+    read_expected,
+    read_mtime,
+    store_checksums,
+    stored_checksums,
+)
 from .ranges import normalise_range
 
 __all__ = ["DEFAULT_MAX_TREE_DEPTH", "TEMP_PREFIX", "AtomicFile", "ShareProvider", "is_temp_name", "sweep_temp_files",
@@ -237,14 +248,25 @@ class AtomicFile:
     Until then the target is untouched. `abort()` (or any failure) removes the temp
     file. `expected_size`, when given, must equal the bytes written. `like` copies
     mode and times from another file (COPY); otherwise the new file gets the old
-    file's mode and owner, or the mode of a freshly created file.
+    file's mode and owner, or the mode of a freshly created file. `mtime` (whole Unix
+    seconds, a PUT's X-OC-Mtime) is set before the rename, so the file appears with
+    it. `digests` (oc_compat.py) sees every byte written: a body whose digest is not
+    the client's OC-Checksum is refused (400, target untouched), and with
+    ``digests.keep`` the checksums are stored on the file, stamped after its times are
+    set. `environ` is the request's, to record a refusal's audit reason and an
+    accepted mtime (oc_compat.MTIME_ACCEPTED_KEY).
     """
 
-    def __init__(self, target: str, *, expected_size: int | None = None, like: os.stat_result | None = None) -> None:
+    def __init__(self, target: str, *, expected_size: int | None = None, like: os.stat_result | None = None,
+                 mtime: int | None = None, digests: Digests | None = None,
+                 environ: dict[str, Any] | None = None) -> None:
         self.target = target
         self.folder = os.path.dirname(target)
         self.expected_size = expected_size
         self.like = like
+        self.mtime = mtime
+        self.digests = digests
+        self.environ = environ
         self.written = 0
         self._done = False
         try:
@@ -262,6 +284,8 @@ class AtomicFile:
         except OSError as exc:
             self.abort()
             raise _dav_error(exc, f"writing {self.target}", missing=HTTP_CONFLICT) from None
+        if self.digests is not None:
+            self.digests.update(data)
         self.written += len(data)
         return len(data)
 
@@ -291,10 +315,23 @@ class AtomicFile:
         if self.expected_size is not None and self.written != self.expected_size:
             self.abort()
             raise _incomplete_body(self.written, self.expected_size)
+        if self.digests is not None:
+            try:
+                self.digests.check(self.environ)
+            except DAVError:
+                self.abort()
+                raise
         try:
             self._file.flush()
             fd = self._file.fileno()
             self._apply_metadata(fd)
+            kept_mtime = False
+            if self.mtime is not None:
+                os.utime(fd, ns=(time.time_ns(), self.mtime * 1_000_000_000))
+                # A filesystem clamps times it cannot hold (ext4: after 2446): not "accepted".
+                kept_mtime = os.fstat(fd).st_mtime_ns == self.mtime * 1_000_000_000
+            if self.digests is not None and self.digests.keep:
+                store_checksums(fd, self.digests.value())  # stamped with the times just set
             os.fsync(fd)
             self._file.close()
             os.replace(self.temp_path, self.target)
@@ -303,6 +340,8 @@ class AtomicFile:
             raise _dav_error(exc, f"storing {self.target}", missing=HTTP_CONFLICT) from None
         self._done = True
         _fsync_dir(self.folder)
+        if kept_mtime and self.environ is not None:
+            self.environ[MTIME_ACCEPTED_KEY] = True
 
     def abort(self) -> None:
         """Drop the temp file; the target stays as it was."""
@@ -340,8 +379,11 @@ class AtomicFile:
             os.fchmod(fd, 0o666 & ~_umask())
 
 
-def _atomic_copy(src: str, dest: str) -> None:
-    """Copy file data and mode/times (like shutil.copy2) via a temp file, so no half target is left."""
+def _atomic_copy(src: str, dest: str, *, checksums: bool = False) -> None:
+    """Copy file data and mode/times (like shutil.copy2) via a temp file, so no half target is left.
+
+    With ``checksums`` the copy's own checksums are computed as it is written and kept
+    (oc_compat.py): the copy is a new inode, the source's stamp does not describe it."""
     try:
         fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
@@ -351,7 +393,8 @@ def _atomic_copy(src: str, dest: str) -> None:
             like = os.fstat(fd)
         except OSError as exc:
             raise _dav_error(exc, f"reading {src}") from None
-        out = AtomicFile(dest, expected_size=like.st_size, like=like)
+        digests = Digests(keep=True, expected=None) if checksums else None
+        out = AtomicFile(dest, expected_size=like.st_size, like=like, digests=digests)
         try:
             while True:
                 block = source.read(1 << 20)
@@ -453,14 +496,27 @@ class _File(FileResource):
     def get_property_value(self, name: str) -> Any:
         """``DAV:getetag`` is the entity-tag, quoted exactly as the ETag header (RFC 4918
         §15.6); WsgiDAV writes ``get_etag()`` unquoted (dav_provider.py:748,
-        mar10/wsgidav#222), so a sync client comparing the two saw every file as changed."""
+        mar10/wsgidav#222), so a sync client comparing the two saw every file as changed.
+        ``oc:checksums`` is the checksums kept for this very file (oc_compat.py), or 404."""
         if name == "{DAV:}getetag":
             return entity_tag(self.get_etag())
+        if name == CHECKSUMS:
+            value = stored_checksums(self._file_path, self.file_stat) if self.provider.checksums else None
+            if value is None:
+                raise DAVError(HTTP_NOT_FOUND)
+            return checksums_element(value)
         if name in ("{DAV:}quota-used-bytes", "{DAV:}quota-available-bytes"):
             # RFC 4331 defines them on collections; WsgiDAV answers a file's with 200 and
             # an empty value (dav_provider.py:733), the short path with 404, as here.
             raise DAVError(HTTP_NOT_FOUND)
         return super().get_property_value(name)
+
+    def set_property_value(self, name: str, value: Any, *, dry_run: bool = False) -> Any:
+        """``oc:checksums`` of a file is the server's, protected (RFC 4918 §16
+        cannot-modify-protected-property): 403."""
+        if name == CHECKSUMS:
+            raise DAVError(HTTP_FORBIDDEN, err_condition=PRECONDITION_CODE_ProtectedProperty)
+        return super().set_property_value(name, value, dry_run=dry_run)
 
     def get_href(self) -> str:
         """The href WsgiDAV writes for this file: hrefs.py's quoting, as the short path's."""
@@ -483,7 +539,11 @@ class _File(FileResource):
     def begin_write(self, *, content_type: str | None = None) -> AtomicFile:
         if self.provider.readonly:
             raise DAVError(HTTP_FORBIDDEN)
-        self._upload = AtomicFile(self._file_path, expected_size=_expected_length(self.environ))
+        expected = read_expected(self.environ)
+        keep = bool(self.provider.checksums)
+        digests = Digests(keep=keep, expected=expected) if keep or expected is not None else None
+        self._upload = AtomicFile(self._file_path, expected_size=_expected_length(self.environ),
+                                  mtime=read_mtime(self.environ), digests=digests, environ=self.environ)
         return self._upload
 
     def end_write(self, *, with_errors: bool) -> None:
@@ -511,7 +571,7 @@ class _File(FileResource):
         dest_res = self.provider.get_resource_inst(dest_path, self.environ)
         if not isinstance(dest_res, _File) or self.environ.get("HTTP_OVERWRITE", "T") != "T":
             return False  # new target or a folder: WsgiDAV's way, ending in copy_move_single()
-        _atomic_copy(self._file_path, dest_res._file_path)
+        _atomic_copy(self._file_path, dest_res._file_path, checksums=self.provider.checksums)
         # What WsgiDAV's delete of the old target would have dropped:
         dest_res.remove_all_properties(recursive=False)
         dest_res.remove_all_locks(recursive=False)
@@ -527,7 +587,7 @@ class _File(FileResource):
         if self.provider.readonly:
             raise DAVError(HTTP_FORBIDDEN)
         dest = self.provider._loc_to_file_path(dest_path, self.environ)
-        _atomic_copy(self._file_path, dest)
+        _atomic_copy(self._file_path, dest, checksums=self.provider.checksums)
         self._copy_dead_properties(dest_path, is_move=is_move, with_children=False)
 
     def move_recursive(self, dest_path: str) -> None:
@@ -539,7 +599,8 @@ class _File(FileResource):
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise _dav_error(exc, f"moving {self._file_path}", missing=HTTP_CONFLICT) from None
-            _atomic_copy(self._file_path, dest)  # another filesystem: copy whole, then drop the source
+            # another filesystem: copy whole, then drop the source
+            _atomic_copy(self._file_path, dest, checksums=self.provider.checksums)
             try:
                 os.unlink(self._file_path)
             except OSError as exc2:
@@ -682,6 +743,18 @@ def _expected_length(environ: dict[str, Any]) -> int | None:
 
 # --- the provider -----------------------------------------------------------------
 
+
+def _answer_mtime(environ: dict[str, Any], start_response: Any) -> Any:
+    """``start_response`` that adds ``X-OC-MTime: accepted`` to a 2xx answer of a PUT that
+    stored the client's X-OC-Mtime (rclone webdav.go master:1204 looks for it)."""
+
+    def respond(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        if environ.get(MTIME_ACCEPTED_KEY) and status.startswith("2"):
+            headers = [*headers, ("X-OC-MTime", "accepted")]
+        return start_response(status, headers, exc_info) if exc_info is not None else start_response(status, headers)
+
+    return respond
+
 #: Methods refused on a share root itself.
 _ROOT_REFUSED = frozenset({"PUT", "DELETE", "MOVE", "COPY"})
 
@@ -695,13 +768,17 @@ class ShareProvider(FilesystemProvider):
 
     ``max_tree_depth`` (``limits.max_tree_depth``) bounds how many levels below the
     share root anything may be created, and how deep a tree COPY, MOVE and DELETE
-    may walk (see the module docstring).
+    may walk (see the module docstring). ``checksums`` (``properties.checksums``)
+    computes SHA-1 and MD5 of every upload and copy as it is written and answers them
+    as ``oc:checksums`` (oc_compat.py).
     """
 
-    def __init__(self, share: ShareConfig, *, max_tree_depth: int = DEFAULT_MAX_TREE_DEPTH) -> None:
+    def __init__(self, share: ShareConfig, *, max_tree_depth: int = DEFAULT_MAX_TREE_DEPTH,
+                 checksums: bool = True) -> None:
         super().__init__(str(share.path), readonly=share.read_only, fs_opts={"follow_symlinks": False})
         self.share = share
         self.max_tree_depth = max_tree_depth
+        self.checksums = checksums
 
     def is_readonly(self) -> bool:
         """Read-only shares say so in OPTIONS (DAV: 1, no write methods, no locking)."""
@@ -711,11 +788,15 @@ class ShareProvider(FilesystemProvider):
         """The common GET and PROPFIND take a short path (see fastpath.py); all else is WsgiDAV's.
 
         A PUT, DELETE, MOVE or COPY of the share root itself is refused first
-        (:meth:`_check_share_root`)."""
+        (:meth:`_check_share_root`). A PUT's X-OC-Mtime is read before its body
+        (oc_compat.read_mtime: 400 for a bad one, nothing written) and, once stored, answered
+        ``X-OC-MTime: accepted``."""
         self._on_disk(environ)
         method = environ["REQUEST_METHOD"]
         if method in _ROOT_REFUSED and not environ.get("PATH_INFO", "").strip("/"):
             self._check_share_root(environ, method)
+        if method == "PUT" and read_mtime(environ) is not None:
+            start_response = _answer_mtime(environ, start_response)
         # WsgiDAV's own methods, with conditions.py deciding every precondition (RFC 9110 §13,
         # RFC 4918 §10.4), also on a name that does not exist yet.
         default_handler = getattr(PreconditionServer.of(default_handler.__self__), default_handler.__name__)

@@ -1,0 +1,245 @@
+"""What ownCloud-style sync clients rely on: ``X-OC-Mtime`` on PUT and ``oc:checksums``.
+
+rclone's WebDAV backend can only keep a folder in sync when the server lets it set
+a file's modification time; with ``vendor = other`` it compares sizes alone, so an
+edit that keeps the size (``1000 EUR`` → ``9000 EUR``) is never uploaded. With
+``vendor = owncloud`` (rclone backend/webdav/webdav.go, ``setQuirks``, the
+``"owncloud"`` case, 1.60.1:547 / master:645) it
+
+* sends ``X-OC-Mtime: <Unix seconds>`` with every PUT (webdav.go ``extraHeaders``,
+  master:1616-1619; 1.60.1:1317-1320) and, from 1.61 on, looks for the answer header
+  ``X-OC-Mtime: accepted`` (master:1204) before falling back to a PROPPATCH;
+* sends ``OC-Checksum: SHA1:<hex>`` (or ``MD5:<hex>``) with every PUT
+  (master:1620-1632);
+* asks PROPFIND for ``<oc:checksums/>`` in ``http://owncloud.org/ns``
+  (``owncloudProps``, master:760-775) and reads
+  ``<oc:checksums><oc:checksum>SHA1:<hex> MD5:<hex></oc:checksum></oc:checksums>``:
+  any namespace, lower-cased, split on spaces, ``sha1:``/``md5:`` prefixes
+  (api/types.go ``Prop.Checksums`` :78 and ``Hashes`` :114-130). After an upload it
+  compares these with the source's hashes and reports a mismatch as corruption,
+  so a checksum given must be right; a missing one is simply not compared.
+
+Here:
+
+* **X-OC-Mtime** (:func:`read_mtime`): a plain ASCII decimal integer of Unix seconds
+  from 0 to :data:`MAX_MTIME` (9999-12-31T23:59:59Z, the last instant an HTTP-date can
+  carry, RFC 9110 §5.6.7). Anything else — negative, fractional, signed, non-ASCII
+  digits, a list, past 9999 — refuses the PUT with 400 before its body is read, so the
+  old file stays; ownCloud and Nextcloud refuse such values the same way (400 "X-OC-MTime
+  header must be an integer"), and a client that sends one has a bug worth seeing. The
+  time is set on the upload's temp file before it is renamed over the target
+  (fs.py ``AtomicFile.close``), so the ETag and Last-Modified of the answer, and of both
+  PROPFIND paths afterwards, describe the file with its new time; the answer carries
+  ``X-OC-MTime: accepted``. WsgiDAV's own ``honor_mtime_header`` set the time after the
+  ETag was computed (request_server.py:826-831) and said nothing; it stays off.
+* **Checksums** are computed while the PUT streams (the bytes pass through anyway),
+  SHA-1 and MD5, and kept in an extended attribute of the file (:data:`XATTR`),
+  stamped with the file's (size, mtime_ns, inode). A PROPFIND reports them only while
+  the stamp still matches the file: a file changed on disk by other means (in place:
+  new mtime or size; replaced: new inode) has no checksum until it is uploaded again.
+  Nothing is ever hashed inside a PROPFIND. ``properties.checksums: false`` turns the
+  hashing and the property off.
+* **Why an xattr and not the dead-property store**: the checksum describes the bytes
+  of one inode, and an xattr lives and dies with that inode: a MOVE (rename) keeps it,
+  a COPY writes a new file whose checksums are computed as it is written, a DELETE or
+  an editor's save-by-rename drops it, with no store traffic, no per-resource property
+  budget spent and nothing a client can PROPPATCH. Reading it costs one ``getxattr``
+  per file named in a PROPFIND that asks for ``oc:checksums``. Where the filesystem
+  has no user xattrs (some NFS, FAT) no checksum is reported and rclone compares
+  size and modification time, which X-OC-Mtime makes exact.
+* **OC-Checksum** (:func:`read_expected`): ``SHA1:``, ``MD5:`` or ``ADLER32:`` with hex
+  digits. When the received body's digest differs, the upload is refused with 400 and
+  the old file is kept (ownCloud answers the same: "The computed checksum does not
+  match the one received from the client"). A type not in that list is ignored.
+* ``oc:checksums`` is protected: a PROPPATCH of it on a file is 403 (rclone since 1.61
+  sends one with its own values in ``SetModTime``; the server's own are the ones that
+  describe the bytes it holds).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import re
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from wsgidav.dav_error import HTTP_BAD_REQUEST, DAVError
+from wsgidav.xml_tools import etree
+
+from .access import Refusal
+
+__all__ = ["CHECKSUMS", "MAX_MTIME", "MTIME_ACCEPTED_KEY", "OC_NS", "XATTR", "Digests", "Expected",
+           "checksums_element", "checksums_xml", "read_expected", "read_mtime", "stored_checksums"]
+
+log = logging.getLogger("davserver.oc_compat")
+
+OC_NS = "http://owncloud.org/ns"
+#: The property rclone's owncloud vendor asks for (Clark notation).
+CHECKSUMS = "{http://owncloud.org/ns}checksums"
+#: The latest X-OC-Mtime accepted: 9999-12-31T23:59:59Z (an HTTP-date has four year digits).
+MAX_MTIME = 253_402_300_799
+#: Where the checksums of a file are kept: ``1 <size> <mtime_ns> <inode> SHA1:<hex> MD5:<hex>``.
+XATTR = "user.davserver.checksums"
+#: Set in the request's environ when a PUT stored the client's X-OC-Mtime (fs.py).
+MTIME_ACCEPTED_KEY = "davserver.oc_mtime_accepted"
+_MTIME_KEY = "davserver.oc_mtime"
+
+_DIGITS = re.compile(r"[0-9]{1,12}")
+_HEX = re.compile(r"[0-9a-f]+")
+#: Largest xattr value read back; ours are about 120 bytes.
+_XATTR_MAX = 512
+#: Filesystem errors that mean "no user xattrs here" (logged once, then silent).
+_NO_XATTR = {errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES, errno.ENOSPC, errno.E2BIG,
+             errno.EROFS, errno.EDQUOT}
+_warned = False
+
+
+def read_mtime(environ: dict[str, Any]) -> int | None:
+    """The PUT's ``X-OC-Mtime`` in whole Unix seconds, or None without the header.
+
+    Read once per request (kept in the environ). Raises DAVError 400 (audit reason
+    ``bad_mtime``) for a value that is not 1-12 ASCII digits or is past
+    :data:`MAX_MTIME`; surrounding spaces and tabs are allowed (RFC 9110 §5.5 OWS)."""
+    if _MTIME_KEY in environ:
+        cached: int | None = environ[_MTIME_KEY]
+        return cached
+    raw = environ.get("HTTP_X_OC_MTIME")
+    value: int | None = None
+    if raw is not None:
+        text = raw.strip(" \t")
+        if not _DIGITS.fullmatch(text) or int(text) > MAX_MTIME:
+            environ["davserver.limit"] = str(Refusal.BAD_MTIME)
+            raise DAVError(HTTP_BAD_REQUEST, "X-OC-Mtime must be whole seconds since 1970 (0 to 253402300799).")
+        value = int(text)
+    environ[_MTIME_KEY] = value
+    return value
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A client's ``OC-Checksum``: ``algorithm`` (``sha1``, ``md5``, ``adler32``) and its
+    lower-case hex ``digest`` as sent (which may be no valid digest: it then never matches)."""
+
+    algorithm: str
+    digest: str
+
+
+_ALGORITHMS = ("sha1", "md5", "adler32")
+
+
+def read_expected(environ: dict[str, Any]) -> Expected | None:
+    """The PUT's ``OC-Checksum`` (``TYPE:HEX``; the first of several separated by spaces
+    that has a known type), or None when there is none of a type we compute."""
+    raw = environ.get("HTTP_OC_CHECKSUM")
+    if not raw:
+        return None
+    for item in raw.split():
+        kind, sep, digest = item.partition(":")
+        if sep and kind.lower() in _ALGORITHMS:
+            return Expected(kind.lower(), digest.lower())
+    return None
+
+
+class Digests:
+    """The checksums of an upload, fed block by block (``update``).
+
+    ``keep`` computes SHA-1 and MD5 to store; ``expected`` adds the algorithm the client
+    named (ADLER32 only then). hashlib releases the GIL for blocks over 2 KiB."""
+
+    def __init__(self, *, keep: bool, expected: Expected | None) -> None:
+        self.keep = keep
+        self.expected = expected
+        self._hashes: dict[str, Any] = {}
+        if keep:
+            self._hashes["sha1"] = hashlib.sha1(usedforsecurity=False)
+            self._hashes["md5"] = hashlib.md5(usedforsecurity=False)
+        if expected is not None and expected.algorithm in ("sha1", "md5"):
+            self._hashes.setdefault(expected.algorithm, hashlib.new(expected.algorithm, usedforsecurity=False))
+        self._adler: int | None = 1 if expected is not None and expected.algorithm == "adler32" else None
+
+    def update(self, data: bytes) -> None:
+        for h in self._hashes.values():
+            h.update(data)
+        if self._adler is not None:
+            self._adler = zlib.adler32(data, self._adler)
+
+    def _hex(self, algorithm: str) -> str:
+        if algorithm == "adler32":
+            return f"{self._adler or 0:08x}"
+        digest: str = self._hashes[algorithm].hexdigest()
+        return digest
+
+    def check(self, environ: dict[str, Any] | None) -> None:
+        """Raise DAVError 400 (audit reason ``checksum_mismatch``) when the body's digest
+        is not the client's ``OC-Checksum``."""
+        exp = self.expected
+        if exp is None or self._hex(exp.algorithm) == exp.digest:
+            return
+        log.info("PUT refused: the body's %s is not the one the client sent", exp.algorithm)
+        if environ is not None:
+            environ["davserver.limit"] = str(Refusal.CHECKSUM_MISMATCH)
+        raise DAVError(HTTP_BAD_REQUEST, "The computed checksum does not match the one received from the client.")
+
+    def value(self) -> str:
+        """``SHA1:<hex> MD5:<hex>``, as ownCloud writes ``oc:checksum``."""
+        return f"SHA1:{self._hex('sha1')} MD5:{self._hex('md5')}"
+
+
+def _stamp(st: os.stat_result) -> str:
+    return f"1 {st.st_size} {st.st_mtime_ns} {st.st_ino}"
+
+
+def store_checksums(fd: int, value: str) -> None:
+    """Keep ``value`` (:meth:`Digests.value`) on the open file ``fd``, stamped with its
+    current size, mtime and inode. A filesystem without user xattrs keeps nothing
+    (logged once); the upload goes on."""
+    global _warned
+    try:
+        st = os.fstat(fd)
+        os.setxattr(fd, XATTR, f"{_stamp(st)} {value}".encode("ascii"))
+    except OSError as exc:
+        if exc.errno not in _NO_XATTR:
+            raise
+        if not _warned:
+            _warned = True
+            log.warning("no checksums kept: the share's filesystem refused a user xattr (%s)", exc)
+
+
+def stored_checksums(path: str, st: os.stat_result) -> str | None:
+    """The checksums kept for the file at ``path`` (``SHA1:<hex> MD5:<hex>``), or None when
+    there are none or their stamp is not ``st``'s (size, mtime_ns, inode): the file was
+    changed by other means since. One ``getxattr``, symlinks not followed; never hashes."""
+    try:
+        raw = os.getxattr(path, XATTR, follow_symlinks=False)
+    except (OSError, ValueError):
+        return None
+    if len(raw) > _XATTR_MAX:
+        return None
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    stamp = _stamp(st)
+    if not text.startswith(stamp + " "):
+        return None
+    sums = text[len(stamp) + 1:].split(" ")
+    if len(sums) != 2 or not all(s.startswith(p) and _HEX.fullmatch(s[len(p):])
+                                 for s, p in zip(sums, ("SHA1:", "MD5:"), strict=True)):
+        return None
+    return " ".join(sums)
+
+
+def checksums_element(value: str) -> Any:
+    """``<oc:checksums><oc:checksum>value</oc:checksum></oc:checksums>`` for WsgiDAV's path."""
+    el = etree.Element(CHECKSUMS)
+    etree.SubElement(el, "{http://owncloud.org/ns}checksum").text = value
+    return el
+
+
+def checksums_xml(value: str) -> str:
+    """The same element as the short PROPFIND path writes it (``value`` is ASCII hex)."""
+    return f'<O:checksums xmlns:O="{OC_NS}"><O:checksum>{value}</O:checksum></O:checksums>'
