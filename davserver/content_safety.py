@@ -38,6 +38,17 @@ sees both GET paths: the short one (``fastpath.fast_get``, called from
 WsgiDAV raises as a ``DAVError`` from inside ``_send_resource``
 (``util.py`` ``evaluate_http_conditionals``): a 304 updates the headers a cache
 stored with the 200 (RFC 9111 §4.3.4), so it carries the same ones.
+
+A file's GET or HEAD answer — its 200, 206 and 304 on both paths — also
+carries :data:`CACHE_HEADERS`: ``Cache-Control: private, no-cache``. Without
+it a browser assigns its own freshness lifetime from ``Last-Modified``
+(RFC 9111 §4.2.2; REDbot flags it) and may show a file that a WebDAV client has
+since changed; ``no-cache`` makes it revalidate every reuse, which the ETag
+turns into a 304. ``private``: each answer depends on the reader's client
+certificate, so no shared cache may store it (RFC 9111 §5.2.2.7). A GET's
+error (a 404 is cacheable by default, RFC 9110 §15.1) has no validator to
+revalidate with, so it carries :data:`NO_STORE_HEADERS` instead, as the
+folder listing and its redirect do.
 """
 
 from __future__ import annotations
@@ -50,7 +61,10 @@ from wsgidav import util
 from wsgidav.dav_error import HTTP_NOT_MODIFIED, DAVError
 from wsgidav.mw.base_mw import BaseMiddleware
 
-__all__ = ["INLINE_TYPES", "SAFETY_HEADERS", "ContentSafety", "content_disposition", "file_headers"]
+__all__ = [
+    "CACHE_HEADERS", "INLINE_TYPES", "NO_STORE_HEADERS", "SAFETY_HEADERS", "ContentSafety", "content_disposition",
+    "file_headers",
+]
 
 #: Headers on every answer below the listing (and on the error answers of error_pages.py).
 SAFETY_HEADERS: tuple[tuple[str, str], ...] = (
@@ -58,6 +72,11 @@ SAFETY_HEADERS: tuple[tuple[str, str], ...] = (
     ("Content-Security-Policy", "sandbox; default-src 'none'; frame-ancestors 'none'"),
     ("Cross-Origin-Resource-Policy", "same-origin"),
 )
+
+#: The cache policy of a file's GET/HEAD answer, which has validators (see the module docstring).
+CACHE_HEADERS: tuple[tuple[str, str], ...] = (("Cache-Control", "private, no-cache"),)
+#: The cache policy of a GET/HEAD answer without validators: an error, a redirect, a listing.
+NO_STORE_HEADERS: tuple[tuple[str, str], ...] = (("Cache-Control", "no-store"),)
 
 #: Media types (lower case, without parameters) a browser shows inline as a passive
 #: document, and that still display under the sandbox. Anything else is sent as an
@@ -104,11 +123,11 @@ def content_disposition(name: str) -> str:
 
 
 def file_headers(headers: list[tuple[str, str]], path: str) -> list[tuple[str, str]]:
-    """A GET/HEAD answer's headers with :data:`SAFETY_HEADERS` and, for a type not on
-    :data:`INLINE_TYPES`, ``Content-Disposition: attachment`` named after ``path``'s
+    """A GET/HEAD answer's headers with :data:`SAFETY_HEADERS`, :data:`CACHE_HEADERS` and,
+    for a type not on :data:`INLINE_TYPES`, ``Content-Disposition: attachment`` named after ``path``'s
     last segment. Headers of the same names already present are replaced."""
     content_type = next((v for k, v in headers if k.lower() == "content-type"), None)
-    extra = list(SAFETY_HEADERS)
+    extra = [*SAFETY_HEADERS, *CACHE_HEADERS]
     if not _renders_inline(content_type):
         extra.append(("Content-Disposition", content_disposition(path.rstrip("/").rsplit("/", 1)[-1])))
     return replace_headers(headers, extra)
@@ -157,9 +176,12 @@ class ContentSafety(BaseMiddleware):
 
     @staticmethod
     def _on_error(environ: dict[str, Any], exc: DAVError) -> None:
-        """A file's 304 gets the headers its 200 had; error_pages.py writes the other errors."""
+        """A file's 304 gets the headers its 200 had, its other errors ``no-store``;
+        error_pages.py writes them."""
         if exc.value == HTTP_NOT_MODIFIED:
             path = environ.get("PATH_INFO", "")
             sent = [("Content-Type", util.guess_mime_type(path, environ.get("wsgidav.config")))]
             headers = file_headers(sent, path)[1:]
             exc.add_headers = replace_headers(list(exc.add_headers or []), headers)
+        else:
+            exc.add_headers = replace_headers(list(exc.add_headers or []), NO_STORE_HEADERS)

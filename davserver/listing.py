@@ -22,6 +22,7 @@ from wsgidav.mw.base_mw import BaseMiddleware
 
 from .auth.identity import CertIdentity
 from .config import ShareConfig
+from .content_safety import NO_STORE_HEADERS
 from .names import display_name
 from .stepup import PREFIX as STEPUP_PREFIX
 from .tls import CERT_ENVIRON_KEY
@@ -82,7 +83,9 @@ class Listing(BaseMiddleware):
         base = environ.get("SCRIPT_NAME", "") + path
         if not base.endswith("/"):
             location = quote(base + "/")
-            start_response("301 Moved Permanently", [("Location", location), ("Content-Length", "0")])
+            # A 301 is cacheable by default (RFC 9110 §15.4.2), and the folder may become a file.
+            start_response("301 Moved Permanently",
+                           [("Location", location), ("Content-Length", "0"), *NO_STORE_HEADERS])
             return [b""]
         body = self._render(environ, res, base).encode("utf-8")
         start_response(
