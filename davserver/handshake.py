@@ -70,6 +70,7 @@ from typing import Any
 from cheroot import wsgi
 
 from .tls import TLSConnection
+from .watchdog import end_reading
 
 __all__ = [
     "REFUSED_KEY",
@@ -182,7 +183,9 @@ class HandshakeLoop:
     to hand the connection on, or a refusal reason (a short word such as ``"revoked"``)
     to mark it (``REFUSED_KEY``) before handing it on; it must be cheap and must not block
     (it runs once per handshake, for every client). An exception in it marks the
-    connection as refused.
+    connection as refused. `lingerer` (an ``http1.Lingerer``, optional) takes the socket
+    of a handshake refused with an alert while the client's bytes wait unread, so that
+    the alert is not lost to a reset (:meth:`_close_refused`).
     Raises ``ValueError`` for a cap below 1 or a deadline not above 0.
     """
 
@@ -194,6 +197,7 @@ class HandshakeLoop:
         total: int,
         deadline_seconds: float,
         admit: Callable[[dict[str, Any], str], str | None] | None = None,
+        lingerer: Any = None,
     ) -> None:
         if per_address < 1 or total < 1 or deadline_seconds <= 0:
             raise ValueError("per_address and total must be at least 1, deadline_seconds above 0")
@@ -202,6 +206,7 @@ class HandshakeLoop:
         self.total = total
         self.deadline_seconds = deadline_seconds
         self.admit = admit
+        self.lingerer = lingerer
         self._counters = HandshakeCounters()
         self._log = _RateLimitedLog()
         self._intake: deque[TLSConnection] = deque()
@@ -366,7 +371,7 @@ class HandshakeLoop:
         except (ssl.SSLError, OSError, ValueError) as exc:
             self._counters.failed += 1
             self._drop(entry)
-            _close(conn)
+            self._close_refused(conn, alerted=isinstance(exc, ssl.SSLError))
             self._log.info("failed", "TLS handshake with %s failed: %s", entry.address or "?", exc)
             return
         except Exception:  # noqa: BLE001 - one broken connection must not end the loop
@@ -390,6 +395,25 @@ class HandshakeLoop:
         except OSError as exc:  # the peer left right after its handshake
             log.debug("connection from %s lost after its handshake: %s", entry.address or "?", exc)
             _close(conn)
+
+    def _close_refused(self, conn: TLSConnection, *, alerted: bool) -> None:
+        """Close a connection whose handshake failed. When OpenSSL answered with an alert
+        (``alerted``: no certificate, untrusted CA ...) and the client already sent more
+        (a TLS 1.3 client sends its request right after its Finished, before the server
+        has checked its certificate), a plain close would reset the connection over that
+        unread data, and the reset destroys the alert before the client reads it (it then
+        reports a bare EOF: 7 runs in 10 here). Such a socket goes to the lingerer
+        (``lingerer.add``, http1.Lingerer: the write side ends, what the client still
+        sends is read and dropped within ``limits.linger_*``); any other closes at once."""
+        if (
+            alerted
+            and self.lingerer is not None
+            and _bytes_waiting(conn.socket)
+            and self.lingerer.add(conn.socket)
+        ):
+            conn.linger = True
+            return
+        _close(conn)
 
     def _refuse(self, entry: _Pending) -> bool:
         """Mark a completed connection whose certificate ``admit`` refuses (it is handed on
@@ -467,8 +491,9 @@ class HeaderPhase:
     trickling its headers spends up to ``limits.header_seconds`` (the watchdog), on a
     worker. At most `per_certificate` (≥ 1) connections of one certificate (keyed by
     its SHA-256 fingerprint, ``SSL_CLIENT_CERT_SHA256`` in ``ssl_env``) are in the
-    phase: a new one at the cap shuts down the *oldest* of them (the plain socket's
-    shutdown, as the watchdog does, which ends the read blocked in its worker), once
+    phase: a new one at the cap ends the reading side of the *oldest* of them
+    (``watchdog.end_reading``: its worker's blocked read ends, and it closes the
+    connection with close_notify), once
     that one has been in the phase :data:`EVICT_AFTER_SECONDS`; the newest is kept
     because a fast legitimate request of the same certificate must still be served
     while the tricklers lose their slots. Every connection whose certificate the
@@ -520,10 +545,8 @@ class HeaderPhase:
                     "limits.header_phase_per_certificate (%d) reached",
                     key[:16], self.per_certificate,
                 )
-                with contextlib.suppress(OSError, AttributeError, TypeError):
-                    # The plain socket's shutdown: SSLSocket.shutdown would drop the TLS
-                    # object under the worker that is reading from it.
-                    socket.socket.shutdown(victim.socket, socket.SHUT_RDWR)
+                # The reading side only: its worker closes it, with close_notify.
+                end_reading(victim, "request header section")
             same[id(conn)] = (time.monotonic(), conn)
             self._keys[id(conn)] = key
 

@@ -52,7 +52,6 @@ import logging
 import re
 import selectors
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -66,7 +65,7 @@ from .access import Refusal, refusal_for_status
 from .audit import AuditLog
 from .config import LimitsConfig
 from .guard import REFUSAL_KEY
-from .tls import CERT_ENVIRON_KEY, SocketWriter
+from .tls import CERT_ENVIRON_KEY, SocketWriter, send_close_notify
 
 __all__ = [
     "SINGLE_FIELDS",
@@ -490,17 +489,6 @@ class ChunkedBody(_Body):
 # --- lingering close ---------------------------------------------------------------
 
 
-def _send_close_notify(sock: socket.socket) -> None:
-    """End the TLS stream properly (RFC 8446 §6.1: close_notify before closing the write
-    side), without waiting for the client's: on the non-blocking socket, ``unwrap()``
-    sends the alert and stops at "want read". A plain socket, or a TLS layer that cannot
-    send now, is left as it is."""
-    if not isinstance(sock, ssl.SSLSocket):
-        return
-    with contextlib.suppress(ssl.SSLError, OSError, ValueError):
-        sock.unwrap()
-
-
 @dataclass
 class _Lingering:
     sock: socket.socket
@@ -549,7 +537,7 @@ class Lingerer:
                 return False
             try:
                 socket.socket.setblocking(sock, False)
-                _send_close_notify(sock)
+                send_close_notify(sock)  # tls.py: the one way a served TLS connection ends
                 # From here the plain socket's calls: the TLS layer is not used again.
                 socket.socket.shutdown(sock, socket.SHUT_WR)
             except OSError:
@@ -718,6 +706,11 @@ class HTTP1Request(HTTPRequest):
             fields = read_fields(self.rfile)
             framing = frame_request(fields, http11=self.response_protocol == "HTTP/1.1")
         except FramingError as exc:
+            what = getattr(self.conn, "deadline_passed", None)
+            if what:
+                # The watchdog ended the reading side (watchdog.py): a deadline, not bad framing.
+                self.simple_response("408 Request Timeout", f"The {what} took too long.")
+                return False
             self._refuse(exc.detail)
             return False
         self.inheaders = framing.headers

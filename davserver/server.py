@@ -125,7 +125,8 @@ class DavServer:
             timeout=int(config.server.timeout),
         )
         self._server.ConnectionClass = _Connection
-        HTTP1Options.from_limits(config.limits, self.audit).attach(self._server)  # audits framing refusals
+        http1 = HTTP1Options.from_limits(config.limits, self.audit)
+        http1.attach(self._server)  # audits framing refusals
         self._server.ssl_adapter = DeferredHandshakeAdapter(context)
         self._server.max_request_header_size = config.limits.header_bytes
         self._server.keep_alive_conn_limit = config.server.keep_alive_limit
@@ -138,6 +139,7 @@ class DavServer:
             total=config.server.handshakes_total,
             deadline_seconds=config.limits.handshake_seconds,
             admit=self._certificate_refusal,
+            lingerer=http1.lingerer,  # a refused handshake's alert is not lost to a reset
         )
         self._server.handshakes = self.handshakes
         #: Caps one certificate's connections waiting on workers for their headers.

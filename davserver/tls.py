@@ -10,10 +10,12 @@ worker, and the client certificate is parsed there once per connection.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import selectors
+import socket
 import ssl
 import stat
 import threading
@@ -29,9 +31,10 @@ from .auth.identity import parse_certificate
 from .auth.issuers import check_trust_anchors
 from .config import TLSConfig
 from .errors import StartupError
+from .tls_ca_names import CANamesUnavailable, send_client_ca_names
 from .watchdog import Watchdog, set_current_connection
 
-__all__ = ["CERT_ENVIRON_KEY", "DeferredHandshakeAdapter", "TLSConnection", "create_ssl_context"]
+__all__ = ["CERT_ENVIRON_KEY", "DeferredHandshakeAdapter", "TLSConnection", "create_ssl_context", "send_close_notify"]
 
 log = logging.getLogger("davserver.tls")
 
@@ -59,7 +62,9 @@ def _check_key_mode(path: Path) -> None:
 
 
 def create_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
-    """A server context that demands a client certificate from the configured CA bundle."""
+    """A server context that demands a client certificate from the configured CA bundle,
+    and names that bundle's CAs in its CertificateRequest (tls_ca_names.py; without
+    them, a warning is logged and the context works as before)."""
     _readable(tls.certificate, "server certificate", "certificate")
     _readable(tls.private_key, "private key", "private_key")
     _readable(tls.client_ca, "client CA bundle", "client_ca")
@@ -68,6 +73,11 @@ def create_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(_TLS12_CIPHERS)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
+    # A client's TCP close without close_notify reads as end of stream (as Python already
+    # reports it: suppress_ragged_eofs), not as an OpenSSL fatal error, after which no
+    # close_notify of ours could follow (send_close_notify). Request bodies are framed
+    # (Content-Length, chunked): a cut-off one is still told from a whole one.
+    ctx.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
     ctx.verify_mode = ssl.CERT_REQUIRED
     try:
         ctx.load_cert_chain(str(tls.certificate), str(tls.private_key))
@@ -83,7 +93,37 @@ def create_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
     # company sub-CA, not its root); that is why it may hold CA certificates only.
     check_trust_anchors(tls.client_ca)
     ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    try:
+        names = send_client_ca_names(ctx, tls.client_ca)
+    except CANamesUnavailable as exc:
+        log.warning(
+            "tls.client_ca: the certificate request names no CA (%s); a client holding several "
+            "certificates may present the wrong one", exc.reason,
+        )
+    else:
+        log.debug("the certificate request names %s", "; ".join(names))
     return ctx
+
+
+def send_close_notify(sock: socket.socket) -> None:
+    """End the TLS stream of `sock` properly: the one way the server closes a TLS
+    connection it served (``TLSConnection.close``, ``http1.Lingerer``).
+
+    RFC 8446 §6.1 (and RFC 5246 §7.2.1): each party MUST send close_notify before
+    closing its write side, unless it sent an error alert; without it a client cannot
+    tell a close-delimited body (RFC 9112 §6.3, §9.8) from a truncated one, and OpenSSL
+    3.2+ clients (recent curl) report the close as an error. Bounded: the socket is made
+    non-blocking first, so ``unwrap()`` hands the alert to the kernel and stops at
+    "want read" instead of waiting for the client's close_notify (or, when the send
+    buffer is full, gives up at once). A plain socket, one whose TLS layer is gone, or
+    one that cannot send now is left as it is; nothing is raised. The caller still
+    closes the socket.
+    """
+    if not isinstance(sock, ssl.SSLSocket):
+        return
+    with contextlib.suppress(ssl.SSLError, OSError, ValueError):
+        socket.socket.setblocking(sock, False)
+        sock.unwrap()
 
 
 class DeferredHandshakeAdapter(BuiltinSSLAdapter):
@@ -310,6 +350,18 @@ class TLSConnection(HTTPConnection):
             if self.watchdog is not None:
                 self.watchdog.disarm(self)
             set_current_connection(None)
+
+    def close(self) -> None:
+        """Close the connection, ending its TLS stream with close_notify first
+        (:func:`send_close_notify`) once the handshake has completed: every close the
+        server starts after a handshake comes here (a worker after ``Connection: close``,
+        HTTP/1.0 or an error; cheroot's keep-alive expiry, ``put_conn`` while stopping and
+        the shutdown of idle connections; the handshake loop while stopping). A failed
+        handshake ended with OpenSSL's own alert. A connection handed to the lingerer
+        (``linger``, http1.py) is closed by it, after its close_notify."""
+        if self._handshake_done and not self.linger:
+            send_close_notify(self.socket)
+        super().close()
 
     def _communicate(self) -> bool:
         if not self._handshake_done:

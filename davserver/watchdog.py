@@ -3,7 +3,7 @@
 cheroot's timeout applies to each read, so a client sending one byte every
 few seconds (slowloris) keeps a worker thread forever. The watchdog gives the
 handshake plus the request headers one deadline, and a request body a
-minimum average rate; past either it shuts the socket down, which ends the
+minimum average rate; past either it shuts the reading side down, which ends the
 blocked read in the worker as if the client had gone away.
 """
 
@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["Watchdog", "current_connection"]
+__all__ = ["Watchdog", "current_connection", "end_reading"]
 
 log = logging.getLogger("davserver.watchdog")
 
@@ -65,7 +65,20 @@ class Watchdog:
                     continue  # re-armed or disarmed meanwhile
                 self._deadlines.pop(key, None)
                 log.info("closing a connection from %s: %s too slow", getattr(conn, "remote_addr", "?"), what)
-                # The plain socket's shutdown: SSLSocket.shutdown would drop the TLS
-                # object under the worker that is reading from it.
-                with contextlib.suppress(OSError, AttributeError, TypeError):
-                    socket.socket.shutdown(conn.socket, socket.SHUT_RDWR)
+                end_reading(conn, what)
+
+
+def end_reading(conn: Any, what: str) -> None:
+    """End the blocked read of the worker serving `conn` (an HTTPConnection) as if the
+    client had ended its stream, and mark ``conn.deadline_passed`` with `what` (the
+    request answers 408 when its headers were cut off, http1.py).
+
+    Only the reading side is shut down (Linux wakes a blocked ``recv`` with end of
+    stream): the worker then closes the connection itself, with its TLS close_notify
+    (``tls.send_close_notify``; RFC 8446 §6.1), which a shut write side would lose. It
+    is the plain socket's shutdown, as ``SSLSocket.shutdown`` would drop the TLS object
+    under the worker reading from it. Errors (a socket already closed) are ignored.
+    """
+    conn.deadline_passed = what
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        socket.socket.shutdown(conn.socket, socket.SHUT_RD)
