@@ -83,11 +83,15 @@ from .hrefs import quote_href
 from .names import display_name, is_listable, refused_name
 from .oc_compat import (
     CHECKSUMS,
+    LASTMODIFIED,
     MTIME_ACCEPTED_KEY,
     Digests,
+    agrees,
     checksums_element,
+    parse_seconds,
     read_expected,
     read_mtime,
+    set_mtime,
     store_checksums,
     stored_checksums,
 )
@@ -512,11 +516,32 @@ class _File(FileResource):
         return super().get_property_value(name)
 
     def set_property_value(self, name: str, value: Any, *, dry_run: bool = False) -> Any:
-        """``oc:checksums`` of a file is the server's, protected (RFC 4918 §16
-        cannot-modify-protected-property): 403."""
-        if name == CHECKSUMS:
+        """ownCloud's PROPPATCH of a file's time and checksums, as rclone sends it
+        (oc_compat.py): ``DAV:lastmodified`` in Unix seconds sets the time (409 for a bad
+        value); ``oc:checksums`` is the server's own: a value that agrees, or cannot be
+        checked, is 200 and stores nothing, one that contradicts is 409, removing it 403
+        (RFC 4918 §16 cannot-modify-protected-property)."""
+        if name not in (LASTMODIFIED, CHECKSUMS):
+            return super().set_property_value(name, value, dry_run=dry_run)
+        if self.provider.readonly:
+            raise DAVError(HTTP_FORBIDDEN)
+        if value is None:
             raise DAVError(HTTP_FORBIDDEN, err_condition=PRECONDITION_CODE_ProtectedProperty)
-        return super().set_property_value(name, value, dry_run=dry_run)
+        if name == CHECKSUMS:
+            claimed = " ".join(el.text or "" for el in value.iter("{http://owncloud.org/ns}checksum"))
+            ours = stored_checksums(self._file_path, self.file_stat) if self.provider.checksums else None
+            if not agrees(claimed, ours):
+                raise DAVError(HTTP_CONFLICT, "These are not the checksums of the file.")
+            return True
+        seconds = parse_seconds(value.text or "")
+        if seconds is None or len(value):
+            raise DAVError(HTTP_CONFLICT, "lastmodified must be whole seconds since 1970 (0 to 253402300799).")
+        if not dry_run:
+            try:
+                self.file_stat = set_mtime(self._file_path, seconds)
+            except OSError as exc:
+                raise _dav_error(exc, f"setting the time of {self._file_path}") from None
+        return True
 
     def get_href(self) -> str:
         """The href WsgiDAV writes for this file: hrefs.py's quoting, as the short path's."""

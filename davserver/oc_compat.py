@@ -51,9 +51,15 @@ Here:
   digits. When the received body's digest differs, the upload is refused with 400 and
   the old file is kept (ownCloud answers the same: "The computed checksum does not
   match the one received from the client"). A type not in that list is ignored.
-* ``oc:checksums`` is protected: a PROPPATCH of it on a file is 403 (rclone since 1.61
-  sends one with its own values in ``SetModTime``; the server's own are the ones that
-  describe the bytes it holds).
+* **PROPPATCH** (rclone since 1.61, ``SetModTime``, master:1448-1526, when a file's time
+  differs but its checksum matches, e.g. after ``touch``): ``<DAV:lastmodified>`` with
+  Unix seconds sets a file's modification time (:func:`set_mtime`; the same rule as
+  X-OC-Mtime, else 409) and carries the kept checksums over to the new time, since the
+  bytes did not change. rclone sends ``oc:checksums`` in the same PROPPATCH, which must
+  then succeed as a whole (RFC 4918 §9.2): a value that agrees with the server's (every
+  type both name is equal) or that cannot be checked (none kept) is answered 200 and
+  stores nothing; the server's own stay the ones answered. One that contradicts them
+  is 409, and removing it 403.
 """
 
 from __future__ import annotations
@@ -72,14 +78,17 @@ from wsgidav.xml_tools import etree
 
 from .access import Refusal
 
-__all__ = ["CHECKSUMS", "MAX_MTIME", "MTIME_ACCEPTED_KEY", "OC_NS", "XATTR", "Digests", "Expected",
-           "checksums_element", "checksums_xml", "read_expected", "read_mtime", "stored_checksums"]
+__all__ = ["CHECKSUMS", "LASTMODIFIED", "MAX_MTIME", "MTIME_ACCEPTED_KEY", "OC_NS", "XATTR", "Digests", "Expected",
+           "agrees", "checksums_element", "checksums_xml", "parse_seconds", "read_expected", "read_mtime",
+           "set_mtime", "store_checksums", "stored_checksums"]
 
 log = logging.getLogger("davserver.oc_compat")
 
 OC_NS = "http://owncloud.org/ns"
 #: The property rclone's owncloud vendor asks for (Clark notation).
 CHECKSUMS = "{http://owncloud.org/ns}checksums"
+#: What rclone's owncloud vendor PROPPATCHes to set a time (webdav.go ``owncloudPropset``, master:1448).
+LASTMODIFIED = "{DAV:}lastmodified"
 #: The latest X-OC-Mtime accepted: 9999-12-31T23:59:59Z (an HTTP-date has four year digits).
 MAX_MTIME = 253_402_300_799
 #: Where the checksums of a file are kept: ``1 <size> <mtime_ns> <inode> SHA1:<hex> MD5:<hex>``.
@@ -98,6 +107,15 @@ _NO_XATTR = {errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES, errno.E
 _warned = False
 
 
+def parse_seconds(text: str) -> int | None:
+    """Whole Unix seconds from ``text`` (spaces and tabs around it allowed): 1-12 ASCII
+    digits, at most :data:`MAX_MTIME`; None for anything else."""
+    text = text.strip(" \t")
+    if not _DIGITS.fullmatch(text) or int(text) > MAX_MTIME:
+        return None
+    return int(text)
+
+
 def read_mtime(environ: dict[str, Any]) -> int | None:
     """The PUT's ``X-OC-Mtime`` in whole Unix seconds, or None without the header.
 
@@ -110,11 +128,10 @@ def read_mtime(environ: dict[str, Any]) -> int | None:
     raw = environ.get("HTTP_X_OC_MTIME")
     value: int | None = None
     if raw is not None:
-        text = raw.strip(" \t")
-        if not _DIGITS.fullmatch(text) or int(text) > MAX_MTIME:
+        value = parse_seconds(raw)
+        if value is None:
             environ["davserver.limit"] = str(Refusal.BAD_MTIME)
             raise DAVError(HTTP_BAD_REQUEST, "X-OC-Mtime must be whole seconds since 1970 (0 to 253402300799).")
-        value = int(text)
     environ[_MTIME_KEY] = value
     return value
 
@@ -213,8 +230,12 @@ def stored_checksums(path: str, st: os.stat_result) -> str | None:
     """The checksums kept for the file at ``path`` (``SHA1:<hex> MD5:<hex>``), or None when
     there are none or their stamp is not ``st``'s (size, mtime_ns, inode): the file was
     changed by other means since. One ``getxattr``, symlinks not followed; never hashes."""
+    return _read_stamped(path, st)
+
+
+def _read_stamped(file: str | int, st: os.stat_result) -> str | None:
     try:
-        raw = os.getxattr(path, XATTR, follow_symlinks=False)
+        raw = os.getxattr(file, XATTR) if isinstance(file, int) else os.getxattr(file, XATTR, follow_symlinks=False)
     except (OSError, ValueError):
         return None
     if len(raw) > _XATTR_MAX:
@@ -231,6 +252,43 @@ def stored_checksums(path: str, st: os.stat_result) -> str | None:
                                  for s, p in zip(sums, ("SHA1:", "MD5:"), strict=True)):
         return None
     return " ".join(sums)
+
+
+def set_mtime(path: str, seconds: int) -> os.stat_result:
+    """Set the modification time of the regular file at ``path`` (symlinks not followed)
+    to ``seconds``; checksums kept for it (:func:`stored_checksums`) are re-stamped with
+    the new time, as its bytes did not change. All on one open file, so a PUT replacing
+    the file meanwhile cannot get the old file's checksums. Returns the new stat; raises
+    OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        before = os.fstat(fd)
+        kept = _read_stamped(fd, before)
+        os.utime(fd, ns=(before.st_atime_ns, seconds * 1_000_000_000))
+        if kept is not None:
+            store_checksums(fd, kept)
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def _parse_sums(text: str) -> dict[str, str]:
+    """``TYPE:hex`` items separated by spaces → {type: hex}, both lower-case."""
+    out = {}
+    for item in text.split():
+        kind, sep, digest = item.partition(":")
+        if sep:
+            out[kind.lower()] = digest.lower()
+    return out
+
+
+def agrees(claimed: str, ours: str | None) -> bool:
+    """Whether a client's ``oc:checksum`` text agrees with the server's (``ours``, None when
+    none are kept): every type both name has the same digest."""
+    if ours is None:
+        return True
+    mine = _parse_sums(ours)
+    return all(mine[k] == v for k, v in _parse_sums(claimed).items() if k in mine)
 
 
 def checksums_element(value: str) -> Any:

@@ -275,21 +275,84 @@ def test_copy_computes_fresh_checksums_and_move_keeps_them(inst: Instance, serve
     assert both_paths(s, monkeypatch, u + "d2/in.txt")["/files/d2/in.txt"]["checksums"] == ("200", sums(ISSUE_BODY))
 
 
-def test_proppatch_cannot_set_a_files_checksums(inst: Instance, server: DavServer) -> None:
-    """rclone ≥ 1.61 sends oc:checksums in its PROPPATCH; the server's own are kept (403)."""
+#: rclone's PROPPATCH bodies (webdav.go ``owncloudPropset`` and ``owncloudPropsetWithChecksum``,
+#: master:1448-1469), sent by ``SetModTime`` since 1.61.
+RCLONE_PROPSET = """<?xml version="1.0" encoding="utf-8" ?>
+<D:propertyupdate xmlns:D="DAV:">
+ <D:set>
+  <D:prop>
+   <lastmodified xmlns="DAV:">%s</lastmodified>
+  </D:prop>
+ </D:set>
+</D:propertyupdate>
+"""
+RCLONE_PROPSET_WITH_CHECKSUM = """<?xml version="1.0" encoding="utf-8" ?>
+<D:propertyupdate xmlns:D="DAV:" xmlns:oc="http://owncloud.org/ns">
+ <D:set>
+  <D:prop>
+   <lastmodified xmlns="DAV:">%s</lastmodified>
+   <oc:checksums>
+\t<oc:checksum>%s</oc:checksum>
+   </oc:checksums>
+  </D:prop>
+ </D:set>
+</D:propertyupdate>
+"""
+
+
+def statuses(xml: str) -> dict[str, str]:
+    """PROPPATCH answer: property local name -> status code."""
+    out = {}
+    for propstat in ElementTree.fromstring(xml).iter("{DAV:}propstat"):
+        code = (propstat.findtext("{DAV:}status") or "").split(" ")[1]
+        for prop in propstat.find("{DAV:}prop") or []:
+            out[prop.tag.split("}")[1]] = code
+    return out
+
+
+def test_rclone_proppatch_sets_the_time_and_keeps_the_checksums(inst: Instance, server: DavServer,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """rclone ≥ 1.61 after ``touch``: the time is set, the checksums carried over to it."""
     s = session_for(inst)
     url = server.url + "files/p.txt"
-    assert s.put(url, data=ISSUE_BODY).status_code == 201
-    body = (b'<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:oc="http://owncloud.org/ns">'
-            b"<D:set><D:prop><oc:checksums><oc:checksum>SHA1:0000</oc:checksum></oc:checksums></D:prop></D:set>"
-            b"</D:propertyupdate>")
-    r = s.request("PROPPATCH", url, data=body)
-    assert r.status_code == 207 and "403" in r.text, r.text
+    target = files(inst) / "p.txt"
+    assert s.put(url, data=ISSUE_BODY, headers={"X-OC-Mtime": str(MTIME)}).status_code == 201
+    props = RCLONE_PROPS.replace(b"<d:displayname />", b"<d:getetag />")
+    for when, body in ((MTIME + 100, RCLONE_PROPSET_WITH_CHECKSUM % (MTIME + 100, "SHA1:" + sha1(ISSUE_BODY))),
+                       (MTIME + 200, RCLONE_PROPSET % (MTIME + 200)),
+                       (MTIME + 300, RCLONE_PROPSET_WITH_CHECKSUM % (MTIME + 300, "MD5:" + md5(ISSUE_BODY)))):
+        r = s.request("PROPPATCH", url, data=body.encode())
+        assert r.status_code == 207 and set(statuses(r.text).values()) == {"200"}, r.text
+        assert os.stat(target).st_mtime_ns == when * 10**9
+        got = both_paths(s, monkeypatch, url, body=props)["/files/p.txt"]
+        assert got["getlastmodified"] == ("200", formatdate(when, usegmt=True))
+        assert got["getetag"] == ("200", etag_of(target))
+        assert got["checksums"] == ("200", sums(ISSUE_BODY))
+
+    before = os.stat(target).st_mtime_ns
+    wrong = RCLONE_PROPSET_WITH_CHECKSUM % (MTIME, "SHA1:" + sha1(EDITED_BODY))
+    r = s.request("PROPPATCH", url, data=wrong.encode())
+    assert statuses(r.text) == {"lastmodified": "424", "checksums": "409"}, r.text
+    for bad in ("-5", "1.5", "abc", "", "253402300800"):
+        r = s.request("PROPPATCH", url, data=(RCLONE_PROPSET % bad).encode())
+        assert statuses(r.text) == {"lastmodified": "409"}, (bad, r.text)
+    assert os.stat(target).st_mtime_ns == before
+    remove = (b'<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:oc="http://owncloud.org/ns">'
+              b"<D:remove><D:prop><oc:checksums/></D:prop></D:remove></D:propertyupdate>")
+    assert statuses(s.request("PROPPATCH", url, data=remove).text) == {"checksums": "403"}
     assert entries(s.request("PROPFIND", url, headers={"Depth": "0"}, data=RCLONE_PROPS).text)[
         "/files/p.txt"]["checksums"] == ("200", sums(ISSUE_BODY))
-    # the twin: a property of another name is stored as usual
-    r = s.request("PROPPATCH", url, data=body.replace(b"oc:checksums", b"oc:other"))
-    assert r.status_code == 207 and "200 OK" in r.text, r.text
+    # the twin: a dead property of another name is stored and answered as usual
+    other = wrong.replace("oc:checksums", "oc:other").replace(f'<lastmodified xmlns="DAV:">{MTIME}</lastmodified>',
+                                                              "")
+    assert statuses(s.request("PROPPATCH", url, data=other.encode()).text) == {"other": "200"}
+    # a file changed on disk: its checksums cannot be checked, so the PROPPATCH goes through
+    # and none are carried over
+    target.write_bytes(EDITED_BODY)
+    r = s.request("PROPPATCH", url, data=wrong.encode())
+    assert set(statuses(r.text).values()) == {"200"}, r.text
+    assert os.stat(target).st_mtime_ns == MTIME * 10**9
+    assert both_paths(s, monkeypatch, url)["/files/p.txt"]["checksums"][0] == "404"
 
 
 # --- OC-Checksum ---------------------------------------------------------------------
