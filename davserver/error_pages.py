@@ -18,12 +18,14 @@ Every body written here carries the headers of content_safety.py.
 from __future__ import annotations
 
 import errno
+import http
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from wsgidav import util
 from wsgidav.dav_error import (
+    ERROR_DESCRIPTIONS,
     HTTP_FORBIDDEN,
     HTTP_INTERNAL_ERROR,
     HTTP_NO_CONTENT,
@@ -40,6 +42,15 @@ from .store.base import StoreUnavailable
 __all__ = ["ErrorPages"]
 
 log = logging.getLogger("davserver.errors")
+
+# WsgiDAV writes every status line, ours and the ones inside 207 bodies, from one table
+# (dav_error.py:294 get_http_status_string) that lacks 413, 414, 416, 503, 507 and more:
+# those went out as "414 Status". The missing ones get the RFC 9110 §15 reason phrase
+# (Python 3.11's HTTPStatus still has RFC 7231's for 413, 414 and 422).
+_RFC9110_PHRASES = {413: "Content Too Large", 414: "URI Too Long", 422: "Unprocessable Content"}
+for _status in http.HTTPStatus:
+    _phrase = _RFC9110_PHRASES.get(_status.value, _status.phrase)
+    ERROR_DESCRIPTIONS.setdefault(_status.value, f"{_status.value} {_phrase}")
 
 #: OS errors a client can cause or should hear about, as HTTP statuses.
 _OS_ERRORS = {

@@ -701,6 +701,7 @@ def test_case_25_names_over_255_bytes_are_refused_with_a_clear_4xx(inst: Instanc
         for method, headers in (("PUT", {}), ("MKCOL", {}), ("GET", {}), ("PROPFIND", {"Depth": "0"})):
             r = s.request(method, u + q(name), headers=headers, data=b"x" if method == "PUT" else None)
             assert r.status_code == 414, (method, r.status_code)
+            assert r.reason == "URI Too Long", (method, r.reason)  # RFC 9110 §15.5.15, not "Status"
         r = s.request("COPY", u + q(ok255), headers={"Destination": u + q(name)})
         assert r.status_code == 414
     assert os.listdir(disk) == [ok255]
@@ -733,3 +734,21 @@ def test_case_26_head_get_and_propfind_agree_on_length_and_type(inst: Instance, 
     assert s.get(u + "notes.txt").headers["Content-Type"].startswith("text/plain")  # the twin: a known type
     m = s.head(u + "missing.txt")
     assert (m.status_code, m.content) == (404, b"")
+
+
+def test_every_error_status_goes_out_with_its_reason_phrase() -> None:
+    """WsgiDAV's status table (dav_error.py:294) lacked 413, 414, 416, 503, 507 ...: they
+    went out as "507 Status", in status lines and in 207 bodies. Every status line now has
+    the RFC 9110 phrase; the ones WsgiDAV had stay as they were (its 423 "Locked")."""
+    import http
+
+    from wsgidav.dav_error import get_http_status_string
+
+    import davserver.error_pages  # noqa: F401 - completes the table on import
+
+    for status in http.HTTPStatus:
+        line = get_http_status_string(status.value)
+        assert line.startswith(f"{status.value} ") and not line.endswith(" Status"), line
+    assert get_http_status_string(507) == "507 Insufficient Storage"
+    assert get_http_status_string(413) == "413 Content Too Large"
+    assert get_http_status_string(423) == "423 Locked"

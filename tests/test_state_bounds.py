@@ -456,7 +456,7 @@ def proppatch_body(props: list[tuple[str, str]]) -> bytes:
 
 def statuses(r: requests.Response) -> dict[str, int]:
     """Property (Clark name) -> the status its propstat gives, from a 207. (The reason phrase
-    is not looked at: WsgiDAV writes "507 Status", dav_error.py ERROR_DESCRIPTIONS has no 507.)"""
+    is not looked at here: test_field_cases.py checks the phrases.)"""
     assert r.status_code == 207, (r.status_code, r.text[:300])
     out = {}
     for propstat in ET.fromstring(r.content).iter("{DAV:}propstat"):  # noqa: S314 - our own server
