@@ -30,8 +30,8 @@ PREFIX = "_davserver"
 _MAX_FORM = 8192
 _TOKEN_TTL = 3600
 _SECURITY_HEADERS = [
+    # No Pragma: it is a request field (RFC 9111 §5.4, deprecated); caches obey no-store.
     ("Cache-Control", "no-store"),
-    ("Pragma", "no-cache"),
     (
         "Content-Security-Policy",
         "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",

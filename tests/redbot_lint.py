@@ -9,11 +9,11 @@ REDbot's own CLI (``redbot/cli.py`` ``main``) takes a URL only: no request heade
 with the headers added, and reports every note instead of formatting text.
 
 Output: ``{"url", "status", "headers": [[name, value]...], "fetch_error",
-"notes": [{"check", "name", "level", "category", "subject", "summary"}...],
+"notes": [{"check", "name", "level", "category", "subject", "summary", "subnotes"}...],
 "subrequests": {check_id: {"status", "headers"}}}``. ``level`` is httplint's
-``good``/``info``/``warning``/``bad``; ``name`` the note's class
-(e.g. ``FRESHNESS_HEURISTIC``), ``check`` is ``default`` for a note on the main
-response, or the id of the probe (conditional, range, content negotiation) whose own
+``good``/``info``/``warning``/``bad``; ``name`` the note's class (e.g.
+``FRESHNESS_HEURISTIC``), ``subnotes`` the class names of its child notes; ``check`` is
+``default`` for a note on the main response, or the id of the probe (conditional, range, content negotiation) whose own
 response carried it. Exit status 0 when the check ran to its end, 2 when it did not
 finish within ``--timeout`` seconds.
 
@@ -64,6 +64,7 @@ def lint(url: str, headers: list[tuple[str, str]], timeout: float) -> dict[str, 
             "category": str(note.category.value),
             "subject": note.subject,
             "summary": str(note.summary),
+            "subnotes": [type(sub).__name__ for sub in note.subnotes],
         }
 
     notes = [note_json("default", n) for n in resource.response.notes]

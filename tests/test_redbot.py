@@ -53,9 +53,19 @@ FIXED = {
                                        "carry Cache-Control: no-store instead",
     "MISSING_HDRS_304": "a 304 carries the headers of its 200 (Cache-Control among them)",
     "MISSING_HDRS_206": "a 206 carries the headers of its 200 (Cache-Control among them)",
+    "REQUEST_HDR_IN_RESPONSE": "the step-up page no longer sends Pragma, a request field (RFC 9111 §5.4); "
+                               "its Cache-Control: no-store is what caches obey",
 }
+#: What REDbot finds wrong with HSTS only because it sees the tunnel's plain HTTP: RFC 6797
+#: §8.1 says a policy received over insecure transport is ignored (``HSTS_OVER_HTTP``), so
+#: it calls the header invalid (``HSTS_INVALID``, level bad). Over the real TLS connection
+#: the same header is valid; test_cache_policy_of_every_get_answer checks it is sent there.
+TUNNEL_ONLY = {"HSTS_OVER_HTTP"}
 #: REDbot warnings that do not apply to a file server (note class name -> why).
 EXPLAINED = {
+    "HSTS_INVALID": "the tunnel's plain HTTP (see TUNNEL_ONLY); over TLS the header is valid",
+    "HSTS_NO_SUBDOMAINS": "includeSubDomains would bind every name below the server's host name to HTTPS: "
+                          "not a file server's call to make for its admin",
     "RANGE_CL_FULL": "REDbot's range probe asks for bytes 0-96 or so of a sample; for a file of 97 bytes or "
                      "fewer that is the whole file, and a 206 of all of it is what RFC 9110 §14.1.2 says "
                      "(last-pos clamped to the end), as Apache and nginx answer",
@@ -167,11 +177,17 @@ def judge(reports: list[dict[str, Any]], capsys: pytest.CaptureFixture[str], tit
         assert report["fetch_error"] is None, report
         for note in report["notes"]:
             where = f"/{report['url'].split('/', 3)[-1]} [{note['check']}] {note['name']}: {note['summary']}"
-            if note["level"] == "bad":
+            if note["subnotes"]:
+                where += f" ({', '.join(note['subnotes'])})"
+            # HSTS_INVALID for the tunnel's plain HTTP alone (its other children are advice).
+            children = set(note["subnotes"])
+            artefact = (note["name"] == "HSTS_INVALID" and bool(children & TUNNEL_ONLY)
+                        and children <= TUNNEL_ONLY | {"HSTS_NO_SUBDOMAINS", "HSTS_NO_PRELOAD"})
+            if note["level"] == "bad" and not artefact:
                 failures.append(f"error: {where}")
             elif note["name"] in FIXED:
                 failures.append(f"fixed, back again: {where} ({FIXED[note['name']]})")
-            elif note["level"] == "warning":
+            elif note["level"] == "warning" or artefact:
                 why = EXPLAINED.get(note["name"], "not yet looked at: fix it or explain it in EXPLAINED")
                 lines.append(f"  {where}\n      -> {why}")
     if len(lines) == 1:
@@ -230,18 +246,20 @@ def test_redbot_files(path: str, stunnel: str, tree: Instance, tmp_path: Path, m
 @pytest.mark.client
 def test_redbot_folder_and_listing(stunnel: str, tree: Instance, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
-    """A folder named without its slash (301), its listing page and the share list at /."""
+    """A folder named without its slash (301), its listing page, the share list at / and
+    the step-up page the listing links to."""
     pw = tree.clients["alice"].password
     with running(tree) as srv, tunnel(stunnel, tree, srv.port, tmp_path) as port:
         base = f"http://127.0.0.1:{port}/"
-        reports = [lint(base + u, password=pw) for u in ("files/docs", "files/docs/", "")]
-    redirect, listing, root = reports
+        reports = [lint(base + u, password=pw) for u in ("files/docs", "files/docs/", "", "_davserver/")]
+    redirect, listing, root, stepup = reports
     assert redirect["status"] == 301 and header(redirect, "Location") == "/files/docs/"
     assert header(redirect, "Cache-Control") == "no-store"
     for r in (listing, root):
         assert r["status"] == 200 and header(r, "Content-Type") == "text/html; charset=utf-8"
         assert header(r, "Cache-Control") == "no-store"
-    assert "report.txt" not in json.dumps(root["headers"])
+    assert stepup["status"] == 200 and header(stepup, "Cache-Control") == "no-store"
+    assert header(stepup, "Pragma") is None
     judge(reports, capsys, "folder and listings")
 
 
@@ -301,6 +319,7 @@ def plain_server(extra: list[tuple[str, str]]) -> Iterator[str]:
 @pytest.mark.parametrize(("extra", "expected"), [
     ([("Cache-Control", "max-age=soon")], "error: "),        # a bad note fails the build
     ([("ETag", '"v1"')], "fixed, back again: "),              # no Cache-Control: the heuristic warning
+    ([("Strict-Transport-Security", "includeSubDomains")], "error: .*HSTS_INVALID"),  # no max-age: not the tunnel
 ])
 def test_the_gate_fails_on_errors_and_fixed_warnings(stunnel: str, extra: list[tuple[str, str]], expected: str,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
@@ -342,9 +361,15 @@ def test_cache_policy_of_every_get_answer(path: str, tree: Instance, monkeypatch
         missing = s.get(srv.url + "files/docs/missing.txt")
         redirect = s.get(srv.url + "files/docs", allow_redirects=False)
         listing = s.get(srv.url + "files/docs/")
-        assert (missing.status_code, redirect.status_code, listing.status_code) == (404, 301, 200)
-        for r in (missing, redirect, listing):
+        stepup = s.get(srv.url + "_davserver/")
+        assert (missing.status_code, redirect.status_code, listing.status_code, stepup.status_code) == (
+            404, 301, 200, 200)
+        for r in (missing, redirect, listing, stepup):
             assert r.headers.get("Cache-Control") == "no-store", r.url
+        # The step-up page: no Pragma (a request field), and its HSTS, which REDbot sees over
+        # the tunnel's plain HTTP only, is sent over TLS.
+        assert "Pragma" not in stepup.headers
+        assert stepup.headers["Strict-Transport-Security"] == "max-age=31536000"
         # The twin: a cache that revalidates sees an edit that keeps the size.
         edited = first.content.replace(b"quarterly", b"QUARTERLY", 1)
         assert len(edited) == len(first.content)
