@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
-    "CertificateAuthority", "IssuedCert", "PKIError", "certificate_fingerprint",
+    "CertificateAuthority", "IssuedCert", "PKIError", "RevokedSerials", "certificate_fingerprint",
     "fingerprint_der", "load_crl_serials", "serial_hex",
 ]
 
@@ -76,10 +76,30 @@ def serial_hex(serial: int) -> str:
     return format(serial, "X")
 
 
-def load_crl_serials(path: Path) -> tuple[frozenset[str], datetime | None]:
-    """Revoked serials and next_update of a CRL file, for the server's per-connection check."""
+class RevokedSerials(frozenset[str]):
+    """The serials (`serial_hex`) a CRL revokes, and ``issuer``: the CRL issuer's name
+    (RFC 4514), the only CA whose certificates they stand for. A certificate is named
+    by issuer *and* serial (RFC 5280 §5.1.2.3, §4.1.2.2): another CA trusted in
+    tls.client_ca may well have issued the same serial number."""
+
+    issuer: str | None = None
+
+    def __new__(cls, serials: Iterable[str], issuer: str | None) -> RevokedSerials:  # noqa: D102
+        self = super().__new__(cls, serials)
+        self.issuer = issuer
+        return self
+
+    def revokes(self, serial: str, issuer: str) -> bool:
+        """Whether the certificate ``serial`` (upper-case hex) of ``issuer`` (RFC 4514) is revoked."""
+        return serial in self and (self.issuer is None or issuer == self.issuer)
+
+
+def load_crl_serials(path: Path) -> tuple[RevokedSerials, datetime | None]:
+    """Revoked serials, with the CRL's issuer, and next_update of a CRL file, for the
+    server's per-connection check."""
     crl = _read_crl_file(path)
-    return frozenset(serial_hex(r.serial_number) for r in crl), crl.next_update_utc
+    serials = RevokedSerials((serial_hex(r.serial_number) for r in crl), crl.issuer.rfc4514_string())
+    return serials, crl.next_update_utc
 
 
 def _utc(now: datetime | None) -> datetime:
