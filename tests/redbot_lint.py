@@ -1,7 +1,7 @@
 """Run REDbot (mnot's HTTP resource linter, PyPI ``redbot``) on one URL and print its
 findings as one JSON object on stdout.
 
-    python tests/redbot_lint.py URL [--header "Name: value"]...
+    python tests/redbot_lint.py URL [--method HEAD] [--header "Name: value"]...
 
 REDbot's own CLI (``redbot/cli.py`` ``main``) takes a URL only: no request headers, so no
 ``Authorization`` for a share that wants a password. This script does what that CLI does
@@ -30,8 +30,8 @@ from configparser import ConfigParser
 from typing import Any
 
 
-def lint(url: str, headers: list[tuple[str, str]], timeout: float) -> dict[str, Any]:
-    """Check ``url`` with REDbot, sending ``headers`` on the request and on every probe.
+def lint(url: str, headers: list[tuple[str, str]], timeout: float, method: str = "GET") -> dict[str, Any]:
+    """Check ``url`` with REDbot (a ``method`` request), sending ``headers`` on it and on every probe.
 
     Returns the JSON-able report described in the module docstring; ``"finished"`` is
     False when thor's loop was stopped by the ``timeout`` (seconds) first.
@@ -44,7 +44,7 @@ def lint(url: str, headers: list[tuple[str, str]], timeout: float) -> dict[str, 
     parser.read_dict({"redbot": {"enable_local_access": "True"}})
     config = parser["redbot"]
     resource = HttpResource(config, descend=False)
-    resource.set_request(url, headers=headers)
+    resource.set_request(url, method=method, headers=headers)
     state = {"finished": False}
 
     @thor.events.on(resource)
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("url")
     ap.add_argument("--header", action="append", default=[], help='"Name: value", repeatable')
+    ap.add_argument("--method", default="GET", choices=["GET", "HEAD"], help="the request's method")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds for the whole check")
     args = ap.parse_args(argv)
     headers = []
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             ap.error(f"--header {raw!r}: expected 'Name: value'")
         headers.append((name.strip(), value.strip()))
-    report = lint(args.url, headers, args.timeout)
+    report = lint(args.url, headers, args.timeout, args.method)
     json.dump(report, sys.stdout, indent=1)
     sys.stdout.write("\n")
     return 0 if report["finished"] else 2

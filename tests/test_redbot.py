@@ -151,9 +151,10 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
 
 
-def lint(url: str, *, password: str | None = None) -> dict[str, Any]:
-    """REDbot's report on ``url`` (see tests/redbot_lint.py), with alice's Basic credentials."""
-    args = [sys.executable, str(LINT), url, "--timeout", str(LINT_SECONDS)]
+def lint(url: str, *, password: str | None = None, method: str = "GET") -> dict[str, Any]:
+    """REDbot's report on a ``method`` request for ``url`` (see tests/redbot_lint.py), with
+    alice's Basic credentials."""
+    args = [sys.executable, str(LINT), url, "--method", method, "--timeout", str(LINT_SECONDS)]
     if password is not None:
         token = base64.b64encode(f"alice:{password}".encode()).decode()
         args += ["--header", f"Authorization: Basic {token}"]
@@ -214,7 +215,7 @@ FILE_URLS = ("files/docs/report.txt", "files/page.html", "files/data.bin", "file
 @pytest.mark.parametrize("path", ["short", "wsgidav"])
 def test_redbot_files(path: str, stunnel: str, tree: Instance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                       capsys: pytest.CaptureFixture[str]) -> None:
-    """Files (text, an attachment, a big binary, a missing one) on each GET path: no errors,
+    """Files (text, an attachment, a big binary, a missing one; a HEAD too) on each GET path: no errors,
     the fixed warnings stay fixed, and REDbot's probes got what RFC 9110 wants."""
     pw = tree.clients["alice"].password
     with running(tree) as srv, tunnel(stunnel, tree, srv.port, tmp_path) as port:
@@ -222,9 +223,13 @@ def test_redbot_files(path: str, stunnel: str, tree: Instance, tmp_path: Path, m
         if path == "wsgidav":
             with wsgidav_only(monkeypatch):
                 reports = [lint(base + u, password=pw) for u in FILE_URLS]
+                head = lint(base + FILE_URLS[0], password=pw, method="HEAD")
         else:
             reports = [lint(base + u, password=pw) for u in FILE_URLS]
+            head = lint(base + FILE_URLS[0], password=pw, method="HEAD")
     text, page, big, missing = reports
+    assert head["status"] == 200 and header(head, "Content-Length") == header(text, "Content-Length")
+    assert header(head, "Cache-Control") == "private, no-cache" and header(head, "ETag") == header(text, "ETag")
     assert [r["status"] for r in reports] == [200, 200, 200, 404]
     for r in (text, page, big):
         assert header(r, "Cache-Control") == "private, no-cache"
@@ -240,7 +245,7 @@ def test_redbot_files(path: str, stunnel: str, tree: Instance, tmp_path: Path, m
         assert header(r, "Content-Encoding", "conneg") is None  # no gzip offered, so no Vary owed
     assert header(big, "Content-Range", "range").endswith("/300000")  # type: ignore[union-attr]
     assert header(missing, "Cache-Control") == "no-store"
-    judge(reports, capsys, f"files, {path} path")
+    judge([*reports, head], capsys, f"files, {path} path")
 
 
 @pytest.mark.client
