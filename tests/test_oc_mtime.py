@@ -411,3 +411,31 @@ def test_checksums_off_hashes_nothing_and_answers_none(inst: Instance, monkeypat
         assert r.status_code == 400
         r = s.put(url, data=EDITED_BODY, headers={"OC-Checksum": "SHA1:" + sha1(EDITED_BODY)})
         assert r.status_code == 204
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=200_000), max_size=12), st.binary(min_size=1, max_size=64))
+def test_digests_of_any_split_are_the_whole_bodys(sizes: list[int], seed: bytes) -> None:
+    """Blocks small and large (MD5 of those over 64 KiB is computed on another thread), in
+    any order of sizes: the digests are those of the whole body, and OC-Checksum of each
+    type is checked against them."""
+    from davserver.oc_compat import Digests, Expected
+
+    body = (seed * (sum(sizes) // len(seed) + 1))[: sum(sizes)]
+    blocks, at = [], 0
+    for n in sizes:
+        blocks.append(body[at:at + n])
+        at += n
+    for expected in (None, Expected("md5", md5(body)), Expected("sha1", sha1(body)),
+                     Expected("adler32", f"{zlib.adler32(body):08x}")):
+        d = Digests(keep=expected is None, expected=expected)
+        for block in blocks:
+            d.update(block)
+        d.check(None)
+        if expected is None:
+            assert d.value() == sums(body)
+    wrong = Digests(keep=True, expected=Expected("md5", md5(body + b"x")))
+    for block in blocks:
+        wrong.update(block)
+    with pytest.raises(Exception, match="checksum"):
+        wrong.check(None)
