@@ -13,6 +13,10 @@ mtimes; and its error pages carry absolute server paths. Here:
   (413) leave the old file byte-for-byte intact and no temp file behind;
 * temp files never show: not listed, 404 by name, refused as a write target;
 * ETags use the nanosecond mtime, size and inode, so two writes in one second differ;
+* a PUT's X-OC-Mtime is set on the temp file before the rename (so the answer's ETag
+  is the new file's), and its SHA-1 and MD5 are computed as it is written and kept
+  with the file (oc_compat.py: ownCloud's oc:checksums, what rclone's owncloud vendor
+  needs to sync same-size edits);
 * nothing resolves outside the share root (symlinks are never followed, and a
   request routed to a share other than the one the guard authorised is refused),
   and no error page names a server path;
