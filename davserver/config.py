@@ -156,9 +156,12 @@ class SubjectRule:
     in the file ``issuer`` (an absolute path; the YAML value is relative to the
     instance home) maps to the account its ``match`` field names: ``"cn"`` (the
     subject's common name) or ``"san_email"`` (an e-mail address in the SAN).
-    auth/issuers.py loads the file and decides "issued by" on the CA's key."""
+    auth/issuers.py loads the file and decides "issued by" on the CA's key.
 
-    issuer: Path
+    ``issuer`` is None for the plain form (``[cn]``): any CA that ``tls.client_ca``
+    trusts, the broad reading that form always had (logged as a warning at start)."""
+
+    issuer: Path | None
     match: str
 
 
@@ -447,10 +450,11 @@ _SUBJECT_RULE_FORM = "write each rule as {issuer: certs/users-ca.crt, match: cn}
 def _parse_identity(raw: Mapping[str, Any], home: Home) -> IdentityConfig:
     """``identity.subject_rules``: a list of ``{issuer: PATH, match: cn|san_email}``.
 
-    The former plain form (``[cn]``) is refused, not reinterpreted: it mapped a name
-    from whichever CA in tls.client_ca signed it, so with a company root trusted a
-    partner sub-CA's ``CN=eve`` became account eve, and no narrower reading of it is
-    what the admin wrote."""
+    The plain form (``[cn]``) keeps its meaning, so existing configurations start as
+    before: a name from whichever CA in tls.client_ca signed it. With a company root
+    trusted, that lets a partner sub-CA's ``CN=eve`` become account eve, so the server
+    warns at every start (auth/core.py) and the README recommends the issuer form or a
+    bundle narrowed to the user sub-CA."""
     i = _section(raw, "identity")
     _check_keys(i, "identity", ("subject_rules",))
     key = "identity.subject_rules"
@@ -461,13 +465,10 @@ def _parse_identity(raw: Mapping[str, Any], home: Home) -> IdentityConfig:
     for n, rule in enumerate(rules):
         where = f"{key}[{n}]"
         if isinstance(rule, str):
-            raise ConfigError(
-                key,
-                f"{rule!r} names no issuing CA: it would map any certificate that any CA in tls.client_ca "
-                "signs, so a partner's sub-CA could sign in as any account",
-                f"name the CA whose certificates map: subject_rules: [{{issuer: certs/users-ca.crt, "
-                f"match: {rule if rule in _SUBJECT_RULES else 'cn'}}}]; match: {', '.join(_SUBJECT_RULES)}",
-            )
+            if rule not in _SUBJECT_RULES:
+                raise ConfigError(key, f"{rule!r} is not a rule", _SUBJECT_RULE_FORM)
+            parsed.append(SubjectRule(issuer=None, match=rule))
+            continue
         if not isinstance(rule, Mapping):
             raise ConfigError(where, f"{rule!r} is not a rule", _SUBJECT_RULE_FORM)
         _check_keys(rule, where, ("issuer", "match"))

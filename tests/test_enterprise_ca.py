@@ -18,6 +18,7 @@ import base64
 import http.client
 import itertools
 import json
+import logging
 import socket
 import ssl
 import time
@@ -131,16 +132,21 @@ def pki() -> PKI:
 # --- an instance that trusts what a test says ------------------------------------------
 
 
-def configure(inst: Instance, anchors: list[Cert], rules: list[tuple[Cert, str]], *, own_ca: bool = True) -> None:
+def configure(inst: Instance, anchors: list[Cert], rules: list[tuple[Cert | None, str]], *,
+              own_ca: bool = True) -> None:
     """tls.client_ca = our CA (unless ``own_ca`` is False) + ``anchors``; one subject rule
-    per (issuing CA, match); account eve with no certificate bound."""
+    per (issuing CA, match), the plain form (``- cn``) for a None CA; account eve with no
+    certificate bound."""
     certs = inst.home.certs_dir
     own = inst.ca_file.read_bytes() if own_ca else b""
     (certs / "client-bundle.pem").write_bytes(own + b"".join(a.pem for a in anchors))
     raw = yaml.safe_load(inst.home.config_file.read_text()) or {}
     raw.setdefault("tls", {})["client_ca"] = "certs/client-bundle.pem"
-    entries = []
+    entries: list[object] = []
     for n, (issuer, match) in enumerate(rules):
+        if issuer is None:
+            entries.append(match)
+            continue
         (certs / f"rule-{n}.pem").write_bytes(issuer.pem)
         entries.append({"issuer": f"certs/rule-{n}.pem", "match": match})
     raw.setdefault("identity", {})["subject_rules"] = entries
@@ -204,7 +210,7 @@ def serve(inst: Instance) -> Iterator[object]:
     """``serve(anchors, rules)`` configures the instance and yields a running server."""
     servers: list[object] = []
 
-    def start(anchors: list[Cert], rules: list[tuple[Cert, str]], **kw: bool) -> DavServer:
+    def start(anchors: list[Cert], rules: list[tuple[Cert | None, str]], **kw: bool) -> DavServer:
         configure(inst, anchors, rules, **kw)
         cm = running(inst)
         srv = cm.__enter__()
@@ -397,20 +403,48 @@ def test_our_crl_does_not_refuse_enterprise_certificates(inst: Instance, serve, 
 # --- identity.subject_rules in the configuration --------------------------------------------
 
 
-@pytest.mark.parametrize("old", ["[cn]", "[san_email]", "[cn, san_email]", "[dn]"])
-def test_the_old_plain_form_is_refused_and_the_new_form_shown(tmp_path: Path, old: str) -> None:
-    with pytest.raises(ConfigError) as err:
-        parse_config(yaml.safe_load(f"identity: {{subject_rules: {old}}}"), Home(tmp_path))
-    text = str(err.value)
-    assert err.value.key == "identity.subject_rules"
-    assert "names no issuing CA" in text
-    assert "subject_rules: [{issuer: certs/users-ca.crt, match: " in text and "cn, san_email" in text
+@pytest.mark.parametrize(("plain", "matches"), [("[cn]", ("cn",)), ("[san_email]", ("san_email",)),
+                                               ("[cn, san_email]", ("cn", "san_email"))])
+def test_the_plain_form_keeps_its_meaning_any_trusted_issuer(tmp_path: Path, plain: str,
+                                                             matches: tuple[str, ...]) -> None:
+    """Existing configurations start as before: a plain rule has no issuer (any CA that
+    tls.client_ca trusts); the issuer form sits beside it in the same list."""
+    cfg = parse_config(yaml.safe_load(f"identity: {{subject_rules: {plain}}}"), Home(tmp_path))
+    assert cfg.identity.subject_rules == tuple(SubjectRule(None, m) for m in matches)
+    mixed = "identity: {subject_rules: [cn, {issuer: certs/u.crt, match: san_email}]}"
+    assert parse_config(yaml.safe_load(mixed), Home(tmp_path)).identity.subject_rules == (
+        SubjectRule(None, "cn"), SubjectRule(tmp_path / "certs/u.crt", "san_email"))
+
+
+def test_a_plain_rule_maps_any_trusted_issuer_and_warns_at_start(inst: Instance, serve, pki: PKI,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Case 09 as written (root trusted, ``subject_rules: [cn]``): eve from the User CA
+    signs in (A), and so does the partner's CN=eve, which is what the plain form says;
+    the start log names the rule and the two ways to narrow it. The twins: the issuer
+    form refuses the partner (test_case09_root_trusted_rule_for_the_user_ca), and so does
+    a bundle narrowed to the User CA with the same plain rule."""
+    with caplog.at_level(logging.WARNING, logger="davserver.auth"):
+        server = serve([pki.root], [(None, "cn")])
+    warning = " ".join(r.getMessage() for r in caplog.records if r.name == "davserver.auth")
+    assert "identity.subject_rules[0] (cn) names no issuing CA" in warning
+    assert "{issuer: certs/users-ca.crt, match: cn}" in warning and "only the user sub-CA" in warning
+    assert attempt(inst, server, pki.eve, [pki.users]) == 207
+    assert attempt(inst, server, pki.eve_partner, [pki.partner]) == 207
+
+
+def test_a_plain_rule_with_the_bundle_narrowed_to_the_user_ca(inst: Instance, serve, pki: PKI) -> None:
+    """Case 09 D with the plain rule: only the User CA trusted, so only its CN=eve maps."""
+    server = serve([pki.users], [(None, "cn")])
+    assert attempt(inst, server, pki.eve, [pki.users]) == 207
+    assert attempt(inst, server, pki.eve, []) == 207
+    assert attempt(inst, server, pki.eve_partner, [pki.partner]) == "refused"
 
 
 @pytest.mark.parametrize(
     ("value", "key"),
     [
         ("cn", "identity.subject_rules"),
+        ("[dn]", "identity.subject_rules"),
         ("[{match: cn}]", "identity.subject_rules[0].issuer"),
         ("[{issuer: ''}]", "identity.subject_rules[0].issuer"),
         ("[{issuer: certs/u.crt}]", "identity.subject_rules[0].match"),

@@ -25,6 +25,7 @@ also refuses a CA:FALSE issuer: ``check_chain_extensions`` in
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ from ..errors import StartupError
 from .identity import CertIdentity
 
 __all__ = ["IssuingCA", "SubjectRules", "check_trust_anchors", "is_ca_certificate"]
+
+log = logging.getLogger("davserver.auth")
 
 #: Certificates whose issuer check is remembered (by DER); each check is one signature verification.
 _CACHE_SIZE = 1024
@@ -154,9 +157,16 @@ class SubjectRules:
     def __init__(self, rules: Sequence[SubjectRule]) -> None:
         self.rules = tuple(rules)
         self.issuers = tuple(
-            IssuingCA.load(rule.issuer, f"identity.subject_rules[{n}].issuer") for n, rule in enumerate(self.rules)
+            None if rule.issuer is None else IssuingCA.load(rule.issuer, f"identity.subject_rules[{n}].issuer")
+            for n, rule in enumerate(self.rules)
         )
         self._issued_by = functools.lru_cache(maxsize=_CACHE_SIZE)(self._compute_issued_by)
+        for n, rule in enumerate(self.rules):
+            if rule.issuer is None:
+                log.warning("identity.subject_rules[%d] (%s) names no issuing CA: a certificate from any CA that "
+                            "tls.client_ca trusts maps by its %s, including a partner sub-CA under a trusted root; "
+                            "write {issuer: certs/users-ca.crt, match: %s} or put only the user sub-CA in "
+                            "tls.client_ca", n, rule.match, rule.match, rule.match)
 
     def __bool__(self) -> bool:
         return bool(self.rules)
@@ -169,7 +179,8 @@ class SubjectRules:
                 return tuple(False for _ in self.issuers)
         except x509.ExtensionNotFound:
             pass
-        return tuple(ca.issued(leaf) for ca in self.issuers)
+        # No issuer (the plain form): any CA the handshake trusted.
+        return tuple(ca is None or ca.issued(leaf) for ca in self.issuers)
 
     def names(self, cert: CertIdentity) -> Iterator[str]:
         """Candidate account names for ``cert``, rule by rule in the configured order: its
