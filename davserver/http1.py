@@ -706,10 +706,8 @@ class HTTP1Request(HTTPRequest):
             fields = read_fields(self.rfile)
             framing = frame_request(fields, http11=self.response_protocol == "HTTP/1.1")
         except FramingError as exc:
-            what = getattr(self.conn, "deadline_passed", None)
-            if what:
-                # The watchdog ended the reading side (watchdog.py): a deadline, not bad framing.
-                self.simple_response("408 Request Timeout", f"The {what} took too long.")
+            if getattr(self.conn, "deadline_passed", None):
+                self.simple_response("400 Bad Request", exc.detail)  # a 408: see simple_response
                 return False
             self._refuse(exc.detail)
             return False
@@ -745,7 +743,13 @@ class HTTP1Request(HTTPRequest):
 
     def simple_response(self, status: Any, msg: Any = "") -> None:
         """cheroot's short answers; those given before the application ran (a malformed
-        request line, headers too large, a timeout mid-request) get their audit line."""
+        request line, headers too large, a timeout mid-request) get their audit line.
+        A request cut off because the watchdog ended the reading side
+        (``watchdog.end_reading``: a deadline or the header-phase cap) is answered 408,
+        not 400: its framing was not wrong, it came too slowly."""
+        what = getattr(self.conn, "deadline_passed", None)
+        if what and not self.ready and str(status)[:3] == "400":
+            status, msg = "408 Request Timeout", f"The {what} took too long."
         super().simple_response(status, msg)
         code = int(str(status)[:3])
         if not self.ready and code >= 400 and (code != 408 or self.started_request):
