@@ -104,18 +104,24 @@ class DavServer:
         except StoreUnavailable as exc:
             self.store.close()
             raise StartupError(f"state.url: {exc} (start Redis or fix the URL)") from None
-        self.audit = AuditLog(config.audit.file)  # opened last: nothing above may leave it open
-        self.guard = Guard(
-            Limits(
-                build_dav_app(config, self.store),
-                xml_body_bytes=config.limits.xml_body_bytes,
-            ),
-            config,
-            accounts=accounts,
-            revocations=self.revocations,
-            audit=self.audit,
-            store=self.store,
-        )
+        self.audit = AuditLog(config.audit.file)
+        try:
+            self.guard = Guard(
+                Limits(
+                    build_dav_app(config, self.store),
+                    xml_body_bytes=config.limits.xml_body_bytes,
+                ),
+                config,
+                accounts=accounts,
+                revocations=self.revocations,
+                audit=self.audit,
+                store=self.store,
+            )
+        except BaseException:
+            # e.g. StartupError for a subject rule's issuer file: nothing is left open
+            self.audit.close()
+            self.store.close()
+            raise
         self._server = HandshakingServer(
             (self.bind, self._port),
             self.guard,

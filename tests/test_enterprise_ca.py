@@ -15,6 +15,7 @@ bound: only a subject rule can make a certificate hers.
 from __future__ import annotations
 
 import base64
+import gc
 import http.client
 import itertools
 import json
@@ -379,6 +380,20 @@ def test_a_rule_must_name_one_ca_certificate(tmp_path: Path, pki: PKI) -> None:
     assert load().issuers[0].cert == pki.users.cert
     path.write_bytes(pki.users.pem)
     assert load().issuers[0].cert == pki.users.cert
+
+
+def test_a_server_refusing_a_bad_issuer_file_leaves_nothing_open(inst: Instance, pki: PKI) -> None:
+    """The start fails with the key named, and the audit log and state store opened before
+    the rules were read are closed (pytest turns a leaked file into an error here)."""
+    configure(inst, [pki.root], [(pki.users, "cn")])
+    (inst.home.certs_dir / "rule-0.pem").write_bytes(pki.eve.pem)  # a leaf, not a CA
+    for _ in range(3):
+        with pytest.raises(StartupError, match=r"identity.subject_rules\[0\].issuer: .* is not a CA certificate"):
+            DavServer(load_config(inst.home), port=0)
+        gc.collect()
+    (inst.home.certs_dir / "rule-0.pem").write_bytes(pki.users.pem)  # the twin: it starts
+    with running(inst) as server:
+        assert attempt(inst, server, pki.eve, [pki.users]) == 207
 
 
 # --- revocation ----------------------------------------------------------------------------
