@@ -91,6 +91,10 @@ def make_tree(src: Path) -> None:
     (src / "notes.md").write_text("# notes\n")
     (src / "sub" / "data.bin").write_bytes(os.urandom(300_000))
     (src / "empty").write_bytes(b"")
+    day_ago = time.time_ns() - 86_400 * 10**9  # files made earlier than the sync: their times matter
+    for p in src.rglob("*"):
+        if p.is_file():
+            os.utime(p, ns=(day_ago, day_ago))
 
 
 def edit_same_size(path: Path) -> None:
