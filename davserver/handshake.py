@@ -404,7 +404,9 @@ class HandshakeLoop:
         unread data, and the reset destroys the alert before the client reads it (it then
         reports a bare EOF: 7 runs in 10 here). Such a socket goes to the lingerer
         (``lingerer.add``, http1.Lingerer: the write side ends, what the client still
-        sends is read and dropped within ``limits.linger_*``); any other closes at once."""
+        sends is read and dropped within ``limits.linger_bytes``, ``linger_seconds`` and
+        ``linger_connections``; the server gives this loop a lingerer of its own, so these
+        never take the slots of served connections); any other closes at once."""
         if (
             alerted
             and self.lingerer is not None

@@ -18,7 +18,7 @@ from .errors import StartupError
 from .fs import sweep_temp_files
 from .guard import Guard
 from .handshake import HandshakeLoop, HandshakingServer, HeaderPhase, raise_open_file_limit
-from .http1 import HTTP1Options, HTTP1Request
+from .http1 import HTTP1Options, HTTP1Request, Lingerer
 from .limits import Limits
 from .revocation import RevocationList
 from .store import StoreUnavailable, open_store
@@ -145,7 +145,11 @@ class DavServer:
             total=config.server.handshakes_total,
             deadline_seconds=config.limits.handshake_seconds,
             admit=self._certificate_refusal,
-            lingerer=http1.lingerer,  # a refused handshake's alert is not lost to a reset
+            # A refused handshake's alert is not lost to a reset. A pool of its own, of the
+            # same bounds: clients without a certificate never take the slots of served ones.
+            lingerer=Lingerer(
+                max_bytes=http1.linger_bytes, max_seconds=http1.linger_seconds, max_sockets=http1.linger_connections
+            ),
         )
         self._server.handshakes = self.handshakes
         #: Caps one certificate's connections waiting on workers for their headers.
