@@ -185,3 +185,21 @@ def test_client_certificate_sign_in_still_works(inst: Instance, tls12: bool, two
     with running(inst) as srv:
         assert _get_status(inst, srv.port, tls12=tls12, with_cert=True) == ("TLSv1.2" if tls12 else "TLSv1.3", 200)
         assert _get_status(inst, srv.port, tls12=tls12, with_cert=False)[1] == 0
+
+
+def test_a_failed_check_starts_the_server_without_names(
+    inst: Instance, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where the SSL_CTX cannot be verified (another Python build), nothing is written: the
+    server starts, logs a warning naming the check, sends no names and still signs in.
+    The failing check is injected: this machine's build passes them all."""
+    from davserver import tls_ca_names
+
+    def refuse(context: ssl.SSLContext, lib: object) -> int:
+        raise CANamesUnavailable("SSL_CTX_get_options differs from SSLContext.options")
+
+    monkeypatch.setattr(tls_ca_names, "_ssl_ctx_pointer", refuse)
+    with caplog.at_level("WARNING", logger="davserver.tls"), running(inst) as srv:
+        assert ca_names(srv.port, "tls1_3") == []
+        assert _get_status(inst, srv.port, tls12=False, with_cert=True) == ("TLSv1.3", 200)
+    assert any("names no CA (SSL_CTX_get_options differs" in r.getMessage() for r in caplog.records)
