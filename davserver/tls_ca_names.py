@@ -13,11 +13,12 @@ store only). OpenSSL's ``SSL_CTX_set_client_CA_list`` can, and it is called here
 ``ctypes`` on the very ``SSL_CTX`` of the server's ``ssl.SSLContext``, in the libssl that
 Python's ``_ssl`` module is linked against: ``ctypes.CDLL(_ssl.__file__)`` returns the
 handle of the loaded module, and ``dlsym`` on it searches the module's own dependencies.
-Moving the TLS stack to pyOpenSSL for this one call would load a second OpenSSL (the one
-bundled in ``cryptography``'s wheel) and rewrite the non-blocking handshake loop, the
-socket readers and writers, session resumption, post-handshake authentication and every
-close path, all written against ``ssl.SSLSocket``; the pyca project itself advises
-against pyOpenSSL for new uses.
+Moving the TLS stack to pyOpenSSL (``Context.set_client_ca_list``) for this one call
+would put the connections on a second OpenSSL, the one bundled in ``cryptography``'s
+wheel (4.0 here, beside the system's 3.0 that ``ssl`` uses), and rewrite the
+non-blocking handshake loop, the socket readers and writers, session resumption,
+post-handshake authentication and every close path, all written against
+``ssl.SSLSocket`` (cheroot's pyOpenSSL adapter covers none of those).
 
 Where the pointer comes from: CPython 3.11 ``Modules/_ssl.c:276-296`` (checked in the
 3.11.2 source) defines ``PySSLContext`` as ``PyObject_HEAD; SSL_CTX *ctx; ...``, the same
