@@ -21,10 +21,11 @@ post-handshake authentication and every close path, all written against
 ``ssl.SSLSocket`` (cheroot's pyOpenSSL adapter covers none of those).
 
 Where the pointer comes from: CPython 3.11 ``Modules/_ssl.c:276-296`` (checked in the
-3.11.2 source) defines ``PySSLContext`` as ``PyObject_HEAD; SSL_CTX *ctx; ...``, the same
-first field since Python 3.2: the ``SSL_CTX *`` is the word right after the object header
-(``object.__basicsize__`` bytes into the object). Before anything is written it is
-checked against the Python object:
+3.11.2 source; ``SSL_CTX *ctx`` at line 278) defines ``PySSLContext`` as
+``PyObject_HEAD; SSL_CTX *ctx; ...``: the ``SSL_CTX *`` is the word right after the
+object header (``object.__basicsize__`` bytes into the object, which also covers builds
+with a larger header). Before anything is written it is checked against the Python
+object, so a later layout change cannot make it write through a wrong pointer:
 
 1. the library is the one ``_ssl`` uses: ``OpenSSL_version(OPENSSL_VERSION)`` equals
    ``ssl.OPENSSL_VERSION``;
