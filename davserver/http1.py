@@ -799,10 +799,25 @@ class HTTP1Request(HTTPRequest):
 
     def respond(self) -> None:
         """Call the application with a bounded ``wsgi.input``; afterwards, a connection
-        whose body was not read to its end is closed through the lingerer."""
+        whose body was not read to its end is closed through the lingerer. An answer that
+        breaks off (an exception) after its headers marks the connection
+        ``answer_broken``: it then closes without close_notify (tls.py)."""
         body: _Body = ChunkedBody(self) if self.chunked_read else LengthBody(self, self._length)
         self._body = body
         self.rfile = body
+        try:
+            self._respond(body)
+        except BaseException:
+            # Broken off after its first bytes left: the connection must not end with
+            # close_notify, which would vouch for a whole answer (tls.TLSConnection.close).
+            self.conn.answer_broken = self.sent_headers
+            raise
+        if not body.finished:
+            self.close_connection = True
+            if not body.eof:
+                self._linger()
+
+    def _respond(self, body: _Body) -> None:
         try:
             gateway = self.server.gateway(self)
             body.environ = gateway.env
@@ -822,10 +837,6 @@ class HTTP1Request(HTTPRequest):
             wfile = self.conn.wfile
             if isinstance(wfile, SocketWriter):
                 wfile.release()
-        if not body.finished:
-            self.close_connection = True
-            if not body.eof:
-                self._linger()
 
     def _hide_body(self, environ: dict[str, Any]) -> None:
         """Content in a GET or HEAD has no defined semantics (RFC 9110 §9.3.1, §9.3.2),

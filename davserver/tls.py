@@ -300,6 +300,8 @@ class TLSConnection(HTTPConnection):
     """
 
     _handshake_done = False
+    #: The last answer broke off after its first bytes: close without close_notify.
+    answer_broken = False
     # cheroot's 8 KiB buffers make every large transfer thousands of small reads and writes.
     rbufsize = 1 << 16
     wbufsize = 1 << 16
@@ -358,8 +360,13 @@ class TLSConnection(HTTPConnection):
         HTTP/1.0 or an error; cheroot's keep-alive expiry, ``put_conn`` while stopping and
         the shutdown of idle connections; the handshake loop while stopping). A failed
         handshake ended with OpenSSL's own alert. A connection handed to the lingerer
-        (``linger``, http1.py) is closed by it, after its close_notify."""
-        if self._handshake_done and not self.linger:
+        (``linger``, http1.py) is closed by it, after its close_notify.
+
+        An answer that broke off after its first bytes (``answer_broken``, set by
+        ``http1.HTTP1Request.respond``) ends without close_notify: the client must see
+        the truncation (RFC 9112 §9.8: a close-delimited body is whole only when the TLS
+        stream was closed properly)."""
+        if self._handshake_done and not self.linger and not self.answer_broken:
             send_close_notify(self.socket)
         super().close()
 

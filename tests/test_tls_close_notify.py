@@ -22,6 +22,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -314,3 +315,50 @@ def test_refused_handshake_alert_reaches_a_client_that_already_sent(
         finally:
             s.close()
     assert outcomes == ["TLSV13_ALERT_CERTIFICATE_REQUIRED"] * 10
+
+
+# --- an answer that breaks off must not be vouched for ------------------------------------
+
+
+def _breaking_propfind(*args: Any) -> Any:
+    """A 207 streamed without Content-Length that fails after its first members, as a
+    folder listing does when the disk fails under it."""
+    environ, start_response = args[1], args[2]
+    if environ["REQUEST_METHOD"] != "PROPFIND":
+        return None
+    start_response("207 Multi-Status", [("Content-Type", "application/xml; charset=utf-8")])
+
+    def members() -> Iterator[bytes]:
+        yield b'<?xml version="1.0" encoding="utf-8"?>\n<D:multistatus xmlns:D="DAV:">'
+        yield b"<D:response><D:href>/files/a</D:href></D:response>" * 100
+        raise OSError(5, "Input/output error")
+
+    return members()
+
+
+@pytest.mark.parametrize("proto", ["HTTP/1.0", "HTTP/1.1"])
+def test_an_answer_that_breaks_off_ends_without_close_notify(
+    inst: Instance, monkeypatch: pytest.MonkeyPatch, proto: str
+) -> None:
+    """A close-delimited (HTTP/1.0) or chunked 207 that fails half-way: the connection ends
+    with a bare TCP close, so the client sees the truncation; a close_notify would make
+    the HTTP/1.0 half look whole. (The failure is injected in the share's PROPFIND.)"""
+    from davserver import fs
+
+    monkeypatch.setattr(fs, "fast_propfind", _breaking_propfind)
+    with running(inst) as srv:
+        s = _connect(inst, srv.port, ssl.TLSVersion.TLSv1_3)
+        s.sendall(f"PROPFIND /files/ {proto}\r\nHost: x\r\nDepth: 1\r\nAuthorization: {AUTH}\r\n"
+                  "Content-Length: 0\r\n\r\n".encode())
+        data, how = read_to_end(s)
+        assert _status(data) == 207
+        assert b"<D:response>" in data and b"</D:multistatus>" not in data
+        assert how == "no close_notify", how
+        # Twin: the next whole answer on the same server ends with close_notify again.
+        monkeypatch.undo()
+        s = _connect(inst, srv.port, ssl.TLSVersion.TLSv1_3)
+        s.sendall(f"PROPFIND /files/ {proto}\r\nHost: x\r\nDepth: 1\r\nAuthorization: {AUTH}\r\n"
+                  "Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
+        data, how = read_to_end(s)
+        assert _status(data) == 207 and data.rstrip().endswith(b"</D:multistatus>")
+        assert how == "close_notify"
