@@ -23,6 +23,7 @@ __all__ = [
     "AuthConfig",
     "Config",
     "ConfigError",
+    "EnrolmentConfig",
     "Home",
     "IdentityConfig",
     "LimitsConfig",
@@ -256,6 +257,27 @@ class PropertiesConfig:
 
 
 @dataclass(frozen=True)
+class EnrolmentConfig:
+    """Self-service enrolment: invitation links, the enrolment listener, renewal."""
+
+    enabled: bool = False
+    #: Address of the enrolment listener; parse_config fills in server.bind when unset.
+    bind: str = "127.0.0.1"
+    port: int = 8444
+    #: Base URL printed in invitations (no trailing slash); None: https://<first name in
+    #: the server certificate>:<port>, see invitations.default_base_url().
+    url: str | None = None
+    invite_seconds: float = 259200.0
+    #: Failed sign-ins on one invitation that burn it.
+    invite_max_failures: int = 5
+    #: Invitations kept in the state store at once; creating one more is refused.
+    max_open_invitations: int = 1000
+    renew_before_days: int = 30
+    #: Revoke the old certificate once its renewal has been used.
+    revoke_renewed: bool = False
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     file: Path | None  # None: standard error
 
@@ -298,6 +320,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     locks: LocksConfig = field(default_factory=LocksConfig)
     properties: PropertiesConfig = field(default_factory=PropertiesConfig)
+    enrolment: EnrolmentConfig = field(default_factory=EnrolmentConfig)
     #: Factors asked for where no share decides (the root listing, unknown paths).
     default_require: tuple[str, ...] = ("password",)
 
@@ -599,6 +622,34 @@ def _parse_properties(raw: Mapping[str, Any]) -> PropertiesConfig:
     )
 
 
+def _parse_enrolment(raw: Mapping[str, Any], server_bind: str) -> EnrolmentConfig:
+    e = _section(raw, "enrolment")
+    _check_keys(e, "enrolment", ("enabled", "bind", "port", "url", "invite_seconds", "invite_max_failures",
+                                 "max_open_invitations", "renew_before_days", "revoke_renewed"))
+    bind = server_bind if e.get("bind") is None else _str(e, "enrolment", "bind", None)
+    if bind != server_bind and bind != "localhost":
+        try:
+            ipaddress.ip_address(bind)
+        except ValueError:
+            raise ConfigError("enrolment.bind", f"{bind!r} is not an IP address",
+                              "e.g. 0.0.0.0, or leave it out to use server.bind") from None
+    url = None if e.get("url") is None else _str(e, "enrolment", "url", None).rstrip("/")
+    if url is not None and not re.fullmatch(r"https://[^\s/?#]+(/[^\s?#]*)?", url):
+        raise ConfigError("enrolment.url", f"{url!r} is not an https:// URL",
+                          "e.g. https://dav.example.org:8444, or leave it out")
+    return EnrolmentConfig(
+        enabled=_bool(e, "enrolment", "enabled", False),
+        bind=bind,
+        port=_int(e, "enrolment", "port", 8444, 0, 65535),
+        url=url,
+        invite_seconds=_float(e, "enrolment", "invite_seconds", 259200.0, 60.0),
+        invite_max_failures=_int(e, "enrolment", "invite_max_failures", 5, 1, 1000),
+        max_open_invitations=_int(e, "enrolment", "max_open_invitations", 1000, 1, 1_000_000),
+        renew_before_days=_int(e, "enrolment", "renew_before_days", 30, 0, 3650),
+        revoke_renewed=_bool(e, "enrolment", "revoke_renewed", False),
+    )
+
+
 def is_macos_clutter(name: str) -> bool:
     """AppleDouble files and Finder's folder settings."""
     return name.startswith("._") or name == ".DS_Store"
@@ -614,7 +665,7 @@ def parse_config(raw: Any, home: Home) -> Config:
         raw,
         "",
         ("server", "tls", "identity", "auth", "audit", "defaults", "totp", "throttle", "state", "limits", "locks",
-         "properties", "shares"),
+         "properties", "enrolment", "shares"),
     )
     a = _section(raw, "auth")
     _check_keys(a, "auth", ("credential_cache_seconds", "credential_cache_max_seconds", "strip_domain"))
@@ -626,9 +677,10 @@ def parse_config(raw: Any, home: Home) -> Config:
     if audit_file is not None and not isinstance(audit_file, str):
         raise ConfigError("audit.file", f"{audit_file!r} is not a path", "use a path, or - for standard error")
     default_require = _require(d.get("require", ["password"]), "defaults.require")
+    server = _parse_server(raw)
     return Config(
         home=home,
-        server=_parse_server(raw),
+        server=server,
         tls=_parse_tls(raw, home),
         identity=_parse_identity(raw, home),
         auth=AuthConfig(
@@ -645,6 +697,7 @@ def parse_config(raw: Any, home: Home) -> Config:
         limits=_parse_limits(raw),
         locks=_parse_locks(raw),
         properties=_parse_properties(raw),
+        enrolment=_parse_enrolment(raw, server.bind),
     )
 
 
