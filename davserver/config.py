@@ -149,6 +149,13 @@ class TLSConfig:
     client_ca: Path
     crl: Path | None
     min_version: str = "1.2"
+    #: Seconds between checks of the certificate and key files for a changed pair
+    #: (server_certificate.py: served without a restart).
+    reload_seconds: float = 60.0
+    #: The built-in CA re-issues its own server certificate this many days before it expires.
+    reissue_days: int = 30
+    #: Days ahead that the CA, the server certificate and the CRL are warned about.
+    expiry_warning_days: int = 60
 
 
 @dataclass(frozen=True)
@@ -452,7 +459,11 @@ def _parse_limits(raw: Mapping[str, Any]) -> LimitsConfig:
 
 def _parse_tls(raw: Mapping[str, Any], home: Home) -> TLSConfig:
     t = _section(raw, "tls")
-    _check_keys(t, "tls", ("certificate", "private_key", "client_ca", "crl", "min_version"))
+    _check_keys(
+        t, "tls",
+        ("certificate", "private_key", "client_ca", "crl", "min_version", "reload_seconds", "reissue_days",
+         "expiry_warning_days"),
+    )
     min_version = str(t.get("min_version", "1.2"))
     if min_version not in ("1.2", "1.3"):
         raise ConfigError("tls.min_version", f"{min_version!r} is not supported", "use 1.2 or 1.3")
@@ -463,6 +474,9 @@ def _parse_tls(raw: Mapping[str, Any], home: Home) -> TLSConfig:
         client_ca=home.resolve(_str(t, "tls", "client_ca", "certs/ca.crt")),
         crl=home.resolve(crl) if crl else None,
         min_version=min_version,
+        reload_seconds=_float(t, "tls", "reload_seconds", 60.0, 1.0),
+        reissue_days=_int(t, "tls", "reissue_days", 30, 0, 3650),
+        expiry_warning_days=_int(t, "tls", "expiry_warning_days", 60, 0, 3650),
     )
 
 

@@ -21,6 +21,7 @@ from .handshake import HandshakeLoop, HandshakingServer, HeaderPhase, raise_open
 from .http1 import HTTP1Options, HTTP1Request, Lingerer
 from .limits import Limits
 from .revocation import RevocationList
+from .server_certificate import ServerCertificate
 from .store import StoreUnavailable, open_store
 from .tls import CERT_ENVIRON_KEY, DeferredHandshakeAdapter, TLSConnection, create_ssl_context
 from .watchdog import Watchdog
@@ -92,6 +93,9 @@ class DavServer:
         self.bind = bind if bind is not None else config.server.bind
         self._port = port if port is not None else config.server.port
         _check_shares(config)
+        #: The server certificate and key, reloaded when they change on disk (the
+        #: enrolment listener attaches its adapter to it too).
+        self.server_certificate = ServerCertificate(config.tls)
         context = create_ssl_context(config.tls)
         try:
             accounts = AccountsWatcher(config.home.accounts_file)
@@ -134,6 +138,7 @@ class DavServer:
         http1 = HTTP1Options.from_limits(config.limits, self.audit)
         http1.attach(self._server)  # audits framing refusals
         self._server.ssl_adapter = DeferredHandshakeAdapter(context)
+        self.server_certificate.attach(self._server.ssl_adapter, create_ssl_context, context=context)
         self._server.max_request_header_size = config.limits.header_bytes
         self._server.keep_alive_conn_limit = config.server.keep_alive_limit
         self._server.shutdown_timeout = config.server.shutdown_timeout
@@ -182,10 +187,18 @@ class DavServer:
         return None if found.allowed else str(found.reason)
 
     def _maintain(self) -> None:
-        """Hourly: keep the CRL fresh. Every few seconds: hand freed memory back."""
+        """Hourly: keep the CRL fresh. Every ``tls.reload_seconds``: pick up a changed
+        server certificate. Every few seconds: hand freed memory back."""
         crl_due = 0.0
+        reload_due = time.monotonic() + self.config.tls.reload_seconds
         while True:
             now = time.monotonic()
+            if now >= reload_due:
+                reload_due = now + self.config.tls.reload_seconds
+                try:
+                    self.server_certificate.check()
+                except Exception:  # noqa: BLE001 - maintenance must never take the server down
+                    log.exception("server certificate reload failed")
             if now >= crl_due:
                 crl_due = now + 3600
                 try:
@@ -193,7 +206,7 @@ class DavServer:
                 except Exception:  # noqa: BLE001 - maintenance must never take the server down
                     log.exception("CRL maintenance failed")
             release_free_memory()
-            if self._stopping.wait(_TRIM_SECONDS):
+            if self._stopping.wait(min(_TRIM_SECONDS, self.config.tls.reload_seconds)):
                 return
 
     @property

@@ -1,0 +1,208 @@
+"""The server certificate and key, picked up from disk without a restart.
+
+An ACME client (certbot, acme.sh, lego) renews ``tls.certificate`` and
+``tls.private_key`` every few weeks, and the built-in CA re-issues its own server
+certificate (cert_lifecycle.py); every running server must serve the new pair without
+a restart. :class:`ServerCertificate` watches both files (``os.stat``: inode, size,
+mtime, ctime; nothing is read while they are unchanged), and when they change it reads
+both, checks them as one pair, builds every TLS context that serves them afresh, and
+only then switches each listener to its new context.
+
+Why new contexts rather than ``SSLContext.load_cert_chain`` on the live one:
+``load_cert_chain`` sets the certificate, then the key, on the ``SSL_CTX`` that the
+accept thread is creating connections from (CPython ``Modules/_ssl.c``
+``_ssl__SSLContext_load_cert_chain_impl`` drops the GIL around both OpenSSL calls).
+Between the two, OpenSSL has already dropped the old key, which no longer matches the
+new certificate (OpenSSL 3.0 ``ssl/ssl_rsa.c`` ``ssl_set_cert``): a handshake begun in
+that window fails, and a key that then fails to load (certbot writes the two files one
+after the other) leaves the running server with a certificate and no key. A context
+built to the side is checked whole, including the client-CA names (tls_ca_names.py),
+partial-chain verification and the options of ``create_ssl_context``, and one
+attribute assignment (atomic under the GIL) hands it to the adapter: connections
+accepted before it keep their own ``SSL_CTX`` (kept alive by their ``SSLSocket``),
+so a kept-alive connection goes on as it was; the next accepted connection gets the new
+certificate. The price: TLS session tickets are sealed with keys of their
+``SSL_CTX`` and Python cannot carry them over (``SSL_CTX_set_tlsext_ticket_keys`` is
+not exposed), so each client makes one full handshake after a reload, once per renewal.
+
+A pair that is half written, mismatched, unreadable or whose key other users may read
+is never served: the old pair stays, one warning says what is wrong, and the files are
+read again at every check until they form a good pair.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from .config import TLSConfig
+from .errors import StartupError
+from .tls import create_ssl_context
+
+__all__ = ["ContextBuilder", "ServerCertificate", "read_pair"]
+
+log = logging.getLogger("davserver.tls")
+
+#: Builds a server ``ssl.SSLContext`` from the ``tls:`` settings, reading the pair from
+#: disk (``tls.create_ssl_context``, ``tls.create_enrolment_context``); raises StartupError.
+ContextBuilder = Callable[[TLSConfig], Any]
+
+_SHA256 = hashes.SHA256()
+
+#: Per file: (st_ino, st_size, st_mtime_ns, st_ctime_ns), or None when it cannot be stat'ed.
+_Stamp = tuple[int, int, int, int] | None
+
+
+class _HasContext(Protocol):
+    context: Any
+
+
+@dataclass(frozen=True)
+class _Pair:
+    certificate_pem: bytes
+    key_pem: bytes
+    chain: list[x509.Certificate]
+
+
+def _stat(path: os.PathLike[str] | str) -> _Stamp:
+    try:
+        st = os.stat(path)  # follows symlinks: certbot's live/ links point to a new archive/ file
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _spki(public_key: Any) -> bytes:
+    return bytes(public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def read_pair(tls: TLSConfig) -> _Pair:
+    """Read ``tls.certificate`` (PEM: the leaf first, then its chain) and
+    ``tls.private_key`` (PEM, unencrypted) and check they are one pair.
+
+    Raises StartupError naming the file and what is wrong: unreadable, not (or not
+    wholly) PEM, an encrypted key, or a key that is not the certificate's.
+    """
+    try:
+        cert_pem = tls.certificate.read_bytes()
+    except OSError as exc:
+        raise StartupError(f"tls.certificate: cannot read {tls.certificate} ({exc.strerror})") from None
+    try:
+        key_pem = tls.private_key.read_bytes()
+    except OSError as exc:
+        raise StartupError(f"tls.private_key: cannot read {tls.private_key} ({exc.strerror})") from None
+    try:
+        chain = x509.load_pem_x509_certificates(cert_pem)
+    except ValueError:
+        raise StartupError(
+            f"tls.certificate: {tls.certificate} holds no complete PEM certificate (half written?)"
+        ) from None
+    if cert_pem.count(b"-----BEGIN") != len(chain):
+        raise StartupError(f"tls.certificate: {tls.certificate} ends in an incomplete PEM block (half written?)")
+    try:
+        key = serialization.load_pem_private_key(key_pem, None)
+    except TypeError:
+        raise StartupError(
+            f"tls.private_key: {tls.private_key} is encrypted; store it without a passphrase, mode 600"
+        ) from None
+    except ValueError:
+        raise StartupError(
+            f"tls.private_key: {tls.private_key} holds no complete PEM private key (half written?)"
+        ) from None
+    if _spki(key.public_key()) != _spki(chain[0].public_key()):
+        raise StartupError(
+            f"tls.private_key: {tls.private_key} is not the key of {tls.certificate} "
+            f"(serial {chain[0].serial_number:X}); install the matching pair"
+        )
+    return _Pair(cert_pem, key_pem, chain)
+
+
+class ServerCertificate:
+    """``tls.certificate`` and ``tls.private_key`` as one pair, and the TLS contexts of
+    every listener that serves them.
+
+    ``check()`` (the server's maintenance loop calls it every ``tls.reload_seconds``)
+    loads a changed pair and switches every attached listener to a context rebuilt
+    from it, all or none. Thread-safe. Constructing one reads and checks the pair:
+    raises StartupError as :func:`read_pair` does.
+    """
+
+    def __init__(self, tls: TLSConfig) -> None:
+        self.tls = tls
+        self._lock = threading.Lock()
+        self._targets: list[tuple[_HasContext, ContextBuilder]] = []
+        self._stamp = self._stamps()
+        pair = read_pair(tls)
+        self._chain = pair.chain
+        #: Reloads done since start (for tests and metrics).
+        self.reloads = 0
+        self._failing: str | None = None
+
+    def _stamps(self) -> tuple[_Stamp, _Stamp]:
+        return _stat(self.tls.certificate), _stat(self.tls.private_key)
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        """The certificate served now (the leaf)."""
+        return self._chain[0]
+
+    @property
+    def not_after(self) -> datetime:
+        """When the certificate served now expires (aware UTC)."""
+        return self.certificate.not_valid_after_utc
+
+    def attach(self, target: _HasContext, build: ContextBuilder = create_ssl_context,
+               *, context: Any = None) -> Any:
+        """Set ``target.context`` (a cheroot SSL adapter, ``tls.DeferredHandshakeAdapter``
+        or any object whose ``context`` the listener reads for each accepted socket) to
+        ``build(tls)``, or to `context` when it was just built, and again to a fresh
+        ``build(tls)`` after each reload. Returns the context set now. The enrolment
+        listener attaches its adapter with ``tls.create_enrolment_context``."""
+        ctx = context if context is not None else build(self.tls)
+        with self._lock:
+            target.context = ctx
+            self._targets.append((target, build))
+        return ctx
+
+    def check(self) -> bool:
+        """Reload the pair if either file changed (or the last attempt failed): True
+        when every attached listener now serves a new pair, False when nothing changed
+        or the new files are not a good pair (the old one is still served; a warning
+        names the problem once, until it changes)."""
+        with self._lock:
+            stamp = self._stamps()
+            if stamp == self._stamp and self._failing is None:
+                return False
+            try:
+                pair = read_pair(self.tls)
+                contexts = [build(self.tls) for _, build in self._targets]
+                if read_pair(self.tls).certificate_pem != pair.certificate_pem or self._stamps() != stamp:
+                    raise StartupError(
+                        f"tls.certificate: {self.tls.certificate} changed while it was loaded; trying again"
+                    )
+            except StartupError as exc:
+                message = str(exc)
+                if message != self._failing:
+                    log.warning("the server certificate was not reloaded, the old one is still served: %s", message)
+                self._failing = message
+                return False
+            for (target, _), ctx in zip(self._targets, contexts, strict=True):
+                target.context = ctx
+            old = self.certificate
+            self._chain, self._stamp, self._failing = pair.chain, stamp, None
+            self.reloads += 1
+        if old.fingerprint(_SHA256) != pair.chain[0].fingerprint(_SHA256):
+            log.info(
+                "server certificate reloaded from %s: serial %X, valid until %s",
+                self.tls.certificate, pair.chain[0].serial_number,
+                pair.chain[0].not_valid_after_utc.strftime("%Y-%m-%d %H:%M UTC"),
+            )
+        return True
