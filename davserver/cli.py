@@ -152,7 +152,8 @@ def _cert_json(c: IssuedCert) -> dict[str, Any]:
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
               help="Path prefix: writes PREFIX.p12, PREFIX.crt, PREFIX.key [default: certs/clients/ACCOUNT].")
 @click.option("--p12-password-stdin", is_flag=True, help="Read the PKCS#12 password from standard input.")
-@click.option("--legacy-p12", is_flag=True, help="3DES/SHA-1 PKCS#12 for older macOS and Windows importers.")
+@click.option("--legacy-p12", is_flag=True,
+              help="3DES/SHA-1 PKCS#12 for Android 13 and older, iOS and older macOS and Windows importers.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 @_handled
