@@ -34,7 +34,10 @@ from .errors import StartupError
 from .tls_ca_names import CANamesUnavailable, send_client_ca_names
 from .watchdog import Watchdog, set_current_connection
 
-__all__ = ["CERT_ENVIRON_KEY", "DeferredHandshakeAdapter", "TLSConnection", "create_ssl_context", "send_close_notify"]
+__all__ = [
+    "CERT_ENVIRON_KEY", "DeferredHandshakeAdapter", "TLSConnection", "create_enrolment_context", "create_ssl_context",
+    "send_close_notify",
+]
 
 log = logging.getLogger("davserver.tls")
 
@@ -61,13 +64,11 @@ def _check_key_mode(path: Path) -> None:
         )
 
 
-def create_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
-    """A server context that demands a client certificate from the configured CA bundle,
-    and names that bundle's CAs in its CertificateRequest (tls_ca_names.py; without
-    them, a warning is logged and the context works as before)."""
+def _server_context(tls: TLSConfig) -> ssl.SSLContext:
+    """The server side both listeners share: protocol floor, suites, options, and the
+    server certificate and key (checked readable, the key not readable by others)."""
     _readable(tls.certificate, "server certificate", "certificate")
     _readable(tls.private_key, "private key", "private_key")
-    _readable(tls.client_ca, "client CA bundle", "client_ca")
     _check_key_mode(tls.private_key)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
@@ -78,13 +79,36 @@ def create_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
     # close_notify of ours could follow (send_close_notify). Request bodies are framed
     # (Content-Length, chunked): a cut-off one is still told from a whole one.
     ctx.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
-    ctx.verify_mode = ssl.CERT_REQUIRED
     try:
         ctx.load_cert_chain(str(tls.certificate), str(tls.private_key))
     except ssl.SSLError as exc:
         raise StartupError(
             f"tls.certificate: {tls.certificate} and {tls.private_key} do not form a usable pair ({exc.reason})"
         ) from None
+    return ctx
+
+
+def create_enrolment_context(tls: TLSConfig) -> ssl.SSLContext:
+    """The enrolment listener's context (enrolment_listener.py): the main listener's
+    server certificate, protocol floor and suites, and **no** certificate request
+    (``CERT_NONE``): its visitors have no client certificate yet, and a request for one
+    would make browsers that hold another certificate ask the user to pick one.
+    Called again to pick up a replaced server certificate (the listener's
+    ``reload_context``). Raises StartupError as `create_ssl_context` does."""
+    ctx = _server_context(tls)
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def create_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
+    """A server context that demands a client certificate from the configured CA bundle,
+    and names that bundle's CAs in its CertificateRequest (tls_ca_names.py; without
+    them, a warning is logged and the context works as before)."""
+    _readable(tls.certificate, "server certificate", "certificate")
+    _readable(tls.private_key, "private key", "private_key")
+    _readable(tls.client_ca, "client CA bundle", "client_ca")
+    ctx = _server_context(tls)
+    ctx.verify_mode = ssl.CERT_REQUIRED
     try:
         ctx.load_verify_locations(cafile=str(tls.client_ca))
     except ssl.SSLError as exc:
