@@ -22,16 +22,18 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
-    "CertificateAuthority", "IssuedCert", "PKIError", "RevokedSerials", "certificate_fingerprint",
+    "CertificateAuthority", "ClientPublicKey", "IssuedCert", "PKIError", "RevokedSerials", "certificate_fingerprint",
     "fingerprint_der", "load_crl_serials", "serial_hex",
 ]
 
 _SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+#: Public keys a client certificate may carry (the CSR path checks sizes and curves first).
+ClientPublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
 
 _SKEW = timedelta(minutes=5)  # back-date notBefore/lastUpdate so slightly slow clocks still accept
 _ACCOUNT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
@@ -186,19 +188,21 @@ def _cn(name: str) -> x509.Name:
 
 
 def _builder(
-    subject: x509.Name, issuer: x509.Name, key: _SigningKey, not_before: datetime,
+    subject: x509.Name, issuer: x509.Name, key: _SigningKey | ClientPublicKey, not_before: datetime,
     not_after: datetime,
 ) -> x509.CertificateBuilder:
-    """Fields every certificate here shares: random serial, validity, SubjectKeyIdentifier."""
+    """Fields every certificate here shares: random serial, validity, SubjectKeyIdentifier.
+    ``key``: the subject's key pair, or only its public key (a CSR's)."""
+    public = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) else key
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer)
-        .public_key(key.public_key())
+        .public_key(public)
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
     )
 
 
@@ -309,7 +313,7 @@ class CertificateAuthority:
 
     @staticmethod
     def _leaf_builder(
-        ca: x509.Certificate, ca_key: _SigningKey, subject: str, key: _SigningKey,
+        ca: x509.Certificate, ca_key: _SigningKey, subject: str, key: _SigningKey | ClientPublicKey,
         not_before: datetime, not_after: datetime,
     ) -> x509.CertificateBuilder:
         """Common part of server and client certificates; a leaf never outlives its CA."""
@@ -345,11 +349,14 @@ class CertificateAuthority:
         _atomic_write(self.server_key_path, _key_pem(key), 0o600)
         _atomic_write(self.server_cert_path, _cert_pem(cert))
 
-    def issue_client_cert(
-        self, account: str, *, out_prefix: Path, p12_password: bytes, days: int = 365,
-        email: str | None = None, legacy_p12: bool = False, now: datetime | None = None,
-    ) -> IssuedCert:
-        """Issue a client cert and export PREFIX.p12 / .crt / .key; record it in issued/."""
+    def sign_client(
+        self, account: str, public_key: ClientPublicKey, *, days: int = 365, email: str | None = None,
+        now: datetime | None = None,
+    ) -> tuple[x509.Certificate, IssuedCert]:
+        """Sign a client certificate for ``public_key`` and record it in issued/ (so it can be
+        revoked); subject CN = account, EKU clientAuth, optional SAN e-mail: what ``cert issue``
+        makes. Touches no key file: the caller holds the private key, or never sees it (a CSR).
+        Raises PKIError for an invalid account name, days outside 1..3650 or a bad e-mail."""
         if not _ACCOUNT_RE.fullmatch(account):
             raise PKIError(
                 f"invalid account name {account!r}: use 1-64 characters from A-Z a-z 0-9 . _ @ -, "
@@ -357,15 +364,12 @@ class CertificateAuthority:
             )
         if not 1 <= days <= 3650:
             raise PKIError(f"days must be 1..3650, got {days}")
-        if not p12_password:
-            raise PKIError("the PKCS#12 password must not be empty; choose a password")
         if email is not None and not (email.isascii() and _EMAIL_RE.fullmatch(email)):
             raise PKIError(f"invalid e-mail address {email!r}; use an ASCII address like a@b.org")
         ca, ca_key = self._load_ca()
         now = _utc(now)
-        key = ec.generate_private_key(ec.SECP256R1())
         builder = (
-            self._leaf_builder(ca, ca_key, account, key, now - _SKEW, now + timedelta(days=days))
+            self._leaf_builder(ca, ca_key, account, public_key, now - _SKEW, now + timedelta(days=days))
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .add_extension(_key_usage(), critical=True)
         )
@@ -374,13 +378,62 @@ class CertificateAuthority:
                 x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False
             )
         cert = builder.sign(ca_key, hashes.SHA256())
+        # Inventory first: every certificate that leaves this class can later be revoked.
+        _atomic_write(self.issued_dir / f"{serial_hex(cert.serial_number)}.crt", _cert_pem(cert))
+        return cert, _describe(cert, "valid", {})
 
+    def client_identity(
+        self, account: str, *, days: int = 365, email: str | None = None, now: datetime | None = None,
+    ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate, IssuedCert]:
+        """A fresh P-256 key and its signed, recorded client certificate (see sign_client); the
+        key is returned only, never written."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert, issued = self.sign_client(account, key.public_key(), days=days, email=email, now=now)
+        return key, cert, issued
+
+    def client_p12(
+        self, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, cert: x509.Certificate, password: bytes,
+        *, legacy: bool = False,
+    ) -> bytes:
+        """PKCS#12 bytes with key, certificate and this CA (friendly name: the CN), as ``cert issue``
+        writes them: AES-256-CBC/PBKDF2-SHA256 with a SHA-256 MAC, or with ``legacy`` 3DES for key
+        and certificate bags and a SHA-1 MAC. Raises PKIError for an empty password."""
+        ca, _ = self._load_ca()
+        cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        return _p12_bytes(str(cns[0].value) if cns else "", key, cert, ca, password, legacy)
+
+    def get_issued(self, serial: str, *, now: datetime | None = None) -> IssuedCert:
+        """The inventory entry of ``serial`` (hex, pasted in any usual form); PKIError when unknown."""
+        wanted = _parse_serial(serial)
+        for item in self.list_issued(now=now):
+            if item.serial == wanted:
+                return item
+        raise PKIError(
+            f"no issued certificate with serial {wanted}; see `davserver cert list` for serials"
+        )
+
+    def list_expiring(self, days: float, *, now: datetime | None = None) -> list[IssuedCert]:
+        """Valid (not revoked, not yet expired) certificates whose notAfter falls within ``days``
+        days of ``now``, soonest first."""
+        now = _utc(now)
+        limit = now + timedelta(days=days)
+        items = [c for c in self.list_issued(now=now) if c.status == "valid" and c.not_after <= limit]
+        return sorted(items, key=lambda c: (c.not_after, c.serial))
+
+    def issue_client_cert(
+        self, account: str, *, out_prefix: Path, p12_password: bytes, days: int = 365,
+        email: str | None = None, legacy_p12: bool = False, now: datetime | None = None,
+    ) -> IssuedCert:
+        """Issue a client cert and export PREFIX.p12 / .crt / .key; record it in issued/."""
+        if not p12_password:
+            raise PKIError("the PKCS#12 password must not be empty; choose a password")
+        ca, _ = self._load_ca()
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert, _issued = self.sign_client(account, key.public_key(), days=days, email=email, now=now)
         p12 = _p12_bytes(account, key, cert, ca, p12_password, legacy_p12)
         prefix = Path(out_prefix)
         paths = {e: str(prefix.with_name(f"{prefix.name}.{e}")) for e in ("p12", "crt", "key")}
         prefix.parent.mkdir(parents=True, exist_ok=True)
-        # Inventory first: every certificate that leaves this function can later be revoked.
-        _atomic_write(self.issued_dir / f"{serial_hex(cert.serial_number)}.crt", _cert_pem(cert))
         _atomic_write(Path(paths["key"]), _key_pem(key), 0o600)
         _atomic_write(Path(paths["p12"]), p12, 0o600)
         _atomic_write(Path(paths["crt"]), _cert_pem(cert))

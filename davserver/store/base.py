@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Grant", "StateStore", "StoreUnavailable"]
+__all__ = ["Grant", "InvitationRecord", "StateStore", "StoreUnavailable"]
 
 
 class StoreUnavailable(Exception):
@@ -31,6 +31,27 @@ class Grant:
 
     def valid(self, now: float) -> bool:
         return now < self.idle_until and now < self.expires
+
+
+@dataclass(frozen=True)
+class InvitationRecord:
+    """An enrolment invitation as stored: keyed by the SHA-256 of its token (hex), never the token.
+
+    ``state`` is ``open``, ``spent``, ``burned`` (too many failed sign-ins) or ``revoked``; an
+    ``open`` record whose ``expires`` has passed is expired. Closed and expired records are kept
+    until ``keep_until`` so a late visitor is told the link is gone rather than unknown.
+    """
+
+    digest: str
+    account: str
+    created: float
+    expires: float
+    keep_until: float
+    failures: int = 0
+    state: str = "open"
+
+    def is_open(self, now: float) -> bool:
+        return self.state == "open" and now < self.expires
 
 
 class StateStore(Protocol):
@@ -65,6 +86,27 @@ class StateStore(Protocol):
     def clear_lockout(self, key: str) -> int:
         """Remove the lockout, counters and lockout records of exactly `key`; returns 1 when a
         lockout still in the store was removed, else 0."""
+
+    # enrolment invitations (davserver/invitations.py)
+    def add_invitation(self, record: InvitationRecord, now: float, limit: int) -> bool:
+        """Store `record` unless `limit` records are kept and all of them are open. Atomic: first
+        drops records past keep_until, then, to make room, closed and expired records (soonest
+        expiry first). False, storing nothing, when `limit` open invitations remain."""
+
+    def get_invitation(self, digest: str) -> InvitationRecord | None: ...
+
+    def fail_invitation(self, digest: str, now: float, max_failures: int) -> int:
+        """Count a failed sign-in on an open invitation; the one reaching `max_failures` makes it
+        ``burned``. Returns the failures after this one, 0 when it is unknown or not open. Atomic."""
+
+    def spend_invitation(self, digest: str, now: float) -> bool:
+        """Turn an open invitation into ``spent``; True for exactly one of racing callers. Atomic."""
+
+    def open_invitations(self, now: float) -> list[InvitationRecord]:
+        """Open invitations, soonest expiry first."""
+
+    def revoke_invitations(self, account: str, now: float) -> int:
+        """Turn the account's open invitations into ``revoked``; returns how many."""
 
     def ping(self) -> None:
         """Raise StoreUnavailable when the backend cannot be reached."""

@@ -22,7 +22,7 @@ from typing import Any
 
 import redis as redis_lib
 
-from .base import Grant, StoreUnavailable
+from .base import Grant, InvitationRecord, StoreUnavailable
 
 __all__ = ["RedisStore"]
 
@@ -83,6 +83,69 @@ redis.call('EXPIRE', KEYS[1], math.ceil(window) + 60)
 return redis.call('ZCARD', KEYS[1])
 """
 
+# Enrolment invitations: a hash per invitation (KEY_PREFIX .. digest, TTL: keep_until) and an
+# index zset (digest by expiry) that bounds how many are kept.
+# KEYS[1] = index, KEYS[2] = the new hash; ARGV = now, limit, digest, account, created, expires,
+# keep_until, ttl ms, key prefix of the hashes.
+_ADD_INVITATION = """
+local now = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local pre = ARGV[9]
+local kept, closed = 0, {}
+for _, d in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local v = redis.call('HMGET', pre .. d, 'state', 'expires')
+  if not v[1] then
+    redis.call('ZREM', KEYS[1], d)
+  else
+    kept = kept + 1
+    if v[1] ~= 'open' or tonumber(v[2]) <= now then table.insert(closed, d) end
+  end
+end
+local i = 1
+while kept >= limit and i <= #closed do
+  redis.call('DEL', pre .. closed[i])
+  redis.call('ZREM', KEYS[1], closed[i])
+  kept = kept - 1
+  i = i + 1
+end
+if kept >= limit then return 0 end
+redis.call('HSET', KEYS[2], 'account', ARGV[4], 'created', ARGV[5], 'expires', ARGV[6],
+           'keep_until', ARGV[7], 'failures', 0, 'state', 'open')
+redis.call('PEXPIRE', KEYS[2], ARGV[8])
+redis.call('ZADD', KEYS[1], ARGV[6], ARGV[3])
+return 1
+"""
+
+# KEYS[1] = invitation hash; ARGV = now, max failures. Count a failure on an open invitation.
+_FAIL_INVITATION = """
+local v = redis.call('HMGET', KEYS[1], 'state', 'expires')
+if v[1] ~= 'open' or tonumber(v[2]) <= tonumber(ARGV[1]) then return 0 end
+local n = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+if n >= tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'state', 'burned') end
+return n
+"""
+
+# KEYS[1] = invitation hash; ARGV = now. Open -> spent, once.
+_SPEND_INVITATION = """
+local v = redis.call('HMGET', KEYS[1], 'state', 'expires')
+if v[1] ~= 'open' or tonumber(v[2]) <= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'spent')
+return 1
+"""
+
+# KEYS[1] = index; ARGV = now, account, key prefix of the hashes. Open -> revoked.
+_REVOKE_INVITATIONS = """
+local n = 0
+for _, d in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')) do
+  local v = redis.call('HMGET', ARGV[3] .. d, 'state', 'account')
+  if v[1] == 'open' and v[2] == ARGV[2] then
+    redis.call('HSET', ARGV[3] .. d, 'state', 'revoked')
+    n = n + 1
+  end
+end
+return n
+"""
+
 _GLOB_SPECIALS = frozenset("*?[]\\")
 
 
@@ -101,6 +164,10 @@ class RedisStore:
         self._touch_grant = self._r.register_script(_TOUCH_GRANT)
         self._note_lockout = self._r.register_script(_NOTE_LOCKOUT)
         self._set_lock = self._r.register_script(_SET_LOCK)
+        self._add_invitation = self._r.register_script(_ADD_INVITATION)
+        self._fail_invitation = self._r.register_script(_FAIL_INVITATION)
+        self._spend_invitation = self._r.register_script(_SPEND_INVITATION)
+        self._revoke_invitations = self._r.register_script(_REVOKE_INVITATIONS)
 
     @property
     def client(self) -> redis_lib.Redis:
@@ -199,5 +266,47 @@ class RedisStore:
         self._call(self._r.delete, self._k("fail", key), self._k("lockouts", key))
         return n
 
+    # --- enrolment invitations -----------------------------------------------------------
+
+    def add_invitation(self, record: InvitationRecord, now: float, limit: int) -> bool:
+        ttl_ms = max(1000, math.ceil((record.keep_until - now) * 1000))
+        args = [repr(now), limit, record.digest, record.account, repr(record.created), repr(record.expires),
+                repr(record.keep_until), ttl_ms, self._k("inv", "")]
+        keys = [self._k("invs"), self._k("inv", record.digest)]
+        return bool(self._call(self._add_invitation, keys=keys, args=args))
+
+    def get_invitation(self, digest: str) -> InvitationRecord | None:
+        raw = self._call(self._r.hgetall, self._k("inv", digest))
+        return _invitation(digest, raw) if raw else None
+
+    def fail_invitation(self, digest: str, now: float, max_failures: int) -> int:
+        return int(self._call(self._fail_invitation, keys=[self._k("inv", digest)], args=[repr(now), max_failures]))
+
+    def spend_invitation(self, digest: str, now: float) -> bool:
+        return bool(self._call(self._spend_invitation, keys=[self._k("inv", digest)], args=[repr(now)]))
+
+    def open_invitations(self, now: float) -> list[InvitationRecord]:
+        digests = [d.decode() for d in self._call(self._r.zrangebyscore, self._k("invs"), f"({now!r}", "+inf")]
+        out = []
+        for digest in digests:
+            record = self.get_invitation(digest)
+            if record is not None and record.is_open(now):
+                out.append(record)
+        return sorted(out, key=lambda r: (r.expires, r.created))
+
+    def revoke_invitations(self, account: str, now: float) -> int:
+        args = [repr(now), account, self._k("inv", "")]
+        return int(self._call(self._revoke_invitations, keys=[self._k("invs")], args=args))
+
     def close(self) -> None:
         self._r.close()
+
+
+def _invitation(digest: str, raw: dict[bytes, bytes]) -> InvitationRecord:
+    def f(name: str) -> str:
+        return raw[name.encode()].decode()
+
+    return InvitationRecord(
+        digest=digest, account=f("account"), created=float(f("created")), expires=float(f("expires")),
+        keep_until=float(f("keep_until")), failures=int(f("failures")), state=f("state"),
+    )

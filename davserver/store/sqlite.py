@@ -11,7 +11,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from .base import Grant
+from .base import Grant, InvitationRecord
 
 __all__ = ["SQLiteStore"]
 
@@ -25,7 +25,12 @@ CREATE TABLE IF NOT EXISTS failures (key TEXT PRIMARY KEY, count INTEGER NOT NUL
 CREATE TABLE IF NOT EXISTS locks (key TEXT PRIMARY KEY, until REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS lockout_accounts (
     address TEXT NOT NULL, account TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (address, account));
+CREATE TABLE IF NOT EXISTS invitations (
+    digest TEXT PRIMARY KEY, account TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL,
+    keep_until REAL NOT NULL, failures INTEGER NOT NULL, state TEXT NOT NULL);
 """
+
+_INVITATION_COLUMNS = "digest, account, created, expires, keep_until, failures, state"
 
 
 class SQLiteStore:
@@ -169,6 +174,63 @@ class SQLiteStore:
             db.execute("DELETE FROM failures WHERE key = ?", (key,))
             db.execute("DELETE FROM lockout_accounts WHERE address = ?", (key,))
         return n
+
+    # --- enrolment invitations -----------------------------------------------------------
+
+    def add_invitation(self, record: InvitationRecord, now: float, limit: int) -> bool:
+        with self._tx() as db:
+            db.execute("DELETE FROM invitations WHERE keep_until <= ?", (now,))
+            (kept,) = db.execute("SELECT COUNT(*) FROM invitations").fetchone()
+            if kept >= limit:  # make room: closed and expired records, soonest expiry first
+                db.execute(
+                    "DELETE FROM invitations WHERE digest IN (SELECT digest FROM invitations "
+                    "WHERE state != 'open' OR expires <= ? ORDER BY expires LIMIT ?)",
+                    (now, kept - limit + 1),
+                )
+                (kept,) = db.execute("SELECT COUNT(*) FROM invitations").fetchone()
+                if kept >= limit:
+                    return False
+            db.execute(
+                f"INSERT INTO invitations ({_INVITATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                (record.digest, record.account, record.created, record.expires, record.keep_until,
+                 record.failures, record.state),
+            )
+        return True
+
+    def get_invitation(self, digest: str) -> InvitationRecord | None:
+        row = self._db().execute(
+            f"SELECT {_INVITATION_COLUMNS} FROM invitations WHERE digest = ?", (digest,)  # noqa: S608
+        ).fetchone()
+        return InvitationRecord(*row) if row else None
+
+    def fail_invitation(self, digest: str, now: float, max_failures: int) -> int:
+        row = self._db().execute(
+            "UPDATE invitations SET failures = failures + 1, "
+            "state = CASE WHEN failures + 1 >= ? THEN 'burned' ELSE state END "
+            "WHERE digest = ? AND state = 'open' AND expires > ? RETURNING failures",
+            (max_failures, digest, now),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def spend_invitation(self, digest: str, now: float) -> bool:
+        cur = self._db().execute(
+            "UPDATE invitations SET state = 'spent' WHERE digest = ? AND state = 'open' AND expires > ?",
+            (digest, now),
+        )
+        return cur.rowcount == 1
+
+    def open_invitations(self, now: float) -> list[InvitationRecord]:
+        rows = self._db().execute(
+            f"SELECT {_INVITATION_COLUMNS} FROM invitations "  # noqa: S608
+            "WHERE state = 'open' AND expires > ? ORDER BY expires, created", (now,)
+        ).fetchall()
+        return [InvitationRecord(*row) for row in rows]
+
+    def revoke_invitations(self, account: str, now: float) -> int:
+        return self._db().execute(
+            "UPDATE invitations SET state = 'revoked' WHERE account = ? AND state = 'open' AND expires > ?",
+            (account, now),
+        ).rowcount
 
     def ping(self) -> None:
         self._db().execute("SELECT 1")
