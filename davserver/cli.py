@@ -10,13 +10,14 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import segno
@@ -28,6 +29,8 @@ from .auth.lockout import account_prefix, address_key, canonical_address
 from .auth.passwords import hash_password
 from .config import ConfigError, Home, load_config
 from .errors import StartupError
+from .invitations import InvitationError, Invitations, default_base_url
+from .issuance import IssuanceError
 from .pki import CertificateAuthority, IssuedCert, PKIError, load_crl_serials
 from .stepup import PREFIX as STEPUP_PREFIX
 from .store import StateStore, open_store
@@ -43,7 +46,7 @@ class _Ctx:
         self.home = Home(home.resolve())
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
 
@@ -55,8 +58,10 @@ def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, StartupError, PKIError) as exc:
+        except (ConfigError, StartupError, PKIError, IssuanceError, InvitationError) as exc:
             _fail(str(exc))
+        except StoreUnavailable as exc:
+            _fail(f"{exc} (check state.url in the configuration, or start the store)")
         except PermissionError as exc:
             _fail(f"permission denied: {exc.filename}")
 
@@ -219,18 +224,232 @@ def cert_crl(ctx: click.Context, days: int) -> None:
 
 
 @cert.command("list")
+@click.option("--expiring", "expiring", type=click.IntRange(0, 36500), metavar="DAYS",
+              help="Only valid certificates that expire within DAYS days, soonest first.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @_handled
-def cert_list(ctx: click.Context, as_json: bool) -> None:
+def cert_list(ctx: click.Context, expiring: int | None, as_json: bool) -> None:
     """List issued client certificates with their status."""
-    items = CertificateAuthority(_home(ctx).certs_dir).list_issued()
+    ca = CertificateAuthority(_home(ctx).certs_dir)
+    items = ca.list_issued() if expiring is None else ca.list_expiring(expiring)
     if as_json:
         click.echo(json.dumps([_cert_json(c) for c in items], indent=2))
         return
     click.echo(f"{'SERIAL':34} {'ACCOUNT':16} {'STATUS':8} {'NOT AFTER':21} FINGERPRINT")
     for c in items:
         click.echo(f"{c.serial:34} {c.account:16} {c.status:8} {_iso(c.not_after):21} {c.fingerprint[:16]}…")
+
+
+# --- enrolment ----------------------------------------------------------------------
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_MIN_INVITE_SECONDS = 60
+_MAX_INVITE_SECONDS = 365 * 86400
+
+
+def _duration(text: str) -> float:
+    """``90`` (seconds), ``45m``, ``72h``, ``3d``, ``1w``, or a sum such as ``1d12h``."""
+    cleaned = text.strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", cleaned):
+        return float(cleaned)
+    parts = _DURATION_RE.findall(cleaned)
+    if not cleaned or "".join(n + u for n, u in parts) != cleaned:
+        raise ValueError(text)
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+def _enrolment_account(home: Home, account: str) -> None:
+    """Refuse (exit 2, one line) an invitation nobody could use."""
+    config = load_config(home)
+    if not config.enrolment.enabled:
+        _fail(f"enrolment is disabled: set enrolment.enabled: true in {home.config_file} and restart the server")
+    accounts = load_accounts(home.accounts_file)
+    if account not in accounts:
+        _fail(f"no account {account!r}: create it first with `davserver user add {account}`")
+    if not accounts[account].enabled:
+        _fail(f"account {account!r} is disabled: enable it first with `davserver user enable {account}`")
+    if accounts[account].password_hash is None:
+        _fail(f"account {account!r} has no password to sign in with: set one with `davserver user passwd {account}`")
+
+
+def _invitations(home: Home, *, with_url: bool = False) -> tuple[Invitations, StateStore]:
+    """The instance's invitations and the store to close; ``with_url`` works out the link's base
+    (enrolment.url, else the server certificate's name) before anything is stored."""
+    config = load_config(home)
+    base = default_base_url(config) if with_url else None
+    store = _store(home)
+    return Invitations(store, config.enrolment, base_url=base), store
+
+
+@cert.command("invite")
+@click.argument("account")
+@click.option("--valid-for", "valid_for", metavar="DURATION",
+              help="How long the link works: 90 (seconds), 45m, 72h, 3d, 1w, 1d12h "
+                   "[default: enrolment.invite_seconds].")
+@click.option("--revoke", is_flag=True, help="Withdraw every open invitation of ACCOUNT instead.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+@_handled
+def cert_invite(ctx: click.Context, account: str, valid_for: str | None, revoke: bool, as_json: bool) -> None:
+    """Make a one-time enrolment link for ACCOUNT (shown as a QR code), or --revoke its links.
+
+    Whoever opens the link signs in with the account's password (and TOTP code) and
+    receives a certificate bound to the account, as `davserver cert issue` makes it.
+    """
+    home = _home(ctx)
+    if revoke:
+        if valid_for is not None:
+            _fail("--valid-for makes a link; --revoke withdraws them: give one of the two")
+        invitations, store = _invitations(home)
+        try:
+            n = invitations.revoke(account)
+        finally:
+            store.close()
+        click.echo(json.dumps({"account": account, "revoked": n}, indent=2) if as_json
+                   else f"{n} invitation{'s' if n != 1 else ''} of {account} withdrawn")
+        return
+    seconds: float | None = None
+    if valid_for is not None:
+        try:
+            seconds = _duration(valid_for)
+        except ValueError:
+            _fail(f"--valid-for: {valid_for!r} is not a duration (e.g. 90, 45m, 72h, 3d, 1w)")
+        if not _MIN_INVITE_SECONDS <= seconds <= _MAX_INVITE_SECONDS:
+            _fail(f"--valid-for: {valid_for!r} is not between 1 minute and 365 days")
+    _enrolment_account(home, account)
+    invitations, store = _invitations(home, with_url=True)
+    try:
+        token, invitation = invitations.create(account, valid_for=seconds)
+    finally:
+        store.close()
+    url = invitations.url(token)
+    if as_json:
+        click.echo(json.dumps({"account": account, "url": url, "expires": _iso(invitation.expires)}, indent=2))
+        return
+    qr = io.StringIO()
+    segno.make(url, error="m").terminal(out=qr, compact=True)
+    click.echo(qr.getvalue())
+    click.echo(f"Enrolment link for {account} (works once, until {_iso(invitation.expires)}):")
+    click.echo(f"  {url}")
+    click.echo("Send it to the user; the page asks for the account's password (and TOTP code).")
+
+
+@cert.command("invites")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+@_handled
+def cert_invites(ctx: click.Context, as_json: bool) -> None:
+    """List open enrolment invitations (never their links: those are shown once)."""
+    invitations, store = _invitations(_home(ctx))
+    try:
+        items = invitations.open()
+    finally:
+        store.close()
+    rows = [{"account": i.account, "created": _iso(i.created), "expires": _iso(i.expires), "failures": i.failures}
+            for i in items]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'ACCOUNT':20} {'CREATED':21} {'EXPIRES':21} FAILURES")
+    for r in rows:
+        click.echo(f"{r['account']:20} {r['created']:21} {r['expires']:21} {r['failures']}")
+
+
+def _write_delivery(prefix: Path, files: dict[str, tuple[bytes, int]]) -> dict[str, str]:
+    from .accounts import write_atomic
+
+    paths: dict[str, str] = {}
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    for ext, (data, mode) in files.items():
+        path = prefix.with_name(f"{prefix.name}.{ext}")
+        write_atomic(path, data, mode)
+        paths[ext] = str(path)
+    return paths
+
+
+@cert.command("renew")
+@click.argument("serial")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Path prefix: writes PREFIX.p12 and PREFIX.crt [default: certs/clients/ACCOUNT-N].")
+@click.option("--p12-password-stdin", is_flag=True, help="Read the PKCS#12 password from standard input.")
+@click.option("--legacy-p12", is_flag=True,
+              help="3DES/SHA-1 PKCS#12: for Android 13 and older, iOS, older macOS and Windows importers.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+@_handled
+def cert_renew(ctx: click.Context, serial: str, out: Path | None, p12_password_stdin: bool, legacy_p12: bool,
+               as_json: bool) -> None:
+    """Issue a new certificate for the account of certificate SERIAL and bind it; the old one
+    stays valid until it expires (revoke it with `davserver cert revoke SERIAL`)."""
+    from .issuance import renew
+
+    home = _home(ctx)
+    old = CertificateAuthority(home.certs_dir).get_issued(serial)
+    if old.status == "revoked":
+        _fail(f"certificate {old.serial} is revoked: issue a new one with `davserver cert issue {old.account}`")
+    if old.account not in load_accounts(home.accounts_file):
+        _fail(f"no account {old.account!r} any more: create it with `davserver user add {old.account}`")
+    generated = not p12_password_stdin
+    password = instance.generate_password() if generated else _read_secret_stdin("PKCS#12 password")
+    prefix = out if out is not None else instance.next_client_prefix(home, old.account)
+    delivery = renew(home, old.serial, p12_password=password)
+    p12 = delivery.legacy_p12 if legacy_p12 else delivery.p12
+    assert p12 is not None
+    paths = _write_delivery(prefix, {"p12": (p12, 0o600), "crt": (delivery.certificate_pem, 0o644)})
+    issued = delivery.issued
+    if as_json:
+        data = {**_cert_json(issued), "renews": old.serial, "paths": paths}
+        if generated:
+            data["p12_password"] = password
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"renewed {old.serial} as {issued.serial} for {issued.account}, valid until {_iso(issued.not_after)}")
+    click.echo(f"  fingerprint: {issued.fingerprint}")
+    for kind, path in paths.items():
+        click.echo(f"  {kind:4} {path}")
+    if generated:
+        click.echo(f"  PKCS#12 password (shown once): {password}")
+    click.echo(f"  {old.serial} stays valid until {_iso(old.not_after)}")
+
+
+@cert.command("sign")
+@click.argument("account")
+@click.option("--csr", "csr", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="PEM certificate signing request (the key stays where it was made).")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Path prefix: writes PREFIX.crt [default: certs/clients/ACCOUNT-N].")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+@_handled
+def cert_sign(ctx: click.Context, account: str, csr: Path, out: Path | None, as_json: bool) -> None:
+    """Sign a CSR for ACCOUNT and bind the certificate: subject and extensions are those of
+    `davserver cert issue` (what the CSR asks for is ignored); its key must be RSA >= 2048
+    bits, EC P-256/384/521 or Ed25519."""
+    from .issuance import check_csr, deliver
+
+    home = _home(ctx)
+    if account not in load_accounts(home.accounts_file):
+        _fail(f"no account {account!r}: create it first with `davserver user add {account}`")
+    try:
+        csr_pem = csr.read_bytes()
+    except OSError as exc:
+        _fail(f"--csr: cannot read {csr}: {exc.strerror}")
+    try:
+        check_csr(csr_pem)
+    except IssuanceError as exc:
+        _fail(f"--csr {csr}: {exc}")
+    prefix = out if out is not None else instance.next_client_prefix(home, account)
+    delivery = deliver(home, account, csr_pem=csr_pem)
+    paths = _write_delivery(prefix, {"crt": (delivery.certificate_pem, 0o644)})
+    issued = delivery.issued
+    if as_json:
+        click.echo(json.dumps({**_cert_json(issued), "paths": paths}, indent=2))
+        return
+    click.echo(f"signed certificate {issued.serial} for {account}, valid until {_iso(issued.not_after)}")
+    click.echo(f"  fingerprint: {issued.fingerprint}")
+    click.echo(f"  crt  {paths['crt']}")
 
 
 # --- users -----------------------------------------------------------------------
