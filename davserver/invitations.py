@@ -142,11 +142,11 @@ class Invitations:
             )
         return token, _public(record)
 
-    def _record(self, token: str) -> InvitationRecord:
+    def _record(self, token: str, now: float) -> InvitationRecord:
         if not isinstance(token, str) or not _TOKEN_RE.fullmatch(token):
             raise UnknownInvitation("no such invitation")
         record = self.store.get_invitation(token_digest(token))
-        if record is None:
+        if record is None or now >= record.keep_until:  # Redis drops it by its own clock
             raise UnknownInvitation("no such invitation")
         return record
 
@@ -157,7 +157,7 @@ class Invitations:
     def peek(self, token: str, *, now: float | None = None) -> Invitation:
         """The open invitation of `token`; raises UnknownInvitation or InvitationGone."""
         now = time.time() if now is None else now
-        record = self._record(token)
+        record = self._record(token, now)
         if not record.is_open(now):
             raise self._gone(record, now)
         return _public(record)
@@ -167,7 +167,7 @@ class Invitations:
         reaches ``enrolment.invite_max_failures`` burns it (later calls raise InvitationGone).
         Raises UnknownInvitation or InvitationGone when it is not open."""
         now = time.time() if now is None else now
-        record = self._record(token)
+        record = self._record(token, now)
         n = self.store.fail_invitation(record.digest, now, self.config.invite_max_failures)
         if n == 0:
             raise self._gone(self.store.get_invitation(record.digest) or record, now)
@@ -177,7 +177,7 @@ class Invitations:
         """Use the invitation up: exactly one of several racing callers gets it back, the others
         (and every later call) get InvitationGone; UnknownInvitation when there is none."""
         now = time.time() if now is None else now
-        record = self._record(token)
+        record = self._record(token, now)
         if not self.store.spend_invitation(record.digest, now):
             raise self._gone(self.store.get_invitation(record.digest) or record, now)
         return _public(record)

@@ -93,8 +93,9 @@ local limit = tonumber(ARGV[2])
 local pre = ARGV[9]
 local kept, closed = 0, {}
 for _, d in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local v = redis.call('HMGET', pre .. d, 'state', 'expires')
-  if not v[1] then
+  local v = redis.call('HMGET', pre .. d, 'state', 'expires', 'keep_until')
+  if not v[1] or tonumber(v[3]) <= now then
+    redis.call('DEL', pre .. d)
     redis.call('ZREM', KEYS[1], d)
   else
     kept = kept + 1
