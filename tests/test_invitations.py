@@ -74,27 +74,32 @@ def test_an_invitation_is_spent_once(store: StateStore) -> None:
     assert inv.open(now=T0 + 3) == []
 
 
+def _race_spends(nodes: list[Invitations], token: str) -> list[str]:
+    """Two threads per node spend `token` at once; returns "won" or the reason of each refusal."""
+    barrier = threading.Barrier(len(nodes) * 2)
+    outcomes: list[str] = []
+
+    def race(inv: Invitations) -> None:
+        barrier.wait()
+        try:
+            inv.spend(token, now=T0 + 1)
+            outcomes.append("won")
+        except InvitationGone as exc:
+            outcomes.append(exc.reason)
+
+    threads = [threading.Thread(target=race, args=(inv,)) for inv in nodes * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return outcomes
+
+
 def test_two_racing_spends_on_two_nodes_one_wins(open_node: Callable[[], StateStore]) -> None:
     for _ in range(10):
         nodes = [invitations(open_node()), invitations(open_node())]
         token, _ = nodes[0].create("alice", now=T0)
-        barrier = threading.Barrier(len(nodes) * 2)
-        outcomes: list[str] = []
-
-        def race(inv: Invitations) -> None:
-            barrier.wait()
-            try:
-                inv.spend(token, now=T0 + 1)
-                outcomes.append("won")
-            except InvitationGone as exc:
-                outcomes.append(exc.reason)
-
-        threads = [threading.Thread(target=race, args=(inv,)) for inv in nodes * 2]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert sorted(outcomes) == ["spent", "spent", "spent", "won"]
+        assert sorted(_race_spends(nodes, token)) == ["spent", "spent", "spent", "won"]
 
 
 def test_an_invitation_expires(store: StateStore) -> None:
