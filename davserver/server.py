@@ -12,6 +12,7 @@ from typing import Any
 
 from .accounts import AccountsWatcher
 from .audit import AuditLog
+from .cert_lifecycle import check_expiry, reissue_server_certificate
 from .config import Config, ConfigError
 from .dav import build_dav_app
 from .errors import StartupError
@@ -33,6 +34,9 @@ log = logging.getLogger("davserver.server")
 
 #: How often freed heap memory is handed back to the system.
 _TRIM_SECONDS = 5.0
+
+#: How often the server certificate is re-issued when due and expiry is warned about.
+_DAILY_SECONDS = 86400.0
 
 
 #: glibc's mallopt parameter for the number of malloc arenas.
@@ -187,12 +191,22 @@ class DavServer:
         return None if found.allowed else str(found.reason)
 
     def _maintain(self) -> None:
-        """Hourly: keep the CRL fresh. Every ``tls.reload_seconds``: pick up a changed
-        server certificate. Every few seconds: hand freed memory back."""
-        crl_due = 0.0
+        """At start and daily: re-issue the server certificate when due, warn about
+        certificates that lapse soon (cert_lifecycle.py). Hourly: keep the CRL fresh.
+        Every ``tls.reload_seconds``: pick up a changed server certificate. Every few
+        seconds: hand freed memory back."""
+        crl_due = lifecycle_due = 0.0
         reload_due = time.monotonic() + self.config.tls.reload_seconds
         while True:
             now = time.monotonic()
+            if now >= lifecycle_due:
+                lifecycle_due = now + _DAILY_SECONDS
+                try:
+                    if reissue_server_certificate(self.config) == "reissued":
+                        self.server_certificate.check()
+                    check_expiry(self.config)
+                except Exception:  # noqa: BLE001 - maintenance must never take the server down
+                    log.exception("certificate lifecycle maintenance failed")
             if now >= reload_due:
                 reload_due = now + self.config.tls.reload_seconds
                 try:

@@ -3,8 +3,8 @@
 An ACME client (certbot, acme.sh, lego) renews ``tls.certificate`` and
 ``tls.private_key`` every few weeks, and the built-in CA re-issues its own server
 certificate (cert_lifecycle.py); every running server must serve the new pair without
-a restart. :class:`ServerCertificate` watches both files (``os.stat``: inode, size,
-mtime, ctime; nothing is read while they are unchanged), and when they change it reads
+a restart. :class:`ServerCertificate` watches both files, and ``tls.client_ca`` (``os.stat``:
+inode, size, mtime, ctime; nothing is read while they are unchanged), and when they change it reads
 both, checks them as one pair, builds every TLS context that serves them afresh, and
 only then switches each listener to its new context.
 
@@ -146,8 +146,10 @@ class ServerCertificate:
         self.reloads = 0
         self._failing: str | None = None
 
-    def _stamps(self) -> tuple[_Stamp, _Stamp]:
-        return _stat(self.tls.certificate), _stat(self.tls.private_key)
+    def _stamps(self) -> tuple[_Stamp, _Stamp, _Stamp]:
+        # tls.client_ca too: a CA bundle extended for a CA renewal (docs/certificates.md)
+        # is trusted without a restart; create_ssl_context checks it like the pair.
+        return _stat(self.tls.certificate), _stat(self.tls.private_key), _stat(self.tls.client_ca)
 
     @property
     def certificate(self) -> x509.Certificate:
