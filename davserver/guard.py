@@ -21,6 +21,8 @@ from .auth.identity import CertIdentity
 from .config import Config, ShareConfig
 from .copymove import DESTINATION_KEY
 from .dav import VISIBLE_SHARES_KEY
+from .issuance import renew as renew_certificate
+from .renewal import RENEW_DUE_KEY, Renewals
 from .revocation import RevocationList
 from .stepup import PREFIX as STEPUP_PREFIX
 from .stepup import StepUpPage
@@ -195,7 +197,12 @@ class Guard:
             throttle=config.throttle,
             strip_domain=config.auth.strip_domain,
         )
-        self.stepup = StepUpPage(self.authenticator, clock)
+        #: Renewal of the built-in CA's certificates by their holders (renewal.py).
+        self.renewals = Renewals(
+            config.home, store, renew_before_days=config.enrolment.renew_before_days,
+            revoke_renewed=config.enrolment.revoke_renewed, renew=renew_certificate,
+        )
+        self.stepup = StepUpPage(self.authenticator, clock, self.renewals)
 
     # --- the decision -----------------------------------------------------------
 
@@ -291,6 +298,14 @@ class Guard:
         environ["davserver.grant_expires"] = decision.grant_expires
         environ["davserver.share"] = share
         environ["davserver.totp_enrolled"] = account.totp_secret is not None
+        cert = environ.get(CERT_ENVIRON_KEY)
+        if cert is not None:
+            now = self.clock()
+            environ[RENEW_DUE_KEY] = self.renewals.due(cert, now)
+            try:
+                self.renewals.note_use(account, cert, now)  # revoke_renewed: the predecessor goes
+            except (StoreUnavailable, OSError) as exc:
+                log.error("renewal bookkeeping for %s: %s", account.name, exc)
         environ[VISIBLE_SHARES_KEY] = frozenset(
             name for name, s in self.config.shares.items() if s.may_read(account.name, account.groups)
         )

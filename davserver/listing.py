@@ -1,5 +1,7 @@
 """The folder listing a browser sees: who is signed in, with which certificate
-and factors, until when, and the folder's content with readable sizes and dates.
+and factors, until when, and the folder's content with readable sizes and dates; a banner with a link to
+renewal when the certificate expires within ``enrolment.renew_before_days``
+(``RENEW_DUE_KEY``, set by the guard).
 
 It replaces WsgiDAV's directory browser, which names its version and serves
 its assets from an extra share outside our access rules.
@@ -24,6 +26,7 @@ from .auth.identity import CertIdentity
 from .config import ShareConfig
 from .content_safety import NO_STORE_HEADERS
 from .names import display_name
+from .renewal import RENEW_DUE_KEY
 from .stepup import PREFIX as STEPUP_PREFIX
 from .tls import CERT_ENVIRON_KEY
 
@@ -40,7 +43,8 @@ body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:60rem;padding:0
 h1{font-size:1.3rem;word-break:break-all}.who{background:#f3f5f8;padding:.6rem 1rem;font-size:.9rem}
 .who a{margin-left:.5rem}table{border-collapse:collapse;width:100%;margin-top:1rem}
 th,td{text-align:left;padding:.35rem .6rem;border-bottom:1px solid #eee}td.n{text-align:right;white-space:nowrap}
-th{font-weight:600;color:#555}a{color:#0645ad;text-decoration:none}a:hover{text-decoration:underline}
+th{font-weight:600;color:#555}.renew{background:#fff4ce;padding:.6rem 1rem}
+a{color:#0645ad;text-decoration:none}a:hover{text-decoration:underline}
 """
 
 
@@ -140,4 +144,10 @@ class Listing(BaseMiddleware):
         share: ShareConfig | None = environ.get("davserver.share")
         if share is not None and "totp" in share.require or environ.get("davserver.totp_enrolled"):
             parts.append(f'<a href="/{STEPUP_PREFIX}/">two-factor sign-in</a>')
-        return f'<p class=who>{" ".join(parts)}</p>'
+        banner = ""
+        if environ.get(RENEW_DUE_KEY) and cert is not None:
+            banner = (
+                f'<p class=renew>Your certificate expires on {e(cert.not_after.strftime("%Y-%m-%d"))}. '
+                f'<a href="/{STEPUP_PREFIX}/#renew">Renew it now</a> so you are not locked out.</p>'
+            )
+        return f'<p class=who>{" ".join(parts)}</p>{banner}'

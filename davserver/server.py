@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import logging
 import socket
 import threading
@@ -15,6 +16,8 @@ from .audit import AuditLog
 from .cert_lifecycle import check_expiry, reissue_server_certificate
 from .config import Config, ConfigError
 from .dav import build_dav_app
+from .enrolment_listener import EnrolmentListener
+from .enrolment_pages import EnrolmentApp
 from .errors import StartupError
 from .fs import sweep_temp_files
 from .guard import Guard
@@ -177,6 +180,34 @@ class DavServer:
         self._serve_error: BaseException | None = None
         self._stopping = threading.Event()
         self._maintenance = threading.Thread(target=self._maintain, name="davserver-maintenance", daemon=True)
+        #: The enrolment listener (enrolment_listener.py), when ``enrolment.enabled``.
+        self.enrolment: EnrolmentListener | None = None
+        if config.enrolment.enabled:
+            try:
+                self.enrolment = self._enrolment_listener(accounts)
+            except BaseException:
+                self.audit.close()
+                self.store.close()
+                raise
+
+    def _enrolment_listener(self, accounts: AccountsWatcher) -> EnrolmentListener:
+        """The second listener: enrolment pages only, sharing this server's store, audit
+        log, accounts, sign-in lockouts and server certificate."""
+        from .invitations import Invitations, default_base_url
+        from .issuance import deliver
+
+        config = self.config
+        app = EnrolmentApp(
+            config,
+            accounts=accounts,
+            authenticator=self.guard.authenticator,
+            invitations=Invitations(self.store, config.enrolment, base_url=default_base_url(config)),
+            store=self.store,
+            audit=self.audit,
+            issue=functools.partial(deliver, config.home),
+            clock=self.guard.clock,
+        )
+        return EnrolmentListener(config, app, server_certificate=self.server_certificate, audit=self.audit)
 
     def _certificate_refusal(self, ssl_env: dict[str, Any], peer: str) -> str | None:
         """The handshake loop's check of a completed handshake: None for a certificate that
@@ -263,6 +294,14 @@ class DavServer:
     def start(self) -> None:
         """Listen, then serve on a background thread (used by tests and quickstart)."""
         self.prepare()
+        if self.enrolment is not None:
+            try:
+                self.enrolment.start()
+            except BaseException:
+                self.audit.close()
+                self.store.close()
+                self._server.stop()
+                raise
         raise_open_file_limit()
         self.handshakes.start()
         self.watchdog.start()
@@ -301,6 +340,8 @@ class DavServer:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self.enrolment is not None:
+            self.enrolment.stop()
         self.handshakes.stop()
         self._server.stop()
         self.watchdog.stop()

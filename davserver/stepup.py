@@ -5,6 +5,13 @@ grant ends. Served at a reserved path no share name can take.
 The page is only reachable with a valid client certificate (the TLS layer
 demands it), and its forms carry a CSRF token bound to that certificate, so
 another site cannot drive them through the user's browser.
+
+It also shows the certificate's expiry and, within ``enrolment.renew_before_days``,
+offers renewal (renewal.py): ``POST /_davserver/renew`` with ``password``, ``otp``
+(when the account has TOTP) and ``p12_password`` or ``csr``, answered as the enrolment
+page answers (enrolment_pages.answer_delivery: PKCS#12, PEM or a result page). A
+script's POST (no ``Origin``, no ``Sec-Fetch-Site``) needs no CSRF token: the password
+and the certificate of the connection are its proof; a browser's needs one.
 """
 
 from __future__ import annotations
@@ -22,6 +29,18 @@ from urllib.parse import parse_qs
 from .accounts import Account
 from .auth.core import Authenticator, Decision
 from .auth.identity import CertIdentity
+from .enrolment_pages import (
+    ResultFiles,
+    answer_delivery,
+    check_delivery_form,
+    credential_fields,
+    delivery_fields,
+    page_html,
+    read_form,
+    status_line,
+)
+from .pki import PKIError
+from .renewal import Renewals, days_left
 
 __all__ = ["PREFIX", "StepUpPage"]
 
@@ -58,9 +77,11 @@ def _when(stamp: float) -> str:
 
 
 class StepUpPage:
-    def __init__(self, authenticator: Authenticator, clock: Callable[[], datetime]) -> None:
+    def __init__(self, authenticator: Authenticator, clock: Callable[[], datetime],
+                 renewals: Renewals | None = None) -> None:
         self.auth = authenticator
         self.clock = clock
+        self.renewals = renewals
         self._key = secrets.token_bytes(32)
 
     # --- CSRF tokens bound to the certificate ------------------------------------
@@ -97,6 +118,8 @@ class StepUpPage:
         ok = Decision(True, 0, "ok", account)
         if method in ("GET", "HEAD"):
             return self._page(start_response, account, cert, 200, head=method == "HEAD"), ok
+        if method == "POST" and action == "renew":
+            return self._renew(environ, start_response, account, cert)
         if method != "POST" or action not in ("stepup", "end"):
             start_response("405 Method Not Allowed", [("Allow", "GET, POST"), ("Content-Length", "0")])
             return [b""], Decision.deny("bad_request", account, status=405)
@@ -122,6 +145,57 @@ class StepUpPage:
             True, 0, "stepup", account, decision.factors, decision.grant_expires
         )
 
+    def _renew(
+        self, environ: dict[str, Any], start_response: Callable[..., Any], account: Account, cert: CertIdentity
+    ) -> tuple[Iterable[bytes], Decision]:
+        """``POST /_davserver/renew``: a successor for the connection's certificate (see the module docstring)."""
+        now = self.clock()
+        browser = bool(environ.get("HTTP_ORIGIN") or environ.get("HTTP_SEC_FETCH_SITE"))
+        form = read_form(environ)
+        if isinstance(form, int):
+            return self._plain(start_response, form, "the form could not be read\n", close=True), Decision.deny(
+                "bad_request", account, status=form)
+        if browser and (not self._same_origin(environ) or not self._token_ok(cert, form.get("csrf", ""))):
+            return self._page(start_response, account, cert, 403, error="The form expired. Please try again."), (
+                Decision.deny("csrf", account, status=403)
+            )
+        if self.renewals is None or not self.renewals.due(cert, now):
+            days = self.renewals.renew_before_days if self.renewals is not None else 0
+            text = f"renewal opens {days} days before the certificate expires\n"
+            return self._plain(start_response, 409, text), Decision.deny("renew_not_due", account, status=409)
+        p12_password, csr_pem, problem = check_delivery_form(form)
+        if problem:
+            return self._plain(start_response, 400, problem + "\n"), Decision.deny("bad_request", account, status=400)
+        decision = self.auth.verify_factors(
+            account=account, holder=cert.fingerprint, password=form.get("password", ""), code=form.get("otp", ""),
+            now=now, peer=environ.get("REMOTE_ADDR", ""),
+        )
+        if not decision.allowed:
+            if decision.delay:
+                time.sleep(decision.delay)
+            if browser:
+                return self._page(start_response, account, cert, 403, error="Invalid credentials."), decision
+            return self._plain(start_response, 401, "invalid credentials\n"), decision
+        try:
+            delivery = self.renewals.renew(cert, p12_password=p12_password, csr_pem=csr_pem)
+        except (ValueError, PKIError) as exc:  # IssuanceError: a refused CSR, a certificate not ours
+            return self._plain(start_response, 409, f"cannot renew: {exc}\n"), Decision.deny(
+                "renew_refused", account, status=409)
+        files = ResultFiles.from_delivery(delivery)
+        body, _ = answer_delivery(environ, start_response, files, form, lambda fragment: page_html(
+            "Your renewed certificate", fragment))
+        return body, Decision(True, 0, "renewed", account, decision.factors)
+
+    @staticmethod
+    def _plain(start_response: Callable[..., Any], status: int, text: str, *, close: bool = False) -> list[bytes]:
+        body = text.encode("utf-8")
+        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+                   *_SECURITY_HEADERS]
+        if close:
+            headers.append(("Connection", "close"))
+        start_response(status_line(status), headers)
+        return [body]
+
     @staticmethod
     def _form(environ: dict[str, Any]) -> dict[str, str] | None:
         try:
@@ -136,6 +210,22 @@ class StepUpPage:
         except (UnicodeDecodeError, ValueError):
             return None
         return {k: v[0] for k, v in parsed.items()}
+
+    def _renewal_form(self, account: Account, cert: CertIdentity, token: str) -> str:
+        """The renewal section: offered within ``enrolment.renew_before_days`` of expiry."""
+        if self.renewals is None or not self.renewals.due(cert, self.clock()):
+            return ""
+        return "".join([
+            '<h2 id=renew>Renew your certificate</h2>',
+            "<p>Your certificate expires soon. Get its successor now and install it on each device; "
+            "the current one keeps working until it expires"
+            + (", or until the new one is first used." if self.renewals.revoke_renewed else ".") + "</p>",
+            f'<form method=post action="/{PREFIX}/renew" autocomplete=off>',
+            f'<input type=hidden name=csrf value="{html.escape(token)}">',
+            credential_fields(account, code_required=account.totp_secret is not None),
+            delivery_fields(""),
+            "<button type=submit>Renew</button></form>",
+        ])
 
     def _page(
         self,
@@ -161,6 +251,8 @@ class StepUpPage:
             "<dl>",
             f"<dt>Account</dt><dd>{e(account.name)}</dd>",
             f"<dt>Certificate</dt><dd>{e(cert.subject)} (serial {e(cert.serial)})</dd>",
+            f"<dt>Expires</dt><dd>{e(_when(cert.not_after.timestamp()))} "
+            f"(in {max(0, int(days_left(cert, self.clock())))} days)</dd>",
         ]
         if grant is not None:
             parts += [
@@ -182,11 +274,11 @@ class StepUpPage:
                 "autocomplete=one-time-code>",
                 "<button type=submit>Verify</button></form>",
             ]
+        parts.append(self._renewal_form(account, cert, token))
         parts.append("</body></html>")
         body = "".join(parts).encode("utf-8")
-        reason = {200: "OK", 403: "Forbidden"}.get(status, "OK")
         start_response(
-            f"{status} {reason}",
+            status_line(status),
             [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body))), *_SECURITY_HEADERS],
         )
         return [b""] if head else [body]

@@ -36,6 +36,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from ..access import Refusal, authorize
 from ..accounts import Account, Accounts
@@ -83,6 +84,20 @@ def credential_epoch(account: Account) -> str:
     """Changes whenever the password or the TOTP secret changes, which ends every grant."""
     material = f"{account.password_hash}|{account.totp_secret}".encode()
     return hashlib.sha256(material).hexdigest()[:32]
+
+
+class _Fingerprinted(Protocol):
+    """What the password check, the lockout and the failure count need of a certificate."""
+
+    @property
+    def fingerprint(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class _Holder:
+    """Stands for the certificate of a form that has none (`Authenticator.verify_factors`)."""
+
+    fingerprint: str
 
 
 class _VerifiedCache:
@@ -275,6 +290,34 @@ class Authenticator:
             )
         return Decision(True, 0, "ok", account, ("password", "totp"), expires)
 
+    def verify_factors(
+        self, *, account: Account, holder: str, password: str, code: str, now: datetime, peer: str = ""
+    ) -> Decision:
+        """Password, and the code when the account has TOTP, of a form that opens no grant:
+        the enrolment page (no client certificate yet) and renewal. `holder` stands where
+        a sign-in has the certificate's fingerprint: the lockout counts failures under it
+        (``acct:<account>:<holder>``), account-wide and per address exactly as for a
+        sign-in (lockout.py). A used code is spent (it cannot sign in elsewhere). Denies
+        with ``locked``, ``bad_password``, ``bad_otp``, ``otp_replayed`` (401, with the
+        delay to hold the answer back) or ``totp_unavailable``."""
+        stamp = now.timestamp()
+        key = _Holder(holder)
+        if self._locked(account, key, peer, stamp):
+            return Decision.deny("locked", account)
+        if not self._password_ok(account, key, (password,), stamp):
+            return self._failed("bad_password", account, key, peer, stamp, password)
+        if not account.totp_secret:
+            return Decision(True, 0, "ok", account, ("password",))
+        if self.store is None:
+            return Decision.deny("totp_unavailable", account)
+        step = totp.match_step(account.totp_secret, code.strip(), stamp)
+        outcome = "bad_otp" if step is None else "ok" if self.store.use_otp_step(account.name, step) else "otp_replayed"
+        if outcome != "ok":
+            return self._failed(outcome, account, key, peer, stamp, "")
+        if self.lockouts is not None:
+            self.lockouts.succeed(account.name, holder, "totp")
+        return Decision(True, 0, "ok", account, ("password", "totp"))
+
     def end_grant(self, account: Account, cert: CertIdentity) -> None:
         if self.store is not None:
             self.store.end_grant(account.name, cert.fingerprint)
@@ -303,7 +346,7 @@ class Authenticator:
 
     # --- factors ----------------------------------------------------------------------
 
-    def _password_ok(self, account: Account, cert: CertIdentity, candidates: tuple[str, ...], now: float) -> bool:
+    def _password_ok(self, account: Account, cert: _Fingerprinted, candidates: tuple[str, ...], now: float) -> bool:
         """True when any candidate is the password; cached candidates are tried first, without argon2.
         Each candidate is tried in the forms `passwords.password_forms` gives (prepared as
         RFC 8265 OpaqueString first, then as typed, for hashes made before preparation)."""
@@ -370,13 +413,13 @@ class Authenticator:
 
     # --- throttling --------------------------------------------------------------------
 
-    def _locked(self, account: Account, cert: CertIdentity, peer: str, now: float) -> bool:
+    def _locked(self, account: Account, cert: _Fingerprinted, peer: str, now: float) -> bool:
         if self.lockouts is None:
             return False
         return self.lockouts.is_locked_out(account.name, cert.fingerprint, peer, now)
 
     def _failed(
-        self, reason: str, account: Account, cert: CertIdentity, peer: str, now: float, seen: str
+        self, reason: str, account: Account, cert: _Fingerprinted, peer: str, now: float, seen: str
     ) -> Decision:
         """Count the failure against its factor, for the canonical account and the certificate.
 
