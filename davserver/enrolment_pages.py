@@ -80,7 +80,9 @@ HEADERS: tuple[tuple[str, str], ...] = (
     ),
     ("X-Frame-Options", "DENY"),
     ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "no-referrer"),
+    # same-origin: the link to the client guide never carries the token in a Referer, and
+    # the page's own form POST still carries its Origin (no-referrer makes it "null").
+    ("Referrer-Policy", "same-origin"),
     ("Cross-Origin-Resource-Policy", "same-origin"),
     ("Strict-Transport-Security", "max-age=31536000"),
 )
