@@ -95,7 +95,8 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
 def _own_server_certificate(config: Config) -> tuple[CertificateAuthority, x509.Certificate] | None:
     """The built-in CA and the served certificate, when that certificate is the CA's own
     ``server.crt`` (same files as ``tls.certificate``/``tls.private_key``) and was signed
-    by its key; None for any other (ACME, enterprise)."""
+    by a CA in ``ca.crt`` (its first, current CA, or a previous one kept after it during
+    a CA renewal: docs/certificates.md); None for any other (ACME, enterprise)."""
     ca = CertificateAuthority(config.home.certs_dir)
     tls = config.tls
     try:
@@ -107,7 +108,7 @@ def _own_server_certificate(config: Config) -> tuple[CertificateAuthority, x509.
         return None
     leaf = _certificates(tls.certificate)
     roots = _certificates(ca.ca_cert_path)
-    if not leaf or not roots or not _issued_by(leaf[0], roots[0]):
+    if not leaf or not any(_issued_by(leaf[0], root) for root in roots):
         return None
     return ca, leaf[0]
 

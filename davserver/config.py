@@ -149,7 +149,7 @@ class TLSConfig:
     client_ca: Path
     crl: Path | None
     min_version: str = "1.2"
-    #: Seconds between checks of the certificate and key files for a changed pair
+    #: Seconds between checks of the certificate, key and client CA files for changes
     #: (server_certificate.py: served without a restart).
     reload_seconds: float = 60.0
     #: The built-in CA re-issues its own server certificate this many days before it expires.
