@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from davserver.cli import main
 from davserver.config import EnrolmentConfig, Home, load_config
@@ -292,3 +294,73 @@ def test_default_base_url_is_the_server_certificates_name(tmp_path: Path) -> Non
         "  port: 8444\n", "  port: 9444\n  url: https://files.example.net/\n", 1))
     config = load_config(Home(other))
     assert config.enrolment.port == 9444 and default_base_url(config) == "https://files.example.net"
+
+
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("create"), st.sampled_from(["alice", "bob"]), st.sampled_from([30.0, 100.0])),
+        st.tuples(st.just("fail"), st.integers(0, 5)),
+        st.tuples(st.just("fail"), st.integers(0, 2)),  # often the same few: they burn
+        st.tuples(st.just("spend"), st.integers(0, 5)),
+        st.tuples(st.just("revoke"), st.sampled_from(["alice", "bob"])),
+        st.tuples(st.just("wait"), st.sampled_from([1.0, 29.0, 70.0])),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_OPS)
+def test_invitations_follow_the_model(store: StateStore, ops: list[tuple[object, ...]]) -> None:
+    """Any sequence of creates, failures, spends, withdrawals and waits: each invitation is
+    open until the first of spent / expired / burned (3 failures) / revoked, and is spent at
+    most once; the store agrees with a plain model at every step."""
+    inv = invitations(store, invite_max_failures=3, max_open_invitations=1000)
+    now = T0
+    run = uuid.uuid4().hex[:8]  # the store outlives one example: this example's accounts are its own
+    tokens: list[str] = []
+    model: list[dict[str, object]] = []  # account, expires, failures, state
+
+    def model_state(i: int) -> str:
+        m = model[i]
+        if m["state"] == "open" and now >= float(m["expires"]):  # type: ignore[arg-type]
+            return "expired"
+        return str(m["state"])
+
+    for op in ops:
+        if op[0] == "create":
+            token, _ = inv.create(f"{op[1]}-{run}", valid_for=float(op[2]), now=now)  # type: ignore[arg-type]
+            tokens.append(token)
+            model.append({"account": f"{op[1]}-{run}", "expires": now + float(op[2]), "failures": 0, "state": "open"})  # type: ignore[arg-type]
+        elif op[0] == "wait":
+            now += float(op[1])  # type: ignore[arg-type]
+        elif op[0] == "revoke":
+            name = f"{op[1]}-{run}"
+            expected = [i for i in range(len(model)) if model[i]["account"] == name and model_state(i) == "open"]
+            assert inv.revoke(name, now=now) == len(expected)
+            for i in expected:
+                model[i]["state"] = "revoked"
+        elif tokens:
+            i = int(op[1]) % len(tokens)  # type: ignore[call-overload]
+            state = model_state(i)
+            if op[0] == "spend":
+                if state == "open":
+                    assert inv.spend(tokens[i], now=now).account == model[i]["account"]
+                    model[i]["state"] = "spent"
+                else:
+                    with pytest.raises(InvitationGone) as gone:
+                        inv.spend(tokens[i], now=now)
+                    assert gone.value.reason == state
+            elif state == "open":
+                n = int(model[i]["failures"]) + 1  # type: ignore[call-overload]
+                assert inv.record_failure(tokens[i], now=now) == n
+                model[i]["failures"] = n
+                model[i]["state"] = "burned" if n >= 3 else "open"
+            else:
+                with pytest.raises(InvitationGone) as gone:
+                    inv.record_failure(tokens[i], now=now)
+                assert gone.value.reason == state
+        open_now = sorted((str(m["account"]), float(m["expires"])) for i, m in enumerate(model)  # type: ignore[arg-type]
+                          if model_state(i) == "open")
+        listed = [(i.account, i.expires.timestamp()) for i in inv.open(now=now) if i.account.endswith(run)]
+        assert sorted(listed) == open_now
