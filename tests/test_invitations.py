@@ -313,8 +313,8 @@ _OPS = st.lists(
 @given(ops=_OPS)
 def test_invitations_follow_the_model(store: StateStore, ops: list[tuple[object, ...]]) -> None:
     """Any sequence of creates, failures, spends, withdrawals and waits: each invitation is
-    open until the first of spent / expired / burned (3 failures) / revoked, and is spent at
-    most once; the store agrees with a plain model at every step."""
+    open until the first of spent / expired / burned (3 failures) / revoked, is spent at
+    most once, and is unknown one lifetime after it expired; the store agrees with a plain model at every step."""
     inv = invitations(store, invite_max_failures=3, max_open_invitations=1000)
     now = T0
     run = uuid.uuid4().hex[:8]  # the store outlives one example: this example's accounts are its own
@@ -323,6 +323,8 @@ def test_invitations_follow_the_model(store: StateStore, ops: list[tuple[object,
 
     def model_state(i: int) -> str:
         m = model[i]
+        if now >= float(m["keep_until"]):  # type: ignore[arg-type]
+            return "unknown"
         if m["state"] == "open" and now >= float(m["expires"]):  # type: ignore[arg-type]
             return "expired"
         return str(m["state"])
@@ -331,7 +333,8 @@ def test_invitations_follow_the_model(store: StateStore, ops: list[tuple[object,
         if op[0] == "create":
             token, _ = inv.create(f"{op[1]}-{run}", valid_for=float(op[2]), now=now)  # type: ignore[arg-type]
             tokens.append(token)
-            model.append({"account": f"{op[1]}-{run}", "expires": now + float(op[2]), "failures": 0, "state": "open"})  # type: ignore[arg-type]
+            model.append({"account": f"{op[1]}-{run}", "expires": now + float(op[2]), "failures": 0, "state": "open",
+                          "keep_until": now + 2 * float(op[2])})  # type: ignore[arg-type]
         elif op[0] == "wait":
             now += float(op[1])  # type: ignore[arg-type]
         elif op[0] == "revoke":
@@ -347,6 +350,9 @@ def test_invitations_follow_the_model(store: StateStore, ops: list[tuple[object,
                 if state == "open":
                     assert inv.spend(tokens[i], now=now).account == model[i]["account"]
                     model[i]["state"] = "spent"
+                elif state == "unknown":
+                    with pytest.raises(UnknownInvitation):
+                        inv.spend(tokens[i], now=now)
                 else:
                     with pytest.raises(InvitationGone) as gone:
                         inv.spend(tokens[i], now=now)
@@ -356,6 +362,9 @@ def test_invitations_follow_the_model(store: StateStore, ops: list[tuple[object,
                 assert inv.record_failure(tokens[i], now=now) == n
                 model[i]["failures"] = n
                 model[i]["state"] = "burned" if n >= 3 else "open"
+            elif state == "unknown":
+                with pytest.raises(UnknownInvitation):
+                    inv.record_failure(tokens[i], now=now)
             else:
                 with pytest.raises(InvitationGone) as gone:
                     inv.record_failure(tokens[i], now=now)
