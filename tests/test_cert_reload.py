@@ -405,3 +405,54 @@ def test_lifecycle_settings_are_bounded(inst: Instance, text: str, key: str) -> 
     set_tls(inst, text)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(inst.home)
+
+
+def _tls12_session_round(srv: DavServer, inst: Instance, ctx: ssl.SSLContext,
+                         session: ssl.SSLSession | None) -> tuple[ssl.SSLSession | None, bool, str]:
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+        der = tls.getpeercert(binary_form=True)
+        assert der
+        return tls.session, tls.session_reused, _fingerprint(der)
+
+
+def test_sessions_resume_until_a_reload_then_one_full_handshake_gets_the_new_certificate(
+    inst: Instance, tmp_path: Path
+) -> None:
+    ctx = _client(inst)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # the session is there right after the handshake
+    crt, key = new_pair(tmp_path, inst.home.certs_dir)
+    with running(inst) as srv:
+        session, reused, before = _tls12_session_round(srv, inst, ctx, None)
+        assert not reused
+        session, reused, fp = _tls12_session_round(srv, inst, ctx, session)
+        assert reused and fp == before  # resumption works (the twin)
+        install(inst, crt, key)
+        assert srv.server_certificate.check() is True
+        session, reused, fp = _tls12_session_round(srv, inst, ctx, session)
+        assert not reused, "a session of the old context resumed under the new certificate"
+        assert fp == _pem_fingerprint(crt)
+        _, reused, fp = _tls12_session_round(srv, inst, ctx, session)
+        assert reused and fp == _pem_fingerprint(crt)
+
+
+def test_a_certificate_from_the_previous_ca_in_the_bundle_is_reissued_from_the_current_one(
+    inst: Instance, tmp_path: Path
+) -> None:
+    certs = inst.home.certs_dir
+    inst.ca.issue_server_cert(["dav.example.org"], days=10)  # from the CA about to become the previous one
+    old_ca = certs.joinpath("ca.crt").read_bytes()
+    fresh = CertificateAuthority(tmp_path / "new-ca")
+    fresh.create(common_name="davserver CA 2")
+    certs.joinpath("ca.crt").write_bytes(fresh.ca_cert_path.read_bytes() + old_ca)  # docs/certificates.md, way B
+    write(certs / "ca.key", fresh.ca_key_path.read_bytes())
+    shutil.copy(fresh.crl_path, certs / "crl.pem")
+    config = load_config(inst.home)
+    assert reissue_server_certificate(config) == "reissued"
+    new = _server_cert(inst)
+    new.verify_directly_issued_by(x509.load_pem_x509_certificate(fresh.ca_cert_path.read_bytes()))
+    assert _names(new)[0] == "dav.example.org"
+    # the twin: a CA that is not in the bundle at all is someone else's
+    certs.joinpath("ca.crt").write_bytes(old_ca)
+    write(certs / "ca.key", (tmp_path / "new-ca" / "ca.key").read_bytes())
+    assert reissue_server_certificate(config, now=new.not_valid_after_utc) == "foreign"
