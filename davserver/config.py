@@ -651,12 +651,16 @@ def _parse_enrolment(raw: Mapping[str, Any], server_bind: str) -> EnrolmentConfi
     if url is not None and not re.fullmatch(r"https://[^\s/?#]+(/[^\s?#]*)?", url):
         raise ConfigError("enrolment.url", f"{url!r} is not an https:// URL",
                           "e.g. https://dav.example.org:8444, or leave it out")
+    invite_seconds = _float(e, "enrolment", "invite_seconds", 259200.0, 60.0)
+    if invite_seconds > 31_536_000:
+        raise ConfigError("enrolment.invite_seconds", f"{invite_seconds!r} is more than a year (31536000)",
+                          "use at most 31536000; send a new link when one runs out")
     return EnrolmentConfig(
         enabled=_bool(e, "enrolment", "enabled", False),
         bind=bind,
         port=_int(e, "enrolment", "port", 8444, 0, 65535),
         url=url,
-        invite_seconds=_float(e, "enrolment", "invite_seconds", 259200.0, 60.0),
+        invite_seconds=invite_seconds,
         invite_max_failures=_int(e, "enrolment", "invite_max_failures", 5, 1, 1000),
         max_open_invitations=_int(e, "enrolment", "max_open_invitations", 1000, 1, 1_000_000),
         renew_before_days=_int(e, "enrolment", "renew_before_days", 30, 0, 3650),

@@ -264,3 +264,35 @@ def test_sign_refusals_change_nothing(home: Path, tmp_path: Path) -> None:
     assert not list((home / "certs").glob("clients/*.crt"))
     ok(home, "cert", "sign", "alice", "--csr", str(good))  # twin
     assert len(issued(home)) == len(before[0]) + 1
+
+
+@pytest.mark.parametrize(("section", "key"), [
+    ({"enabled": "yes"}, "enrolment.enabled"),
+    ({"port": 70000}, "enrolment.port"),
+    ({"bind": "dav.example.org"}, "enrolment.bind"),
+    ({"url": "http://dav.example.org:8444"}, "enrolment.url"),
+    ({"url": "https://dav example.org"}, "enrolment.url"),
+    ({"invite_seconds": 59}, "enrolment.invite_seconds"),
+    ({"invite_seconds": 31_536_001}, "enrolment.invite_seconds"),
+    ({"invite_max_failures": 0}, "enrolment.invite_max_failures"),
+    ({"max_open_invitations": 0}, "enrolment.max_open_invitations"),
+    ({"renew_before_days": -1}, "enrolment.renew_before_days"),
+    ({"revoke_renewed": 1}, "enrolment.revoke_renewed"),
+    ({"invite_hours": 3}, "enrolment.invite_hours"),
+])
+def test_enrolment_settings_are_checked(tmp_path: Path, section: dict[str, object], key: str) -> None:
+    from davserver.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as err:
+        parse_config({"enrolment": section}, Home(tmp_path))
+    assert err.value.key == key
+    # twin: defaults, and every key set to a value in range
+    assert parse_config({}, Home(tmp_path)).enrolment.bind == "127.0.0.1"
+    cfg = parse_config({"server": {"bind": "192.0.2.10"}, "enrolment": {
+        "enabled": True, "port": 9444, "url": "https://dav.example.org:9444/", "invite_seconds": 60,
+        "invite_max_failures": 1, "max_open_invitations": 1, "renew_before_days": 0, "revoke_renewed": True,
+    }}, Home(tmp_path)).enrolment
+    assert (cfg.bind, cfg.url, cfg.invite_seconds, cfg.revoke_renewed) == (
+        "192.0.2.10", "https://dav.example.org:9444", 60.0, True), "bind defaults to server.bind; no trailing /"
+    assert parse_config({"enrolment": {"bind": "::1", "invite_seconds": 31_536_000}},
+                        Home(tmp_path)).enrolment.bind == "::1"
