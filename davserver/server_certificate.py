@@ -105,7 +105,9 @@ def read_pair(tls: TLSConfig) -> _Pair:
         raise StartupError(
             f"tls.certificate: {tls.certificate} holds no complete PEM certificate (half written?)"
         ) from None
-    if cert_pem.count(b"-----BEGIN") != len(chain):
+    # A file cut off after a whole certificate parses: the count and the last line tell.
+    # (A key in the same file, as some set-ups keep it, is no certificate block.)
+    if cert_pem.count(b"-----BEGIN CERTIFICATE-----") != len(chain) or not cert_pem.rstrip().endswith(b"-----"):
         raise StartupError(f"tls.certificate: {tls.certificate} ends in an incomplete PEM block (half written?)")
     try:
         key = serialization.load_pem_private_key(key_pem, None)

@@ -456,3 +456,38 @@ def test_a_certificate_from_the_previous_ca_in_the_bundle_is_reissued_from_the_c
     certs.joinpath("ca.crt").write_bytes(old_ca)
     write(certs / "ca.key", (tmp_path / "new-ca" / "ca.key").read_bytes())
     assert reissue_server_certificate(config, now=new.not_valid_after_utc) == "foreign"
+
+
+def test_no_prefix_of_a_new_pair_is_ever_served(inst: Instance, tmp_path: Path) -> None:
+    """An editor or a copy writes in place: whatever length the new file has reached when
+    the server looks, only the old pair or the whole new one is served, and every
+    handshake succeeds."""
+    certs = inst.home.certs_dir
+    with running(inst) as srv:
+        current = served(srv, inst)
+        for round_ in range(3):
+            crt, key = new_pair(tmp_path, certs)
+            write(certs / "server.key", key)
+            for cut in sorted({1, 27, 28, 64, len(crt) // 3, len(crt) // 2, len(crt) - 30, len(crt) - 27}):
+                with (certs / "server.crt").open("r+b") as fh:
+                    fh.truncate(0)
+                    fh.write(crt[:cut])
+                assert srv.server_certificate.check() is False, (round_, cut)
+                assert served(srv, inst) == current, (round_, cut)
+            write(certs / "server.crt", crt, 0o644)
+            assert srv.server_certificate.check() is True
+            current = served(srv, inst)
+            assert current == _pem_fingerprint(crt)
+
+
+def test_a_certificate_and_key_kept_in_one_file_are_served(inst: Instance, tmp_path: Path) -> None:
+    crt, key = new_pair(tmp_path, inst.home.certs_dir)
+    both = inst.home.certs_dir / "both.pem"
+    write(both, crt + key)
+    set_tls(inst, f"certificate: {both}, private_key: {both}")
+    with running(inst) as srv:
+        assert served(srv, inst) == _pem_fingerprint(crt)
+        crt2, key2 = new_pair(tmp_path, inst.home.certs_dir)
+        write(both, key2 + crt2)
+        assert srv.server_certificate.check() is True
+        assert served(srv, inst) == _pem_fingerprint(crt2)
