@@ -37,6 +37,15 @@ object, so a later layout change cannot make it write through a wrong pointer:
 If any check fails (another Python build, a statically linked ``_ssl``, a layout
 change), nothing is written: a warning is logged and the server runs without CA names,
 as before. ``SSL_CTX_get_client_CA_list`` is read back after the write.
+
+**A bound on the list** (:data:`MAX_NAMES_BYTES`): every name travels in every
+handshake, about 160 bytes per CA, and Java's TLS stack refuses a handshake message
+over 32,768 bytes (SunJSSE ``jdk.tls.maxHandshakeMessageSize``, default 32768,
+``sun/security/ssl/SSLConfiguration.java``): a bundle of 215 CAs made a 34,528-byte
+CertificateRequest that every Java client (Cyberduck, Sardine, Android) failed with
+``SSLProtocolException``, where without names it had signed in. A list longer than the
+bound is therefore not sent at all (a cut list would leave the clients of the CAs cut
+off without a certificate to choose): the server warns and runs without CA names.
 """
 
 from __future__ import annotations
@@ -49,7 +58,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-__all__ = ["CANamesUnavailable", "send_client_ca_names"]
+__all__ = ["MAX_NAMES_BYTES", "CANamesUnavailable", "encoded_names_size", "send_client_ca_names"]
 
 log = logging.getLogger("davserver.tls")
 
@@ -61,6 +70,11 @@ _VERIFY_MODES = {ssl.CERT_NONE: 0x00, ssl.CERT_OPTIONAL: 0x01, ssl.CERT_REQUIRED
 _OPENSSL_VERSION = 0
 #: A number of session tickets the server never sends, for the sentinel check.
 _SENTINEL_TICKETS = 13
+#: Largest encoded ``certificate_authorities`` list sent (bytes, 2-byte length prefixes
+#: included): Java's 32,768-byte handshake-message limit less 512 for the rest of the
+#: CertificateRequest (measured: 49 bytes with TLS 1.3, 50 with TLS 1.2 on OpenSSL 3.0 --
+#: its context and signature algorithms; a list of 32,068 bytes made a 32,117-byte message).
+MAX_NAMES_BYTES = 32 * 1024 - 512
 
 
 class CANamesUnavailable(RuntimeError):
@@ -136,16 +150,35 @@ def _subjects(ca_file: Path) -> list[str]:
     return [cert.subject.rfc4514_string() for cert in certs]
 
 
-def send_client_ca_names(context: ssl.SSLContext, ca_file: Path) -> list[str]:
+def encoded_names_size(ca_file: Path) -> int:
+    """Bytes the subjects of `ca_file` (PEM) take as a TLS ``certificate_authorities`` list
+    (RFC 8446 §4.2.4, RFC 5246 §7.4.4): a 2-byte list length, then each distinct DER
+    subject behind its own 2-byte length. 0 for a file without certificates."""
+    try:
+        certs = x509.load_pem_x509_certificates(ca_file.read_bytes())
+    except (OSError, ValueError):
+        return 0
+    subjects = dict.fromkeys(cert.subject.public_bytes() for cert in certs)
+    return 2 + sum(2 + len(der) for der in subjects) if subjects else 0
+
+
+def send_client_ca_names(context: ssl.SSLContext, ca_file: Path, *, max_bytes: int = MAX_NAMES_BYTES) -> list[str]:
     """Make `context` (a server ``ssl.SSLContext``) name the subject of every certificate
     in `ca_file` (PEM, the ``tls.client_ca`` bundle) in its CertificateRequest, for TLS
     1.2 and 1.3 alike; return those subjects (RFC 4514 strings, in file order, duplicates
     as OpenSSL drops them). Call it before the context serves a connection.
 
-    Raises :class:`CANamesUnavailable` when the ``SSL_CTX`` cannot be reached safely (the
-    checks of the module docstring) or OpenSSL reads no name from `ca_file`; `context` is
-    then unchanged.
+    Raises :class:`CANamesUnavailable` when the names would take more than `max_bytes`
+    (:func:`encoded_names_size`; see :data:`MAX_NAMES_BYTES`), when the ``SSL_CTX`` cannot
+    be reached safely (the checks of the module docstring) or OpenSSL reads no name from
+    `ca_file`; `context` is then unchanged.
     """
+    size = encoded_names_size(ca_file)
+    if size > max_bytes:
+        raise CANamesUnavailable(
+            f"the CA names of {ca_file} take {size} bytes, more than {max_bytes}: Java clients refuse a "
+            "certificate request over 32768 bytes, so none are sent; list fewer CAs to have them named"
+        )
     lib = _library()
     ptr = _ssl_ctx_pointer(context, lib)
     names = lib.SSL_load_client_CA_file(str(ca_file).encode())
