@@ -673,6 +673,15 @@ class _Folder(FolderResource):
     def get_display_name(self) -> str:
         return display_name(self.name)
 
+    def set_property_value(self, name: str, value: Any, *, dry_run: bool = False) -> Any:
+        """``oc:checksums`` is the server's own, and a folder has none (oc_compat.py): a
+        PROPPATCH setting or removing it is 403 (RFC 4918 §16
+        cannot-modify-protected-property), not a dead property that PROPFIND would then
+        answer as the folder's checksums."""
+        if name == CHECKSUMS:
+            raise DAVError(HTTP_FORBIDDEN, err_condition=PRECONDITION_CODE_ProtectedProperty)
+        return super().set_property_value(name, value, dry_run=dry_run)
+
     def get_member_names(self) -> list[str]:
         try:
             with os.scandir(self._file_path) as found:  # closed even when reading it fails half-way
