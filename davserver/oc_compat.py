@@ -37,8 +37,12 @@ Here:
   stamped with the file's (size, mtime_ns, inode). A PROPFIND reports them only while
   the stamp still matches the file: a file changed on disk by other means (in place:
   new mtime or size; replaced: new inode) has no checksum until it is uploaded again.
-  Nothing is ever hashed inside a PROPFIND. ``properties.checksums: false`` turns the
-  hashing and the property off.
+  The limit (docs/clients.md, rclone): an edit in place that keeps the size and sets the
+  old mtime back (``touch -r``, ``os.utime``), or a same-size write within the
+  filesystem's timestamp tick, keeps the stamp, so the old checksums are still answered;
+  the ctime, the one time no tool can set back, cannot be in the stamp, as setting the
+  xattr itself moves it. Nothing is ever hashed inside a PROPFIND.
+  ``properties.checksums: false`` turns the hashing and the property off.
 * **Why an xattr and not the dead-property store**: the checksum describes the bytes
   of one inode, and an xattr lives and dies with that inode: a MOVE (rename) keeps it,
   a COPY writes a new file whose checksums are computed as it is written, a DELETE or
