@@ -517,3 +517,47 @@ def test_racing_posts_issue_once(inst: Instance) -> None:
             t.join()
         assert sorted(codes) == [200, 410, 410], codes
         assert issued_count(inst) == before + 1
+
+
+# --- docs/clients.md's scripts, as written ----------------------------------------------------
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "clients.md"
+
+
+def doc_script(heading: str) -> str:
+    text = DOC.read_text()
+    section = re.search(rf"(?ms)^### {re.escape(heading)}\n(.*?)(?=^##)", text)
+    assert section, heading
+    block = re.search(r"(?ms)^```sh\n(.*?)^```\n", section[1])
+    assert block, heading
+    return block[1]
+
+
+def run_doc(script: str, folder: Path, password: str, **urls: str) -> subprocess.CompletedProcess[str]:
+    for placeholder, url in urls.items():
+        script = script.replace(placeholder, url)
+    return subprocess.run(["bash", "-c", script], input=password + "\n", cwd=folder, capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(folder)})
+
+
+@pytest.mark.parametrize("password_ok", [True, False])
+def test_doc_scripts_enrol_a_csr_and_renew(inst: Instance, tmp_path: Path, password_ok: bool) -> None:
+    _key, csr = openssl_csr(tmp_path)
+    csr.rename(tmp_path / "NAME.csr")
+    (tmp_path / "davserver-ca.crt").write_bytes(inst.ca_file.read_bytes())
+    password = ALICE_PW if password_ok else "not-the-password"
+    with serving(inst, renew_before_days=400) as server:
+        assert server.enrolment is not None
+        token = invite(server)
+        enrol = run_doc(doc_script("A key that never leaves your token"), tmp_path, password,
+                        **{"https://dav.example.org:8444": server.enrolment.url, "TOKEN": token})
+        assert (enrol.returncode == 0) is password_ok, enrol.stderr
+        c = inst.clients["alice"]
+        (tmp_path / "NAME.crt").write_bytes(c.crt.read_bytes())
+        (tmp_path / "NAME.key").write_bytes(c.key.read_bytes())
+        renewed = run_doc(doc_script("Renewing before it expires"), tmp_path, password,
+                          **{"https://dav.example.org:8443/": server.url})
+        assert (renewed.returncode == 0) is password_ok, renewed.stderr
+        if password_ok:
+            data = (tmp_path / "NAME-new.p12").read_bytes()
+            assert pkcs12.load_key_and_certificates(data, b"NEW-FILE-PASSWORD")[1] is not None
