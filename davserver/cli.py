@@ -357,6 +357,17 @@ def cert_invites(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"{r['account']:20} {r['created']:21} {r['expires']:21} {r['failures']}")
 
 
+def _writable_prefix(prefix: Path) -> Path:
+    """Check, before anything is issued, that PREFIX.* can be written (a failed command changes nothing)."""
+    try:
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(f"--out: cannot create {prefix.parent}: {exc.strerror}")
+    if not os.access(prefix.parent, os.W_OK | os.X_OK):
+        _fail(f"--out: {prefix.parent} is not writable (choose another --out PREFIX)")
+    return prefix
+
+
 def _write_delivery(prefix: Path, files: dict[str, tuple[bytes, int]]) -> dict[str, str]:
     from .accounts import write_atomic
 
@@ -393,7 +404,7 @@ def cert_renew(ctx: click.Context, serial: str, out: Path | None, p12_password_s
         _fail(f"no account {old.account!r} any more: create it with `davserver user add {old.account}`")
     generated = not p12_password_stdin
     password = instance.generate_password() if generated else _read_secret_stdin("PKCS#12 password")
-    prefix = out if out is not None else instance.next_client_prefix(home, old.account)
+    prefix = _writable_prefix(out if out is not None else instance.next_client_prefix(home, old.account))
     delivery = renew(home, old.serial, p12_password=password)
     p12 = delivery.legacy_p12 if legacy_p12 else delivery.p12
     assert p12 is not None
@@ -440,7 +451,7 @@ def cert_sign(ctx: click.Context, account: str, csr: Path, out: Path | None, as_
         check_csr(csr_pem)
     except IssuanceError as exc:
         _fail(f"--csr {csr}: {exc}")
-    prefix = out if out is not None else instance.next_client_prefix(home, account)
+    prefix = _writable_prefix(out if out is not None else instance.next_client_prefix(home, account))
     delivery = deliver(home, account, csr_pem=csr_pem)
     paths = _write_delivery(prefix, {"crt": (delivery.certificate_pem, 0o644)})
     issued = delivery.issued

@@ -188,7 +188,8 @@ def test_list_expiring(home: Path) -> None:
     assert json.loads(ok(home, "cert", "list", "--expiring", "9", "--json").stdout) == []
     assert len(json.loads(ok(home, "cert", "list", "--expiring", "366", "--json").stdout)) == 2
     text = ok(home, "cert", "list", "--expiring", "30").stdout
-    assert soon[0]["serial"] in text and everything[1]["serial"] not in text
+    bobs = next(c["serial"] for c in everything if c["account"] == "bob")
+    assert soon[0]["serial"] in text and bobs not in text
     assert run(home, "cert", "list", "--expiring", "-1").exit_code == 2
     assert run(home, "cert", "list", "--expiring", "soon").exit_code == 2
 
@@ -220,6 +221,9 @@ def test_renew_refusals_change_nothing(home: Path) -> None:
     refused(home, "cert", "renew", "ABCDEF", match="no issued certificate with serial ABCDEF.*`davserver cert list`")
     refused(home, "cert", "renew", "zz-top", match="is not a hex serial")
     refused(home, "cert", "renew", old["serial"], "--p12-password-stdin", input="\n", match="no PKCS#12 password")
+    a_file = home / "config" / "davserver.yaml"
+    refused(home, "cert", "renew", old["serial"], "--out", str(a_file / "r"), match="cannot create")
+    assert (issued(home), (home / "config/accounts.yaml").read_bytes()) == before
     ok(home, "cert", "revoke", old["serial"])
     before = issued(home), (home / "config/accounts.yaml").read_bytes()
     refused(home, "cert", "renew", old["serial"],
@@ -260,6 +264,8 @@ def test_sign_refusals_change_nothing(home: Path, tmp_path: Path) -> None:
     refused(home, "cert", "sign", "alice", "--csr", str(garbage), match="not a PEM certificate signing request")
     refused(home, "cert", "sign", "nobody", "--csr", str(good), match="no account 'nobody'")
     refused(home, "cert", "sign", "alice", "--csr", str(tmp_path / "missing.csr"), match="cannot read")
+    assert (issued(home), (home / "config/accounts.yaml").read_bytes()) == before
+    refused(home, "cert", "sign", "alice", "--csr", str(good), "--out", str(good / "card"), match="cannot create")
     assert (issued(home), (home / "config/accounts.yaml").read_bytes()) == before
     assert not list((home / "certs").glob("clients/*.crt"))
     ok(home, "cert", "sign", "alice", "--csr", str(good))  # twin
