@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -177,10 +178,11 @@ class ServerCertificate:
         return ctx
 
     def check(self) -> bool:
-        """Reload the pair if either file changed (or the last attempt failed): True
-        when every attached listener now serves a new pair, False when nothing changed
-        or the new files are not a good pair (the old one is still served; a warning
-        names the problem once, until it changes)."""
+        """Reload if the certificate, the key or ``tls.client_ca`` changed (or the last
+        attempt failed): True when every attached listener now serves contexts built
+        from the files as they are, False when nothing changed or they are not usable
+        (the old contexts stay; a warning names the problem once, until it changes).
+        Never raises for what is on disk."""
         with self._lock:
             stamp = self._stamps()
             if stamp == self._stamp and self._failing is None:
@@ -192,10 +194,11 @@ class ServerCertificate:
                     raise StartupError(
                         f"tls.certificate: {self.tls.certificate} changed while it was loaded; trying again"
                     )
-            except StartupError as exc:
+            except (StartupError, ssl.SSLError, OSError, ValueError) as exc:
                 message = str(exc)
                 if message != self._failing:
-                    log.warning("the server certificate was not reloaded, the old one is still served: %s", message)
+                    log.warning("the TLS files were not reloaded, the old certificate and CAs stay in force: %s",
+                                message)
                 self._failing = message
                 return False
             for (target, _), ctx in zip(self._targets, contexts, strict=True):
@@ -209,4 +212,7 @@ class ServerCertificate:
                 self.tls.certificate, pair.chain[0].serial_number,
                 pair.chain[0].not_valid_after_utc.strftime("%Y-%m-%d %H:%M UTC"),
             )
+        else:
+            log.info("TLS files reloaded (%s, %s); the server certificate is the same",
+                     self.tls.private_key, self.tls.client_ca)
         return True

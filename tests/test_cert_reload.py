@@ -491,3 +491,23 @@ def test_a_certificate_and_key_kept_in_one_file_are_served(inst: Instance, tmp_p
         write(both, key2 + crt2)
         assert srv.server_certificate.check() is True
         assert served(srv, inst) == _pem_fingerprint(crt2)
+
+
+@pytest.mark.parametrize("variant", ["half written", "a client certificate in the bundle"])
+def test_a_broken_client_ca_bundle_keeps_the_old_trust(
+    inst: Instance, tmp_path: Path, caplog: pytest.LogCaptureFixture, variant: str
+) -> None:
+    bundle = inst.ca_file
+    good = bundle.read_bytes()
+    bad = good[: len(good) // 2] if variant == "half written" else good + inst.clients["bob"].crt.read_bytes()
+    with running(inst) as srv, caplog.at_level(logging.WARNING, logger="davserver.tls"):
+        context = srv._server.ssl_adapter.context
+        write(bundle, bad, 0o644)
+        assert srv.server_certificate.check() is False
+        assert srv._server.ssl_adapter.context is context
+        assert any("not reloaded" in r.getMessage() and "tls.client_ca" in r.getMessage() for r in caplog.records)
+        served(srv, inst)  # still handshakes with the old trust
+        write(bundle, good, 0o644)  # the twin: the bundle restored
+        assert srv.server_certificate.check() is True
+        assert srv._server.ssl_adapter.context is not context
+        served(srv, inst)
