@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -244,3 +245,26 @@ def test_starting_over_locks_out_old_certificates_until_new_ones_are_issued(inst
         assert wait_for(lambda: not can_list(inst, srv, old)), "the old CA's certificate still works"
         new = inst.issue("alice", name="alice-after-init")
         assert can_list(inst, srv, new)
+
+
+def test_the_sample_warnings_are_what_the_server_logs(inst: Instance, tmp_path: Path) -> None:
+    """The page's sample lines, with this instance's paths and dates, are the lines
+    check_expiry logs for a CA and a server certificate that lapse (the same words)."""
+    [sample] = blocks(section("## Expiry warnings"), "")
+    shown = [line.split(": ", 1)[1] for line in sample.splitlines()]  # without time, level and logger
+    inst.ca.create(force=True, days=100)
+    acme = CertificateAuthority(tmp_path / "acme-ca")  # a server certificate from a public CA, lapsed
+    acme.create(common_name="Pretend Encrypt R3")
+    acme.issue_server_cert(["dav.example.org"], days=1)
+    (inst.home.certs_dir / "server.crt").write_bytes(acme.server_cert_path.read_bytes())
+    config = load_config(inst.home)
+    ca = _ca(inst)
+    now = ca.not_valid_after_utc - timedelta(days=59, hours=1)
+    got = {n.setting: n.message(now) for n in check_expiry(config, now=now)}
+    home = str(inst.home.root)
+
+    def generic(line: str) -> str:
+        line = line.replace(home, "/srv/davserver")
+        return re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", "DATE", line)
+
+    assert {generic(m) for m in got.values()} == {generic(m) for m in shown}
