@@ -410,6 +410,11 @@ class EnrolmentApp:
             log.error("enrolment: %s", exc)
             record["reason"] = "store_unavailable"
             body = self._plain(recording, 503, "temporarily unavailable, try again shortly\n", environ)
+        except Exception:
+            log.exception("enrolment: %s %s failed", environ.get("REQUEST_METHOD"), record.get("invitation", ""))
+            record.update(reason="error", status=500)
+            self._audit(environ, record, 0, started)
+            raise
         sent[0] = sum(len(b) for b in body)
         self._audit(environ, record, sent[0], started)
         return body

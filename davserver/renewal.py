@@ -22,6 +22,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from cryptography import x509
+
 from . import instance
 from .accounts import Account
 from .auth.identity import CertIdentity
@@ -61,11 +63,23 @@ class Renewals:
         self.revoke_renewed = revoke_renewed
         self._renew = renew
         self._checked: set[str] = set()
+        self._ca_name: str | None = None
         self._lock = threading.Lock()
 
     def due(self, cert: CertIdentity, now: datetime) -> bool:
-        """Whether `cert` may be renewed now: it expires within ``renew_before_days``."""
-        return days_left(cert, now) <= self.renew_before_days
+        """Whether `cert` may be renewed now: the built-in CA issued it (an enterprise
+        CA's certificates are renewed by that CA) and it expires within ``renew_before_days``."""
+        return days_left(cert, now) <= self.renew_before_days and cert.issuer == self._ca_subject()
+
+    def _ca_subject(self) -> str | None:
+        """The built-in CA's subject (RFC 4514), read once; None without a readable CA."""
+        if self._ca_name is None:
+            try:
+                ca = x509.load_pem_x509_certificate(CertificateAuthority(self.home.certs_dir).ca_cert_path.read_bytes())
+            except (OSError, ValueError):
+                return None
+            self._ca_name = ca.subject.rfc4514_string()
+        return self._ca_name
 
     def renew(self, cert: CertIdentity, *, p12_password: str | None, csr_pem: bytes | None) -> Any:
         """Issue the successor of `cert` (an issuance.Delivery); with ``revoke_renewed``,
