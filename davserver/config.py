@@ -475,7 +475,8 @@ def _parse_tls(raw: Mapping[str, Any], home: Home) -> TLSConfig:
         crl=home.resolve(crl) if crl else None,
         min_version=min_version,
         reload_seconds=_float(t, "tls", "reload_seconds", 60.0, 1.0),
-        reissue_days=_int(t, "tls", "reissue_days", 30, 0, 3650),
+        # at most half the lifetime of a re-issued certificate (397 days): never re-issued daily
+        reissue_days=_int(t, "tls", "reissue_days", 30, 0, 180),
         expiry_warning_days=_int(t, "tls", "expiry_warning_days", 60, 0, 3650),
     )
 

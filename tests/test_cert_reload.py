@@ -399,6 +399,7 @@ def test_a_foreign_server_certificate_is_told_to_renew_with_its_acme_client(inst
 @pytest.mark.parametrize(("text", "key"), [
     ("reload_seconds: 0", "tls.reload_seconds"),
     ("reissue_days: -1", "tls.reissue_days"),
+    ("reissue_days: 181", "tls.reissue_days"),
     ("expiry_warning_days: 4000", "tls.expiry_warning_days"),
 ])
 def test_lifecycle_settings_are_bounded(inst: Instance, text: str, key: str) -> None:
@@ -511,3 +512,9 @@ def test_a_broken_client_ca_bundle_keeps_the_old_trust(
         assert srv.server_certificate.check() is True
         assert srv._server.ssl_adapter.context is not context
         served(srv, inst)
+
+
+def test_lifecycle_settings_at_their_bounds_load(inst: Instance) -> None:
+    set_tls(inst, "reload_seconds: 1, reissue_days: 180, expiry_warning_days: 3650")
+    tls = load_config(inst.home).tls
+    assert (tls.reload_seconds, tls.reissue_days, tls.expiry_warning_days) == (1.0, 180, 3650)
