@@ -4,8 +4,11 @@ and `quickstart`. Returns data; the CLI does the talking.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -86,23 +89,35 @@ def next_client_prefix(home: Home, account: str) -> Path:
     return candidate
 
 
+@contextlib.contextmanager
+def _accounts_lock(home: Home) -> Iterator[None]:
+    """One binding change at a time (load, edit, save), across threads and processes: two
+    enrolments, or an enrolment and `cert revoke`, must not lose each other's edit."""
+    path = home.accounts_file.with_name(f".{home.accounts_file.name}.lock")
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 def bind_certificate(home: Home, issued: IssuedCert) -> None:
-    accounts = load_accounts(home.accounts_file)
-    account = accounts[issued.account]
-    bound = (*account.certificates, BoundCert(fingerprint=issued.fingerprint, serial=issued.serial))
-    save_accounts(home.accounts_file, accounts.edit(account.name, certificates=bound))
+    with _accounts_lock(home):
+        accounts = load_accounts(home.accounts_file)
+        account = accounts[issued.account]
+        bound = (*account.certificates, BoundCert(fingerprint=issued.fingerprint, serial=issued.serial))
+        save_accounts(home.accounts_file, accounts.edit(account.name, certificates=bound))
 
 
 def unbind_certificates(home: Home, revoked: list[IssuedCert]) -> None:
     """Revocation also removes the binding: a certificate stops mapping to its account
     even where no CRL is configured."""
     gone = {c.fingerprint for c in revoked}
-    accounts = load_accounts(home.accounts_file)
-    for name, account in list(accounts.items()):
-        kept = tuple(c for c in account.certificates if c.fingerprint not in gone)
-        if kept != account.certificates:
-            accounts = accounts.edit(name, certificates=kept)
-    save_accounts(home.accounts_file, accounts)
+    with _accounts_lock(home):
+        accounts = load_accounts(home.accounts_file)
+        for name, account in list(accounts.items()):
+            kept = tuple(c for c in account.certificates if c.fingerprint not in gone)
+            if kept != account.certificates:
+                accounts = accounts.edit(name, certificates=kept)
+        save_accounts(home.accounts_file, accounts)
 
 
 def add_account(home: Home, account: Account) -> None:

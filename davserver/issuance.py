@@ -13,11 +13,8 @@ the same way (``instance.bind_certificate``). Two ways in:
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import plistlib
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -143,18 +140,6 @@ def mobileconfig(*, p12: bytes, p12_password: str | None, ca_der: bytes, account
     return plistlib.dumps(profile, fmt=plistlib.FMT_XML)
 
 
-@contextlib.contextmanager
-def _accounts_lock(home: Home) -> Iterator[None]:
-    """Serialise binds: two enrolments at once must not lose one binding (load, edit, save)."""
-    path = home.accounts_file.with_name(f".{home.accounts_file.name}.lock")
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _server_name(home: Home) -> str:
     """Host of the enrolment URL (enrolment.url, else the server certificate's name)."""
     from urllib.parse import urlsplit
@@ -178,16 +163,14 @@ def _issue(home: Home, account: str, *, email: str | None, p12_password: str | N
     p12 = legacy = profile = None
     if csr_pem is not None:
         public = check_csr(csr_pem)
-        with _accounts_lock(home):
-            cert, issued = ca.sign_client(account, public, days=days, email=email)
-            instance.bind_certificate(home, issued)
+        cert, issued = ca.sign_client(account, public, days=days, email=email)
+        instance.bind_certificate(home, issued)
     else:
         assert p12_password is not None
         if not p12_password:
             raise PKIError("the PKCS#12 password must not be empty; choose a password")
-        with _accounts_lock(home):
-            key, cert, issued = ca.client_identity(account, days=days, email=email)
-            instance.bind_certificate(home, issued)
+        key, cert, issued = ca.client_identity(account, days=days, email=email)
+        instance.bind_certificate(home, issued)
         secret = p12_password.encode("utf-8")
         p12 = ca.client_p12(key, cert, secret)
         legacy = ca.client_p12(key, cert, secret, legacy=True)

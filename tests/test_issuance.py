@@ -287,3 +287,25 @@ def test_list_expiring(inst: Instance) -> None:
     inst.ca.revoke(short.issued.serial)
     assert inst.ca.list_expiring(30, now=now) == [], "revoked ones are not listed"
     assert inst.ca.list_expiring(30, now=now + timedelta(days=11)) == [], "nor expired ones"
+
+
+def test_racing_enrolments_keep_every_binding(inst: Instance, tmp_path: Path) -> None:
+    """Eight enrolments at once (threads of one server) each bind their certificate: the
+    accounts file is edited by one at a time, so none is lost."""
+    import threading
+
+    csr_pem, _ = _openssl_csr(tmp_path, "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256")
+    barrier = threading.Barrier(8)
+    fingerprints: list[str] = []
+
+    def enrol(account: str) -> None:
+        barrier.wait()
+        fingerprints.append(deliver(inst.home, account, csr_pem=csr_pem).issued.fingerprint)
+
+    threads = [threading.Thread(target=enrol, args=(("alice", "bob")[i % 2],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(fingerprints) == 8
+    assert set(fingerprints) <= bound(inst, "alice") | bound(inst, "bob")
