@@ -216,9 +216,10 @@ def reissue_server_certificate(config: Config, *, now: datetime | None = None) -
     ``REISSUE_DAYS``; the reload (server_certificate.py) then serves it.
 
     Returns what was done: "off" (tls.reissue_days 0), "foreign" (not the built-in
-    CA's own ``server.crt``, or not signed by it: never touched), "fresh", "busy"
-    (another node holds the lock), "reissued" or "failed" (logged; tried again at the
-    next daily round).
+    CA's own ``server.crt``, or not signed by it: never touched), "fresh", "ca-lapses"
+    (a new certificate could not outlive the current one, as none outlives its CA:
+    logged, the CA must be renewed), "busy" (another node holds the lock), "reissued"
+    or "failed" (logged; tried again at the next daily round).
     """
     now = _utc(now)
     if config.tls.reissue_days <= 0:
@@ -229,6 +230,14 @@ def reissue_server_certificate(config: Config, *, now: datetime | None = None) -
     ca, cert = own
     if cert.not_valid_after_utc - now > timedelta(days=config.tls.reissue_days):
         return "fresh"
+    current = _certificates(ca.ca_cert_path)[0]
+    if current.not_valid_after_utc <= cert.not_valid_after_utc:
+        log.error(
+            "tls.certificate: %s cannot be re-issued to last longer: the CA %s expires on %s; "
+            "renew the CA first: see %s#renewing-the-ca", ca.server_cert_path, ca.ca_cert_path,
+            current.not_valid_after_utc.strftime("%Y-%m-%d %H:%M UTC"), _DOC,
+        )
+        return "ca-lapses"
     lock = ca.server_cert_path.with_name(ca.server_cert_path.name + ".reissue.lock")
     try:
         if not _lock(lock):

@@ -518,3 +518,20 @@ def test_lifecycle_settings_at_their_bounds_load(inst: Instance) -> None:
     set_tls(inst, "reload_seconds: 1, reissue_days: 180, expiry_warning_days: 3650")
     tls = load_config(inst.home).tls
     assert (tls.reload_seconds, tls.reissue_days, tls.expiry_warning_days) == (1.0, 180, 3650)
+
+
+def test_no_reissue_that_cannot_outlive_a_lapsing_ca(inst: Instance, caplog: pytest.LogCaptureFixture) -> None:
+    inst.ca.create(force=True, days=20)
+    inst.ca.issue_server_cert(["dav.example.org"])  # capped at the CA's 20 days
+    config = load_config(inst.home)
+    before = (inst.home.certs_dir / "server.crt").read_bytes()
+    with caplog.at_level(logging.ERROR, logger="davserver.lifecycle"):
+        assert reissue_server_certificate(config) == "ca-lapses"
+    assert (inst.home.certs_dir / "server.crt").read_bytes() == before
+    assert any("renew the CA first" in r.getMessage() for r in caplog.records)
+    # the twin: a certificate the re-issue can still extend (5 days left, the CA 20) is
+    # re-issued, up to the CA's end
+    inst.ca.issue_server_cert(["dav.example.org"], days=5)
+    assert reissue_server_certificate(load_config(inst.home)) == "reissued"
+    ca = x509.load_pem_x509_certificate(inst.ca_file.read_bytes())
+    assert _server_cert(inst).not_valid_after_utc == ca.not_valid_after_utc
