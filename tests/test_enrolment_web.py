@@ -6,6 +6,7 @@ serving nothing but /enrol/<token>, renewal from /_davserver/ and the listing ba
 from __future__ import annotations
 
 import base64
+import io
 import json
 import plistlib
 import re
@@ -27,8 +28,11 @@ from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from davserver.cli import main
+from davserver.config import load_config
 from davserver.enrolment_listener import THREADS
 from davserver.enrolment_pages import MAX_FORM_BYTES, platform_of
 from davserver.invitations import Invitations
@@ -562,3 +566,42 @@ def test_doc_scripts_enrol_a_csr_and_renew(inst: Instance, tmp_path: Path, passw
         if password_ok:
             data = (tmp_path / "NAME-new.p12").read_bytes()
             assert pkcs12.load_key_and_certificates(data, b"NEW-FILE-PASSWORD")[1] is not None
+
+
+# --- the kind: no path but /enrol/<token> reaches anything ----------------------------------
+
+_SEGMENT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+_SEGMENTS = st.lists(st.one_of(_SEGMENT, st.sampled_from(["enrol", "_davserver", "ro", "..", "files", ""])),
+                     max_size=4)
+_METHODS = st.sampled_from(["GET", "HEAD", "POST", "PROPFIND", "PUT", "DELETE", "OPTIONS", "MKCOL"])
+
+
+def test_enrolment_app_answers_404_to_every_other_path(inst: Instance) -> None:
+    """The enrolment listener's application, called in-process with any path: 404 unless
+    the path is /enrol/<one segment of token characters>, and never a file's content."""
+    enable(inst)
+    server = DavServer(load_config(inst.home), port=0)
+    assert server.enrolment is not None
+    app = server.enrolment._server.wsgi_app
+
+    @settings(max_examples=300, deadline=None)
+    @given(segments=_SEGMENTS, method=_METHODS)
+    @example(segments=["ro", "readme.txt"], method="GET")
+    @example(segments=["_davserver", "renew"], method="POST")
+    def check(segments: list[str], method: str) -> None:
+        path = "/" + "/".join(segments)
+        statuses: list[str] = []
+        environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "REMOTE_ADDR": "192.0.2.7",
+                   "wsgi.input": io.BytesIO(), "HTTP_ACCEPT": "*/*", "CONTENT_LENGTH": "0"}
+        body = b"".join(app(environ, lambda status, headers, exc=None: statuses.append(status)))
+        if re.fullmatch(r"/enrol/[A-Za-z0-9_-]+/?", path) is None:
+            assert statuses == ["404 Not Found"], (path, statuses)
+        else:  # a token that is not one: unknown (404), a method the page lacks (405), or locked out (429)
+            assert statuses[0].split()[0] in ("404", "405", "429"), (path, statuses)
+        assert b"read only" not in body
+
+    try:
+        check()
+    finally:
+        server.audit.close()
+        server.store.close()
