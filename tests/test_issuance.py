@@ -8,20 +8,23 @@ import base64
 import plistlib
 import re
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
 import pytest
+import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from davserver import instance
 from davserver.accounts import load_accounts
 from davserver.issuance import Delivery, IssuanceError, check_csr, deliver, renew
 from davserver.pki import PKIError
-from tests.conftest import Instance
+from tests.conftest import Instance, running
 
 PW = "enrol-p12-password"
 
@@ -309,3 +312,35 @@ def test_racing_enrolments_keep_every_binding(inst: Instance, tmp_path: Path) ->
         t.join()
     assert len(fingerprints) == 8
     assert set(fingerprints) <= bound(inst, "alice") | bound(inst, "bob")
+
+
+@pytest.mark.parametrize("newkey", [
+    ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"),
+    ("-newkey", "rsa:2048"),
+    ("-newkey", "ed25519"),
+])
+def test_a_csr_certificate_opens_a_share_over_tls(inst: Instance, tmp_path: Path, newkey: tuple[str, ...]) -> None:
+    """The signed certificate, with the key that never left its folder, signs in on a live
+    server; the twin without the binding (revoked) is refused."""
+    csr_pem, key_path = _openssl_csr(tmp_path, *newkey)
+    d = deliver(inst.home, "bob", csr_pem=csr_pem)
+    crt = tmp_path / "signed.crt"
+    crt.write_bytes(d.certificate_pem)
+    with running(inst) as server:
+        s = requests.Session()
+        s.trust_env = False
+        s.verify = str(inst.ca_file)
+        s.cert = (str(crt), str(key_path))
+        s.auth = ("bob", "bob-secret-pw1")
+        assert s.get(f"{server.url}ro/readme.txt", timeout=30).status_code == 200
+        instance.unbind_certificates(inst.home, [d.issued])
+        inst.ca.revoke(d.issued.serial)
+        for _ in range(50):  # the server re-reads accounts and CRL on change
+            try:
+                status = s.get(f"{server.url}ro/readme.txt", timeout=30).status_code
+            except requests.exceptions.SSLError:
+                status = 0
+            if status != 200:
+                break
+            time.sleep(0.1)
+        assert status != 200
