@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -53,7 +54,7 @@ from .store.base import StateStore, StoreUnavailable
 from .watchdog import current_connection
 
 __all__ = [
-    "CLIENTS_DOC_URL", "MAX_FORM_BYTES", "EnrolmentApp", "ResultFiles", "answer_delivery", "platform_of",
+    "GUIDE_PATH", "MAX_FORM_BYTES", "EnrolmentApp", "ResultFiles", "answer_delivery", "client_guide", "platform_of",
     "read_form", "render_files",
 ]
 
@@ -64,8 +65,23 @@ log = logging.getLogger("davserver.enrolment")
 MAX_FORM_BYTES = 16384
 #: Shortest PKCS#12 password accepted: the file travels by download and e-mail.
 MIN_P12_PASSWORD = 8
-#: Where the instructions link to (the project's client guide).
-CLIENTS_DOC_URL = "https://github.com/davserver/davserver/blob/main/docs/clients.md"
+#: The client guide (docs/clients.md) as this listener serves it, as plain text: the
+#: instructions of the result page link to it.
+GUIDE_PATH = "/enrol/help/clients.md"
+_GUIDE_FILE = Path(__file__).resolve().parent.parent / "docs" / "clients.md"
+#: Largest guide served (bytes); a bigger file is not served.
+_GUIDE_MAX = 1 << 20
+
+
+def client_guide() -> bytes | None:
+    """docs/clients.md of this installation, or None where it is not installed (a wheel
+    without the docs) or larger than 1 MiB."""
+    try:
+        with _GUIDE_FILE.open("rb") as fh:
+            data = fh.read(_GUIDE_MAX + 1)
+    except OSError:
+        return None
+    return data if len(data) <= _GUIDE_MAX else None
 
 _PATH = re.compile(r"/enrol/([A-Za-z0-9_-]{1,200})/?")
 P12_TYPE = "application/x-pkcs12"
@@ -210,7 +226,7 @@ def _data_link(data: bytes, mime: str, name: str, label: str, *, recommended: bo
     return f'<li{cls}><a href="{html.escape(href)}" download="{html.escape(name)}">{html.escape(label)}</a>{mark}</li>'
 
 
-def render_files(files: ResultFiles, user_agent: str, *, docs_url: str = CLIENTS_DOC_URL) -> str:
+def render_files(files: ResultFiles, user_agent: str, *, docs_url: str = GUIDE_PATH) -> str:
     """The downloads and instructions of a result page (HTML fragment). The file the
     visitor's platform imports is marked recommended and listed first."""
     platform, legacy = platform_of(user_agent)
@@ -244,7 +260,7 @@ def render_files(files: ResultFiles, user_agent: str, *, docs_url: str = CLIENTS
         "Reloading it does not issue another certificate.</p>",
         '<ul class="files">', *(link for _, link in links), "</ul>",
         f"<h2>Install on {e(_PLATFORMS[platform])}</h2>", _instructions(platform, csr=files.p12 is None),
-        f'<p>Other devices and programs: <a href="{e(docs_url)}">the client guide</a>.</p>',
+        f'<p>Other devices and programs: <a href="{e(docs_url)}">the client guide</a> (docs/clients.md).</p>',
     ])
 
 
@@ -254,7 +270,7 @@ def _accepts(environ: dict[str, Any], mime: str) -> bool:
 
 def answer_delivery(
     environ: dict[str, Any], start_response: Callable[..., Any], files: ResultFiles, form: dict[str, str],
-    page: Callable[[str], str],
+    page: Callable[[str], str], *, docs_url: str = GUIDE_PATH,
 ) -> tuple[list[bytes], int]:
     """The 200 answer to a successful enrolment or renewal POST: the bytes a script asked
     for (``Accept``: PKCS#12, configuration profile or PEM) or, for a browser (``text/html``),
@@ -268,7 +284,7 @@ def answer_delivery(
         legacy = form.get("legacy", "") in ("1", "true", "yes", "on")
         data = files.legacy_p12 if legacy and files.legacy_p12 is not None else files.p12
         return _send(start_response, 200, P12_TYPE, data, f"{files.account}.p12"), 200
-    body = page(render_files(files, environ.get("HTTP_USER_AGENT", "")))
+    body = page(render_files(files, environ.get("HTTP_USER_AGENT", ""), docs_url=docs_url))
     return _send(start_response, 200, "text/html; charset=utf-8", body.encode("utf-8")), 200
 
 
@@ -426,6 +442,8 @@ class EnrolmentApp:
         method = environ.get("REQUEST_METHOD", "GET")
         match = _PATH.fullmatch(environ.get("PATH_INFO", ""))
         peer = environ.get("REMOTE_ADDR", "")
+        if environ.get("PATH_INFO") == GUIDE_PATH and method in ("GET", "HEAD"):
+            return self._guide(start_response, environ, record)
         if match is None:
             record["reason"] = "not_found"
             return self._plain(start_response, 404, "not found\n", environ)
@@ -518,6 +536,16 @@ class EnrolmentApp:
         if _accepts(environ, "text/html"):
             return self._form_page(start_response, environ, account, 401, error="Invalid credentials.")
         return self._plain(start_response, 401, "invalid credentials\n", environ)
+
+    def _guide(self, start_response: Callable[..., Any], environ: dict[str, Any],
+               record: dict[str, Any]) -> list[bytes]:
+        guide = client_guide()
+        if guide is None:
+            record["reason"] = "not_found"
+            return self._plain(start_response, 404, "not found\n", environ)
+        record["reason"] = "guide"
+        body = _send(start_response, 200, "text/plain; charset=utf-8", guide)
+        return [b""] if environ.get("REQUEST_METHOD") == "HEAD" else body
 
     # --- throttling unknown links ------------------------------------------------------
 

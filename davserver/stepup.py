@@ -33,6 +33,7 @@ from .enrolment_pages import (
     ResultFiles,
     answer_delivery,
     check_delivery_form,
+    client_guide,
     credential_fields,
     delivery_fields,
     page_html,
@@ -116,6 +117,12 @@ class StepUpPage:
         method = environ.get("REQUEST_METHOD", "GET")
         action = environ.get("PATH_INFO", "").rstrip("/").rsplit("/", 1)[-1]
         ok = Decision(True, 0, "ok", account)
+        if method in ("GET", "HEAD") and action == "clients.md":
+            guide = client_guide()
+            if guide is not None:
+                start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8"),
+                                          ("Content-Length", str(len(guide))), *_SECURITY_HEADERS])
+                return [b"" if method == "HEAD" else guide], ok
         if method in ("GET", "HEAD"):
             return self._page(start_response, account, cert, 200, head=method == "HEAD"), ok
         if method == "POST" and action == "renew":
@@ -183,7 +190,7 @@ class StepUpPage:
                 "renew_refused", account, status=409)
         files = ResultFiles.from_delivery(delivery)
         body, _ = answer_delivery(environ, start_response, files, form, lambda fragment: page_html(
-            "Your renewed certificate", fragment))
+            "Your renewed certificate", fragment), docs_url=f"/{PREFIX}/clients.md")
         return body, Decision(True, 0, "renewed", account, decision.factors)
 
     @staticmethod

@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from davserver.cli import main
 from davserver.config import load_config
 from davserver.enrolment_listener import THREADS
-from davserver.enrolment_pages import MAX_FORM_BYTES, platform_of
+from davserver.enrolment_pages import GUIDE_PATH, MAX_FORM_BYTES, platform_of
 from davserver.invitations import Invitations
 from davserver.server import DavServer
 from tests.conftest import PASSWORDS, Instance, running, session_for
@@ -482,12 +482,18 @@ def test_result_page_per_platform(inst: Instance) -> None:
             assert set(files) == {"alice.p12", "alice-legacy.p12", "alice.mobileconfig", "davserver-ca.crt"}, kind
             first = re.search(r'download="([^"]+)"', r.text)
             assert first and first[1] == FIRST[kind], (kind, first)
-            assert "docs/clients.md" in r.text
+            assert f'href="{GUIDE_PATH}"' in r.text
             profile = plistlib.loads(files["alice.mobileconfig"])
             assert {p["PayloadType"] for p in profile["PayloadContent"]} == {
                 "com.apple.security.pkcs12", "com.apple.security.root"}
             for name in ("alice.p12", "alice-legacy.p12"):
                 assert pkcs12.load_key_and_certificates(files[name], P12_PW.encode())[0] is not None
+        assert server.enrolment is not None
+        guide = anonymous(inst).get(server.enrolment.url + GUIDE_PATH, timeout=30)
+        assert guide.status_code == 200 and guide.headers["Content-Type"] == "text/plain; charset=utf-8"
+        assert "## You received a link" in guide.text
+        with session_for(inst) as s:
+            assert "## You received a link" in s.get(f"{server.url}_davserver/clients.md", timeout=30).text
     assert platform_of(UAS["android"]) == ("android", True)
 
 
@@ -588,13 +594,17 @@ def test_enrolment_app_answers_404_to_every_other_path(inst: Instance) -> None:
     @given(segments=_SEGMENTS, method=_METHODS)
     @example(segments=["ro", "readme.txt"], method="GET")
     @example(segments=["_davserver", "renew"], method="POST")
+    @example(segments=["enrol", "help", "clients.md"], method="GET")
+    @example(segments=["enrol", "help", "clients.md"], method="POST")
     def check(segments: list[str], method: str) -> None:
         path = "/" + "/".join(segments)
         statuses: list[str] = []
         environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "REMOTE_ADDR": "192.0.2.7",
                    "wsgi.input": io.BytesIO(), "HTTP_ACCEPT": "*/*", "CONTENT_LENGTH": "0"}
         body = b"".join(app(environ, lambda status, headers, exc=None: statuses.append(status)))
-        if re.fullmatch(r"/enrol/[A-Za-z0-9_-]+/?", path) is None:
+        if path == GUIDE_PATH and method in ("GET", "HEAD"):
+            assert statuses == ["200 OK"], statuses  # the client guide, as plain text
+        elif re.fullmatch(r"/enrol/[A-Za-z0-9_-]+/?", path) is None:
             assert statuses == ["404 Not Found"], (path, statuses)
         else:  # a token that is not one: unknown (404), a method the page lacks (405), or locked out (429)
             assert statuses[0].split()[0] in ("404", "405", "429"), (path, statuses)
