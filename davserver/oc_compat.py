@@ -52,7 +52,11 @@ Here:
   has no user xattrs (some NFS, FAT) no checksum is reported and rclone compares
   size and modification time, which X-OC-Mtime makes exact.
 * **OC-Checksum** (:func:`read_expected`): ``SHA1:``, ``MD5:`` or ``ADLER32:`` with hex
-  digits. When the received body's digest differs, the upload is refused with 400 and
+  digits. An ADLER32 is compared as the number it writes: the ownCloud and Nextcloud
+  desktop clients send it without leading zeros (``calcAdler32`` in
+  src/common/checksums.cpp: ``QByteArray::number(adler, 16)``, so ``hello`` is
+  ``62c0215``), PHP's ``hash('adler32')`` with eight digits; both are the same
+  checksum. When the received body's digest differs, the upload is refused with 400 and
   the old file is kept (ownCloud answers the same: "The computed checksum does not
   match the one received from the client"). A type not in that list is ignored.
 * **PROPPATCH** (rclone since 1.61, ``SetModTime``, master:1448-1526, when a file's time
@@ -235,11 +239,23 @@ class Digests:
         digest: str = self._hashes[algorithm].hexdigest()
         return digest
 
+    def matches(self) -> bool:
+        """Whether the body's digest is the client's ``OC-Checksum`` (True without one).
+        An ADLER32 of 1 to 8 hex digits is compared by value (leading zeros or none)."""
+        exp = self.expected
+        if exp is None:
+            return True
+        if exp.algorithm == "adler32":
+            digits = exp.digest
+            return (len(digits) <= 8 and _HEX.fullmatch(digits) is not None
+                    and int(digits, 16) == int(self._hex("adler32"), 16))
+        return self._hex(exp.algorithm) == exp.digest
+
     def check(self, environ: dict[str, Any] | None) -> None:
         """Raise DAVError 400 (audit reason ``checksum_mismatch``) when the body's digest
-        is not the client's ``OC-Checksum``."""
+        is not the client's ``OC-Checksum`` (:meth:`matches`)."""
         exp = self.expected
-        if exp is None or self._hex(exp.algorithm) == exp.digest:
+        if exp is None or self.matches():
             return
         log.info("PUT refused: the body's %s is not the one the client sent", exp.algorithm)
         if environ is not None:

@@ -9,6 +9,9 @@ and a new user would, each with the exact input and a twin for the legitimate ca
 * A PROPPATCH of ``oc:checksums`` on a folder was stored as a dead property and then
   answered as the folder's checksums: now 403, as removing a file's is. Twin: another
   dead property on the same folder is stored.
+* ``OC-Checksum: ADLER32:<hex>`` as the ownCloud and Nextcloud desktop clients write it
+  (no leading zeros: ``hello`` is ``62c0215``) was refused 400 against the server's
+  eight digits: now compared by value. Twin: a wrong ADLER32 is still refused.
 * The limit of the checksum stamp (docs/clients.md, rclone): an in-place same-size edit
   that sets the old mtime back keeps the old checksums; the same edit without the
   mtime restored drops them.
@@ -18,7 +21,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import random
 import ssl
+import zlib
 from pathlib import Path
 
 import pytest
@@ -27,6 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from davserver.oc_compat import Digests, Expected
 from davserver.server import DavServer
 from davserver.tls_ca_names import MAX_NAMES_BYTES, CANamesUnavailable, encoded_names_size, send_client_ca_names
 
@@ -148,3 +154,49 @@ def test_the_documented_limit_of_the_checksum_stamp(inst: Instance, server: DavS
     assert found["/files/doc.txt"]["checksums"] == (("200", sums(ISSUE_BODY)) if restore_mtime else ("404", ""))
     docs = (Path(__file__).parent.parent / "docs" / "clients.md").read_text()
     assert "puts the old modification time back" in " ".join(docs.split())
+
+
+#: Bodies whose ADLER32 has leading zero digits: the desktop clients' form is shorter.
+SHORT_ADLER_BODIES = [b"hello", b"hi", b"", b"abc", b"a"]
+
+
+def _client_adler(body: bytes) -> str:
+    """ADLER32 as the ownCloud and Nextcloud desktop clients write it (no leading zeros)."""
+    return format(zlib.adler32(body), "x")
+
+
+def test_the_desktop_clients_adler32_is_accepted(inst: Instance, server: DavServer) -> None:
+    """``OC-Checksum: ADLER32:62c0215`` for ``hello`` was refused 400; now 201 and stored,
+    as is the eight-digit form. Twin: a wrong ADLER32, in either form, is still 400 and
+    the old file stays."""
+    s = session_for(inst)
+    url = server.url + "files/a.txt"
+    target = files(inst) / "a.txt"
+    assert _client_adler(b"hello") == "62c0215"
+    for body in SHORT_ADLER_BODIES:
+        assert len(_client_adler(body)) < 8
+        for form in (_client_adler(body), f"{zlib.adler32(body):08x}", _client_adler(body).upper()):
+            r = s.put(url, data=body, headers={"OC-Checksum": f"ADLER32:{form}"})
+            assert r.status_code in (201, 204), (body, form, r.status_code)
+            assert target.read_bytes() == body
+    kept = target.read_bytes()
+    for body in SHORT_ADLER_BODIES:
+        wrong = zlib.adler32(body) ^ 1
+        for form in (format(wrong, "x"), f"{wrong:08x}", "0" + f"{wrong:08x}", "", "-1", "62c0215g"):
+            r = s.put(url, data=body + b"!", headers={"OC-Checksum": f"ADLER32:{form}"})
+            assert r.status_code == 400, (body, form, r.status_code)
+            assert target.read_bytes() == kept
+
+
+def test_adler32_is_compared_by_value_for_any_body() -> None:
+    """Every body, split anywhere: both forms match, a neighbour value matches in neither."""
+    rng = random.Random(12)
+    for _ in range(300):
+        body = rng.randbytes(rng.choice([0, 1, 5, 100, 70_000]))
+        value = zlib.adler32(body)
+        for form, ok in ((format(value, "x"), True), (f"{value:08x}", True), (format(value + 1, "x"), False)):
+            d = Digests(keep=False, expected=Expected("adler32", form))
+            cut = rng.randint(0, len(body))
+            d.update(body[:cut])
+            d.update(body[cut:])
+            assert d.matches() is ok, (body[:20], form)
