@@ -23,7 +23,7 @@ import click
 import segno
 
 from . import instance
-from .accounts import Account, load_accounts, save_accounts
+from .accounts import Account, load_accounts
 from .auth import totp
 from .auth.lockout import account_prefix, address_key, canonical_address
 from .auth.passwords import hash_password
@@ -493,11 +493,8 @@ def user_add(ctx: click.Context, name: str, password_stdin: bool, groups: str) -
 
 
 def _edit_account(ctx: click.Context, name: str, **changes: Any) -> None:
-    home = _home(ctx)
-    accounts = load_accounts(home.accounts_file)
-    if name not in accounts:
+    if not instance.edit_account(_home(ctx), name, **changes):
         _fail(f"no account {name!r} (see `davserver user list`)")
-    save_accounts(home.accounts_file, accounts.edit(name, **changes))
 
 
 @user.command("passwd")

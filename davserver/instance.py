@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml as pyyaml
 from ruamel.yaml import YAML
@@ -121,10 +122,25 @@ def unbind_certificates(home: Home, revoked: list[IssuedCert]) -> None:
 
 
 def add_account(home: Home, account: Account) -> None:
-    accounts = load_accounts(home.accounts_file)
-    if account.name in accounts:
-        raise ConfigError(f"accounts.{account.name}", "already exists", "pick another name or edit it")
-    save_accounts(home.accounts_file, accounts.with_account(account))
+    """Add ``account`` to the accounts file (under the accounts lock).
+    Raises ConfigError when the name exists."""
+    with _accounts_lock(home):
+        accounts = load_accounts(home.accounts_file)
+        if account.name in accounts:
+            raise ConfigError(f"accounts.{account.name}", "already exists", "pick another name or edit it")
+        save_accounts(home.accounts_file, accounts.with_account(account))
+
+
+def edit_account(home: Home, name: str, **changes: Any) -> bool:
+    """Change fields of account ``name`` (``Accounts.edit`` keywords) under the accounts
+    lock, so an edit from the CLI and an enrolment binding a certificate at the same
+    moment both survive. False (nothing written) when there is no such account."""
+    with _accounts_lock(home):
+        accounts = load_accounts(home.accounts_file)
+        if name not in accounts:
+            return False
+        save_accounts(home.accounts_file, accounts.edit(name, **changes))
+        return True
 
 
 def add_share(

@@ -344,3 +344,42 @@ def test_a_csr_certificate_opens_a_share_over_tls(inst: Instance, tmp_path: Path
                 break
             time.sleep(0.1)
         assert status != 200
+
+
+def test_account_edits_and_bindings_at_once_lose_nothing(inst: Instance) -> None:
+    """Password changes (`davserver user passwd` -> `instance.edit_account`) racing
+    certificate bindings (what every enrolment ends with): each of the 60 bindings stays
+    and the last password hash is one that was written. Before, the edit loaded and
+    saved the file outside the accounts lock and could undo a binding."""
+    import dataclasses
+    import secrets
+    import threading
+
+    from davserver.auth.passwords import hash_password
+
+    hashes = [hash_password(f"new-password-{n}") for n in range(3)]
+    template = inst.clients["alice"].issued
+    barrier = threading.Barrier(6)
+    bound_now: list[str] = []
+
+    def bind(n: int) -> None:
+        barrier.wait()
+        for _ in range(20):
+            issued = dataclasses.replace(template, fingerprint=secrets.token_hex(32), serial=secrets.token_hex(8))
+            instance.bind_certificate(inst.home, issued)
+            bound_now.append(issued.fingerprint)
+
+    def edit(n: int) -> None:
+        barrier.wait()
+        for _ in range(20):
+            assert instance.edit_account(inst.home, "bob", password_hash=hashes[n])
+
+    threads = [threading.Thread(target=bind, args=(n,)) for n in range(3)]
+    threads += [threading.Thread(target=edit, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(bound_now) == 60 and set(bound_now) <= bound(inst, "alice")
+    assert load_accounts(inst.home.accounts_file)["bob"].password_hash in hashes
+    assert not instance.edit_account(inst.home, "nobody", enabled=False)  # no such account: nothing written
