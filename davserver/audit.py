@@ -25,6 +25,13 @@ _LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": 
 
 
 class AuditLog:
+    """Append-only JSON lines to ``audit.file`` (standard error when it is None).
+
+    Thread-safe: request threads write while ``reopen()`` (SIGHUP, after logrotate
+    renamed the file) swaps the stream under the same lock, so each line lands whole
+    in either the old file or the new one, never lost between them.
+    """
+
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._lock = threading.Lock()
@@ -44,6 +51,28 @@ class AuditLog:
                 self._stream.write(line + "\n")
             except (OSError, ValueError) as exc:  # a full disk must not take requests down
                 log.error("audit record not written: %s", exc)
+
+    def reopen(self) -> bool:
+        """Open ``path`` afresh (creating it) and switch writers to it; close the old
+        stream. For log rotation: rename the file, then reopen (SIGHUP / ``systemctl
+        reload``). Returns False when there is nothing to reopen (standard error) or
+        the new file cannot be opened; then the old stream stays in use and the error
+        is logged. Never raises for what is on disk."""
+        if not self._owned or self.path is None:
+            return False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            stream = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        except OSError as exc:
+            log.error("audit log not reopened, still writing to the old file: %s", exc)
+            return False
+        with self._lock:
+            old, self._stream = self._stream, stream
+        try:
+            old.close()
+        except OSError as exc:
+            log.error("closing the old audit log failed: %s", exc)
+        return True
 
     def close(self) -> None:
         if self._owned:

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
@@ -438,7 +439,7 @@ def cert_sign(ctx: click.Context, account: str, csr: Path, out: Path | None, as_
     """Sign a CSR for ACCOUNT and bind the certificate: subject and extensions are those of
     `davserver cert issue` (what the CSR asks for is ignored); its key must be RSA >= 2048
     bits, EC P-256/384/521 or Ed25519."""
-    from .issuance import check_csr, deliver
+    from .issuance import check_csr, csr_limit, deliver
 
     home = _home(ctx)
     if account not in load_accounts(home.accounts_file):
@@ -448,7 +449,7 @@ def cert_sign(ctx: click.Context, account: str, csr: Path, out: Path | None, as_
     except OSError as exc:
         _fail(f"--csr: cannot read {csr}: {exc.strerror}")
     try:
-        check_csr(csr_pem)
+        check_csr(csr_pem, max_bytes=csr_limit(home))
     except IssuanceError as exc:
         _fail(f"--csr {csr}: {exc}")
     prefix = _writable_prefix(out if out is not None else instance.next_client_prefix(home, account))
@@ -744,7 +745,13 @@ def _run(server: Any) -> None:
     def _terminate(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
+    def _reload(signum: int, frame: Any) -> None:
+        # On its own thread: the handler interrupts the main thread anywhere, and the
+        # reload takes the audit log's and the certificate's locks.
+        threading.Thread(target=server.reload, name="davserver-reload", daemon=True).start()
+
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _reload)  # systemctl reload / logrotate: docs/install.md
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -254,6 +254,32 @@ class DavServer:
             if self._stopping.wait(min(_TRIM_SECONDS, self.config.tls.reload_seconds)):
                 return
 
+    def reload(self) -> dict[str, bool]:
+        """Re-open the audit log and re-read what can change on disk: the server
+        certificate, key and client CA bundle (``ServerCertificate.check``), the CRL and
+        accounts.yaml (each re-read when its file changed; a broken file keeps the last
+        good version, logged). What ``davserver serve`` does on SIGHUP (``systemctl
+        reload``, logrotate's postrotate). Returns ``{"audit": reopened, "certificate":
+        reloaded, "crl": checked, "accounts": checked}``; False means unchanged, not
+        applicable or failed (logged). Never raises for what is on disk."""
+        done = {"audit": self.audit.reopen(), "certificate": False, "crl": False, "accounts": False}
+        try:
+            done["certificate"] = self.server_certificate.check()
+        except Exception:  # noqa: BLE001 - a reload must never take the server down
+            log.exception("reload: the server certificate check failed")
+        try:
+            self.revocations.serials()
+            done["crl"] = True
+        except Exception:  # noqa: BLE001
+            log.exception("reload: the CRL check failed")
+        try:
+            self.guard.accounts.current()
+            done["accounts"] = True
+        except Exception:  # noqa: BLE001
+            log.exception("reload: the accounts check failed")
+        log.info("reloaded on request: %s", ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in done.items()))
+        return done
+
     @property
     def port(self) -> int:
         addr: Any = self._server.bind_addr
