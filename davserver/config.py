@@ -156,6 +156,9 @@ class TLSConfig:
     reissue_days: int = 30
     #: Days ahead that the CA, the server certificate and the CRL are warned about.
     expiry_warning_days: int = 60
+    #: Bytes the CA names may take in the certificate request; over it none are sent
+    #: (tls_ca_names.py: Java refuses handshake messages over 32 KiB).
+    max_ca_names_bytes: int = 32256
 
 
 @dataclass(frozen=True)
@@ -462,7 +465,7 @@ def _parse_tls(raw: Mapping[str, Any], home: Home) -> TLSConfig:
     _check_keys(
         t, "tls",
         ("certificate", "private_key", "client_ca", "crl", "min_version", "reload_seconds", "reissue_days",
-         "expiry_warning_days"),
+         "expiry_warning_days", "max_ca_names_bytes"),
     )
     min_version = str(t.get("min_version", "1.2"))
     if min_version not in ("1.2", "1.3"):
@@ -478,6 +481,7 @@ def _parse_tls(raw: Mapping[str, Any], home: Home) -> TLSConfig:
         # at most half the lifetime of a re-issued certificate (397 days): never re-issued daily
         reissue_days=_int(t, "tls", "reissue_days", 30, 0, 180),
         expiry_warning_days=_int(t, "tls", "expiry_warning_days", 60, 0, 3650),
+        max_ca_names_bytes=_int(t, "tls", "max_ca_names_bytes", 32256, 0, 16 * 1024 * 1024),
     )
 
 

@@ -117,8 +117,10 @@ def create_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
     # company sub-CA, not its root); that is why it may hold CA certificates only.
     check_trust_anchors(tls.client_ca)
     ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    if tls.max_ca_names_bytes == 0:
+        return ctx  # the admin's choice: no names
     try:
-        names = send_client_ca_names(ctx, tls.client_ca)
+        names = send_client_ca_names(ctx, tls.client_ca, max_bytes=tls.max_ca_names_bytes)
     except CANamesUnavailable as exc:
         log.warning(
             "tls.client_ca: the certificate request names no CA (%s); a client holding several "

@@ -203,3 +203,22 @@ def test_a_failed_check_starts_the_server_without_names(
         assert ca_names(srv.port, "tls1_3") == []
         assert _get_status(inst, srv.port, tls12=False, with_cert=True) == ("TLSv1.3", 200)
     assert any("names no CA (SSL_CTX_get_options differs" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(("setting", "expected"), [
+    ("0", []),                                         # never
+    ("20", []),                                        # one name takes more than 20 bytes: none sent
+    ("32256", ["CN = davserver CA", f"CN = {SECOND_CA}"]),  # the default: both
+])
+def test_tls_max_ca_names_bytes_bounds_the_names(inst: Instance, setting: str, expected: list[str]) -> None:
+    """`tls.max_ca_names_bytes` is the bound of tls_ca_names.MAX_NAMES_BYTES as a setting:
+    over it no name is sent (a cut list would leave the omitted CAs' users with nothing
+    to choose), and sign-in works either way."""
+    _bundle_of_two(inst)
+    text = inst.home.config_file.read_text().replace(
+        "tls: {client_ca: certs/client-cas.crt}",
+        f"tls: {{client_ca: certs/client-cas.crt, max_ca_names_bytes: {setting}}}")
+    inst.home.config_file.write_text(text)
+    with running(inst) as srv:
+        assert ca_names(srv.port, "tls1_2") == expected
+        assert _get_status(inst, srv.port, tls12=False, with_cert=True)[1] == 200
