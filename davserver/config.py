@@ -285,6 +285,18 @@ class EnrolmentConfig:
     renew_before_days: int = 30
     #: Revoke the old certificate once its renewal has been used.
     revoke_renewed: bool = False
+    #: Request workers of the enrolment listener (cheroot numthreads).
+    threads: int = 4
+    #: Pending TLS handshakes of the enrolment listener, over all addresses.
+    handshakes_total: int = 64
+    #: Largest request line + header section on the enrolment listener (bytes).
+    header_bytes: int = 16384
+    #: Kept-alive connections of the enrolment listener; past it answers close the connection.
+    keep_alive_limit: int = 32
+    #: Largest enrolment or renewal form body (bytes); a longer one is refused 413 unread.
+    form_bytes: int = 16384
+    #: Largest CSR accepted (bytes of PEM), by the pages and by `cert sign`.
+    csr_bytes: int = 65536
 
 
 @dataclass(frozen=True)
@@ -644,7 +656,8 @@ def _parse_properties(raw: Mapping[str, Any]) -> PropertiesConfig:
 def _parse_enrolment(raw: Mapping[str, Any], server_bind: str) -> EnrolmentConfig:
     e = _section(raw, "enrolment")
     _check_keys(e, "enrolment", ("enabled", "bind", "port", "url", "invite_seconds", "invite_max_failures",
-                                 "max_open_invitations", "renew_before_days", "revoke_renewed"))
+                                 "max_open_invitations", "renew_before_days", "revoke_renewed", "threads",
+                                 "handshakes_total", "header_bytes", "keep_alive_limit", "form_bytes", "csr_bytes"))
     bind = server_bind if e.get("bind") is None else _str(e, "enrolment", "bind", None)
     if bind != server_bind and bind != "localhost":
         try:
@@ -670,6 +683,12 @@ def _parse_enrolment(raw: Mapping[str, Any], server_bind: str) -> EnrolmentConfi
         max_open_invitations=_int(e, "enrolment", "max_open_invitations", 1000, 1, 1_000_000),
         renew_before_days=_int(e, "enrolment", "renew_before_days", 30, 0, 3650),
         revoke_renewed=_bool(e, "enrolment", "revoke_renewed", False),
+        threads=_int(e, "enrolment", "threads", 4, 1, 64),
+        handshakes_total=_int(e, "enrolment", "handshakes_total", 64, 1, 100_000),
+        header_bytes=_int(e, "enrolment", "header_bytes", 16384, 4096, 1 << 20),
+        keep_alive_limit=_int(e, "enrolment", "keep_alive_limit", 32, 0, 100_000),
+        form_bytes=_int(e, "enrolment", "form_bytes", 16384, 1024, 1 << 20),
+        csr_bytes=_int(e, "enrolment", "csr_bytes", 65536, 1024, 1 << 20),
     )
 
 

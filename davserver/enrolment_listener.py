@@ -11,14 +11,16 @@ It reuses the main listener's defences, each with its own, smaller pool so a flo
 enrolment visitors never takes the main server's workers or handshake slots:
 
 - handshakes completed off the workers (handshake.HandshakeLoop), at most
-  ``server.handshakes_per_address`` per address and :data:`HANDSHAKES_TOTAL` in all,
-  each within ``limits.handshake_seconds``;
-- :data:`THREADS` request workers (cheroot ``numthreads``);
+  ``server.handshakes_per_address`` per address and ``enrolment.handshakes_total`` in
+  all (default :data:`HANDSHAKES_TOTAL`), each within ``limits.handshake_seconds``;
+- ``enrolment.threads`` request workers (cheroot ``numthreads``; default :data:`THREADS`);
 - the request line and headers within ``limits.header_seconds`` (watchdog.Watchdog),
-  at most :data:`HEADER_BYTES` of them; strict HTTP/1.1 framing (http1.HTTP1Request);
-- a form body of at most ``enrolment_pages.MAX_FORM_BYTES``, read within
-  ``limits.header_seconds``;
-- at most :data:`KEEP_ALIVE` kept-alive connections, each idle for ``server.timeout``.
+  at most ``enrolment.header_bytes`` of them (default :data:`HEADER_BYTES`; past it
+  cheroot answers 414 for the request line, 413 for the headers: cheroot/server.py
+  ``HTTPRequest.parse_request``); strict HTTP/1.1 framing (http1.HTTP1Request);
+- a form body of at most ``enrolment.form_bytes``, read within ``limits.header_seconds``;
+- at most ``enrolment.keep_alive_limit`` kept-alive connections (default
+  :data:`KEEP_ALIVE`), each idle for ``server.timeout``.
 
 The server certificate is reloaded with the main listener's: the adapter is attached to
 the server's ``server_certificate`` (server_certificate.ServerCertificate), which sets a
@@ -43,15 +45,16 @@ __all__ = ["HANDSHAKES_TOTAL", "HEADER_BYTES", "KEEP_ALIVE", "THREADS", "Enrolme
 
 log = logging.getLogger("davserver.enrolment")
 
-#: Request workers of the enrolment listener. Issuing costs one EC key and two PKCS#12
+#: Default of ``enrolment.threads``: request workers of the enrolment listener. Issuing costs one EC key and two PKCS#12
 #: files (about 0.4 s of CPU) and argon2 runs at most twice at once in the process
 #: (auth/passwords.py): a few workers are all it can use.
 THREADS = 4
-#: Pending TLS handshakes of the enrolment listener, over all addresses.
+#: Default of ``enrolment.handshakes_total``: pending TLS handshakes, over all addresses.
 HANDSHAKES_TOTAL = 64
-#: Largest request line + header section (bytes).
+#: Default of ``enrolment.header_bytes``: largest request line + header section (bytes).
 HEADER_BYTES = 16384
-#: Kept-alive connections of the enrolment listener; past it answers close the connection.
+#: Default of ``enrolment.keep_alive_limit``: kept-alive connections; past it answers close
+#: the connection.
 KEEP_ALIVE = 32
 
 
@@ -74,17 +77,17 @@ class EnrolmentListener:
         self._server = HandshakingServer(
             (self.bind, self._port),
             app,
-            numthreads=THREADS,
+            numthreads=e.threads,
             server_name="davserver-enrolment",
-            request_queue_size=HANDSHAKES_TOTAL,
+            request_queue_size=e.handshakes_total,
             timeout=int(config.server.timeout),
         )
         HTTP1Options.from_limits(config.limits, audit).attach(self._server)
         self.adapter = DeferredHandshakeAdapter(create_enrolment_context(config.tls))
         server_certificate.attach(self.adapter, create_enrolment_context, context=self.adapter.context)
         self._server.ssl_adapter = self.adapter
-        self._server.max_request_header_size = HEADER_BYTES
-        self._server.keep_alive_conn_limit = KEEP_ALIVE
+        self._server.max_request_header_size = e.header_bytes
+        self._server.keep_alive_conn_limit = e.keep_alive_limit
         self._server.shutdown_timeout = 5
         self.watchdog = Watchdog()
         self._server.ConnectionClass = type(
@@ -93,8 +96,8 @@ class EnrolmentListener:
         )
         self.handshakes = HandshakeLoop(
             self._server,
-            per_address=min(config.server.handshakes_per_address, HANDSHAKES_TOTAL),
-            total=HANDSHAKES_TOTAL,
+            per_address=min(config.server.handshakes_per_address, e.handshakes_total),
+            total=e.handshakes_total,
             deadline_seconds=config.limits.handshake_seconds,
         )
         self._server.handshakes = self.handshakes

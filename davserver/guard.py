@@ -201,6 +201,7 @@ class Guard:
         self.renewals = Renewals(
             config.home, store, renew_before_days=config.enrolment.renew_before_days,
             revoke_renewed=config.enrolment.revoke_renewed, renew=renew_certificate,
+            form_bytes=config.enrolment.form_bytes,
         )
         self.stepup = StepUpPage(self.authenticator, clock, self.renewals)
 

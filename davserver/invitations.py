@@ -182,6 +182,17 @@ class Invitations:
             raise self._gone(self.store.get_invitation(record.digest) or record, now)
         return _public(record)
 
+    def unspend(self, token: str, *, now: float | None = None) -> bool:
+        """Undo the spend() this caller won, when issuing the certificate then failed (the CA
+        unreadable, the disk full, the accounts file locked): the link works again, with the
+        failures it had ("a failed command changes nothing"). False when it is no longer
+        spent or has expired meanwhile; raises UnknownInvitation when there is none.
+
+        Only the winner of spend() may call it: a racing request that lost saw 410 and may
+        try again once the link is open again."""
+        now = time.time() if now is None else now
+        return self.store.unspend_invitation(self._record(token, now).digest, now)
+
     def open(self, *, now: float | None = None) -> list[Invitation]:
         """Open invitations, soonest expiry first."""
         now = time.time() if now is None else now

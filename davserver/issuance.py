@@ -13,6 +13,7 @@ the same way (``instance.bind_certificate``). Two ways in:
 
 from __future__ import annotations
 
+import contextlib
 import plistlib
 import uuid
 from dataclasses import dataclass
@@ -27,13 +28,15 @@ from .config import ConfigError, Home, load_config
 from .pki import CertificateAuthority, ClientPublicKey, IssuedCert, PKIError
 
 __all__ = [
-    "Delivery", "IssuanceError", "MIN_RSA_BITS", "check_csr", "deliver", "mobileconfig", "renew",
+    "Delivery", "IssuanceError", "MAX_CSR_BYTES", "MIN_RSA_BITS", "check_csr", "csr_limit", "deliver", "mobileconfig",
+    "renew",
 ]
 
 #: Smallest RSA modulus accepted in a CSR (NIST SP 800-131A: 2048 bits since 2014).
 MIN_RSA_BITS = 2048
 _CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
-#: Largest CSR accepted, in bytes (an RSA-16384 CSR in PEM is ~5 KB).
+#: Default of ``enrolment.csr_bytes``: largest CSR accepted, in bytes (an RSA-16384 CSR in
+#: PEM is ~5 KB).
 MAX_CSR_BYTES = 64 << 10
 DEFAULT_DAYS = 365  # `davserver cert issue --days` default
 
@@ -58,14 +61,27 @@ class Delivery:
     mobileconfig: bytes | None  # Apple configuration profile (unsigned): identity + CA
 
 
-def check_csr(csr_pem: bytes) -> ClientPublicKey:
-    """The public key of a PEM CSR whose self-signature holds and whose key is strong enough.
+def csr_limit(home: Home) -> int:
+    """``enrolment.csr_bytes`` of the instance at `home`; :data:`MAX_CSR_BYTES` when its
+    configuration cannot be read."""
+    try:
+        return load_config(home).enrolment.csr_bytes
+    except ConfigError:
+        return MAX_CSR_BYTES
 
-    Raises IssuanceError naming the fault: not a CSR, a signature that does not verify,
-    RSA under MIN_RSA_BITS, an EC curve other than P-256/384/521, or another key type.
+
+def check_csr(csr_pem: bytes, *, max_bytes: int = MAX_CSR_BYTES) -> ClientPublicKey:
+    """The public key of a PEM CSR of at most `max_bytes` bytes (``enrolment.csr_bytes``)
+    whose self-signature holds and whose key is strong enough.
+
+    Raises IssuanceError naming the fault: too large, not a CSR, a signature that does not
+    verify, RSA under MIN_RSA_BITS, an EC curve other than P-256/384/521, or another key type.
     """
-    if len(csr_pem) > MAX_CSR_BYTES:
-        raise IssuanceError(f"the CSR is larger than {MAX_CSR_BYTES} bytes")
+    if len(csr_pem) > max_bytes:
+        raise IssuanceError(
+            f"the CSR is larger than {max_bytes} bytes (enrolment.csr_bytes); make a smaller one "
+            "(no extra attributes) or ask the administrator to raise enrolment.csr_bytes"
+        )
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
     except ValueError:
@@ -152,6 +168,18 @@ def _server_name(home: Home) -> str:
         return "localhost"
 
 
+def _bind_or_forget(home: Home, ca: CertificateAuthority, issued: IssuedCert) -> None:
+    """Bind `issued` to its account; when that fails (the accounts file or its lock cannot be
+    written, the disk is full) remove its inventory record and re-raise: the certificate
+    never left this process, so a failed issuance leaves no trace and can simply be retried."""
+    try:
+        instance.bind_certificate(home, issued)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            (ca.issued_dir / f"{issued.serial}.crt").unlink()
+        raise
+
+
 def _issue(home: Home, account: str, *, email: str | None, p12_password: str | None,
            csr_pem: bytes | None, days: int) -> Delivery:
     if (p12_password is None) == (csr_pem is None):
@@ -162,15 +190,15 @@ def _issue(home: Home, account: str, *, email: str | None, p12_password: str | N
     ca_pem = ca.ca_cert_path.read_bytes() if ca.exists() else b""
     p12 = legacy = profile = None
     if csr_pem is not None:
-        public = check_csr(csr_pem)
+        public = check_csr(csr_pem, max_bytes=csr_limit(home))
         cert, issued = ca.sign_client(account, public, days=days, email=email)
-        instance.bind_certificate(home, issued)
+        _bind_or_forget(home, ca, issued)
     else:
         assert p12_password is not None
         if not p12_password:
             raise PKIError("the PKCS#12 password must not be empty; choose a password")
         key, cert, issued = ca.client_identity(account, days=days, email=email)
-        instance.bind_certificate(home, issued)
+        _bind_or_forget(home, ca, issued)
         secret = p12_password.encode("utf-8")
         p12 = ca.client_p12(key, cert, secret)
         legacy = ca.client_p12(key, cert, secret, legacy=True)

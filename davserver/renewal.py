@@ -53,11 +53,13 @@ class Renewals:
 
     `renew_before_days` is ``enrolment.renew_before_days``; `revoke_renewed` is
     ``enrolment.revoke_renewed``; `renew` is ``issuance.renew`` (home, serial,
-    p12_password=, csr_pem=) -> issuance.Delivery."""
+    p12_password=, csr_pem=) -> issuance.Delivery; `form_bytes` is ``enrolment.form_bytes``,
+    the largest renewal form body (bytes) the page reads."""
 
     def __init__(self, home: Home, store: StateStore | None, *, renew_before_days: int, revoke_renewed: bool,
-                 renew: Callable[..., Any]) -> None:
+                 renew: Callable[..., Any], form_bytes: int = 16384) -> None:
         self.home = home
+        self.form_bytes = form_bytes
         self.store = store
         self.renew_before_days = renew_before_days
         self.revoke_renewed = revoke_renewed

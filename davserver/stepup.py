@@ -158,7 +158,7 @@ class StepUpPage:
         """``POST /_davserver/renew``: a successor for the connection's certificate (see the module docstring)."""
         now = self.clock()
         browser = bool(environ.get("HTTP_ORIGIN") or environ.get("HTTP_SEC_FETCH_SITE"))
-        form = read_form(environ)
+        form = read_form(environ, max_bytes=self.renewals.form_bytes if self.renewals is not None else 16384)
         if isinstance(form, int):
             return self._plain(start_response, form, "the form could not be read\n", close=True), Decision.deny(
                 "bad_request", account, status=form)

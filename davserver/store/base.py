@@ -102,6 +102,10 @@ class StateStore(Protocol):
     def spend_invitation(self, digest: str, now: float) -> bool:
         """Turn an open invitation into ``spent``; True for exactly one of racing callers. Atomic."""
 
+    def unspend_invitation(self, digest: str, now: float) -> bool:
+        """Turn a ``spent`` invitation that has not expired back into ``open`` (the one caller
+        whose spend_invitation() won, when issuing then failed); True when it did. Atomic."""
+
     def open_invitations(self, now: float) -> list[InvitationRecord]:
         """Open invitations, soonest expiry first."""
 

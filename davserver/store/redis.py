@@ -134,6 +134,14 @@ redis.call('HSET', KEYS[1], 'state', 'spent')
 return 1
 """
 
+# KEYS[1] = the invitation's hash; ARGV[1] = now. Spent -> open (issuing failed after the spend).
+_UNSPEND_INVITATION = """
+local v = redis.call('HMGET', KEYS[1], 'state', 'expires')
+if v[1] ~= 'spent' or tonumber(v[2]) <= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'open')
+return 1
+"""
+
 # KEYS[1] = index; ARGV = now, account, key prefix of the hashes. Open -> revoked.
 _REVOKE_INVITATIONS = """
 local n = 0
@@ -168,6 +176,7 @@ class RedisStore:
         self._add_invitation = self._r.register_script(_ADD_INVITATION)
         self._fail_invitation = self._r.register_script(_FAIL_INVITATION)
         self._spend_invitation = self._r.register_script(_SPEND_INVITATION)
+        self._unspend_invitation = self._r.register_script(_UNSPEND_INVITATION)
         self._revoke_invitations = self._r.register_script(_REVOKE_INVITATIONS)
 
     @property
@@ -285,6 +294,9 @@ class RedisStore:
 
     def spend_invitation(self, digest: str, now: float) -> bool:
         return bool(self._call(self._spend_invitation, keys=[self._k("inv", digest)], args=[repr(now)]))
+
+    def unspend_invitation(self, digest: str, now: float) -> bool:
+        return bool(self._call(self._unspend_invitation, keys=[self._k("inv", digest)], args=[repr(now)]))
 
     def open_invitations(self, now: float) -> list[InvitationRecord]:
         digests = [d.decode() for d in self._call(self._r.zrangebyscore, self._k("invs"), f"({now!r}", "+inf")]

@@ -219,6 +219,13 @@ class SQLiteStore:
         )
         return cur.rowcount == 1
 
+    def unspend_invitation(self, digest: str, now: float) -> bool:
+        cur = self._db().execute(
+            "UPDATE invitations SET state = 'open' WHERE digest = ? AND state = 'spent' AND expires > ?",
+            (digest, now),
+        )
+        return cur.rowcount == 1
+
     def open_invitations(self, now: float) -> list[InvitationRecord]:
         rows = self._db().execute(
             f"SELECT {_INVITATION_COLUMNS} FROM invitations "  # noqa: S608
