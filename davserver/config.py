@@ -743,6 +743,42 @@ def parse_config(raw: Any, home: Home) -> Config:
     )
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, lines: tuple[int, int]) -> None:
+        super().__init__(key)
+        self.key, self.lines = key, lines
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, refusing a key written twice in one mapping (PyYAML keeps the
+    last one without a word: two ``bind:`` under ``server:`` served on the second)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _refuse_duplicates(node, "", set())
+        return super().construct_document(node)
+
+
+def _refuse_duplicates(node: yaml.Node, where: str, seen: set[int]) -> None:
+    if id(node) in seen:  # an alias of a node already walked
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = f"{where}.{key_node.value}" if where else str(key_node.value)
+                line = key_node.start_mark.line + 1
+                if key in first:
+                    raise _DuplicateKey(key, (first[key], line))
+                first[key] = line
+                _refuse_duplicates(value_node, key, seen)
+            else:
+                _refuse_duplicates(value_node, where, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for n, item in enumerate(node.value):
+            _refuse_duplicates(item, f"{where}[{n}]", seen)
+
+
 def load_config(home: Home) -> Config:
     """Read and validate the instance's davserver.yaml."""
     path = home.config_file
@@ -755,7 +791,10 @@ def load_config(home: Home) -> Config:
     except OSError as exc:
         raise ConfigError("", f"cannot read {path}: {exc.strerror}", source=str(path)) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except _DuplicateKey as exc:
+        raise ConfigError(exc.key, f"is written twice (lines {exc.lines[0]} and {exc.lines[1]}); the YAML "
+                          "parser would silently keep the last", "keep one of them", source=str(path)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
