@@ -113,12 +113,13 @@ def _own_server_certificate(config: Config) -> tuple[CertificateAuthority, x509.
     return ca, leaf[0]
 
 
-def check_expiry(config: Config, *, now: datetime | None = None) -> list[ExpiryNotice]:
+def check_expiry(config: Config, *, now: datetime | None = None, quiet: bool = False) -> list[ExpiryNotice]:
     """Log (and return) one notice per certificate that lapses within
     ``tls.expiry_warning_days`` (0: none): every CA in ``tls.client_ca`` and the
     built-in CA, the server certificate (``tls.certificate``, its leaf) and the CRL's
     signer (the CA in those files whose key signed ``tls.crl``). The CRL's own
-    nextUpdate is watched by revocation.py ``keep_fresh`` (re-signed, or warned about)."""
+    nextUpdate is watched by revocation.py ``keep_fresh`` (re-signed, or warned about).
+    ``quiet``: return the notices without logging them (`davserver check` prints its own)."""
     now = _utc(now)
     days = config.tls.expiry_warning_days
     if days <= 0:
@@ -158,7 +159,7 @@ def check_expiry(config: Config, *, now: datetime | None = None) -> list[ExpiryN
                          f"the CRL's signer {path} must be renewed before then: see {_DOC}#renewing-the-ca")
     for setting, path, ca in cas:
         note(setting, path, ca, f"renew the CA before then: see {_DOC}#renewing-the-ca")
-    for n in notices:
+    for n in notices if not quiet else ():
         log.log(n.level, "%s", n.message(now))
     return notices
 

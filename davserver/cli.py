@@ -6,15 +6,21 @@ one-line message on standard error and exit status 2, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import io
+import ipaddress
 import json
 import logging
 import os
 import re
 import signal
+import socket
+import struct
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
@@ -28,7 +34,7 @@ from .accounts import Account, load_accounts
 from .auth import totp
 from .auth.lockout import account_prefix, address_key, canonical_address
 from .auth.passwords import hash_password
-from .config import ConfigError, Home, load_config
+from .config import Config, ConfigError, Home, load_config
 from .errors import StartupError
 from .invitations import InvitationError, Invitations, default_base_url
 from .issuance import IssuanceError
@@ -52,6 +58,29 @@ def _fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
+def _warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+def _failure(exc: Exception) -> str:
+    """The one line a command's failure ends as (exit status 2).
+
+    The library's typed errors carry their own message; an OSError names the file and
+    what the system said; anything else is a bug, said so in one line (the traceback with
+    ``DAVSERVER_DEBUG=1``)."""
+    if isinstance(exc, ConfigError | StartupError | PKIError | IssuanceError | InvitationError):
+        return str(exc)
+    if isinstance(exc, StoreUnavailable):
+        return f"{exc} (check state.url in the configuration, or start the store)"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename}"
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}"
+    return (f"unexpected {type(exc).__name__}: {exc} (a bug in davserver: please report it with the "
+            "traceback that DAVSERVER_DEBUG=1 prints)")
+
+
 def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the library's typed errors into a one-line message and exit status 2."""
 
@@ -59,19 +88,48 @@ def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, StartupError, PKIError, IssuanceError, InvitationError) as exc:
-            _fail(str(exc))
-        except StoreUnavailable as exc:
-            _fail(f"{exc} (check state.url in the configuration, or start the store)")
-        except PermissionError as exc:
-            _fail(f"permission denied: {exc.filename}")
+        except (ConfigError, StartupError, PKIError, IssuanceError, InvitationError, StoreUnavailable,
+                PermissionError) as exc:
+            _fail(_failure(exc))
 
     return wrapper
 
 
-def _home(ctx: click.Context) -> Home:
+class _Main(click.Group):
+    """The command group: whatever a command meets ends as one line on standard error
+    and exit status 2, never a traceback (click's own usage errors and exits pass)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get("DAVSERVER_DEBUG"):
+                raise
+            _fail(_failure(exc))
+
+
+def _home(ctx: click.Context, *, instance: bool = True) -> Home:
+    """The instance folder; with ``instance`` (every command but init and quickstart) a
+    folder without config/davserver.yaml is refused before anything is written there."""
     obj: _Ctx = ctx.find_object(_Ctx)  # type: ignore[assignment]
-    return obj.home
+    home = obj.home
+    if instance and not home.config_file.is_file():
+        _fail(f"{home.root} is no davserver instance (no config/davserver.yaml): pass --home or set "
+              "DAVSERVER_HOME to the instance folder, or run `davserver init` there")
+    return home
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A text table: every column as wide as its widest cell, two spaces apart; the last
+    column is not padded (a path or a list may be long)."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    lines = []
+    for row in [headers, *rows]:
+        cells = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=False)] + [row[-1]]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
 
 
 def _read_secret_stdin(what: str) -> str:
@@ -98,7 +156,8 @@ def _iso(dt: datetime) -> str:
     return dt.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="davserver", prog_name="davserver", message="%(prog)s %(version)s")
 @click.option(
     "--home",
     type=click.Path(file_okay=False, path_type=Path),
@@ -123,12 +182,39 @@ def main(ctx: click.Context, home: Path) -> None:
 @_handled
 def init(ctx: click.Context, hostnames: tuple[str, ...], force: bool) -> None:
     """Create the CA, server certificate, CRL, default config and accounts file."""
-    home = _home(ctx)
+    home = _home(ctx, instance=False)
     result = instance.init_instance(home, hostnames, force=force)
     click.echo(f"CA and server certificate written to {home.certs_dir}")
     click.echo(f"configuration: {home.config_file}" + (" (created)" if result.created_config else " (kept)"))
     click.echo(f"accounts:      {home.accounts_file}" + (" (created)" if result.created_accounts else " (kept)"))
     click.echo("next: davserver user add NAME, then davserver cert issue NAME")
+
+
+# --- check ------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help='Print {"ok": bool, "findings": [...]} as JSON.')
+@click.option("--timeout", type=click.FloatRange(0.1, 60.0), default=2.0, show_default=True, metavar="SECONDS",
+              help="How long the state store may take to answer.")
+@click.pass_context
+@_handled
+def check(ctx: click.Context, as_json: bool, timeout: float) -> None:
+    """Check the instance without serving: configuration, accounts, file modes, certificate
+    and CRL dates, share folders, the state store. Exit 0 when all is well, 1 with findings,
+    2 when davserver.yaml itself is wrong."""
+    from .check import check_instance
+
+    findings = check_instance(_home(ctx), timeout=timeout)
+    if as_json:
+        click.echo(json.dumps({"ok": not findings, "findings": [f.to_json() for f in findings]}, indent=2))
+    else:
+        for f in findings:
+            click.echo(f.line())
+        if not findings:
+            click.echo("all is well: configuration, accounts, file modes, certificates, shares and state store")
+    if findings:
+        sys.exit(1)
 
 
 # --- certificates -----------------------------------------------------------------
@@ -203,10 +289,18 @@ def cert_revoke(ctx: click.Context, serial: str | None, account: str | None) -> 
         _fail("give either a SERIAL or --account NAME")
     home = _home(ctx)
     ca = CertificateAuthority(home.certs_dir)
-    revoked = ca.revoke_account(account) if account else [ca.revoke(serial or "")]
+    if account:
+        revoked = ca.revoke_account(account)
+        if not revoked:
+            if account in load_accounts(home.accounts_file) or any(c.account == account for c in ca.list_issued()):
+                _fail(f"{account} has no valid certificate to revoke (see `davserver cert list`)")
+            _fail(f"no account {account!r} and no certificate issued to it (see `davserver user list`)")
+    else:
+        current = ca.get_issued(serial or "")
+        if current.status == "revoked":
+            _fail(f"certificate {current.serial} ({current.account}) is already revoked")
+        revoked = [ca.revoke(current.serial)]
     instance.unbind_certificates(home, revoked)
-    if not revoked:
-        click.echo(f"{account} has no valid certificates")
     for c in revoked:
         click.echo(f"revoked {c.serial} ({c.account})")
 
@@ -237,9 +331,8 @@ def cert_list(ctx: click.Context, expiring: int | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([_cert_json(c) for c in items], indent=2))
         return
-    click.echo(f"{'SERIAL':34} {'ACCOUNT':16} {'STATUS':8} {'NOT AFTER':21} FINGERPRINT")
-    for c in items:
-        click.echo(f"{c.serial:34} {c.account:16} {c.status:8} {_iso(c.not_after):21} {c.fingerprint[:16]}…")
+    click.echo(_table(("SERIAL", "ACCOUNT", "STATUS", "NOT AFTER", "FINGERPRINT"),
+                      [(c.serial, c.account, c.status, _iso(c.not_after), f"{c.fingerprint[:16]}…") for c in items]))
 
 
 # --- enrolment ----------------------------------------------------------------------
@@ -303,6 +396,8 @@ def cert_invite(ctx: click.Context, account: str, valid_for: str | None, revoke:
     if revoke:
         if valid_for is not None:
             _fail("--valid-for makes a link; --revoke withdraws them: give one of the two")
+        if account not in load_accounts(home.accounts_file):
+            _fail(f"no account {account!r} (see `davserver user list`)")
         invitations, store = _invitations(home)
         try:
             n = invitations.revoke(account)
@@ -353,9 +448,9 @@ def cert_invites(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{'ACCOUNT':20} {'CREATED':21} {'EXPIRES':21} FAILURES")
-    for r in rows:
-        click.echo(f"{r['account']:20} {r['created']:21} {r['expires']:21} {r['failures']}")
+    click.echo(_table(("ACCOUNT", "CREATED", "EXPIRES", "FAILURES"),
+                      [(str(r["account"]), str(r["created"]), str(r["expires"]), str(r["failures"]))
+                       for r in rows]))
 
 
 def _writable_prefix(prefix: Path) -> Path:
@@ -505,21 +600,32 @@ def _edit_account(ctx: click.Context, name: str, **changes: Any) -> None:
 @_handled
 def user_passwd(ctx: click.Context, name: str, password_stdin: bool) -> None:
     """Set a new password (ends cached logins of this account)."""
-    if name not in load_accounts(_home(ctx).accounts_file):
+    home = _home(ctx)
+    if name not in load_accounts(home.accounts_file):
         _fail(f"no account {name!r} (see `davserver user list`)")
-    _edit_account(ctx, name, password_hash=hash_password(_new_password(password_stdin)))
-    _end_grants(_home(ctx), name)
+    hashed = hash_password(_new_password(password_stdin))
+    with _reachable_store(home) as store:
+        _edit_account(ctx, name, password_hash=hashed)
+        store.end_grants(name)
     click.echo(f"password of {name} changed")
 
 
 def _store(home: Home) -> StateStore:
-    return open_store(load_config(home).state)
+    state = load_config(home).state
+    try:
+        return open_store(state)
+    except OSError as exc:
+        _fail(f"state.password_file: cannot read {state.password_file}: {exc.strerror}")
 
 
-def _end_grants(home: Home, name: str) -> int:
+@contextlib.contextmanager
+def _reachable_store(home: Home) -> Iterator[StateStore]:
+    """The state store, answered a ping before the caller writes anything: an account
+    edit that must also end grants is not half done when the store is down (StoreUnavailable)."""
     store = _store(home)
     try:
-        return store.end_grants(name)
+        store.ping()
+        yield store
     finally:
         store.close()
 
@@ -539,9 +645,11 @@ def user_totp_enable(ctx: click.Context, name: str, required: bool, as_json: boo
     """Create a new TOTP secret (replacing any old one) and show it as a QR code."""
     home = _home(ctx)
     config = load_config(home)
+    stepup_url = f"{_server_url(config)}/{STEPUP_PREFIX}/"
     secret = totp.new_secret()
-    _edit_account(ctx, name, totp_secret=secret, totp_required=required)
-    _end_grants(home, name)
+    with _reachable_store(home) as store:
+        _edit_account(ctx, name, totp_secret=secret, totp_required=required)
+        store.end_grants(name)
     uri = totp.provisioning_uri(secret, name, config.totp.issuer)
     if as_json:
         click.echo(json.dumps({"account": name, "secret": secret, "uri": uri, "required": required}, indent=2))
@@ -552,7 +660,19 @@ def user_totp_enable(ctx: click.Context, name: str, required: bool, as_json: boo
     click.echo(f"Scan this with an authenticator app, or enter the secret by hand: {secret}")
     click.echo(f"URI: {uri}")
     click.echo("Sign in with the password followed by the 6-digit code (e.g. mypassword123456),")
-    click.echo(f"or open https://HOST:PORT/{STEPUP_PREFIX}/ in a browser that holds the certificate.")
+    click.echo(f"or open {stepup_url} in a browser that holds the certificate.")
+
+
+def _server_url(config: Config) -> str:
+    """``https://NAME:server.port``, NAME picked from the server certificate as an
+    invitation's link picks it (invitations.default_base_url: the first name that is not a
+    loopback name); ``https://localhost:PORT`` when the certificate cannot be read."""
+    probe = dataclasses.replace(config, enrolment=dataclasses.replace(config.enrolment, url=None,
+                                                                        port=config.server.port))
+    try:
+        return default_base_url(probe)
+    except InvitationError:
+        return f"https://localhost:{config.server.port}"
 
 
 @user_totp.command("disable")
@@ -561,8 +681,9 @@ def user_totp_enable(ctx: click.Context, name: str, required: bool, as_json: boo
 @_handled
 def user_totp_disable(ctx: click.Context, name: str) -> None:
     """Remove the account's TOTP secret (shares that require TOTP then refuse it)."""
-    _edit_account(ctx, name, totp_secret=None, totp_required=False)
-    _end_grants(_home(ctx), name)
+    with _reachable_store(_home(ctx)) as store:
+        _edit_account(ctx, name, totp_secret=None, totp_required=False)
+        store.end_grants(name)
     click.echo(f"TOTP removed from {name}")
 
 
@@ -617,9 +738,40 @@ def user_unlock(ctx: click.Context, name: str | None, address: str | None, as_js
 @_handled
 def user_disable(ctx: click.Context, name: str) -> None:
     """Refuse every request of this account until it is enabled again."""
-    _edit_account(ctx, name, enabled=False)
-    _end_grants(_home(ctx), name)
+    with _reachable_store(_home(ctx)) as store:
+        _edit_account(ctx, name, enabled=False)
+        store.end_grants(name)
     click.echo(f"account {name} disabled")
+
+
+@user.command("remove")
+@click.argument("name")
+@click.pass_context
+@_handled
+def user_remove(ctx: click.Context, name: str) -> None:
+    """Remove account NAME: its certificates are revoked (the CRL is re-signed), and its
+    bindings, sign-in grants, lockouts and open invitations end."""
+    home = _home(ctx)
+    config = load_config(home)
+    if name not in load_accounts(home.accounts_file):
+        _fail(f"no account {name!r} (see `davserver user list`)")
+    ca = CertificateAuthority(home.certs_dir)
+    ca.list_issued()  # the CA and its inventory are readable before anything changes
+    with _reachable_store(home) as store:
+        revoked = ca.revoke_account(name)
+        instance.unbind_certificates(home, revoked)
+        instance.remove_account(home, name)
+        store.end_grants(name)
+        store.clear_locks(account_prefix(name))
+        withdrawn = Invitations(store, config.enrolment).revoke(name)
+    click.echo(f"account {name} removed; {len(revoked)} certificate{'s' if len(revoked) != 1 else ''} revoked"
+               + (f", {withdrawn} invitation{'s' if withdrawn != 1 else ''} withdrawn" if withdrawn else ""))
+    for c in revoked:
+        click.echo(f"  revoked {c.serial}")
+    for share_name, s in sorted(config.shares.items()):
+        if name in s.readers or name in s.writers:
+            _warn(f"shares.{share_name} still names {name} (edit {home.config_file}, "
+                  "or a new account of that name gets its access)")
 
 
 @user.command("enable")
@@ -653,10 +805,9 @@ def user_list(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{'NAME':20} {'ENABLED':8} {'CERTS':6} GROUPS")
-    for r in rows:
-        click.echo(f"{r['name']:20} {'yes' if r['enabled'] else 'no':8} {len(r['certificates']):<6} "
-                   f"{','.join(r['groups'])}")
+    click.echo(_table(("NAME", "ENABLED", "CERTS", "GROUPS"),
+                      [(r["name"], "yes" if r["enabled"] else "no", str(len(r["certificates"])),
+                        ",".join(r["groups"]) or "-") for r in rows]))
 
 
 # --- shares ----------------------------------------------------------------------
@@ -679,14 +830,16 @@ def _principal_list(value: str) -> tuple[str, ...]:
 @click.option("--writers", default="", help="Accounts or @groups that may read and write (* = all).")
 @click.option("--require", "require", default=None, metavar="none|password|password,totp",
               help="Factors beyond the certificate [default: defaults.require].")
+@click.option("--create", is_flag=True, help="Create the folder PATH when it does not exist.")
 @click.pass_context
 @_handled
 def share_add(ctx: click.Context, name: str, path: str, read_only: bool, readers: str, writers: str,
-              require: str | None) -> None:
-    """Add share NAME serving folder PATH (created if missing).
+              require: str | None, create: bool) -> None:
+    """Add share NAME serving folder PATH (made only with --create).
 
     Without --readers/--writers every account may use it (read-only with --read-only).
     """
+    home = _home(ctx)
     readers_t, writers_t = _principal_list(readers), _principal_list(writers)
     if not readers_t and not writers_t:
         if read_only:
@@ -696,10 +849,39 @@ def share_add(ctx: click.Context, name: str, path: str, read_only: bool, readers
     factors: tuple[str, ...] | None = None
     if require is not None:
         factors = () if require.strip() == "none" else tuple(f.strip() for f in require.split(",") if f.strip())
+    existed = home.resolve(path).is_dir()
     target = instance.add_share(
-        _home(ctx), name, path, read_only=read_only, readers=readers_t, writers=writers_t, require=factors
+        home, name, path, read_only=read_only, readers=readers_t, writers=writers_t, require=factors, create=create
     )
     click.echo(f"share {name} -> {target} added; restart the server to serve it")
+    if create and not existed:
+        click.echo(f"  created {target}")
+    elif not target.is_dir():
+        _warn(f"{target} does not exist yet: the server refuses to start until it does "
+              f"(mkdir -p {target}, or add the share with --create)")
+    _warn_unknown_principals(home, readers_t + writers_t)
+
+
+def _warn_unknown_principals(home: Home, principals: tuple[str, ...]) -> None:
+    """A reader or writer that names no account or group gives nobody access (until one is
+    made with that name): say so, naming them."""
+    from .check import unknown_principals
+
+    unknown = unknown_principals(load_accounts(home.accounts_file), principals)
+    if unknown:
+        _warn(f"{', '.join(unknown)}: no such account or group yet, so nobody gets access through "
+              f"{'them' if len(unknown) > 1 else 'it'} (see `davserver user list`; groups come from "
+              "`davserver user add --groups`)")
+
+
+@share.command("remove")
+@click.argument("name")
+@click.pass_context
+@_handled
+def share_remove(ctx: click.Context, name: str) -> None:
+    """Stop serving share NAME (removed from davserver.yaml; its folder and files stay)."""
+    folder = instance.remove_share(_home(ctx), name)
+    click.echo(f"share {name} removed; its folder {folder} and files are kept; restart the server")
 
 
 @share.command("list")
@@ -723,10 +905,10 @@ def share_list(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    for r in rows:
-        mode = "read-only" if r["read_only"] else "read-write"
-        click.echo(f"{r['name']:16} {mode:10} {r['path']}  readers={','.join(r['readers']) or '-'} "
-                   f"writers={','.join(r['writers']) or '-'} require={','.join(r['require']) or 'none'}")
+    click.echo(_table(("NAME", "MODE", "REQUIRE", "READERS", "WRITERS", "PATH"),
+                      [(r["name"], "read-only" if r["read_only"] else "read-write",
+                        ",".join(r["require"]) or "none", ",".join(r["readers"]) or "-",
+                        ",".join(r["writers"]) or "-", r["path"]) for r in rows]))
 
 
 # --- serving ----------------------------------------------------------------------
@@ -771,8 +953,46 @@ def serve(ctx: click.Context, bind: str | None, port: int | None) -> None:
     tune_allocator()
     server = DavServer(load_config(_home(ctx)), bind=bind, port=port)
     server.prepare()
-    click.echo(f"davserver serving {server.url}", err=True)
+    click.echo(f"davserver serving {_serving(server.bind, server.port)}", err=True)
     _run(server)
+
+
+_WILDCARDS = ("0.0.0.0", "::", "::0", "0:0:0:0:0:0:0:0")  # noqa: S104 - naming the wildcard
+
+
+def _serving(bind: str, port: int) -> str:
+    """What the serve line says: the URL of the address bound, or for a wildcard
+    (``0.0.0.0``; ``::``, which cheroot binds dual-stack) the URL of every local address
+    it reaches and the wildcard itself."""
+    if bind not in _WILDCARDS:
+        return f"https://{f'[{bind}]' if ':' in bind else bind}:{port}/"
+    addresses = _local_addresses(ipv6=bind != "0.0.0.0")  # noqa: S104
+    urls = [f"https://{f'[{a}]' if ':' in a else a}:{port}/" for a in addresses]
+    return f"{' '.join(urls)} (every local address: bound to {bind} port {port})"
+
+
+_SIOCGIFADDR = 0x8915  # <linux/sockios.h>
+
+
+def _local_addresses(*, ipv6: bool) -> list[str]:
+    """The host's IPv4 addresses (SIOCGIFADDR on each interface, loopback first), and with
+    ``ipv6`` its global and loopback IPv6 ones (/proc/net/if_inet6; link-local ones need a
+    zone and are left out). Linux; elsewhere only the loopback addresses."""
+    v4: list[str] = []
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, ifname in socket.if_nameindex():
+            with contextlib.suppress(OSError):
+                req = struct.pack("256s", ifname.encode()[:15])
+                v4.append(socket.inet_ntoa(fcntl.ioctl(s.fileno(), _SIOCGIFADDR, req)[20:24]))
+    v6: list[str] = []
+    if ipv6:
+        with contextlib.suppress(OSError), open("/proc/net/if_inet6") as fh:
+            for line in fh:
+                address = ipaddress.IPv6Address(bytes.fromhex(line.split()[0]))
+                if not address.is_link_local:
+                    v6.append(str(address))
+    found = list(dict.fromkeys(v4 or ["127.0.0.1"])) + list(dict.fromkeys(v6 or (["::1"] if ipv6 else [])))
+    return sorted(found, key=lambda a: (":" in a, not ipaddress.ip_address(a).is_loopback))
 
 
 @main.command()
@@ -781,14 +1001,23 @@ def serve(ctx: click.Context, bind: str | None, port: int | None) -> None:
 @_handled
 def quickstart(ctx: click.Context, port: int) -> None:
     """Create a demo instance if needed (CA, account `demo`, its certificate, a share) and serve it."""
-    from .server import DavServer, tune_allocator
+    from .server import DavServer, port_is_free, tune_allocator
 
-    home = _home(ctx)
-    demo = instance.prepare_demo(home)
+    home = _home(ctx, instance=False)
+    if port and not port_is_free("127.0.0.1", port):
+        _fail(f"--port: 127.0.0.1:{port} is already in use (stop the other server or pick another --port); "
+              "nothing was changed")
+    instance.ensure_demo_instance(home)
     _setup_logging()
     tune_allocator()
     server = DavServer(load_config(home), bind="127.0.0.1", port=port)
-    server.prepare()
+    server.prepare()  # listening: only now does the demo account get a new password
+    try:
+        demo = instance.reset_demo(home)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            server.stop()
+        raise
     url = server.url
     share_url = f"{url}{demo.share}/"
     rel = {k: os.path.relpath(v) for k, v in demo.paths.items()}

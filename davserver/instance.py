@@ -26,9 +26,13 @@ __all__ = [
     "add_share",
     "bind_certificate",
     "default_config_text",
+    "ensure_demo_instance",
     "generate_password",
     "init_instance",
     "next_client_prefix",
+    "remove_account",
+    "remove_share",
+    "reset_demo",
 ]
 
 #: No look-alikes (0/O, 1/l/I): these passwords are read off a screen and typed.
@@ -152,8 +156,15 @@ def add_share(
     readers: tuple[str, ...],
     writers: tuple[str, ...],
     require: tuple[str, ...] | None = None,
+    create: bool = False,
 ) -> Path:
-    """Add a share to davserver.yaml, keeping the admin's comments and order."""
+    """Add a share to davserver.yaml, keeping the admin's comments and order; returns the
+    folder (absolute). The folder is made only with ``create`` (a typo in PATH must not
+    leave a stray folder); anything in the way is refused before the file is written.
+
+    Raises ConfigError (``shares.NAME`` / ``shares.NAME.path``) for a bad name, a name
+    in use, a PATH that is a file, or a folder that cannot be made; nothing is changed then.
+    """
     if not SHARE_NAME_RE.match(name):
         raise ConfigError(f"shares.{name}", "is not a valid share name", "lower-case letters, digits, '.', '_', '-'")
     config = load_config(home)  # refuse to edit a file that is already broken
@@ -179,9 +190,48 @@ def add_share(
     text = out.getvalue()
     parse_config(pyyaml.safe_load(text), home)  # validate before it replaces the file
     target = home.resolve(path)
-    target.mkdir(parents=True, exist_ok=True)
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"shares.{name}.path", f"{target} is not a folder", "give the path of a folder")
+    if create:
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"shares.{name}.path", f"cannot create {target}: {exc.strerror}",
+                              "fix the path or create the folder first") from None
     write_atomic(home.config_file, text.encode("utf-8"), 0o644)
     return target
+
+
+def remove_share(home: Home, name: str) -> Path:
+    """Remove share ``name`` from davserver.yaml (comments and order kept); its folder and
+    files stay. Returns the folder. Raises ConfigError when there is no such share."""
+    config = load_config(home)
+    if name not in config.shares:
+        known = ", ".join(sorted(config.shares)) or "none"
+        raise ConfigError(f"shares.{name}", "no such share", f"shares: {known}; see `davserver share list`")
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    doc = yaml.load(home.config_file.read_text(encoding="utf-8"))
+    del doc["shares"][name]
+    out = io.StringIO()
+    yaml.dump(doc, out)
+    text = out.getvalue()
+    parse_config(pyyaml.safe_load(text), home)  # validate before it replaces the file
+    write_atomic(home.config_file, text.encode("utf-8"), 0o644)
+    return config.shares[name].path
+
+
+def remove_account(home: Home, name: str) -> Account:
+    """Remove account ``name`` from the accounts file (under the accounts lock) and return
+    it. Its certificates must be revoked first (the CLI does). Raises ConfigError when
+    there is no such account."""
+    with _accounts_lock(home):
+        accounts = load_accounts(home.accounts_file)
+        if name not in accounts:
+            raise ConfigError(f"accounts.{name}", "no such account", "see `davserver user list`")
+        gone = accounts[name]
+        save_accounts(home.accounts_file, Accounts({n: a for n, a in accounts.items() if n != name}))
+        return gone
 
 
 @dataclass(frozen=True)
@@ -201,6 +251,14 @@ def prepare_demo(home: Home) -> Demo:
     The demo password is new on every run (only its hash is stored), and the
     PKCS#12 file is re-exported with it, so no secret sits on disk in clear.
     """
+    ensure_demo_instance(home)
+    return reset_demo(home)
+
+
+def ensure_demo_instance(home: Home) -> None:
+    """The instance around the demo, made when missing (CA, config, a share): no
+    secret changes, so `quickstart` can do this, then bind its port, and only then
+    give the demo account a new password (reset_demo)."""
     ca = CertificateAuthority(home.certs_dir)
     if not ca.exists():
         init_instance(home)
@@ -208,8 +266,14 @@ def prepare_demo(home: Home) -> Demo:
         write_atomic(home.config_file, default_config_text().encode("utf-8"), 0o644)
     config = load_config(home)
     if not config.shares:
-        add_share(home, "files", "data/files", read_only=False, readers=(), writers=("*",))
-        config = load_config(home)
+        add_share(home, "files", "data/files", read_only=False, readers=(), writers=("*",), create=True)
+
+
+def reset_demo(home: Home) -> Demo:
+    """A new password for the demo account (created if missing), its certificate issued
+    or its PKCS#12 file re-exported with that password. Needs ensure_demo_instance."""
+    ca = CertificateAuthority(home.certs_dir)
+    config = load_config(home)
     share = "files" if "files" in config.shares else sorted(config.shares)[0]
     share_path = config.shares[share].path
     share_path.mkdir(parents=True, exist_ok=True)

@@ -101,8 +101,8 @@ def test_cert_issue_list_revoke(home: Path) -> None:
 
 def test_share_add_keeps_comments_and_validates(home: Path) -> None:
     cfg = home / "config/davserver.yaml"
-    run(home, "share", "add", "docs", "data/docs", "--readers", "bob", "--writers", "@staff")
-    run(home, "share", "add", "pub", str(home / "public"), "--read-only")
+    run(home, "share", "add", "docs", "data/docs", "--readers", "bob", "--writers", "@staff", "--create")
+    run(home, "share", "add", "pub", str(home / "public"), "--read-only", "--create")
     text = cfg.read_text()
     assert "# Worker threads" in text, "the admin's comments survive"
     shares = load_config(Home(home)).shares
