@@ -11,24 +11,37 @@ out every device still holding the old certificate before the new one is install
 Pending revocations live in the state store, so every node sees them (two keys per
 renewal, expiring with the new certificate): ``renewal:<new fingerprint>`` says one is
 pending, ``renewal:<new fingerprint>:<old serial>`` names the certificate to revoke.
-A node looks at the store once per new fingerprint it sees (a bounded in-process set).
+A node looks at the store once per new fingerprint it sees (a bounded in-process set);
+a look-up that fails (the store unreachable, the CA unwritable) is tried again at the
+next request, so a brief Redis outage never leaves a renewed certificate unrevoked.
+
+"The built-in CA issued it" means: its issuer is one of the CAs in ``certs/ca.crt`` (read
+again whenever that file changes: after a CA renewal by docs/certificates.md, plan B, the
+file holds the new CA and the old one, and both CAs' certificates are renewed, by the new
+CA) and ``certs/issued/<serial>.crt`` is this very certificate (same SHA-256 fingerprint):
+a certificate from another CA that shares the name (every ``davserver init`` CA is
+``CN=davserver CA``) and a serial of ours is never renewed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from . import instance
 from .accounts import Account
 from .auth.identity import CertIdentity
 from .config import Home
-from .pki import CertificateAuthority, PKIError
+from .pki import CertificateAuthority, PKIError, serial_hex
 from .store.base import StateStore
 
 __all__ = ["RENEW_DUE_KEY", "Renewals", "days_left"]
@@ -65,28 +78,61 @@ class Renewals:
         self.revoke_renewed = revoke_renewed
         self._renew = renew
         self._checked: set[str] = set()
-        self._ca_name: str | None = None
+        self._ca_names: frozenset[str] = frozenset()
+        self._ca_stamp: tuple[int, int, int] | None = None
         self._lock = threading.Lock()
 
     def due(self, cert: CertIdentity, now: datetime) -> bool:
         """Whether `cert` may be renewed now: the built-in CA issued it (an enterprise
-        CA's certificates are renewed by that CA) and it expires within ``renew_before_days``."""
-        return days_left(cert, now) <= self.renew_before_days and cert.issuer == self._ca_subject()
+        CA's certificates are renewed by that CA; see the module docstring) and it expires
+        within ``renew_before_days``. Costs two ``os.stat`` calls (the CA file, the
+        inventory entry); the CA file is read again only when it changed."""
+        if days_left(cert, now) > self.renew_before_days or cert.issuer not in self._ca_subjects():
+            return False
+        return bool(self._issued_path(cert).is_file())
 
-    def _ca_subject(self) -> str | None:
-        """The built-in CA's subject (RFC 4514), read once; None without a readable CA."""
-        if self._ca_name is None:
+    def _issued_path(self, cert: CertIdentity) -> Path:
+        try:
+            serial = serial_hex(int(cert.serial, 16))
+        except ValueError:
+            serial = "-"
+        return CertificateAuthority(self.home.certs_dir).issued_dir / f"{serial}.crt"
+
+    def _ca_subjects(self) -> frozenset[str]:
+        """The subjects (RFC 4514) of every CA in the built-in CA file, re-read when its
+        inode, size or mtime changed; empty without a readable file."""
+        path = CertificateAuthority(self.home.certs_dir).ca_cert_path
+        try:
+            st = os.stat(path)
+        except OSError:
+            return frozenset()
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp != self._ca_stamp:
             try:
-                ca = x509.load_pem_x509_certificate(CertificateAuthority(self.home.certs_dir).ca_cert_path.read_bytes())
+                cas = x509.load_pem_x509_certificates(path.read_bytes())
             except (OSError, ValueError):
-                return None
-            self._ca_name = ca.subject.rfc4514_string()
-        return self._ca_name
+                return frozenset()  # half written: read again at the next request
+            self._ca_names = frozenset(ca.subject.rfc4514_string() for ca in cas)
+            self._ca_stamp = stamp
+        return self._ca_names
+
+    def _check_ours(self, cert: CertIdentity) -> None:
+        """Raise PKIError unless ``issued/<serial>.crt`` is `cert` itself (same SHA-256)."""
+        try:
+            der = x509.load_pem_x509_certificate(self._issued_path(cert).read_bytes()).public_bytes(
+                serialization.Encoding.DER)
+        except (OSError, ValueError):
+            der = b""
+        if hashlib.sha256(der).hexdigest() != cert.fingerprint.lower():
+            raise PKIError(f"certificate {cert.serial} was not issued by this server's CA; "
+                           "ask your administrator for a new one")
 
     def renew(self, cert: CertIdentity, *, p12_password: str | None, csr_pem: bytes | None) -> Any:
         """Issue the successor of `cert` (an issuance.Delivery); with ``revoke_renewed``,
         note that `cert` goes once the successor is used. Raises what issuance.renew
-        raises (IssuanceError, PKIError for a certificate the built-in CA did not issue)."""
+        raises (IssuanceError, PKIError for a certificate the built-in CA did not issue:
+        one whose serial is ours but whose bytes are not is refused before anything is issued)."""
+        self._check_ours(cert)
         delivery = self._renew(self.home, cert.serial, p12_password=p12_password, csr_pem=csr_pem)
         if self.revoke_renewed and self.store is not None:
             new = delivery.issued
@@ -98,7 +144,9 @@ class Renewals:
     def note_use(self, account: Account, cert: CertIdentity, now: datetime) -> str | None:
         """Called for every request the guard allows: the first one with a renewed
         certificate revokes its predecessor (``revoke_renewed``). Returns the serial
-        revoked, else None. Costs a set lookup once a fingerprint has been checked."""
+        revoked, else None. Costs a set lookup once a fingerprint has been checked.
+        Raises what the store raises (StoreUnavailable) and OSError; the fingerprint is
+        then looked up again at its next request."""
         if not self.revoke_renewed or self.store is None:
             return None
         with self._lock:
@@ -107,14 +155,22 @@ class Renewals:
             if len(self._checked) >= _MAX_CHECKED:
                 self._checked.clear()
             self._checked.add(cert.fingerprint)
-        stamp = now.timestamp()
-        if self.store.lock_until(f"renewal:{cert.fingerprint}", stamp) is None:
+        try:
+            return self._revoke_predecessor(self.store, account, cert, now.timestamp())
+        except BaseException:
+            with self._lock:
+                self._checked.discard(cert.fingerprint)  # not done: look again next time
+            raise
+
+    def _revoke_predecessor(self, store: StateStore, account: Account, cert: CertIdentity,
+                            stamp: float) -> str | None:
+        if store.lock_until(f"renewal:{cert.fingerprint}", stamp) is None:
             return None
         revoked = None
         for bound in account.certificates:
-            if bound.serial and self.store.lock_until(f"renewal:{cert.fingerprint}:{bound.serial}", stamp):
+            if bound.serial and store.lock_until(f"renewal:{cert.fingerprint}:{bound.serial}", stamp):
                 revoked = self._revoke(bound.serial)
-        self.store.clear_locks(f"renewal:{cert.fingerprint}")
+        store.clear_locks(f"renewal:{cert.fingerprint}")
         return revoked
 
     def _revoke(self, serial: str) -> str | None:
