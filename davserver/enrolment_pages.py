@@ -14,15 +14,22 @@ Answers (the scripted interface, issue 13 item 3):
   ``Accept: application/x-apple-aspen-config``: the configuration profile;
 - with ``csr`` and no HTML in ``Accept``: 200, the certificate as PEM
   (``application/x-pem-file``);
-- a browser (``Accept`` naming ``text/html``): a result page carrying every download
-  (modern and legacy ``.p12``, the ``.mobileconfig``, the CA, or the PEM certificate) as
-  ``data:`` links, with instructions chosen by the User-Agent (:func:`platform_of`);
+- the form field ``format`` (:data:`FORMATS`; the form preselects it by User-Agent,
+  :func:`default_format`): ``p12``, ``legacy_p12``, ``mobileconfig`` or ``pem`` answer that
+  one file, typed (``application/x-pkcs12``, ``application/x-apple-aspen-config``,
+  ``application/x-pem-file``) and ``Content-Disposition: attachment``, whatever ``Accept``
+  says: iOS Safari installs a profile only from such a response, not from a ``data:`` link;
+- a browser (``Accept`` naming ``text/html``) with ``format=page`` (the default): a result
+  page carrying every download (modern and legacy ``.p12``, the ``.mobileconfig``, the CA,
+  or the PEM certificate) as ``data:`` links, with instructions chosen by the User-Agent
+  (:func:`platform_of`);
 - a wrong password or code: 401, nothing issued, and the invitation's failure count
   grows (``enrolment.invite_max_failures`` burns it); spent, expired, burned or withdrawn:
   410; a token that never existed: 404; a locked-out address: 429.
 
-Why ``data:`` links: the server keeps no private key after the response that carries it
-(issuance.py makes it, puts it in the PKCS#12 files and forgets it), so a second request
+Why ``data:`` links (or one file chosen before submitting): the server keeps no private
+key after the response that carries it (issuance.py makes it, puts it in the PKCS#12
+files and forgets it), so a second request
 for "the legacy file, please" would have nothing to answer from. The page that answers the
 POST holds every file at once, and ``Cache-Control: no-store`` keeps it out of caches.
 """
@@ -54,14 +61,15 @@ from .store.base import StateStore, StoreUnavailable
 from .watchdog import current_connection
 
 __all__ = [
-    "GUIDE_PATH", "MAX_FORM_BYTES", "EnrolmentApp", "ResultFiles", "answer_delivery", "client_guide", "platform_of",
-    "read_form", "render_files",
+    "FORMATS", "GUIDE_PATH", "MAX_FORM_BYTES", "EnrolmentApp", "ResultFiles", "answer_delivery", "client_guide",
+    "default_format", "platform_of", "read_form", "render_files",
 ]
 
 log = logging.getLogger("davserver.enrolment")
 
-#: Largest form body accepted (bytes): a 4096-bit RSA CSR is about 1.7 KB of PEM, three
-#: times that once form-encoded. A longer body is refused 413 unread (the connection closes).
+#: Default of ``enrolment.form_bytes``, the largest form body accepted (bytes): a 4096-bit
+#: RSA CSR is about 1.7 KB of PEM, three times that once form-encoded. A longer body is
+#: refused 413 unread (the connection closes).
 MAX_FORM_BYTES = 16384
 #: Shortest PKCS#12 password accepted: the file travels by download and e-mail.
 MIN_P12_PASSWORD = 8
@@ -268,13 +276,56 @@ def _accepts(environ: dict[str, Any], mime: str) -> bool:
     return mime in environ.get("HTTP_ACCEPT", "").lower()
 
 
+#: Values of the form field ``format``: what a successful POST answers. ``page`` (the
+#: default) is the result page with every file as a ``data:`` link (or, for a script that
+#: does not accept HTML, the file its ``Accept`` names); the others answer that one file
+#: with its own Content-Type and ``Content-Disposition: attachment``.
+FORMATS: dict[str, str] = {
+    "page": "a page with every file and the instructions",
+    "p12": ".p12 (modern: Windows 10+, Linux, Firefox, Chrome)",
+    "legacy_p12": ".p12, legacy (Android, macOS Keychain, older Windows)",
+    "mobileconfig": ".mobileconfig profile (iPhone, iPad, Mac)",
+    "pem": "certificate (PEM), for a CSR",
+}
+
+
+def default_format(user_agent: str) -> str:
+    """The ``format`` the form preselects for a User-Agent: ``mobileconfig`` for iOS and
+    iPadOS (Safari installs a profile only from a response typed
+    ``application/x-apple-aspen-config``, not from a ``data:`` link), ``legacy_p12`` for
+    Android (13 and older refuse the AES file), else ``page``. iPadOS 13+ claims to be a
+    Mac: it gets ``page``, whose profile link a Mac opens; such a visitor picks the
+    profile in the list."""
+    platform, _legacy = platform_of(user_agent)
+    return {"ios": "mobileconfig", "android": "legacy_p12"}.get(platform, "page")
+
+
+def _file_answer(start_response: Callable[..., Any], files: ResultFiles, fmt: str) -> list[bytes]:
+    """One file of `files` as a download: `fmt` is a :data:`FORMATS` key other than ``page``.
+    With a CSR (no PKCS#12) every file format answers the certificate (PEM): it is the only
+    file there is."""
+    name = files.account
+    if files.p12 is None or fmt == "pem":
+        return _send(start_response, 200, PEM_TYPE, files.certificate_pem, f"{name}.crt")
+    if fmt == "mobileconfig" and files.mobileconfig is not None:
+        return _send(start_response, 200, MOBILECONFIG_TYPE, files.mobileconfig, f"{name}.mobileconfig")
+    if fmt == "legacy_p12" and files.legacy_p12 is not None:
+        return _send(start_response, 200, P12_TYPE, files.legacy_p12, f"{name}-legacy.p12")
+    return _send(start_response, 200, P12_TYPE, files.p12, f"{name}.p12")
+
+
 def answer_delivery(
     environ: dict[str, Any], start_response: Callable[..., Any], files: ResultFiles, form: dict[str, str],
     page: Callable[[str], str], *, docs_url: str = GUIDE_PATH,
 ) -> tuple[list[bytes], int]:
-    """The 200 answer to a successful enrolment or renewal POST: the bytes a script asked
-    for (``Accept``: PKCS#12, configuration profile or PEM) or, for a browser (``text/html``),
-    the result page, made by `page` around :func:`render_files`. Returns (body, status)."""
+    """The 200 answer to a successful enrolment or renewal POST: the one file the form's
+    ``format`` names (:data:`FORMATS`, checked by :func:`check_delivery_form`), else the
+    bytes a script asked for (``Accept``: PKCS#12, configuration profile or PEM) or, for a
+    browser (``text/html``), the result page, made by `page` around :func:`render_files`.
+    Returns (body, status)."""
+    fmt = form.get("format", "page") or "page"
+    if fmt != "page":
+        return _file_answer(start_response, files, fmt), 200
     if not _accepts(environ, "text/html"):
         if files.p12 is None:
             return _send(start_response, 200, PEM_TYPE, files.certificate_pem, f"{files.account}.crt"), 200
@@ -353,8 +404,14 @@ def credential_fields(account: Account, *, code_required: bool) -> str:
 
 
 def delivery_fields(user_agent: str) -> str:
-    """The choice between a server-made key (PKCS#12 password) and a CSR."""
+    """The choice between a server-made key (PKCS#12 password) and a CSR, and of what to
+    receive (``format``, preselected by :func:`default_format`)."""
     platform, _legacy = platform_of(user_agent)
+    chosen = default_format(user_agent)
+    options = "".join(
+        f'<option value={value}{" selected" if value == chosen else ""}>{html.escape(label)}</option>'
+        for value, label in FORMATS.items()
+    )
     return "".join([
         "<fieldset><legend>Your new certificate file</legend>",
         f"<label for=p12_password>Choose a password for the certificate file (at least {MIN_P12_PASSWORD} "
@@ -362,16 +419,25 @@ def delivery_fields(user_agent: str) -> str:
         "<input id=p12_password name=p12_password type=password minlength=8 autocomplete=new-password>",
         "<details><summary>I have a certificate request (CSR) instead</summary>",
         "<label for=csr>CSR (PEM), for a key kept on a smartcard, TPM or token</label>",
-        "<textarea id=csr name=csr rows=6></textarea></details></fieldset>",
+        "<textarea id=csr name=csr rows=6></textarea></details>",
+        f"<label for=format>What to receive</label><select id=format name=format>{options}</select>",
+        "<p><small>iPhone and iPad install the profile straight from the download; the page "
+        "lists every file for the other devices.</small></p></fieldset>",
         f"<p><small>Instructions for {html.escape(_PLATFORMS[platform])} follow.</small></p>",
     ])
 
 
 def check_delivery_form(form: dict[str, str]) -> tuple[str | None, bytes | None, str]:
     """(p12_password, csr_pem, error): exactly one of a PKCS#12 password (at least
-    ``MIN_P12_PASSWORD`` characters) or a CSR; `error` is "" when the form is usable."""
+    ``MIN_P12_PASSWORD`` characters) or a CSR, and a ``format`` (when given) among
+    :data:`FORMATS`, ``pem`` only with a CSR; `error` is "" when the form is usable."""
     csr = form.get("csr", "").strip()
     p12_password = form.get("p12_password", "")
+    fmt = form.get("format", "page") or "page"
+    if fmt not in FORMATS:
+        return None, None, f"Unknown format {fmt[:40]!r}; choose one of {', '.join(FORMATS)}."
+    if fmt == "pem" and not csr:
+        return None, None, "The PEM certificate alone is for a CSR; choose a .p12, the profile or the page."
     if csr:
         if p12_password:
             return None, None, "Give either a file password or a CSR, not both."
@@ -482,7 +548,8 @@ class EnrolmentApp:
         if origin and origin != f"https://{environ.get('HTTP_HOST', '')}":
             record["reason"] = "csrf"
             return self._plain(start_response, 403, "forbidden\n", environ)
-        form = read_form(environ, deadline=self.config.limits.header_seconds)
+        form = read_form(environ, max_bytes=self.config.enrolment.form_bytes,
+                         deadline=self.config.limits.header_seconds)
         if isinstance(form, int):
             record["reason"] = "bad_form"
             return self._plain(start_response, form, "the form could not be read\n", environ, [("Connection", "close")])
@@ -499,7 +566,8 @@ class EnrolmentApp:
             return self._refused(environ, start_response, record, token, account, decision)
         if csr_pem is not None:
             try:
-                check_csr(csr_pem)  # refused before the link is spent: the user may try another
+                # refused before the link is spent: the user may try another
+                check_csr(csr_pem, max_bytes=self.config.enrolment.csr_bytes)
             except IssuanceError as exc:
                 record["reason"] = "bad_csr"
                 return self._plain(start_response, 400, f"certificate request refused: {exc}\n", environ)
@@ -509,13 +577,20 @@ class EnrolmentApp:
             record["reason"] = "invitation_spent"
             return self._gone(start_response, environ, exc if isinstance(exc, InvitationGone) else InvitationGone(
                 "spent"))
+        # The spend above is the claim that makes racing POSTs issue once; when issuing then
+        # fails (the CA key unreadable, the disk full, the accounts file locked), nothing was
+        # issued or bound (issuance._bind_or_forget) and the claim is given back: the link
+        # works again once the fault is fixed ("a failed command changes nothing").
         try:
             delivery = self.issue(account.name, p12_password=p12_password, csr_pem=csr_pem)
-        except (IssuanceError, PKIError) as exc:  # nothing issued (the CA unreadable, the account gone)
+        except BaseException as exc:
+            record["invitation_restored"] = self._unspend(token)
+            if not isinstance(exc, IssuanceError | PKIError | OSError):
+                raise  # __call__ logs and audits it (500)
             record["reason"] = "issue_failed"
             log.error("enrolment for %s: nothing issued: %s", account.name, exc)
-            return self._plain(start_response, 503, "the certificate could not be issued; ask your administrator\n",
-                               environ)
+            return self._plain(start_response, 503, "the certificate could not be issued; the link still works: "
+                               "try again later, or ask your administrator\n", environ)
         files = ResultFiles.from_delivery(delivery)
         record["reason"] = "enrolled"
         record["issued_serial"] = files.serial
@@ -524,6 +599,15 @@ class EnrolmentApp:
             lambda fragment: page_html("Your certificate", fragment),
         )
         return body
+
+    def _unspend(self, token: str) -> bool:
+        """Give back the spend of `token` after a failed issuance; False when that failed too
+        (logged: the administrator sends a new link)."""
+        try:
+            return self.invitations.unspend(token)
+        except (InvitationError, StoreUnavailable) as exc:
+            log.error("enrolment: the link could not be made usable again after a failed issuance: %s", exc)
+            return False
 
     def _refused(self, environ: dict[str, Any], start_response: Callable[..., Any], record: dict[str, Any],
                  token: str, account: Account, decision: Decision) -> list[bytes]:
@@ -612,7 +696,7 @@ class EnrolmentApp:
             "decision": "allow" if allowed else "deny",
             "reason": record.get("reason", "ok"),
         }
-        for extra in ("invitation", "issued_serial", "invitation_failures"):
+        for extra in ("invitation", "issued_serial", "invitation_failures", "invitation_restored"):
             if extra in record:
                 line[extra] = record[extra]
         self.audit.write(line)
