@@ -162,3 +162,20 @@ def test_check_delivery_form_every_format() -> None:
         _pw, _csr, problem = check_delivery_form({"p12_password": P12_PW, "format": fmt})
         assert (problem == "") == (fmt != "pem"), fmt
     assert check_delivery_form({"p12_password": P12_PW, "format": "x" * 500})[2].count("x") < 60
+
+
+def test_renewal_answers_the_chosen_format(inst: Instance) -> None:
+    from tests.test_enrolment_web import alice_cert, renew
+
+    with serving(inst, renew_before_days=400) as server:
+        r = renew(inst, server, {"password": ALICE_PW, "p12_password": P12_PW, "format": "mobileconfig"},
+                  alice_cert(inst), accept=HTML)
+        assert r.status_code == 200, r.text
+        assert r.headers["Content-Type"] == "application/x-apple-aspen-config"
+        assert r.headers["Content-Disposition"] == 'attachment; filename="alice.mobileconfig"'
+        identity = next(p for p in plistlib.loads(r.content)["PayloadContent"]
+                        if p["PayloadType"] == "com.apple.security.pkcs12")
+        assert pkcs12.load_key_and_certificates(identity["PayloadContent"], P12_PW.encode())[0] is not None
+        # the twin: without a format, the browser gets the page, as before
+        r = renew(inst, server, {"password": ALICE_PW, "p12_password": P12_PW}, alice_cert(inst), accept=HTML)
+        assert r.status_code == 200 and r.headers["Content-Type"] == "text/html; charset=utf-8"

@@ -383,3 +383,18 @@ def test_config_file_with_every_bound_loads(inst: Instance) -> None:
     e = load_config(inst.home).enrolment
     assert (e.threads, e.handshakes_total, e.header_bytes, e.keep_alive_limit, e.form_bytes, e.csr_bytes) == (
         1, 1, 4096, 0, 1024, 1024)
+
+
+def test_form_bytes_bounds_the_renewal_form_too(inst: Instance) -> None:
+    from tests.test_enrolment_web import alice_cert, renew
+
+    with serving(inst, renew_before_days=400, form_bytes=1024) as server:
+        fixed = f"password={ALICE_PW}&p12_password={P12_PW}&pad="
+        over = {"password": ALICE_PW, "p12_password": P12_PW, "pad": "x" * (1024 + 1 - len(fixed))}
+        before = issued_count(inst)
+        assert renew(inst, server, over, alice_cert(inst)).status_code == 413
+        assert issued_count(inst) == before
+        at = {**over, "pad": over["pad"][:-1]}
+        r = renew(inst, server, at, alice_cert(inst))
+        assert r.status_code == 200, r.text
+        assert issued_count(inst) == before + 1
