@@ -15,6 +15,7 @@ passed in so every rule is a fast unit test.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import secrets
 import time
@@ -26,10 +27,13 @@ from .store.base import InvitationRecord, StateStore
 
 __all__ = [
     "Invitation", "InvitationError", "InvitationGone", "Invitations", "TooManyInvitations",
-    "UnknownInvitation", "default_base_url", "token_digest",
+    "MAX_VALID_SECONDS", "UnknownInvitation", "default_base_url", "token_digest",
 ]
 
 _TOKEN_BYTES = 32  # 256 bits; the issue asks for at least 128
+#: Longest lifetime of one invitation (seconds): a year, the bound of ``enrolment.invite_seconds``
+#: and of ``cert invite --valid-for``.
+MAX_VALID_SECONDS = 31_536_000.0
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{22,128}")  # token_urlsafe alphabet; 22 chars = 128 bits
 
 
@@ -126,12 +130,15 @@ class Invitations:
         """A new invitation for `account`, valid for `valid_for` seconds (default
         ``enrolment.invite_seconds``); returns the token (shown once) and the invitation.
 
-        Raises ValueError for a `valid_for` that is not positive, TooManyInvitations at the bound.
+        Raises ValueError for a `valid_for` that is not a finite number of seconds in
+        (0, MAX_VALID_SECONDS] (an infinite one would be stored and then break every listing
+        of invitations), TooManyInvitations at the bound.
         """
         now = time.time() if now is None else now
         lifetime = self.config.invite_seconds if valid_for is None else valid_for
-        if not lifetime > 0:
-            raise ValueError(f"an invitation must be valid for some time, not {lifetime!r} seconds")
+        if not (math.isfinite(lifetime) and 0 < lifetime <= MAX_VALID_SECONDS):
+            raise ValueError(f"an invitation is valid for more than 0 and at most {MAX_VALID_SECONDS:.0f} "
+                             f"seconds (a year), not {lifetime!r}")
         token = secrets.token_urlsafe(_TOKEN_BYTES)
         expires = now + lifetime
         record = InvitationRecord(token_digest(token), account, now, expires, expires + lifetime)

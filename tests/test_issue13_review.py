@@ -157,3 +157,31 @@ def test_renewal_follows_a_ca_renewal_without_restart(inst: Instance, tmp_path: 
     # outside the window (30 days, the certificates run a year): not due, whichever CA
     late = Renewals(inst.home, None, renew_before_days=30, revoke_renewed=False, renew=issuance.renew)
     assert not late.due(new_ca_cert, NOW) and not late.due(old_ca_cert, NOW)
+
+
+# --- invitations: a lifetime the store and every listing can hold -------------------------
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_invitation_lifetime_is_finite_and_at_most_a_year(request: pytest.FixtureRequest, tmp_path: Path,
+                                                         backend: str) -> None:
+    from davserver.config import EnrolmentConfig
+    from davserver.invitations import MAX_VALID_SECONDS, Invitations
+    from davserver.store.redis import RedisStore
+
+    store = (RedisStore(request.getfixturevalue("redis_url"), prefix=f"review-{tmp_path.name}:")
+             if backend == "redis" else SQLiteStore(tmp_path / "state.db"))
+    try:
+        invitations = Invitations(store, EnrolmentConfig(enabled=True, url="https://dav.example.org:8444"))
+        for bad in (float("inf"), float("nan"), -1.0, 0.0, MAX_VALID_SECONDS + 1, 1e300):
+            with pytest.raises(ValueError, match="at most 31536000 seconds"):
+                invitations.create("alice", valid_for=bad)
+        assert invitations.open() == []  # nothing stored by a refusal
+        # twins: the longest lifetime, and the default, are stored and listed
+        _, longest = invitations.create("alice", valid_for=MAX_VALID_SECONDS)
+        _, default = invitations.create("bob")
+        assert [i.account for i in invitations.open()] == ["bob", "alice"]
+        assert (longest.expires - longest.created).total_seconds() == MAX_VALID_SECONDS
+        assert (default.expires - default.created).total_seconds() == 259200
+    finally:
+        store.close()
