@@ -483,3 +483,37 @@ def test_install_guide_instance_steps_run(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=15)
+
+
+def served_serial(url: str, inst: Instance) -> int:
+    """The serial of the certificate the server presents to a new connection."""
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    from cryptography import x509
+
+    from tests.conftest import client_context
+
+    parts = urlsplit(url)
+    ctx: ssl.SSLContext = client_context(inst, inst.clients["alice"])
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname=parts.hostname) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_sighup_serves_a_replaced_server_certificate_at_once(inst: Instance, tmp_path: Path) -> None:
+    """`systemctl reload` after replacing the server certificate: served from the next
+    connection on, without waiting for tls.reload_seconds (60 s by default, here
+    in force). The twin: without SIGHUP the old one is still served."""
+    with serve(inst, tmp_path) as (proc, url, log):
+        before = served_serial(url, inst)
+        inst.ca.issue_server_cert(["localhost", "127.0.0.1"])
+        assert served_serial(url, inst) == before  # no reload yet: the old certificate
+        proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "certificate=yes" in log.read_text()), log.read_text()[-2000:]
+        after = served_serial(url, inst)
+        assert after != before
+        assert session_for(inst, "alice").get(url + "files/", timeout=30).status_code == 200
