@@ -53,6 +53,7 @@ class Refusal(StrEnum):
     LOCKED = "locked"  # a sign-in lockout is in force
     CSRF = "csrf"  # a step-up form without its certificate-bound token or from another origin
     STORE_UNAVAILABLE = "store_unavailable"
+    PROXY_HEADER = "proxy_header"  # a PROXY header missing, malformed or untrusted (proxy_protocol.py)
     # the resources (this module)
     SHARE_DENIED = "share_denied"
     READ_ONLY = "read_only"

@@ -113,6 +113,12 @@ class ServerConfig:
     handshakes_total: int = 1024
     #: Connections the kernel holds for accept(); a burst beyond it loses SYNs (1 s retry).
     listen_backlog: int = 1024
+    #: PROXY header expected from a balancer in front: "off", "v1" or "v2" (proxy_protocol.py).
+    proxy_protocol: str = "off"
+    #: Addresses/networks (checked text) that must, and alone may, send the PROXY header.
+    trusted_proxies: tuple[str, ...] = ()
+    #: Largest PROXY v2 header, TLVs included (bytes); v1 lines are at most 107 by the format.
+    proxy_header_bytes: int = 4096
 
 
 @dataclass(frozen=True)
@@ -430,7 +436,8 @@ def _parse_server(raw: Mapping[str, Any]) -> ServerConfig:
         s,
         "server",
         ("bind", "port", "threads", "timeout", "keep_alive_limit", "shutdown_timeout",
-         "handshakes_per_address", "handshakes_total", "listen_backlog"),
+         "handshakes_per_address", "handshakes_total", "listen_backlog", "proxy_protocol", "trusted_proxies",
+         "proxy_header_bytes"),
     )
     bind = _str(s, "server", "bind", "127.0.0.1")
     if bind not in ("localhost",):
@@ -448,7 +455,38 @@ def _parse_server(raw: Mapping[str, Any]) -> ServerConfig:
         handshakes_per_address=_int(s, "server", "handshakes_per_address", 128, 1, 1_000_000),
         handshakes_total=_int(s, "server", "handshakes_total", 1024, 1, 1_000_000),
         listen_backlog=_int(s, "server", "listen_backlog", 1024, 16, 65535),
+        **_parse_proxy(s),
     )
+
+
+def _parse_proxy(s: Mapping[str, Any]) -> dict[str, Any]:
+    """server.proxy_protocol, server.trusted_proxies, server.proxy_header_bytes (proxy_protocol.py)."""
+    mode = s.get("proxy_protocol", "off")
+    if mode is False:  # YAML 1.1 reads a bare off as false
+        mode = "off"
+    if mode not in ("off", "v1", "v2"):
+        raise ConfigError("server.proxy_protocol", f"{mode!r} is not off, v1 or v2", "HAProxy send-proxy-v2: v2")
+    raw = s.get("trusted_proxies") or []
+    if not isinstance(raw, list):
+        raise ConfigError("server.trusted_proxies", f"{raw!r} is not a list", "e.g. [10.0.0.5, 192.0.2.0/28]")
+    trusted = []
+    for i, item in enumerate(raw):
+        try:
+            trusted.append(str(ipaddress.ip_network(str(item).strip())))
+        except ValueError:
+            try:
+                hint = f"did you mean {ipaddress.ip_network(str(item).strip(), strict=False)}?"
+            except ValueError:
+                hint = "an IP address or a network such as 10.0.0.0/24"
+            raise ConfigError(f"server.trusted_proxies[{i}]", f"{item!r} is not an address or network", hint) from None
+    if mode != "off" and not trusted:
+        raise ConfigError(
+            "server.proxy_protocol",
+            f"is {mode} but server.trusted_proxies is empty",
+            "list the balancer's addresses in server.trusted_proxies, or set server.proxy_protocol: off",
+        )
+    header_bytes = _int(s, "server", "proxy_header_bytes", 4096, 232, 65551)
+    return {"proxy_protocol": mode, "trusted_proxies": tuple(trusted), "proxy_header_bytes": header_bytes}
 
 
 def _parse_limits(raw: Mapping[str, Any]) -> LimitsConfig:

@@ -69,6 +69,7 @@ from typing import Any
 
 from cheroot import wsgi
 
+from .proxy_protocol import ProxyHeaderError, ProxyPolicy, read_header, starts_with_proxy_header
 from .tls import TLSConnection
 from .watchdog import end_reading
 
@@ -110,6 +111,8 @@ class HandshakeCounters:
     ``evicted_total``: closed to make room under ``server.handshakes_per_address`` and
     ``server.handshakes_total``; ``refused_certificate``: completed, then closed because
     the certificate is revoked or maps to no enabled account (the ``admit`` callback);
+    ``proxy_refused``: closed before TLS for their PROXY header (``server.proxy_protocol``:
+    missing, malformed or too long from a trusted proxy, or sent by any other address);
     ``pending``: handshakes in progress now.
     """
 
@@ -120,6 +123,7 @@ class HandshakeCounters:
     evicted_per_address: int = 0
     evicted_total: int = 0
     refused_certificate: int = 0
+    proxy_refused: int = 0
     pending: int = 0
 
 
@@ -161,14 +165,21 @@ def address_key(address: str) -> str:
     return str(ip)
 
 
-class _Pending:
-    __slots__ = ("address", "conn", "deadline", "events")
+#: Stages of a pending connection before TLS (``server.proxy_protocol`` on): its PROXY
+#: header is awaited (from a trusted proxy), or its first bytes are screened for one.
+_AWAIT_HEADER, _SCREEN, _TLS = "header", "screen", "tls"
 
-    def __init__(self, conn: TLSConnection, address: str, deadline: float) -> None:
+
+class _Pending:
+    __slots__ = ("address", "conn", "deadline", "events", "held", "stage")
+
+    def __init__(self, conn: TLSConnection, address: str, deadline: float, stage: str = _TLS) -> None:
         self.conn = conn
         self.address = address
         self.deadline = deadline
         self.events = selectors.EVENT_READ
+        self.stage = stage
+        self.held = bytearray()  # bytes of a PROXY header taken so far
 
 
 class HandshakeLoop:
@@ -186,6 +197,14 @@ class HandshakeLoop:
     connection as refused. `lingerer` (an ``http1.Lingerer``, optional) takes the socket
     of a handshake refused with an alert while the client's bytes wait unread, so that
     the alert is not lost to a reset (:meth:`_close_refused`).
+    `proxy` (``server.proxy_protocol``, a ``proxy_protocol.ProxyPolicy``; None: off): a
+    connection from a trusted proxy must first send its PROXY header, read here within
+    the same deadline (:meth:`_before_tls`); its source address then replaces the
+    connection's ``remote_addr``, the one address every later layer reads, and the
+    connection counts under it from then on (while the header is awaited it counts
+    only toward `total`, not toward the proxy's `per_address`). A connection from any
+    other address that begins with a PROXY header is closed. `on_proxy_refusal(peer,
+    detail)`, called on the loop's thread, records each such refusal (the audit line).
     Raises ``ValueError`` for a cap below 1 or a deadline not above 0.
     """
 
@@ -198,6 +217,8 @@ class HandshakeLoop:
         deadline_seconds: float,
         admit: Callable[[dict[str, Any], str], str | None] | None = None,
         lingerer: Any = None,
+        proxy: ProxyPolicy | None = None,
+        on_proxy_refusal: Callable[[str, str], None] | None = None,
     ) -> None:
         if per_address < 1 or total < 1 or deadline_seconds <= 0:
             raise ValueError("per_address and total must be at least 1, deadline_seconds above 0")
@@ -207,6 +228,8 @@ class HandshakeLoop:
         self.deadline_seconds = deadline_seconds
         self.admit = admit
         self.lingerer = lingerer
+        self.proxy = proxy
+        self.on_proxy_refusal = on_proxy_refusal
         self._counters = HandshakeCounters()
         self._log = _RateLimitedLog()
         self._intake: deque[TLSConnection] = deque()
@@ -313,12 +336,15 @@ class HandshakeLoop:
         assert self._selector is not None
         self._counters.accepted += 1
         address = address_key(str(conn.remote_addr or ""))
+        stage = self._first_stage(str(conn.remote_addr or ""))
+        if stage == _AWAIT_HEADER:
+            address = _AWAIT_HEADER + " " + address  # not the proxy's per-address cap: see _before_tls
         same = self._by_address.get(address)
-        if same is not None and len(same) >= self.per_address:
+        if stage != _AWAIT_HEADER and same is not None and len(same) >= self.per_address:
             self._evict(next(iter(same)), per_address=True)
         if len(self._order) >= self.total:
             self._evict(self._oldest_of_busiest(), per_address=False)
-        entry = _Pending(conn, address, time.monotonic() + self.deadline_seconds)
+        entry = _Pending(conn, address, time.monotonic() + self.deadline_seconds, stage)
         conn.socket.setblocking(False)
         # The client speaks first: nothing to do until its ClientHello arrives.
         self._selector.register(conn.socket, selectors.EVENT_READ, entry)
@@ -364,7 +390,93 @@ class HandshakeLoop:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._selector.unregister(entry.conn.socket)
 
+    def _first_stage(self, peer: str) -> str:
+        if self.proxy is None:
+            return _TLS
+        return _AWAIT_HEADER if self.proxy.trusts(peer) else _SCREEN
+
+    def _before_tls(self, entry: _Pending) -> bool:
+        """The PROXY stage of a pending connection (``server.proxy_protocol`` on): True
+        when its TLS handshake may start now, False while bytes are awaited or after it
+        was closed. From a trusted proxy the header is read (exactly its bytes: the
+        ClientHello stays in the kernel for OpenSSL) and its source address becomes the
+        connection's ``remote_addr`` (LOCAL / UNKNOWN: the proxy's own stays); from any
+        other address the first bytes are looked at, not read, and a PROXY header there
+        closes the connection."""
+        assert self.proxy is not None
+        conn = entry.conn
+        peer = str(conn.remote_addr or "")
+        try:
+            if entry.stage == _SCREEN:
+                if not self._screen(entry):
+                    return False
+                entry.stage = _TLS
+                return True
+            header = read_header(conn.socket, self.proxy.version, entry.held, max_v2_bytes=self.proxy.max_v2_bytes)
+        except EOFError:
+            # A trusted proxy's plain TCP check: connected and closed, sent nothing. Not audited.
+            self._drop(entry)
+            _close(conn)
+            return False
+        except (ProxyHeaderError, OSError) as exc:
+            self._counters.proxy_refused += 1
+            self._drop(entry)
+            _close(conn)
+            self._log.info("proxy_refused", "closed a connection from %s before TLS: %s", peer or "?", exc)
+            if self.on_proxy_refusal is not None:
+                try:
+                    self.on_proxy_refusal(peer, str(exc))
+                except Exception:  # noqa: BLE001 - recording a refusal must not end the loop
+                    log.exception("recording a PROXY header refusal failed")
+            return False
+        if header is None:
+            return False
+        entry.stage = _TLS
+        if header.source is not None:
+            conn.remote_addr, conn.remote_port = header.source
+        self._rekey(entry, address_key(str(conn.remote_addr or "")))
+        return True
+
+    def _screen(self, entry: _Pending) -> bool:
+        """The first bytes of a connection from an untrusted address: True for anything
+        but the start of a PROXY header (a ClientHello begins 0x16; "" is an EOF that
+        the TLS step reports); False while they are only the beginning of one (taken
+        into ``held``: they are no TLS either way). Raises ProxyHeaderError for a
+        header, or for bytes that began like one and are neither."""
+        sock = entry.conn.socket
+        data = _peek(sock, 16 - len(entry.held))
+        if data is None:
+            return False
+        if not data and not entry.held:
+            return True
+        if not data:
+            raise ProxyHeaderError("closed after the beginning of a PROXY header")
+        verdict = starts_with_proxy_header(bytes(entry.held) + data)
+        if verdict is False and not entry.held:
+            return True
+        if verdict is None:
+            entry.held += socket.socket.recv(sock, len(data), socket.MSG_DONTWAIT)
+            return False
+        if verdict:
+            raise ProxyHeaderError("a PROXY header from an address not in server.trusted_proxies")
+        raise ProxyHeaderError("neither TLS nor a PROXY header")
+
+    def _rekey(self, entry: _Pending, address: str) -> None:
+        """Count `entry` under `address` from now on; at that address's cap, close its
+        oldest other pending handshake (as :meth:`_admit` does for a new connection)."""
+        old = self._by_address[entry.address]
+        del old[entry]
+        if not old:
+            del self._by_address[entry.address]
+        same = self._by_address.get(address)
+        if same is not None and len(same) >= self.per_address:
+            self._evict(next(iter(same)), per_address=True)
+        entry.address = address
+        self._by_address.setdefault(address, {})[entry] = None
+
     def _step(self, entry: _Pending) -> None:
+        if entry.stage != _TLS and not self._before_tls(entry):
+            return
         conn = entry.conn
         try:
             wanted = conn.continue_handshake()
@@ -574,6 +686,15 @@ def _bytes_waiting(sock: ssl.SSLSocket) -> bool:
         return bool(socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
     except OSError:  # nothing yet (EAGAIN), or an error the handshake step will meet
         return False
+
+
+def _peek(sock: ssl.SSLSocket, size: int) -> bytes | None:
+    """Up to `size` bytes the kernel holds for `sock`, left there; b"" at the end of the
+    stream, None when nothing has arrived yet: the plain socket's recv, under TLS."""
+    try:
+        return socket.socket.recv(sock, size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return None
 
 
 def _close(conn: TLSConnection) -> None:

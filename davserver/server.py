@@ -9,8 +9,10 @@ import logging
 import socket
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
+from .access import Refusal
 from .accounts import AccountsWatcher
 from .audit import AuditLog
 from .cert_lifecycle import check_expiry, reissue_server_certificate
@@ -24,6 +26,7 @@ from .guard import Guard
 from .handshake import HandshakeLoop, HandshakingServer, HeaderPhase, raise_open_file_limit
 from .http1 import HTTP1Options, HTTP1Request, Lingerer
 from .limits import Limits
+from .proxy_protocol import ProxyPolicy
 from .revocation import RevocationList
 from .server_certificate import ServerCertificate
 from .store import StoreUnavailable, open_store
@@ -162,6 +165,11 @@ class DavServer:
             lingerer=Lingerer(
                 max_bytes=http1.linger_bytes, max_seconds=http1.linger_seconds, max_sockets=http1.linger_connections
             ),
+            # The client's own address behind a balancer: the connection's remote_addr (proxy_protocol.py).
+            proxy=ProxyPolicy.from_settings(
+                config.server.proxy_protocol, config.server.trusted_proxies, config.server.proxy_header_bytes
+            ),
+            on_proxy_refusal=self._audit_proxy_refusal,
         )
         self._server.handshakes = self.handshakes
         #: Caps one certificate's connections waiting on workers for their headers.
@@ -208,6 +216,20 @@ class DavServer:
             clock=self.guard.clock,
         )
         return EnrolmentListener(config, app, server_certificate=self.server_certificate, audit=self.audit)
+
+    def _audit_proxy_refusal(self, peer: str, detail: str) -> None:
+        """The audit line of a connection closed for its PROXY header (handshake.py
+        ``on_proxy_refusal``): reason ``proxy_header``, the detail in ``error``, the
+        field set of ``Guard._record``; nothing of the client's is known yet."""
+        self.audit.write(
+            {
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "peer": peer, "cert_serial": None, "cert_fingerprint": None, "cert_subject": None,
+                "account": None, "share": None, "method": None, "path": None, "status": None,
+                "bytes_in": 0, "bytes_out": 0, "duration_ms": 0.0,
+                "decision": "deny", "reason": str(Refusal.PROXY_HEADER), "error": detail,
+            }
+        )
 
     def _certificate_refusal(self, ssl_env: dict[str, Any], peer: str) -> str | None:
         """The handshake loop's check of a completed handshake: None for a certificate that
