@@ -47,11 +47,15 @@ def refused(home: Path, *args: str, match: str, input: str | None = None) -> str
 
 
 def set_enrolment(home: Path, enabled: bool) -> None:
+    """Flip enrolment.enabled in place (comments kept); other sections' `enabled` keys
+    (e.g. metrics.enabled) are left alone."""
     cfg = home / "config" / "davserver.yaml"
-    text, n = re.subn(r"(?m)^  enabled: (true|false)$", f"  enabled: {'true' if enabled else 'false'}",
-                      cfg.read_text())
+    text = cfg.read_text()
+    start = text.index("\nenrolment:\n")
+    section, n = re.subn(r"(?m)^  enabled: (true|false)$", f"  enabled: {'true' if enabled else 'false'}",
+                         text[start:], count=1)
     assert n == 1
-    cfg.write_text(text)
+    cfg.write_text(text[:start] + section)
 
 
 @pytest.fixture
