@@ -182,7 +182,9 @@ def _instructions(platform: str, *, csr: bool) -> str:
         "your certificate and the CA.</li><li>Or double-click the legacy <code>.p12</code> (Keychain "
         "Access, login keychain) and the CA certificate, and set the CA to <i>Always Trust</i>.</li>"
         "<li>Finder: <i>Go → Connect to Server</i>, the share's https URL.</li></ol>",
-        "ios": "<ol><li>Tap the <code>.mobileconfig</code> profile and <i>Allow</i> the download.</li>"
+        "ios": "<ol><li>Tap the <code>.mobileconfig</code> profile and <i>Allow</i> the download. (If "
+        "Safari does nothing, ask for a new link and keep <i>.mobileconfig profile</i> chosen on the form: "
+        "Safari installs a profile it downloads, not one from this page.)</li>"
         "<li><i>Settings → Profile Downloaded → Install</i>; type your passcode, then the profile's "
         "password (the one you chose above).</li><li><i>Settings → General → About → Certificate Trust "
         "Settings</i>: switch on full trust for the davserver CA.</li><li>Safari and apps that use the "
