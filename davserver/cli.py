@@ -102,6 +102,9 @@ class _Main(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # click prints usage, a hint and the error: three lines
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            _fail(f"{exc.format_message()} (see `{where} --help`)")
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:

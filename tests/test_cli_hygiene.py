@@ -338,6 +338,16 @@ def test_every_command_is_in_the_readme_table() -> None:
 
 # --- the guard: every command with bad input ---------------------------------------------
 
+USAGE_ERRORS = [["frobnicate"], ["user", "add"], ["cert", "issue", "alice", "--days", "0"], ["user", "nope"],
+                ["share", "add", "x"], ["cert", "list", "--expiring", "soon"], ["serve", "--port", "70000"],
+                ["check", "--timeout", "0"]]
+
+
+@pytest.mark.parametrize("args", USAGE_ERRORS, ids=[" ".join(a) for a in USAGE_ERRORS])
+def test_usage_errors_are_one_line(inst: Instance, args: list[str]) -> None:
+    line = one_line_error(run(inst.home.root, *args))
+    assert "--help" in line
+
 #: Commands that rightly succeed on an instance whatever names are unknown (and the store down,
 #: but for cert invites, which reads it).
 NEEDS_NOTHING = {("cert", "list"), ("cert", "crl"), ("user", "list"), ("share", "list"), ("check",)}
