@@ -34,6 +34,7 @@ from .accounts import Account, load_accounts
 from .auth import totp
 from .auth.lockout import account_prefix, address_key, canonical_address
 from .auth.passwords import hash_password
+from .check import PING_SECONDS, unknown_principals
 from .config import Config, ConfigError, Home, load_config
 from .errors import StartupError
 from .invitations import InvitationError, Invitations, default_base_url
@@ -198,7 +199,7 @@ def init(ctx: click.Context, hostnames: tuple[str, ...], force: bool) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help='Print {"ok": bool, "findings": [...]} as JSON.')
-@click.option("--timeout", type=click.FloatRange(0.1, 60.0), default=2.0, show_default=True, metavar="SECONDS",
+@click.option("--timeout", type=click.FloatRange(0.1, 60.0), default=PING_SECONDS, show_default=True, metavar="SECONDS",
               help="How long the state store may take to answer.")
 @click.pass_context
 @_handled
@@ -853,6 +854,7 @@ def share_add(ctx: click.Context, name: str, path: str, read_only: bool, readers
     if require is not None:
         factors = () if require.strip() == "none" else tuple(f.strip() for f in require.split(",") if f.strip())
     existed = home.resolve(path).is_dir()
+    unknown = unknown_principals(load_accounts(home.accounts_file), readers_t + writers_t)  # before any write
     target = instance.add_share(
         home, name, path, read_only=read_only, readers=readers_t, writers=writers_t, require=factors, create=create
     )
@@ -862,16 +864,7 @@ def share_add(ctx: click.Context, name: str, path: str, read_only: bool, readers
     elif not target.is_dir():
         _warn(f"{target} does not exist yet: the server refuses to start until it does "
               f"(mkdir -p {target}, or add the share with --create)")
-    _warn_unknown_principals(home, readers_t + writers_t)
-
-
-def _warn_unknown_principals(home: Home, principals: tuple[str, ...]) -> None:
-    """A reader or writer that names no account or group gives nobody access (until one is
-    made with that name): say so, naming them."""
-    from .check import unknown_principals
-
-    unknown = unknown_principals(load_accounts(home.accounts_file), principals)
-    if unknown:
+    if unknown:  # they give nobody access (until an account or group of that name is made)
         _warn(f"{', '.join(unknown)}: no such account or group yet, so nobody gets access through "
               f"{'them' if len(unknown) > 1 else 'it'} (see `davserver user list`; groups come from "
               "`davserver user add --groups`)")

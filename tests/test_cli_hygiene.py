@@ -112,6 +112,9 @@ def test_share_add_refuses_what_is_in_the_way_in_one_line_and_changes_nothing(in
         assert "shares.x.path" in line, line
         assert digest(inst.home.config_file) == before
     assert not Path("/proc/nope").exists()
+    inst.home.accounts_file.write_text("accounts:\n  alice:\n    password: plain\n")  # read for the warning
+    assert "accounts.alice.password" in one_line_error(run(root, "share", "add", "x", "data/x", "--readers", "bob"))
+    assert digest(inst.home.config_file) == before
 
 
 def test_share_path_not_there_yet_is_warned_and_made_only_with_create(inst: Instance) -> None:
