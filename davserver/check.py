@@ -44,6 +44,7 @@ class Finding:
     file: str | None = None
 
     def to_json(self) -> dict[str, str]:
+        """``{"level", "setting" or "file", "message", "fix"}`` for `davserver check --json`."""
         where = {"setting": self.setting} if self.setting else {"file": self.file or ""}
         return {"level": self.level, **where, "message": self.message, "fix": self.fix}
 

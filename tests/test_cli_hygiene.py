@@ -341,6 +341,18 @@ def test_every_command_is_in_the_readme_table() -> None:
 
 # --- the guard: every command with bad input ---------------------------------------------
 
+def test_a_bug_is_one_line_too_and_debug_shows_its_traceback(inst: Instance, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(instance, "remove_share", broken)  # stands for any bug the layers below may have
+    line = one_line_error(run(inst.home.root, "share", "remove", "files"))
+    assert "unexpected ValueError: a bug" in line and "DAVSERVER_DEBUG=1" in line
+    monkeypatch.setenv("DAVSERVER_DEBUG", "1")
+    r = run(inst.home.root, "share", "remove", "files")
+    assert r.exit_code == 1 and isinstance(r.exception, ValueError)
+
+
 USAGE_ERRORS = [["frobnicate"], ["user", "add"], ["cert", "issue", "alice", "--days", "0"], ["user", "nope"],
                 ["share", "add", "x"], ["cert", "list", "--expiring", "soon"], ["serve", "--port", "70000"],
                 ["check", "--timeout", "0"]]
