@@ -227,7 +227,7 @@ def _state(config: Config, findings: list[Finding], timeout: float) -> None:
     try:
         client.ping()
     except redis.RedisError as exc:
-        findings.append(Finding("error", f"the Redis store does not answer within {timeout:g} s: {exc}",
+        findings.append(Finding("error", f"the Redis store gives no answer to a ping (timeout {timeout:g} s): {exc}",
                                 "start Redis or fix state.url (and state.password_file)", setting="state.url"))
     finally:
         client.close()

@@ -137,7 +137,7 @@ def test_state_store_unreachable_is_a_finding_within_the_timeout(inst: Instance)
     code, found = findings(inst, "--timeout", "1")
     assert time.monotonic() - start < 10
     assert code == 1 and [(f["level"], where(f)) for f in found] == [("error", "state.url")]
-    assert "within 1 s" in found[0]["message"]
+    assert "(timeout 1 s)" in found[0]["message"]
 
 
 def test_state_store_answering(inst: Instance, redis_url: str) -> None:
