@@ -33,6 +33,10 @@ class Refusal(StrEnum):
     BAD_PATH = "bad_path"
     BAD_DESTINATION = "bad_destination"
     BAD_FRAMING = "bad_framing"
+    # the TLS handshake, before any request (tls_refusals.py); no_cert, bad_eku and
+    # cert_expired are said there too
+    UNKNOWN_CA = "unknown_ca"
+    TLS_ERROR = "tls_error"
     # the certificate and the account (auth/core.py)
     NO_CERT = "no_cert"
     BAD_EKU = "bad_eku"

@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -34,6 +35,7 @@ class AuditLog:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
+        self.observers = []
         self._lock = threading.Lock()
         self._stream: TextIO
         if path is None:
@@ -51,6 +53,15 @@ class AuditLog:
                 self._stream.write(line + "\n")
             except (OSError, ValueError) as exc:  # a full disk must not take requests down
                 log.error("audit record not written: %s", exc)
+        for observe in self.observers:
+            try:
+                observe(record)
+            except Exception:  # noqa: BLE001 - a broken observer must not take requests down
+                log.exception("audit observer failed")
+
+    #: Called with every record after it is written (metrics.py counts requests and
+    #: refusals from them: one place where each figure arises). Append before serving.
+    observers: list[Callable[[dict[str, Any]], None]]
 
     def reopen(self) -> bool:
         """Open ``path`` afresh (creating it) and switch writers to it; close the old

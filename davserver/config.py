@@ -308,6 +308,19 @@ class EnrolmentConfig:
 @dataclass(frozen=True)
 class AuditConfig:
     file: Path | None  # None: standard error
+    #: Audit lines for refused TLS handshakes per second and source address (IPv6: /64); more: one summary line.
+    tls_refusals_per_second: int = 5
+    #: Audit lines for refused TLS handshakes per second over all addresses.
+    tls_refusals_total_per_second: int = 100
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The health and metrics listener: plain HTTP, /healthz, /readyz, /metrics (metrics.py)."""
+
+    enabled: bool = False
+    bind: str = "127.0.0.1"
+    port: int = 9180
 
 
 @dataclass(frozen=True)
@@ -349,6 +362,8 @@ class Config:
     locks: LocksConfig = field(default_factory=LocksConfig)
     properties: PropertiesConfig = field(default_factory=PropertiesConfig)
     enrolment: EnrolmentConfig = field(default_factory=EnrolmentConfig)
+    #: The health and metrics listener (metrics.py).
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     #: Factors asked for where no share decides (the root listing, unknown paths).
     default_require: tuple[str, ...] = ("password",)
 
@@ -745,12 +760,12 @@ def parse_config(raw: Any, home: Home) -> Config:
         raw,
         "",
         ("server", "tls", "identity", "auth", "audit", "defaults", "totp", "throttle", "state", "limits", "locks",
-         "properties", "enrolment", "shares"),
+         "properties", "enrolment", "shares", "metrics"),
     )
     a = _section(raw, "auth")
     _check_keys(a, "auth", ("credential_cache_seconds", "credential_cache_max_seconds", "strip_domain"))
     au = _section(raw, "audit")
-    _check_keys(au, "audit", ("file",))
+    _check_keys(au, "audit", ("file", "tls_refusals_per_second", "tls_refusals_total_per_second"))
     d = _section(raw, "defaults")
     _check_keys(d, "defaults", ("require",))
     audit_file = au.get("file", "state/audit.log")
@@ -768,7 +783,11 @@ def parse_config(raw: Any, home: Home) -> Config:
             credential_cache_max_seconds=_float(a, "auth", "credential_cache_max_seconds", 3600.0, 0.0),
             strip_domain=_bool(a, "auth", "strip_domain", True),
         ),
-        audit=AuditConfig(file=None if audit_file in (None, "-") else home.resolve(audit_file)),
+        audit=AuditConfig(
+            file=None if audit_file in (None, "-") else home.resolve(audit_file),
+            tls_refusals_per_second=_int(au, "audit", "tls_refusals_per_second", 5, 1, 10_000),
+            tls_refusals_total_per_second=_int(au, "audit", "tls_refusals_total_per_second", 100, 1, 100_000),
+        ),
         shares=_parse_shares(raw, home, default_require),
         default_require=default_require,
         totp=_parse_totp(raw),
@@ -778,6 +797,17 @@ def parse_config(raw: Any, home: Home) -> Config:
         locks=_parse_locks(raw),
         properties=_parse_properties(raw),
         enrolment=_parse_enrolment(raw, server.bind),
+        metrics=_parse_metrics(raw),
+    )
+
+
+def _parse_metrics(raw: Mapping[str, Any]) -> MetricsConfig:
+    m = _section(raw, "metrics")
+    _check_keys(m, "metrics", ("enabled", "bind", "port"))
+    return MetricsConfig(
+        enabled=_bool(m, "metrics", "enabled", False),
+        bind=_str(m, "metrics", "bind", "127.0.0.1"),
+        port=_int(m, "metrics", "port", 9180, 0, 65535),
     )
 
 

@@ -81,6 +81,7 @@ __all__ = [
     "HeaderPhase",
     "HeaderPhaseCounters",
     "address_key",
+    "client_address",
     "raise_open_file_limit",
 ]
 
@@ -170,6 +171,13 @@ def address_key(address: str) -> str:
 _AWAIT_HEADER, _SCREEN, _TLS = "header", "screen", "tls"
 
 
+def client_address(conn: Any) -> str:
+    """The client's address as the audit log and the metrics show it: the connection's
+    ``remote_addr`` (the one place to change when the address comes from elsewhere,
+    e.g. a PROXY protocol header); "" when unknown."""
+    return str(getattr(conn, "remote_addr", None) or "")
+
+
 class _Pending:
     __slots__ = ("address", "conn", "deadline", "events", "held", "stage")
 
@@ -207,6 +215,11 @@ class HandshakeLoop:
     detail)`, called on the loop's thread, records each such refusal (the audit line).
     Raises ``ValueError`` for a cap below 1 or a deadline not above 0.
     """
+
+    #: Called on the loop's thread with each failed handshake's exception, the client's
+    #: address (:func:`client_address`) and the seconds since acceptance; set by the server
+    #: (tls_refusals.TLSRefusals.refused). It must be cheap and must not block.
+    on_failure: Callable[[BaseException, str, float], object] | None = None
 
     def __init__(
         self,
@@ -482,6 +495,7 @@ class HandshakeLoop:
             wanted = conn.continue_handshake()
         except (ssl.SSLError, OSError, ValueError) as exc:
             self._counters.failed += 1
+            self._report_failure(entry, exc)
             self._drop(entry)
             self._close_refused(conn, alerted=isinstance(exc, ssl.SSLError))
             self._log.info("failed", "TLS handshake with %s failed: %s", entry.address or "?", exc)
@@ -507,6 +521,18 @@ class HandshakeLoop:
         except OSError as exc:  # the peer left right after its handshake
             log.debug("connection from %s lost after its handshake: %s", entry.address or "?", exc)
             _close(conn)
+
+    def _report_failure(self, entry: _Pending, exc: BaseException) -> None:
+        """Hand a failed handshake to ``on_failure`` (the audit of TLS refusals,
+        tls_refusals.py) with the client's address (:func:`client_address`) and the
+        seconds since it was accepted; an error there is logged, never raised."""
+        if self.on_failure is None:
+            return
+        try:
+            started = entry.deadline - self.deadline_seconds
+            self.on_failure(exc, client_address(entry.conn), time.monotonic() - started)
+        except Exception:  # noqa: BLE001 - auditing a refusal must not end the loop
+            log.exception("could not record the failed TLS handshake with %s", entry.address or "?")
 
     def _close_refused(self, conn: TLSConnection, *, alerted: bool) -> None:
         """Close a connection whose handshake failed. When OpenSSL answered with an alert

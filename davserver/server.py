@@ -26,11 +26,13 @@ from .guard import Guard
 from .handshake import HandshakeLoop, HandshakingServer, HeaderPhase, raise_open_file_limit
 from .http1 import HTTP1Options, HTTP1Request, Lingerer
 from .limits import Limits
+from .metrics import Metrics, MetricsListener
 from .proxy_protocol import ProxyPolicy
 from .revocation import RevocationList
 from .server_certificate import ServerCertificate
 from .store import StoreUnavailable, open_store
 from .tls import CERT_ENVIRON_KEY, DeferredHandshakeAdapter, TLSConnection, create_ssl_context
+from .tls_refusals import TLSRefusals
 from .watchdog import Watchdog
 
 __all__ = ["DavServer"]
@@ -184,6 +186,7 @@ class DavServer:
                 "header_phase": self.header_phase,
             },
         )
+        self._wire_operations()
         self._thread: threading.Thread | None = None
         self._serve_error: BaseException | None = None
         self._stopping = threading.Event()
@@ -230,6 +233,52 @@ class DavServer:
                 "decision": "deny", "reason": str(Refusal.PROXY_HEADER), "error": detail,
             }
         )
+
+    def _wire_operations(self) -> None:
+        """The audit of refused TLS handshakes (tls_refusals.py: every failed handshake
+        of the loop, within ``audit.tls_refusals_per_second``) and, with
+        ``metrics.enabled``, the metrics (metrics.py) fed from the audit records, the
+        connections and the handshake loop, and their listener (bound in ``prepare``)."""
+        config = self.config
+        #: This server's metrics and their listener; None unless ``metrics.enabled``.
+        self.metrics: Metrics | None = None
+        self.metrics_listener: MetricsListener | None = None
+        if config.metrics.enabled:
+            self.metrics = Metrics()
+            self.audit.observers.append(self.metrics.observe)
+            self._server.ConnectionClass = self.metrics.count_connections(self._server.ConnectionClass)
+            builtin = config.home.certs_dir
+            self.metrics.watch(
+                handshakes=self.handshakes.counters,
+                client_ca=config.tls.client_ca,
+                server_not_after=lambda: self.server_certificate.not_after,
+                certs_dir=builtin,
+            )
+            self.metrics_listener = MetricsListener(
+                config.metrics, self.metrics, alive=lambda: bool(self._server.ready), ready=self.readiness
+            )
+        self.tls_refusals = TLSRefusals(
+            self.audit,
+            per_address=config.audit.tls_refusals_per_second,
+            total=config.audit.tls_refusals_total_per_second,
+            counter=self.metrics.count_tls_failure if self.metrics is not None else None,
+        )
+        self.handshakes.on_failure = lambda exc, peer, seconds: self.tls_refusals.refused(exc, peer, duration=seconds)
+
+    def readiness(self) -> str | None:
+        """None when this server can serve requests: it listens, the state store answers
+        and the server certificate is loaded and current; else why not (``/readyz``)."""
+        if not self._server.ready:
+            return "not serving"
+        try:
+            self.store.ping()
+        except StoreUnavailable as exc:
+            return f"state store unavailable: {exc}"
+        if getattr(self._server.ssl_adapter, "context", None) is None:
+            return "no TLS context loaded"
+        if self.server_certificate.not_after.timestamp() <= time.time():
+            return f"the server certificate expired on {self.server_certificate.not_after:%Y-%m-%d %H:%M} UTC"
+        return None
 
     def _certificate_refusal(self, ssl_env: dict[str, Any], peer: str) -> str | None:
         """The handshake loop's check of a completed handshake: None for a certificate that
@@ -338,6 +387,18 @@ class DavServer:
                     f"server.port: not allowed to listen on {self.bind}:{self._port} (use a port above 1023)"
                 ) from None
             raise StartupError(f"server.bind: cannot listen on {self.bind}:{self._port}: {exc}") from None
+        if self.metrics_listener is not None:
+            try:
+                self.metrics_listener.prepare()
+            except OSError as exc:
+                self._server.stop()
+                self.audit.close()
+                self.store.close()
+                m = self.config.metrics
+                raise StartupError(
+                    f"metrics.port: cannot listen on {m.bind}:{m.port}: {exc} "
+                    "(stop the other server or pick another metrics.port)"
+                ) from None
 
     def start(self) -> None:
         """Listen, then serve on a background thread (used by tests and quickstart)."""
@@ -356,6 +417,8 @@ class DavServer:
         self._maintenance.start()
         self._thread = threading.Thread(target=self._serve, name="davserver", daemon=True)
         self._thread.start()
+        if self.metrics_listener is not None:
+            self.metrics_listener.start()
 
     def _serve(self) -> None:
         try:
@@ -390,12 +453,15 @@ class DavServer:
         self._stopping.set()
         if self.enrolment is not None:
             self.enrolment.stop()
+        if self.metrics_listener is not None:
+            self.metrics_listener.stop()
         self.handshakes.stop()
         self._server.stop()
         self.watchdog.stop()
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        self.tls_refusals.close()
         self.audit.close()
         self.store.close()
 
