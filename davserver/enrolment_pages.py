@@ -190,9 +190,10 @@ def _instructions(platform: str, *, csr: bool) -> str:
         "Settings</i>: switch on full trust for the davserver CA.</li><li>Safari and apps that use the "
         "system key chain (Files with a WebDAV app, Documents, …) can now present the certificate.</li>"
         "</ol>",
-        "android": "<ol><li>Download the legacy <code>.p12</code> (selected for you: Android 13 and older "
-        "refuse the modern file and say the password is wrong).</li><li><i>Settings → Security → "
-        "Encryption &amp; credentials → Install a certificate → VPN &amp; app user certificate</i>, "
+        "android": "<ol><li>Download the legacy <code>.p12</code> (listed first for you: Android 13 and older "
+        "refuse the modern file and say the password is wrong) and the CA certificate.</li>"
+        "<li><i>Settings → Security → Encryption &amp; credentials → Install a certificate → "
+        "VPN &amp; app user certificate</i>, "
         "pick the file, type its password.</li><li>Install the CA certificate the same way "
         "(<i>CA certificate</i>).</li><li>Chrome and apps that use the system key chain ask you to "
         "choose the certificate when they connect.</li></ol>",
@@ -294,12 +295,13 @@ FORMATS: dict[str, str] = {
 def default_format(user_agent: str) -> str:
     """The ``format`` the form preselects for a User-Agent: ``mobileconfig`` for iOS and
     iPadOS (Safari installs a profile only from a response typed
-    ``application/x-apple-aspen-config``, not from a ``data:`` link), ``legacy_p12`` for
-    Android (13 and older refuse the AES file), else ``page``. iPadOS 13+ claims to be a
-    Mac: it gets ``page``, whose profile link a Mac opens; such a visitor picks the
-    profile in the list."""
+    ``application/x-apple-aspen-config``, not from a ``data:`` link, and the profile
+    holds the CA too), else ``page``: Android needs the legacy file *and* the CA
+    certificate, which the page offers together, the legacy file first. iPadOS 13+
+    claims to be a Mac: it gets ``page``, whose profile link a Mac opens; such a
+    visitor picks the profile in the list."""
     platform, _legacy = platform_of(user_agent)
-    return {"ios": "mobileconfig", "android": "legacy_p12"}.get(platform, "page")
+    return {"ios": "mobileconfig"}.get(platform, "page")
 
 
 def _file_answer(start_response: Callable[..., Any], files: ResultFiles, fmt: str) -> list[bytes]:

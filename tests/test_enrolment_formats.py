@@ -36,7 +36,7 @@ UA = {
     "linux": "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0",
     "none": "",
 }
-PRESELECTED = {"iphone": "mobileconfig", "ipad-old": "mobileconfig", "android": "legacy_p12", "windows": "page",
+PRESELECTED = {"iphone": "mobileconfig", "ipad-old": "mobileconfig", "android": "page", "windows": "page",
                "macos": "page", "linux": "page", "none": "page"}
 
 
