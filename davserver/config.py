@@ -311,7 +311,7 @@ class AuditConfig:
     #: Audit lines for refused TLS handshakes per second and source address (IPv6: /64); more: one summary line.
     tls_refusals_per_second: int = 5
     #: Audit lines for refused TLS handshakes per second over all addresses.
-    tls_refusals_total_per_second: int = 100
+    tls_refusals_total_per_second: int = 20
 
 
 @dataclass(frozen=True)
@@ -786,7 +786,7 @@ def parse_config(raw: Any, home: Home) -> Config:
         audit=AuditConfig(
             file=None if audit_file in (None, "-") else home.resolve(audit_file),
             tls_refusals_per_second=_int(au, "audit", "tls_refusals_per_second", 5, 1, 10_000),
-            tls_refusals_total_per_second=_int(au, "audit", "tls_refusals_total_per_second", 100, 1, 100_000),
+            tls_refusals_total_per_second=_int(au, "audit", "tls_refusals_total_per_second", 20, 1, 100_000),
         ),
         shares=_parse_shares(raw, home, default_require),
         default_require=default_require,

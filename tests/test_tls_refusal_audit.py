@@ -22,6 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from davserver.access import Refusal
 from davserver.audit import AuditLog
@@ -267,3 +269,91 @@ def test_classify_maps_openssl_errors_to_the_five_reasons() -> None:
     assert classify(ValueError("bad certificate")) == Refusal.TLS_ERROR
     for reason in ("no_cert", "unknown_ca", "cert_expired", "bad_eku", "tls_error"):
         assert reason in {r.value for r in Refusal}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    per_address=st.integers(1, 6),
+    total=st.integers(1, 12),
+    events=st.lists(st.tuples(st.sampled_from(["192.0.2.1", "192.0.2.2", "2001:db8::1", "2001:db8::9", "198.51.100.7"]),
+                              st.floats(0, 0.7)), max_size=80),
+)
+def test_no_second_ever_exceeds_the_bounds_and_nothing_is_lost(
+    tmp_path_factory: pytest.TempPathFactory, per_address: int, total: int, events: list[tuple[str, float]]
+) -> None:
+    """Any sequence of refusals and pauses: in every one-second window at most
+    `per_address` lines per address key and `total` in all; every refusal is either a
+    line or counted in a summary; the metrics count all of them."""
+    folder = tmp_path_factory.mktemp("rate")
+    audit = AuditLog(folder / "audit.log")
+    clock = _Clock()
+    counted: list[str] = []
+    refusals = TLSRefusals(audit, per_address=per_address, total=total, counter=counted.append, clock=clock)
+    exc = ssl.SSLError(1, "wrong version number")
+    written_at: list[tuple[int, str]] = []
+    for peer, pause in events:
+        clock.now += pause
+        before = (folder / "audit.log").read_text().count(f'"event":"{EVENT}"')
+        refusals.refused(exc, peer)
+        if (folder / "audit.log").read_text().count(f'"event":"{EVENT}"') > before:
+            written_at.append((int(clock.now), "2001:db8::/64" if ":" in peer else peer))
+    refusals.close()
+    audit.close()
+    records = [json.loads(x) for x in (folder / "audit.log").read_text().splitlines()]
+    suppressed = sum(r["suppressed"] for r in records if r["event"] == SUPPRESSED_EVENT)
+    assert len(written_at) + suppressed == len(events) == len(counted)
+    for second in {s for s, _ in written_at}:
+        keys = [k for s, k in written_at if s == second]
+        assert len(keys) <= total
+        assert all(keys.count(k) <= per_address for k in keys)
+
+
+def test_metrics_labels_stay_bounded_whatever_the_record_says() -> None:
+    """Method and reason labels come from fixed lists whatever a record holds."""
+    from davserver.metrics import METHODS, Metrics
+
+    @settings(max_examples=200, deadline=None)
+    @given(method=st.one_of(st.none(), st.text(max_size=12), st.sampled_from(sorted(METHODS))),
+           reason=st.one_of(st.none(), st.text(max_size=12), st.sampled_from([r.value for r in Refusal])),
+           status=st.one_of(st.none(), st.integers(-5, 2000), st.text(max_size=3)))
+    def check(method: object, reason: object, status: object) -> None:
+        metrics = Metrics()
+        metrics.observe({"method": method, "status": status, "decision": "deny", "reason": reason,
+                         "duration_ms": 1.0, "bytes_in": 0, "bytes_out": 0})
+        metrics.count_tls_failure(str(reason))
+        for family in metrics.registry.collect():
+            for sample in family.samples:
+                labels = sample.labels
+                assert labels.get("method", "GET") in METHODS | {"other"}
+                assert labels.get("reason", "ok") in {r.value for r in Refusal} | {"other", "ok"}
+                assert str(labels.get("status", "200")).isdigit() and len(labels.get("status", "200")) <= 3
+
+    check()
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "ok"),
+    [("tls_refusals_per_second", 0, False), ("tls_refusals_per_second", 1, True),
+     ("tls_refusals_per_second", 10_000, True), ("tls_refusals_per_second", 10_001, False),
+     ("tls_refusals_total_per_second", 0, False), ("tls_refusals_total_per_second", 100_000, True),
+     ("tls_refusals_per_second", "5", False)],
+)
+def test_the_rate_settings_are_checked(inst: Instance, setting: str, value: object, ok: bool) -> None:
+    from davserver.config import ConfigError
+
+    cfg = inst.home.config_file
+    cfg.write_text(cfg.read_text().replace(
+        "audit: {file: state/audit.log}", f"audit: {{file: state/audit.log, {setting}: {value!r}}}"
+    ))
+    if ok:
+        assert getattr(load_config(inst.home).audit, setting) == value
+    else:
+        with pytest.raises(ConfigError, match=f"audit.{setting}"):
+            load_config(inst.home)
+
+
+def test_the_defaults_are_documented_values() -> None:
+    from davserver.config import AuditConfig
+
+    assert AuditConfig(file=None).tls_refusals_per_second == 5
+    assert AuditConfig(file=None).tls_refusals_total_per_second == 20
