@@ -166,16 +166,17 @@ def address_key(address: str) -> str:
     return str(ip)
 
 
-#: Stages of a pending connection before TLS (``server.proxy_protocol`` on): its PROXY
-#: header is awaited (from a trusted proxy), or its first bytes are screened for one.
-_AWAIT_HEADER, _SCREEN, _TLS = "header", "screen", "tls"
-
-
 def client_address(conn: Any) -> str:
     """The client's address as the audit log and the metrics show it: the connection's
     ``remote_addr`` (the one place to change when the address comes from elsewhere,
     e.g. a PROXY protocol header); "" when unknown."""
     return str(getattr(conn, "remote_addr", None) or "")
+
+
+#: Stages of a pending connection before TLS (``server.proxy_protocol`` on): its PROXY
+#: header is awaited (from a trusted proxy), or its first bytes are screened for one.
+#: ``_AFTER_HEADER``: the header is in, no TLS byte yet (a proxy's health check closes here).
+_AWAIT_HEADER, _SCREEN, _AFTER_HEADER, _TLS = "header", "screen", "after-header", "tls"
 
 
 class _Pending:
@@ -213,6 +214,8 @@ class HandshakeLoop:
     only toward `total`, not toward the proxy's `per_address`). A connection from any
     other address that begins with a PROXY header is closed. `on_proxy_refusal(peer,
     detail)`, called on the loop's thread, records each such refusal (the audit line).
+    A trusted proxy's connection that closes before its header or right after it,
+    before any TLS byte (its health checks), is closed quietly: no refusal, no failure.
     Raises ``ValueError`` for a cap below 1 or a deadline not above 0.
     """
 
@@ -444,7 +447,7 @@ class HandshakeLoop:
             return False
         if header is None:
             return False
-        entry.stage = _TLS
+        entry.stage = _AFTER_HEADER
         if header.source is not None:
             conn.remote_addr, conn.remote_port = header.source
         self._rekey(entry, address_key(str(conn.remote_addr or "")))
@@ -488,8 +491,22 @@ class HandshakeLoop:
         self._by_address.setdefault(address, {})[entry] = None
 
     def _step(self, entry: _Pending) -> None:
-        if entry.stage != _TLS and not self._before_tls(entry):
+        if entry.stage in (_AWAIT_HEADER, _SCREEN) and not self._before_tls(entry):
             return
+        if entry.stage == _AFTER_HEADER:
+            try:
+                first = _peek(entry.conn.socket, 1)
+            except OSError:
+                first = b""
+            if first is None:
+                return  # the ClientHello has not arrived yet
+            if not first:
+                # Closed after its header, before any TLS byte: a proxy's health check (HAProxy
+                # sends a LOCAL header, with v1 its own addresses, then closes). Not a failed handshake.
+                self._drop(entry)
+                _close(entry.conn)
+                return
+            entry.stage = _TLS
         conn = entry.conn
         try:
             wanted = conn.continue_handshake()

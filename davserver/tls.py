@@ -165,7 +165,18 @@ class DeferredHandshakeAdapter(BuiltinSSLAdapter):
         self.context = context
 
     def wrap(self, sock: Any) -> tuple[Any, dict[str, Any]]:
-        s = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        """The accepted socket, TLS-wrapped without a handshake. A peer that sent bytes and
+        reset the connection before it was accepted (HAProxy's health check with
+        ``send-proxy-v2``: a LOCAL header, then RST) makes Python refuse the wrap
+        (``ssl.py`` ``SSLSocket._create``: "Closed before TLS handshake with data in recv
+        buffer", errno ENOTCONN), which cheroot's accept loop logged as a traceback; it is
+        raised as the reset it is (ECONNRESET, ``cheroot/connections.py:378`` drops it)."""
+        try:
+            s = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except ssl.SSLError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise
+            raise ConnectionResetError(errno.ECONNRESET, "the client left before it was accepted") from None
         return s, {}
 
     def connection_environ(self, sock: ssl.SSLSocket) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import base64
 import contextlib
 import ipaddress
 import json
+import re
 import shutil
 import socket
 import ssl
@@ -25,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -520,23 +522,37 @@ HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 HAPROXY_SOURCE = "127.0.0.3"  # the balancer's address towards davserver
 CURL_SOURCE = "127.0.0.2"  # the client's
 
-HAPROXY_CONFIG = """\
-global
-    maxconn 256
+SCALING_DOC = Path(__file__).resolve().parents[1] / "docs" / "scaling.md"
 
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
 
-frontend webdav
-    bind {listen}:{port}
-    default_backend davserver
+def _doc_blocks() -> tuple[str, str]:
+    """docs/scaling.md's HAProxy configuration and the node settings beside it."""
+    section = SCALING_DOC.read_text().split("## HAProxy", 1)[1]
+    haproxy_cfg = re.search(r"```\n(.*?)```", section, re.S)
+    node_yaml = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert haproxy_cfg and node_yaml
+    return haproxy_cfg.group(1), node_yaml.group(1)
 
-backend davserver
-    server dav1 127.0.0.1:{backend_port} {send_proxy} source {source}
-"""
+
+def haproxy_config(port: int, backend_port: int, send_proxy: str) -> str:
+    """The documented configuration, as written but for the addresses, the port, the
+    check interval and HAProxy's source address (all nodes are this one server)."""
+    text, _ = _doc_blocks()
+    assert text.count("bind :443") == 1
+    text = text.replace("bind :443", f"bind 127.0.0.1:{port}")
+    text, n = re.subn(r"10\.0\.0\.1[12]:8443 check send-proxy-v2",
+                      f"127.0.0.1:{backend_port} check {send_proxy} inter 100ms source {HAPROXY_SOURCE}", text)
+    assert n == 2, text
+    return text
+
+
+def test_the_documented_node_settings_load(inst: Instance) -> None:
+    _, node = _doc_blocks()
+    server = yaml.safe_load(node)["server"]
+    assert server == {"proxy_protocol": "v2", "trusted_proxies": ["10.0.0.5"]}
+    _config(inst, "server: " + json.dumps({"bind": "127.0.0.1", "port": 0, **server}))
+    loaded = load_config(inst.home).server
+    assert (loaded.proxy_protocol, loaded.trusted_proxies) == ("v2", ("10.0.0.5/32",))
 
 
 def _free_port_in(lo: int, hi: int) -> int:
@@ -553,13 +569,12 @@ def _free_port_in(lo: int, hi: int) -> int:
 @contextmanager
 def haproxy(tmp_path: Path, backend_port: int, send_proxy: str) -> Iterator[int]:
     """HAProxy in the foreground on a free port of 18400-18499 with its own config
-    file; stopped by its PID."""
+    file (docs/scaling.md's); stopped by its PID."""
     if not Path(HAPROXY).exists():
         pytest.fail("haproxy is not installed (apt-get install haproxy; .ci/run installs it)")
     port = _free_port_in(18400, 18499)
     cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(HAPROXY_CONFIG.format(listen="127.0.0.1", port=port, backend_port=backend_port,
-                                         send_proxy=send_proxy, source=HAPROXY_SOURCE))
+    cfg.write_text(haproxy_config(port, backend_port, send_proxy))
     subprocess.run([HAPROXY, "-c", "-f", str(cfg)], check=True, capture_output=True)
     proc = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -595,7 +610,7 @@ def curl(inst: Instance, port: int) -> tuple[int, str]:
 
 @pytest.mark.parametrize(("send_proxy", "mode"), [("send-proxy-v2", "v2"), ("send-proxy", "v1")])
 def test_through_haproxy_the_audit_log_shows_the_clients_own_address(
-        inst: Instance, tmp_path: Path, send_proxy: str, mode: str) -> None:
+        inst: Instance, tmp_path: Path, capfd: pytest.CaptureFixture[str], send_proxy: str, mode: str) -> None:
     with proxied_server(inst, mode, trusted=HAPROXY_SOURCE) as server, \
             haproxy(tmp_path, server.port, send_proxy) as port:
         before = len(audit(inst))
@@ -603,6 +618,11 @@ def test_through_haproxy_the_audit_log_shows_the_clients_own_address(
         assert (rc, out) == (0, "200")
         record = audit_after(inst, before)[-1]
         assert (record["peer"], record["account"], record["status"]) == (CURL_SOURCE, "alice", 200), record
+        time.sleep(1.0)  # ten health checks: a header, then a close (or a reset before the accept)
+        counters = server.handshakes.counters()
+        assert (counters.failed, counters.proxy_refused, counters.completed) == (0, 0, 1), counters
+    assert [r["reason"] for r in audit(inst)[before:]] == ["ok"]
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_through_haproxy_without_send_proxy_the_connection_is_refused(inst: Instance, tmp_path: Path) -> None:
