@@ -313,6 +313,8 @@ class MetricsListener:
         self.prepare()
         self._thread = threading.Thread(target=self._server.serve, name="davserver-metrics", daemon=True)
         self._thread.start()
+        host = self.config.bind if ":" not in self.config.bind else f"[{self.config.bind}]"
+        log.info("health and metrics on http://%s:%d/ (/healthz, /readyz, /metrics)", host, self.port)
 
     def stop(self) -> None:
         """Stop serving (idempotent)."""
