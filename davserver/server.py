@@ -9,10 +9,8 @@ import logging
 import socket
 import threading
 import time
-from datetime import UTC, datetime
 from typing import Any
 
-from .access import Refusal
 from .accounts import AccountsWatcher
 from .audit import AuditLog
 from .cert_lifecycle import check_expiry, reissue_server_certificate
@@ -27,7 +25,7 @@ from .handshake import HandshakeLoop, HandshakingServer, HeaderPhase, raise_open
 from .http1 import HTTP1Options, HTTP1Request, Lingerer
 from .limits import Limits
 from .metrics import Metrics, MetricsListener
-from .proxy_protocol import ProxyPolicy
+from .proxy_protocol import ProxyHeaderError, ProxyPolicy
 from .revocation import RevocationList
 from .server_certificate import ServerCertificate
 from .store import StoreUnavailable, open_store
@@ -221,18 +219,10 @@ class DavServer:
         return EnrolmentListener(config, app, server_certificate=self.server_certificate, audit=self.audit)
 
     def _audit_proxy_refusal(self, peer: str, detail: str) -> None:
-        """The audit line of a connection closed for its PROXY header (handshake.py
-        ``on_proxy_refusal``): reason ``proxy_header``, the detail in ``error``, the
-        field set of ``Guard._record``; nothing of the client's is known yet."""
-        self.audit.write(
-            {
-                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                "peer": peer, "cert_serial": None, "cert_fingerprint": None, "cert_subject": None,
-                "account": None, "share": None, "method": None, "path": None, "status": None,
-                "bytes_in": 0, "bytes_out": 0, "duration_ms": 0.0,
-                "decision": "deny", "reason": str(Refusal.PROXY_HEADER), "error": detail,
-            }
-        )
+        """A connection closed for its PROXY header (handshake.py ``on_proxy_refusal``):
+        audited like a refused TLS handshake, under the same rate limits
+        (``audit.tls_refusals_per_second``), reason ``proxy_header``."""
+        self.tls_refusals.refused(ProxyHeaderError(detail), peer)
 
     def _wire_operations(self) -> None:
         """The audit of refused TLS handshakes (tls_refusals.py: every failed handshake

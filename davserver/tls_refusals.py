@@ -41,6 +41,7 @@ from typing import Any
 from .access import Refusal
 from .audit import AuditLog
 from .handshake import address_key as _address_key
+from .proxy_protocol import ProxyHeaderError
 
 __all__ = ["EVENT", "SUPPRESSED_EVENT", "TLSRefusals", "classify"]
 
@@ -78,8 +79,11 @@ def classify(exc: BaseException) -> Refusal | None:
     connection before its handshake completed (``SSLEOFError``, ``SSLZeroReturnError`` or
     a plain ``OSError`` such as ECONNRESET: a TCP health check, a port scan, a client that
     gave up) was not refused and is None. Returns
-    ``Refusal.NO_CERT``, ``UNKNOWN_CA``, ``CERT_EXPIRED``, ``BAD_EKU`` or ``TLS_ERROR``.
+    ``Refusal.NO_CERT``, ``UNKNOWN_CA``, ``CERT_EXPIRED``, ``BAD_EKU`` or ``TLS_ERROR``;
+    ``PROXY_HEADER`` for a ``proxy_protocol.ProxyHeaderError`` (server.proxy_protocol).
     """
+    if isinstance(exc, ProxyHeaderError):
+        return Refusal.PROXY_HEADER  # closed before TLS for its PROXY header (handshake.py, proxy_protocol.py)
     if isinstance(exc, ssl.SSLCertVerificationError):
         code = getattr(exc, "verify_code", None)
         if code in _EXPIRED:

@@ -359,7 +359,7 @@ def test_a_header_from_the_trusted_proxy_gives_the_audit_log_the_clients_address
         refused(inst, server.port, source=PROXY_IP, header=b"", client=alice)
         record = audit_after(inst, before)[-1]
         assert (record["peer"], record["reason"]) == (PROXY_IP, "proxy_header"), record
-        assert f"no PROXY {mode} header" in record["error"]
+        assert f"no PROXY {mode} header" in record["detail"]
         # and the other version is refused too
         before = len(audit(inst))
         other = HEADERS["v2" if mode == "v1" else "v1"]
@@ -376,7 +376,7 @@ def test_a_header_from_an_untrusted_address_is_refused_and_a_plain_client_served
         refused(inst, server.port, source=OTHER_IP, header=HEADERS[mode], client=alice)
         record = audit_after(inst, before)[-1]
         assert (record["peer"], record["reason"]) == (OTHER_IP, "proxy_header"), record
-        assert "not in server.trusted_proxies" in record["error"]
+        assert "not in server.trusted_proxies" in record["detail"]
         # twin: the same client without a header, straight to the server, is served as itself
         before = len(audit(inst))
         assert request(inst, server.port, source=OTHER_IP, header=b"", client=alice) == 200
@@ -423,7 +423,7 @@ def test_a_header_cut_off_is_refused_and_one_stalled_ends_at_handshake_seconds(i
             sock.sendall(raw[:20])
             time.sleep(0.2)
         record = audit_after(inst, before)[-1]
-        assert record["reason"] == "proxy_header" and "cut off" in record["error"], record
+        assert record["reason"] == "proxy_header" and "cut off" in record["detail"], record
         # stalled half-way: closed at limits.handshake_seconds (1 s), not before
         with connect_from(PROXY_IP, server.port) as sock:
             sock.sendall(raw[:20])
@@ -455,7 +455,7 @@ def test_a_v2_header_above_proxy_header_bytes_is_refused_live(inst: Instance) ->
     with proxied_server(inst, "v2", extra=", proxy_header_bytes: 232") as server:
         before = len(audit(inst))
         refused(inst, server.port, source=PROXY_IP, header=over, client=alice)
-        assert "above server.proxy_header_bytes (232)" in audit_after(inst, before)[-1]["error"]
+        assert "above server.proxy_header_bytes (232)" in audit_after(inst, before)[-1]["detail"]
         assert request(inst, server.port, source=PROXY_IP, header=fits, client=alice) == 200
 
 
@@ -642,4 +642,27 @@ def test_a_balancer_not_in_trusted_proxies_is_refused(inst: Instance, tmp_path: 
         assert rc != 0, out
         record = audit_after(inst, before)[-1]
         assert (record["peer"], record["reason"]) == (HAPROXY_SOURCE, "proxy_header"), record
-        assert "not in server.trusted_proxies" in record["error"]
+        assert "not in server.trusted_proxies" in record["detail"]
+
+
+def test_a_flood_of_untrusted_headers_is_audited_within_the_rate_limit(inst: Instance) -> None:
+    with proxied_server(inst, "v2") as server:
+        before = len(audit(inst))
+        started = time.monotonic()
+        for _ in range(20):
+            with connect_from(OTHER_IP, server.port) as sock:
+                sock.sendall(HEADERS["v2"])
+                assert sock.recv(1) == b""  # closed
+        elapsed = time.monotonic() - started
+        for _ in range(100):
+            if server.handshakes.counters().proxy_refused == 20:
+                break
+            time.sleep(0.02)
+        assert server.handshakes.counters().proxy_refused == 20
+        lines = [r for r in audit(inst)[before:] if r.get("reason") == "proxy_header"]
+        # audit.tls_refusals_per_second (5) from one address per second, the rest summed up
+        assert 1 <= len(lines) <= 5 * (int(elapsed) + 2), (len(lines), elapsed)
+        if elapsed < 1:
+            assert len(lines) <= 10
+        # twin: a client without a header from that address is still served
+        assert request(inst, server.port, source=OTHER_IP, header=b"", client=inst.clients["alice"]) == 200
