@@ -40,6 +40,7 @@ from davserver.proxy_protocol import (
     encode_v1,
     encode_v2,
     parse_header,
+    read_header,
     starts_with_proxy_header,
 )
 from davserver.server import DavServer
@@ -111,6 +112,50 @@ def test_a_valid_header_with_one_byte_changed_never_raises_another_error(
     raw[at] = data.draw(st.integers(0, 255))
     with contextlib.suppress(ProxyHeaderError):
         parse_header(bytes(raw), version)  # type: ignore[arg-type]
+
+
+@given(st.sampled_from([1, 2]), pairs, st.binary(min_size=1, max_size=600), st.data())
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+def test_the_socket_reader_takes_exactly_the_header_and_no_byte_behind_it(
+        version: int, pair: tuple, behind: bytes, data: st.DataObject) -> None:
+    raw = encode_v1(*pair) if version == 1 else encode_v2(*pair)
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(raw) + len(behind) - 1), max_size=4)))
+    stream = raw + behind
+    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    left, right = socket.socketpair()
+    with left, right:
+        right.setblocking(False)
+        held = bytearray()
+        header = None
+        for piece in pieces:
+            left.sendall(piece)
+            if header is None:
+                header = read_header(right, version, held)  # type: ignore[arg-type]
+        left.close()
+        assert header is not None and header.length == len(raw) and bytes(held) == raw
+        rest = b""
+        while chunk := right.recv(4096):
+            rest += chunk
+        assert rest == behind  # the ClientHello behind the header: every byte still there
+
+
+@given(st.sampled_from([1, 2]), st.binary(max_size=300), st.data())
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+def test_the_socket_reader_refuses_any_garbage_or_cut_off_stream_with_its_own_errors(
+        version: int, garbage: bytes, data: st.DataObject) -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        right.setblocking(False)
+        left.sendall(garbage)
+        left.close()
+        held = bytearray()
+        try:
+            for _ in range(4):
+                if read_header(right, version, held) is not None:  # type: ignore[arg-type]
+                    return  # garbage that is a header: taken
+        except (ProxyHeaderError, EOFError):
+            return
+        raise AssertionError(f"neither a header nor a refusal for {garbage!r}")
 
 
 V6_MAX = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
