@@ -223,7 +223,14 @@ def _state(config: Config, findings: list[Finding], timeout: float) -> None:
 
     extra: dict[str, Any] = {"password": password} if password else {}
     assert state.url is not None
-    client = redis.Redis.from_url(state.url, socket_timeout=timeout, socket_connect_timeout=timeout, **extra)
+    try:
+        client = redis.Redis.from_url(state.url, socket_timeout=timeout, socket_connect_timeout=timeout, **extra)
+    except ValueError as exc:  # redis-py's URL parser (connection.py parse_url): a bad port, host or query
+        # The URL itself is not repeated: it may carry the Redis password.
+        findings.append(Finding("error", f"not a usable Redis URL: {exc}",
+                                "write it as redis://HOST:PORT/DB or rediss://HOST:PORT/DB, the password in "
+                                "state.password_file", setting="state.url"))
+        return
     try:
         client.ping()
     except redis.RedisError as exc:

@@ -197,9 +197,19 @@ def init(ctx: click.Context, hostnames: tuple[str, ...], force: bool) -> None:
 # --- check ------------------------------------------------------------------------
 
 
+class _Seconds(click.FloatRange):
+    """click's FloatRange lets nan through (every comparison with it is false)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if seconds != seconds:
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help='Print {"ok": bool, "findings": [...]} as JSON.')
-@click.option("--timeout", type=click.FloatRange(0.1, 60.0), default=PING_SECONDS, show_default=True, metavar="SECONDS",
+@click.option("--timeout", type=_Seconds(0.1, 60.0), default=PING_SECONDS, show_default=True, metavar="SECONDS",
               help="How long the state store may take to answer.")
 @click.pass_context
 @_handled
