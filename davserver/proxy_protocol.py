@@ -308,15 +308,31 @@ class ProxyPolicy:
         )
 
     def trusts(self, address: str) -> bool:
-        """True when `address` (a peer address text; IPv4-mapped IPv6 counts as IPv4,
-        a zone is ignored) is in a trusted network; False for anything unparsable."""
+        """True when `address` (a peer address text; a zone is ignored) is in a trusted
+        network; False for anything unparsable. An IPv4 address and its IPv4-mapped IPv6
+        form (``::ffff:10.0.0.5``, RFC 4291 §2.5.5.2: what a dual-stack ``::`` listener
+        reports for an IPv4 peer) are one address, and a network written in mapped form
+        (``::ffff:10.0.0.5``, ``::ffff:10.0.0.0/120``, ``::ffff:0:0/96``) is its IPv4
+        network: each matches the other. A plain IPv6 network (``::/0``, ``2001:db8::/32``)
+        holds no IPv4 peer."""
         try:
             ip = ipaddress.ip_address(address.split("%", 1)[0])
         except ValueError:
             return False
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
-        return any(ip in net for net in self.trusted)
+        return any(ip in _unmapped(net) for net in self.trusted)
+
+
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def _unmapped(net: Network) -> Network:
+    """`net` itself, or the IPv4 network an IPv4-mapped IPv6 network stands for
+    (``::ffff:10.0.0.0/120`` → ``10.0.0.0/24``)."""
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.subnet_of(_MAPPED):
+        return ipaddress.IPv4Network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
+    return net
 
 
 def _packed(address: str) -> tuple[int, bytes]:
