@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from cheroot import wsgi
+from cheroot.server import HTTPConnection
 from cryptography import x509
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -50,6 +51,7 @@ from .access import Refusal
 from .config import MetricsConfig
 from .handshake import HandshakeCounters
 from .pki import CertificateAuthority, PKIError
+from .watchdog import Watchdog
 
 __all__ = ["METHODS", "Metrics", "MetricsListener"]
 
@@ -269,15 +271,44 @@ class _Scraped(Collector):
             return value
 
 
+#: Worker threads of the metrics listener: one scrape or health check is served while
+#: another client is still within its ``request_seconds``.
+METRICS_THREADS = 2
+
+
+class _DeadlineConnection(HTTPConnection):
+    """A cheroot connection whose whole request (line, headers, answer) must be done
+    within ``request_seconds`` of a worker taking it, enforced by ``watchdog``
+    (watchdog.py): cheroot's ``timeout`` bounds each read only, so a client trickling
+    one header byte every few seconds would otherwise keep a worker, and with it
+    /healthz, forever (cheroot 11.1.2 server.py ``HTTPConnection.communicate``)."""
+
+    watchdog: Watchdog | None = None
+    request_seconds: float = 10.0
+
+    def communicate(self) -> bool:
+        if self.watchdog is not None:
+            self.watchdog.arm(self, time.monotonic() + self.request_seconds, "metrics request")
+        try:
+            return bool(super().communicate())
+        finally:
+            if self.watchdog is not None:
+                self.watchdog.disarm(self)
+
+
 class MetricsListener:
     """The plain-HTTP listener of ``metrics.bind``:``metrics.port`` (`config`), serving
     `metrics` and the health checks: `alive()` True while the main listener serves,
-    `ready()` None when ready or the reason it is not. One worker thread of its own.
+    `ready()` None when ready or the reason it is not. :data:`METRICS_THREADS` worker
+    threads of its own; each request must be read and answered within
+    `request_seconds` (the server passes ``limits.header_seconds``), else its
+    connection is closed, so slow clients cannot starve the health checks.
     :meth:`prepare` binds (raises OSError when it cannot), :meth:`start` serves on a
     background thread, :meth:`stop` stops; ``port`` is the port bound."""
 
     def __init__(
-        self, config: MetricsConfig, metrics: Metrics, *, alive: Callable[[], bool], ready: Callable[[], str | None]
+        self, config: MetricsConfig, metrics: Metrics, *, alive: Callable[[], bool], ready: Callable[[], str | None],
+        request_seconds: float = 10.0,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -285,10 +316,16 @@ class MetricsListener:
         self.ready = ready
         self._export = make_wsgi_app(metrics.registry)
         self._server = wsgi.Server(
-            (config.bind, config.port), self, numthreads=1, server_name="davserver-metrics", timeout=10,
+            (config.bind, config.port), self, numthreads=METRICS_THREADS, server_name="davserver-metrics",
+            timeout=10,
         )
         self._server.max_request_header_size = 16384
         self._server.max_request_body_size = 1
+        self._watchdog = Watchdog()
+        self._server.ConnectionClass = type(
+            "MetricsConnection", (_DeadlineConnection,),
+            {"watchdog": self._watchdog, "request_seconds": request_seconds},
+        )
         self._thread: threading.Thread | None = None
 
     @property
@@ -311,6 +348,7 @@ class MetricsListener:
     def start(self) -> None:
         """Bind if needed and serve on a background thread."""
         self.prepare()
+        self._watchdog.start()
         self._thread = threading.Thread(target=self._server.serve, name="davserver-metrics", daemon=True)
         self._thread.start()
         host = self.config.bind if ":" not in self.config.bind else f"[{self.config.bind}]"
@@ -319,6 +357,7 @@ class MetricsListener:
     def stop(self) -> None:
         """Stop serving (idempotent)."""
         self._server.stop()
+        self._watchdog.stop()
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None

@@ -245,7 +245,8 @@ class DavServer:
                 certs_dir=builtin,
             )
             self.metrics_listener = MetricsListener(
-                config.metrics, self.metrics, alive=lambda: bool(self._server.ready), ready=self.readiness
+                config.metrics, self.metrics, alive=lambda: bool(self._server.ready), ready=self.readiness,
+                request_seconds=config.limits.header_seconds,
             )
         self.tls_refusals = TLSRefusals(
             self.audit,
