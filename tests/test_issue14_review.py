@@ -1,0 +1,188 @@
+"""Faults found by trying the service features (issue 14) as a new administrator and as
+an attacker would: each with the exact input, the kind of input around it, and a twin
+showing the legitimate case still works.
+
+- A balancer listed in ``server.trusted_proxies`` in its IPv4-mapped form
+  (``::ffff:127.0.0.2``, what ``ss`` shows for an IPv4 peer of a dual-stack ``::``
+  listener) was not trusted: every connection through it was refused as an untrusted
+  PROXY header.
+- One client trickling a request to the metrics listener held its only worker: /healthz
+  answered nothing for as long as the client kept trickling.
+- ``davserver check`` with a ``state.url`` redis-py cannot parse (a bad port or host)
+  ended in "unexpected ValueError"; ``check --timeout nan`` was taken and then failed the
+  same way against Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import socket
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from davserver.cli import main
+from davserver.config import load_config
+from davserver.proxy_protocol import ProxyPolicy, encode_v2
+from davserver.server import DavServer
+
+from .conftest import Instance
+from .test_proxy_protocol import CLIENT_DST, PROXY_IP, audit, audit_after, proxied_server, refused, request
+
+# --- trusted_proxies written in IPv4-mapped form ---------------------------------------------
+
+
+@pytest.mark.parametrize("trusted", ["'::ffff:127.0.0.2'", "'::ffff:127.0.0.0/120'", "'::ffff:0:0/96'",
+                                     "127.0.0.2", "127.0.0.0/8"])
+def test_a_balancer_listed_in_either_form_is_trusted_through_a_real_tls_request(inst: Instance, trusted: str) -> None:
+    alice = inst.clients["alice"]
+    with proxied_server(inst, "v2", trusted=trusted) as server:
+        before = len(audit(inst))
+        header = encode_v2(("203.0.113.9", 40000), CLIENT_DST)
+        assert request(inst, server.port, source=PROXY_IP, header=header, client=alice) == 200
+        assert audit_after(inst, before)[-1]["peer"] == "203.0.113.9"
+
+
+def test_an_address_outside_the_mapped_network_stays_untrusted(inst: Instance) -> None:
+    alice = inst.clients["alice"]
+    with proxied_server(inst, "v2", trusted="'::ffff:127.0.0.2'") as server:
+        before = len(audit(inst))
+        header = encode_v2(("203.0.113.9", 40000), CLIENT_DST)
+        refused(inst, server.port, source="127.0.0.3", header=header, client=alice)
+        record = audit_after(inst, before)[-1]
+        assert (record["peer"], record["reason"]) == ("127.0.0.3", "proxy_header")
+        assert "not in server.trusted_proxies" in record["detail"]
+
+
+def test_trust_is_the_same_for_an_ipv4_address_and_its_mapped_form_for_every_network() -> None:
+    networks = ["10.0.0.5", "10.0.0.0/24", "0.0.0.0/0", "::ffff:10.0.0.5", "::ffff:10.0.0.0/120",
+                "::ffff:0:0/96", "::/0", "2001:db8::/32", "::fffe:0:0/95", "::10.0.0.5"]
+    peers = ["10.0.0.5", "10.0.0.6", "10.0.1.5", "192.0.2.1", "0.0.0.0", "255.255.255.255"]  # noqa: S104 - a peer address, not a bind
+    for net in networks:
+        policy = ProxyPolicy.from_settings("v2", (str(ipaddress.ip_network(net)),), 4096)
+        assert policy is not None
+        for peer in peers:
+            mapped = f"::ffff:{peer}"
+            assert policy.trusts(peer) == policy.trusts(mapped), (net, peer)
+            inside = any(ipaddress.ip_address(a) in ipaddress.ip_network(net) for a in (peer, mapped))
+            plain_v6 = ":" in net and not ipaddress.ip_network(net).subnet_of(ipaddress.ip_network("::ffff:0:0/96"))
+            # a plain IPv6 network (::/0 included) holds no IPv4 peer; every other one exactly its addresses
+            assert policy.trusts(peer) == (inside and not plain_v6), (net, peer)
+    # twin: real IPv6 peers are matched by IPv6 networks as before
+    policy = ProxyPolicy.from_settings("v2", ("2001:db8::/32",), 4096)
+    assert policy is not None and policy.trusts("2001:db8::1") and not policy.trusts("2001:db9::1")
+
+
+# --- a trickling client against the metrics listener --------------------------------------------
+
+METRICS = "\nmetrics: {enabled: true, port: 0}\nlimits: {header_seconds: 1}\n"
+
+
+def _healthz(port: int) -> tuple[int, float]:
+    started = time.monotonic()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=8) as r:  # noqa: S310 - loopback
+        return r.status, time.monotonic() - started
+
+
+def test_trickling_clients_cannot_keep_healthz_from_answering(inst: Instance) -> None:
+    cfg = inst.home.config_file
+    cfg.write_text(cfg.read_text() + METRICS)
+    server = DavServer(load_config(inst.home), port=0)
+    server.start()
+    stop = threading.Event()
+    socks: list[socket.socket] = []
+    try:
+        assert server.metrics_listener is not None
+        port = server.metrics_listener.port
+        assert _healthz(port)[0] == 200  # twin: a plain health check
+        # exact input: "GET /metrics HTTP/1.1\r\n", then one header line every 0.3 s, never ending
+        for _ in range(3):  # more tricklers than the listener has workers
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /metrics HTTP/1.1\r\n")
+            socks.append(s)
+
+        def trickle() -> None:
+            while not stop.wait(0.3):
+                for s in socks:
+                    with contextlib.suppress(OSError):
+                        s.sendall(b"X-a: b\r\n")
+
+        threading.Thread(target=trickle, daemon=True).start()
+        time.sleep(0.5)
+        for _ in range(3):
+            status, took = _healthz(port)
+            # limits.header_seconds (1 s here) bounds every request of the listener
+            assert status == 200 and took < 4, took
+        # the tricklers were closed at their deadline, unanswered
+        for s in socks:
+            s.settimeout(5)
+            data = b""
+            try:
+                while chunk := s.recv(4096):
+                    data += chunk
+            except ConnectionResetError:
+                pass
+            assert b"200 OK" not in data
+    finally:
+        stop.set()
+        for s in socks:
+            s.close()
+        server.stop()
+
+
+# --- davserver check and a state.url redis-py cannot parse ----------------------------------------
+
+BAD_URLS = [
+    "redis://:Sup3rSecretPw@127.0.0.1:notaport/0",  # exact input: a port that is no number
+    "redis://:Sup3rSecretPw@[::1/0",
+    "redis://:Sup3rSecretPw@127.0.0.1:99999/0",
+    "redis://127.0.0.1:6379/0?socket_timeout=abc",
+]
+
+
+def _check(home: Path, *args: str) -> tuple[int, str, str]:
+    r = CliRunner().invoke(main, ["--home", str(home), "check", *args])
+    return r.exit_code, r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("url", BAD_URLS)
+def test_an_unparsable_redis_url_is_one_finding_without_its_password(inst: Instance, url: str) -> None:
+    cfg = inst.home.config_file
+    cfg.write_text(cfg.read_text() + f"state: {{backend: redis, url: '{url}'}}\n")
+    code, out, err = _check(inst.home.root, "--json")
+    assert code == 1 and "unexpected" not in err, err
+    found = [f for f in json.loads(out)["findings"] if f.get("setting") == "state.url"]
+    assert len(found) == 1 and "not a usable Redis URL" in found[0]["message"], found
+    assert "Sup3rSecretPw" not in out + err
+    code, out, err = _check(inst.home.root)
+    assert code == 1 and "error: state.url: not a usable Redis URL" in out and "Sup3rSecretPw" not in out + err
+
+
+def test_a_parsable_but_unreachable_redis_url_is_still_the_ping_finding(inst: Instance) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = inst.home.config_file
+    cfg.write_text(cfg.read_text() + f"state: {{backend: redis, url: 'redis://127.0.0.1:{port}/0'}}\n")
+    code, out, _ = _check(inst.home.root, "--json")
+    found = [f for f in json.loads(out)["findings"] if f.get("setting") == "state.url"]
+    assert code == 1 and len(found) == 1 and "no answer to a ping" in found[0]["message"]
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "-nan", "inf", "-1", "0", "61"])
+def test_check_timeout_refuses_what_is_no_number_of_seconds(inst: Instance, value: str) -> None:
+    code, out, err = _check(inst.home.root, "--timeout", value)
+    assert code == 2 and out == "" and "--timeout" in err and "unexpected" not in err, (out, err)
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("value", ["0.1", "2", "60"])
+def test_check_timeout_takes_a_number_of_seconds(inst: Instance, value: str) -> None:
+    code, _, err = _check(inst.home.root, "--timeout", value)
+    assert code in (0, 1) and err == "", err
