@@ -9,6 +9,7 @@ the server and the auth core.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -17,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from davserver.settings_schema import SECTIONS, keys_of
+from davserver.settings_schema import setting as _schema
 
 __all__ = [
     "AuditConfig",
@@ -303,6 +307,9 @@ class EnrolmentConfig:
     form_bytes: int = 16384
     #: Largest CSR accepted (bytes of PEM), by the pages and by `cert sign`.
     csr_bytes: int = 65536
+    #: Connections of one address (IPv6: /64) in the header or form-body phase on the
+    #: enrolment listener; never more than threads - 1 take effect.
+    header_phase_per_address: int = 2
 
 
 @dataclass(frozen=True)
@@ -397,10 +404,14 @@ def _int(section: Mapping[str, Any], prefix: str, key: str, default: int, lo: in
     return value
 
 
-def _float(section: Mapping[str, Any], prefix: str, key: str, default: float, lo: float) -> float:
+def _float(section: Mapping[str, Any], prefix: str, key: str, default: float, lo: float,
+           hi: float | None = None) -> float:
     value = section.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < lo:
+    # NaN passes every comparison and .inf every lower bound: neither is a duration or a rate
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < lo:
         raise ConfigError(f"{prefix}.{key}", f"{value!r} is not a number >= {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{prefix}.{key}", f"{value!r} is more than {hi:g}", f"use at most {hi:g}")
     return float(value)
 
 
@@ -416,6 +427,29 @@ def _str(section: Mapping[str, Any], prefix: str, key: str, default: str | None)
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{prefix}.{key}", f"{value!r} is not a non-empty string")
     return value
+
+
+def _default(key: str) -> Any:
+    """The schema's default of the dotted ``key`` (settings_schema.py)."""
+    return _schema(key).default
+
+
+def _setting(section: Mapping[str, Any], key: str, prefix: str | None = None) -> Any:
+    """Read the scalar setting ``key`` (dotted, as in settings_schema.py) from its
+    section's mapping, with the schema's default and bounds; ``prefix`` names the section
+    in errors where it differs from the schema's (``shares.files`` for ``shares.NAME``).
+    Raises ConfigError naming the key; an ``enum`` or ``list`` is its parser's job."""
+    s = _schema(key)
+    where = s.section if prefix is None else prefix
+    if s.type == "int":
+        return _int(section, where, s.name, s.default, int(s.lo or 0), int(s.hi or 0))
+    if s.type == "float":
+        return _float(section, where, s.name, s.default, s.lo or 0.0, s.hi)
+    if s.type == "bool":
+        return _bool(section, where, s.name, s.default)
+    if s.type in ("str", "path"):
+        return _str(section, where, s.name, s.default)
+    raise TypeError(f"{key} is a {s.type}: parsed by its section")
 
 
 def _principals(value: Any, key: str) -> tuple[str, ...]:
@@ -447,14 +481,8 @@ def _require(value: Any, key: str) -> tuple[str, ...]:
 
 def _parse_server(raw: Mapping[str, Any]) -> ServerConfig:
     s = _section(raw, "server")
-    _check_keys(
-        s,
-        "server",
-        ("bind", "port", "threads", "timeout", "keep_alive_limit", "shutdown_timeout",
-         "handshakes_per_address", "handshakes_total", "listen_backlog", "proxy_protocol", "trusted_proxies",
-         "proxy_header_bytes"),
-    )
-    bind = _str(s, "server", "bind", "127.0.0.1")
+    _check_keys(s, "server", keys_of("server"))
+    bind = _setting(s, "server.bind")
     if bind not in ("localhost",):
         try:
             ipaddress.ip_address(bind)
@@ -462,24 +490,24 @@ def _parse_server(raw: Mapping[str, Any]) -> ServerConfig:
             raise ConfigError("server.bind", f"{bind!r} is not an IP address", "e.g. 0.0.0.0 or 127.0.0.1") from None
     return ServerConfig(
         bind=bind,
-        port=_int(s, "server", "port", 8443, 0, 65535),
-        threads=_int(s, "server", "threads", 32, 1, 1024),
-        timeout=_float(s, "server", "timeout", 30.0, 1.0),
-        keep_alive_limit=_int(s, "server", "keep_alive_limit", 256, 1, 1_000_000),
-        shutdown_timeout=_float(s, "server", "shutdown_timeout", 30.0, 0.0),
-        handshakes_per_address=_int(s, "server", "handshakes_per_address", 128, 1, 1_000_000),
-        handshakes_total=_int(s, "server", "handshakes_total", 1024, 1, 1_000_000),
-        listen_backlog=_int(s, "server", "listen_backlog", 1024, 16, 65535),
+        port=_setting(s, "server.port"),
+        threads=_setting(s, "server.threads"),
+        timeout=_setting(s, "server.timeout"),
+        keep_alive_limit=_setting(s, "server.keep_alive_limit"),
+        shutdown_timeout=_setting(s, "server.shutdown_timeout"),
+        handshakes_per_address=_setting(s, "server.handshakes_per_address"),
+        handshakes_total=_setting(s, "server.handshakes_total"),
+        listen_backlog=_setting(s, "server.listen_backlog"),
         **_parse_proxy(s),
     )
 
 
 def _parse_proxy(s: Mapping[str, Any]) -> dict[str, Any]:
     """server.proxy_protocol, server.trusted_proxies, server.proxy_header_bytes (proxy_protocol.py)."""
-    mode = s.get("proxy_protocol", "off")
+    mode = s.get("proxy_protocol", _default("server.proxy_protocol"))
     if mode is False:  # YAML 1.1 reads a bare off as false
         mode = "off"
-    if mode not in ("off", "v1", "v2"):
+    if mode not in _schema("server.proxy_protocol").choices:
         raise ConfigError("server.proxy_protocol", f"{mode!r} is not off, v1 or v2", "HAProxy send-proxy-v2: v2")
     raw = s.get("trusted_proxies") or []
     if not isinstance(raw, list):
@@ -500,53 +528,46 @@ def _parse_proxy(s: Mapping[str, Any]) -> dict[str, Any]:
             f"is {mode} but server.trusted_proxies is empty",
             "list the balancer's addresses in server.trusted_proxies, or set server.proxy_protocol: off",
         )
-    header_bytes = _int(s, "server", "proxy_header_bytes", 4096, 232, 65551)
+    header_bytes = _setting(s, "server.proxy_header_bytes")
     return {"proxy_protocol": mode, "trusted_proxies": tuple(trusted), "proxy_header_bytes": header_bytes}
 
 
 def _parse_limits(raw: Mapping[str, Any]) -> LimitsConfig:
     lim = _section(raw, "limits")
-    keys = ("xml_body_bytes", "header_bytes", "header_seconds", "body_min_bytes_per_second", "body_grace_seconds",
-            "max_tree_depth", "handshake_seconds", "linger_bytes", "linger_seconds", "linger_connections",
-            "header_phase_per_certificate")
-    _check_keys(lim, "limits", keys)
+    _check_keys(lim, "limits", keys_of("limits"))
     return LimitsConfig(
-        xml_body_bytes=_int(lim, "limits", "xml_body_bytes", 1 << 20, 1024, 1 << 30),
-        header_bytes=_int(lim, "limits", "header_bytes", 64 << 10, 4096, 16 << 20),
-        header_seconds=_float(lim, "limits", "header_seconds", 10.0, 1.0),
-        handshake_seconds=_float(lim, "limits", "handshake_seconds", 10.0, 1.0),
-        header_phase_per_certificate=_int(lim, "limits", "header_phase_per_certificate", 4, 1, 1_000_000),
-        body_min_bytes_per_second=_int(lim, "limits", "body_min_bytes_per_second", 1024, 0, 1 << 30),
-        body_grace_seconds=_float(lim, "limits", "body_grace_seconds", 30.0, 1.0),
-        max_tree_depth=_int(lim, "limits", "max_tree_depth", 256, 1, 400),
-        linger_bytes=_int(lim, "limits", "linger_bytes", 64 << 20, 0, 1 << 40),
-        linger_seconds=_float(lim, "limits", "linger_seconds", 10.0, 0.0),
-        linger_connections=_int(lim, "limits", "linger_connections", 64, 0, 1 << 16),
+        xml_body_bytes=_setting(lim, "limits.xml_body_bytes"),
+        header_bytes=_setting(lim, "limits.header_bytes"),
+        header_seconds=_setting(lim, "limits.header_seconds"),
+        handshake_seconds=_setting(lim, "limits.handshake_seconds"),
+        header_phase_per_certificate=_setting(lim, "limits.header_phase_per_certificate"),
+        body_min_bytes_per_second=_setting(lim, "limits.body_min_bytes_per_second"),
+        body_grace_seconds=_setting(lim, "limits.body_grace_seconds"),
+        max_tree_depth=_setting(lim, "limits.max_tree_depth"),
+        linger_bytes=_setting(lim, "limits.linger_bytes"),
+        linger_seconds=_setting(lim, "limits.linger_seconds"),
+        linger_connections=_setting(lim, "limits.linger_connections"),
     )
 
 
 def _parse_tls(raw: Mapping[str, Any], home: Home) -> TLSConfig:
     t = _section(raw, "tls")
-    _check_keys(
-        t, "tls",
-        ("certificate", "private_key", "client_ca", "crl", "min_version", "reload_seconds", "reissue_days",
-         "expiry_warning_days", "max_ca_names_bytes"),
-    )
-    min_version = str(t.get("min_version", "1.2"))
-    if min_version not in ("1.2", "1.3"):
+    _check_keys(t, "tls", keys_of("tls"))
+    min_version = str(t.get("min_version", _default("tls.min_version")))
+    if min_version not in _schema("tls.min_version").choices:
         raise ConfigError("tls.min_version", f"{min_version!r} is not supported", "use 1.2 or 1.3")
-    crl = t.get("crl", "certs/crl.pem")
+    crl = t.get("crl", _default("tls.crl"))
     return TLSConfig(
-        certificate=home.resolve(_str(t, "tls", "certificate", "certs/server.crt")),
-        private_key=home.resolve(_str(t, "tls", "private_key", "certs/server.key")),
-        client_ca=home.resolve(_str(t, "tls", "client_ca", "certs/ca.crt")),
+        certificate=home.resolve(_setting(t, "tls.certificate")),
+        private_key=home.resolve(_setting(t, "tls.private_key")),
+        client_ca=home.resolve(_setting(t, "tls.client_ca")),
         crl=home.resolve(crl) if crl else None,
         min_version=min_version,
-        reload_seconds=_float(t, "tls", "reload_seconds", 60.0, 1.0),
+        reload_seconds=_setting(t, "tls.reload_seconds"),
         # at most half the lifetime of a re-issued certificate (397 days): never re-issued daily
-        reissue_days=_int(t, "tls", "reissue_days", 30, 0, 180),
-        expiry_warning_days=_int(t, "tls", "expiry_warning_days", 60, 0, 3650),
-        max_ca_names_bytes=_int(t, "tls", "max_ca_names_bytes", 32256, 0, 16 * 1024 * 1024),
+        reissue_days=_setting(t, "tls.reissue_days"),
+        expiry_warning_days=_setting(t, "tls.expiry_warning_days"),
+        max_ca_names_bytes=_setting(t, "tls.max_ca_names_bytes"),
     )
 
 
@@ -563,7 +584,7 @@ def _parse_identity(raw: Mapping[str, Any], home: Home) -> IdentityConfig:
     warns at every start (auth/core.py) and the README recommends the issuer form or a
     bundle narrowed to the user sub-CA."""
     i = _section(raw, "identity")
-    _check_keys(i, "identity", ("subject_rules",))
+    _check_keys(i, "identity", keys_of("identity"))
     key = "identity.subject_rules"
     rules = i.get("subject_rules") or []
     if not isinstance(rules, list):
@@ -604,15 +625,15 @@ def _parse_shares(raw: Mapping[str, Any], home: Home, default_require: tuple[str
             spec = {"path": spec}
         if not isinstance(spec, Mapping):
             raise ConfigError(key, f"expected a mapping with at least 'path', found {spec!r}")
-        _check_keys(spec, key, ("path", "read_only", "readers", "writers", "require", "macos_clutter"))
-        clutter = spec.get("macos_clutter", "allow")
-        if clutter not in ("allow", "hide", "refuse"):
+        _check_keys(spec, key, keys_of("shares.NAME"))
+        clutter = spec.get("macos_clutter", _default("shares.NAME.macos_clutter"))
+        if clutter not in _schema("shares.NAME.macos_clutter").choices:
             raise ConfigError(f"{key}.macos_clutter", f"{clutter!r} is not valid", "use allow, hide or refuse")
-        path = home.resolve(_str(spec, key, "path", None))
+        path = home.resolve(_setting(spec, "shares.NAME.path", key))
         shares[name] = ShareConfig(
             name=name,
             path=path,
-            read_only=_bool(spec, key, "read_only", False),
+            read_only=_setting(spec, "shares.NAME.read_only", key),
             readers=_principals(spec.get("readers"), f"{key}.readers"),
             writers=_principals(spec.get("writers"), f"{key}.writers"),
             require=_require(spec["require"], f"{key}.require") if "require" in spec else default_require,
@@ -623,51 +644,40 @@ def _parse_shares(raw: Mapping[str, Any], home: Home, default_require: tuple[str
 
 def _parse_totp(raw: Mapping[str, Any]) -> TOTPConfig:
     t = _section(raw, "totp")
-    _check_keys(t, "totp", ("issuer", "grant_idle_seconds", "grant_absolute_seconds"))
+    _check_keys(t, "totp", keys_of("totp"))
     return TOTPConfig(
-        issuer=_str(t, "totp", "issuer", "davserver"),
-        grant_idle_seconds=_float(t, "totp", "grant_idle_seconds", 1800.0, 1.0),
-        grant_absolute_seconds=_float(t, "totp", "grant_absolute_seconds", 43200.0, 1.0),
+        issuer=_setting(t, "totp.issuer"),
+        grant_idle_seconds=_setting(t, "totp.grant_idle_seconds"),
+        grant_absolute_seconds=_setting(t, "totp.grant_absolute_seconds"),
     )
 
 
 def _parse_throttle(raw: Mapping[str, Any]) -> ThrottleConfig:
     t = _section(raw, "throttle")
-    keys = (
-        "lock_after",
-        "address_lock_after",
-        "max_consecutive_failures",
-        "lock_seconds",
-        "window_seconds",
-        "delay_after",
-        "base_delay_seconds",
-        "max_delay_seconds",
-        "count_repeats",
-    )
-    _check_keys(t, "throttle", keys)
+    _check_keys(t, "throttle", keys_of("throttle"))
     return ThrottleConfig(
-        lock_after=_int(t, "throttle", "lock_after", 10, 1, 1_000_000),
-        address_lock_after=_int(t, "throttle", "address_lock_after", 5, 1, 1_000_000),
-        max_consecutive_failures=_int(t, "throttle", "max_consecutive_failures", 100, 0, 1_000_000),
-        lock_seconds=_float(t, "throttle", "lock_seconds", 900.0, 0.0),
-        window_seconds=_float(t, "throttle", "window_seconds", 900.0, 1.0),
-        delay_after=_int(t, "throttle", "delay_after", 3, 0, 1_000_000),
-        base_delay_seconds=_float(t, "throttle", "base_delay_seconds", 0.25, 0.0),
-        max_delay_seconds=_float(t, "throttle", "max_delay_seconds", 4.0, 0.0),
-        count_repeats=_bool(t, "throttle", "count_repeats", False),
+        lock_after=_setting(t, "throttle.lock_after"),
+        address_lock_after=_setting(t, "throttle.address_lock_after"),
+        max_consecutive_failures=_setting(t, "throttle.max_consecutive_failures"),
+        lock_seconds=_setting(t, "throttle.lock_seconds"),
+        window_seconds=_setting(t, "throttle.window_seconds"),
+        delay_after=_setting(t, "throttle.delay_after"),
+        base_delay_seconds=_setting(t, "throttle.base_delay_seconds"),
+        max_delay_seconds=_setting(t, "throttle.max_delay_seconds"),
+        count_repeats=_setting(t, "throttle.count_repeats"),
     )
 
 
 def _parse_state(raw: Mapping[str, Any], home: Home) -> StateConfig:
     s = _section(raw, "state")
-    _check_keys(s, "state", ("backend", "path", "url", "prefix", "password_file"))
-    backend = s.get("backend", "sqlite")
-    if backend not in ("sqlite", "redis"):
+    _check_keys(s, "state", keys_of("state"))
+    backend = s.get("backend", _default("state.backend"))
+    if backend not in _schema("state.backend").choices:
         raise ConfigError("state.backend", f"{backend!r} is not a known backend", "use sqlite or redis")
-    path = home.resolve(_str(s, "state", "path", "state/state.db"))
+    path = home.resolve(_setting(s, "state.path"))
     if backend == "sqlite":
         return StateConfig(backend=backend, path=path)
-    url = _str(s, "state", "url", "redis://127.0.0.1:6379/0")
+    url = _setting(s, "state.url")
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("state.url", f"{url!r} is not a Redis URL", "e.g. redis://10.0.0.5:6379/0 or rediss://…")
     password_file = s.get("password_file")
@@ -675,73 +685,67 @@ def _parse_state(raw: Mapping[str, Any], home: Home) -> StateConfig:
         backend=backend,
         path=path,
         url=url,
-        prefix=_str(s, "state", "prefix", "davserver:"),
+        prefix=_setting(s, "state.prefix"),
         password_file=home.resolve(password_file) if password_file else None,
     )
 
 
 def _parse_locks(raw: Mapping[str, Any]) -> LocksConfig:
     lk = _section(raw, "locks")
-    _check_keys(lk, "locks", ("max_timeout_seconds", "max_per_resource", "max_per_account",
-                                 "max_owner_bytes"))
+    _check_keys(lk, "locks", keys_of("locks"))
     return LocksConfig(
-        max_timeout_seconds=_int(lk, "locks", "max_timeout_seconds", 3600, 1, 2_592_000),
-        max_per_resource=_int(lk, "locks", "max_per_resource", 64, 1, 1_000_000),
-        max_per_account=_int(lk, "locks", "max_per_account", 1000, 1, 100_000_000),
-        max_owner_bytes=_int(lk, "locks", "max_owner_bytes", 4096, 256, 1 << 20),
+        max_timeout_seconds=_setting(lk, "locks.max_timeout_seconds"),
+        max_per_resource=_setting(lk, "locks.max_per_resource"),
+        max_per_account=_setting(lk, "locks.max_per_account"),
+        max_owner_bytes=_setting(lk, "locks.max_owner_bytes"),
     )
 
 
 def _parse_properties(raw: Mapping[str, Any]) -> PropertiesConfig:
     pr = _section(raw, "properties")
-    _check_keys(pr, "properties", ("max_value_bytes", "max_per_resource", "max_bytes_per_resource",
-                                   "max_propfind_bytes", "max_propfind_names", "checksums"))
+    _check_keys(pr, "properties", keys_of("properties"))
     return PropertiesConfig(
-        max_value_bytes=_int(pr, "properties", "max_value_bytes", 64 << 10, 1024, 1 << 30),
-        max_per_resource=_int(pr, "properties", "max_per_resource", 256, 1, 1_000_000),
-        max_bytes_per_resource=_int(pr, "properties", "max_bytes_per_resource", 1 << 20, 1024, 1 << 34),
-        max_propfind_bytes=_int(pr, "properties", "max_propfind_bytes", 64 << 20, 1 << 16, 1 << 40),
-        max_propfind_names=_int(pr, "properties", "max_propfind_names", 1000, 32, 1_000_000),
-        checksums=_bool(pr, "properties", "checksums", True),
+        max_value_bytes=_setting(pr, "properties.max_value_bytes"),
+        max_per_resource=_setting(pr, "properties.max_per_resource"),
+        max_bytes_per_resource=_setting(pr, "properties.max_bytes_per_resource"),
+        max_propfind_bytes=_setting(pr, "properties.max_propfind_bytes"),
+        max_propfind_names=_setting(pr, "properties.max_propfind_names"),
+        checksums=_setting(pr, "properties.checksums"),
     )
 
 
 def _parse_enrolment(raw: Mapping[str, Any], server_bind: str) -> EnrolmentConfig:
     e = _section(raw, "enrolment")
-    _check_keys(e, "enrolment", ("enabled", "bind", "port", "url", "invite_seconds", "invite_max_failures",
-                                 "max_open_invitations", "renew_before_days", "revoke_renewed", "threads",
-                                 "handshakes_total", "header_bytes", "keep_alive_limit", "form_bytes", "csr_bytes"))
-    bind = server_bind if e.get("bind") is None else _str(e, "enrolment", "bind", None)
+    _check_keys(e, "enrolment", keys_of("enrolment"))
+    bind = server_bind if e.get("bind") is None else _setting(e, "enrolment.bind")
     if bind != server_bind and bind != "localhost":
         try:
             ipaddress.ip_address(bind)
         except ValueError:
             raise ConfigError("enrolment.bind", f"{bind!r} is not an IP address",
                               "e.g. 0.0.0.0, or leave it out to use server.bind") from None
-    url = None if e.get("url") is None else _str(e, "enrolment", "url", None).rstrip("/")
+    url = None if e.get("url") is None else _setting(e, "enrolment.url").rstrip("/")
     if url is not None and not re.fullmatch(r"https://[^\s/?#]+(/[^\s?#]*)?", url):
         raise ConfigError("enrolment.url", f"{url!r} is not an https:// URL",
                           "e.g. https://dav.example.org:8444, or leave it out")
-    invite_seconds = _float(e, "enrolment", "invite_seconds", 259200.0, 60.0)
-    if invite_seconds > 31_536_000:
-        raise ConfigError("enrolment.invite_seconds", f"{invite_seconds!r} is more than a year (31536000)",
-                          "use at most 31536000; send a new link when one runs out")
+    invite_seconds = _setting(e, "enrolment.invite_seconds")  # at most a year (settings_schema.py)
     return EnrolmentConfig(
-        enabled=_bool(e, "enrolment", "enabled", False),
+        enabled=_setting(e, "enrolment.enabled"),
         bind=bind,
-        port=_int(e, "enrolment", "port", 8444, 0, 65535),
+        port=_setting(e, "enrolment.port"),
         url=url,
         invite_seconds=invite_seconds,
-        invite_max_failures=_int(e, "enrolment", "invite_max_failures", 5, 1, 1000),
-        max_open_invitations=_int(e, "enrolment", "max_open_invitations", 1000, 1, 1_000_000),
-        renew_before_days=_int(e, "enrolment", "renew_before_days", 30, 0, 3650),
-        revoke_renewed=_bool(e, "enrolment", "revoke_renewed", False),
-        threads=_int(e, "enrolment", "threads", 4, 1, 64),
-        handshakes_total=_int(e, "enrolment", "handshakes_total", 64, 1, 100_000),
-        header_bytes=_int(e, "enrolment", "header_bytes", 16384, 4096, 1 << 20),
-        keep_alive_limit=_int(e, "enrolment", "keep_alive_limit", 32, 0, 100_000),
-        form_bytes=_int(e, "enrolment", "form_bytes", 16384, 1024, 1 << 20),
-        csr_bytes=_int(e, "enrolment", "csr_bytes", 65536, 1024, 1 << 20),
+        invite_max_failures=_setting(e, "enrolment.invite_max_failures"),
+        max_open_invitations=_setting(e, "enrolment.max_open_invitations"),
+        renew_before_days=_setting(e, "enrolment.renew_before_days"),
+        revoke_renewed=_setting(e, "enrolment.revoke_renewed"),
+        threads=_setting(e, "enrolment.threads"),
+        handshakes_total=_setting(e, "enrolment.handshakes_total"),
+        header_bytes=_setting(e, "enrolment.header_bytes"),
+        keep_alive_limit=_setting(e, "enrolment.keep_alive_limit"),
+        form_bytes=_setting(e, "enrolment.form_bytes"),
+        csr_bytes=_setting(e, "enrolment.csr_bytes"),
+        header_phase_per_address=_setting(e, "enrolment.header_phase_per_address"),
     )
 
 
@@ -756,22 +760,17 @@ def parse_config(raw: Any, home: Home) -> Config:
         raw = {}
     if not isinstance(raw, Mapping):
         raise ConfigError("", f"the file must hold a mapping of sections, found {type(raw).__name__}")
-    _check_keys(
-        raw,
-        "",
-        ("server", "tls", "identity", "auth", "audit", "defaults", "totp", "throttle", "state", "limits", "locks",
-         "properties", "enrolment", "shares", "metrics"),
-    )
+    _check_keys(raw, "", SECTIONS)
     a = _section(raw, "auth")
-    _check_keys(a, "auth", ("credential_cache_seconds", "credential_cache_max_seconds", "strip_domain"))
+    _check_keys(a, "auth", keys_of("auth"))
     au = _section(raw, "audit")
-    _check_keys(au, "audit", ("file", "tls_refusals_per_second", "tls_refusals_total_per_second"))
+    _check_keys(au, "audit", keys_of("audit"))
     d = _section(raw, "defaults")
-    _check_keys(d, "defaults", ("require",))
-    audit_file = au.get("file", "state/audit.log")
+    _check_keys(d, "defaults", keys_of("defaults"))
+    audit_file = au.get("file", _default("audit.file"))
     if audit_file is not None and not isinstance(audit_file, str):
         raise ConfigError("audit.file", f"{audit_file!r} is not a path", "use a path, or - for standard error")
-    default_require = _require(d.get("require", ["password"]), "defaults.require")
+    default_require = _require(d.get("require", list(_default("defaults.require"))), "defaults.require")
     server = _parse_server(raw)
     return Config(
         home=home,
@@ -779,14 +778,14 @@ def parse_config(raw: Any, home: Home) -> Config:
         tls=_parse_tls(raw, home),
         identity=_parse_identity(raw, home),
         auth=AuthConfig(
-            credential_cache_seconds=_float(a, "auth", "credential_cache_seconds", 300.0, 0.0),
-            credential_cache_max_seconds=_float(a, "auth", "credential_cache_max_seconds", 3600.0, 0.0),
-            strip_domain=_bool(a, "auth", "strip_domain", True),
+            credential_cache_seconds=_setting(a, "auth.credential_cache_seconds"),
+            credential_cache_max_seconds=_setting(a, "auth.credential_cache_max_seconds"),
+            strip_domain=_setting(a, "auth.strip_domain"),
         ),
         audit=AuditConfig(
             file=None if audit_file in (None, "-") else home.resolve(audit_file),
-            tls_refusals_per_second=_int(au, "audit", "tls_refusals_per_second", 5, 1, 10_000),
-            tls_refusals_total_per_second=_int(au, "audit", "tls_refusals_total_per_second", 20, 1, 100_000),
+            tls_refusals_per_second=_setting(au, "audit.tls_refusals_per_second"),
+            tls_refusals_total_per_second=_setting(au, "audit.tls_refusals_total_per_second"),
         ),
         shares=_parse_shares(raw, home, default_require),
         default_require=default_require,
@@ -803,11 +802,11 @@ def parse_config(raw: Any, home: Home) -> Config:
 
 def _parse_metrics(raw: Mapping[str, Any]) -> MetricsConfig:
     m = _section(raw, "metrics")
-    _check_keys(m, "metrics", ("enabled", "bind", "port"))
+    _check_keys(m, "metrics", keys_of("metrics"))
     return MetricsConfig(
-        enabled=_bool(m, "metrics", "enabled", False),
-        bind=_str(m, "metrics", "bind", "127.0.0.1"),
-        port=_int(m, "metrics", "port", 9180, 0, 65535),
+        enabled=_setting(m, "metrics.enabled"),
+        bind=_setting(m, "metrics.bind"),
+        port=_setting(m, "metrics.port"),
     )
 
 

@@ -1,0 +1,285 @@
+"""One schema (davserver/settings_schema.py) defines every setting; the loader, the shipped
+davserver.yaml and the README's table are held to it, so none can drift from the others."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from davserver import config as config_module
+from davserver.config import ConfigError, Home, load_config, parse_config
+from davserver.instance import default_config_text
+from davserver.settings_schema import SECTIONS, SETTINGS, Setting, keys_of, setting
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = yaml.safe_load(default_config_text())
+NUMBERS = [s for s in SETTINGS if s.type in ("int", "float")]
+
+
+def _readme_rows() -> dict[str, tuple[str, str]]:
+    """key -> (default cell, meaning) of the README's configuration table."""
+    text = (ROOT / "README.md").read_text()
+    table = text.split("## Configuration reference", 1)[1]
+    rows: dict[str, tuple[str, str]] = {}
+    for line in table.splitlines():
+        m = re.match(r"^\| `([A-Za-z_.]+)` \| (.*?) \| (.*) \|$", line)
+        if m:
+            assert m.group(1) not in rows, f"README.md documents {m.group(1)} twice"
+            rows[m.group(1)] = (m.group(2), m.group(3))
+        elif rows and not line.startswith("|"):
+            break
+    return rows
+
+
+def _shipped_sections() -> dict[str, list[str]]:
+    """section -> the comment lines written under it in the shipped file."""
+    comments: dict[str, list[str]] = {}
+    section, above = "", []  # comments at column 0 belong to the section they precede
+    for line in default_config_text().splitlines():
+        if re.match(r"^[a-z]+:", line):
+            section = line.split(":")[0]
+            comments[section] = above
+            above = []
+        elif line.startswith("#"):
+            above.append(line)
+        elif section and line.lstrip().startswith("#"):
+            comments[section].append(line)
+    return comments
+
+
+def test_every_shipped_key_is_a_setting_with_the_schema_default() -> None:
+    assert tuple(SHIPPED) == SECTIONS, "sections of the shipped file, in order"
+    wrong: list[tuple[str, Any, Any]] = []
+    for section, body in SHIPPED.items():
+        if section == "shares":  # an example share: its keys are checked below
+            for share in body.values():
+                assert set(share) <= set(keys_of("shares.NAME")), share
+            continue
+        for name, value in (body or {}).items():
+            s = setting(f"{section}.{name}")  # KeyError: a key the schema does not know
+            expected = list(s.default) if isinstance(s.default, tuple) else s.default
+            if value != expected or isinstance(value, bool) != isinstance(expected, bool):
+                wrong.append((s.key, value, expected))
+    assert not wrong, f"shipped value differs from the schema default: {wrong}"
+
+
+def test_every_setting_is_in_the_shipped_file_set_or_explained() -> None:
+    comments = _shipped_sections()
+    absent = []
+    for s in SETTINGS:
+        section, _, name = s.key.partition(".")
+        if section == "shares":
+            name = s.name
+        elif name in (SHIPPED.get(section) or {}):
+            continue
+        # not set (its default is derived, or it applies to one backend): named in a comment
+        if not any(re.search(rf"\b{name}\b", line) for line in comments.get(section, [])):
+            absent.append(s.key)
+    assert not absent, f"neither set nor explained in config/davserver.yaml: {absent}"
+    # an unset key is one whose default is absent or derived, or one of the other backend
+    unset = sorted(s.key for s in SETTINGS if s.section != "shares.NAME"
+                   and s.name not in (SHIPPED.get(s.section) or {}))
+    assert unset == ["enrolment.bind", "enrolment.url", "state.password_file", "state.prefix", "state.url"]
+
+
+def test_the_readme_table_has_every_setting_with_its_default() -> None:
+    rows = _readme_rows()
+    assert not set(rows) - {s.key for s in SETTINGS}, "README.md documents a key the loader refuses"
+    assert not {s.key for s in SETTINGS} - set(rows), "README.md does not document every setting"
+    wrong = []
+    for s in SETTINGS:
+        cell, meaning = rows[s.key]
+        expected = "—" if s.default_text() == "—" else f"`{s.default_text()}`"
+        if cell != expected:
+            wrong.append((s.key, cell, expected))
+        assert meaning.strip(), s.key
+    assert not wrong, f"README default differs from the schema: {wrong}"
+
+
+def test_every_setting_has_its_readme_wording() -> None:
+    rows = _readme_rows()
+    differs = [s.key for s in SETTINGS if rows[s.key][1] != s.doc]
+    assert not differs, f"README meaning differs from the schema's doc (copy one to the other): {differs}"
+
+
+def test_the_repository_file_is_the_packaged_one() -> None:
+    assert (ROOT / "config" / "davserver.yaml").read_text() == default_config_text()
+
+
+# --- the loader reads what the schema says -----------------------------------------------
+
+#: Each section's dataclass, whose field defaults (for code that builds one directly)
+#: must be the schema's.
+DATACLASSES = {
+    "server": config_module.ServerConfig, "limits": config_module.LimitsConfig, "tls": config_module.TLSConfig,
+    "identity": config_module.IdentityConfig, "auth": config_module.AuthConfig,
+    "audit": config_module.AuditConfig, "totp": config_module.TOTPConfig, "throttle": config_module.ThrottleConfig,
+    "state": config_module.StateConfig, "locks": config_module.LocksConfig,
+    "properties": config_module.PropertiesConfig, "enrolment": config_module.EnrolmentConfig,
+    "metrics": config_module.MetricsConfig, "shares.NAME": config_module.ShareConfig,
+}
+#: Defaults the loader derives (so the dataclass holds a placeholder): what they come from.
+DERIVED = {
+    "enrolment.bind": "server.bind",
+    "state.path": "the instance home",
+    "state.url": "only with backend redis",
+    "shares.NAME.require": "defaults.require",
+}
+
+
+def _section_of(cfg: config_module.Config, s: Setting) -> Any:
+    return getattr(cfg, s.key.partition(".")[0])
+
+
+def test_every_dataclass_field_is_a_setting_with_the_schema_default() -> None:
+    for section, cls in DATACLASSES.items():
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        assert set(fields) - {"name"} == set(keys_of(section)), section
+        for name, f in fields.items():
+            if name == "name" or f.default is dataclasses.MISSING or f"{section}.{name}" in DERIVED:
+                continue
+            s = setting(f"{section}.{name}")
+            assert f.default == s.default, (s.key, f.default, s.default)
+
+
+def test_an_empty_config_gives_the_schema_default_of_every_setting(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    cfg = parse_config({}, home)
+    redis = parse_config({"state": {"backend": "redis"}}, home).state
+    for s in SETTINGS:
+        if s.section == "shares.NAME":
+            continue
+        if s.key == "defaults.require":
+            assert cfg.default_require == s.default
+            continue
+        value = getattr(redis if s.key in ("state.url", "state.prefix") else _section_of(cfg, s), s.name)
+        if s.key == "enrolment.bind":
+            assert value == cfg.server.bind
+        elif s.type == "path" and s.default is not None:
+            assert value == home.resolve(s.default), s.key
+        elif s.type == "list":
+            assert value == tuple(s.default), s.key
+        else:
+            assert value == s.default and type(value) is type(s.default), s.key
+
+
+def test_a_share_without_its_optional_keys_takes_the_schema_defaults(tmp_path: Path) -> None:
+    cfg = parse_config({"defaults": {"require": ["password", "totp"]}, "shares": {"a": {"path": "x"}}},
+                       Home(tmp_path))
+    share = cfg.shares["a"]
+    assert share.path == tmp_path / "x"
+    assert share.require == ("password", "totp")  # defaults.require, as the README says
+    for name in ("read_only", "readers", "writers", "macos_clutter"):
+        s = setting(f"shares.NAME.{name}")
+        assert getattr(share, name) == s.default, name
+
+
+#: What a setting needs beside it to be valid at all.
+CONTEXT: dict[str, dict[str, Any]] = {"server.proxy_protocol": {"trusted_proxies": ["10.0.0.5"]}}
+
+
+def _parse_one(s: Setting, value: Any, tmp_path: Path) -> config_module.Config:
+    section, _, name = s.key.partition(".")
+    return parse_config({section: {**CONTEXT.get(s.key, {}), name: value}}, Home(tmp_path))
+
+
+def _beyond(s: Setting) -> list[Any]:
+    assert s.lo is not None
+    step = 1 if s.type == "int" else 0.001
+    out: list[Any] = [s.lo - step]
+    if s.hi is not None:
+        out.append(s.hi + step)
+    return out
+
+
+@pytest.mark.parametrize("s", NUMBERS, ids=lambda s: s.key)
+def test_every_number_is_accepted_at_its_bounds_and_refused_past_them(s: Setting, tmp_path: Path) -> None:
+    assert s.lo is not None
+    lo = int(s.lo) if s.type == "int" else s.lo
+    for good in (lo, s.hi if s.type == "float" else (int(s.hi) if s.hi is not None else None), s.default):
+        if good is None:
+            continue
+        value = getattr(_section_of(_parse_one(s, good, tmp_path), s), s.name)
+        assert value == good and type(value) is type(s.default), (s.key, good)
+    for bad in _beyond(s):
+        with pytest.raises(ConfigError) as err:
+            _parse_one(s, bad, tmp_path)
+        assert err.value.key == s.key, (s.key, bad)
+        assert repr(bad) in str(err.value)
+
+
+@pytest.mark.parametrize("s", NUMBERS, ids=lambda s: s.key)
+def test_every_number_refuses_what_is_not_a_number(s: Setting, tmp_path: Path) -> None:
+    bads: list[Any] = [True, "5", None, [1]]
+    if s.type == "int":
+        bads.append(float(s.default) + 0.5)
+    else:
+        bads += [math.nan, math.inf, -math.inf]
+    for bad in bads:
+        with pytest.raises(ConfigError) as err:
+            _parse_one(s, bad, tmp_path)
+        assert err.value.key == s.key, (s.key, bad)
+
+
+@pytest.mark.parametrize("s", [s for s in SETTINGS if s.type in ("bool", "enum")], ids=lambda s: s.key)
+def test_every_switch_and_choice_takes_its_values_and_nothing_else(s: Setting, tmp_path: Path) -> None:
+    if s.section == "shares.NAME":
+        return  # macos_clutter: below
+    for good in (True, False) if s.type == "bool" else s.choices:
+        assert getattr(_section_of(_parse_one(s, good, tmp_path), s), s.name) == good
+    for bad in ("yes", 1, "nonsense"):
+        with pytest.raises(ConfigError) as err:
+            _parse_one(s, bad, tmp_path)
+        assert err.value.key == s.key
+
+
+@pytest.mark.parametrize("section", [*SECTIONS, "shares.NAME", ""])
+def test_an_unknown_key_in_every_section_is_refused_naming_it_and_the_known_ones(section: str,
+                                                                                  tmp_path: Path) -> None:
+    if section == "":
+        raw: dict[str, Any] = {"bogus_key": 1}
+        key, known = "bogus_key", SECTIONS
+    elif section == "shares":
+        raw, key, known = {"shares": {"a": {"path": "x", "bogus_key": 1}}}, "shares.a.bogus_key", keys_of(
+            "shares.NAME")
+    elif section == "shares.NAME":
+        raw, key, known = {"shares": {"a": {"path": "x", "read_only": True}}}, "", ()
+    else:
+        raw, key, known = {section: {"bogus_key": 1}}, f"{section}.bogus_key", keys_of(section)
+    if not key:  # the twin: every known share key is accepted
+        assert parse_config(raw, Home(tmp_path)).shares["a"].read_only is True
+        return
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, Home(tmp_path))
+    assert err.value.key == key
+    assert err.value.message == "unknown key"
+    assert err.value.hint == f"known keys: {', '.join(known)}"
+
+
+def test_every_known_key_of_every_section_is_accepted(tmp_path: Path) -> None:
+    """The twin of the unknown-key refusal: the shipped file with every key set parses."""
+    raw = yaml.safe_load(default_config_text())
+    raw["enrolment"].update(bind="127.0.0.1", url="https://dav.example.org:8444")
+    raw["state"].update(backend="redis", url="redis://127.0.0.1:6379/0", prefix="x:", password_file="pw")
+    for section, body in raw.items():
+        if section != "shares":
+            assert set(body) == set(keys_of(section)), section
+    cfg = parse_config(raw, Home(tmp_path))
+    assert cfg.state.password_file == tmp_path / "pw" and cfg.enrolment.url == "https://dav.example.org:8444"
+
+
+def test_a_duplicate_key_in_the_file_is_refused_naming_it_and_both_lines(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    home.config_file.parent.mkdir(parents=True)
+    for section, name in ((s.key.partition(".")[0], s.name) for s in SETTINGS if s.section != "shares.NAME"):
+        home.config_file.write_text(f"{section}:\n  {name}: 1\n  {name}: 2\n")
+        with pytest.raises(ConfigError) as err:
+            load_config(home)
+        assert err.value.key == f"{section}.{name}"
+        assert "lines 2 and 3" in str(err.value) and "keep one of them" in str(err.value)
