@@ -37,7 +37,7 @@ from .auth.passwords import hash_password
 from .check import PING_SECONDS, unknown_principals
 from .config import Config, ConfigError, Home, load_config
 from .errors import StartupError
-from .invitations import InvitationError, Invitations, default_base_url
+from .invitations import InvitationError, Invitations, default_base_url, server_fingerprint
 from .issuance import IssuanceError
 from .pki import CertificateAuthority, IssuedCert, PKIError, load_crl_serials
 from .stepup import PREFIX as STEPUP_PREFIX
@@ -435,8 +435,10 @@ def cert_invite(ctx: click.Context, account: str, valid_for: str | None, revoke:
     finally:
         store.close()
     url = invitations.url(token)
+    fingerprint = server_fingerprint(load_config(home))
     if as_json:
-        click.echo(json.dumps({"account": account, "url": url, "expires": _iso(invitation.expires)}, indent=2))
+        click.echo(json.dumps({"account": account, "url": url, "expires": _iso(invitation.expires),
+                               "server_fingerprint": fingerprint}, indent=2))
         return
     qr = io.StringIO()
     segno.make(url, error="m").terminal(out=qr, compact=True)
@@ -444,6 +446,10 @@ def cert_invite(ctx: click.Context, account: str, valid_for: str | None, revoke:
     click.echo(f"Enrolment link for {account} (works once, until {_iso(invitation.expires)}):")
     click.echo(f"  {url}")
     click.echo("Send it to the user; the page asks for the account's password (and TOTP code).")
+    if fingerprint:
+        click.echo("Server certificate SHA-256 fingerprint (send it by another way, e.g. read it out; the user "
+                   "compares it in the browser before typing a password, docs/clients.md):")
+        click.echo(f"  {fingerprint}")
 
 
 @cert.command("invites")
@@ -451,12 +457,18 @@ def cert_invite(ctx: click.Context, account: str, valid_for: str | None, revoke:
 @click.pass_context
 @_handled
 def cert_invites(ctx: click.Context, as_json: bool) -> None:
-    """List open enrolment invitations (never their links: those are shown once)."""
-    invitations, store = _invitations(_home(ctx))
+    """List open enrolment invitations (never their links: those are shown once).
+
+    An invitation of a disabled or removed account is not listed: its link answers 410
+    (withdrawn) as long as the account is disabled."""
+    home = _home(ctx)
+    invitations, store = _invitations(home)
     try:
         items = invitations.open()
     finally:
         store.close()
+    accounts = load_accounts(home.accounts_file)
+    items = [i for i in items if i.account in accounts and accounts[i.account].enabled]
     rows = [{"account": i.account, "created": _iso(i.created), "expires": _iso(i.expires), "failures": i.failures}
             for i in items]
     if as_json:
@@ -503,10 +515,12 @@ def _write_delivery(prefix: Path, files: dict[str, tuple[bytes, int]]) -> dict[s
 def cert_renew(ctx: click.Context, serial: str, out: Path | None, p12_password_stdin: bool, legacy_p12: bool,
                as_json: bool) -> None:
     """Issue a new certificate for the account of certificate SERIAL and bind it; the old one
-    stays valid until it expires (revoke it with `davserver cert revoke SERIAL`)."""
-    from .issuance import renew
+    stays valid until it expires (revoke it with `davserver cert revoke SERIAL`), or, with
+    enrolment.revoke_renewed, until the new one is first used."""
+    from .renewal import renew_serial
 
     home = _home(ctx)
+    revoke_renewed = load_config(home).enrolment.revoke_renewed
     old = CertificateAuthority(home.certs_dir).get_issued(serial)
     if old.status == "revoked":
         _fail(f"certificate {old.serial} is revoked: issue a new one with `davserver cert issue {old.account}`")
@@ -515,7 +529,10 @@ def cert_renew(ctx: click.Context, serial: str, out: Path | None, p12_password_s
     generated = not p12_password_stdin
     password = instance.generate_password() if generated else _read_secret_stdin("PKCS#12 password")
     prefix = _writable_prefix(out if out is not None else instance.next_client_prefix(home, old.account))
-    delivery = renew(home, old.serial, p12_password=password)
+    # the same path as a holder's renewal (renewal.renew_serial), revoke_renewed included;
+    # the store answers first, so its outage issues nothing
+    with _reachable_store(home) if revoke_renewed else contextlib.nullcontext() as store:
+        delivery = renew_serial(home, store, old.serial, p12_password=password)
     p12 = delivery.legacy_p12 if legacy_p12 else delivery.p12
     assert p12 is not None
     paths = _write_delivery(prefix, {"p12": (p12, 0o600), "crt": (delivery.certificate_pem, 0o644)})
@@ -532,7 +549,11 @@ def cert_renew(ctx: click.Context, serial: str, out: Path | None, p12_password_s
         click.echo(f"  {kind:4} {path}")
     if generated:
         click.echo(f"  PKCS#12 password (shown once): {password}")
-    click.echo(f"  {old.serial} stays valid until {_iso(old.not_after)}")
+    if revoke_renewed:
+        click.echo(f"  {old.serial} is revoked at the first request made with {issued.serial} "
+                   "(enrolment.revoke_renewed)")
+    else:
+        click.echo(f"  {old.serial} stays valid until {_iso(old.not_after)}")
 
 
 @cert.command("sign")

@@ -14,11 +14,18 @@ enrolment visitors never takes the main server's workers or handshake slots:
   ``server.handshakes_per_address`` per address and ``enrolment.handshakes_total`` in
   all (default :data:`HANDSHAKES_TOTAL`), each within ``limits.handshake_seconds``;
 - ``enrolment.threads`` request workers (cheroot ``numthreads``; default :data:`THREADS`);
+- at most ``enrolment.header_phase_per_address`` connections of one address (IPv6: its
+  /64, as ``auth.lockout.address_key`` groups it) holding a worker while their request
+  headers or form body arrive (:class:`AddressPhase`; default
+  :data:`HEADER_PHASE_PER_ADDRESS`, and never all the workers): one address trickling
+  bytes on many connections cannot keep every other visitor waiting;
 - the request line and headers within ``limits.header_seconds`` (watchdog.Watchdog),
   at most ``enrolment.header_bytes`` of them (default :data:`HEADER_BYTES`; past it
   cheroot answers 414 for the request line, 413 for the headers: cheroot/server.py
   ``HTTPRequest.parse_request``); strict HTTP/1.1 framing (http1.HTTP1Request);
 - a form body of at most ``enrolment.form_bytes``, read within ``limits.header_seconds``;
+- one audit writer for every layer (enrolment_audit.EnrolmentAudit): each line names the
+  listener, and no line holds an invitation token, whatever path a client sent;
 - at most ``enrolment.keep_alive_limit`` kept-alive connections (default
   :data:`KEEP_ALIVE`), each idle for ``server.timeout``.
 
@@ -33,15 +40,20 @@ import logging
 import threading
 from typing import Any
 
+from .auth.lockout import address_key
 from .config import Config
+from .enrolment_audit import EnrolmentAudit
 from .enrolment_pages import EnrolmentApp
 from .errors import StartupError
 from .handshake import HandshakeLoop, HandshakingServer
 from .http1 import HTTP1Options, HTTP1Request
 from .tls import DeferredHandshakeAdapter, TLSConnection, create_enrolment_context
-from .watchdog import Watchdog
+from .watchdog import Watchdog, end_reading
 
-__all__ = ["HANDSHAKES_TOTAL", "HEADER_BYTES", "KEEP_ALIVE", "THREADS", "EnrolmentListener"]
+__all__ = [
+    "HANDSHAKES_TOTAL", "HEADER_BYTES", "HEADER_PHASE_PER_ADDRESS", "KEEP_ALIVE", "THREADS", "AddressPhase",
+    "EnrolmentListener",
+]
 
 log = logging.getLogger("davserver.enrolment")
 
@@ -56,6 +68,83 @@ HEADER_BYTES = 16384
 #: Default of ``enrolment.keep_alive_limit``: kept-alive connections; past it answers close
 #: the connection.
 KEEP_ALIVE = 32
+#: Default of ``enrolment.header_phase_per_address``: connections of one address (IPv6:
+#: /64) that may hold a worker while their request headers or form body arrive. A browser
+#: sends its headers in one packet and spends microseconds in that phase, so two are room
+#: for a household or an office behind one address; the rest of the workers
+#: (:data:`THREADS`) stay free for everyone else.
+HEADER_PHASE_PER_ADDRESS = 2
+
+
+class AddressPhase:
+    """Bounds the connections of one client address that hold a worker of the enrolment
+    listener while their request headers or their form body arrive.
+
+    The enrolment listener requests no client certificate, so ``handshake.HeaderPhase``
+    (keyed by certificate fingerprint) counts none of its connections; this is the same
+    bound keyed by address: ``auth.lockout.address_key`` of ``conn.remote_addr`` (an IPv6
+    address counts as its /64, one subscriber's block). A connection is in the phase from
+    :meth:`enter` (``tls.TLSConnection.communicate``, when a worker picks it up; again by
+    ``enrolment_pages.read_form`` for the body, as :attr:`counts_body` says) until
+    :meth:`leave` (``http1.HTTP1Request.parse_request`` once the headers are in,
+    ``read_form`` once the body is, and the end of ``communicate``). At most `per_address`
+    (≥ 1) connections of one address are in it: a new one at the cap ends the reading side
+    of the *oldest* at once (``watchdog.end_reading``: its worker answers 408 and closes),
+    never waiting, since a worker waiting here would be a worker taken all the same. The
+    newest is kept because a legitimate request from the same address sends its headers
+    at once and is done before the next trickler comes in. Raises ValueError for
+    `per_address` below 1."""
+
+    #: read_form enters the phase again for the body (handshake.HeaderPhase does not count bodies).
+    counts_body = True
+
+    def __init__(self, per_address: int) -> None:
+        if per_address < 1:
+            raise ValueError("per_address must be at least 1")
+        self.per_address = per_address
+        self.evicted = 0
+        self._lock = threading.Lock()
+        # address key -> {id(conn): (conn, what)}, oldest first
+        self._by_key: dict[str, dict[int, tuple[Any, str]]] = {}
+        self._keys: dict[int, str] = {}
+
+    def in_phase(self) -> int:
+        """Connections in the phase now (all addresses)."""
+        with self._lock:
+            return len(self._keys)
+
+    def enter(self, conn: Any, what: str = "request header section") -> None:
+        """`conn` (an HTTPConnection) starts waiting for `what` (named in the 408 of an
+        evicted one); at the cap, end the oldest of its address. Idempotent."""
+        key = address_key(str(getattr(conn, "remote_addr", "") or ""))
+        victims = []
+        with self._lock:
+            if id(conn) in self._keys:
+                return
+            same = self._by_key.setdefault(key, {})
+            while len(same) >= self.per_address:
+                oldest = next(iter(same))
+                victims.append(same.pop(oldest))
+                del self._keys[oldest]
+                self.evicted += 1
+            same[id(conn)] = (conn, what)
+            self._keys[id(conn)] = key
+        for victim, victim_what in victims:
+            log.info("closed the oldest connection of %s still sending its %s: enrolment.header_phase_per_address "
+                     "(%d) reached", key, victim_what, self.per_address)
+            end_reading(victim, victim_what)
+
+    def leave(self, conn: Any) -> None:
+        """`conn`'s headers (or body) are in, or its request ended; idempotent."""
+        with self._lock:
+            key = self._keys.pop(id(conn), None)
+            if key is None:
+                return
+            same = self._by_key.get(key)
+            if same is not None:
+                same.pop(id(conn), None)
+                if not same:
+                    del self._by_key[key]
 
 
 class _Connection(TLSConnection):
@@ -64,8 +153,10 @@ class _Connection(TLSConnection):
 
 class EnrolmentListener:
     """The listener around an :class:`EnrolmentApp`. `server_certificate` (a
-    ``ServerCertificate``) keeps its TLS context current; `audit` receives framing
-    refusals. `start()` binds and serves on a background thread; `stop()` ends it.
+    ``ServerCertificate``) keeps its TLS context current; `audit` (the server's AuditLog)
+    receives, through one :class:`~davserver.enrolment_audit.EnrolmentAudit` handed to the
+    framing layer and to `app`, every line of this listener. `start()` binds and serves on
+    a background thread; `stop()` ends it.
     Raises StartupError when the address is taken or not allowed."""
 
     def __init__(self, config: Config, app: EnrolmentApp, *, server_certificate: Any, audit: Any,
@@ -82,7 +173,10 @@ class EnrolmentListener:
             request_queue_size=e.handshakes_total,
             timeout=int(config.server.timeout),
         )
-        HTTP1Options.from_limits(config.limits, audit).attach(self._server)
+        #: The one audit writer of every layer of this listener (enrolment_audit.py).
+        self.audit = EnrolmentAudit.wrap(audit)
+        app.audit = self.audit
+        HTTP1Options.from_limits(config.limits, self.audit).attach(self._server)
         self.adapter = DeferredHandshakeAdapter(create_enrolment_context(config.tls))
         server_certificate.attach(self.adapter, create_enrolment_context, context=self.adapter.context)
         self._server.ssl_adapter = self.adapter
@@ -90,9 +184,12 @@ class EnrolmentListener:
         self._server.keep_alive_conn_limit = e.keep_alive_limit
         self._server.shutdown_timeout = 5
         self.watchdog = Watchdog()
+        # Never every worker: one address always leaves at least one free for the others.
+        self.header_phase = AddressPhase(max(1, min(e.header_phase_per_address, e.threads - 1)))
         self._server.ConnectionClass = type(
             "EnrolmentConnection", (_Connection,),
-            {"watchdog": self.watchdog, "header_seconds": config.limits.header_seconds, "header_phase": None},
+            {"watchdog": self.watchdog, "header_seconds": config.limits.header_seconds,
+             "header_phase": self.header_phase},
         )
         self.handshakes = HandshakeLoop(
             self._server,

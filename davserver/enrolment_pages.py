@@ -25,7 +25,9 @@ Answers (the scripted interface, issue 13 item 3):
   (:func:`platform_of`);
 - a wrong password or code: 401, nothing issued, and the invitation's failure count
   grows (``enrolment.invite_max_failures`` burns it); spent, expired, burned or withdrawn:
-  410; a token that never existed: 404; a locked-out address: 429.
+  410; a token that never existed: 404; a locked-out address: 429;
+- a GET of the link with punctuation glued to its end (``/enrol/<token>).``, pasted from
+  an e-mail): 308 to ``/enrol/<token>`` (:data:`_PUNCTUATED`); any other path: 404.
 
 Why ``data:`` links (or one file chosen before submitting): the server keeps no private
 key after the response that carries it (issuance.py makes it, puts it in the PKCS#12
@@ -54,6 +56,7 @@ from .audit import AuditLog
 from .auth.core import Authenticator, Decision
 from .auth.lockout import address_key
 from .config import Config
+from .enrolment_audit import EnrolmentAudit
 from .invitations import InvitationError, InvitationGone, Invitations, UnknownInvitation, token_digest
 from .issuance import IssuanceError, check_csr
 from .pki import PKIError
@@ -92,6 +95,12 @@ def client_guide() -> bytes | None:
     return data if len(data) <= _GUIDE_MAX else None
 
 _PATH = re.compile(r"/enrol/([A-Za-z0-9_-]{1,200})/?")
+#: A link with up to 8 characters after the token that no token holds (a token is
+#: ``secrets.token_urlsafe``: only ``[A-Za-z0-9_-]``) and no ``/``: the ``.`` or ``)`` or
+#: ``>`` a mail client or a sentence glued to the link. GET and HEAD are redirected (308)
+#: to the link without them, so the address bar shows the working link; a POST (a
+#: script) must use the exact link.
+_PUNCTUATED = re.compile(r"/enrol/([A-Za-z0-9_-]{1,200})[^A-Za-z0-9_/-]{1,8}")
 P12_TYPE = "application/x-pkcs12"
 PEM_TYPE = "application/x-pem-file"
 MOBILECONFIG_TYPE = "application/x-apple-aspen-config"
@@ -120,7 +129,8 @@ button{margin-top:1rem;padding:.5rem 1.2rem;font-size:1rem}fieldset{margin-top:1
 ul.files li{margin:.4rem 0}.rec{font-weight:600}small{color:#666}
 """
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+_REASONS = {200: "OK", 308: "Permanent Redirect", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+            404: "Not Found",
             405: "Method Not Allowed", 409: "Conflict", 410: "Gone", 411: "Length Required",
             413: "Content Too Large", 429: "Too Many Requests", 503: "Service Unavailable"}
 
@@ -367,11 +377,19 @@ def read_form(environ: dict[str, Any], *, max_bytes: int = MAX_FORM_BYTES, deadl
         return 413
     conn = current_connection()
     watchdog = getattr(conn, "watchdog", None)
+    # The body counts against its address's cap like the headers did (the enrolment
+    # listener's enrolment_listener.AddressPhase; the main listener's phase counts headers only).
+    phase = getattr(conn, "header_phase", None)
+    phase = phase if getattr(phase, "counts_body", False) else None
     if watchdog is not None:
         watchdog.arm(conn, time.monotonic() + deadline, "request body")
+    if phase is not None and size:
+        phase.enter(conn, "request body")
     try:
         body = environ["wsgi.input"].read(size) if size else b""
     finally:
+        if phase is not None:
+            phase.leave(conn)
         if watchdog is not None:
             watchdog.disarm(conn)
     if len(body) != size:
@@ -477,7 +495,8 @@ class EnrolmentApp:
         self.auth = authenticator
         self.invitations = invitations
         self.store = store
-        self.audit = audit
+        #: Every line goes through the listener's one redaction (enrolment_audit.py).
+        self.audit: AuditLog = EnrolmentAudit.wrap(audit)
         self.issue = issue
         self.clock = clock
 
@@ -514,6 +533,12 @@ class EnrolmentApp:
         peer = environ.get("REMOTE_ADDR", "")
         if environ.get("PATH_INFO") == GUIDE_PATH and method in ("GET", "HEAD"):
             return self._guide(start_response, environ, record)
+        punctuated = _PUNCTUATED.fullmatch(environ.get("PATH_INFO", "")) if match is None else None
+        if punctuated is not None and method in ("GET", "HEAD"):
+            record["reason"] = "punctuated_link"
+            body = _send(start_response, 308, "text/plain; charset=utf-8", b"", extra=[
+                ("Location", f"/enrol/{punctuated[1]}")])
+            return body
         if match is None:
             record["reason"] = "not_found"
             return self._plain(start_response, 404, "not found\n", environ)
@@ -678,8 +703,10 @@ class EnrolmentApp:
         return _send(start_response, code, "text/html; charset=utf-8", text.encode("utf-8"))
 
     def _audit(self, environ: dict[str, Any], record: dict[str, Any], sent: int, started: float) -> None:
-        """One line per request, shaped like the guard's; the token itself is never written
-        (``invitation`` is the first 16 hex digits of its SHA-256, as ``cert invites`` shows)."""
+        """One line per request, shaped like the guard's, written through
+        :class:`~davserver.enrolment_audit.EnrolmentAudit`: the token itself is never written
+        (the path says ``/enrol/`` and the first 16 hex digits of its SHA-256, as
+        ``invitation`` does)."""
         status = int(record.get("status", 0))
         allowed = status < 400
         line: dict[str, Any] = {
@@ -692,7 +719,7 @@ class EnrolmentApp:
             "account": record.get("account"),
             "share": None,
             "method": environ.get("REQUEST_METHOD"),
-            "path": "/enrol/" if record.get("invitation") else _printable(environ.get("PATH_INFO", "")),
+            "path": _printable(environ.get("PATH_INFO", "")),
             "status": status,
             "bytes_in": record.get("bytes_in", 0),
             "bytes_out": sent,

@@ -27,7 +27,7 @@ from .store.base import InvitationRecord, StateStore
 
 __all__ = [
     "Invitation", "InvitationError", "InvitationGone", "Invitations", "TooManyInvitations",
-    "MAX_VALID_SECONDS", "UnknownInvitation", "default_base_url", "token_digest",
+    "MAX_VALID_SECONDS", "UnknownInvitation", "default_base_url", "server_fingerprint", "token_digest",
 ]
 
 _TOKEN_BYTES = 32  # 256 bits; the issue asks for at least 128
@@ -81,6 +81,22 @@ def _dt(ts: float) -> datetime:
 
 def _public(record: InvitationRecord) -> Invitation:
     return Invitation(record.account, _dt(record.created), _dt(record.expires), record.failures)
+
+
+def server_fingerprint(config: Config) -> str | None:
+    """SHA-256 of the server certificate (``tls.certificate``, the one the enrolment
+    listener presents) as browsers show it: upper-case hex pairs joined by colons
+    (``AB:12:…``, 95 characters); None when the file cannot be read. ``cert invite`` prints
+    it with the link, so a user whose browser warns about a private CA can compare it
+    before typing a password (docs/clients.md, "You received a link")."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    try:
+        cert = x509.load_pem_x509_certificate(config.tls.certificate.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
 
 
 def default_base_url(config: Config) -> str:

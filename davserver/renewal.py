@@ -44,7 +44,7 @@ from .config import Home
 from .pki import CertificateAuthority, PKIError, serial_hex
 from .store.base import StateStore
 
-__all__ = ["RENEW_DUE_KEY", "Renewals", "days_left"]
+__all__ = ["RENEW_DUE_KEY", "Renewals", "days_left", "renew_serial"]
 
 log = logging.getLogger("davserver.renewal")
 
@@ -59,6 +59,30 @@ _MAX_CHECKED = 10_000
 def days_left(cert: CertIdentity, now: datetime) -> float:
     """Days (fractional) until `cert` expires; negative once it has."""
     return (cert.not_after - now) / timedelta(days=1)
+
+
+def renew_serial(home: Home, store: StateStore | None, serial: str, *, p12_password: str | None = None,
+                 csr_pem: bytes | None = None, renew: Callable[..., Any] | None = None) -> Any:
+    """Renew certificate `serial` (upper-case hex) of `home`: the one path of every renewal,
+    the holder's (:meth:`Renewals.renew`, ``/_davserver/renew``) and the administrator's
+    (``davserver cert renew``), so the two cannot differ. `renew` is ``issuance.renew``
+    (the default) and returns its ``Delivery``. With a `store` (pass it when
+    ``enrolment.revoke_renewed`` is true, else None), the old certificate is noted for
+    revocation at the first request the new one makes (:meth:`Renewals.note_use`, on any
+    node sharing the store); the note expires with the new certificate. Raises what
+    ``issuance.renew`` raises, and what the store raises (StoreUnavailable) after the new
+    certificate was issued and bound (the old one then stays valid)."""
+    if renew is None:
+        from .issuance import renew as issue_renewal
+
+        renew = issue_renewal
+    delivery = renew(home, serial, p12_password=p12_password, csr_pem=csr_pem)
+    if store is not None:
+        new = delivery.issued
+        until = new.not_after.timestamp()
+        store.set_lock(f"renewal:{new.fingerprint}:{serial}", until)
+        store.set_lock(f"renewal:{new.fingerprint}", until)
+    return delivery
 
 
 class Renewals:
@@ -133,13 +157,8 @@ class Renewals:
         raises (IssuanceError, PKIError for a certificate the built-in CA did not issue:
         one whose serial is ours but whose bytes are not is refused before anything is issued)."""
         self._check_ours(cert)
-        delivery = self._renew(self.home, cert.serial, p12_password=p12_password, csr_pem=csr_pem)
-        if self.revoke_renewed and self.store is not None:
-            new = delivery.issued
-            until = new.not_after.timestamp()
-            self.store.set_lock(f"renewal:{new.fingerprint}:{cert.serial}", until)
-            self.store.set_lock(f"renewal:{new.fingerprint}", until)
-        return delivery
+        return renew_serial(self.home, self.store if self.revoke_renewed else None, cert.serial,
+                            p12_password=p12_password, csr_pem=csr_pem, renew=self._renew)
 
     def note_use(self, account: Account, cert: CertIdentity, now: datetime) -> str | None:
         """Called for every request the guard allows: the first one with a renewed

@@ -80,7 +80,7 @@ def issued(home: Path) -> set[str]:
 def test_invite_json_shape_and_the_link(home: Path) -> None:
     before = datetime.now(UTC).replace(microsecond=0)
     data = json.loads(ok(home, "cert", "invite", "alice", "--json").stdout)
-    assert set(data) == {"account", "url", "expires"} and data["account"] == "alice"
+    assert set(data) == {"account", "url", "expires", "server_fingerprint"} and data["account"] == "alice"
     m = re.fullmatch(r"https://dav\.example\.org:8444/enrol/([A-Za-z0-9_-]{43})", data["url"])
     assert m, data["url"]
     assert ISO.fullmatch(data["expires"])

@@ -67,10 +67,11 @@ def serving(inst: Instance, **enrolment: object) -> Iterator[DavServer]:
         yield server
 
 
-def tls_to(inst: Instance, server: DavServer, timeout: float = 10) -> ssl.SSLSocket:
+def tls_to(inst: Instance, server: DavServer, timeout: float = 10, source: str | None = None) -> ssl.SSLSocket:
     assert server.enrolment is not None
     ctx = ssl.create_default_context(cafile=str(inst.ca_file))
-    raw = socket.create_connection(("127.0.0.1", server.enrolment.port), timeout=timeout)
+    raw = socket.create_connection(("127.0.0.1", server.enrolment.port), timeout=timeout,
+                                   source_address=(source, 0) if source else None)
     return ctx.wrap_socket(raw, server_hostname="localhost")
 
 
@@ -213,14 +214,16 @@ def test_keep_alive_limit(inst: Instance) -> None:
 
 
 def test_threads(inst: Instance) -> None:
-    """Two workers: one POST whose body never comes leaves a worker free; two leave none,
-    and a third request waits until one of them goes."""
+    """Two workers: one POST whose body never comes leaves a worker free; two (from two
+    addresses: one address alone may hold at most threads - 1, see
+    enrolment.header_phase_per_address) leave none, and a third request waits until one
+    of them goes."""
     with serving(inst, threads=2) as server:
         token = invite(server)
         held: list[ssl.SSLSocket] = []
 
-        def hold() -> None:
-            tls = tls_to(inst, server, timeout=30)
+        def hold(source: str) -> None:
+            tls = tls_to(inst, server, timeout=30, source=source)
             tls.sendall(f"POST /enrol/{token} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 500\r\n"
                         "Content-Type: application/x-www-form-urlencoded\r\n\r\npassword=".encode())
             held.append(tls)
@@ -234,10 +237,10 @@ def test_threads(inst: Instance) -> None:
                     return b""
 
         try:
-            hold()
+            hold("127.0.0.2")
             time.sleep(0.5)
             assert probe(5).startswith(b"HTTP/1.1 404")  # at the limit: one worker left
-            hold()
+            hold("127.0.0.3")
             time.sleep(0.5)
             waiting = tls_to(inst, server, timeout=30)
             waiting.sendall(b"GET /enrol/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
