@@ -8,6 +8,7 @@ the server and the auth core.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import os
@@ -388,12 +389,15 @@ def _section(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 
 
 def _check_keys(section: Mapping[str, Any], prefix: str, allowed: tuple[str, ...]) -> None:
+    """Refuse a key ``allowed`` (from settings_schema.keys_of) does not hold, naming it,
+    the likely meant one (a typo: ``threds`` → ``threads``) and every known key."""
     for key in section:
         if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
             raise ConfigError(
                 f"{prefix}.{key}" if prefix else str(key),
                 "unknown key",
-                f"known keys: {', '.join(allowed)}",
+                (f"did you mean {close[0]}? " if close else "") + f"known keys: {', '.join(allowed)}",
             )
 
 

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["SECTIONS", "SETTINGS", "Setting", "SettingType", "keys_of", "setting"]
+__all__ = ["SECTIONS", "SETTINGS", "Setting", "SettingType", "keys_of", "render_readme_table", "setting"]
 
 SettingType = Literal["int", "float", "bool", "str", "path", "enum", "list"]
 
@@ -303,15 +303,15 @@ SETTINGS: tuple[Setting, ...] = (
              "account + certificate; a success of one factor never clears another's failures"),
     ),
     Setting(
-        'throttle.address_lock_after', 'int', 5, lo=1, hi=1_000_000,
-        doc=('distinct accounts locked out from one address within the window that lock out the address (one '
-             'account counts once, whatever its certificates)'),
-    ),
-    Setting(
         'throttle.max_consecutive_failures', 'int', 100, lo=0, hi=1_000_000,
         doc=('consecutive failures of one factor for an account, over all its certificates and windows, that '
              'lock the account out until `davserver user unlock NAME` (NIST SP 800-63B §5.2.2); a success of '
              'that factor restarts the count; `0` turns it off'),
+    ),
+    Setting(
+        'throttle.address_lock_after', 'int', 5, lo=1, hi=1_000_000,
+        doc=('distinct accounts locked out from one address within the window that lock out the address (one '
+             'account counts once, whatever its certificates)'),
     ),
     Setting(
         'throttle.lock_seconds', 'float', 900.0, lo=0.0,
@@ -519,18 +519,18 @@ SETTINGS: tuple[Setting, ...] = (
         doc='accounts, `@groups` or `*` that may read and write; a share with neither lets nobody in',
     ),
     Setting(
-        'shares.NAME.require', 'list', None, shown='defaults.require',
-        doc='`[]` (certificate only, no password prompt), `[password]` or `[password, totp]`',
-    ),
-    Setting(
         'shares.NAME.macos_clutter', 'enum', 'allow', choices=('allow', 'hide', 'refuse'),
         doc=('macOS metadata files (`._*`, `.DS_Store`): `allow`, `hide` (stored, not listed) or `refuse` '
              '(403)'),
     ),
+    Setting(
+        'shares.NAME.require', 'list', None, shown='defaults.require',
+        doc='`[]` (certificate only, no password prompt), `[password]` or `[password, totp]`',
+    ),
 )
 
 _BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
-if len(_BY_KEY) != len(SETTINGS):  # pragma: no cover - caught by the import in every test
+if len(_BY_KEY) != len(SETTINGS):
     raise ValueError("a setting is listed twice")
 
 #: The top-level sections of davserver.yaml, in file order.
@@ -547,3 +547,18 @@ def keys_of(section: str) -> tuple[str, ...]:
     """The names a section accepts, in order: ``keys_of("server")`` → ``("bind", "port", …)``;
     ``keys_of("shares.NAME")`` for the keys of one share."""
     return tuple(s.name for s in SETTINGS if s.section == section)
+
+
+def render_readme_table() -> str:
+    """The README's configuration table, one row per setting in schema order:
+    ``| `key` | `default` | doc |`` (Markdown; `python -m davserver.settings_schema`
+    prints it to paste after a change here)."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for s in SETTINGS:
+        default = s.default_text()
+        lines.append(f"| `{s.key}` | {default if default == '—' else f'`{default}`'} | {s.doc} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_readme_table(), end="")

@@ -15,16 +15,15 @@ import yaml
 from davserver import config as config_module
 from davserver.config import ConfigError, Home, load_config, parse_config
 from davserver.instance import default_config_text
-from davserver.settings_schema import SECTIONS, SETTINGS, Setting, keys_of, setting
+from davserver.settings_schema import SECTIONS, SETTINGS, Setting, keys_of, render_readme_table, setting
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = yaml.safe_load(default_config_text())
 NUMBERS = [s for s in SETTINGS if s.type in ("int", "float")]
 
 
-def _readme_rows() -> dict[str, tuple[str, str]]:
+def _readme_rows(text: str) -> dict[str, tuple[str, str]]:
     """key -> (default cell, meaning) of the README's configuration table."""
-    text = (ROOT / "README.md").read_text()
     table = text.split("## Configuration reference", 1)[1]
     rows: dict[str, tuple[str, str]] = {}
     for line in table.splitlines():
@@ -37,11 +36,30 @@ def _readme_rows() -> dict[str, tuple[str, str]]:
     return rows
 
 
-def _shipped_sections() -> dict[str, list[str]]:
-    """section -> the comment lines written under it in the shipped file."""
+def _readme_drift(text: str) -> list[str]:
+    """What in the README's table differs from the schema, one line per key."""
+    rows = _readme_rows(text)
+    found = [f"{k}: documented, but the loader refuses it" for k in rows if k not in {s.key for s in SETTINGS}]
+    for s in SETTINGS:
+        if s.key not in rows:
+            found.append(f"{s.key}: not documented")
+            continue
+        cell, meaning = rows[s.key]
+        expected = "—" if s.default_text() == "—" else f"`{s.default_text()}`"
+        if cell != expected:
+            found.append(f"{s.key}: default {cell}, the schema's is {expected}")
+        if meaning != s.doc:
+            found.append(f"{s.key}: meaning differs from the schema's doc")
+    if not found and render_readme_table() not in text:
+        found.append("the table's order or header differs from the schema's")
+    return found
+
+
+def _comments(text: str) -> dict[str, list[str]]:
+    """section -> the comment lines written under it (and right above it) in the file."""
     comments: dict[str, list[str]] = {}
     section, above = "", []  # comments at column 0 belong to the section they precede
-    for line in default_config_text().splitlines():
+    for line in text.splitlines():
         if re.match(r"^[a-z]+:", line):
             section = line.split(":")[0]
             comments[section] = above
@@ -53,59 +71,76 @@ def _shipped_sections() -> dict[str, list[str]]:
     return comments
 
 
-def test_every_shipped_key_is_a_setting_with_the_schema_default() -> None:
-    assert tuple(SHIPPED) == SECTIONS, "sections of the shipped file, in order"
-    wrong: list[tuple[str, Any, Any]] = []
-    for section, body in SHIPPED.items():
-        if section == "shares":  # an example share: its keys are checked below
-            for share in body.values():
-                assert set(share) <= set(keys_of("shares.NAME")), share
+#: Settings the shipped file leaves unset (derived defaults, or only for the Redis backend):
+#: it names each in a comment instead.
+UNSET = {"enrolment.bind", "enrolment.url", "state.password_file", "state.prefix", "state.url"}
+
+
+def _yaml_drift(text: str) -> list[str]:
+    """What in a davserver.yaml text differs from the schema, one line per key."""
+    raw = yaml.safe_load(text)
+    comments = _comments(text)
+    found = [f"{k}: not a section" for k in raw if k not in SECTIONS]
+    for section, body in raw.items():
+        if section == "shares":  # an example share
+            found += [f"shares.{n}.{k}: not a share key" for n, share in body.items()
+                      for k in share if k not in keys_of("shares.NAME")]
             continue
         for name, value in (body or {}).items():
-            s = setting(f"{section}.{name}")  # KeyError: a key the schema does not know
-            expected = list(s.default) if isinstance(s.default, tuple) else s.default
+            key = f"{section}.{name}"
+            if section not in SECTIONS or name not in keys_of(section):
+                found.append(f"{key}: not a setting")
+                continue
+            expected = setting(key).default
+            expected = list(expected) if isinstance(expected, tuple) else expected
             if value != expected or isinstance(value, bool) != isinstance(expected, bool):
-                wrong.append((s.key, value, expected))
-    assert not wrong, f"shipped value differs from the schema default: {wrong}"
-
-
-def test_every_setting_is_in_the_shipped_file_set_or_explained() -> None:
-    comments = _shipped_sections()
-    absent = []
+                found.append(f"{key}: {value!r}, the schema's default is {expected!r}")
     for s in SETTINGS:
-        section, _, name = s.key.partition(".")
-        if section == "shares":
-            name = s.name
-        elif name in (SHIPPED.get(section) or {}):
-            continue
-        # not set (its default is derived, or it applies to one backend): named in a comment
-        if not any(re.search(rf"\b{name}\b", line) for line in comments.get(section, [])):
-            absent.append(s.key)
-    assert not absent, f"neither set nor explained in config/davserver.yaml: {absent}"
-    # an unset key is one whose default is absent or derived, or one of the other backend
-    unset = sorted(s.key for s in SETTINGS if s.section != "shares.NAME"
-                   and s.name not in (SHIPPED.get(s.section) or {}))
-    assert unset == ["enrolment.bind", "enrolment.url", "state.password_file", "state.prefix", "state.url"]
+        section = s.key.partition(".")[0]
+        if section == "shares" or s.key in UNSET:  # documented in comments only
+            if not any(re.search(rf"\b{s.name}\b", line) for line in comments.get(section, [])):
+                found.append(f"{s.key}: not explained in a comment")
+        elif s.name not in (raw.get(section) or {}):
+            found.append(f"{s.key}: not set")
+    return found
 
 
-def test_the_readme_table_has_every_setting_with_its_default() -> None:
-    rows = _readme_rows()
-    assert not set(rows) - {s.key for s in SETTINGS}, "README.md documents a key the loader refuses"
-    assert not {s.key for s in SETTINGS} - set(rows), "README.md does not document every setting"
-    wrong = []
-    for s in SETTINGS:
-        cell, meaning = rows[s.key]
-        expected = "—" if s.default_text() == "—" else f"`{s.default_text()}`"
-        if cell != expected:
-            wrong.append((s.key, cell, expected))
-        assert meaning.strip(), s.key
-    assert not wrong, f"README default differs from the schema: {wrong}"
+def test_the_shipped_file_sets_every_setting_to_its_schema_default() -> None:
+    assert tuple(SHIPPED) == SECTIONS, "sections of the shipped file, in order"
+    assert _yaml_drift(default_config_text()) == []
 
 
-def test_every_setting_has_its_readme_wording() -> None:
-    rows = _readme_rows()
-    differs = [s.key for s in SETTINGS if rows[s.key][1] != s.doc]
-    assert not differs, f"README meaning differs from the schema's doc (copy one to the other): {differs}"
+@pytest.mark.parametrize(("edit", "found"), [
+    (("threads: 32", "threads: 33"), "server.threads: 33, the schema's default is 32"),
+    (("  port: 9180\n", "  port: 9180\n  bogus: 1\n"), "metrics.bogus: not a setting"),
+    (("  checksums: true\n", ""), "properties.checksums: not set"),
+    (("  count_repeats: false", "  count_repeats: 0"), "throttle.count_repeats: 0, the schema's default is False"),
+    (("  # url: the base URL", "  # the base URL"), "enrolment.url: not explained in a comment"),
+])
+def test_the_shipped_file_check_finds_each_kind_of_drift(edit: tuple[str, str], found: str) -> None:
+    text = default_config_text()
+    assert edit[0] in text
+    assert found in _yaml_drift(text.replace(edit[0], edit[1], 1))
+
+
+def test_the_readme_table_is_the_schema_rendered() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert _readme_drift(readme) == [], (
+        "README.md's configuration table differs from davserver/settings_schema.py: fix the schema, then "
+        "paste the output of `python -m davserver.settings_schema` over the table")
+
+
+@pytest.mark.parametrize(("edit", "found"), [
+    (("| `server.threads` | `32` |", "| `server.threads` | `16` |"),
+     "server.threads: default `16`, the schema's is `32`"),
+    (("| `tls.min_version` | `\"1.2\"` |", "| `tls.min_version` | `1.2` |"), "tls.min_version: default `1.2`"),
+    (("| requests served at the same time |", "| requests at once |"), "server.threads: meaning differs"),
+    (("| `metrics.port` |", "| `metrics.prot` |"), "metrics.port: not documented"),
+])
+def test_the_readme_check_finds_each_kind_of_drift(edit: tuple[str, str], found: str) -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert edit[0] in readme
+    assert any(line.startswith(found) for line in _readme_drift(readme.replace(edit[0], edit[1], 1)))
 
 
 def test_the_repository_file_is_the_packaged_one() -> None:
@@ -283,3 +318,40 @@ def test_a_duplicate_key_in_the_file_is_refused_naming_it_and_both_lines(tmp_pat
             load_config(home)
         assert err.value.key == f"{section}.{name}"
         assert "lines 2 and 3" in str(err.value) and "keep one of them" in str(err.value)
+
+
+@pytest.mark.parametrize(("text", "key", "meant"), [
+    ("server: {threds: 3}", "server.threds", "threads"),
+    ("state: {backnd: redis}", "state.backnd", "backend"),
+    ("shares: {a: {path: x, read-only: true}}", "shares.a.read-only", "read_only"),
+    ("sever: {port: 1}", "sever", "server"),
+])
+def test_a_misspelt_key_is_refused_naming_the_key_it_resembles(text: str, key: str, meant: str,
+                                                                tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(yaml.safe_load(text), Home(tmp_path))
+    assert err.value.key == key
+    assert err.value.hint.startswith(f"did you mean {meant}? known keys: ")
+    # the twin: spelt right, it is taken
+    assert parse_config(yaml.safe_load(text.replace(key.rpartition(".")[2], meant)), Home(tmp_path))
+
+
+@pytest.mark.parametrize(("text", "key", "lines"), [
+    ("server:\n  bind: 127.0.0.1\n  port: 0\n  bind: 0.0.0.0\n", "server.bind", (2, 4)),
+    ("state:\n  backend: sqlite\n  path: state/state.db\n  backend: redis\n", "state.backend", (2, 4)),
+])
+def test_the_duplicate_keys_of_the_report_are_refused(text: str, key: str, lines: tuple[int, int],
+                                                      tmp_path: Path) -> None:
+    """Two ``bind:`` (served on the second while printing the first) and two ``backend:``."""
+    home = Home(tmp_path)
+    home.config_file.parent.mkdir(parents=True)
+    home.config_file.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(home)
+    assert err.value.key == key
+    assert f"lines {lines[0]} and {lines[1]}" in str(err.value)
+    # the twin: each written once, the file loads with the one value
+    head, _, _ = text.rpartition(f"  {key.partition('.')[2]}:")
+    home.config_file.write_text(head)
+    cfg = load_config(home)
+    assert (cfg.server.bind, cfg.state.backend) == ("127.0.0.1", "sqlite")
