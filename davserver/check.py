@@ -77,6 +77,7 @@ def check_instance(home: Home, *, timeout: float = PING_SECONDS, now: datetime |
     _identity(config, findings)
     _enrolment(config, findings)
     _audit(config, findings)
+    _listeners(config, findings)
     return findings
 
 
@@ -304,3 +305,21 @@ def _audit(config: Config, findings: list[Finding]) -> None:
         findings.append(Finding("error", f"{path} cannot be written: the server cannot start",
                                 f"create {path.parent} writable by the server's user, or fix the path",
                                 setting="audit.file"))
+
+
+def _listeners(config: Config, findings: list[Finding]) -> None:
+    """server.bind / metrics.bind that this host cannot listen on at all: not one of its
+    addresses, or a port below 1024 for this user. A port in use is no finding: it is
+    the running server's own."""
+    import errno
+
+    from .server import bind_errno, bind_refusal
+
+    listeners = [("server", config.server.bind, config.server.port)]
+    if config.metrics.enabled:
+        listeners.append(("metrics", config.metrics.bind, config.metrics.port))
+    for section, host, port in listeners:
+        err = bind_errno(host, port)
+        if err in (errno.EADDRNOTAVAIL, errno.EACCES):
+            key, message, fix = bind_refusal(section, host, port, err, f"change {section}.port")
+            findings.append(Finding("error", message, fix, setting=key))

@@ -337,12 +337,12 @@ class MetricsListener:
         """Bind and listen (idempotent); OSError when the address cannot be bound."""
         if self._server.ready:
             return
-        if self.config.port:
-            # Tried first: cheroot 11.1.2 leaks its socket when bind() fails (server.py ``prepare``).
-            family = socket.AF_INET6 if ":" in self.config.bind else socket.AF_INET
-            with socket.socket(family) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                probe.bind((self.config.bind, self.config.port))
+        # Tried first: cheroot 11.1.2 leaks its socket when bind() fails (server.py ``prepare``);
+        # also for port 0, which still fails for an address that is not this host's.
+        family = socket.AF_INET6 if ":" in self.config.bind else socket.AF_INET
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((self.config.bind, self.config.port))
         self._server.prepare()
 
     def start(self) -> None:

@@ -6,6 +6,7 @@ import ctypes
 import errno
 import functools
 import logging
+import os
 import socket
 import threading
 import time
@@ -358,26 +359,18 @@ class DavServer:
         """Bind and listen (idempotent), so callers can print the real URL before serving."""
         if self._server.ready:
             return
-        if self._port and not port_is_free(self.bind, self._port):
-            # Checked first because cheroot leaks its socket when bind() fails.
+        # Checked first because cheroot leaks its socket when bind() fails (also for port 0:
+        # an address that is not this host's).
+        err = bind_errno(self.bind, self._port)
+        if err is not None:
             self.audit.close()
-            raise StartupError(
-                f"server.port: {self.bind}:{self._port} is already in use (stop the other server or pick --port)"
-            )
+            raise _bind_error("server", self.bind, self._port, err, "pick --port")
         try:
             self._server.prepare()
         except OSError as exc:
             self.audit.close()
             err = exc.__cause__.errno if isinstance(exc.__cause__, OSError) else exc.errno
-            if err == errno.EADDRINUSE:
-                raise StartupError(
-                    f"server.port: {self.bind}:{self._port} is already in use (stop the other server or pick --port)"
-                ) from None
-            if err == errno.EACCES:
-                raise StartupError(
-                    f"server.port: not allowed to listen on {self.bind}:{self._port} (use a port above 1023)"
-                ) from None
-            raise StartupError(f"server.bind: cannot listen on {self.bind}:{self._port}: {exc}") from None
+            raise _bind_error("server", self.bind, self._port, err or 0, "pick --port") from None
         if self.metrics_listener is not None:
             try:
                 self.metrics_listener.prepare()
@@ -386,10 +379,7 @@ class DavServer:
                 self.audit.close()
                 self.store.close()
                 m = self.config.metrics
-                raise StartupError(
-                    f"metrics.port: cannot listen on {m.bind}:{m.port}: {exc} "
-                    "(stop the other server or pick another metrics.port)"
-                ) from None
+                raise _bind_error("metrics", m.bind, m.port, exc.errno or 0, "pick another metrics.port") from None
 
     def start(self) -> None:
         """Listen, then serve on a background thread (used by tests and quickstart)."""
@@ -464,11 +454,38 @@ class DavServer:
         self.stop()
 
 
-def port_is_free(host: str, port: int) -> bool:
+def bind_errno(host: str, port: int) -> int | None:
+    """None when a listening socket could bind `host` (an address text) and `port` now,
+    else the errno of the refusal (EADDRINUSE, EADDRNOTAVAIL: not an address of this
+    host, EACCES: a port below 1024 without the capability, EINVAL ...)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
-        except OSError:
-            return False
-    return True
+        except OSError as exc:
+            return exc.errno or errno.EINVAL
+    return None
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True when `host`:`port` can be bound now (:func:`bind_errno`)."""
+    return bind_errno(host, port) is None
+
+
+def bind_refusal(section: str, host: str, port: int, err: int, other_port: str) -> tuple[str, str, str]:
+    """Why `section` (``server``, ``metrics``) cannot bind `host`:`port` with errno `err`,
+    as (setting at fault, message, fix); `other_port` says how to choose another port."""
+    if err == errno.EADDRINUSE:
+        return f"{section}.port", f"{host}:{port} is already in use", f"stop the other server or {other_port}"
+    if err == errno.EADDRNOTAVAIL:
+        return f"{section}.bind", f"{host} is not an address of this host", "use one of its addresses, 0.0.0.0 or ::"
+    if err == errno.EACCES:
+        return (f"{section}.port", f"not allowed to listen on {host}:{port}",
+                "use a port above 1023, or give the service CAP_NET_BIND_SERVICE: docs/install.md")
+    return (f"{section}.bind", f"cannot listen on {host}:{port}: {os.strerror(err) if err else 'refused'}",
+            f"fix {section}.bind or {other_port}")
+
+
+def _bind_error(section: str, host: str, port: int, err: int, other_port: str) -> StartupError:
+    key, message, fix = bind_refusal(section, host, port, err, other_port)
+    return StartupError(f"{key}: {message} ({fix})")

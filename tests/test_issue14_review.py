@@ -186,3 +186,81 @@ def test_check_timeout_refuses_what_is_no_number_of_seconds(inst: Instance, valu
 def test_check_timeout_takes_a_number_of_seconds(inst: Instance, value: str) -> None:
     code, _, err = _check(inst.home.root, "--timeout", value)
     assert code in (0, 1) and err == "", err
+
+
+# --- a listener address that is not this host's -----------------------------------------------
+
+NOT_HERE = "203.0.113.77"  # TEST-NET-3 (RFC 5737): never an address of the test machine
+
+
+def _set_bind(inst: Instance, text: str) -> None:
+    """Append `text`; a ``server:`` mapping replaces the test instance's own."""
+    cfg = inst.home.config_file
+    body = cfg.read_text()
+    if text.lstrip().startswith("server:"):
+        old = "server: {bind: 127.0.0.1, port: 0, threads: 16, timeout: 10}"
+        assert old in body
+        body = body.replace(old, "")
+    cfg.write_text(body + text)
+
+
+def test_a_server_bind_that_is_no_address_of_this_host_says_so_not_port_in_use(inst: Instance) -> None:
+    from davserver.errors import StartupError
+
+    _set_bind(inst, f"\nserver: {{bind: {NOT_HERE}, port: {_free_port()}}}\n")
+    r = CliRunner().invoke(main, ["--home", str(inst.home.root), "serve"])
+    assert r.exit_code == 2, r.output
+    assert r.stderr.strip() == (f"error: server.bind: {NOT_HERE} is not an address of this host "
+                                "(use one of its addresses, 0.0.0.0 or ::)"), r.stderr
+    code, out, _ = _check(inst.home.root, "--json")
+    assert code == 1 and {"level": "error", "setting": "server.bind", "message":
+                          f"{NOT_HERE} is not an address of this host",
+                          "fix": "use one of its addresses, 0.0.0.0 or ::"} in json.loads(out)["findings"]
+    # with port 0 (no pre-check) the same words
+    server = DavServer(load_config(inst.home), port=0)
+    with pytest.raises(StartupError, match=f"server.bind: {NOT_HERE} is not an address of this host"):
+        server.prepare()
+
+
+def test_a_metrics_bind_that_is_no_address_of_this_host_says_so(inst: Instance) -> None:
+    from davserver.errors import StartupError
+
+    _set_bind(inst, f"\nmetrics: {{enabled: true, bind: {NOT_HERE}, port: {_free_port()}}}\n")
+    server = DavServer(load_config(inst.home), port=0)
+    with pytest.raises(StartupError, match=f"metrics.bind: {NOT_HERE} is not an address of this host"):
+        server.prepare()
+    code, out, _ = _check(inst.home.root, "--json")
+    assert code == 1 and [f["setting"] for f in json.loads(out)["findings"]] == ["metrics.bind"]
+
+
+def test_a_port_in_use_is_still_in_use_and_a_free_one_is_no_finding(inst: Instance) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        _set_bind(inst, f"\nserver: {{bind: 127.0.0.1, port: {port}}}\n")
+        r = CliRunner().invoke(main, ["--home", str(inst.home.root), "serve"])
+        assert r.exit_code == 2 and f"server.port: 127.0.0.1:{port} is already in use" in r.stderr
+        # check: a port in use is the running server's own, no finding
+        code, out, _ = _check(inst.home.root, "--json")
+        assert code == 0, out
+
+
+def test_every_bind_errno_names_the_setting_and_a_fix() -> None:
+    import errno
+
+    from davserver.server import bind_refusal
+
+    expected = {errno.EADDRINUSE: ("metrics.port", "already in use"),
+                errno.EADDRNOTAVAIL: ("metrics.bind", "not an address of this host"),
+                errno.EACCES: ("metrics.port", "not allowed to listen"),
+                errno.EINVAL: ("metrics.bind", "Invalid argument"), 0: ("metrics.bind", "refused")}
+    for err, (key, words) in expected.items():
+        got_key, message, fix = bind_refusal("metrics", "10.0.0.1", 80, err, "pick another metrics.port")
+        assert got_key == key and words in message and fix, (err, message, fix)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
