@@ -100,9 +100,20 @@ class _Main(click.Group):
     """The command group: whatever a command meets ends as one line on standard error
     and exit status 2, never a traceback (click's own usage errors and exits pass)."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # The group's own options (--home, an unknown option) are parsed before invoke.
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # `davserver` alone: the help, as click shows it
+        except click.UsageError as exc:
+            _fail(f"{exc.format_message()} (see `{ctx.command_path} --help`)")
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # `davserver share` alone: its help, as click shows it
         except click.UsageError as exc:  # click prints usage, a hint and the error: three lines
             where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
             _fail(f"{exc.format_message()} (see `{where} --help`)")

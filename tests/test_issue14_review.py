@@ -264,3 +264,27 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# --- the group's own options: one line too ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["--bogus"], ["--home"], ["--home", "{file}", "check"], ["--home", "{file}"],
+                                  ["--bogus", "check", "--json"]])
+def test_a_usage_error_in_the_groups_own_options_is_one_line(tmp_path: Path, args: list[str]) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    r = CliRunner().invoke(main, [a.replace("{file}", str(afile)) for a in args], prog_name="davserver")
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "(see `davserver --help`)" in lines[0] and r.stdout == ""
+    assert afile.read_text() == "" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_group_alone_shows_its_help_not_an_error(inst: Instance) -> None:
+    for args in (["share"], ["user"], ["cert"], []):
+        r = CliRunner().invoke(main, args, prog_name="davserver")
+        assert r.exit_code == 2 and r.output.startswith("Usage: davserver"), (args, r.output)
+    # twin: the same options used right still work
+    r = CliRunner().invoke(main, ["--home", str(inst.home.root), "share", "list"])
+    assert r.exit_code == 0 and "files" in r.stdout
