@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from davserver import config as config_module
 from davserver.config import ConfigError, Home, load_config, parse_config
@@ -401,3 +403,23 @@ def _copies() -> list[tuple[str, Any, Any]]:
 def test_every_copy_of_a_default_elsewhere_is_the_schema_default() -> None:
     differ = [(where, value, schema) for where, value, schema in _copies() if value != schema]
     assert not differ, f"a module's fallback differs from settings_schema.py (make it the schema's): {differ}"
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(st.sampled_from(NUMBERS), st.one_of(st.integers(-(1 << 42), 1 << 42), st.floats(allow_nan=True)))
+def test_a_number_setting_takes_exactly_the_values_within_its_bounds(s: Setting, value: int | float) -> None:
+    """Whatever the number, the loader takes it iff the schema's bounds hold it (a whole
+    number for an int, a finite one for a float), and then it is the value used."""
+    assert s.lo is not None
+    kind_ok = isinstance(value, int) if s.type == "int" else math.isfinite(value)
+    inside = kind_ok and s.lo <= value and (s.hi is None or value <= s.hi)
+    section, _, name = s.key.partition(".")
+    raw = {section: {**CONTEXT.get(s.key, {}), name: value}}
+    try:
+        cfg = parse_config(raw, Home(ROOT / "nonexistent"))
+    except ConfigError as err:
+        assert not inside, (s.key, value, str(err))
+        assert err.key == s.key
+        return
+    assert inside, (s.key, value)
+    assert getattr(getattr(cfg, section), name) == value
