@@ -57,6 +57,12 @@ _PRINCIPAL_RE = re.compile(r"^(\*|@?[A-Za-z0-9][A-Za-z0-9._@-]{0,63})$")
 _SUBJECT_RULES = ("cn", "san_email")
 
 
+def _default(key: str) -> Any:
+    """The schema's default of the dotted ``key`` (settings_schema.py): the one place a
+    default is written, for the loader and for a section built without a config."""
+    return _schema(key).default
+
+
 class ConfigError(Exception):
     """A configuration value is wrong: says where, what, and how to fix it."""
 
@@ -106,51 +112,51 @@ class Home:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    bind: str = "127.0.0.1"
-    port: int = 8443
-    threads: int = 32
-    timeout: float = 30.0
-    keep_alive_limit: int = 256
-    shutdown_timeout: float = 30.0
+    bind: str = _default("server.bind")
+    port: int = _default("server.port")
+    threads: int = _default("server.threads")
+    timeout: float = _default("server.timeout")
+    keep_alive_limit: int = _default("server.keep_alive_limit")
+    shutdown_timeout: float = _default("server.shutdown_timeout")
     #: TLS handshakes in progress from one address; a new one closes that address's oldest (handshake.py).
-    handshakes_per_address: int = 128
+    handshakes_per_address: int = _default("server.handshakes_per_address")
     #: TLS handshakes in progress in all; a new one closes the oldest of the busiest address.
-    handshakes_total: int = 1024
+    handshakes_total: int = _default("server.handshakes_total")
     #: Connections the kernel holds for accept(); a burst beyond it loses SYNs (1 s retry).
-    listen_backlog: int = 1024
+    listen_backlog: int = _default("server.listen_backlog")
     #: PROXY header expected from a balancer in front: "off", "v1" or "v2" (proxy_protocol.py).
-    proxy_protocol: str = "off"
+    proxy_protocol: str = _default("server.proxy_protocol")
     #: Addresses/networks (checked text) that must, and alone may, send the PROXY header.
-    trusted_proxies: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = _default("server.trusted_proxies")
     #: Largest PROXY v2 header, TLVs included (bytes); v1 lines are at most 107 by the format.
-    proxy_header_bytes: int = 4096
+    proxy_header_bytes: int = _default("server.proxy_header_bytes")
 
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    xml_body_bytes: int = 1 << 20
-    header_bytes: int = 64 << 10
+    xml_body_bytes: int = _default("limits.xml_body_bytes")
+    header_bytes: int = _default("limits.header_bytes")
     #: The request headers must arrive within this once a worker serves the connection.
-    header_seconds: float = 10.0
+    header_seconds: float = _default("limits.header_seconds")
     #: Connections of one client certificate that may wait on workers for their request
     #: headers at once; a new one at the cap closes the oldest (handshake.HeaderPhase).
-    header_phase_per_certificate: int = 4
+    header_phase_per_certificate: int = _default("limits.header_phase_per_certificate")
     #: The TLS handshake must complete within this after the connection is accepted.
-    handshake_seconds: float = 10.0
+    handshake_seconds: float = _default("limits.handshake_seconds")
     #: A request body must average at least this rate once the grace time is over.
-    body_min_bytes_per_second: int = 1024
-    body_grace_seconds: float = 30.0
+    body_min_bytes_per_second: int = _default("limits.body_min_bytes_per_second")
+    body_grace_seconds: float = _default("limits.body_grace_seconds")
     #: Levels below a share root where anything may be created, and the deepest tree
     #: COPY, MOVE and DELETE walk (fs.py). At most 400: WsgiDAV's walk and shutil's
     #: copytree (a MOVE across filesystems) take up to two frames per level, and
     #: Python allows 1,000.
-    max_tree_depth: int = 256
+    max_tree_depth: int = _default("limits.max_tree_depth")
     #: After an answer given before the request body was read, what the client still
     #: sends is read and dropped in the background (http1.py), up to this many bytes ...
-    linger_bytes: int = 64 << 20
+    linger_bytes: int = _default("limits.linger_bytes")
     #: ... and this many seconds, for at most this many connections at a time (0: close at once).
-    linger_seconds: float = 10.0
-    linger_connections: int = 64
+    linger_seconds: float = _default("limits.linger_seconds")
+    linger_connections: int = _default("limits.linger_connections")
 
 
 @dataclass(frozen=True)
@@ -159,17 +165,17 @@ class TLSConfig:
     private_key: Path
     client_ca: Path
     crl: Path | None
-    min_version: str = "1.2"
+    min_version: str = _default("tls.min_version")
     #: Seconds between checks of the certificate, key and client CA files for changes
     #: (server_certificate.py: served without a restart).
-    reload_seconds: float = 60.0
+    reload_seconds: float = _default("tls.reload_seconds")
     #: The built-in CA re-issues its own server certificate this many days before it expires.
-    reissue_days: int = 30
+    reissue_days: int = _default("tls.reissue_days")
     #: Days ahead that the CA, the server certificate and the CRL are warned about.
-    expiry_warning_days: int = 60
+    expiry_warning_days: int = _default("tls.expiry_warning_days")
     #: Bytes the CA names may take in the certificate request; over it none are sent
     #: (tls_ca_names.py: Java refuses handshake messages over 32 KiB).
-    max_ca_names_bytes: int = 32256
+    max_ca_names_bytes: int = _default("tls.max_ca_names_bytes")
 
 
 @dataclass(frozen=True)
@@ -202,61 +208,62 @@ class IdentityConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    credential_cache_seconds: float = 300.0
+    credential_cache_seconds: float = _default("auth.credential_cache_seconds")
     #: However busy the client, a verified password is checked again after this long.
-    credential_cache_max_seconds: float = 3600.0
+    credential_cache_max_seconds: float = _default("auth.credential_cache_max_seconds")
     #: Basic user ``DOMAIN\\name`` or ``name@domain`` is the certificate's account ``name``.
-    strip_domain: bool = True
+    strip_domain: bool = _default("auth.strip_domain")
 
 
 @dataclass(frozen=True)
 class TOTPConfig:
-    issuer: str = "davserver"
+    issuer: str = _default("totp.issuer")
     #: A grant ends after this long without a request (NIST SP 800-63B AAL2: 30 minutes) …
-    grant_idle_seconds: float = 1800.0
+    grant_idle_seconds: float = _default("totp.grant_idle_seconds")
     #: … and at the latest this long after the code was entered (AAL2: 12 hours).
-    grant_absolute_seconds: float = 43200.0
+    grant_absolute_seconds: float = _default("totp.grant_absolute_seconds")
 
 
 @dataclass(frozen=True)
 class ThrottleConfig:
-    lock_after: int = 10  # failures within window_seconds that lock an (account, certificate)
+    # failures within window_seconds that lock an (account, certificate)
+    lock_after: int = _default("throttle.lock_after")
     # distinct accounts locked out from one address within window_seconds that lock out the
     # address (one account counts once, however many certificates it uses): auth/lockout.py
-    address_lock_after: int = 5
+    address_lock_after: int = _default("throttle.address_lock_after")
     # consecutive failures of one factor for an account, across all its certificates and
     # windows, that lock the account out until `davserver user unlock` (0: off); NIST SP
     # 800-63B §5.2.2 asks for no more than 100: auth/lockout.py
-    max_consecutive_failures: int = 100
-    lock_seconds: float = 900.0
-    window_seconds: float = 900.0
-    delay_after: int = 3  # failures answered at once before delays start
-    base_delay_seconds: float = 0.25  # doubles with every further failure …
-    max_delay_seconds: float = 4.0  # … up to this
+    max_consecutive_failures: int = _default("throttle.max_consecutive_failures")
+    lock_seconds: float = _default("throttle.lock_seconds")
+    window_seconds: float = _default("throttle.window_seconds")
+    delay_after: int = _default("throttle.delay_after")  # failures answered at once before delays start
+    base_delay_seconds: float = _default("throttle.base_delay_seconds")  # doubles with every further failure …
+    max_delay_seconds: float = _default("throttle.max_delay_seconds")  # … up to this
     # count a failure that repeats one already counted within window_seconds (same account,
     # certificate, user and password; never a code): false counts it once, auth/lockout.py
-    count_repeats: bool = False
+    count_repeats: bool = _default("throttle.count_repeats")
 
 
 @dataclass(frozen=True)
 class StateConfig:
-    backend: str = "sqlite"
+    backend: str = _default("state.backend")
     path: Path | None = None  # sqlite
     url: str | None = None  # redis: redis://host:port/db or rediss:// for TLS
-    prefix: str = "davserver:"  # redis: every key starts with it (one per deployment)
-    password_file: Path | None = None  # redis: keeps the password out of this file
+    prefix: str = _default("state.prefix")  # redis: every key starts with it (one per deployment)
+    password_file: Path | None = _default("state.password_file")  # redis: keeps the password out of this file
 
 
 @dataclass(frozen=True)
 class LocksConfig:
     #: WebDAV locks are granted for at most this long ("Infinite" included); clients refresh them.
-    max_timeout_seconds: int = 3600
+    max_timeout_seconds: int = _default("locks.max_timeout_seconds")
     #: Live locks on one resource (only shared locks can pile up); past it LOCK gets 507.
-    max_per_resource: int = 64
+    max_per_resource: int = _default("locks.max_per_resource")
     #: Live locks one account holds, on all resources; past it LOCK gets 507.
-    max_per_account: int = 1000
+    max_per_account: int = _default("locks.max_per_account")
     #: Bytes of one lock's <D:owner> (its XML as stored); a LOCK with a larger one gets 507.
-    max_owner_bytes: int = 4096
+    max_owner_bytes: int = _default("locks.max_owner_bytes")
 
 
 @dataclass(frozen=True)
@@ -264,83 +271,83 @@ class PropertiesConfig:
     """Bounds of dead properties (store/davstate.py PropertyBounds); over one: 507."""
 
     #: Bytes of one property's value (its XML as stored).
-    max_value_bytes: int = 64 << 10
+    max_value_bytes: int = _default("properties.max_value_bytes")
     #: Properties on one resource.
-    max_per_resource: int = 256
+    max_per_resource: int = _default("properties.max_per_resource")
     #: Bytes of names + values on one resource.
-    max_bytes_per_resource: int = 1 << 20
+    max_bytes_per_resource: int = _default("properties.max_bytes_per_resource")
     #: Bytes of dead properties one PROPFIND answer may carry; a larger answer is refused before it is built.
-    max_propfind_bytes: int = 64 << 20
+    max_propfind_bytes: int = _default("properties.max_propfind_bytes")
     #: Property names one PROPFIND may ask for; more: 507 before anything is looked up.
-    max_propfind_names: int = 1000
+    max_propfind_names: int = _default("properties.max_propfind_names")
     #: SHA-1 and MD5 of every upload, computed as it streams and answered as oc:checksums (oc_compat.py).
-    checksums: bool = True
+    checksums: bool = _default("properties.checksums")
 
 
 @dataclass(frozen=True)
 class EnrolmentConfig:
     """Self-service enrolment: invitation links, the enrolment listener, renewal."""
 
-    enabled: bool = False
+    enabled: bool = _default("enrolment.enabled")
     #: Address of the enrolment listener; parse_config fills in server.bind when unset.
     bind: str = "127.0.0.1"
-    port: int = 8444
+    port: int = _default("enrolment.port")
     #: Base URL printed in invitations (no trailing slash); None: https://<first name in
     #: the server certificate>:<port>, see invitations.default_base_url().
-    url: str | None = None
-    invite_seconds: float = 259200.0
+    url: str | None = _default("enrolment.url")
+    invite_seconds: float = _default("enrolment.invite_seconds")
     #: Failed sign-ins on one invitation that burn it.
-    invite_max_failures: int = 5
+    invite_max_failures: int = _default("enrolment.invite_max_failures")
     #: Invitations kept in the state store at once; creating one more is refused.
-    max_open_invitations: int = 1000
-    renew_before_days: int = 30
+    max_open_invitations: int = _default("enrolment.max_open_invitations")
+    renew_before_days: int = _default("enrolment.renew_before_days")
     #: Revoke the old certificate once its renewal has been used.
-    revoke_renewed: bool = False
+    revoke_renewed: bool = _default("enrolment.revoke_renewed")
     #: Request workers of the enrolment listener (cheroot numthreads).
-    threads: int = 4
+    threads: int = _default("enrolment.threads")
     #: Pending TLS handshakes of the enrolment listener, over all addresses.
-    handshakes_total: int = 64
+    handshakes_total: int = _default("enrolment.handshakes_total")
     #: Largest request line + header section on the enrolment listener (bytes).
-    header_bytes: int = 16384
+    header_bytes: int = _default("enrolment.header_bytes")
     #: Kept-alive connections of the enrolment listener; past it answers close the connection.
-    keep_alive_limit: int = 32
+    keep_alive_limit: int = _default("enrolment.keep_alive_limit")
     #: Largest enrolment or renewal form body (bytes); a longer one is refused 413 unread.
-    form_bytes: int = 16384
+    form_bytes: int = _default("enrolment.form_bytes")
     #: Largest CSR accepted (bytes of PEM), by the pages and by `cert sign`.
-    csr_bytes: int = 65536
+    csr_bytes: int = _default("enrolment.csr_bytes")
     #: Connections of one address (IPv6: /64) in the header or form-body phase on the
     #: enrolment listener; never more than threads - 1 take effect.
-    header_phase_per_address: int = 2
+    header_phase_per_address: int = _default("enrolment.header_phase_per_address")
 
 
 @dataclass(frozen=True)
 class AuditConfig:
     file: Path | None  # None: standard error
     #: Audit lines for refused TLS handshakes per second and source address (IPv6: /64); more: one summary line.
-    tls_refusals_per_second: int = 5
+    tls_refusals_per_second: int = _default("audit.tls_refusals_per_second")
     #: Audit lines for refused TLS handshakes per second over all addresses.
-    tls_refusals_total_per_second: int = 20
+    tls_refusals_total_per_second: int = _default("audit.tls_refusals_total_per_second")
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
     """The health and metrics listener: plain HTTP, /healthz, /readyz, /metrics (metrics.py)."""
 
-    enabled: bool = False
-    bind: str = "127.0.0.1"
-    port: int = 9180
+    enabled: bool = _default("metrics.enabled")
+    bind: str = _default("metrics.bind")
+    port: int = _default("metrics.port")
 
 
 @dataclass(frozen=True)
 class ShareConfig:
     name: str
     path: Path
-    read_only: bool = False
-    readers: tuple[str, ...] = ()
-    writers: tuple[str, ...] = ()
+    read_only: bool = _default("shares.NAME.read_only")
+    readers: tuple[str, ...] = _default("shares.NAME.readers")
+    writers: tuple[str, ...] = _default("shares.NAME.writers")
     require: tuple[str, ...] = ("password",)
     #: macOS metadata files (`._*`, `.DS_Store`): "allow", "hide" (kept, not listed) or "refuse" (403).
-    macos_clutter: str = "allow"
+    macos_clutter: str = _default("shares.NAME.macos_clutter")
 
     def _matches(self, principals: tuple[str, ...], account: str, groups: frozenset[str]) -> bool:
         return any(p in ("*", account) or (p.startswith("@") and p[1:] in groups) for p in principals)
@@ -373,7 +380,7 @@ class Config:
     #: The health and metrics listener (metrics.py).
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     #: Factors asked for where no share decides (the root listing, unknown paths).
-    default_require: tuple[str, ...] = ("password",)
+    default_require: tuple[str, ...] = _default("defaults.require")
 
 
 # --- parsing -----------------------------------------------------------------
@@ -431,11 +438,6 @@ def _str(section: Mapping[str, Any], prefix: str, key: str, default: str | None)
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{prefix}.{key}", f"{value!r} is not a non-empty string")
     return value
-
-
-def _default(key: str) -> Any:
-    """The schema's default of the dotted ``key`` (settings_schema.py)."""
-    return _schema(key).default
 
 
 def _setting(section: Mapping[str, Any], key: str, prefix: str | None = None) -> Any:

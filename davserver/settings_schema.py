@@ -16,9 +16,11 @@ A key is dotted: ``section.name``; per-share keys are ``shares.NAME.name``. Type
 - ``list``: a YAML list (its items are checked by the section's own parser).
 
 Adding a setting: add its entry here (the README wording as ``doc``), its field to the
-section's dataclass in config.py (the test holds the dataclass default to the one here),
-read it there with ``_setting(section_dict, "section.name")``, and document it in
-``config/davserver.yaml`` (= ``davserver/default_config.yaml``) and README.md.
+section's dataclass in config.py with ``= _default("section.name")`` (a test holds any
+other default there, and any module's own fallback copy, to the one here), read it with
+``_setting(section_dict, "section.name")``, set and explain it in ``config/davserver.yaml``
+(= ``davserver/default_config.yaml``), and paste ``python -m davserver.settings_schema``
+over the README's table.
 """
 
 from __future__ import annotations
