@@ -422,7 +422,8 @@ def _float(section: Mapping[str, Any], prefix: str, key: str, default: float, lo
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < lo:
         raise ConfigError(f"{prefix}.{key}", f"{value!r} is not a number >= {lo}")
     if hi is not None and value > hi:
-        raise ConfigError(f"{prefix}.{key}", f"{value!r} is more than {hi:g}", f"use at most {hi:g}")
+        most = int(hi) if float(hi).is_integer() else hi
+        raise ConfigError(f"{prefix}.{key}", f"{value!r} is more than {most}", f"use at most {most}")
     return float(value)
 
 

@@ -423,3 +423,12 @@ def test_a_number_setting_takes_exactly_the_values_within_its_bounds(s: Setting,
         return
     assert inside, (s.key, value)
     assert getattr(getattr(cfg, section), name) == value
+
+
+def test_a_duration_past_its_ceiling_names_the_ceiling_as_written(tmp_path: Path) -> None:
+    """The invitation lifetime's ceiling is a year: the message says 31536000, not 3.1536e+07."""
+    with pytest.raises(ConfigError) as err:
+        parse_config({"enrolment": {"invite_seconds": 99999999}}, Home(tmp_path))
+    assert str(err.value) == "enrolment.invite_seconds: 99999999 is more than 31536000 (use at most 31536000)"
+    cfg = parse_config({"enrolment": {"invite_seconds": 31536000}}, Home(tmp_path))
+    assert cfg.enrolment.invite_seconds == 31536000
