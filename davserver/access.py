@@ -56,6 +56,8 @@ class Refusal(StrEnum):
     TOTP_UNAVAILABLE = "totp_unavailable"
     LOCKED = "locked"  # a sign-in lockout is in force
     CSRF = "csrf"  # a step-up form without its certificate-bound token or from another origin
+    RENEW_NOT_DUE = "renew_not_due"  # a renewal before enrolment.renew_before_days (stepup.py)
+    RENEW_REFUSED = "renew_refused"  # a renewal the CA refused: a bad CSR, a certificate not ours (renewal.py)
     STORE_UNAVAILABLE = "store_unavailable"
     PROXY_HEADER = "proxy_header"  # a PROXY header missing, malformed or untrusted (proxy_protocol.py)
     # the resources (this module)
