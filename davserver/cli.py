@@ -978,8 +978,19 @@ def _run(server: Any) -> None:
         click.echo("stopping", err=True)
 
 
+def _bind_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--bind takes what server.bind takes (config.py): an IP address or localhost."""
+    if value is None or value == "localhost":
+        return value
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an IP address (e.g. 0.0.0.0, :: or 127.0.0.1)") from None
+    return value
+
+
 @main.command()
-@click.option("--bind", help="Address to listen on [default: server.bind].")
+@click.option("--bind", callback=_bind_option, help="Address to listen on [default: server.bind].")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port [default: server.port].")
 @click.pass_context
 @_handled

@@ -479,6 +479,9 @@ def bind_refusal(section: str, host: str, port: int, err: int, other_port: str) 
         return f"{section}.port", f"{host}:{port} is already in use", f"stop the other server or {other_port}"
     if err == errno.EADDRNOTAVAIL:
         return f"{section}.bind", f"{host} is not an address of this host", "use one of its addresses, 0.0.0.0 or ::"
+    if err < 0:  # getaddrinfo's EAI_* (socket.gaierror): an IPv6 zone or a name that does not resolve
+        return (f"{section}.bind", f"{host} does not resolve to an address of this host",
+                "use one of its IP addresses, 0.0.0.0 or ::")
     if err == errno.EACCES:
         return (f"{section}.port", f"not allowed to listen on {host}:{port}",
                 "use a port above 1023, or give the service CAP_NET_BIND_SERVICE: docs/install.md")

@@ -288,3 +288,30 @@ def test_a_group_alone_shows_its_help_not_an_error(inst: Instance) -> None:
     # twin: the same options used right still work
     r = CliRunner().invoke(main, ["--home", str(inst.home.root), "share", "list"])
     assert r.exit_code == 0 and "files" in r.stdout
+
+
+# --- serve --bind takes what server.bind takes ------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["", "nonsense", "127.0.0.1 ", "999.1.1.1", "[::1]", "127.1"])
+def test_serve_bind_refuses_what_server_bind_refuses_in_one_line(inst: Instance, value: str) -> None:
+    r = CliRunner().invoke(main, ["--home", str(inst.home.root), "serve", "--bind", value, "--port", "0"],
+                           prog_name="davserver")
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1, r.stderr
+    assert lines[0] == (f"error: Invalid value for '--bind': {value!r} is not an IP address "
+                        "(e.g. 0.0.0.0, :: or 127.0.0.1) (see `davserver serve --help`)")
+
+
+def test_a_bind_that_does_not_resolve_names_the_setting() -> None:
+    from davserver.errors import StartupError
+    from davserver.server import _bind_error, bind_errno
+
+    err = bind_errno("::%nosuchif0", 0)  # exact input: a zone naming no interface
+    assert err is not None and err < 0
+    message = str(_bind_error("server", "::%nosuchif0", 0, err, "pick --port"))
+    assert message == ("server.bind: ::%nosuchif0 does not resolve to an address of this host "
+                       "(use one of its IP addresses, 0.0.0.0 or ::)")
+    assert isinstance(_bind_error("server", "x", 1, err, ""), StartupError)
+    # twin: loopback binds
+    assert bind_errno("127.0.0.1", 0) is None and bind_errno("::1", 0) is None
