@@ -13,6 +13,7 @@ import ipaddress
 import math
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -675,6 +676,51 @@ def _parse_throttle(raw: Mapping[str, Any]) -> ThrottleConfig:
     )
 
 
+def _redacted_url(url: str) -> str:
+    """``url`` with any password in its userinfo replaced by ``***``: config errors are
+    printed and logged, and a Redis URL may carry the password."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hostpart}"
+
+
+def _check_redis_url(url: str) -> None:
+    """Refuse a ``state.url`` redis-py could not connect with (scheme, host, port, database
+    number), at load rather than at the first store call. Raises ConfigError naming
+    ``state.url``, with the password redacted."""
+    hint = "e.g. redis://10.0.0.5:6379/0, rediss://…, or unix:///run/redis.sock"
+    shown = _redacted_url(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:  # e.g. "Invalid IPv6 URL"
+        raise ConfigError("state.url", f"{shown!r} is not a usable Redis URL ({exc})", hint) from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError("state.url", f"{shown!r} is not a Redis URL", hint)
+    from redis.connection import parse_url as redis_parse_url  # only Redis users pay for the import
+
+    try:
+        redis_parse_url(url)  # what redis-py itself will read: query options included
+    except (ValueError, TypeError) as exc:
+        raise ConfigError("state.url", f"{shown!r} is not a usable Redis URL ({exc})", hint) from None
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 and parts.scheme != "unix" and ":" in (parts.netloc.rpartition("@")[2].rpartition("]")[2]):
+        raise ConfigError("state.url", f"{shown!r} has a port that is not a number from 1 to 65535", hint)
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ConfigError("state.url", f"{shown!r} names no socket path", hint)
+        return
+    if not parts.hostname:
+        raise ConfigError("state.url", f"{shown!r} names no host", hint)
+    database = parts.path.lstrip("/")
+    if database and not (database.isascii() and database.isdigit()):
+        raise ConfigError("state.url", f"{shown!r}: the database after the last / must be a number", hint)
+
+
 def _parse_state(raw: Mapping[str, Any], home: Home) -> StateConfig:
     s = _section(raw, "state")
     _check_keys(s, "state", keys_of("state"))
@@ -685,8 +731,7 @@ def _parse_state(raw: Mapping[str, Any], home: Home) -> StateConfig:
     if backend == "sqlite":
         return StateConfig(backend=backend, path=path)
     url = _setting(s, "state.url")
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("state.url", f"{url!r} is not a Redis URL", "e.g. redis://10.0.0.5:6379/0 or rediss://…")
+    _check_redis_url(url)
     password_file = s.get("password_file")
     return StateConfig(
         backend=backend,

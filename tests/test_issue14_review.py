@@ -28,7 +28,7 @@ import pytest
 from click.testing import CliRunner
 
 from davserver.cli import main
-from davserver.config import load_config
+from davserver.config import ConfigError, Home, load_config, parse_config
 from davserver.proxy_protocol import ProxyPolicy, encode_v2
 from davserver.server import DavServer
 
@@ -152,16 +152,37 @@ def _check(home: Path, *args: str) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("url", BAD_URLS)
-def test_an_unparsable_redis_url_is_one_finding_without_its_password(inst: Instance, url: str) -> None:
+def test_an_unparsable_redis_url_is_a_config_error_without_its_password(inst: Instance, url: str) -> None:
+    """A state.url redis-py cannot read is refused when the configuration is loaded (not at
+    the first store call): `check` exits 2 with one line naming state.url, `serve` and
+    the account commands refuse the same way, and the password never appears."""
     cfg = inst.home.config_file
     cfg.write_text(cfg.read_text() + f"state: {{backend: redis, url: '{url}'}}\n")
     code, out, err = _check(inst.home.root, "--json")
-    assert code == 1 and "unexpected" not in err, err
-    found = [f for f in json.loads(out)["findings"] if f.get("setting") == "state.url"]
-    assert len(found) == 1 and "not a usable Redis URL" in found[0]["message"], found
+    assert code == 2 and out == "" and "unexpected" not in err, (out, err)
+    assert err.startswith("error: ") and " state.url: " in err and len(err.strip().splitlines()) == 1, err
     assert "Sup3rSecretPw" not in out + err
-    code, out, err = _check(inst.home.root)
-    assert code == 1 and "error: state.url: not a usable Redis URL" in out and "Sup3rSecretPw" not in out + err
+    for args in (["user", "unlock", "alice"], ["serve", "--port", "0"]):
+        r = CliRunner().invoke(main, ["--home", str(inst.home.root), *args])
+        assert r.exit_code == 2 and "state.url" in r.stderr and "Sup3rSecretPw" not in r.stdout + r.stderr, r.stderr
+    with pytest.raises(ConfigError) as exc:
+        load_config(inst.home)
+    assert exc.value.key == "state.url" and "Sup3rSecretPw" not in str(exc.value)
+
+
+@pytest.mark.parametrize("url", ["http://:Sup3rSecretPw@x/0", "redis://:Sup3rSecretPw@host:0/0",
+                                 "redis://:Sup3rSecretPw@/0", "redis://:Sup3rSecretPw@h/abc"])
+def test_every_refused_redis_url_hides_its_password(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"state": {"backend": "redis", "url": url}}, Home(tmp_path))
+    assert exc.value.key == "state.url" and "Sup3rSecretPw" not in str(exc.value) and ":***@" in str(exc.value)
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://:pw@host:6380/2", "redis://[::1]/3",
+                                 "unix:///run/redis.sock", "redis://h:6379/0?socket_timeout=5"])
+def test_usable_redis_urls_load(tmp_path: Path, url: str) -> None:
+    """The twins: URLs redis-py reads load unchanged."""
+    assert parse_config({"state": {"backend": "redis", "url": url}}, Home(tmp_path)).state.url == url
 
 
 def test_a_parsable_but_unreachable_redis_url_is_still_the_ping_finding(inst: Instance) -> None:
