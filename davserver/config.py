@@ -493,7 +493,9 @@ def _parse_server(raw: Mapping[str, Any]) -> ServerConfig:
     bind = _setting(s, "server.bind")
     if bind not in ("localhost",):
         try:
-            ipaddress.ip_address(bind)
+            # canonical text: "0000::" is "::", so every later comparison (the serve line,
+            # DavServer.url, enrolment.bind's default) sees one spelling
+            bind = str(ipaddress.ip_address(bind))
         except ValueError:
             raise ConfigError("server.bind", f"{bind!r} is not an IP address", "e.g. 0.0.0.0 or 127.0.0.1") from None
     return ServerConfig(

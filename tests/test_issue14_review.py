@@ -336,3 +336,13 @@ def test_a_bind_that_does_not_resolve_names_the_setting() -> None:
     assert isinstance(_bind_error("server", "x", 1, err, ""), StartupError)
     # twin: loopback binds
     assert bind_errno("127.0.0.1", 0) is None and bind_errno("::1", 0) is None
+
+
+@pytest.mark.parametrize(("written", "canonical"), [("0000::", "::"), ("0:0:0:0:0:0:0:0", "::"),
+                                                    ("::0001", "::1"), ("0.0.0.0", "0.0.0.0"),  # noqa: S104
+                                                    ("127.0.0.1", "127.0.0.1")])
+def test_server_bind_is_kept_in_its_canonical_spelling(tmp_path: Path, written: str, canonical: str) -> None:
+    """`bind: "0000::"` listened on every address while the serve line showed
+    `https://[0000::]`: the value is kept as `ipaddress` spells it, so `::` is recognised
+    everywhere (the twin: already canonical addresses are unchanged)."""
+    assert parse_config({"server": {"bind": written}}, Home(tmp_path)).server.bind == canonical
