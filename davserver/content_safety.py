@@ -62,8 +62,8 @@ from wsgidav.dav_error import HTTP_NOT_MODIFIED, DAVError
 from wsgidav.mw.base_mw import BaseMiddleware
 
 __all__ = [
-    "CACHE_HEADERS", "INLINE_TYPES", "NO_STORE_HEADERS", "SAFETY_HEADERS", "ContentSafety", "content_disposition",
-    "file_headers",
+    "CACHE_HEADERS", "FORM_PAGE_HEADERS", "INLINE_TYPES", "NO_STORE_HEADERS", "SAFETY_HEADERS", "ContentSafety",
+    "content_disposition", "file_headers",
 ]
 
 #: Headers on every answer below the listing (and on the error answers of error_pages.py).
@@ -71,6 +71,25 @@ SAFETY_HEADERS: tuple[tuple[str, str], ...] = (
     ("X-Content-Type-Options", "nosniff"),
     ("Content-Security-Policy", "sandbox; default-src 'none'; frame-ancestors 'none'"),
     ("Cross-Origin-Resource-Policy", "same-origin"),
+)
+
+#: Headers of the server's own HTML pages with forms (the step-up and renewal page,
+#: stepup.py; the enrolment pages, enrolment_pages.py): never stored, no script, no
+#: framing, forms post only to themselves, HSTS. Referrer-Policy is same-origin, not
+#: no-referrer: under no-referrer the browser's own form POST carries `Origin: null`,
+#: which the CSRF checks must refuse; and a link to the client guide never carries an
+#: enrolment token in a Referer. No Pragma: it is a request field (RFC 9111 §5.4).
+FORM_PAGE_HEADERS: tuple[tuple[str, str], ...] = (
+    ("Cache-Control", "no-store"),
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
+    ("X-Frame-Options", "DENY"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "same-origin"),
+    ("Cross-Origin-Resource-Policy", "same-origin"),
+    ("Strict-Transport-Security", "max-age=31536000"),
 )
 
 #: The cache policy of a file's GET/HEAD answer, which has validators (see the module docstring).

@@ -56,6 +56,7 @@ from .audit import AuditLog
 from .auth.core import Authenticator, Decision
 from .auth.lockout import address_key
 from .config import Config
+from .content_safety import FORM_PAGE_HEADERS
 from .enrolment_audit import EnrolmentAudit
 from .invitations import InvitationError, InvitationGone, Invitations, UnknownInvitation, token_digest
 from .issuance import IssuanceError, check_csr
@@ -105,20 +106,7 @@ P12_TYPE = "application/x-pkcs12"
 PEM_TYPE = "application/x-pem-file"
 MOBILECONFIG_TYPE = "application/x-apple-aspen-config"
 
-HEADERS: tuple[tuple[str, str], ...] = (
-    ("Cache-Control", "no-store"),
-    (
-        "Content-Security-Policy",
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-    ),
-    ("X-Frame-Options", "DENY"),
-    ("X-Content-Type-Options", "nosniff"),
-    # same-origin: the link to the client guide never carries the token in a Referer, and
-    # the page's own form POST still carries its Origin (no-referrer makes it "null").
-    ("Referrer-Policy", "same-origin"),
-    ("Cross-Origin-Resource-Policy", "same-origin"),
-    ("Strict-Transport-Security", "max-age=31536000"),
-)
+HEADERS = FORM_PAGE_HEADERS  # content_safety.py: the one set for the server's form pages
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:38rem;margin:3rem auto;padding:0 1rem;color:#222}

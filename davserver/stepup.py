@@ -29,6 +29,7 @@ from urllib.parse import parse_qs
 from .accounts import Account
 from .auth.core import Authenticator, Decision
 from .auth.identity import CertIdentity
+from .content_safety import FORM_PAGE_HEADERS
 from .enrolment_pages import (
     ResultFiles,
     answer_delivery,
@@ -49,20 +50,7 @@ __all__ = ["PREFIX", "StepUpPage"]
 PREFIX = "_davserver"
 _MAX_FORM = 8192
 _TOKEN_TTL = 3600
-_SECURITY_HEADERS = [
-    # No Pragma: it is a request field (RFC 9111 §5.4, deprecated); caches obey no-store.
-    ("Cache-Control", "no-store"),
-    (
-        "Content-Security-Policy",
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-    ),
-    ("X-Frame-Options", "DENY"),
-    ("X-Content-Type-Options", "nosniff"),
-    # same-origin, not no-referrer: under no-referrer the browser's own form POST
-    # carries `Origin: null`, which the CSRF check must refuse.
-    ("Referrer-Policy", "same-origin"),
-    ("Strict-Transport-Security", "max-age=31536000"),
-]
+_SECURITY_HEADERS = FORM_PAGE_HEADERS  # content_safety.py: shared with the enrolment pages
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:34rem;margin:3rem auto;padding:0 1rem;color:#222}
