@@ -132,11 +132,6 @@ def add_account(home: Home, account: Account) -> None:
         accounts = load_accounts(home.accounts_file)
         if account.name in accounts:
             raise ConfigError(f"accounts.{account.name}", "already exists", "pick another name or edit it")
-        # "ALICE" beside "alice": two accounts a person (and a certificate's CN) cannot tell apart
-        same = next((n for n in accounts if n.casefold() == account.name.casefold()), None)
-        if same is not None:
-            raise ConfigError(f"accounts.{account.name}", f"differs from the account {same!r} only in case",
-                              "pick another name")
         save_accounts(home.accounts_file, accounts.with_account(account))
 
 

@@ -346,16 +346,3 @@ def test_server_bind_is_kept_in_its_canonical_spelling(tmp_path: Path, written: 
     `https://[0000::]`: the value is kept as `ipaddress` spells it, so `::` is recognised
     everywhere (the twin: already canonical addresses are unchanged)."""
     assert parse_config({"server": {"bind": written}}, Home(tmp_path)).server.bind == canonical
-
-
-def test_user_add_refuses_a_name_that_differs_only_in_case(inst: Instance) -> None:
-    """`user add ALICE` beside `alice` made two accounts nobody can tell apart: refused in
-    one line, nothing written; the twin: another name is added."""
-    before = inst.home.accounts_file.read_bytes()
-    r = CliRunner().invoke(main, ["--home", str(inst.home.root), "user", "add", "ALICE", "--password-stdin"],
-                           input="another-good-pw-1\n")
-    assert r.exit_code == 2 and "only in case" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert inst.home.accounts_file.read_bytes() == before
-    r = CliRunner().invoke(main, ["--home", str(inst.home.root), "user", "add", "alicia", "--password-stdin"],
-                           input="another-good-pw-1\n")
-    assert r.exit_code == 0, r.stderr
