@@ -45,7 +45,7 @@ from .config import Config
 from .enrolment_audit import EnrolmentAudit
 from .enrolment_pages import EnrolmentApp
 from .errors import StartupError
-from .handshake import HandshakeLoop, HandshakingServer
+from .handshake import HandshakeLoop, HandshakingServer, listener_url
 from .http1 import HTTP1Options, HTTP1Request
 from .tls import DeferredHandshakeAdapter, TLSConnection, create_enrolment_context
 from .watchdog import Watchdog, end_reading
@@ -207,10 +207,7 @@ class EnrolmentListener:
 
     @property
     def url(self) -> str:
-        host = self.bind if ":" not in self.bind else f"[{self.bind}]"
-        if host in ("0.0.0.0", "[::]"):  # noqa: S104 - naming the wildcard, not binding it
-            host = "127.0.0.1"
-        return f"https://{host}:{self.port}"
+        return listener_url(self.bind, self.port)
 
     def start(self) -> None:
         try:

@@ -75,6 +75,7 @@ from .watchdog import end_reading
 
 __all__ = [
     "REFUSED_KEY",
+    "listener_url",
     "HandshakeCounters",
     "HandshakeLoop",
     "HandshakingServer",
@@ -743,6 +744,16 @@ def _peek(sock: ssl.SSLSocket, size: int) -> bytes | None:
 def _close(conn: TLSConnection) -> None:
     with contextlib.suppress(OSError):
         conn.close()
+
+
+def listener_url(bind: str, port: int) -> str:
+    """``https://HOST:PORT`` of a TLS listener bound to ``bind`` (an IP address or
+    ``localhost``) and ``port``: IPv6 in brackets, a wildcard (``0.0.0.0``, ``::``)
+    named as ``127.0.0.1``. Shared by the main and the enrolment listener."""
+    host = bind if ":" not in bind else f"[{bind}]"
+    if host in ("0.0.0.0", "[::]"):  # noqa: S104 - naming the wildcard, not binding it
+        host = "127.0.0.1"
+    return f"https://{host}:{port}"
 
 
 class HandshakingServer(wsgi.Server):

@@ -22,7 +22,7 @@ from .enrolment_pages import EnrolmentApp
 from .errors import StartupError
 from .fs import sweep_temp_files
 from .guard import Guard
-from .handshake import HandshakeLoop, HandshakingServer, HeaderPhase, raise_open_file_limit
+from .handshake import HandshakeLoop, HandshakingServer, HeaderPhase, listener_url, raise_open_file_limit
 from .http1 import HTTP1Options, HTTP1Request, Lingerer
 from .limits import Limits
 from .metrics import Metrics, MetricsListener
@@ -350,10 +350,7 @@ class DavServer:
 
     @property
     def url(self) -> str:
-        host = self.bind if ":" not in self.bind else f"[{self.bind}]"
-        if host in ("0.0.0.0", "[::]"):  # noqa: S104 - naming the wildcard, not binding it
-            host = "127.0.0.1"
-        return f"https://{host}:{self.port}/"
+        return listener_url(self.bind, self.port) + "/"
 
     def prepare(self) -> None:
         """Bind and listen (idempotent), so callers can print the real URL before serving."""

@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from davserver.config import load_config
 from davserver.server import DavServer
 
-from .conftest import Instance, client_context, free_port, session_for
+from .conftest import Instance, client_context, free_port, running, session_for
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS_ON = "\nmetrics: {enabled: true, port: 0}\n"
@@ -37,16 +37,6 @@ METRICS_ON = "\nmetrics: {enabled: true, port: 0}\n"
 def _enable(inst: Instance, extra: str = "") -> None:
     cfg = inst.home.config_file
     cfg.write_text(cfg.read_text() + METRICS_ON + extra)
-
-
-@contextmanager
-def _server(inst: Instance) -> Iterator[DavServer]:
-    srv = DavServer(load_config(inst.home), port=0)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def _get(srv: DavServer, path: str, method: str = "GET") -> tuple[int, str]:
@@ -83,7 +73,7 @@ def _until(srv: DavServer, done: Callable[[dict[tuple[str, tuple[tuple[str, str]
 
 def test_a_refused_password_and_a_served_request_are_counted(inst: Instance) -> None:
     _enable(inst)
-    with _server(inst) as srv:
+    with running(inst) as srv:
         before = _samples(srv)
         assert _value(before, "davserver_auth_refusals_total", reason="bad_password") == 0
         bad = session_for(inst, "alice", password="wrong-password")
@@ -115,7 +105,7 @@ def test_a_refused_password_and_a_served_request_are_counted(inst: Instance) -> 
 def test_method_labels_are_bounded(inst: Instance) -> None:
     """Any method outside the fixed list counts as ``other``, whatever the client invents."""
     _enable(inst)
-    with _server(inst) as srv:
+    with running(inst) as srv:
         s = session_for(inst, "alice")
         for verb in ("FROB", "XYZZY1", "SEARCH"):
             s.request(verb, f"{srv.url}files/")
@@ -138,7 +128,7 @@ def _settle(srv: DavServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
 
 def test_tls_refusals_connections_handshakes_and_certificate_expiry(inst: Instance) -> None:
     _enable(inst)
-    with _server(inst) as srv:
+    with running(inst) as srv:
         # A client without a certificate: refused at the handshake.
         with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as raw, \
                 pytest.raises((ssl.SSLError, OSError)), \
@@ -179,7 +169,7 @@ def test_tls_refusals_connections_handshakes_and_certificate_expiry(inst: Instan
 
 def test_health_paths_404_elsewhere_and_get_only(inst: Instance) -> None:
     _enable(inst)
-    with _server(inst) as srv:
+    with running(inst) as srv:
         assert _get(srv, "/healthz") == (200, "ok\n")
         assert _get(srv, "/readyz") == (200, "ready\n")
         for path in ("/", "/metrics/", "/files/", "/healthz/x", "/favicon.ico", "/enrol/x"):
@@ -191,7 +181,7 @@ def test_health_paths_404_elsewhere_and_get_only(inst: Instance) -> None:
 def test_the_listener_is_off_by_default(inst: Instance) -> None:
     config = load_config(inst.home)
     assert not config.metrics.enabled and config.metrics.port == 9180 and config.metrics.bind == "127.0.0.1"
-    with _server(inst) as srv:
+    with running(inst) as srv:
         assert srv.metrics is None and srv.metrics_listener is None
         # Refusals are still audited without metrics (nothing depends on the listener).
         assert session_for(inst, "alice").get(f"{srv.url}files/").status_code == 200
@@ -199,7 +189,7 @@ def test_the_listener_is_off_by_default(inst: Instance) -> None:
 
 def test_two_servers_in_one_process_keep_their_own_counters(inst: Instance, tmp_path: Path) -> None:
     _enable(inst)
-    with _server(inst) as one, _server(inst) as two:
+    with running(inst) as one, running(inst) as two:
         s = session_for(inst, "alice", password="wrong")
         s.get(f"{one.url}files/")
         s.close()
@@ -270,7 +260,7 @@ def test_readyz_follows_the_state_store(inst: Instance, tmp_path: Path) -> None:
 
 def test_readyz_is_200_with_redis_up(inst: Instance, redis_url: str) -> None:
     _enable(inst, f"state: {{backend: redis, url: '{redis_url}', prefix: 'metrics-{time.time_ns()}:'}}\n")
-    with _server(inst) as srv:
+    with running(inst) as srv:
         assert _get(srv, "/readyz") == (200, "ready\n")
 
 
@@ -283,7 +273,7 @@ def _until_text(srv: DavServer, needle: str) -> tuple[int, str]:
 
 def test_docs_list_every_metric_and_the_dashboard_names_only_real_ones(inst: Instance) -> None:
     _enable(inst)
-    with _server(inst) as srv:
+    with running(inst) as srv:
         session_for(inst, "alice").get(f"{srv.url}files/")
         session_for(inst, "alice", password="wrong").get(f"{srv.url}files/")  # a labelled counter shows once used
         _, text = _until_text(srv, "davserver_auth_refusals_total{")

@@ -12,8 +12,6 @@ import json
 import socket
 import ssl
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,10 +27,9 @@ from davserver.access import Refusal
 from davserver.audit import AuditLog
 from davserver.config import load_config
 from davserver.pki import CertificateAuthority
-from davserver.server import DavServer
 from davserver.tls_refusals import EVENT, SUPPRESSED_EVENT, TLSRefusals, classify
 
-from .conftest import Instance, client_context, session_for
+from .conftest import Instance, client_context, running, session_for
 
 
 def _audit(inst: Instance) -> list[dict[str, object]]:
@@ -61,16 +58,6 @@ def _set_rate(inst: Instance, per_second: int) -> None:
         "audit: {file: state/audit.log}", f"audit: {{file: state/audit.log, tls_refusals_per_second: {per_second}}}"
     ))
     assert load_config(inst.home).audit.tls_refusals_per_second == per_second
-
-
-@contextmanager
-def _server(inst: Instance) -> Iterator[DavServer]:
-    srv = DavServer(load_config(inst.home), port=0)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def _handshake(port: int, ctx: ssl.SSLContext) -> BaseException | None:
@@ -137,7 +124,7 @@ def test_each_refused_handshake_is_one_audit_line_with_its_reason(inst: Instance
         "bad_eku": _server_auth_only(inst, tmp_path),
     }
     _set_rate(inst, 100)  # every line of this test is written (the limit is the next test's)
-    with _server(inst) as srv:
+    with running(inst) as srv:
         for n, (reason, pair) in enumerate(cases.items(), start=1):
             assert _handshake(srv.port, _ctx(inst, pair)) is not None, reason
             lines = _wait_for(inst, n)
@@ -176,7 +163,7 @@ def test_each_refused_handshake_is_one_audit_line_with_its_reason(inst: Instance
 def test_a_connection_closed_silently_and_a_good_client_are_not_refusals(inst: Instance) -> None:
     """A TCP check that connects and closes, and a client that completes its handshake,
     leave no tls_handshake line (the twin of every case above)."""
-    with _server(inst) as srv:
+    with running(inst) as srv:
         for _ in range(5):
             socket.create_connection(("127.0.0.1", srv.port), timeout=5).close()
         assert _handshake(srv.port, client_context(inst, inst.clients["bob"])) is None
@@ -192,7 +179,7 @@ def test_the_rate_limit_bounds_the_lines_and_a_summary_counts_the_rest(inst: Ins
     _set_rate(inst, 3)
     ctx = client_context(inst, None)
     started = time.monotonic()
-    with _server(inst) as srv:
+    with running(inst) as srv:
         for _ in range(flood):
             assert _handshake(srv.port, ctx) is not None
         elapsed = time.monotonic() - started
