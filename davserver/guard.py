@@ -20,8 +20,11 @@ from .auth.core import Authenticator, Credentials, Decision
 from .auth.identity import CertIdentity
 from .config import Config, ShareConfig
 from .copymove import DESTINATION_KEY
+from .csrf import TOKENS_KEY as CSRF_TOKENS_KEY
+from .csrf import CsrfTokens
 from .dav import VISIBLE_SHARES_KEY
 from .issuance import renew as renew_certificate
+from .listing import MAY_WRITE_KEY
 from .renewal import RENEW_DUE_KEY, Renewals
 from .revocation import RevocationList
 from .stepup import PREFIX as STEPUP_PREFIX
@@ -203,7 +206,9 @@ class Guard:
             revoke_renewed=config.enrolment.revoke_renewed, renew=renew_certificate,
             form_bytes=config.enrolment.form_bytes,
         )
-        self.stepup = StepUpPage(self.authenticator, clock, self.renewals)
+        #: One CSRF key per server: the step-up forms and the listing's writes (csrf.py).
+        self.csrf = CsrfTokens()
+        self.stepup = StepUpPage(self.authenticator, clock, self.renewals, self.csrf)
 
     # --- the decision -----------------------------------------------------------
 
@@ -233,6 +238,11 @@ class Guard:
             # needs the certificate only; its answer is fixed per share (_options).
             require = ()
         shares = self.config.shares
+        # A browser's write without our origin and token is refused before any resource
+        # rule (so even a reader's forged write says csrf); other clients are not checked.
+        forged = self.csrf.request_refusal(environ, cert)
+        if forged:
+            log.info("refusing %s %s from a browser: %s", method, target.path, forged)
         return self.authenticator.decide(
             cert=cert,
             credentials=parse_basic(environ.get("HTTP_AUTHORIZATION")),
@@ -243,7 +253,8 @@ class Guard:
             write=method not in access.READ_METHODS,
             now=self.clock(),
             peer=environ.get("REMOTE_ADDR", ""),
-            access=lambda account: access.decide(account, method, target, destination, shares),
+            access=lambda account: Refusal.CSRF if forged else access.decide(
+                account, method, target, destination, shares),
         )
 
     # --- WSGI -------------------------------------------------------------------
@@ -299,6 +310,9 @@ class Guard:
         environ["davserver.grant_expires"] = decision.grant_expires
         environ["davserver.share"] = share
         environ["davserver.totp_enrolled"] = account.totp_secret is not None
+        if method in ("GET", "HEAD"):  # the listing offers write controls where this says yes
+            environ[CSRF_TOKENS_KEY] = self.csrf
+            environ[MAY_WRITE_KEY] = access.decide(account, "PUT", target, None, self.config.shares) is None
         cert = environ.get(CERT_ENVIRON_KEY)
         if cert is not None:
             now = self.clock()

@@ -30,7 +30,11 @@ from .renewal import RENEW_DUE_KEY
 from .stepup import PREFIX as STEPUP_PREFIX
 from .tls import CERT_ENVIRON_KEY
 
-__all__ = ["Listing", "human_size"]
+__all__ = ["MAY_WRITE_KEY", "Listing", "human_size"]
+
+#: Set by the guard on GET and HEAD: whether access.decide allows this account a PUT
+#: in the requested folder (the share is writable and the account one of its writers).
+MAY_WRITE_KEY = "davserver.may_write"
 
 _HEADERS = [
     ("Cache-Control", "no-store"),

@@ -16,10 +16,7 @@ and the certificate of the connection are its proof; a browser's needs one.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import html
-import secrets
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -30,6 +27,7 @@ from .accounts import Account
 from .auth.core import Authenticator, Decision
 from .auth.identity import CertIdentity
 from .content_safety import FORM_PAGE_HEADERS
+from .csrf import CsrfTokens, browser_origin_refusal
 from .enrolment_pages import (
     ResultFiles,
     answer_delivery,
@@ -49,7 +47,6 @@ __all__ = ["PREFIX", "StepUpPage"]
 #: Share names start with a lower-case letter or digit, so this can never be a share.
 PREFIX = "_davserver"
 _MAX_FORM = 8192
-_TOKEN_TTL = 3600
 _SECURITY_HEADERS = FORM_PAGE_HEADERS  # content_safety.py: shared with the enrolment pages
 
 _STYLE = """
@@ -67,35 +64,23 @@ def _when(stamp: float) -> str:
 
 class StepUpPage:
     def __init__(self, authenticator: Authenticator, clock: Callable[[], datetime],
-                 renewals: Renewals | None = None) -> None:
+                 renewals: Renewals | None = None, csrf: CsrfTokens | None = None) -> None:
         self.auth = authenticator
         self.clock = clock
         self.renewals = renewals
-        self._key = secrets.token_bytes(32)
+        self.csrf = csrf if csrf is not None else CsrfTokens()  # csrf.py: shared with the listing
 
     # --- CSRF tokens bound to the certificate ------------------------------------
 
-    def _token(self, cert: CertIdentity, issued: int | None = None) -> str:
-        issued = int(time.time()) if issued is None else issued
-        mac = hmac.new(self._key, f"{cert.fingerprint}:{issued}".encode(), hashlib.sha256).hexdigest()
-        return f"{issued}.{mac}"
+    def _token(self, cert: CertIdentity) -> str:
+        return self.csrf.issue(cert)
 
     def _token_ok(self, cert: CertIdentity, token: str) -> bool:
-        """Any text may arrive here: only ASCII digits make the time (``int()`` also reads
-        Arabic-Indic digits) and bytes are compared (`hmac.compare_digest` raises TypeError
-        on non-ASCII str), so a forged token is refused, never a 500."""
-        issued, _, _mac = token.partition(".")
-        if not (issued.isascii() and issued.isdigit()) or time.time() - int(issued) > _TOKEN_TTL:
-            return False
-        return hmac.compare_digest(self._token(cert, int(issued)).encode(), token.encode("utf-8", "replace"))
+        return self.csrf.valid(cert, token)
 
     @staticmethod
     def _same_origin(environ: dict[str, Any]) -> bool:
-        site = environ.get("HTTP_SEC_FETCH_SITE")
-        if site and site not in ("same-origin", "none"):
-            return False
-        origin = environ.get("HTTP_ORIGIN")
-        return not origin or origin == f"https://{environ.get('HTTP_HOST', '')}"
+        return browser_origin_refusal(environ) is None
 
     # --- WSGI --------------------------------------------------------------------
 
