@@ -1,19 +1,34 @@
 """The embedded default state store: one SQLite file in WAL mode.
 
-Safe for the server's threads (a connection per thread) and for the CLI
-writing while the server runs (WAL, busy timeout). Each operation that must
-not race is one statement or one IMMEDIATE transaction.
+Safe for the server's threads (a connection per thread), for several server
+processes on one instance home (``server.workers``) and for the CLI writing
+while the server runs (WAL, busy timeout). Each operation that must not race is
+one statement or one IMMEDIATE transaction: never a deferred read-then-write,
+which across processes either loses an update or fails on the lock upgrade
+(SQLITE_BUSY). tests/test_workers_race.py races each from processes.
+
+A write that cannot get the file's write lock within ``busy_timeout`` seconds, or
+that the file refuses (read-only, full, I/O error), raises StoreUnavailable: the
+request that needed it is refused (503), never let through uncounted.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
-from .base import Grant, InvitationRecord
+from .base import Grant, InvitationRecord, StoreUnavailable
 
-__all__ = ["SQLiteStore"]
+__all__ = ["DEFAULT_BUSY_TIMEOUT", "SQLiteStore"]
+
+#: Seconds a statement waits for another connection's (or process's) write lock.
+DEFAULT_BUSY_TIMEOUT = 10.0
+#: Primary result codes that mean "the store cannot do this now": busy, locked, read-only,
+#: I/O error, full, cannot open (https://www.sqlite.org/rescode.html).
+_UNAVAILABLE = frozenset({5, 6, 8, 10, 13, 14})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS otp_steps (account TEXT PRIMARY KEY, step INTEGER NOT NULL);
@@ -33,9 +48,36 @@ CREATE TABLE IF NOT EXISTS invitations (
 _INVITATION_COLUMNS = "digest, account, created, expires, keep_until, failures, state"
 
 
+class _Connection(sqlite3.Connection):
+    """A connection whose "cannot now" failures (`_UNAVAILABLE`) raise StoreUnavailable, so
+    the guard and the error pages fail closed with 503 (guard.py, error_pages.py) for the
+    store's own operations and for store/davstate.py's alike."""
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.OperationalError as exc:
+            raise _unavailable(exc) from exc
+
+    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+        try:
+            return super().executemany(sql, parameters)
+        except sqlite3.OperationalError as exc:
+            raise _unavailable(exc) from exc
+
+
+def _unavailable(exc: sqlite3.OperationalError) -> Exception:
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    return StoreUnavailable(f"state store (sqlite): {exc}") if code in _UNAVAILABLE else exc
+
+
 class SQLiteStore:
-    def __init__(self, path: Path) -> None:
+    """`busy_timeout`: seconds a write waits for the file's write lock before
+    StoreUnavailable (SQLite's busy timeout)."""
+
+    def __init__(self, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
         self.path = path
+        self.busy_timeout = busy_timeout
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
@@ -46,12 +88,32 @@ class SQLiteStore:
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+            db = self._connect()
             self._local.db = db
             with self._all_lock:
                 self._all.append(db)
+        return db
+
+    def _connect(self) -> sqlite3.Connection:
+        """A new connection in WAL mode. Turning a new file to WAL needs it to itself, and
+        SQLite answers SQLITE_BUSY at once, without the busy timeout, when another process
+        opens it at that moment (the workers of a first start): retried for ``busy_timeout``."""
+        deadline = time.monotonic() + self.busy_timeout
+        db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                             check_same_thread=False, factory=_Connection)
+        try:
+            while True:
+                try:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    break
+                except StoreUnavailable:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.01)
+            db.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            db.close()
+            raise
         return db
 
     class _Tx:
@@ -63,7 +125,19 @@ class SQLiteStore:
             return self.db
 
         def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-            self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            if exc_type is None:
+                try:
+                    self.db.execute("COMMIT")
+                    return
+                except BaseException:
+                    self._rollback()  # never leave the thread's connection inside a transaction
+                    raise
+            self._rollback()
+
+        def _rollback(self) -> None:
+            # SQLite may have rolled back already (SQLITE_FULL, SQLITE_IOERR)
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
 
     def _tx(self) -> SQLiteStore._Tx:
         return self._Tx(self._db())

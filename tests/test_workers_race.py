@@ -1,0 +1,368 @@
+"""What must hold across worker processes holds on SQLite (``state.backend: sqlite``).
+
+Several processes share one instance home: worker processes of one ``davserver
+serve`` (``server.workers``), two servers started on one home, and the CLI. Each
+piece of shared state is one SQLite statement or one ``BEGIN IMMEDIATE``
+transaction (never a deferred read-then-write: two of those either deadlock on
+the upgrade, SQLITE_BUSY, or lose an update), and these tests race it from
+PROCESSES (``spawn``: fresh interpreters, nothing shared but the file), released
+together by a barrier, many rounds each:
+
+* the store API, two processes per race: one TOTP step, one winner; N failures,
+  counted N and a lockout exactly at ``throttle.lock_after``; an invitation spent
+  once and burned once; one exclusive WebDAV lock per resource; a dead-property
+  bound never exceeded; a grant opened by one seen by the other; a store file
+  opened by many at once; a write that cannot get the lock in time fails closed;
+* real TLS requests to two servers (each in its own spawned process) on one home:
+  the same TOTP code accepted by exactly one; the same LOCK granted to exactly one;
+  wrong passwords counted across both, a repeat once;
+* per-process caches: a ``user passwd``/``disable``/``totp enable`` and a ``cert
+  revoke`` run while both servers are warm are honoured by both at the next request.
+
+Every refusal has its twin: the legitimate request still works.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from davserver.config import ThrottleConfig
+from davserver.store.base import Grant, InvitationRecord, StoreUnavailable
+from davserver.store.sqlite import SQLiteStore
+
+SPAWN = multiprocessing.get_context("spawn")
+ROUNDS = 40
+_WAIT = 120.0  # seconds a barrier or a result may take on a loaded machine
+
+
+# --- the harness: processes that run one race per round, released together ------------------
+
+def _racer(name: str, db: str, index: int, rounds: int, barrier: Any, results: Any, extra: Any) -> None:
+    """A spawned process: opens its own store, then per round waits at the barrier and runs
+    the race `name` (a function of this module), reporting (index, round, outcome)."""
+    race = globals()[name]
+    store = SQLiteStore(Path(db))
+    try:
+        barrier.wait(_WAIT)  # everyone has opened the store
+        for r in range(rounds):
+            barrier.wait(_WAIT)
+            try:
+                outcome = race(store, r, index, extra)
+            except Exception as exc:  # noqa: BLE001 - reported, asserted by the parent
+                outcome = f"error: {type(exc).__name__}: {exc}"
+            results.put((index, r, outcome))
+    finally:
+        store.close()
+
+
+def race(name: str, db: Path, *, rounds: int = ROUNDS, processes: int = 2, extra: Any = None) -> list[list[Any]]:
+    """Run `name` in `processes` spawned processes for `rounds` rounds: outcomes[round][index]."""
+    barrier = SPAWN.Barrier(processes)
+    results = SPAWN.Queue()
+    procs = [SPAWN.Process(target=_racer, args=(name, str(db), i, rounds, barrier, results, extra))
+             for i in range(processes)]
+    for p in procs:
+        p.start()
+    outcomes: list[list[Any]] = [[None] * processes for _ in range(rounds)]
+    try:
+        for _ in range(rounds * processes):
+            index, r, outcome = results.get(timeout=_WAIT)
+            outcomes[r][index] = outcome
+    finally:
+        for p in procs:
+            p.join(timeout=_WAIT)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    return outcomes
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "state" / "state.db"
+    SQLiteStore(path).close()
+    return path
+
+
+@contextmanager
+def opened(db: Path) -> Iterator[SQLiteStore]:
+    store = SQLiteStore(db, busy_timeout=0.3)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+# --- one code, one use -------------------------------------------------------------------------
+
+def totp_step(store: SQLiteStore, r: int, index: int, extra: Any) -> bool:
+    return store.use_otp_step(f"acct{r}", 1000)
+
+
+def test_one_totp_step_is_accepted_by_exactly_one_process(db: Path) -> None:
+    outcomes = race("totp_step", db)
+    assert all(sorted(o) == [False, True] for o in outcomes), outcomes
+    with opened(db) as store:  # twin: a later step is accepted, the same or an earlier one never
+        assert store.use_otp_step("acct0", 1001) is True
+        assert store.use_otp_step("acct0", 1001) is False
+        assert store.use_otp_step("acct0", 1000) is False
+
+
+# --- grants ------------------------------------------------------------------------------------
+
+def grant_seen(store: SQLiteStore, r: int, index: int, extra: Any) -> str:
+    """Process 0 opens a grant, process 1 waits for it; then 1 ends it and 0 sees it gone."""
+    account, fp = f"acct{r}", "f" * 64
+    deadline = time.monotonic() + 30
+    if index == 0:
+        now = time.time()
+        store.open_grant(Grant(account, fp, "epoch", now, now, now + 60, now + 600))
+        while store.get_grant(account, fp) is not None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return "ended" if store.get_grant(account, fp) is None else "still open"
+    while (grant := store.get_grant(account, fp)) is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    seen = grant is not None and grant.valid(time.time())
+    store.end_grants(account)
+    return "seen" if seen else "not seen"
+
+
+def test_a_grant_opened_by_one_process_is_seen_and_ended_by_another(db: Path) -> None:
+    outcomes = race("grant_seen", db, rounds=10)
+    assert all(o == ["ended", "seen"] for o in outcomes), outcomes
+
+
+# --- failure counters and sign-in lockouts ------------------------------------------------------
+
+_THROTTLE = ThrottleConfig(lock_after=7, delay_after=1000, address_lock_after=1000, max_consecutive_failures=0)
+_FP = "f" * 64
+
+
+def failures(store: SQLiteStore, r: int, index: int, extra: Any) -> list[int]:
+    """Each process counts `extra` failures on one raw key, then `extra` distinct wrong
+    passwords of one account+certificate through Lockouts."""
+    from davserver.auth.lockout import Lockouts
+
+    lockouts = Lockouts(store, _THROTTLE)
+    counts = [store.add_failure(f"raw{r}", time.time(), 900) for _ in range(extra)]
+    for i in range(extra):
+        lockouts.fail(f"acct{r}", _FP, "password", "192.0.2.1", time.time(), f"{index:02x}{i:030x}")
+    return counts
+
+
+def test_failures_from_two_processes_are_all_counted_and_lock_exactly_at_the_threshold(db: Path) -> None:
+    from davserver.auth.lockout import Lockouts
+
+    per_process = 3  # 6 failures: one below throttle.lock_after (7)
+    outcomes = race("failures", db, rounds=20, extra=per_process)
+    with opened(db) as store:
+        lockouts = Lockouts(store, _THROTTLE)
+        now = time.time()
+        for r, (a, b) in enumerate(outcomes):
+            # add_failure handed out 1..6 once each: no update was lost, none counted twice
+            assert sorted(a + b) == list(range(1, 2 * per_process + 1)), (r, a, b)
+            # twin: one below the threshold, nobody is locked out
+            assert not lockouts.is_locked_out(f"acct{r}", _FP, "192.0.2.1", now)
+            # the 7th failure (from either) is the one that locks
+            lockouts.fail(f"acct{r}", _FP, "password", "192.0.2.1", now, "e" * 32)
+            assert lockouts.is_locked_out(f"acct{r}", _FP, "192.0.2.1", now), r
+
+
+def threshold(store: SQLiteStore, r: int, index: int, extra: Any) -> bool:
+    """Both processes fail at once, one each, starting from lock_after - 2 failures."""
+    from davserver.auth.lockout import Lockouts
+
+    Lockouts(store, _THROTTLE).fail(f"thr{r}", _FP, "totp", "", time.time())
+    return True
+
+
+def test_the_lockout_engages_when_the_last_two_failures_race(db: Path) -> None:
+    from davserver.auth.lockout import Lockouts
+
+    rounds = 20
+    with opened(db) as store:
+        lockouts = Lockouts(store, _THROTTLE)
+        now = time.time()
+        for r in range(rounds):
+            for _ in range(_THROTTLE.lock_after - 2):
+                lockouts.fail(f"thr{r}", _FP, "totp", "", now)
+            assert not lockouts.is_locked_out(f"thr{r}", _FP, "", now)  # twin: short of the threshold
+    race("threshold", db, rounds=rounds)
+    with opened(db) as store:
+        lockouts = Lockouts(store, _THROTTLE)
+        assert all(lockouts.is_locked_out(f"thr{r}", _FP, "", time.time()) for r in range(rounds))
+
+
+# --- invitations ---------------------------------------------------------------------------------
+
+def spend(store: SQLiteStore, r: int, index: int, extra: Any) -> bool:
+    return store.spend_invitation(f"{r:064x}", time.time())
+
+
+def burn(store: SQLiteStore, r: int, index: int, extra: Any) -> list[int]:
+    return [store.fail_invitation(f"{r:064x}", time.time(), 5) for _ in range(4)]
+
+
+def _invite(db: Path, rounds: int) -> None:
+    now = time.time()
+    with opened(db) as store:
+        for r in range(rounds):
+            assert store.add_invitation(InvitationRecord(f"{r:064x}", "alice", now, now + 600, now + 1200),
+                                        now, 10_000)
+
+
+def test_an_invitation_spent_by_two_processes_is_spent_once(db: Path) -> None:
+    _invite(db, ROUNDS)
+    outcomes = race("spend", db)
+    assert all(sorted(o) == [False, True] for o in outcomes), outcomes
+    with opened(db) as store:  # twin: the winner's unspend reopens it, and one spend wins again
+        assert store.unspend_invitation(f"{0:064x}", time.time())
+        assert store.spend_invitation(f"{0:064x}", time.time())
+        assert not store.spend_invitation(f"{0:064x}", time.time())
+
+
+def test_failed_sign_ins_on_one_invitation_from_two_processes_burn_it_exactly_once(db: Path) -> None:
+    _invite(db, 20)
+    outcomes = race("burn", db, rounds=20)
+    for r, (a, b) in enumerate(outcomes):
+        # 8 tries, burned at the 5th: failures 1..5 handed out once each, the rest find it closed
+        assert sorted(n for n in a + b if n) == [1, 2, 3, 4, 5], (r, a, b)
+    with opened(db) as store:
+        assert {getattr(store.get_invitation(f"{r:064x}"), "state", None) for r in range(20)} == {"burned"}
+
+
+# --- WebDAV locks and dead properties -----------------------------------------------------------
+
+def dav_lock(store: SQLiteStore, r: int, index: int, scope: str) -> str:
+    from wsgidav.dav_error import DAVError
+
+    from davserver.store.davstate import SQLiteLockStorage
+
+    storage = SQLiteLockStorage(store)
+    # exclusive, odd rounds: process 0 locks the folder (depth infinity), process 1 a file in it
+    folder = scope == "exclusive" and r % 2 == 1 and index == 0
+    lock = {"type": "write", "scope": scope, "depth": "infinity" if folder else "0",
+            "owner": f"<owner>{index}</owner>", "timeout": 60, "principal": f"user{index}"}
+    try:
+        return str(storage.create(f"/files/r{r}/" if folder else f"/files/r{r}/x.txt", lock)["token"])
+    except DAVError as exc:
+        return f"refused {exc.value}"
+
+
+def test_the_same_exclusive_lock_from_two_processes_is_granted_once(db: Path) -> None:
+    outcomes = race("dav_lock", db, extra="exclusive")
+    for r, o in enumerate(outcomes):
+        assert sorted(x.startswith("opaquelocktoken:") for x in o) == [False, True], (r, o)
+        assert "refused 423" in o, (r, o)
+
+
+def test_shared_locks_from_two_processes_are_both_granted(db: Path) -> None:
+    outcomes = race("dav_lock", db, rounds=10, extra="shared")  # the twin: no conflict, no refusal
+    assert all(x.startswith("opaquelocktoken:") for o in outcomes for x in o), outcomes
+
+
+def dead_property(store: SQLiteStore, r: int, index: int, extra: Any) -> str:
+    from davserver.store.davstate import PropertyBounds, SQLitePropertyManager, StateLimitExceeded
+
+    props = SQLitePropertyManager(store, bounds=PropertyBounds(per_resource=3))
+    try:  # each process sets two properties of its own: only one pair fits
+        props.write_property(f"/files/r{r}", f"{{urn:x}}p{index}a", b"<a/>", environ={})
+        props.write_property(f"/files/r{r}", f"{{urn:x}}p{index}b", b"<b/>", environ={})
+    except StateLimitExceeded as exc:
+        return str(exc.reason)
+    return "ok"
+
+
+def test_a_dead_property_bound_holds_against_two_processes(db: Path) -> None:
+    outcomes = race("dead_property", db, rounds=20)
+    with opened(db) as store:
+        for r, o in enumerate(outcomes):
+            (count,) = store.connection().execute(
+                "SELECT COUNT(*) FROM dav_props WHERE url = ?", (f"/files/r{r}",)).fetchone()
+            assert count == 3, (r, o, count)  # never over the bound, and no write lost under it
+            assert sorted(o) == ["ok", "too_many_properties"], (r, o)
+
+
+# --- opening one store file from many processes, and contention ----------------------------------
+
+def opener(store: SQLiteStore, r: int, index: int, extra: Any) -> str:
+    fresh = SQLiteStore(Path(extra) / f"r{r}" / "state.db")  # all processes create it at once
+    try:
+        return "ok" if fresh.use_otp_step("a", index + 1) in (True, False) else "?"
+    finally:
+        fresh.close()
+
+
+def test_many_processes_create_and_open_one_store_file_at_once(db: Path, tmp_path: Path) -> None:
+    outcomes = race("opener", db, rounds=20, processes=4, extra=str(tmp_path / "fresh"))
+    assert all(x == "ok" for o in outcomes for x in o), outcomes
+    with opened(tmp_path / "fresh" / "r0" / "state.db") as store:
+        (mode,) = store.connection().execute("PRAGMA journal_mode").fetchone()
+        assert mode == "wal"
+
+
+def _hold_write_lock(db: str, held: Any, release: Any) -> None:
+    """A spawned process that takes the file's write lock and keeps it until told."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    held.set()
+    release.wait(_WAIT)
+    conn.execute("ROLLBACK")
+    conn.close()
+
+
+@contextmanager
+def write_lock_held(db: Path) -> Iterator[None]:
+    held, release = SPAWN.Event(), SPAWN.Event()
+    holder = SPAWN.Process(target=_hold_write_lock, args=(str(db), held, release))
+    holder.start()
+    try:
+        assert held.wait(_WAIT)
+        yield
+    finally:
+        release.set()
+        holder.join(_WAIT)
+
+
+def test_a_write_that_cannot_get_the_lock_in_time_fails_closed(db: Path) -> None:
+    from wsgidav.dav_error import DAVError
+
+    from davserver.auth.lockout import Lockouts
+    from davserver.store.davstate import SQLiteLockStorage
+
+    store = SQLiteStore(db, busy_timeout=0.3)
+    locks = SQLiteLockStorage(store)
+    lock = {"type": "write", "scope": "exclusive", "depth": "0", "owner": "", "timeout": 60, "principal": "a"}
+    try:
+        now = time.time()
+        store.open_grant(Grant("alice", _FP, "e", now, now, now + 60, now + 60))
+        with write_lock_held(db):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):  # a code is not accepted when its use cannot be recorded
+                store.use_otp_step("alice", 5)
+            assert 0.25 < time.monotonic() - started < 5  # waited the busy timeout, not for ever
+            with pytest.raises(StoreUnavailable):  # a failure that cannot be counted refuses the request
+                Lockouts(store, _THROTTLE).fail("alice", _FP, "password", "192.0.2.1", now, "a" * 32)
+            with pytest.raises(StoreUnavailable):
+                store.spend_invitation("0" * 64, now)
+            with pytest.raises(StoreUnavailable):
+                locks.create("/files/x.txt", dict(lock))
+            assert store.get_grant("alice", _FP) is not None  # reads go on (WAL)
+        # twin: once the lock is free the same writes succeed, and nothing half-done was left behind
+        assert store.use_otp_step("alice", 5) is True
+        assert str(locks.create("/files/x.txt", dict(lock))["token"]).startswith("opaque")
+        with pytest.raises(DAVError):
+            locks.create("/files/x.txt", dict(lock))
+        with store.transaction() as conn:  # the connection is not stuck inside a transaction
+            conn.execute("DELETE FROM otp_steps")
+    finally:
+        store.close()
