@@ -44,6 +44,7 @@ from wsgidav.dav_error import (
     DAVError,
 )
 
+from .sharefs import is_hidden
 from .target import Target
 
 __all__ = ["DESTINATION_KEY", "copy_or_move"]
@@ -102,10 +103,8 @@ def _walk(root: str, *, listed_only: bool = True) -> list[tuple[str, bool]]:
     """The entries below ``root`` as (path relative to it, is a folder), parents first,
     without recursion (Python 3.11's os.walk recurses once per level). With
     ``listed_only``, what listings hide is skipped: symlinks, special files,
-    upload temp files and names that are not UTF-8 (names.py)."""
-    from .fs import is_temp_name
-    from .names import is_listable
-
+    upload temp files and names that are not UTF-8 (sharefs.is_hidden; macOS clutter is
+    copied, as before)."""
     found: list[tuple[str, bool]] = []
     stack = [""]
     while stack:
@@ -114,7 +113,7 @@ def _walk(root: str, *, listed_only: bool = True) -> list[tuple[str, bool]]:
             for entry in entries:
                 child = f"{rel}/{entry.name}" if rel else entry.name
                 is_dir = entry.is_dir(follow_symlinks=False)
-                if listed_only and (is_temp_name(entry.name) or not is_listable(entry.name)
+                if listed_only and (is_hidden(entry.name, hide_clutter=False)
                                     or not (is_dir or entry.is_file(follow_symlinks=False))):
                     continue
                 found.append((child, is_dir))
@@ -162,8 +161,6 @@ def _across_shares(
     below itself, where two shares overlap on disk), 423 (a WebDAV lock without
     its token), and the filesystem's errors as fs.py maps them.
     """
-    from .fs import _atomic_copy as copy_file_atomically
-
     provider = server._davProvider
     app = environ["wsgidav.app"]
     dest_provider = app.provider_map.get("/" + str(destination.share))
@@ -231,7 +228,7 @@ def _across_shares(
                                   with_children=True, environ=environ)
         src_res.remove_all_locks(recursive=True)
     elif not src_res.is_collection:
-        copy_file_atomically(src_file, dest_file)
+        dest_provider.copy_file_in(src_file, dest_file)
         carry(src_url, dest_url)
     else:
         os.mkdir(dest_file, stat.S_IMODE(os.stat(src_file).st_mode))
@@ -243,7 +240,7 @@ def _across_shares(
                     os.mkdir(os.path.join(dest_file, rel), stat.S_IMODE(os.stat(os.path.join(src_file, rel)).st_mode))
                     carry(f"{src_url}{quoted}/", f"{dest_url}/{quoted}/")
                 else:
-                    copy_file_atomically(os.path.join(src_file, rel), os.path.join(dest_file, rel))
+                    dest_provider.copy_file_in(os.path.join(src_file, rel), os.path.join(dest_file, rel))
                     carry(f"{src_url}{quoted}", f"{dest_url}/{quoted}")
     if is_move and not moved:
         src_res.remove_all_properties(recursive=True)

@@ -33,7 +33,7 @@ import threading
 import xml.etree.ElementTree as XMLTree
 from collections.abc import Callable, Generator, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
@@ -42,21 +42,41 @@ from wsgidav import util
 
 from .access import Refusal
 from .conditions import Validators, entity_tag, evaluate, precondition_error
-from .config import is_macos_clutter
+from .config import ShareConfig
 from .hrefs import quote_href
-from .names import display_name, is_listable
+from .names import display_name
 from .oc_compat import CHECKSUMS, checksums_xml, stored_checksums
 from .ranges import Unsatisfiable, resolve_range
+from .sharefs import dav_error, etag, is_hidden, is_temp_name, served_kind
 from .store.davstate import refuse
 
-if TYPE_CHECKING:
-    from .fs import ShareProvider
-
-__all__ = ["LIVE_PROPS", "check_propfind", "fast_get", "fast_propfind"]
+__all__ = ["LIVE_PROPS", "Share", "check_propfind", "fast_get", "fast_propfind"]
 
 log = logging.getLogger("davserver.fastpath")
 
 _BLOCK = 1 << 18
+
+
+class Share(Protocol):
+    """What the short paths ask of a share's provider: fs.Share, named by its shape
+    so that this module does not import fs.py (which imports this one). The share facts
+    both paths need (names hidden, kinds served, ETags, errno statuses) are sharefs.py's."""
+
+    share: ShareConfig
+    share_path: str
+    mount_path: str
+    lock_manager: Any
+    prop_manager: Any
+    checksums: bool
+
+    def _check_realm(self, environ: dict[str, Any]) -> None:
+        """Raise DAVError 403 when the request was authorised for another share."""
+
+    def _loc_to_file_path(self, path: str, environ: dict[str, Any] | None = None) -> str:
+        """The confined file path of share path ``path``; raises DAVError (400, 403, ...)."""
+        raise NotImplementedError
+
+
 #: Live properties answered from one stat per member.
 LIVE_PROPS = frozenset(
     {"resourcetype", "getcontentlength", "getlastmodified", "getetag", "creationdate", "displayname",
@@ -82,14 +102,13 @@ def _file_body(fd: int, first: int = 0, size: int | None = None) -> Iterator[byt
             yield chunk
 
 
-def fast_get(provider: ShareProvider, environ: dict[str, Any], start_response: Callable[..., Any],
-             etag: Callable[[os.stat_result], str], is_temp: Callable[[str], bool]) -> Any:
+def fast_get(provider: Share, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
     """A plain GET/HEAD of a regular file, whole or one satisfiable byte range (206, the
     Range already made canonical by ranges.normalise_range), or None to let WsgiDAV answer."""
     if any(key in environ for key in _CONDITIONAL) or environ.get("CONTENT_LENGTH", "0") not in ("", "0"):
         return None
     path = environ["PATH_INFO"]
-    if path.endswith("/") or any(is_temp(part) for part in path.split("/")):
+    if path.endswith("/") or any(is_temp_name(part) for part in path.split("/")):
         return None
     provider._check_realm(environ)
     file_path = provider._loc_to_file_path(path, environ)  # confinement (realpath) once
@@ -112,7 +131,7 @@ def fast_get(provider: ShareProvider, environ: dict[str, Any], start_response: C
     if outcome is not None:
         os.close(fd)
         raise precondition_error(outcome, current)
-    # A Range was read once, as ranges.py says (ShareProvider.custom_request_handler left one
+    # A Range was read once, as ranges.py says (Share.custom_request_handler left one
     # canonical range or none); an unsatisfiable one is WsgiDAV's 416, with its error body.
     part = resolve_range(environ["HTTP_RANGE"], st.st_size) if "HTTP_RANGE" in environ else None
     if isinstance(part, Unsatisfiable):
@@ -265,7 +284,7 @@ def _name_bytes(clark: str) -> int:
     return len(local.encode("utf-8")) + len(escape(ns, _QUOT).encode("utf-8")) + 16
 
 
-def _lock_bytes(provider: ShareProvider, ref: str, members: int, below: bool) -> int:
+def _lock_bytes(provider: Share, ref: str, members: int, below: bool) -> int:
     """Bytes of lockdiscovery in the answer: each live lock on the resource or above it
     once per entry it covers (a depth-infinity lock shows on every member), each lock
     below it (``below``: Depth 1 of a folder) once. Every lock's owner is at most
@@ -287,7 +306,7 @@ def _lock_bytes(provider: ShareProvider, ref: str, members: int, below: bool) ->
     return total
 
 
-def check_propfind(provider: ShareProvider, environ: dict[str, Any]) -> None:
+def check_propfind(provider: Share, environ: dict[str, Any]) -> None:
     """Refuse a PROPFIND whose answer would be too large, before any of it is built.
 
     Called for every PROPFIND of a share before either path answers it (fs.py
@@ -556,7 +575,7 @@ def _render(m: _Member, names: tuple[str, ...], allprop: bool, locking: bool,
 _QUOT = {'"': "&quot;"}
 
 
-def _has_locks(provider: ShareProvider, ref: str, is_dir: bool, depth: str) -> bool:
+def _has_locks(provider: Share, ref: str, is_dir: bool, depth: str) -> bool:
     """Whether a lock sits on the resource or (Depth 1) anywhere below it: lockdiscovery shows it."""
     lm = provider.lock_manager
     return lm is not None and bool(lm.get_url_lock_list(ref, recursive=is_dir and depth == "1"))
@@ -576,7 +595,7 @@ _BATCH = 1000
 class _Listing:
     """What one PROPFIND needs to render its members, batch by batch."""
 
-    def __init__(self, provider: ShareProvider, names: tuple[str, ...], etag: Callable[[os.stat_result], str],
+    def __init__(self, provider: Share, names: tuple[str, ...], etag: Callable[[os.stat_result], str],
                  config: dict[str, Any]) -> None:
         self.names = names
         self.allprop = names == ()
@@ -642,8 +661,7 @@ def _stream(listing: _Listing, first: bytes, batches: Iterator[list[_Member]]) -
             close()
 
 
-def fast_propfind(provider: ShareProvider, environ: dict[str, Any], start_response: Callable[..., Any],
-                  etag: Callable[[os.stat_result], str], is_temp: Callable[[str], bool]) -> Any:
+def fast_propfind(provider: Share, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
     """PROPFIND Depth 0/1 (named properties or allprop), or None to let WsgiDAV answer.
 
     Locks make WsgiDAV answer (lockdiscovery has to be rendered exactly); dead
@@ -655,7 +673,7 @@ def fast_propfind(provider: ShareProvider, environ: dict[str, Any], start_respon
     path = environ["PATH_INFO"] or "/"  # check_propfind has bounded the answer (fs.py)
     if depth not in ("0", "1") or any(key in environ for key in _PRECONDITIONS):
         return None  # preconditions: WsgiDAV's path decides them (conditions.PreconditionServer)
-    if any(is_temp(part) for part in path.split("/")):
+    if any(is_temp_name(part) for part in path.split("/")):
         return None
     names = _requested_props(environ)
     if names is None:
@@ -666,10 +684,11 @@ def fast_propfind(provider: ShareProvider, environ: dict[str, Any], start_respon
         st = os.lstat(file_path)
     except OSError:
         return None
-    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+    kind = served_kind(st)
+    if kind is None:
         return None
     share_path = provider.share_path.rstrip("/")
-    is_dir = stat.S_ISDIR(st.st_mode)
+    is_dir = kind == "folder"
     rel = path if path.startswith("/") else "/" + path
     if is_dir and not rel.endswith("/"):
         rel += "/"
@@ -694,19 +713,22 @@ def fast_propfind(provider: ShareProvider, environ: dict[str, Any], start_respon
         batch = [top]
         if is_dir and depth == "1":
             hide_clutter = provider.share.macos_clutter != "allow"
-            with os.scandir(file_path) as entries:
+            try:
+                entries = os.scandir(file_path)
+            except OSError as exc:  # the status WsgiDAV's path gives (fs.py get_member_names)
+                raise dav_error(exc, f"listing {file_path}", environ, creating=False) from None
+            with entries:
                 for entry in entries:
                     name = entry.name
-                    if is_temp(name) or (hide_clutter and is_macos_clutter(name)) or not is_listable(name):
+                    if is_hidden(name, hide_clutter=hide_clutter):
                         continue
                     try:
                         est = entry.stat(follow_symlinks=False)
                     except OSError:
                         continue
-                    if stat.S_ISDIR(est.st_mode):
-                        batch.append(member(entry.path, name, est, True))
-                    elif stat.S_ISREG(est.st_mode):
-                        batch.append(member(entry.path, name, est, False))
+                    mkind = served_kind(est)
+                    if mkind is not None:
+                        batch.append(member(entry.path, name, est, mkind == "folder"))
                     if len(batch) > _BATCH:  # the folder itself plus 1,000 members still go in one piece
                         yield batch
                         batch = []

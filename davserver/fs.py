@@ -66,12 +66,9 @@ from wsgidav.dav_error import (
     HTTP_BAD_REQUEST,
     HTTP_CONFLICT,
     HTTP_FORBIDDEN,
-    HTTP_INSUFFICIENT_STORAGE,
     HTTP_INTERNAL_ERROR,
     HTTP_METHOD_NOT_ALLOWED,
     HTTP_NOT_FOUND,
-    HTTP_REQUEST_ENTITY_TOO_LARGE,
-    HTTP_REQUEST_URI_TOO_LONG,
     DAVError,
     PRECONDITION_CODE_ProtectedProperty,
 )
@@ -80,11 +77,11 @@ from wsgidav.fs_dav_provider import FileResource, FilesystemProvider, FolderReso
 
 from .access import Refusal
 from .conditions import PreconditionServer, entity_tag
-from .config import ShareConfig, is_macos_clutter
+from .config import ShareConfig
 from .copymove import DESTINATION_KEY, copy_or_move
 from .fastpath import check_propfind, fast_get, fast_propfind
 from .hrefs import quote_href
-from .names import display_name, is_listable, refused_name
+from .names import display_name, refused_name
 from .oc_compat import (
     CHECKSUMS,
     LASTMODIFIED,
@@ -100,14 +97,12 @@ from .oc_compat import (
     stored_checksums,
 )
 from .ranges import normalise_range
+from .sharefs import TEMP_PREFIX, dav_error, etag, is_hidden, is_temp_name, served_kind
 
 __all__ = ["DEFAULT_MAX_TREE_DEPTH", "TEMP_PREFIX", "AtomicFile", "ShareProvider", "is_temp_name", "sweep_temp_files",
            "tree_height_exceeds"]
 
 log = logging.getLogger("davserver.fs")
-
-#: Names of in-progress uploads and copies; hidden from clients and swept at start-up.
-TEMP_PREFIX = ".davserver-upload-"
 
 _BLOCK = 1 << 16
 #: The guard records here which share it authorised the request for.
@@ -116,37 +111,7 @@ _REALM_KEY = "wsgidav.auth.realm"
 _TWINS_KEY = "davserver.twins"
 
 
-def is_temp_name(name: str) -> bool:
-    """True for the name of one of our temp files."""
-    return name.startswith(TEMP_PREFIX)
-
-
-# --- errors ---------------------------------------------------------------------
-
-_ERRNO_STATUS = {
-    errno.ENOSPC: (HTTP_INSUFFICIENT_STORAGE, "Not enough space left to store the file."),
-    errno.EDQUOT: (HTTP_INSUFFICIENT_STORAGE, "Storage quota exceeded."),
-    errno.EFBIG: (HTTP_REQUEST_ENTITY_TOO_LARGE, "The file is larger than this server may store."),
-    errno.EACCES: (HTTP_FORBIDDEN, "Permission denied."),
-    errno.EPERM: (HTTP_FORBIDDEN, "Permission denied."),
-    errno.EROFS: (HTTP_FORBIDDEN, "The share is on a read-only filesystem."),
-    errno.ELOOP: (HTTP_FORBIDDEN, "Symbolic links are not served."),
-    errno.ENOENT: (HTTP_NOT_FOUND, None),
-    errno.ENOTDIR: (HTTP_CONFLICT, "A parent is not a collection."),
-    errno.EISDIR: (HTTP_CONFLICT, "The target is a collection."),
-    errno.ENOTEMPTY: (HTTP_CONFLICT, "The collection is not empty."),
-    errno.EEXIST: (HTTP_METHOD_NOT_ALLOWED, "The resource already exists."),
-    errno.ENAMETOOLONG: (HTTP_REQUEST_URI_TOO_LONG, "The name is too long."),
-}
-
-
-def _dav_error(exc: OSError, action: str, *, missing: int = HTTP_NOT_FOUND) -> DAVError:
-    """Turn an OSError into a DAVError whose text names no server path (the log gets the details)."""
-    status, text = _ERRNO_STATUS.get(exc.errno or 0, (HTTP_INTERNAL_ERROR, "Filesystem error."))
-    if exc.errno == errno.ENOENT:
-        status = missing
-    log.log(logging.ERROR if status == HTTP_INTERNAL_ERROR else logging.INFO, "%s failed: %s", action, exc)
-    return DAVError(status, text)
+# --- errors (the errno -> status rules are sharefs.py's) ----------------------------
 
 
 def _refuse(environ: dict[str, Any], reason: Refusal, status: int, text: str,
@@ -170,8 +135,8 @@ def _twins(folder: str, name: str) -> tuple[str, ...]:
     want = unicodedata.normalize("NFC", name)
     try:
         with os.scandir(folder) as entries:
-            return tuple(e.name for e in entries if e.name != name and not is_temp_name(e.name)
-                         and is_listable(e.name) and unicodedata.normalize("NFC", e.name) == want)
+            return tuple(e.name for e in entries if e.name != name and not is_hidden(e.name, hide_clutter=False)
+                         and unicodedata.normalize("NFC", e.name) == want)
     except (OSError, ValueError):
         return ()
 
@@ -281,7 +246,7 @@ class AtomicFile:
             fd, self.temp_path = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.folder)
         except OSError as exc:
             self._done = True
-            raise _dav_error(exc, "creating an upload file", missing=HTTP_CONFLICT) from None
+            raise dav_error(exc, "creating an upload file", environ, creating=True) from None
         self._file = os.fdopen(fd, "wb", buffering=_BLOCK)
 
     # A file-like object for WsgiDAV's do_PUT, which calls writelines() and then close().
@@ -291,7 +256,7 @@ class AtomicFile:
             self._file.write(data)
         except OSError as exc:
             self.abort()
-            raise _dav_error(exc, f"writing {self.target}", missing=HTTP_CONFLICT) from None
+            raise dav_error(exc, f"writing {self.target}", self.environ, creating=True) from None
         if self.digests is not None:
             self.digests.update(data)
         self.written += len(data)
@@ -345,7 +310,7 @@ class AtomicFile:
             os.replace(self.temp_path, self.target)
         except OSError as exc:
             self.abort()
-            raise _dav_error(exc, f"storing {self.target}", missing=HTTP_CONFLICT) from None
+            raise dav_error(exc, f"storing {self.target}", self.environ, creating=True) from None
         self._done = True
         _fsync_dir(self.folder)
         if kept_mtime and self.environ is not None:
@@ -387,22 +352,23 @@ class AtomicFile:
             os.fchmod(fd, 0o666 & ~_umask())
 
 
-def _atomic_copy(src: str, dest: str, *, checksums: bool = False) -> None:
+def _atomic_copy(src: str, dest: str, *, checksums: bool = False, environ: dict[str, Any] | None = None) -> None:
     """Copy file data and mode/times (like shutil.copy2) via a temp file, so no half target is left.
 
     With ``checksums`` the copy's own checksums are computed as it is written and kept
-    (oc_compat.py): the copy is a new inode, the source's stamp does not describe it."""
+    (oc_compat.py): the copy is a new inode, the source's stamp does not describe it.
+    ``environ`` is the request's: its method decides the status of a failure (sharefs.py)."""
     try:
         fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        raise _dav_error(exc, f"reading {src}") from None
+        raise dav_error(exc, f"reading {src}", environ, creating=False) from None
     with os.fdopen(fd, "rb") as source:
         try:
             like = os.fstat(fd)
         except OSError as exc:
-            raise _dav_error(exc, f"reading {src}") from None
+            raise dav_error(exc, f"reading {src}", environ, creating=False) from None
         digests = Digests(keep=True, expected=None) if checksums else None
-        out = AtomicFile(dest, expected_size=like.st_size, like=like, digests=digests)
+        out = AtomicFile(dest, expected_size=like.st_size, like=like, digests=digests, environ=environ)
         try:
             while True:
                 block = source.read(1 << 20)
@@ -411,7 +377,7 @@ def _atomic_copy(src: str, dest: str, *, checksums: bool = False) -> None:
                 out.write(block)
         except OSError as exc:
             out.abort()
-            raise _dav_error(exc, f"reading {src}") from None
+            raise dav_error(exc, f"reading {src}", environ, creating=False) from None
         except BaseException:
             out.abort()
             raise
@@ -457,13 +423,6 @@ def sweep_temp_files(root: Path, *, older_than: float = 60.0) -> int:
 # --- resources --------------------------------------------------------------------
 
 
-def _etag(st: os.stat_result) -> str:
-    """The opaque-tag (unquoted, as WsgiDAV's ``get_etag`` contract wants, util.py:1413) of a
-    file: inode, nanosecond mtime and size. Strong: it changes with every write. The ETag
-    header and ``DAV:getetag`` carry it quoted (conditions.entity_tag)."""
-    return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
-
-
 class _File(FileResource):
     """A regular file: atomic PUT and COPY, nanosecond ETags, no symlink following.
 
@@ -499,7 +458,7 @@ class _File(FileResource):
             os.close(fd)
 
     def get_etag(self) -> str:
-        return _etag(self.file_stat)
+        return etag(self.file_stat)
 
     def get_property_value(self, name: str) -> Any:
         """``DAV:getetag`` is the entity-tag, quoted exactly as the ETag header (RFC 4918
@@ -544,7 +503,7 @@ class _File(FileResource):
             try:
                 self.file_stat = set_mtime(self._file_path, seconds)
             except OSError as exc:
-                raise _dav_error(exc, f"setting the time of {self._file_path}") from None
+                raise dav_error(exc, f"setting the time of {self._file_path}", self.environ, creating=False) from None
         return True
 
     def get_href(self) -> str:
@@ -562,7 +521,7 @@ class _File(FileResource):
         try:
             fd = os.open(self._file_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
-            raise _dav_error(exc, f"opening {self._file_path}") from None
+            raise dav_error(exc, f"opening {self._file_path}", self.environ, creating=False) from None
         return os.fdopen(fd, "rb", _BLOCK)
 
     def begin_write(self, *, content_type: str | None = None) -> AtomicFile:
@@ -583,13 +542,13 @@ class _File(FileResource):
             try:
                 self.file_stat = os.stat(self._file_path, follow_symlinks=False)
             except OSError as exc:
-                raise _dav_error(exc, f"stat {self._file_path}") from None
+                raise dav_error(exc, f"stat {self._file_path}", self.environ, creating=False) from None
 
     def delete(self) -> None:
         try:
             super().delete()
         except OSError as exc:
-            raise _dav_error(exc, f"deleting {self._file_path}") from None
+            raise dav_error(exc, f"deleting {self._file_path}", self.environ, creating=False) from None
 
     def handle_copy(self, dest_path: str, *, depth_infinity: bool) -> bool:
         """COPY over an existing file: replace it in one step. (WsgiDAV deletes the target
@@ -600,7 +559,7 @@ class _File(FileResource):
         dest_res = self.provider.get_resource_inst(dest_path, self.environ)
         if not isinstance(dest_res, _File) or self.environ.get("HTTP_OVERWRITE", "T") != "T":
             return False  # new target or a folder: WsgiDAV's way, ending in copy_move_single()
-        _atomic_copy(self._file_path, dest_res._file_path, checksums=self.provider.checksums)
+        _atomic_copy(self._file_path, dest_res._file_path, checksums=self.provider.checksums, environ=self.environ)
         # What WsgiDAV's delete of the old target would have dropped:
         dest_res.remove_all_properties(recursive=False)
         dest_res.remove_all_locks(recursive=False)
@@ -616,7 +575,7 @@ class _File(FileResource):
         if self.provider.readonly:
             raise DAVError(HTTP_FORBIDDEN)
         dest = self.provider._loc_to_file_path(dest_path, self.environ)
-        _atomic_copy(self._file_path, dest, checksums=self.provider.checksums)
+        _atomic_copy(self._file_path, dest, checksums=self.provider.checksums, environ=self.environ)
         self._copy_dead_properties(dest_path, is_move=is_move, with_children=False)
 
     def move_recursive(self, dest_path: str) -> None:
@@ -627,13 +586,13 @@ class _File(FileResource):
             os.rename(self._file_path, dest)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
-                raise _dav_error(exc, f"moving {self._file_path}", missing=HTTP_CONFLICT) from None
+                raise dav_error(exc, f"moving {self._file_path}", self.environ, creating=True) from None
             # another filesystem: copy whole, then drop the source
-            _atomic_copy(self._file_path, dest, checksums=self.provider.checksums)
+            _atomic_copy(self._file_path, dest, checksums=self.provider.checksums, environ=self.environ)
             try:
                 os.unlink(self._file_path)
             except OSError as exc2:
-                raise _dav_error(exc2, f"moving {self._file_path}") from None
+                raise dav_error(exc2, f"moving {self._file_path}", self.environ, creating=False) from None
         self._copy_dead_properties(dest_path, is_move=True, with_children=True)
 
     def _copy_dead_properties(self, dest_path: str, *, is_move: bool, with_children: bool) -> None:
@@ -687,16 +646,14 @@ class _Folder(FolderResource):
             with os.scandir(self._file_path) as found:  # closed even when reading it fails half-way
                 entries = list(found)
         except OSError as exc:
-            raise _dav_error(exc, f"listing {self._file_path}") from None
+            raise dav_error(exc, f"listing {self._file_path}", self.environ, creating=False) from None
         names = []
         share = getattr(self.provider, "share", None)
         hide_clutter = share is not None and share.macos_clutter != "allow"
         for entry in entries:
-            if is_temp_name(entry.name) or (hide_clutter and is_macos_clutter(entry.name)):
+            if is_hidden(entry.name, hide_clutter=hide_clutter):
                 continue
-            if not is_listable(entry.name):
-                continue
-            try:
+            try:  # what served_kind() serves, told from the entry's type without a stat
                 if entry.is_symlink():
                     continue
                 if entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False):
@@ -721,7 +678,7 @@ class _Folder(FolderResource):
         try:  # LOCK on an unmapped URL: a real empty file, as WebDAV wants
             os.close(os.open(fp, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666))
         except OSError as exc:
-            raise _dav_error(exc, f"creating {fp}", missing=HTTP_CONFLICT) from None
+            raise dav_error(exc, f"creating {fp}", self.environ, creating=True) from None
         return self.provider.get_resource_inst(path, self.environ)
 
     def create_collection(self, name: str) -> None:
@@ -729,13 +686,14 @@ class _Folder(FolderResource):
         try:
             super().create_collection(name)
         except OSError as exc:
-            raise _dav_error(exc, f"creating folder {name!r} in {self._file_path}", missing=HTTP_CONFLICT) from None
+            raise dav_error(exc, f"creating folder {name!r} in {self._file_path}", self.environ,
+                            creating=True) from None
 
     def delete(self) -> None:
         try:
             super().delete()
         except OSError as exc:
-            raise _dav_error(exc, f"deleting {self._file_path}") from None
+            raise dav_error(exc, f"deleting {self._file_path}", self.environ, creating=False) from None
 
     def handle_delete(self) -> bool:
         """Only checks the tree's depth; WsgiDAV then walks and deletes it as usual."""
@@ -756,14 +714,14 @@ class _Folder(FolderResource):
         try:
             super().copy_move_single(dest_path, is_move=is_move)
         except OSError as exc:
-            raise _dav_error(exc, f"copying {self._file_path}", missing=HTTP_CONFLICT) from None
+            raise dav_error(exc, f"copying {self._file_path}", self.environ, creating=True) from None
 
     def move_recursive(self, dest_path: str) -> None:
         try:
             super().move_recursive(dest_path)
         except (OSError, shutil.Error) as exc:
             if isinstance(exc, OSError):
-                raise _dav_error(exc, f"moving {self._file_path}", missing=HTTP_CONFLICT) from None
+                raise dav_error(exc, f"moving {self._file_path}", self.environ, creating=True) from None
             log.error("moving %s failed: %s", self._file_path, exc)
             raise DAVError(HTTP_INTERNAL_ERROR, "Filesystem error.") from None
 
@@ -818,6 +776,13 @@ class ShareProvider(FilesystemProvider):
         self.max_tree_depth = max_tree_depth
         self.checksums = checksums
 
+    def copy_file_in(self, src: str, dest: str) -> None:
+        """Copy the file at path ``src`` (any share) to path ``dest`` in this share in one
+        step (an atomic rename of a complete temp file, mode and times kept), for COPY and
+        MOVE across shares (copymove.py). Raises DAVError as the filesystem's error maps
+        (sharefs.dav_error)."""
+        _atomic_copy(src, dest)
+
     def is_readonly(self) -> bool:
         """Read-only shares say so in OPTIONS (DAV: 1, no write methods, no locking)."""
         return bool(self.readonly)
@@ -842,10 +807,10 @@ class ShareProvider(FilesystemProvider):
         if method in ("GET", "HEAD"):
             if "HTTP_RANGE" in environ:  # read once for both paths (ranges.py)
                 normalise_range(environ, self._file_size(environ) if method == "GET" else None)
-            answer = fast_get(self, environ, start_response, _etag, is_temp_name)
+            answer = fast_get(self, environ, start_response)
         elif method == "PROPFIND":
             check_propfind(self, environ)  # the answer's size, for both paths
-            answer = fast_propfind(self, environ, start_response, _etag, is_temp_name)
+            answer = fast_propfind(self, environ, start_response)
         elif method in ("COPY", "MOVE"):  # on the Destination the guard parsed and authorised
             self._destination_on_disk(environ)
             return copy_or_move(default_handler.__self__, environ, start_response, is_move=method == "MOVE")
@@ -967,7 +932,7 @@ class ShareProvider(FilesystemProvider):
         path. ``memo`` keeps the folder scans of one request (WsgiDAV looks a path up
         several times), so a new non-ASCII name costs one scan of its folder. Raises
         DAVError 400 (NUL, dot segment), 403 (temp name, symlink leading out) or as the
-        filesystem's error maps (:func:`_dav_error`)."""
+        filesystem's error maps (sharefs.dav_error)."""
         parts = [part for part in path.split("/") if part]
         for part in parts:
             if "\x00" in part or part in (".", ".."):
@@ -994,7 +959,7 @@ class ShareProvider(FilesystemProvider):
             except ValueError:
                 raise DAVError(HTTP_BAD_REQUEST, "Invalid path.") from None
             except OSError as exc:
-                raise _dav_error(exc, "resolving a path") from None
+                raise dav_error(exc, "resolving a path", creating=False) from None
             current = candidate
             if stat.S_ISLNK(st.st_mode):
                 if not self._is_equal_or_child_path(root, os.path.realpath(os.path.join(root, *parts))):
@@ -1072,17 +1037,18 @@ class ShareProvider(FilesystemProvider):
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
-            raise _dav_error(exc, f"stat {fp}") from None
+            raise dav_error(exc, f"stat {fp}", environ, creating=False) from None
         if stat.S_ISLNK(st.st_mode):
             raise DAVError(HTTP_FORBIDDEN, "Symbolic links are not served.")
         try:
-            if stat.S_ISDIR(st.st_mode):
+            kind = served_kind(st)
+            if kind == "folder":
                 return _Folder(path, environ, fp)
-            if stat.S_ISREG(st.st_mode):
+            if kind == "file":
                 pin = environ.get("REQUEST_METHOD") == "GET" and path == environ.get("PATH_INFO")
                 return _File(path, environ, fp, pin=pin)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise _dav_error(exc, f"stat {fp}") from None
+            raise dav_error(exc, f"stat {fp}", environ, creating=False) from None
         return None  # sockets, fifos, devices: not served (and not listed)
