@@ -253,6 +253,12 @@ class StateConfig:
     url: str | None = None  # redis: redis://host:port/db or rediss:// for TLS
     prefix: str = _default("state.prefix")  # redis: every key starts with it (one per deployment)
     password_file: Path | None = _default("state.password_file")  # redis: keeps the password out of this file
+    #: redis: Sentinel addresses as (host, port); non-empty: the master is found through them (store/redis.py)
+    sentinels: tuple[tuple[str, int], ...] = _default("state.sentinels")
+    sentinel_service: str = _default("state.sentinel_service")  # the master name the sentinels monitor
+    #: with sentinels: replicas that must confirm a used TOTP step or a new WebDAV lock (Redis WAIT) …
+    wait_replicas: int = _default("state.wait_replicas")
+    wait_seconds: float = _default("state.wait_seconds")  # … within this many seconds, else StoreUnavailable
 
 
 @dataclass(frozen=True)
@@ -730,10 +736,22 @@ def _parse_state(raw: Mapping[str, Any], home: Home) -> StateConfig:
     if backend not in _schema("state.backend").choices:
         raise ConfigError("state.backend", f"{backend!r} is not a known backend", "use sqlite or redis")
     path = home.resolve(_setting(s, "state.path"))
+    # Checked whatever the backend, so a mistake shows before the switch to redis.
+    sentinels = _parse_sentinels(s.get("sentinels"))
+    sentinel = {
+        "sentinels": sentinels,
+        "sentinel_service": _setting(s, "state.sentinel_service"),
+        "wait_replicas": _setting(s, "state.wait_replicas"),
+        "wait_seconds": _setting(s, "state.wait_seconds"),
+    }
     if backend == "sqlite":
-        return StateConfig(backend=backend, path=path)
+        return StateConfig(backend=backend, path=path, **sentinel)
     url = _setting(s, "state.url")
     _check_redis_url(url)
+    if sentinels and not url.startswith("redis://"):
+        raise ConfigError("state.url", f"{_redacted_url(url)!r}: with state.sentinels only redis:// is supported "
+                          "(the sentinels name the host; TLS to a Sentinel-managed Redis is not)",
+                          "write redis://any/DB (the database number is used) and keep Redis on a private network")
     password_file = s.get("password_file")
     return StateConfig(
         backend=backend,
@@ -741,7 +759,41 @@ def _parse_state(raw: Mapping[str, Any], home: Home) -> StateConfig:
         url=url,
         prefix=_setting(s, "state.prefix"),
         password_file=home.resolve(password_file) if password_file else None,
+        **sentinel,
     )
+
+
+def _parse_sentinels(raw: Any) -> tuple[tuple[str, int], ...]:
+    """``state.sentinels``: a list of ``host:port`` (an IPv6 address in brackets:
+    ``[2001:db8::5]:26379``) as (host, port) pairs in the order given. Raises ConfigError
+    naming the item (``state.sentinels[1]``) and the form that works."""
+    hint = "write host:port, e.g. [10.0.0.5:26379, 10.0.0.6:26379, '[2001:db8::7]:26379']"
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError("state.sentinels", f"{raw!r} is not a list", hint)
+    out: list[tuple[str, int]] = []
+    for i, item in enumerate(raw):
+        key = f"state.sentinels[{i}]"
+        text = item.strip() if isinstance(item, str) else ""
+        host, sep, port = text.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise ConfigError(key, f"{item!r}: {host!r} in brackets is not an IPv6 address", hint) from None
+        elif ":" in host or "[" in host or "]" in host:
+            raise ConfigError(key, f"{item!r} is not host:port", "write IPv6 in brackets: [2001:db8::7]:26379")
+        if not sep or not host or any(ch.isspace() or ch in "/@?#" for ch in host):
+            raise ConfigError(key, f"{item!r} is not host:port", hint)
+        if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigError(key, f"{item!r}: the port is not a number from 1 to 65535", hint)
+        pair = (host, int(port))
+        if pair in out:
+            raise ConfigError(key, f"{item!r} is listed twice", "list each sentinel once")
+        out.append(pair)
+    return tuple(out)
 
 
 def _parse_locks(raw: Mapping[str, Any]) -> LocksConfig:

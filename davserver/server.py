@@ -118,6 +118,9 @@ class DavServer:
             self.store.ping()
         except StoreUnavailable as exc:
             self.store.close()
+            if config.state.sentinels:  # store/redis.py names the sentinels it asked
+                raise StartupError(f"state.sentinels: {exc} (start the sentinels and Redis, or fix "
+                                   "state.sentinels and state.sentinel_service)") from None
             raise StartupError(f"state.url: {exc} (start Redis or fix the URL)") from None
         self.audit = AuditLog(config.audit.file)
         try:

@@ -381,6 +381,26 @@ SETTINGS: tuple[Setting, ...] = (
              '`lock_owner_too_large`)'),
     ),
     Setting(
+        'state.sentinels', 'list', (),
+        doc=('with `backend: redis`: Redis Sentinel addresses (`host:port`, IPv6 as `[addr]:port`); when set, '
+             'the master is found through them and followed across a failover, `state.url` gives only the '
+             'database number, and the password file serves the sentinels too (docs/scaling.md)'),
+    ),
+    Setting(
+        'state.sentinel_service', 'str', 'mymaster',
+        doc='with `state.sentinels`: the master name the sentinels monitor (`sentinel monitor NAME …`)',
+    ),
+    Setting(
+        'state.wait_replicas', 'int', 1, lo=0, hi=16,
+        doc=('with `state.sentinels`: replicas that must confirm a used TOTP step or a new WebDAV lock (Redis '
+             '`WAIT`) before it counts, so a failover cannot lose it; fewer within `state.wait_seconds`: 503, '
+             'the code or lock is not accepted (0: do not wait)'),
+    ),
+    Setting(
+        'state.wait_seconds', 'float', 1.0, lo=0.01, hi=3.0,
+        doc='with `state.sentinels`: how long such a write waits for the replicas (0.01 to 3)',
+    ),
+    Setting(
         'properties.max_value_bytes', 'int', 65_536, lo=1024, hi=1_073_741_824,
         doc=('largest dead property value (its XML); a PROPPATCH over any `properties` bound gets `507` for '
              'that property in its `207` and stores nothing (RFC 4918 §9.2.1)'),

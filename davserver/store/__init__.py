@@ -22,6 +22,8 @@ def open_store(state: StateConfig) -> StateStore:
 
         assert state.url is not None
         password = state.password_file.read_text().strip() if state.password_file else None
-        return RedisStore(state.url, prefix=state.prefix, password=password)
+        return RedisStore(state.url, prefix=state.prefix, password=password, sentinels=state.sentinels,
+                          service=state.sentinel_service, wait_replicas=state.wait_replicas,
+                          wait_seconds=state.wait_seconds)
     assert state.path is not None
     return SQLiteStore(state.path)

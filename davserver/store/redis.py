@@ -11,20 +11,52 @@ prefix too) are escaped, so it matches the exact, case-sensitive prefix.
 
 If Redis is unreachable the store raises StoreUnavailable; the guard turns
 that into a refusal (fail closed), never into a login without the check.
+
+With Redis Sentinel (``state.sentinels``) the client is redis-py's
+``Sentinel.master_for``: every new connection asks the sentinels for the current
+master (redis/sentinel.py ``SentinelConnectionPoolProxy.get_master_address``), so a
+failover is followed without a restart; a connection still open to a master that was
+demoted gets READONLY, which redis-py turns into a ConnectionError and a reconnect
+(``SentinelManagedConnection.read_response``). While no sentinel names a master that
+answers, every call raises StoreUnavailable. Lua scripts survive a failover: the new
+master's script cache is empty, and redis-py's ``Script.__call__`` answers NOSCRIPT
+with SCRIPT LOAD and one retry (redis/commands/core.py ``Script``; a pipeline checks
+SCRIPT EXISTS first, ``Pipeline.load_scripts``).
+
+Replication is asynchronous, so a master that dies may take its last writes with it.
+The two writes whose loss would let something through that was refused before, a used
+TOTP step (the code would work once more) and a new WebDAV lock (another client could
+write under it), are followed by ``WAIT wait_replicas timeout`` on the same connection;
+fewer confirmations than asked raise StoreUnavailable (503): the code is not accepted,
+the lock is withdrawn. Everything else (grants, failure counters, sign-in locks,
+invitation states, dead properties, lock refreshes and removals) may lose its last
+second or so in a failover: docs/scaling.md says what that means.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis as redis_lib
+from redis.commands.core import Script
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from .base import Grant, InvitationRecord, StoreUnavailable
 
 __all__ = ["RedisStore"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds to wait for one sentinel's answer (connect, then reply) before asking the next.
+SENTINEL_TIMEOUT = 1.0
+#: Seconds to wait for the Redis master (connect, then reply); WAIT blocks at most 3 s of it.
+REDIS_TIMEOUT = 5.0
 
 # KEYS[1] = otp key; ARGV[1] = step. Accept only a step later than the last one used.
 _USE_OTP = """
@@ -163,11 +195,80 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + ch if ch in _GLOB_SPECIALS else ch for ch in text)
 
 
+class _WatchedSentinel(Sentinel):
+    """redis-py's Sentinel that logs when the master it finds changes, or cannot be found:
+    what an operator sees of a failover (docs/scaling.md). ``discover_master`` runs for
+    every new connection to the master, not for every command."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._master: tuple[str, int] | None = None  # the last master found
+        self._lost = False  # no master found since then
+        self._seen_lock = threading.Lock()
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        """The (host, port) of the master of `service_name`; raises MasterNotFoundError
+        (a redis ConnectionError) when no sentinel names one that is up."""
+        try:
+            found = super().discover_master(service_name)
+        except MasterNotFoundError as exc:
+            with self._seen_lock:
+                lost, self._lost = not self._lost, True
+            if lost:
+                log.error("state store: no sentinel names a master for %r that is up (%s); requests that need "
+                          "the store are refused (503) until one does", service_name, exc)
+            raise
+        address = (str(found[0]), int(found[1]))
+        with self._seen_lock:
+            before, was_lost = self._master, self._lost
+            self._master, self._lost = address, False
+        shown = f"{address[0]}:{address[1]}"
+        if before is None:
+            log.info("state store: Redis master for %r is %s (through Sentinel)", service_name, shown)
+        elif before != address:
+            log.warning("state store: Redis master for %r moved from %s:%s to %s (Sentinel failover); new "
+                        "connections use it", service_name, before[0], before[1], shown)
+        elif was_lost:
+            log.warning("state store: Redis master for %r is %s again (through Sentinel); serving resumes",
+                        service_name, shown)
+        return address
+
+
 class RedisStore:
-    def __init__(self, url: str, *, prefix: str = "davserver:", password: str | None = None) -> None:
+    """The state store on one Redis, or on the master a set of Redis Sentinels names.
+
+    `url` is redis://, rediss:// or unix:// (with `sentinels` only its database number is
+    used); `sentinels` are (host, port) pairs, `service` the master name they monitor;
+    `password` (from ``state.password_file``) authenticates to Redis and, with
+    `sentinels`, to the sentinels too. With `sentinels` and `wait_replicas` > 0, a used
+    TOTP step and a new WebDAV lock wait up to `wait_seconds` for that many replicas
+    (Redis WAIT) and raise StoreUnavailable when fewer confirm. Redis errors raise
+    StoreUnavailable.
+    """
+
+    def __init__(self, url: str, *, prefix: str = "davserver:", password: str | None = None,
+                 sentinels: Sequence[tuple[str, int]] = (), service: str = "mymaster",
+                 wait_replicas: int = 0, wait_seconds: float = 1.0) -> None:
         self.prefix = prefix
         extra = {"password": password} if password else {}
-        self._r = redis_lib.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, **extra)
+        self.sentinel: Sentinel | None = None
+        self.service = service
+        self.wait_replicas = wait_replicas if sentinels else 0
+        self.wait_ms = max(1, round(wait_seconds * 1000))
+        if sentinels:
+            from redis.connection import parse_url
+
+            db = int(parse_url(url).get("db") or 0)
+            self.sentinel = _WatchedSentinel(
+                list(sentinels),
+                sentinel_kwargs={"socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT,
+                                 **extra},
+                socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT, db=db, **extra,
+            )
+            self._r = self.sentinel.master_for(service)
+        else:
+            self._r = redis_lib.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT,
+                                               socket_connect_timeout=REDIS_TIMEOUT, **extra)
         self._use_otp = self._r.register_script(_USE_OTP)
         self._add_failure = self._r.register_script(_ADD_FAILURE)
         self._touch_grant = self._r.register_script(_TOUCH_GRANT)
@@ -195,12 +296,53 @@ class RedisStore:
             raise StoreUnavailable(f"state store (redis) unavailable: {exc}") from exc
 
     def ping(self) -> None:
-        self._call(self._r.ping)
+        """Raise StoreUnavailable unless the Redis master (with sentinels: the one they
+        name) answers; the message names the sentinels asked."""
+        try:
+            self._r.ping()
+        except redis_lib.RedisError as exc:
+            if self.sentinel is None:
+                raise StoreUnavailable(f"state store (redis) unavailable: {exc}") from exc
+            asked = ", ".join(_address(s) for s in self.sentinel.sentinels)
+            raise StoreUnavailable(f"state store (redis) unavailable: no master {self.service!r} from the "
+                                   f"sentinels {asked}: {exc}") from exc
+
+    def run_confirmed(self, script: Script, *, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> tuple[Any, bool]:
+        """Run a write script, then (with sentinels and ``wait_replicas`` > 0) Redis
+        ``WAIT wait_replicas wait_ms`` on the same connection (one pipeline: WAIT counts the
+        replicas that have this connection's writes). Returns (the script's answer, whether
+        enough replicas confirmed; always True when not waiting). Raises StoreUnavailable."""
+        if not self.wait_replicas:
+            return self._call(script, keys=list(keys), args=list(args)), True
+
+        def run() -> list[Any]:
+            with self._r.pipeline(transaction=False) as pipe:
+                script(keys=list(keys), args=list(args), client=pipe)
+                pipe.execute_command("WAIT", self.wait_replicas, self.wait_ms)
+                return list(pipe.execute())
+
+        answer, acked = self._call(run)
+        confirmed = int(acked) >= self.wait_replicas
+        if not confirmed:
+            log.error("state store: %d of %d replicas confirmed a write within %d ms; refusing it (503)",
+                      int(acked), self.wait_replicas, self.wait_ms)
+        return answer, confirmed
+
+    def unconfirmed(self, what: str) -> StoreUnavailable:
+        """The error for a write fewer than ``wait_replicas`` replicas confirmed."""
+        return StoreUnavailable(f"state store (redis) unavailable: {what} not confirmed by {self.wait_replicas} "
+                                f"replica(s) within {self.wait_ms} ms (state.wait_replicas, state.wait_seconds)")
 
     # --- one code, one use ---------------------------------------------------------
 
     def use_otp_step(self, account: str, step: int) -> bool:
-        return bool(self._call(self._use_otp, keys=[self._k("otp", account)], args=[step]))
+        """Record `step` as used; False when it or a later one was. With sentinels the
+        record must reach ``wait_replicas`` replicas, else StoreUnavailable (the code is
+        not accepted; it stays used on the master)."""
+        accepted, confirmed = self.run_confirmed(self._use_otp, keys=[self._k("otp", account)], args=[step])
+        if accepted and not confirmed:
+            raise self.unconfirmed("a used TOTP step")
+        return bool(accepted)
 
     # --- grants ----------------------------------------------------------------------
 
@@ -313,6 +455,15 @@ class RedisStore:
 
     def close(self) -> None:
         self._r.close()
+        if self.sentinel is not None:
+            self.sentinel.close()
+
+
+def _address(client: redis_lib.Redis) -> str:
+    """host:port of a client (IPv6 in brackets), for messages."""
+    kw = client.connection_pool.connection_kwargs
+    host = str(kw.get("host"))
+    return f"[{host}]:{kw.get('port')}" if ":" in host else f"{host}:{kw.get('port')}"
 
 
 def _invitation(digest: str, raw: dict[bytes, bytes]) -> InvitationRecord:

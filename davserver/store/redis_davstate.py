@@ -50,6 +50,7 @@ replicas) is.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
 import time
@@ -549,12 +550,18 @@ class RedisLockStorage:
         expire = now + lock["timeout"]
         body = _encode_lock({**lock, "token": token, "expire": expire})
         lo, hi = _below(root)
-        conflicts = _call(
+        # With Sentinel: WAIT for the replicas (store/redis.py run_confirmed), so that a lock
+        # a client was given survives a failover; one they did not confirm is withdrawn.
+        conflicts, confirmed = self.store.run_confirmed(
             self._create,
             args=[self.store.prefix, _num(now), PURGE_BATCH, token, root, body, _num(expire),
                   self._ttl_ms(lock["timeout"]), lock["scope"], lock["depth"], lo, hi, lock["principal"],
                   self.bounds.per_resource, self.bounds.per_account, *_ancestors(root)],
         )
+        if not conflicts and not confirmed:
+            with contextlib.suppress(StoreUnavailable):  # else it ends at its timeout; nobody holds its token
+                _call(self._delete, args=[self.store.prefix, token])
+            raise self.store.unconfirmed("a new WebDAV lock")
         if conflicts and conflicts[0].startswith(b"!"):
             raise self._refusal(Refusal(conflicts[0][1:].decode("ascii")), root)
         if conflicts:

@@ -1,0 +1,298 @@
+"""Redis Sentinel: a real master, a replica and three sentinels (quorum 2), two server nodes
+finding the master through them. Killing the master: both nodes serve again after the
+failover without a restart, a code used before stays used, a lock taken before is still
+enforced; while no master answers, every node refuses (503, audited), never lets in."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyotp
+import pytest
+import redis
+import yaml
+from click.testing import CliRunner
+
+from davserver.cli import main
+from davserver.store.redis import _USE_OTP
+
+from .conftest import Instance, running, session_for
+
+PW = "alice-secret-pw"
+REDIS_PW = "sentinel-test-pw"
+SERVICE = "davtest"
+DOWN_AFTER_MS = 1000  # sentinel down-after-milliseconds: the master is "down" after this
+LOCKINFO = (b'<?xml version="1.0" encoding="utf-8" ?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/>'
+            b"</D:lockscope><D:locktype><D:write/></D:locktype><D:owner>alice</D:owner></D:lockinfo>")
+
+
+def _exe(name: str) -> str:
+    exe = shutil.which(name)
+    if exe is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is not installed (apt-get install {name})")
+        pytest.skip(f"{name} is not installed")
+    return exe
+
+
+def _client(port: int, db: int = 0) -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=port, db=db, password=REDIS_PW, socket_timeout=2,
+                       socket_connect_timeout=2)
+
+
+def _until(what: str, check: Any, seconds: float = 30.0) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except (redis.RedisError, OSError):
+            result = None
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"not within {seconds} s: {what}")
+
+
+def _free_ports(n: int) -> list[int]:
+    """`n` distinct free loopback ports (held open together while chosen)."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
+@dataclass
+class SentinelSet:
+    """A master, a replica and three sentinels on free loopback ports, in `folder`."""
+
+    folder: Path
+    redis_ports: list[int] = field(default_factory=list)
+    sentinel_ports: list[int] = field(default_factory=list)
+    procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start_redis(self, port: int, *, replica_of: int | None = None) -> None:
+        folder = self.folder / f"redis-{port}"
+        folder.mkdir(exist_ok=True)
+        args = [_exe("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                "no", "--dir", str(folder), "--requirepass", REDIS_PW, "--masterauth", REDIS_PW]
+        if replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(replica_of)]
+        self.procs[port] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _until(f"redis on {port}", lambda: _client(port).ping())
+
+    def start_sentinel(self, port: int, master: int) -> None:
+        folder = self.folder / f"sentinel-{port}"
+        folder.mkdir(exist_ok=True)
+        conf = folder / "sentinel.conf"  # a sentinel rewrites its file: one each
+        conf.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {folder}\nrequirepass {REDIS_PW}\n"
+            f"sentinel sentinel-pass {REDIS_PW}\n"
+            f"sentinel monitor {SERVICE} 127.0.0.1 {master} 2\nsentinel auth-pass {SERVICE} {REDIS_PW}\n"
+            f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {SERVICE} 3000\nsentinel parallel-syncs {SERVICE} 1\n"
+        )
+        self.procs[port] = subprocess.Popen([_exe("redis-sentinel"), str(conf)],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def master_port(self) -> int:
+        """The port of the master the sentinels agree on."""
+        ports = set()
+        for port in self.sentinel_ports:
+            state = _client(port).sentinel_master(SERVICE)
+            ports.add(int(state["port"]))
+        assert len(ports) == 1, ports
+        return ports.pop()
+
+    def replicas_in_sync(self, master: int) -> int:
+        info = _client(master).info("replication")
+        return sum(1 for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)
+                   and v.get("state") == "online")
+
+    def ready(self) -> bool:
+        """Every sentinel sees the master, the replica and the two other sentinels."""
+        for port in self.sentinel_ports:
+            state = _client(port).sentinel_master(SERVICE)
+            if int(state["num-other-sentinels"]) < 2 or int(state["num-slaves"]) < 1:
+                return False
+            if state.get("is_sdown") or state.get("is_odown"):
+                return False
+        return self.replicas_in_sync(self.master_port()) >= 1
+
+    def kill(self, port: int) -> None:
+        proc = self.procs.pop(port)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+        self.procs.clear()
+
+    @property
+    def sentinel_list(self) -> list[str]:
+        return [f"127.0.0.1:{p}" for p in self.sentinel_ports]
+
+
+@pytest.fixture
+def sentinels(tmp_path: Path) -> Iterator[SentinelSet]:
+    """Master + replica + three sentinels (quorum 2, master down after 1 s), all stopped at the end."""
+    s = SentinelSet(tmp_path / "sentinels")
+    s.folder.mkdir()
+    try:
+        master, replica, *s.sentinel_ports = _free_ports(5)
+        s.redis_ports = [master, replica]
+        s.start_redis(master)
+        s.start_redis(replica, replica_of=master)
+        for port in s.sentinel_ports:
+            s.start_sentinel(port, master)
+        _until("the sentinels see each other, the replica in sync", s.ready)
+        yield s
+    finally:
+        s.stop()
+
+
+def _use_sentinels(inst: Instance, s: SentinelSet, **state: Any) -> None:
+    raw = yaml.safe_load(inst.home.config_file.read_text())
+    pw_file = inst.home.root / "config" / "redis.pw"
+    pw_file.write_text(REDIS_PW + "\n")
+    raw["state"] = {"backend": "redis", "url": "redis://ignored/2", "prefix": f"t-{uuid.uuid4().hex}:",
+                    "password_file": str(pw_file), "sentinels": s.sentinel_list, "sentinel_service": SERVICE,
+                    **state}
+    raw["throttle"] = {"lock_after": 50, "address_lock_after": 500, "delay_after": 500}
+    raw["shares"]["secure"] = {"path": "data/secure", "writers": ["*"], "require": ["password", "totp"]}
+    (inst.home.root / "data/secure").mkdir(exist_ok=True)
+    inst.home.config_file.write_text(yaml.safe_dump(raw))
+
+
+def _enrol(inst: Instance, account: str) -> pyotp.TOTP:
+    out = CliRunner().invoke(main, ["--home", str(inst.home.root), "user", "totp", "enable", account, "--json"])
+    assert out.exit_code == 0, out.output
+    return pyotp.TOTP(json.loads(out.output)["secret"])
+
+
+def _status(inst: Instance, url: str, account: str = "alice", password: str | None = None, **kw: Any) -> int:
+    with session_for(inst, account, password=password, **kw) as s:
+        return s.get(url, timeout=30).status_code
+
+
+def _audit(inst: Instance) -> list[dict[str, Any]]:
+    path = inst.home.state_dir / "audit.log"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def _audit_after(inst: Instance, before: int, n: int) -> list[dict[str, Any]]:
+    """The `n` audit records after the first `before` (a line is written once its answer is sent)."""
+    records = _until(f"{n} audit records", lambda: len(_audit(inst)) >= before + n and _audit(inst), 5)
+    assert len(records) == before + n, records[before:]
+    return list(records[before:])
+
+
+def _lock(inst: Instance, url: str) -> str:
+    with session_for(inst) as s:
+        r = s.request("LOCK", url, data=LOCKINFO, headers={"Depth": "0", "Timeout": "Second-600"}, timeout=30)
+    assert r.status_code in (200, 201), r.status_code
+    return str(r.headers["Lock-Token"]).strip("<>")
+
+
+def _put(inst: Instance, url: str, body: bytes, token: str | None = None) -> int:
+    headers = {"If": f"(<{token}>)"} if token else {}
+    with session_for(inst) as s:
+        return s.put(url, data=body, headers=headers, timeout=30).status_code
+
+
+def test_failover_is_followed_and_codes_and_locks_survive_it(
+    inst: Instance, sentinels: SentinelSet, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="davserver.store.redis")
+    _use_sentinels(inst, sentinels)
+    alice, bob = _enrol(inst, "alice"), _enrol(inst, "bob")
+    old_master, replica = sentinels.redis_ports
+    phone = inst.issue("alice", name="alice-phone")
+    with ExitStack() as stack:
+        n1 = stack.enter_context(running(inst)).url
+        n2 = stack.enter_context(running(inst)).url
+        code = alice.now()
+        assert _status(inst, n1 + "secure/", password=PW + code) == 200
+        token = _lock(inst, n1 + "files/doc.txt")
+        assert _put(inst, n2 + "files/doc.txt", b"sneaky") == 423, "the lock holds on the other node"
+        # the keys are in the URL's database (2), and on the replica: WAIT had it confirm them
+        assert _client(replica, db=2).dbsize() > 0 and _client(replica).dbsize() == 0
+
+        sentinels.kill(old_master)
+        killed = time.monotonic()
+        seen: list[tuple[float, str, int]] = []
+        up = {n1: 0, n2: 0}
+        while min(up.values()) < 3:
+            assert time.monotonic() - killed < 60, f"no failover within 60 s: {seen[-6:]}"
+            for node in (n1, n2):
+                status = _status(inst, node + "files/", password=PW)
+                seen.append((time.monotonic() - killed, node, status))
+                up[node] = up[node] + 1 if status == 200 else 0
+            time.sleep(0.1)
+        assert {status for _, _, status in seen} <= {200, 503}, seen
+        new_master = sentinels.master_port()
+        assert new_master == replica
+        refused = [t for t, _, status in seen if status == 503]
+        print(f"\nfailover: both nodes serve {seen[-1][0]:.1f} s after kill -9 of the master; "
+              f"503 from {refused[0] if refused else 0:.1f} s to {refused[-1] if refused else 0:.1f} s "
+              f"({len(refused)} of {len(seen)} requests)")
+        if refused:
+            reasons = {r.get("reason") for r in _audit(inst) if r.get("status") == 503}
+            assert reasons == {"store_unavailable"}, reasons
+        logs = caplog.text
+        assert f"moved from 127.0.0.1:{old_master} to 127.0.0.1:{replica}" in logs
+
+        # The invariants, on the node that did not see the code or the lock, and on the new master.
+        # The new master never ran the OTP script (replicas get scripts' effects, not the scripts):
+        # the replay below meets NOSCRIPT, and redis-py loads the script and runs it again.
+        otp_sha = hashlib.sha1(_USE_OTP.encode(), usedforsecurity=False).hexdigest()  # Redis's name
+        assert _client(new_master).script_exists(otp_sha) == [False]
+        with session_for(inst, client=phone, password=PW + code) as s:
+            assert s.get(n2 + "secure/", timeout=30).status_code == 401, "a code used before is refused after"
+        assert _client(new_master).script_exists(otp_sha) == [True]
+        assert _put(inst, n2 + "files/doc.txt", b"sneaky") == 423, "a lock taken before is enforced after"
+        assert _put(inst, n1 + "files/doc.txt", b"mine", token) in (200, 201, 204), "its holder still writes"
+
+        # With the only replica promoted, nothing can confirm a new code (state.wait_replicas: 1): 503.
+        before = len(_audit(inst))
+        assert _status(inst, n2 + "secure/", "bob", "bob-secret-pw1" + bob.now()) == 503
+        records = _audit_after(inst, before, 1)
+        assert [(r["status"], r["reason"], r["cert_subject"]) for r in records] == [
+            (503, "store_unavailable", "CN=bob")]
+        # The old master comes back empty; the sentinels make it a replica of the new one.
+        sentinels.start_redis(old_master)
+        _until("the old master is a replica in sync", lambda: sentinels.replicas_in_sync(new_master) >= 1, 60)
+        carol = _enrol(inst, "carol")
+        assert _status(inst, n1 + "secure/", "carol", "carol-secret-pw" + carol.now()) == 200
+        with session_for(inst, client=phone, password=PW + code) as s:
+            assert s.get(n1 + "secure/", timeout=30).status_code == 401, "still refused on the first node"
+
+        # No master at all: every node refuses, audited, and nothing is let through.
+        sentinels.kill(new_master)
+        sentinels.kill(old_master)
+        before = len(_audit(inst))
+        for node in (n1, n2):
+            assert _status(inst, node + "files/", password=PW) == 503
+            with session_for(inst, client=phone, password=PW + code) as s:
+                assert s.get(node + "secure/", timeout=30).status_code == 503
+            assert _put(inst, node + "files/doc.txt", b"sneaky") == 503
+        records = _audit_after(inst, before, 6)
+        assert {r["reason"] for r in records} == {"store_unavailable"}, records
+        assert "no sentinel names a master" in caplog.text
