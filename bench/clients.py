@@ -12,6 +12,7 @@ import contextlib
 import http.client
 import os
 import re
+import resource
 import socket
 import ssl
 import statistics
@@ -19,6 +20,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from servers import BIG_NAME, MANY_NAME, SMALL_NAME, USER, Fixture, Server
@@ -34,8 +36,51 @@ PROPFIND_BODY = (
 _HREF = re.compile(rb"<(?:[A-Za-z0-9]+:)?href>", re.IGNORECASE)
 
 
+def count_hrefs(body: bytes, expected: int) -> int:
+    """The <href> elements of a multistatus answer (one per response).
+
+    Fast path: `expected` open and close tags without attributes make 2 × expected
+    occurrences of b"href>", counted at memchr speed (0.2 ms for 1,000 members instead
+    of the regex's 1.2 ms, CPU the client would take from the server on a shared
+    machine); any other count is checked with the regex.
+    """
+    if body.count(b"href>") == 2 * expected:
+        return expected
+    return len(_HREF.findall(body))
+
+
 class BenchError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class Run:
+    """One timed phase: `count` units of work (requests, connections, bytes) in `seconds`, and the
+    client's own CPU seconds (user + system) spent on them."""
+
+    count: float
+    seconds: float
+    client_cpu: float
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds
+
+    def client_share(self) -> float:
+        """The client's share of the machine's CPUs while it ran (1.0 = every core busy with the client)."""
+        return self.client_cpu / (self.seconds * len(os.sched_getaffinity(0)))
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's reaped children (a client run with subprocess.run: its
+    difference around the run is the client's CPU; no server is reaped during a workload)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _thread_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_THREAD)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _curl(fx: Fixture, *args: str) -> dict[str, str]:
@@ -43,11 +88,13 @@ def _curl(fx: Fixture, *args: str) -> dict[str, str]:
     # HTTP/1.1 for every server: rclone (Go) would otherwise accept curl's ALPN offer of h2, the others speak 1.1.
     cmd = ["curl", "-sS", "--http1.1", "--cacert", str(fx.ca), "--cert", str(fx.client_crt),
            "--key", str(fx.client_key), "-u", f"{USER}:{fx.password}", "-o", "/dev/null", "-w", fmt, *args]
+    cpu0 = _children_cpu()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    cpu = _children_cpu() - cpu0
     if out.returncode != 0:
         raise BenchError(f"curl {' '.join(args)}: {out.stderr.strip()}")
     code, total, down, up = out.stdout.split()
-    return {"code": code, "time": total, "down": down, "up": up}
+    return {"code": code, "time": total, "down": down, "up": up, "cpu": f"{cpu:.3f}"}
 
 
 def warm_up(server: Server) -> None:
@@ -59,15 +106,25 @@ def warm_up(server: Server) -> None:
 
 def get_big(server: Server) -> float:
     """1 GiB (the big file) GET through curl, MB/s."""
+    return get_big_run(server).rate / MB
+
+
+def get_big_run(server: Server) -> Run:
+    """The big file's GET through curl: bytes, seconds (curl's time_total), curl's CPU."""
     fx = server.fx
     r = _curl(fx, server.base + BIG_NAME)
     if r["code"] != "200" or int(r["down"]) != fx.big_size:
         raise BenchError(f"{server.name}: GET answered {r['code']} with {r['down']} bytes")
-    return fx.big_size / float(r["time"]) / MB
+    return Run(fx.big_size, float(r["time"]), float(r["cpu"]))
 
 
 def put_big(server: Server) -> float:
     """PUT of the big file to a new name (curl -T), MB/s including the server's commit; then removed."""
+    return put_big_run(server).rate / MB
+
+
+def put_big_run(server: Server) -> Run:
+    """The big file's PUT (curl -T) to a new name, then removed and sync()ed: bytes, seconds, curl's CPU."""
     fx = server.fx
     name = f"put-{server.name}.bin"
     target = fx.data / name
@@ -75,7 +132,7 @@ def put_big(server: Server) -> float:
         r = _curl(fx, "-T", str(fx.data / BIG_NAME), server.base + name)
         if r["code"] not in ("201", "204") or target.stat().st_size != fx.big_size:
             raise BenchError(f"{server.name}: PUT answered {r['code']}")
-        return fx.big_size / float(r["time"]) / MB
+        return Run(fx.big_size, float(r["time"]), float(r["cpu"]))
     finally:
         target.unlink(missing_ok=True)
         os.sync()  # no dirty pages of this upload are left to slow the next one
@@ -83,10 +140,19 @@ def put_big(server: Server) -> float:
 
 def ab_small(server: Server, seconds: float, concurrency: int = 8) -> float:
     """4 KiB GET, keep-alive, `concurrency` clients for `seconds` (ab -k -t), requests/s."""
+    return ab_small_run(server, seconds, concurrency).rate
+
+
+def ab_small_run(server: Server, seconds: float, concurrency: int = 8) -> Run:
+    """4 KiB GET, keep-alive, `concurrency` clients for `seconds` (ab -k -t): requests, ab's time
+    taken (its N handshakes included), ab's CPU. ab is one C process with one event loop: on this
+    machine the cheapest client there is that speaks TLS with a client certificate."""
     fx = server.fx
     cmd = ["ab", "-q", "-k", "-t", str(seconds), "-n", "10000000", "-c", str(concurrency), "-E", str(fx.client_pem),
            "-A", f"{USER}:{fx.password}", server.base + SMALL_NAME]
+    cpu0 = _children_cpu()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120).stdout
+    cpu = _children_cpu() - cpu0
 
     def field(name: str) -> str:
         m = re.search(rf"^{name}:\s+(\S+)", out, re.MULTILINE)
@@ -98,7 +164,7 @@ def ab_small(server: Server, seconds: float, concurrency: int = 8) -> float:
         raise BenchError(f"{server.name}: ab saw failed or non-2xx responses:\n{out}")
     if int(field("Keep-Alive requests")) < int(field("Complete requests")) * 0.99:
         raise BenchError(f"{server.name}: ab connections were not kept alive:\n{out}")
-    return float(field("Requests per second"))
+    return Run(int(field("Complete requests")), float(field("Time taken for tests")), cpu)
 
 
 # --- Python clients -------------------------------------------------------------
@@ -119,7 +185,7 @@ def _propfind(conn: http.client.HTTPSConnection, path: str, auth: str) -> None:
                  headers={"Depth": "1", "Authorization": auth, "Content-Type": "application/xml"})
     resp = conn.getresponse()
     body = resp.read()
-    entries = len(_HREF.findall(body))
+    entries = count_hrefs(body, 1001)
     if resp.status != 207 or entries < 1001:
         raise BenchError(f"PROPFIND answered {resp.status} with {entries} entries")
 
@@ -130,7 +196,13 @@ def _connect(server: Server, ctx: ssl.SSLContext) -> http.client.HTTPSConnection
 
 def propfind_latency(server: Server, count: int) -> float:
     """PROPFIND Depth 1 on the 1000-file folder, one keep-alive client: median milliseconds."""
+    return propfind_latency_run(server, count)[0]
+
+
+def propfind_latency_run(server: Server, count: int) -> tuple[float, Run]:
+    """The median ms of `count` timed PROPFINDs (after 3 untimed), and the Run of all of them."""
     ctx, auth, path = client_context(server.fx), _auth(server.fx), f"/data/{MANY_NAME}/"
+    t_start, cpu0 = time.perf_counter(), _thread_cpu()
     conn = _connect(server, ctx)
     try:
         for _ in range(3):
@@ -142,13 +214,15 @@ def propfind_latency(server: Server, count: int) -> float:
             times.append((time.perf_counter() - t0) * 1000)
     finally:
         conn.close()
-    return statistics.median(times)
+    return statistics.median(times), Run(count + 3, time.perf_counter() - t_start, _thread_cpu() - cpu0)
 
 
 def _run_threads(clients: int, seconds: float, setup: Callable[[], Any], step: Callable[[Any], None],
-                 teardown: Callable[[Any], None]) -> float:
-    """`clients` threads call step() until `seconds` pass; completed steps per second."""
+                 teardown: Callable[[Any], None]) -> Run:
+    """`clients` threads call step() until `seconds` pass: completed steps, seconds, and the CPU
+    the client threads used in the timed phase (RUSAGE_THREAD of each)."""
     counts = [0] * clients
+    cpu = [0.0] * clients
     errors: list[BaseException] = []
     start = threading.Barrier(clients + 1)
     stop_at = [float("inf")]  # set once every client is connected
@@ -158,9 +232,11 @@ def _run_threads(clients: int, seconds: float, setup: Callable[[], Any], step: C
         try:
             state = setup()
             start.wait()
+            cpu0 = _thread_cpu()
             while time.perf_counter() < stop_at[0]:
                 step(state)
                 counts[i] += 1
+            cpu[i] = _thread_cpu() - cpu0
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
             start.abort()
@@ -180,11 +256,17 @@ def _run_threads(clients: int, seconds: float, setup: Callable[[], Any], step: C
     elapsed = time.perf_counter() - t0
     if errors:
         raise BenchError(f"client failed: {errors[0]!r}")
-    return sum(counts) / elapsed
+    return Run(sum(counts), elapsed, sum(cpu))
 
 
 def propfind_rate(server: Server, seconds: float, clients: int = 4) -> float:
     """PROPFIND Depth 1 on the 1000-file folder, `clients` keep-alive clients: requests/s."""
+    return propfind_rate_run(server, seconds, clients).rate
+
+
+def propfind_rate_run(server: Server, seconds: float, clients: int = 4) -> Run:
+    """PROPFIND Depth 1 on the 1000-file folder, `clients` keep-alive clients (Python threads, each its
+    own connection; every answer checked): requests, seconds, the client threads' CPU."""
     ctx, auth, path = client_context(server.fx), _auth(server.fx), f"/data/{MANY_NAME}/"
 
     def setup() -> http.client.HTTPSConnection:
@@ -197,6 +279,12 @@ def propfind_rate(server: Server, seconds: float, clients: int = 4) -> float:
 
 def new_connections(server: Server, seconds: float, clients: int = 4) -> float:
     """Fresh TCP + full TLS handshake with the client certificate + one 4 KiB GET each: connections/s."""
+    return new_connections_run(server, seconds, clients).rate
+
+
+def new_connections_run(server: Server, seconds: float, clients: int = 4) -> Run:
+    """Fresh TCP + full TLS handshake with the client certificate + one 4 KiB GET each: connections,
+    seconds, the client threads' CPU."""
     fx = server.fx
     ctx = client_context(fx)
     request = (f"GET /data/{SMALL_NAME} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
@@ -240,12 +328,24 @@ class RssSampler:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.peak_kib = 0
+        self.peak_process_kib = 0  # the largest single process (one davserver worker, one Apache child)
+        self.connections: dict[int, int] = {}  # per worker pid, at the sample with the most connections
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        # The process list is read once a second, not every 20 ms: scanning /proc costs the
+        # machine CPU that the server and the client share.
+        pids, listed = self.server.pids(), time.monotonic()
         while True:
-            self.peak_kib = max(self.peak_kib, rss_kib(self.server.pids())[0])
+            if time.monotonic() - listed >= 1.0:
+                pids, listed = self.server.pids(), time.monotonic()
+                conns = self.server.connections()
+                if sum(conns.values()) >= sum(self.connections.values()):
+                    self.connections = conns
+            per_process = [rss_kib([pid])[0] for pid in pids]
+            self.peak_kib = max(self.peak_kib, sum(per_process))
+            self.peak_process_kib = max(self.peak_process_kib, *per_process, 0)
             if self._stop.wait(0.02):
                 return
 
@@ -260,6 +360,10 @@ class RssSampler:
     @property
     def peak_mib(self) -> float:
         return self.peak_kib / 1024
+
+    @property
+    def peak_process_mib(self) -> float:
+        return self.peak_process_kib / 1024
 
 
 def cpu_busy(seconds: float = 2.0) -> float:

@@ -27,7 +27,37 @@ METRICS = [
     Metric("rss_get", "peak RSS during {big} GET", "MiB", higher_better=False),
     Metric("rss_put", "peak RSS during {big} PUT", "MiB", higher_better=False),
     Metric("rss_hwm", "peak RSS over the whole run (VmHWM)", "MiB", higher_better=False),
+    Metric("pss_idle", "PSS at rest, summed over the server's processes", "MiB", higher_better=False),
+    Metric("rss_get_process", "peak RSS of the largest process during {big} GET", "MiB", higher_better=False),
+    Metric("rss_put_process", "peak RSS of the largest process during {big} PUT", "MiB", higher_better=False),
+    Metric("rss_hwm_process", "VmHWM of the largest process over the whole run", "MiB", higher_better=False),
+    Metric("cpu_get_big", "server CPU per GiB sent ({big} GET)", "s/GiB", higher_better=False),
+    Metric("cpu_put_big", "server CPU per GiB received ({big} PUT)", "s/GiB", higher_better=False),
+    Metric("cpu_get_small", "server CPU per 4 KiB GET (8 keep-alive clients)", "ms/req", higher_better=False),
+    Metric("cpu_propfind_ms", "server CPU per PROPFIND Depth 1, 1000 files, 1 client", "ms/req", higher_better=False),
+    Metric("cpu_propfind_rps", "server CPU per PROPFIND Depth 1, 1000 files, 4 clients", "ms/req",
+           higher_better=False),
+    Metric("cpu_new_conn", "server CPU per new TLS connection + 4 KiB GET", "ms/conn", higher_better=False),
+    Metric("client_cpu_get_small", "client (ab) CPU per 4 KiB GET", "ms/req", higher_better=False),
+    Metric("client_cpu_propfind_rps", "client (Python) CPU per PROPFIND, 4 clients", "ms/req", higher_better=False),
+    Metric("client_cpu_new_conn", "client (Python) CPU per new connection", "ms/conn", higher_better=False),
+    Metric("client_share_get_big", "client (curl) share of all CPUs, {big} GET", "%", higher_better=False),
+    Metric("client_share_put_big", "client (curl) share of all CPUs, {big} PUT", "%", higher_better=False),
+    Metric("client_share_get_small", "client (ab) share of all CPUs, 4 KiB GET", "%", higher_better=False),
+    Metric("client_share_propfind_rps", "client (Python) share of all CPUs, PROPFIND 4 clients", "%",
+           higher_better=False),
+    Metric("client_share_new_conn", "client (Python) share of all CPUs, new connections", "%", higher_better=False),
 ]
+
+#: Workloads whose rate is projected to an N-core machine from the server CPU per request:
+#: (rate metric, CPU metric, title).
+PROJECTED = [
+    ("get_small", "cpu_get_small", "4 KiB GET, keep-alive"),
+    ("propfind_rps", "cpu_propfind_rps", "PROPFIND Depth 1, 1000 files"),
+    ("new_conn", "cpu_new_conn", "new TLS connection + 4 KiB GET"),
+]
+#: Servers that serve from one Python process: one interpreter lock, so at most about one core.
+ONE_CORE = ("wsgidav",)
 
 SERVERS = [("davserver", "davserver"), ("wsgidav", "stock WsgiDAV"), ("apache", "Apache httpd"),
            ("rclone", "rclone serve"), ("openssl", "openssl s_server")]
@@ -56,9 +86,10 @@ TARGETS = [
            fallback_text="PROPFIND Depth 1 (1000 files) ≤ 16 ms (fixed: rclone not measured)"),
     Target("PROPFIND Depth 1 (1000 files) ≥ 100 req/s, 4 clients", "propfind_rps", 100),
     Target("new TLS connections ≥ 1.1 × Apache", "new_conn", 1.1, "apache"),
-    Target("RSS < 64 MiB during 1 GiB GET", "rss_get", 64, at_most=True),
-    Target("RSS < 64 MiB during 1 GiB PUT", "rss_put", 64, at_most=True),
-    Target("RSS < 64 MiB over the whole run (VmHWM)", "rss_hwm", 64, at_most=True),
+    # Per process: with server.workers > 1 every worker is one, each under the same bound.
+    Target("RSS < 64 MiB during 1 GiB GET (largest process)", "rss_get_process", 64, at_most=True),
+    Target("RSS < 64 MiB during 1 GiB PUT (largest process)", "rss_put_process", 64, at_most=True),
+    Target("RSS < 64 MiB over the whole run (VmHWM, largest process)", "rss_hwm_process", 64, at_most=True),
 ]
 
 
@@ -108,6 +139,29 @@ def check_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def projection(summary: dict[str, Any], cpus: int, dav_workers: int, cores: int = 16) -> list[dict[str, Any]]:
+    """Each server's rate on a `cores`-core machine, if the workload stays CPU-bound.
+
+    projected = cores / (server CPU seconds per request): every core busy with the server, at the
+    CPU per request measured here, and nothing else limiting (disk, network, locks; the client on
+    other machines). A server of one Python process (ONE_CORE) gets at most one core's worth:
+    1 / CPU per request. davserver runs `server.workers` processes (auto: one per core).
+    """
+    rows = []
+    for rate_metric, cpu_metric, title in PROJECTED:
+        for server, s in summary.get(cpu_metric, {}).items():
+            rate = summary.get(rate_metric, {}).get(server)
+            if not rate or not s["median"]:
+                continue
+            per_core = 1000 / s["median"]  # requests per CPU second
+            usable = 1 if server in ONE_CORE else cores
+            rows.append({"workload": title, "metric": rate_metric, "server": server, "measured": rate["median"],
+                         "cpu_ms": s["median"], "cores_used_here": rate["median"] * s["median"] / 1000,
+                         "per_core": per_core, "cores": cores, "projected": per_core * usable,
+                         "one_core": server in ONE_CORE})
+    return rows
+
+
 def _unit(metric: str) -> str:
     return next(m.unit for m in METRICS if m.key == metric)
 
@@ -153,6 +207,28 @@ def markdown(result: dict[str, Any]) -> str:
                 cells.append(f"{r:.2f}" if r is not None else "–")
         title = m.title.format(big=big)
         lines.append(f"| {title} | {m.unit} | " + " | ".join(cells) + " |")
+    proj = result.get("projection") or []
+    if proj:
+        cores = proj[0]["cores"]
+        lines += [
+            "",
+            f"## Projection to {cores} cores",
+            "",
+            f"Measured here on {result.get('cpus', '?')} CPUs with the client on the same machine; davserver "
+            f"ran {result.get('davserver_workers', '?')} worker process(es). Projected = {cores} / server CPU "
+            "seconds per request: assumes the workload stays CPU-bound and scales with cores (every core busy "
+            "with the server at the CPU per request measured here), disk and network not limiting, the clients "
+            "on other machines. Stock WsgiDAV is one Python process: at most one core, so 1 / CPU per request.",
+            "",
+            "| workload | server | measured, req/s | server CPU per request, ms | cores busy here | "
+            f"per core, req/s | projected, {cores} cores, req/s |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        labels = dict(SERVERS)
+        for r in proj:
+            lines.append(f"| {r['workload']} | {labels.get(r['server'], r['server'])} | {_num(r['measured'])} | "
+                         f"{r['cpu_ms']:.2f} | {r['cores_used_here']:.2f} | {_num(r['per_core'])} | "
+                         f"{_num(r['projected'])}{' (one core)' if r['one_core'] else ''} |")
     lines += ["", "## Targets", ""]
     if size != 1 << 30:
         lines += [f"(Measured with a {big} file instead of 1 GiB: indicative only.)", ""]

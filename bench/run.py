@@ -4,6 +4,7 @@
     python bench/run.py --quick        # smoke run: 1 round, 128 MiB file, 3 s phases (~1 min)
     python bench/run.py --rounds 3     # full sizes, 3 rounds
     python bench/run.py --servers davserver,apache --workloads get_small,new_conn
+    python bench/run.py --workers 1    # davserver as one process (default: its server.workers, auto)
 
 Needs curl, ab (apache2-utils), apache2, openssl and rclone (unless --servers leaves it
 out) on PATH and the project installed in the running Python (`pip install -e .`); run
@@ -16,7 +17,12 @@ stopped at the end.
 Workloads run interleaved (davserver, WsgiDAV, Apache, rclone[, openssl], then the next
 workload, and the whole sequence once per round). Results: medians with min-max and
 davserver/peer ratios on stdout, in bench/results.md and bench/results.json
-(bench/results-quick.* for --quick). Before each workload the runner waits, up to
+(bench/results-quick.* for --quick). For every workload the runner also takes the
+server's CPU time (user + system from /proc, summed over its process and all its
+children: Apache's workers, davserver's worker processes; see servers.tree_cpu_seconds)
+and the client's own CPU time, and gives both per unit of work: CPU seconds per GiB,
+milliseconds per request. With them the throughput of a CPU-bound workload on an N-core
+machine is projected (report.projection). Before each workload the runner waits, up to
 --max-wait seconds (180; 0 with --quick), for other processes to leave the CPUs idle.
 Profiles: bench/hotspots.py. See docs/performance.md.
 """
@@ -24,6 +30,7 @@ Profiles: bench/hotspots.py. See docs/performance.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -51,6 +58,7 @@ from servers import (
     Server,
     StockWsgiDAV,
     make_fixture,
+    memory_kib,
     require_tools,
     tool_versions,
 )
@@ -73,7 +81,11 @@ NOTES = [
     "in place (open O_TRUNC, no temp file, no fsync). Go's TLS picks TLS_AES_128_GCM_SHA256 (the others: "
     "TLS_AES_256_GCM_SHA384); curl is held to HTTP/1.1, which all servers speak.",
     "openssl s_server -WWW has no HTTP auth and closes after each response: it is the TLS ceiling for GET.",
-    "RSS of Apache is the sum over its master and worker processes (shared pages counted in each).",
+    "RSS of Apache, and of davserver with several workers, is the sum over the server's processes (shared "
+    "pages counted in each); PSS shares them out, and the RSS targets apply to the largest single process.",
+    "Server CPU is user + system time from /proc/PID/stat of the server's process tree (every thread; children "
+    "that exit are counted through their parent's cutime/cstime), taken around each workload; client CPU is "
+    "curl's and ab's (getrusage of reaped children) or the Python client threads' own (RUSAGE_THREAD).",
     "Stock WsgiDAV runs with 50 cheroot threads (what the wsgidav command uses), davserver with its "
     "configured 32; Apache with Debian's mpm_event settings and unlimited requests per connection; rclone "
     "with its defaults (a goroutine per connection, --vfs-cache-mode off).",
@@ -120,6 +132,7 @@ def main() -> None:
     p.add_argument("--workloads", help="comma-separated subset of get_big,put_big,get_small,propfind,new_conn")
     p.add_argument("--out", type=Path, help="output prefix (default bench/results, bench/results-quick)")
     p.add_argument("--keep", action="store_true", help="keep the temp folder (data, configs, server logs)")
+    p.add_argument("--workers", help="davserver's worker processes: 1, 2, …, or auto (default: its server.workers)")
     p.add_argument("--max-wait", type=float,
                    help="seconds to wait, before each workload, for other processes to leave the CPUs idle "
                         "(default 180, or 0 with --quick)")
@@ -156,23 +169,42 @@ def main() -> None:
         raw[metric][server.name].append(value)
         print(f"  {metric:13} {server.name:10} {value:12,.1f} {unit}", flush=True)
 
-    def with_rss(fn: Callable[[Server], float], rss_metric: str) -> Callable[[Server], float]:
-        def run(server: Server) -> float:
+    Measure = Callable[[Server], tuple[float, clients.Run]]
+
+    def with_rss(fn: Measure, rss_metric: str) -> Measure:
+        def run(server: Server) -> tuple[float, clients.Run]:
             with clients.RssSampler(server) as sampler:
                 value = fn(server)
             record(rss_metric, server, sampler.peak_mib, "MiB peak")
+            record(rss_metric + "_process", server, sampler.peak_process_mib, "MiB peak, largest process")
             return value
         return run
 
+    def rate(fn: Callable[[Server], clients.Run], scale: float = 1.0) -> Measure:
+        def run(server: Server) -> tuple[float, clients.Run]:
+            r = fn(server)
+            return r.rate / scale, r
+        return run
+
+    def latency(server: Server) -> tuple[float, clients.Run]:
+        return clients.propfind_latency_run(server, latency_count)
+
+    MB = 1_000_000
     dav_peers = ("davserver", "wsgidav", "apache", "rclone")
-    # (name, metric, unit, function, servers it applies to)
-    workloads: list[tuple[str, str, str, Callable[[Server], float], tuple[str, ...]]] = [
-        ("get_big", "get_big", "MB/s", with_rss(clients.get_big, "rss_get"), (*dav_peers, "openssl")),
-        ("put_big", "put_big", "MB/s", with_rss(clients.put_big, "rss_put"), dav_peers),
-        ("get_small", "get_small", "req/s", lambda s: clients.ab_small(s, seconds), dav_peers),
-        ("propfind", "propfind_ms", "ms", lambda s: clients.propfind_latency(s, latency_count), dav_peers),
-        ("propfind", "propfind_rps", "req/s", lambda s: clients.propfind_rate(s, seconds), dav_peers),
-        ("new_conn", "new_conn", "conn/s", lambda s: clients.new_connections(s, seconds), dav_peers),
+    # CPU per unit of work, from CPU seconds and a Run's count (bytes, requests, connections)
+    per_gib = ("s/GiB", lambda cpu, count: cpu / (count / 2**30))
+    per_request = ("ms/req", lambda cpu, count: cpu * 1000 / count)
+    # (name, metric, unit, function, servers it applies to, CPU per unit)
+    workloads: list[tuple[str, str, str, Measure, tuple[str, ...], tuple[str, Callable[[float, float], float]]]] = [
+        ("get_big", "get_big", "MB/s", with_rss(rate(clients.get_big_run, MB), "rss_get"), (*dav_peers, "openssl"),
+         per_gib),
+        ("put_big", "put_big", "MB/s", with_rss(rate(clients.put_big_run, MB), "rss_put"), dav_peers, per_gib),
+        ("get_small", "get_small", "req/s", rate(lambda s: clients.ab_small_run(s, seconds)), dav_peers, per_request),
+        ("propfind", "propfind_ms", "ms", latency, dav_peers, per_request),
+        ("propfind", "propfind_rps", "req/s", rate(lambda s: clients.propfind_rate_run(s, seconds)), dav_peers,
+         per_request),
+        ("new_conn", "new_conn", "conn/s", rate(lambda s: clients.new_connections_run(s, seconds)), dav_peers,
+         ("ms/conn", per_request[1])),
     ]
 
     started_at = datetime.now(UTC)
@@ -185,17 +217,23 @@ def main() -> None:
         fx = make_fixture(work, big_size)
         for cls in SERVER_KINDS:
             if wanted_servers is None or cls.name in wanted_servers:
-                server = cls(fx)
+                server = cls(fx, workers=args.workers) if cls is DavServerProc else cls(fx)
                 server.start()
                 servers.append(server)
-                print(f"bench: {server.label} on port {server.port}", flush=True)
+                print(f"bench: {server.label} on port {server.port}, {len(server.worker_pids())} "
+                      f"serving process(es) of {len(server.pids())}", flush=True)
         for rnd in range(1, rounds + 1):
             print(f"round {rnd}/{rounds}", flush=True)
             for server in servers:
                 if server.name != "openssl":
                     clients.warm_up(server)
                 record("rss_idle", server, clients.rss_kib(server.pids())[0] / 1024, "MiB")
-            for name, metric, unit, fn, applies in workloads:
+                pss = 0
+                for pid in server.pids():
+                    with contextlib.suppress(OSError):
+                        pss += memory_kib(pid)["pss"]
+                record("pss_idle", server, pss / 1024, "MiB")
+            for name, metric, unit, fn, applies, (cpu_unit, per_unit) in workloads:
                 if wanted_work is not None and name not in wanted_work:
                     continue
                 wait_quiet()
@@ -203,10 +241,20 @@ def main() -> None:
                     if server.name in applies:
                         if server.name != "openssl":
                             clients.warm_up(server)
-                        record(metric, server, fn(server), unit)
+                        cpu0 = server.cpu_seconds()
+                        value, r = fn(server)
+                        cpu = server.cpu_seconds() - cpu0
+                        record(metric, server, value, unit)
+                        record("cpu_" + metric, server, per_unit(cpu, r.count), f"{cpu_unit} server CPU")
+                        record("client_cpu_" + metric, server, per_unit(r.client_cpu, r.count),
+                               f"{cpu_unit} client CPU")
+                        record("client_share_" + metric, server, 100 * r.client_share(), "% of all CPUs: client")
         for server in servers:
             record("rss_hwm", server, clients.rss_kib(server.pids())[1] / 1024, "MiB VmHWM")
+            record("rss_hwm_process", server, max(clients.rss_kib([pid])[1] for pid in server.pids()) / 1024,
+                   "MiB VmHWM, largest process")
     finally:
+        dav_workers = next((len(s.worker_pids()) for s in servers if s.name == "davserver"), 0)
         for server in servers:
             server.stop()
         if args.keep:
@@ -223,10 +271,13 @@ def main() -> None:
         "big_size": big_size,
         "seconds": seconds,
         "propfind_latency_requests": latency_count,
+        "cpus": len(os.sched_getaffinity(0)),
+        "davserver_workers": dav_workers,
         "machine": host,
         "raw": raw,
         "summary": summary,
         "ratios": report.ratios(summary),
+        "projection": report.projection(summary, len(os.sched_getaffinity(0)), dav_workers),
         "targets": report.check_targets(summary),
         "background_cpu": busy_log,
         "notes": [*NOTES, f"CPU busy with other work just before each workload (servers idle): median "

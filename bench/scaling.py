@@ -6,6 +6,8 @@ the file's size, and the 4 KiB GET rate with the number of keep-alive clients.
     python bench/scaling.py --servers davserver,apache      # peers too (openssl s_server: GET only)
     python bench/scaling.py --workloads propfind --members 100,1000,5000
     python bench/scaling.py --plot-only    # redraw the PNGs (and the .md) from bench/scaling.json
+    python bench/scaling.py --workloads workers             # worker processes: 1, 2, auto → bench/scaling-workers.*
+    python bench/scaling.py --workloads workers --worker-counts 1,2,4,auto
 
 Costs must grow linearly with members and bytes, and the request rate must not fall as
 clients are added. Measured (davserver's default configuration, full stack: client
@@ -22,6 +24,17 @@ certificate, password, audit log, started by bench/servers.py as in bench/run.py
 3. 4 KiB GET, `ab -k` with 1, 8, 32 and 128 clients for 10 s: req/s, median over 3
    interleaved rounds; server RSS. davserver has 32 worker threads by default, so beyond
    32 clients requests queue for a worker (idle keep-alive connections hold none).
+4. Worker processes (`server.workers`, given as `serve --workers`): 1, 2 and auto (one
+   per usable CPU), each with (a) 4 KiB GET, `ab -k -c 8`, and (b) PROPFIND Depth 1 of
+   the 1,000-file folder with 4 keep-alive clients, 10 s each, 3 interleaved rounds.
+   Per point: req/s; the server's CPU seconds per request (user + system of the
+   supervisor and every worker, from /proc) and how many cores it kept busy; each
+   worker's share of that CPU and of the connections (a shared accept socket may hand
+   them out unevenly); the client's own CPU share of the machine (it runs on the same
+   cores); RSS and PSS of every worker and of the supervisor, after the start and
+   after the load. Verdicts: 2 workers ≥ 1.6 × 1 worker on both workloads. Written to
+   bench/scaling-workers.* and docs/img/scaling-workers.png unless other workloads run
+   with it.
 
 Every point gets a freshly started server, warmed with one authenticated GET, so each
 point starts from the same state (memory, caches) whatever ran before it. Server RSS is VmRSS summed over the
@@ -71,7 +84,9 @@ from servers import (
     StockWsgiDAV,
     _write_random,
     make_fixture,
+    memory_kib,
     require_tools,
+    tree_cpu_seconds,
 )
 
 BENCH = Path(__file__).resolve().parent
@@ -88,7 +103,12 @@ SERVER_KINDS: dict[str, type[Server]] = {
 }
 DAV_PEERS = ("davserver", "wsgidav", "apache")  # openssl s_server: no auth, no keep-alive, no PUT or PROPFIND
 LABELS = dict(report.SERVERS)
-WORKLOADS = ("propfind", "transfer", "concurrency")
+WORKLOADS = ("propfind", "transfer", "concurrency", "workers")
+WORKER_COUNTS = ("1", "2", "auto")
+WORKER_KINDS = ("get", "propfind")  # 4 KiB GET with WORKER_GET_CLIENTS, PROPFIND Depth 1 of 1,000 with 4
+WORKER_GET_CLIENTS = 8
+WORKER_PROPFIND_CLIENTS = 4
+WORKERS_TARGET = 1.6  # 2 workers against 1, both workloads (issue 16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,8 +116,10 @@ class Params:
     members: tuple[int, ...]
     sizes: tuple[int, ...]  # bytes
     seconds: float  # each ab phase
-    rounds: int  # of the concurrency sweep
+    rounds: int  # of the concurrency sweep and of the workers sweep
     quick: bool
+    worker_counts: tuple[str, ...] = WORKER_COUNTS
+    workers: str | None = None  # davserver's workers for the other sweeps (None: its configuration's)
 
     def propfind_requests(self, members: int) -> tuple[int, int]:
         """(warm-up, timed) requests: fewer for big folders, whose answers take seconds."""
@@ -141,9 +163,10 @@ def rss_mib(server: Server) -> float:
 
 
 @contextlib.contextmanager
-def fresh(cls: type[Server], fx: Fixture) -> Iterator[Server]:
-    """A newly started server, warmed up (credential cache filled), stopped on the way out."""
-    server = cls(fx)
+def fresh(cls: type[Server], fx: Fixture, workers: str | None = None) -> Iterator[Server]:
+    """A newly started server, warmed up (credential cache filled), stopped on the way out.
+    `workers` goes to davserver (`serve --workers`); None keeps its configuration's."""
+    server = DavServerProc(fx, workers=workers) if cls is DavServerProc else cls(fx)
     try:
         server.start()
         if server.name != "openssl":
@@ -166,7 +189,7 @@ def _propfind(conn: http.client.HTTPSConnection, path: str, auth: str, members: 
     )
     resp = conn.getresponse()
     body = resp.read()
-    entries = len(clients._HREF.findall(body))
+    entries = clients.count_hrefs(body, members + 1)
     if resp.status != 207 or entries != members + 1:
         raise clients.BenchError(f"PROPFIND of {members} members answered {resp.status} with {entries} entries")
     return len(body)
@@ -220,6 +243,49 @@ def measure_rate(server: Server, concurrency: int, seconds: float) -> dict[str, 
     return {"rps": rps, "rss_idle_mib": idle, "rss_peak_mib": sampler.peak_mib}
 
 
+def _memory(server: Server) -> dict[str, Any]:
+    """RSS, PSS and USS (KiB) of the supervisor (None with one process) and of each worker."""
+    assert server.proc is not None
+    workers = server.worker_pids()
+    supervisor = None if workers == [server.proc.pid] else memory_kib(server.proc.pid)
+    return {"supervisor": supervisor, "workers": [memory_kib(pid) for pid in workers]}
+
+
+def measure_workers(server: Server, kind: str, seconds: float) -> dict[str, Any]:
+    """One workload against davserver with some worker processes: rate, CPU (server, per worker,
+    client), connections per worker, memory per worker."""
+    workers = server.worker_pids()
+    idle = _memory(server)
+    cpu0, each0 = server.cpu_seconds(), [tree_cpu_seconds([pid]) for pid in workers]
+    with clients.RssSampler(server) as sampler:
+        if kind == "get":
+            run = clients.ab_small_run(server, seconds, WORKER_GET_CLIENTS)
+        else:
+            run = clients.propfind_rate_run(server, seconds, WORKER_PROPFIND_CLIENTS)
+    cpu = server.cpu_seconds() - cpu0
+    each = [tree_cpu_seconds([pid]) - c for pid, c in zip(workers, each0, strict=True)]
+    if server.worker_pids() != workers:
+        raise clients.BenchError(f"worker processes changed during the point: {workers} → {server.worker_pids()}")
+    return {
+        "workers_n": len(workers),
+        "clients": WORKER_GET_CLIENTS if kind == "get" else WORKER_PROPFIND_CLIENTS,
+        "rps": run.rate,
+        "requests": run.count,
+        "seconds": run.seconds,
+        "server_cpu": cpu,
+        "cpu_ms": cpu * 1000 / run.count,
+        "server_cores": cpu / run.seconds,
+        "worker_cpu": each,
+        "connections": [sampler.connections.get(pid, 0) for pid in workers],
+        "client_cpu": run.client_cpu,
+        "client_ms": run.client_cpu * 1000 / run.count,
+        "client_share": run.client_share(),
+        "memory_idle": idle,
+        "memory_loaded": _memory(server),
+        "rss_peak_mib": sampler.peak_mib,
+    }
+
+
 # --- the run ---------------------------------------------------------------------
 
 
@@ -242,13 +308,20 @@ class Runner:
         return busy
 
     def point(
-        self, workload: str, name: str, fx: Fixture, key: dict[str, Any], measure: Callable[[Server], dict[str, Any]]
+        self,
+        workload: str,
+        name: str,
+        fx: Fixture,
+        key: dict[str, Any],
+        measure: Callable[[Server], dict[str, Any]],
+        workers: str | None = None,
     ) -> None:
-        """One fresh server of kind `name`, measured by measure(server)."""
+        """One fresh server of kind `name` (davserver: with `workers`, default the sweep's), measured by
+        measure(server)."""
         busy = self.wait_quiet()
         t0 = time.monotonic()
         try:
-            with fresh(SERVER_KINDS[name], fx) as server:
+            with fresh(SERVER_KINDS[name], fx, workers or self.params.workers) as server:
                 record = measure(server)
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:  # BenchError is a RuntimeError
             record = {"error": str(exc)}
@@ -320,7 +393,36 @@ class Runner:
                         )
 
 
+    def workers(self) -> None:
+        print("worker processes", flush=True)
+        for rnd in range(1, self.params.rounds + 1):
+            for kind in WORKER_KINDS:
+                for w in self.params.worker_counts:
+                    self.point(
+                        "workers",
+                        "davserver",
+                        self.fx,
+                        {"workers": w, "kind": kind, "round": rnd},
+                        functools.partial(measure_workers, kind=kind, seconds=self.params.seconds),
+                        workers=w,
+                    )
+
+
+def _mib(kib: float) -> float:
+    return kib / 1024
+
+
 def describe(workload: str, e: dict[str, Any]) -> str:
+    if workload == "workers":
+        mem = "/".join(f"{_mib(m['rss']):.0f}:{_mib(m['pss']):.0f}" for m in e["memory_loaded"]["workers"])
+        return (
+            f"workers {e['workers']:>4} ({e['workers_n']}) {e['kind']:8} {e['rps']:8,.1f} req/s  "
+            f"server {e['cpu_ms']:.2f} ms CPU/req, {e['server_cores']:.2f} cores  "
+            f"per worker CPU {'/'.join(f'{c:.1f}' for c in e['worker_cpu'])} s, "
+            f"connections {'/'.join(str(c) for c in e['connections'])}  "
+            f"client {e['client_share']:.0%} of CPUs  "
+            f"worker RSS:PSS {mem} MiB"
+        )
     if workload == "propfind":
         return (
             f"{e['server']:10} {e['members']:>6,} members {e['median_ms']:10,.1f} ms "
@@ -345,6 +447,47 @@ def describe(workload: str, e: dict[str, Any]) -> str:
 def summarize(raw: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
     """Per server and x: the numbers the tables and plots show (errors left out)."""
     ok = {w: [e for e in raw.get(w, []) if "error" not in e] for w in WORKLOADS}
+    wgroups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for e in ok["workers"]:
+        wgroups.setdefault((e["workers"], e["kind"]), []).append(e)
+    workers = []
+    for (w, kind), es in wgroups.items():
+        rps = [e["rps"] for e in es]
+        loaded = [m for e in es for m in e["memory_loaded"]["workers"]]
+        idle = [m for e in es for m in e["memory_idle"]["workers"]]
+        sup = [e["memory_loaded"]["supervisor"] for e in es if e["memory_loaded"]["supervisor"]]
+        shares = [max(e["worker_cpu"]) / max(1e-9, sum(e["worker_cpu"])) for e in es]
+        workers.append(
+            {
+                "server": "davserver",
+                "workers": w,
+                "workers_n": es[0]["workers_n"],
+                "kind": kind,
+                "clients": es[0]["clients"],
+                "median": statistics.median(rps),
+                "min": min(rps),
+                "max": max(rps),
+                "n": len(rps),
+                "cpu_ms": statistics.median(e["cpu_ms"] for e in es),
+                "server_cores": statistics.median(e["server_cores"] for e in es),
+                "client_ms": statistics.median(e["client_ms"] for e in es),
+                "client_share": statistics.median(e["client_share"] for e in es),
+                "busiest_worker_share": statistics.median(shares),
+                "connections": [e["connections"] for e in es],
+                "worker_rss": statistics.median(_mib(m["rss"]) for m in loaded),
+                "worker_pss": statistics.median(_mib(m["pss"]) for m in loaded),
+                "worker_uss": statistics.median(_mib(m["uss"]) for m in loaded),
+                "worker_rss_idle": statistics.median(_mib(m["rss"]) for m in idle),
+                "worker_pss_idle": statistics.median(_mib(m["pss"]) for m in idle),
+                "supervisor_rss": statistics.median(_mib(m["rss"]) for m in sup) if sup else None,
+                "supervisor_pss": statistics.median(_mib(m["pss"]) for m in sup) if sup else None,
+                "total_pss": statistics.median(
+                    _mib(sum(m["pss"] for m in e["memory_loaded"]["workers"])
+                         + (e["memory_loaded"]["supervisor"] or {"pss": 0})["pss"])
+                    for e in es
+                ),
+            }
+        )
     transfer = []
     for e in ok["transfer"]:
         transfer.append(
@@ -397,6 +540,7 @@ def summarize(raw: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, 
         "propfind": sorted(propfind, key=lambda r: (r["server"], r["members"])),
         "transfer": sorted(transfer, key=lambda r: (r["server"], r["op"], r["size"])),
         "concurrency": sorted(conc, key=lambda r: (r["server"], r["clients"])),
+        "workers": sorted(workers, key=lambda r: (r["kind"], r["workers_n"], r["workers"] == "auto")),
     }
 
 
@@ -463,6 +607,24 @@ def verdicts(summary: dict[str, list[dict[str, Any]]]) -> list[dict[str, str]]:
                 f"{top['rss_peak']:.0f} vs {tr[0]['rss_peak']:.0f} MiB ({grow:+.1f})",
                 "flat (streamed)" if grow < 16 else "**grows with size**",
             )
+        for kind, title in (("get", "4 KiB GET keep-alive"), ("propfind", "PROPFIND Depth 1 of 1,000, 4 clients")):
+            wk = {r["workers"]: r for r in _rows(summary.get("workers", []), server, kind=kind)}
+            if "1" not in wk:
+                continue
+            for w, r in wk.items():
+                if w == "1":
+                    continue
+                ratio = r["median"] / wk["1"]["median"]
+                target = w == "2" or (w == "auto" and r["workers_n"] == 2)
+                add(
+                    f"{title}: {w} workers ({r['workers_n']} processes) vs 1",
+                    server,
+                    f"{r['median']:,.1f} vs {wk['1']['median']:,.1f} req/s: ratio {ratio:.2f}",
+                    (f"**met** (≥ {WORKERS_TARGET})" if ratio >= WORKERS_TARGET
+                     else f"**not met** (< {WORKERS_TARGET})")
+                    if target
+                    else f"{ratio / r['workers_n']:.2f} of linear",
+                )
         cc = {r["clients"]: r for r in _rows(summary["concurrency"], server)}
         for hi in (32, 128):
             if hi in cc and 8 in cc:
@@ -573,6 +735,9 @@ def markdown(result: dict[str, Any], pngs: dict[str, Path], md_dir: Path) -> str
                 f"| {r['clients']} | {label(r['server'])} | {_range(r)} | {r['rss_idle']:.0f} → {r['rss_peak']:.0f} |"
             )
         lines += image("concurrency", "4 KiB GET rate and RSS against keep-alive clients")
+    if s.get("workers"):
+        lines += workers_markdown(result, s["workers"])
+        lines += image("workers", "requests per second against worker processes, with the CPU-bound projection")
     if result["verdicts"]:
         lines += [
             "",
@@ -602,6 +767,79 @@ def markdown(result: dict[str, Any], pngs: dict[str, Path], md_dir: Path) -> str
             f"{statistics.median(busy):.0%}, max {max(busy):.0%}.",
         ]
     return "\n".join(lines) + "\n"
+
+
+PROJECT_CORES = 16
+
+
+def workers_markdown(result: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """The worker-process tables: rates and CPU, memory, and the projection to PROJECT_CORES cores."""
+    p = result["params"]
+    base = {r["kind"]: r for r in rows if r["workers"] == "1"}
+    titles = {"get": f"4 KiB GET, ab -k -c {WORKER_GET_CLIENTS}",
+              "propfind": f"PROPFIND Depth 1, 1,000 files, {WORKER_PROPFIND_CLIENTS} clients"}
+    lines = [
+        "",
+        "## Worker processes (server.workers)",
+        "",
+        f"davserver started with `serve --workers W` for W in {', '.join(p.get('worker_counts', WORKER_COUNTS))} "
+        f"(auto: one per usable CPU, {next((r['workers_n'] for r in rows if r['workers'] == 'auto'), '?')} here); "
+        f"{p['seconds']:g} s per point, median (min–max) over {p['rounds']} interleaved round(s), a fresh server "
+        "for every point. Server CPU: user + system seconds of the supervisor and all its workers (/proc), per "
+        "request; cores busy = server CPU / elapsed. Busiest worker: its share of the server's CPU (1/W is an even "
+        "spread). Connections per worker: the keep-alive connections each worker held (one list per round). "
+        "Client: the load generator's own CPU (ab, a C event loop; the PROPFIND client is 4 Python threads) as "
+        "a share of all the machine's CPUs, which it shares with the server.",
+        "",
+        "| workload | workers | req/s | × 1 worker | server CPU, ms/req | cores busy | busiest worker | "
+        "connections per worker | client CPU, ms/req | client share of CPUs |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        ratio = r["median"] / base[r["kind"]]["median"] if r["kind"] in base else float("nan")
+        conns = "; ".join("/".join(str(c) for c in cs) for cs in r["connections"])
+        lines.append(
+            f"| {titles[r['kind']]} | {r['workers']} ({r['workers_n']}) | {_range(r)} | {ratio:.2f} | "
+            f"{r['cpu_ms']:.2f} | {r['server_cores']:.2f} | {r['busiest_worker_share']:.0%} | {conns} | "
+            f"{r['client_ms']:.3f} | {r['client_share']:.0%} |"
+        )
+    lines += [
+        "",
+        "Memory per worker process: median over the workers of every point of the row, just after the start "
+        "(one authenticated GET served) and after the load. PSS shares each shared page among the processes "
+        "that map it, so the PSS of the supervisor and the workers adds up to what the server really uses; "
+        "USS is the worker's private memory, what one more worker adds.",
+        "",
+        "| workload | workers | RSS per worker, MiB | PSS per worker, MiB | USS per worker, MiB | "
+        "supervisor RSS / PSS, MiB | total PSS, MiB |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        sup = "–" if r["supervisor_rss"] is None else f"{r['supervisor_rss']:.1f} / {r['supervisor_pss']:.1f}"
+        lines.append(
+            f"| {titles[r['kind']]} | {r['workers']} ({r['workers_n']}) | {r['worker_rss_idle']:.1f} → "
+            f"{r['worker_rss']:.1f} | {r['worker_pss_idle']:.1f} → {r['worker_pss']:.1f} | {r['worker_uss']:.1f} | "
+            f"{sup} | {r['total_pss']:.1f} |"
+        )
+    lines += [
+        "",
+        f"Projection to {PROJECT_CORES} cores: {PROJECT_CORES} workers (auto), each request costing the server "
+        "CPU measured in the row; assumes the work stays CPU-bound and spreads evenly over the workers, the "
+        "disk and the network do not limit, the clients run elsewhere, and the state store (SQLite's one "
+        "writer, or Redis) keeps up. Per core = 1,000 / server CPU ms per request.",
+        "",
+        f"| workload | from | server CPU, ms/req | per core, req/s | projected, {PROJECT_CORES} cores, req/s |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r["workers"] == "auto":
+            continue
+        per_core = 1000 / r["cpu_ms"]
+        lines.append(
+            f"| {titles[r['kind']]} | {r['workers']} worker(s) | {r['cpu_ms']:.2f} | {_num(per_core)} | "
+            f"{_num(per_core * PROJECT_CORES)} |"
+        )
+    return lines
 
 
 # --- plots -----------------------------------------------------------------------
@@ -751,14 +989,61 @@ def plot(result: dict[str, Any], pngs: dict[str, Path]) -> list[Path]:
         ax2.set_ylabel("MiB")
         ax2.set_title("server peak RSS")
         save(fig, "concurrency", "4 KiB GET keep-alive rate against clients")
+    if s.get("workers"):
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+        kinds = (("get", f"4 KiB GET, {WORKER_GET_CLIENTS} keep-alive clients"),
+                 ("propfind", f"PROPFIND Depth 1 of 1,000, {WORKER_PROPFIND_CLIENTS} clients"))
+        for ax, (kind, title) in zip(axes[:2], kinds, strict=True):
+            rows = [r for r in s["workers"] if r["kind"] == kind and r["workers"] != "auto"]
+            auto = [r for r in s["workers"] if r["kind"] == kind and r["workers"] == "auto"]
+            if not rows:
+                continue
+            errbar(ax, [dict(r, x=r["workers_n"]) for r in rows], "x", color="tab:blue",
+                   label="measured, median (min–max)")
+            for r in auto:
+                ax.plot([r["workers_n"]], [r["median"]], marker="D", color="tab:purple", ls="",
+                        label=f"auto ({r['workers_n']}), measured")
+            best = min(rows, key=lambda r: r["cpu_ms"] if r["workers_n"] > 1 else float("inf"))
+            xs = [1, 2, 4, 8, PROJECT_CORES]
+            ax.plot(xs, [x * 1000 / best["cpu_ms"] for x in xs], ls="--", color="tab:gray",
+                    label=f"CPU-bound projection: N × 1000 / {best['cpu_ms']:.2f} ms")
+            one = next((r for r in rows if r["workers"] == "1"), None)
+            if one:
+                ax.plot(xs, [one["median"] * x for x in xs], ls=":", color="tab:blue", alpha=0.5,
+                        label="linear from 1 worker")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ticks(ax, xs, [str(x) for x in xs])
+            ax.axvline(result["params"].get("cpus", 2), color="tab:red", ls=":", alpha=0.4,
+                       label="cores of this machine")
+            ax.set_xlabel("worker processes")
+            ax.set_ylabel("requests/s (log)")
+            ax.set_title(title)
+            ax.grid(True, which="major", alpha=0.3)
+            ax.legend(fontsize=7)
+        ax = axes[2]
+        mem = [r for r in s["workers"] if r["kind"] == "propfind"] or s["workers"]
+        labels = [f"{r['workers']} ({r['workers_n']})" for r in mem]
+        xs = list(range(len(mem)))
+        ax.bar([x - 0.2 for x in xs], [r["worker_rss"] for r in mem], width=0.2, label="RSS per worker")
+        ax.bar(xs, [r["worker_pss"] for r in mem], width=0.2, label="PSS per worker")
+        ax.bar([x + 0.2 for x in xs], [r["total_pss"] for r in mem], width=0.2, label="total PSS (+ supervisor)")
+        ax.set_xticks(xs)
+        ax.set_xticklabels(labels)
+        ax.set_xlabel("workers (processes)")
+        ax.set_ylabel("MiB")
+        ax.set_title("memory after the PROPFIND load")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+        save(fig, "workers", "Worker processes: request rate and memory")
     return written
 
 
-def finish(result: dict[str, Any], out: Path, img_dir: Path) -> None:
+def finish(result: dict[str, Any], out: Path, img_dir: Path, stem: str) -> None:
     """Summaries, verdicts, PNGs, Markdown: all derived from result["raw"], so --plot-only can redo them."""
     result["summary"] = summarize(result["raw"])
     result["verdicts"] = verdicts(result["summary"])
-    pngs = png_paths(img_dir, out.name)
+    pngs = png_paths(img_dir, stem)
     try:
         written = plot(result, pngs)
     except ImportError:
@@ -780,7 +1065,9 @@ def main() -> None:
         default="davserver",
         help="comma-separated subset of davserver,wsgidav,apache,openssl (default davserver)",
     )
-    p.add_argument("--workloads", help="comma-separated subset of propfind,transfer,concurrency (default all)")
+    p.add_argument("--workloads", help="comma-separated subset of propfind,transfer,concurrency,workers (default all)")
+    p.add_argument("--worker-counts", help="server.workers values of the workers sweep (default 1,2,auto)")
+    p.add_argument("--workers", help="davserver's workers in the other sweeps (default: its configuration's)")
     p.add_argument("--members", help="comma-separated folder sizes (default 100,1000,10000,50000)")
     p.add_argument("--sizes", help="comma-separated file sizes in MiB (default 1,16,256,1024,4096)")
     p.add_argument("--rounds", type=int, help="rounds of the concurrency sweep (default 3, or 1 with --quick)")
@@ -796,12 +1083,14 @@ def main() -> None:
         "(default 180, or 0 with --quick)",
     )
     args = p.parse_args()
-    out = args.out or BENCH / ("scaling-quick" if args.quick else "scaling")
+    only_workers = args.workloads == "workers"  # its own files: the other sweeps' results stay as they are
+    stem = "scaling-quick" if args.quick else "scaling"
+    out = args.out or BENCH / (stem.replace("scaling", "scaling-workers") if only_workers else stem)
     img_dir = args.img_dir or (BENCH if args.quick else DOCS_IMG)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     if args.plot_only:
-        finish(json.loads(out.with_suffix(".json").read_text()), out, img_dir)
+        finish(json.loads(out.with_suffix(".json").read_text()), out, img_dir, stem)
         return
 
     base = QUICK if args.quick else FULL
@@ -811,6 +1100,8 @@ def main() -> None:
         sizes=tuple(int(float(x) * MiB) for x in args.sizes.split(",")) if args.sizes else base.sizes,
         rounds=args.rounds or base.rounds,
         seconds=args.seconds or base.seconds,
+        worker_counts=tuple(args.worker_counts.split(",")) if args.worker_counts else base.worker_counts,
+        workers=args.workers,
     )
     servers = args.servers.split(",")
     workloads = args.workloads.split(",") if args.workloads else list(WORKLOADS)
@@ -832,6 +1123,7 @@ def main() -> None:
         "params": {
             **dataclasses.asdict(params),
             "clients": CLIENTS,
+            "cpus": len(os.sched_getaffinity(0)),
             "servers": servers,
             "workloads": workloads,
             "propfind_requests": {m: params.propfind_requests(m) for m in params.members},
@@ -853,7 +1145,7 @@ def main() -> None:
         else:
             shutil.rmtree(work, ignore_errors=True)
     result["elapsed_s"] = time.monotonic() - t_start
-    finish(result, out, img_dir)
+    finish(result, out, img_dir, stem)
     print(f"scaling: {result['elapsed_s'] / 60:.1f} min")
 
 

@@ -8,6 +8,7 @@ try/finally). Output of each server goes to a log file in the work folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -98,14 +99,54 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat after the command name: [0] is the state, [1] the ppid (proc(5))."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def tree_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of the processes and of every child they have reaped.
+
+    `pids` is a whole process tree (`_descendants`). Each live process counts its own
+    utime + stime (all its threads) plus cutime + cstime (children it waited for), so
+    a worker that exits between two readings is not lost: its time moves into its
+    parent's cutime/cstime when the parent reaps it (proc(5), fields 14-17).
+    """
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = _stat_fields(pid)
+        except (OSError, IndexError):
+            continue  # exited meanwhile: its parent's cutime holds it once reaped
+        ticks += sum(int(x) for x in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """{"rss": VmRSS, "pss": Pss, "uss": Private_Clean + Private_Dirty} of one process, KiB
+    (/proc/PID/smaps_rollup; PSS shares each shared page among the processes mapping it,
+    so the PSS of a supervisor and its workers adds up to what they really use)."""
+    out = {"rss": 0, "pss": 0, "uss": 0}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key == "Rss":
+                out["rss"] = int(rest.split()[0])
+            elif key == "Pss":
+                out["pss"] = int(rest.split()[0])
+            elif key in ("Private_Clean", "Private_Dirty"):
+                out["uss"] += int(rest.split()[0])
+    return out
+
+
 def _descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            ppid = int(_stat_fields(int(entry))[1])
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry))
@@ -164,12 +205,51 @@ class Server:
             self.proc.wait(5)
 
     def pids(self) -> list[int]:
-        """The server's process and its children (Apache's workers)."""
+        """The server's process and its children (Apache's workers, davserver's worker processes)."""
         return _descendants(self.proc.pid) if self.proc else []
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds the server has used so far: its process, every
+        child (live, or exited and reaped), all threads. Differences of two readings
+        give the CPU a workload cost the server."""
+        return tree_cpu_seconds(self.pids())
+
+    def worker_pids(self) -> list[int]:
+        """The processes that serve requests: the children of a supervisor (davserver with
+        server.workers > 1), else the server's process itself."""
+        return [self.proc.pid] if self.proc else []
+
+    def connections(self) -> dict[int, int]:
+        """{pid: established TCP connections on the server's port} for each worker process."""
+        inodes = _established_inodes(self.port)
+        out = {}
+        for pid in self.worker_pids():
+            count = 0
+            with contextlib.suppress(OSError):
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                        if link.startswith("socket:[") and link[8:-1] in inodes:
+                            count += 1
+            out[pid] = count
+        return out
 
     @property
     def base(self) -> str:
         return f"https://127.0.0.1:{self.port}/data/"
+
+
+def _established_inodes(port: int) -> set[str]:
+    """Socket inodes of the ESTABLISHED TCP connections whose local port is `port` (/proc/net/tcp, tcp6)."""
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    out.add(fields[9])
+    return out
 
 
 def _accepts(port: int) -> bool:
@@ -181,11 +261,75 @@ def _accepts(port: int) -> bool:
 
 
 class DavServerProc(Server):
+    """`davserver serve` on the fixture's instance; `workers` (1, 2, "auto"), when given, is passed
+    as `--workers` and overrides server.workers (None: the configuration's, i.e. the default)."""
+
     name, label = "davserver", "davserver"
     ready_pattern = r"davserver serving https://127\.0\.0\.1:(\d+)/"
 
+    def __init__(self, fx: Fixture, workers: int | str | None = None) -> None:
+        super().__init__(fx)
+        self.workers = workers
+
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "davserver.cli", "--home", str(self.fx.home), "serve", "--port", "0"]
+        cmd = [sys.executable, "-m", "davserver.cli", "--home", str(self.fx.home), "serve", "--port", "0"]
+        if self.workers is not None:
+            if not serve_has_workers():
+                if str(self.workers) != "1":
+                    raise RuntimeError(f"this davserver's serve has no --workers: cannot run {self.workers} workers")
+                return cmd  # one process is all it can run
+            cmd += ["--workers", str(self.workers)]
+        return cmd
+
+    def start(self, timeout: float = 30.0) -> None:
+        super().start(timeout)
+        self.wait_workers(timeout)
+
+    def expected_workers(self) -> int:
+        """Worker processes the server runs: 1 without a supervisor."""
+        w = self.workers if self.workers is not None else configured_workers(self.fx.home)
+        if not serve_has_workers():
+            return 1
+        return len(os.sched_getaffinity(0)) if str(w) == "auto" else int(w)
+
+    def wait_workers(self, timeout: float) -> None:
+        """Until every worker process listens (the supervisor may answer on the shared socket first)."""
+        want = self.expected_workers()
+        deadline = time.monotonic() + timeout
+        while want > 1 and len(self.worker_pids()) < want:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"davserver: {len(self.worker_pids())} of {want} workers after {timeout:.0f} s")
+            time.sleep(0.05)
+        if want > 1:
+            time.sleep(1.0)  # each worker imports and builds its app after it is started
+
+    def worker_pids(self) -> list[int]:
+        if self.proc is None:
+            return []
+        children = [p for p in _descendants(self.proc.pid) if p != self.proc.pid]
+        return children or [self.proc.pid]
+
+
+def serve_has_workers() -> bool:
+    """Whether this davserver's `serve` takes --workers (the supervisor of server.workers)."""
+    global _SERVE_HAS_WORKERS
+    if _SERVE_HAS_WORKERS is None:
+        out = subprocess.run([sys.executable, "-m", "davserver.cli", "serve", "--help"], capture_output=True, text=True)
+        _SERVE_HAS_WORKERS = "--workers" in out.stdout
+    return _SERVE_HAS_WORKERS
+
+
+_SERVE_HAS_WORKERS: bool | None = None
+
+
+def configured_workers(home: Path) -> int | str:
+    """server.workers of the instance's configuration (its default when the key is absent)."""
+    try:
+        from davserver.config import Home, load_config
+
+        return getattr(load_config(Home(home)).server, "workers", 1)
+    except Exception:  # noqa: BLE001 - an older tree: one process
+        return 1
 
 
 class StockWsgiDAV(Server):
@@ -276,6 +420,10 @@ class Apache(Server):
         conf.write_text(APACHE_CONF.format(dir=folder, port=self.port, modules=modules, data=fx.data, ca=fx.ca,
                                            server_crt=fx.server_crt, server_key=fx.server_key))
         return ["apache2", "-f", str(conf), "-d", str(folder), "-DFOREGROUND"]
+
+    def worker_pids(self) -> list[int]:
+        """mpm_event's child processes (the master accepts no connection)."""
+        return [p for p in self.pids() if self.proc and p != self.proc.pid]
 
 
 class RcloneServe(Server):
