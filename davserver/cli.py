@@ -989,18 +989,41 @@ def _bind_option(ctx: click.Context, param: click.Parameter, value: str | None) 
     return value
 
 
+def _workers_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | str | None:
+    """--workers takes what server.workers takes (config.py): a whole number or auto."""
+    if value is None:
+        return None
+    from .config import _workers
+
+    try:
+        return _workers(value)
+    except ConfigError:
+        raise click.BadParameter(f"{value!r} is not a whole number from 1 to 256 or auto") from None
+
+
 @main.command()
 @click.option("--bind", callback=_bind_option, help="Address to listen on [default: server.bind].")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port [default: server.port].")
+@click.option("--workers", callback=_workers_option, metavar="N|auto",
+              help="Worker processes [default: server.workers].")
 @click.pass_context
 @_handled
-def serve(ctx: click.Context, bind: str | None, port: int | None) -> None:
+def serve(ctx: click.Context, bind: str | None, port: int | None, workers: int | str | None) -> None:
     """Run the server in the foreground."""
     from .server import DavServer, tune_allocator
+    from .supervisor import Supervisor, worker_count
 
     _setup_logging()
+    config = load_config(_home(ctx))
+    count = worker_count(config.server.workers if workers is None else workers)
+    if count > 1:  # a supervisor and `count` worker processes (supervisor.py)
+        supervisor = Supervisor(config, workers=count, bind=bind, port=port)
+        supervisor.start()
+        click.echo(f"davserver serving {_serving(supervisor.bind, supervisor.port)}", err=True)
+        _run(supervisor)
+        return
     tune_allocator()
-    server = DavServer(load_config(_home(ctx)), bind=bind, port=port)
+    server = DavServer(config, bind=bind, port=port)
     server.prepare()
     click.echo(f"davserver serving {_serving(server.bind, server.port)}", err=True)
     _run(server)

@@ -116,6 +116,8 @@ class ServerConfig:
     bind: str = _default("server.bind")
     port: int = _default("server.port")
     threads: int = _default("server.threads")
+    #: Worker processes: a whole number >= 1, or "auto" (supervisor.py ``worker_count``).
+    workers: int | str = _default("server.workers")
     timeout: float = _default("server.timeout")
     keep_alive_limit: int = _default("server.keep_alive_limit")
     shutdown_timeout: float = _default("server.shutdown_timeout")
@@ -508,6 +510,7 @@ def _parse_server(raw: Mapping[str, Any]) -> ServerConfig:
         bind=bind,
         port=_setting(s, "server.port"),
         threads=_setting(s, "server.threads"),
+        workers=_workers(s.get("workers", _default("server.workers"))),
         timeout=_setting(s, "server.timeout"),
         keep_alive_limit=_setting(s, "server.keep_alive_limit"),
         shutdown_timeout=_setting(s, "server.shutdown_timeout"),
@@ -516,6 +519,20 @@ def _parse_server(raw: Mapping[str, Any]) -> ServerConfig:
         listen_backlog=_setting(s, "server.listen_backlog"),
         **_parse_proxy(s),
     )
+
+
+#: The most worker processes server.workers takes.
+MAX_WORKERS = 256
+
+
+def _workers(value: Any) -> int | str:
+    """server.workers: ``auto`` or a whole number from 1 to MAX_WORKERS (``"2"`` is 2)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WORKERS):
+        return value
+    raise ConfigError("server.workers", f"{value!r} is not a whole number from 1 to {MAX_WORKERS} or auto",
+                      "e.g. workers: 2, or workers: auto for one per CPU")
 
 
 def _parse_proxy(s: Mapping[str, Any]) -> dict[str, Any]:

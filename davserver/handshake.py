@@ -767,6 +767,28 @@ class HandshakingServer(wsgi.Server):
     """
 
     handshakes: HandshakeLoop | None = None
+    #: A listening socket bound by another process (the supervisor: supervisor.py) and
+    #: shared by several workers: ``prepare`` serves on it instead of binding its own.
+    inherited_socket: socket.socket | None = None
+
+    def bind(self, family: int, type: int, proto: int = 0) -> Any:  # noqa: A002 - cheroot's signature
+        """cheroot's ``bind`` (``cheroot/server.py:1982``, called from ``prepare``), or with
+        an ``inherited_socket`` that socket as it is."""
+        if self.inherited_socket is None:
+            return super().bind(family, type, proto)
+        sock = self.socket = self.inherited_socket
+        self.bind_addr = self.resolve_real_bind_addr(sock)
+        return sock
+
+    def prepare(self) -> None:
+        """cheroot's ``prepare``; on an ``inherited_socket`` accept() then never waits: the
+        other workers wake for the same connection, and cheroot's 1 s accept timeout
+        (``cheroot/server.py:1861``) would stall this worker's connection loop whenever
+        another one took it (``connections.py`` ``_from_server_socket`` treats EAGAIN as
+        nothing to accept)."""
+        super().prepare()
+        if self.inherited_socket is not None:
+            self.socket.setblocking(False)
 
     def process_conn(self, conn: Any) -> None:
         if self.handshakes is not None and isinstance(conn, TLSConnection) and not conn.handshake_done:

@@ -14,17 +14,16 @@ from typing import Any
 
 from .accounts import AccountsWatcher
 from .audit import AuditLog
-from .cert_lifecycle import check_expiry, reissue_server_certificate
 from .config import Config, ConfigError
 from .dav import build_dav_app
 from .enrolment_listener import EnrolmentListener
 from .enrolment_pages import EnrolmentApp
 from .errors import StartupError
-from .fs import sweep_temp_files
 from .guard import Guard
 from .handshake import HandshakeLoop, HandshakingServer, HeaderPhase, listener_url, raise_open_file_limit
 from .http1 import HTTP1Options, HTTP1Request, Lingerer
 from .limits import Limits
+from .maintenance import InstanceMaintenance, sweep_leftover_uploads
 from .metrics import Metrics, MetricsListener
 from .proxy_protocol import ProxyHeaderError, ProxyPolicy
 from .revocation import RevocationList
@@ -34,7 +33,7 @@ from .tls import CERT_ENVIRON_KEY, DeferredHandshakeAdapter, TLSConnection, crea
 from .tls_refusals import TLSRefusals
 from .watchdog import Watchdog
 
-__all__ = ["DavServer"]
+__all__ = ["DavServer", "check_shares"]
 
 log = logging.getLogger("davserver.server")
 
@@ -42,8 +41,8 @@ log = logging.getLogger("davserver.server")
 #: How often freed heap memory is handed back to the system.
 _TRIM_SECONDS = 5.0
 
-#: How often the server certificate is re-issued when due and expiry is warned about.
-_DAILY_SECONDS = 86400.0
+#: What a DavServer is: the whole server in this process, or one of the supervisor's workers.
+ROLES = ("single", "worker")
 
 
 #: glibc's mallopt parameter for the number of malloc arenas.
@@ -83,27 +82,51 @@ class _Connection(TLSConnection):
     RequestHandlerClass = HTTP1Request
 
 
-def _check_shares(config: Config) -> None:
+def check_shares(config: Config, *, once: bool = True) -> None:
+    """StartupError unless every share's folder exists; with `once` (the single server,
+    the supervisor: not each worker) sweep leftover uploads and warn about shares nobody
+    may use."""
     for name, share in config.shares.items():
         if not share.path.is_dir():
             raise StartupError(f"shares.{name}.path: {share.path} is not a folder (create it or fix the path)")
-        # Leftovers of uploads cut off by a crash. With a shared store other nodes may be
-        # uploading into the same folders, so only old leftovers go then.
-        swept = sweep_temp_files(share.path, older_than=0.0 if config.state.backend == "sqlite" else 300.0)
-        if swept:
-            log.info("share %r: removed %d unfinished upload(s)", name, swept)
+    if not once:
+        return
+    # Leftovers of uploads cut off by a crash (maintenance.py); a worker never sweeps.
+    sweep_leftover_uploads(config)
+    for name, share in config.shares.items():
         if not share.readers and not share.writers:
             log.warning("share %r lists no readers or writers: nobody can use it", name)
 
 
 class DavServer:
-    """One listener. `start()` returns once it accepts connections; `port` is the real port."""
+    """One listener. `start()` returns once it accepts connections; `port` is the real port.
 
-    def __init__(self, config: Config, *, bind: str | None = None, port: int | None = None) -> None:
+    ``role="single"`` (the default, ``server.workers: 1``) is the whole server: it binds
+    its sockets and runs the once-per-instance maintenance (maintenance.py: the sweep of
+    leftover uploads, CRL re-signing, certificate re-issue and expiry warnings).
+    ``role="worker"`` is one of the supervisor's worker processes (supervisor.py): it
+    serves on `listen_socket` (and `enrolment_socket` when ``enrolment.enabled``), bound
+    and listening already, shared with the other workers, never binds, runs none of the
+    once-per-instance maintenance and binds no metrics listener (the supervisor serves
+    the metrics), while it still reloads its own server certificate, accounts and CRL.
+    Raises StartupError (ValueError for an unknown `role`, or a worker without socket).
+    """
+
+    def __init__(self, config: Config, *, bind: str | None = None, port: int | None = None,
+                 listen_socket: socket.socket | None = None, enrolment_socket: socket.socket | None = None,
+                 role: str = "single") -> None:
+        if role not in ROLES:
+            raise ValueError(f"role {role!r} is not one of {ROLES}")
+        if role == "worker" and listen_socket is None:
+            raise ValueError("a worker serves on the supervisor's listen_socket")
         self.config = config
+        self.role = role
         self.bind = bind if bind is not None else config.server.bind
         self._port = port if port is not None else config.server.port
-        _check_shares(config)
+        self._listen_socket = listen_socket
+        if listen_socket is not None:
+            self._port = int(listen_socket.getsockname()[1])
+        check_shares(config, once=role == "single")
         #: The server certificate and key, reloaded when they change on disk (the
         #: enrolment listener attaches its adapter to it too).
         self.server_certificate = ServerCertificate(config.tls)
@@ -148,6 +171,7 @@ class DavServer:
             request_queue_size=config.server.listen_backlog,
             timeout=int(config.server.timeout),
         )
+        self._server.inherited_socket = listen_socket
         self._server.ConnectionClass = _Connection
         http1 = HTTP1Options.from_limits(config.limits, self.audit)
         http1.attach(self._server)  # audits framing refusals
@@ -193,11 +217,17 @@ class DavServer:
         self._serve_error: BaseException | None = None
         self._stopping = threading.Event()
         self._maintenance = threading.Thread(target=self._maintain, name="davserver-maintenance", daemon=True)
+        #: The once-per-instance rounds; None in a worker (the supervisor runs them).
+        self.instance_maintenance: InstanceMaintenance | None = None
+        if role == "single":
+            self.instance_maintenance = InstanceMaintenance(config, self.revocations,
+                                                            on_reissue=self.server_certificate.check)
         #: The enrolment listener (enrolment_listener.py), when ``enrolment.enabled``.
         self.enrolment: EnrolmentListener | None = None
         if config.enrolment.enabled:
             try:
                 self.enrolment = self._enrolment_listener(accounts)
+                self.enrolment._server.inherited_socket = enrolment_socket
             except BaseException:
                 self.audit.close()
                 self.store.close()
@@ -248,10 +278,11 @@ class DavServer:
                 server_not_after=lambda: self.server_certificate.not_after,
                 certs_dir=builtin,
             )
-            self.metrics_listener = MetricsListener(
-                config.metrics, self.metrics, alive=lambda: bool(self._server.ready), ready=self.readiness,
-                request_seconds=config.limits.header_seconds,
-            )
+            if self.role == "single":  # a worker's metrics are served by the supervisor
+                self.metrics_listener = MetricsListener(
+                    config.metrics, self.metrics, alive=lambda: bool(self._server.ready), ready=self.readiness,
+                    request_seconds=config.limits.header_seconds,
+                )
         self.tls_refusals = TLSRefusals(
             self.audit,
             per_address=config.audit.tls_refusals_per_second,
@@ -288,34 +319,21 @@ class DavServer:
         return None if found.allowed else str(found.reason)
 
     def _maintain(self) -> None:
-        """At start and daily: re-issue the server certificate when due, warn about
-        certificates that lapse soon (cert_lifecycle.py). Hourly: keep the CRL fresh.
+        """Alone (``role="single"``): the once-per-instance rounds (maintenance.py: at
+        start and daily the certificate re-issue and expiry warnings, hourly the CRL).
         Every ``tls.reload_seconds``: pick up a changed server certificate. Every few
         seconds: hand freed memory back."""
-        crl_due = lifecycle_due = 0.0
         reload_due = time.monotonic() + self.config.tls.reload_seconds
         while True:
             now = time.monotonic()
-            if now >= lifecycle_due:
-                lifecycle_due = now + _DAILY_SECONDS
-                try:
-                    if reissue_server_certificate(self.config) == "reissued":
-                        self.server_certificate.check()
-                    check_expiry(self.config)
-                except Exception:  # noqa: BLE001 - maintenance must never take the server down
-                    log.exception("certificate lifecycle maintenance failed")
+            if self.instance_maintenance is not None:
+                self.instance_maintenance.run_due(now)
             if now >= reload_due:
                 reload_due = now + self.config.tls.reload_seconds
                 try:
                     self.server_certificate.check()
                 except Exception:  # noqa: BLE001 - maintenance must never take the server down
                     log.exception("server certificate reload failed")
-            if now >= crl_due:
-                crl_due = now + 3600
-                try:
-                    self.revocations.keep_fresh(self.config.home.certs_dir)
-                except Exception:  # noqa: BLE001 - maintenance must never take the server down
-                    log.exception("CRL maintenance failed")
             release_free_memory()
             if self._stopping.wait(min(_TRIM_SECONDS, self.config.tls.reload_seconds)):
                 return
@@ -360,8 +378,8 @@ class DavServer:
         if self._server.ready:
             return
         # Checked first because cheroot leaks its socket when bind() fails (also for port 0:
-        # an address that is not this host's).
-        err = bind_errno(self.bind, self._port)
+        # an address that is not this host's). A worker's socket is bound already.
+        err = None if self._listen_socket is not None else bind_errno(self.bind, self._port)
         if err is not None:
             self.audit.close()
             raise _bind_error("server", self.bind, self._port, err, "pick --port")
@@ -421,6 +439,11 @@ class DavServer:
         it forever (one SIGTERM in about twenty, right after traffic).
         """
         self.start()
+        self.run_until_stopped()
+
+    def run_until_stopped(self) -> None:
+        """The rest of :meth:`serve_forever` once :meth:`start` has returned: wait on this
+        (main) thread until the server loop ends or KeyboardInterrupt, then stop."""
         thread = self._thread
         try:
             while thread is not None and thread.is_alive():

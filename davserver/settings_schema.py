@@ -106,6 +106,13 @@ SETTINGS: tuple[Setting, ...] = (
         doc='requests served at the same time',
     ),
     Setting(
+        'server.workers', 'str', 'auto',
+        doc=('worker processes, each a full server on the one listening socket (a whole number from 1 to 256, '
+             'or `auto`: one per usable CPU); past 1 a small supervisor starts them, restarts one that dies '
+             'and runs the once-only maintenance; `server.threads` and the `handshakes_*` caps are per '
+             'worker (docs/scaling.md)'),
+    ),
+    Setting(
         'server.timeout', 'float', 30.0, lo=1.0,
         doc='seconds a connection may idle or take for one read',
     ),

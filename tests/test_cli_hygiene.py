@@ -395,6 +395,7 @@ def _bad_invocations(port: int) -> list[tuple[list[str], str | None]]:
         (["share", "remove", "ghost"], None),
         (["share", "list"], None),
         (["serve", "--port", str(port)], None),
+        (["serve", "--workers", "0"], None),
         (["quickstart", "--port", str(port)], None),
     ]
 

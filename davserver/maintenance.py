@@ -1,0 +1,86 @@
+"""What runs once per instance, not once per process: the sweep of leftover upload
+files at start, the CRL re-signing, the server certificate's re-issue and the expiry
+warnings.
+
+The single-process server (``server.workers: 1``) runs them itself (server.py
+``DavServer._maintain``); with worker processes the supervisor (supervisor.py) runs
+them once, and a worker never does: a restarted worker that swept at start would
+remove the temp file of an upload another worker is writing, and two workers
+re-signing the CRL or re-issuing the certificate at once would each write the files.
+What each process keeps doing on its own (the server certificate's reload check,
+re-reading accounts.yaml and the CRL, handing free memory back) stays in
+``DavServer._maintain``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from .cert_lifecycle import check_expiry, reissue_server_certificate
+from .config import Config
+from .fs import sweep_temp_files
+from .revocation import RevocationList
+
+__all__ = ["InstanceMaintenance", "sweep_leftover_uploads"]
+
+log = logging.getLogger("davserver.maintenance")
+
+#: How often the server certificate is re-issued when due and expiry is warned about.
+DAILY_SECONDS = 86400.0
+#: How often the CRL is re-signed when due (revocation.py ``keep_fresh``).
+CRL_SECONDS = 3600.0
+
+
+def sweep_leftover_uploads(config: Config) -> int:
+    """Remove the temp files of uploads cut off by a crash from every share; returns how
+    many. Run before any process serves (no upload can be in flight then). With a shared
+    store other nodes may be uploading into the same folders, so only files untouched for
+    five minutes go then (fs.py ``sweep_temp_files``). A share folder that is missing is
+    left to the server's own check (server.py ``check_shares``)."""
+    total = 0
+    for name, share in config.shares.items():
+        if not share.path.is_dir():
+            continue
+        swept = sweep_temp_files(share.path, older_than=0.0 if config.state.backend == "sqlite" else 300.0)
+        if swept:
+            log.info("share %r: removed %d unfinished upload(s)", name, swept)
+        total += swept
+    return total
+
+
+class InstanceMaintenance:
+    """The once-per-instance rounds: at start and daily re-issue the server certificate
+    when due and warn about certificates that lapse soon (cert_lifecycle.py); hourly keep
+    the CRL fresh (revocation.py). Call :meth:`run_due` every few seconds with
+    ``time.monotonic()``; it does what is due and never raises (failures are logged and
+    tried again at the next round). `on_reissue` is called after the server certificate
+    was re-issued (the single-process server reloads it at once; workers notice it within
+    ``tls.reload_seconds``)."""
+
+    def __init__(self, config: Config, revocations: RevocationList,
+                 on_reissue: Callable[[], object] | None = None) -> None:
+        self.config = config
+        self.revocations = revocations
+        self.on_reissue = on_reissue
+        self._lifecycle_due = 0.0
+        self._crl_due = 0.0
+
+    def run_due(self, now: float | None = None) -> None:
+        """Run the rounds that are due at `now` (monotonic seconds; default: now)."""
+        now = time.monotonic() if now is None else now
+        if now >= self._lifecycle_due:
+            self._lifecycle_due = now + DAILY_SECONDS
+            try:
+                if reissue_server_certificate(self.config) == "reissued" and self.on_reissue is not None:
+                    self.on_reissue()
+                check_expiry(self.config)
+            except Exception:  # noqa: BLE001 - maintenance must never take the server down
+                log.exception("certificate lifecycle maintenance failed")
+        if now >= self._crl_due:
+            self._crl_due = now + CRL_SECONDS
+            try:
+                self.revocations.keep_fresh(self.config.home.certs_dir)
+            except Exception:  # noqa: BLE001 - maintenance must never take the server down
+                log.exception("CRL maintenance failed")

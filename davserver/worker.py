@@ -1,0 +1,100 @@
+"""One worker process of the supervisor (supervisor.py): a full server (server.py
+``DavServer(role="worker")``) on the listening sockets the supervisor bound.
+
+Started as a fresh interpreter (``python -m davserver.worker``), never forked, so it
+inherits no threads or held locks. The supervisor passes the sockets' descriptors
+(``--listen-fd``, ``--enrolment-fd``) and a pipe (``--ready-fd``) on which the worker
+writes one line once it serves, ``ready``, or why it could not start, ``error<TAB>``
+and the one line the CLI would print. Signals: SIGTERM drains (in-flight requests get
+``server.shutdown_timeout``) and exits 0; SIGHUP reloads (``DavServer.reload``);
+SIGINT is ignored (a Ctrl-C at the terminal reaches every process of the group: the
+supervisor alone decides); the worker ends with the supervisor (``PR_SET_PDEATHSIG``),
+so a supervisor killed by SIGKILL leaves no worker serving on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+#: <linux/prctl.h>: deliver a signal to this process when its parent exits.
+_PR_SET_PDEATHSIG = 1
+
+
+def _end_with_parent(parent: int) -> None:
+    """SIGTERM this process when the supervisor `parent` exits; exit now if it already has."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the supervisor's SIGTERM alone ends it
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        sys.exit(0)
+
+
+def _say(fd: int, line: str) -> None:
+    """Tell the supervisor `line` on the ready pipe and close it."""
+    try:
+        os.write(fd, (line.replace("\n", " ") + "\n").encode("utf-8", "replace"))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m davserver.worker")
+    parser.add_argument("--home", required=True, type=Path)
+    parser.add_argument("--bind", required=True)
+    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--enrolment-fd", type=int, default=-1)
+    parser.add_argument("--ready-fd", type=int, required=True)
+    parser.add_argument("--parent", type=int, required=True)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until SIGTERM; returns the exit status (0; 2 when the server could not start)."""
+    args = _arguments(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _end_with_parent(args.parent)
+    from .cli import _failure, _setup_logging
+    from .config import Home, load_config
+    from .server import DavServer, tune_allocator
+
+    _setup_logging()
+    tune_allocator()
+    listen = socket.socket(fileno=args.listen_fd)
+    enrolment = socket.socket(fileno=args.enrolment_fd) if args.enrolment_fd >= 0 else None
+    try:
+        server = DavServer(load_config(Home(args.home)), bind=args.bind, listen_socket=listen,
+                           enrolment_socket=enrolment, role="worker")
+        server.start()
+    except Exception as exc:  # noqa: BLE001 - told to the supervisor as the CLI would say it
+        _say(args.ready_fd, f"error\t{_failure(exc)}")
+        return 2
+
+    def _terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    def _reload(signum: int, frame: Any) -> None:
+        # On its own thread: the handler interrupts the main thread anywhere (cli.py _run).
+        threading.Thread(target=server.reload, name="davserver-reload", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _reload)
+    _say(args.ready_fd, "ready")
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run_until_stopped()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - the supervisor's entry point
+    sys.exit(main())
