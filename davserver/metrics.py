@@ -26,11 +26,28 @@ process (the tests) never share counters. Every figure is taken where it arises:
 Label values are bounded: ``method`` is one of :data:`METHODS` or ``other``; ``status``
 is the three-digit code; ``reason`` is an ``access.Refusal`` value or ``other``. The list
 of metrics and their meaning is in docs/metrics.md.
+
+Worker processes (``server.workers`` above 1, supervisor.py) use prometheus_client's own
+multiprocess mode (its ``multiprocess.py``, ``values.py``): the supervisor gives every
+worker ``PROMETHEUS_MULTIPROC_DIR`` (a private directory) in its environment before
+the interpreter starts, so every value a worker's :class:`Metrics` keeps lives in an
+mmap'ed file of that directory (``values.MultiProcessValue``: chosen when
+prometheus_client is imported). The supervisor serves the one listener
+(:func:`supervisor_listener`): ``MultiProcessCollector`` sums the files of every
+worker (counters and histograms summed; the open-connection and pending-handshake
+gauges are ``livesum``: the sum over workers alive), the certificate expiry dates are
+read once, in the supervisor, and :func:`worker_exited` drops a reaped worker's live
+gauges (``mark_process_dead``) and folds its counters into one archive file per type,
+so counts never go backwards and the directory does not grow with restarts. What
+changes for a worker and why is in docs/metrics.md, "Worker processes".
 """
 
 from __future__ import annotations
 
+import atexit
+import glob
 import logging
+import os
 import socket
 import threading
 import time
@@ -38,22 +55,33 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cheroot import wsgi
 from cheroot.server import HTTPConnection
 from cryptography import x509
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 from .access import Refusal
 from .config import MetricsConfig
+from .errors import StartupError
 from .handshake import HandshakeCounters
 from .pki import CertificateAuthority, PKIError
 from .watchdog import Watchdog
 
-__all__ = ["METHODS", "Metrics", "MetricsListener"]
+if TYPE_CHECKING:
+    from .config import Config
+    from .server_certificate import ServerCertificate
+    from .store import StateStore
+
+__all__ = [
+    "METHODS", "MULTIPROC_ENV", "Metrics", "MetricsListener", "SupervisorMetrics", "supervisor_listener",
+    "worker_exited",
+]
 
 log = logging.getLogger("davserver.metrics")
 
@@ -75,6 +103,28 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 #: inventory costs a file per issued certificate).
 CLIENT_CERTS_CACHE_SECONDS = 60.0
 
+#: The handshake loop's outcomes exported in ``davserver_handshakes_total``.
+HANDSHAKE_OUTCOMES = ("accepted", "completed", "failed", "timed_out", "evicted_per_address", "evicted_total",
+                      "refused_certificate")
+
+#: Seconds between two copies of a worker's handshake totals and pending handshakes into
+#: its multiprocess files (the handshake loop keeps them as plain integers of its own
+#: thread, handshake.py ``HandshakeCounters``): what a scrape shows of them is at most
+#: this old, and a worker killed with -9 takes at most this much of its count with it.
+HANDSHAKE_SYNC_SECONDS = 1.0
+
+#: The environment variable prometheus_client reads (values.py ``get_value_class``,
+#: multiprocess.py): set by the supervisor for its workers only.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_mode() -> bool:
+    """True when this process's metric values live in ``PROMETHEUS_MULTIPROC_DIR``
+    (a worker of the supervisor): prometheus_client chose its value class when it was
+    imported (values.py ``ValueClass``), so this says what the metrics will do, not
+    what the environment says now."""
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
 
 def _method(value: object) -> str:
     return value if isinstance(value, str) and value in METHODS else "other"
@@ -90,9 +140,21 @@ class Metrics:
     Feed it with :meth:`observe` (an audit record), :meth:`count_tls_failure` (a reason)
     and :meth:`count_connections` (the connection class); :meth:`watch` adds the figures
     read when scraped. Thread-safe (prometheus_client's metrics lock per value).
+
+    In a worker process (:func:`multiprocess_mode`: ``PROMETHEUS_MULTIPROC_DIR`` set when
+    prometheus_client was imported) every value is written to the worker's files in
+    that directory as it changes, for the supervisor's listener to sum; ``multiprocess``
+    is then True and :meth:`watch` copies the handshake figures into those files every
+    `sync_seconds` instead of registering what the supervisor reads itself. Two
+    ``Metrics`` in one such process share their values (one file per process).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, sync_seconds: float | None = None) -> None:
+        #: True in a worker process: values are in ``PROMETHEUS_MULTIPROC_DIR``.
+        self.multiprocess = multiprocess_mode()
+        #: Seconds between copies of the handshake figures (None: :data:`HANDSHAKE_SYNC_SECONDS`).
+        self.sync_seconds = sync_seconds if sync_seconds is not None else HANDSHAKE_SYNC_SECONDS
+        self._mirror: _HandshakeMirror | None = None
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -115,7 +177,7 @@ class Metrics:
         )
         self.connections = Gauge(
             "davserver_connections_open", "TCP connections of the main listener open now (handshakes included).",
-            registry=r,
+            registry=r, multiprocess_mode="livesum",  # with workers: the sum over the workers alive
         )
         self.tls_failures = Counter(
             "davserver_tls_handshake_failures", "TLS handshakes refused, by reason (audit reasons).",
@@ -195,8 +257,81 @@ class Metrics:
         """Add the figures read at each scrape: the handshake loop's totals
         (``HandshakeLoop.counters``), and the expiry dates of the CA bundle
         (`client_ca`, its soonest), the served certificate (`server_not_after`) and the
-        soonest valid client certificate of the built-in CA in `certs_dir`."""
-        self.registry.register(_Scraped(handshakes, client_ca, server_not_after, certs_dir))
+        soonest valid client certificate of the built-in CA in `certs_dir`.
+
+        In a worker (``multiprocess``) only `handshakes` is used: a thread copies it into
+        the worker's files every ``sync_seconds`` (and once more at exit); the expiry
+        dates are the same files for every worker, read once by the supervisor
+        (:func:`supervisor_listener`)."""
+        if not self.multiprocess:
+            self.registry.register(_Scraped(handshakes, client_ca, server_not_after, certs_dir))
+            return
+        if handshakes is not None and self._mirror is None:
+            self._mirror = _HandshakeMirror(handshakes, self.registry, self.sync_seconds)
+            atexit.register(self.close)
+
+    def close(self) -> None:
+        """Stop copying the handshake figures, after one last copy (idempotent; a no-op
+        in a single process)."""
+        if self._mirror is not None:
+            self._mirror.close()
+
+
+class _HandshakeMirror:
+    """A worker's handshake totals and pending handshakes, copied from the loop's own
+    counters (`read`: ``HandshakeLoop.counters``) into multiprocess values every
+    `seconds` on a thread of its own: ``davserver_handshakes_total`` grows by what the
+    loop counted since the last copy (so it sums across workers and keeps a dead
+    worker's count), ``davserver_handshakes_pending`` is a ``livesum`` gauge."""
+
+    def __init__(self, read: Callable[[], HandshakeCounters], registry: CollectorRegistry, seconds: float) -> None:
+        if not seconds > 0:
+            raise ValueError("sync_seconds must be above 0")
+        self._read = read
+        self._seconds = seconds
+        self._totals = Counter(
+            "davserver_handshakes", "TLS handshakes by outcome (HandshakeLoop.counters).", ["outcome"],
+            registry=registry,
+        )
+        for outcome in HANDSHAKE_OUTCOMES:
+            self._totals.labels(outcome=outcome)  # exported at 0, as by a single process
+        self._pending = Gauge(
+            "davserver_handshakes_pending", "TLS handshakes in progress now.", registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self._copied = dict.fromkeys(HANDSHAKE_OUTCOMES, 0)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="davserver-metrics-sync", daemon=True)
+        self._thread.start()
+
+    def sync(self) -> None:
+        """Copy the figures now."""
+        with self._lock:
+            counted = self._read()
+            for outcome in HANDSHAKE_OUTCOMES:
+                now = getattr(counted, outcome)
+                if now > self._copied[outcome]:
+                    self._totals.labels(outcome=outcome).inc(now - self._copied[outcome])
+                    self._copied[outcome] = now
+            self._pending.set(counted.pending)
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._seconds):
+            try:
+                self.sync()
+            except Exception:  # noqa: BLE001 - the metrics must never take a worker down
+                log.exception("copying the handshake figures failed")
+
+    def close(self) -> None:
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._thread.join(timeout=5)
+        try:
+            self.sync()
+        except Exception:  # noqa: BLE001
+            log.exception("copying the handshake figures failed")
 
 
 class _Scraped(Collector):
@@ -223,8 +358,7 @@ class _Scraped(Collector):
             totals = CounterMetricFamily(
                 "davserver_handshakes", "TLS handshakes by outcome (HandshakeLoop.counters).", labels=["outcome"]
             )
-            for outcome in ("accepted", "completed", "failed", "timed_out", "evicted_per_address",
-                            "evicted_total", "refused_certificate"):
+            for outcome in HANDSHAKE_OUTCOMES:
                 totals.add_metric([outcome], getattr(c, outcome))
             yield totals
             yield GaugeMetricFamily("davserver_handshakes_pending", "TLS handshakes in progress now.", value=c.pending)
@@ -237,7 +371,10 @@ class _Scraped(Collector):
         if ca is not None:
             expiry.add_metric(["ca"], ca)
         if self._server_not_after is not None:
-            expiry.add_metric(["server"], self._server_not_after().timestamp())
+            try:
+                expiry.add_metric(["server"], self._server_not_after().timestamp())
+            except StartupError as exc:  # the supervisor reads the files: a broken pair is absent, /readyz says why
+                log.warning("server certificate expiry not read: %s", exc)
         client = self._soonest_client()
         if client is not None:
             expiry.add_metric(["client"], client)
@@ -296,9 +433,15 @@ class _DeadlineConnection(HTTPConnection):
                 self.watchdog.disarm(self)
 
 
+class Exported(Protocol):
+    """What a listener exports: a :class:`Metrics` or the supervisor's :class:`SupervisorMetrics`."""
+
+    registry: CollectorRegistry
+
+
 class MetricsListener:
     """The plain-HTTP listener of ``metrics.bind``:``metrics.port`` (`config`), serving
-    `metrics` and the health checks: `alive()` True while the main listener serves,
+    `metrics` (its ``registry``) and the health checks: `alive()` True while the main listener serves,
     `ready()` None when ready or the reason it is not. :data:`METRICS_THREADS` worker
     threads of its own; each request must be read and answered within
     `request_seconds` (the server passes ``limits.header_seconds``), else its
@@ -307,7 +450,7 @@ class MetricsListener:
     background thread, :meth:`stop` stops; ``port`` is the port bound."""
 
     def __init__(
-        self, config: MetricsConfig, metrics: Metrics, *, alive: Callable[[], bool], ready: Callable[[], str | None],
+        self, config: MetricsConfig, metrics: Exported, *, alive: Callable[[], bool], ready: Callable[[], str | None],
         request_seconds: float = 10.0,
     ) -> None:
         self.config = config
@@ -395,3 +538,237 @@ def _plain(
                ("Cache-Control", "no-store")]
     start_response(status, headers + (extra or []))
     return [body]
+
+
+# --- worker processes: the supervisor's side ---------------------------------------
+
+#: Serialises, within the supervisor, reading the workers' files for a scrape and
+#: folding a dead worker's files into the archive (:meth:`SupervisorMetrics.worker_exited`),
+#: so a scrape never sees a count twice or not at all.
+_FILES_LOCK = threading.Lock()
+
+#: The types of file whose values are counts kept after their worker is gone (a
+#: gauge's file is ``gauge_live*_PID.db`` and goes with it: ``mark_process_dead``).
+_KEPT_TYPES = ("counter", "histogram")
+
+#: The file per kept type holding the counts of every worker reaped so far. Its name
+#: reads as that type to ``MultiProcessCollector`` (the type is the file name up to
+#: its first ``_``; the rest is a pid for gauges only).
+_ARCHIVE = "{}_archive.db"
+
+_supervised: dict[str, SupervisorMetrics] = {}
+
+
+class _WorkerFiles(Collector):
+    """``MultiProcessCollector`` over `directory`, under :data:`_FILES_LOCK`, skipping
+    a file a worker has created but not yet sized (prometheus_client mmap_dict.py
+    ``MmapedDict.__init__`` opens, then truncates: read in between, it is empty and
+    ``read_all_values_from_file`` fails on its first 4 bytes)."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        with _FILES_LOCK:
+            files = []
+            for name in glob.glob(os.path.join(self._directory, "*.db")):
+                try:
+                    if os.stat(name).st_size >= 8:
+                        files.append(name)
+                except FileNotFoundError:
+                    continue  # a live gauge's file, removed as its worker was reaped
+            merged = list(MultiProcessCollector.merge(files, accumulate=True))
+        yield from merged
+
+
+class _Workers(Collector):
+    def __init__(self, alive: Callable[[], int]) -> None:
+        self._alive = alive
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        yield GaugeMetricFamily(
+            "davserver_workers_alive", "Worker processes alive now (the supervisor's count).", value=self._alive()
+        )
+
+
+def _fold(directory: Path, pid: int) -> None:
+    """Add the counts in `pid`'s counter and histogram files to the archive of their
+    type and remove them, in one step as seen by a scrape (:data:`_FILES_LOCK`): the
+    archive is written to the side with ``MultiProcessCollector.merge(...,
+    accumulate=False)`` (the form prometheus_client documents for writing merged data
+    back to files) and renamed over the old one. Call only once `pid` is gone."""
+    with _FILES_LOCK:
+        for typ in _KEPT_TYPES:
+            mine = directory / f"{typ}_{pid}.db"
+            if not mine.exists():
+                continue
+            archive = directory / _ARCHIVE.format(typ)
+            sources = [str(f) for f in (archive, mine) if f.exists() and f.stat().st_size >= 8]
+            merged = MultiProcessCollector.merge(sources, accumulate=False)
+            side = directory / (_ARCHIVE.format(typ) + ".new")  # not *.db: never read by a scrape
+            side.unlink(missing_ok=True)
+            out = MmapedDict(str(side))
+            try:
+                for metric in merged:
+                    for sample in metric.samples:
+                        key = mmap_key(metric.name, sample.name, list(sample.labels), list(sample.labels.values()),
+                                       metric.documentation)
+                        out.write_value(key, sample.value, 0.0)
+            finally:
+                out.close()
+            os.replace(side, archive)
+            mine.unlink()
+
+
+class SupervisorMetrics:
+    """What the supervisor's listener exports (``registry``) and how it answers the
+    health checks, for workers writing into `directory` (their ``PROMETHEUS_MULTIPROC_DIR``).
+
+    ``registry`` holds: every worker's metrics summed (``MultiProcessCollector``),
+    the certificate expiry dates read here, once per scrape rather than once per
+    worker (the CA bundle, the server certificate as on disk, the soonest client
+    certificate at most once a minute), and ``davserver_workers_alive`` (`workers_alive()`).
+
+    :meth:`alive`: at least one worker is alive. :meth:`readiness`: None when at least
+    one worker is alive, `ready()` (the supervisor's own reason, if given) says
+    nothing against, the state store answers and the server certificate on disk is
+    readable and current; else the reason. :meth:`worker_exited` after a worker is
+    reaped. Raises ValueError when `directory` is not a folder.
+    """
+
+    def __init__(
+        self, config: Config, directory: str | os.PathLike[str], workers_alive: Callable[[], int],
+        ready: Callable[[], str | None] | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise ValueError(f"{MULTIPROC_ENV}: {self.directory} is not a folder")
+        self.config = config
+        self.workers_alive = workers_alive
+        self._ready = ready
+        self._lock = threading.Lock()
+        self._store: StateStore | None = None
+        self._certificate: ServerCertificate | None = None
+        self.registry = CollectorRegistry()
+        self.registry.register(_WorkerFiles(self.directory))
+        self.registry.register(_Workers(workers_alive))
+        self.registry.register(_Scraped(
+            None, config.tls.client_ca, self._server_not_after, config.home.certs_dir,
+        ))
+        _supervised[str(self.directory)] = self
+
+    def _server_certificate(self) -> ServerCertificate:
+        from .server_certificate import ServerCertificate
+
+        with self._lock:
+            if self._certificate is None:
+                self._certificate = ServerCertificate(self.config.tls)  # StartupError when unusable
+            else:
+                self._certificate.check()  # re-read when the files changed (os.stat only otherwise)
+            return self._certificate
+
+    def _server_not_after(self) -> datetime:
+        return self._server_certificate().not_after
+
+    def alive(self) -> bool:
+        """True while at least one worker is alive (``/healthz``)."""
+        return self.workers_alive() > 0
+
+    def readiness(self) -> str | None:
+        """None when ready, else why not (``/readyz``); see the class."""
+        alive = self.workers_alive()
+        if alive < 1:
+            return "no worker alive"
+        if self._ready is not None:
+            reason = self._ready()
+            if reason is not None:
+                return reason
+        from .store import StoreUnavailable, open_store
+
+        try:
+            with self._lock:
+                if self._store is None:
+                    self._store = open_store(self.config.state)
+                store = self._store
+            store.ping()
+        except StoreUnavailable as exc:
+            return f"state store unavailable: {exc}"
+        try:
+            not_after = self._server_not_after()
+        except StartupError as exc:
+            return f"the server certificate cannot be loaded: {exc}"
+        if not_after.timestamp() <= time.time():
+            return f"the server certificate expired on {not_after:%Y-%m-%d %H:%M} UTC"
+        return None
+
+    def worker_exited(self, pid: int) -> None:
+        """Worker `pid` is gone (reaped): its live gauges leave the sums
+        (``mark_process_dead``) and its counts move into the archive files, so they stay
+        in every later scrape. Call it only once the process has exited."""
+        mark_process_dead(pid, str(self.directory))
+        _fold(self.directory, pid)
+
+    def close(self) -> None:
+        """Close the state store opened for ``/readyz`` (idempotent)."""
+        _supervised.pop(str(self.directory), None)
+        with self._lock:
+            store, self._store = self._store, None
+        if store is not None:
+            store.close()
+
+
+class SupervisorListener(MetricsListener):
+    """The supervisor's listener: a :class:`MetricsListener` of a :class:`SupervisorMetrics`
+    (``metrics``), which it closes when stopped."""
+
+    metrics: SupervisorMetrics
+
+    def stop(self) -> None:
+        """Stop serving and close what the health checks opened (idempotent)."""
+        super().stop()
+        self.metrics.close()
+
+
+def supervisor_listener(
+    config: Config, workers_alive: Callable[[], int], ready: Callable[[], str | None] | None = None, *,
+    directory: str | os.PathLike[str] | None = None,
+) -> SupervisorListener:
+    """The health and metrics listener of ``metrics.bind``:``metrics.port`` for a
+    supervisor whose workers write into `directory` (None: ``$PROMETHEUS_MULTIPROC_DIR``
+    of this process): one scrape sums every worker (:class:`SupervisorMetrics`);
+    ``/healthz`` is 200 while at least one worker is alive (`workers_alive()`: how
+    many are now), ``/readyz`` as :meth:`SupervisorMetrics.readiness` (`ready`: the
+    supervisor's own reason not to be ready, or None). Call ``prepare()`` (binds;
+    OSError), ``start()``, and ``stop()`` at the end; :func:`worker_exited` after
+    reaping each worker. Raises ValueError when there is no such directory."""
+    path = directory if directory is not None else os.environ.get(MULTIPROC_ENV)
+    if not path:
+        raise ValueError(f"no directory for the workers' metrics: pass directory= or set {MULTIPROC_ENV}")
+    metrics = SupervisorMetrics(config, path, workers_alive, ready)
+    return SupervisorListener(
+        config.metrics, metrics, alive=metrics.alive, ready=metrics.readiness,
+        request_seconds=config.limits.header_seconds,
+    )
+
+
+def worker_exited(pid: int, directory: str | os.PathLike[str] | None = None) -> None:
+    """The supervisor reaped worker `pid` (its exit status is collected: it writes no
+    more): see :meth:`SupervisorMetrics.worker_exited`. `directory`: the workers'
+    ``PROMETHEUS_MULTIPROC_DIR``; None is the one of the supervisor_listener made in
+    this process (else ``$PROMETHEUS_MULTIPROC_DIR``). Raises ValueError when there is none."""
+    if directory is None:
+        directory = next(reversed(_supervised)) if _supervised else os.environ.get(MULTIPROC_ENV) or None
+        if directory is None:
+            raise ValueError(f"no directory for the workers' metrics: pass directory= or set {MULTIPROC_ENV}")
+    found = _supervised.get(str(Path(directory)))
+    if found is not None:
+        found.worker_exited(pid)
+        return
+    mark_process_dead(pid, str(directory))
+    _fold(Path(directory), pid)
