@@ -26,17 +26,24 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from davserver.cli import main
 from davserver.config import ThrottleConfig
 from davserver.store.base import Grant, InvitationRecord, StoreUnavailable
 from davserver.store.sqlite import SQLiteStore
+
+from .conftest import PASSWORDS, Instance, session_for
+from .test_server_auth import last_reason
+from .test_totp_live import PW, code, configure, enrol
 
 SPAWN = multiprocessing.get_context("spawn")
 ROUNDS = 40
@@ -366,3 +373,213 @@ def test_a_write_that_cannot_get_the_lock_in_time_fails_closed(db: Path) -> None
             conn.execute("DELETE FROM otp_steps")
     finally:
         store.close()
+
+
+# --- real TLS requests to two server processes on one instance home ------------------------------
+
+def _serve(root: str, ports: Any, stop: Any) -> None:
+    """A spawned process serving the instance home `root` (conftest's running())."""
+    from davserver.config import Home
+
+    from .conftest import Instance, running
+
+    with running(Instance(Home(Path(root)))) as server:
+        ports.put(server.port)
+        stop.wait(600)
+
+
+@contextmanager
+def two_servers(inst: Instance) -> Iterator[list[str]]:
+    """Two server processes on one instance home (what ``server.workers: 2`` runs, and two
+    ``davserver serve`` on one home): their base URLs."""
+    ports, stop = SPAWN.Queue(), SPAWN.Event()
+    procs = [SPAWN.Process(target=_serve, args=(str(inst.home.root), ports, stop)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        yield [f"https://127.0.0.1:{ports.get(timeout=_WAIT)}/" for _ in procs]
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(_WAIT)
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+
+def together(*calls: Callable[[], int]) -> list[int]:
+    """Run the calls in threads released at once by a barrier; their results in order."""
+    barrier = threading.Barrier(len(calls))
+    out: list[int] = [0] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait(_WAIT)
+        out[i] = calls[i]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(_WAIT)
+    return out
+
+
+def getter(s: Any, url: str, auth: tuple[str, str]) -> Callable[[], int]:
+    return lambda: int(s.get(url, auth=auth).status_code)
+
+
+def _state_db(inst: Instance) -> Path:
+    return inst.home.state_dir / "state.db"
+
+
+def _cli(inst: Instance, *args: str, stdin: str | None = None) -> str:
+    out = CliRunner().invoke(main, ["--home", str(inst.home.root), *args], input=stdin)
+    assert out.exit_code == 0, out.output
+    return out.output
+
+
+_NO_LOCKOUT = {"lock_after": 1000, "delay_after": 1000, "address_lock_after": 1000}
+
+
+def test_the_same_totp_code_sent_to_two_servers_is_accepted_by_exactly_one(inst: Instance) -> None:
+    configure(inst, throttle=_NO_LOCKOUT)
+    totps = {account: enrol(inst, account) for account in ("alice", "bob")}
+    seconds = {account: inst.issue(account, name=f"{account}-2") for account in totps}
+    rounds = 0
+    with two_servers(inst) as urls, opened(_state_db(inst)) as store:
+        for account, totp in totps.items():
+            if time.time() % 30 > 22:  # three steps valid for the rounds below: c-1, c, c+1
+                time.sleep(30 - time.time() % 30 + 0.5)
+            now = time.time()
+            a, b = session_for(inst, account), session_for(inst, client=seconds[account])
+            for step in (-1, 0, 1):
+                typed = PASSWORDS[account] + totp.at(now + 30 * step)
+                store.end_grants(account)  # each round starts without a grant on either certificate
+                statuses = together(getter(a, urls[0] + "secure/", (account, typed)),
+                                    getter(b, urls[1] + "secure/", (account, typed)))
+                assert sorted(statuses) == [200, 401], (account, step, statuses)
+                rounds += 1
+            # twin: the winner's grant serves its certificate on either server with the password alone
+            winner = a if store.get_grant(account, inst.clients[account].issued.fingerprint) else b
+            for url in urls:
+                assert winner.get(url + "secure/", auth=(account, PASSWORDS[account])).status_code == 200
+    assert rounds == 6
+
+
+def test_the_same_lock_sent_to_two_servers_is_granted_to_exactly_one(inst: Instance) -> None:
+    body = ('<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
+            '<D:locktype><D:write/></D:locktype><D:owner>{}</D:owner></D:lockinfo>')
+    with two_servers(inst) as urls:
+        alice, bob = session_for(inst, "alice"), session_for(inst, "bob")
+        for r in range(ROUNDS):
+            assert alice.put(f"{urls[0]}files/lock{r}.txt", data=b"x").status_code == 201
+
+            def lock(s: Any, url: str, r: int = r) -> Any:
+                return s.request("LOCK", f"{url}files/lock{r}.txt", data=body.format(s.auth[0]),
+                                 headers={"Timeout": "Second-60", "Content-Type": "application/xml"})
+
+            answers: list[Any] = [None, None]
+
+            def first(answers: list[Any] = answers) -> int:
+                answers[0] = lock(alice, urls[0])
+                return int(answers[0].status_code)
+
+            def second(answers: list[Any] = answers) -> int:
+                answers[1] = lock(bob, urls[1])
+                return int(answers[1].status_code)
+
+            statuses = together(first, second)
+            assert sorted(statuses) == [200, 423], (r, statuses)
+            # twin: once the winner unlocks, the other's LOCK is granted (on its own server)
+            won = statuses.index(200)
+            (winner, wurl), (loser, lurl) = ((alice, urls[0]), (bob, urls[1]))[::1 if won == 0 else -1]
+            token = answers[won].headers["Lock-Token"]
+            unlock = winner.request("UNLOCK", f"{wurl}files/lock{r}.txt", headers={"Lock-Token": token})
+            assert unlock.status_code == 204
+            assert lock(loser, lurl).status_code == 200
+
+
+def _failures(store: SQLiteStore, key: str) -> int:
+    row = store.connection().execute("SELECT count FROM failures WHERE key = ?", (key,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_wrong_passwords_sent_to_two_servers_are_all_counted_and_lock_at_the_threshold(inst: Instance) -> None:
+    configure(inst, throttle={"lock_after": 7, "delay_after": 1000, "address_lock_after": 1000})
+    key = f"acct:alice:{inst.clients['alice'].issued.fingerprint}"
+    with two_servers(inst) as urls, opened(_state_db(inst)) as store:
+        a, b = session_for(inst, "alice"), session_for(inst, "alice")
+
+        def wrong(s: Any, url: str, tag: str) -> Callable[[], int]:
+            return lambda: max(s.get(f"{url}files/", auth=("alice", f"wrong-{tag}-{i}")).status_code
+                               for i in range(3))
+
+        assert together(wrong(a, urls[0], "a"), wrong(b, urls[1], "b")) == [401, 401]
+        assert _failures(store, f"{key}:password") == 6  # every one of them, none lost
+        assert not store.any_locked([key], time.time())
+        assert a.get(urls[0] + "files/", auth=("alice", "wrong-7")).status_code == 401  # the 7th
+        assert store.any_locked([key], time.time())
+        assert b.get(urls[1] + "files/").status_code == 401  # the right password: locked out
+        assert last_reason(inst, "locked") == "locked"
+        _cli(inst, "user", "unlock", "alice")
+        assert b.get(urls[1] + "files/").status_code == 200  # twin: unlocked, served again
+
+
+def test_a_repeated_wrong_password_counts_once_across_servers(inst: Instance) -> None:
+    key = f"acct:alice:{inst.clients['alice'].issued.fingerprint}:password"
+    with two_servers(inst) as urls, opened(_state_db(inst)) as store:
+        a, b = session_for(inst, "alice", password="same-wrong"), session_for(inst, "alice", password="same-wrong")
+
+        def retries(s: Any, url: str) -> Callable[[], int]:  # a client retrying one sign-in
+            return lambda: max(s.get(f"{url}files/").status_code for _ in range(4))
+
+        assert together(retries(a, urls[0]), retries(b, urls[1])) == [401, 401]
+        assert _failures(store, key) == 1
+        # twin: a different wrong password is a new guess and counts; the right one clears them
+        assert b.get(urls[1] + "files/", auth=("alice", "other-wrong")).status_code == 401
+        assert _failures(store, key) == 2
+        assert a.get(urls[0] + "files/", auth=("alice", PASSWORDS["alice"])).status_code == 200
+        assert _failures(store, key) == 0
+    assert (inst.home.state_dir / "failure.key").stat().st_mode & 0o777 == 0o600
+
+
+# --- per-process caches: the CLI's changes reach every warm server at its next request -----------
+
+def test_cli_changes_reach_both_warm_servers_at_the_next_request(inst: Instance) -> None:
+    with two_servers(inst) as urls:
+        alice = [session_for(inst, "alice"), session_for(inst, "alice")]
+        bob = session_for(inst, "bob")
+        for s, url in zip(alice, urls, strict=True):  # warm: credentials cached, connection kept alive
+            assert s.get(url + "files/").status_code == 200
+            assert s.get(url + "files/").status_code == 200
+
+        _cli(inst, "user", "passwd", "alice", "--password-stdin", stdin="a-new-password-9\n")
+        for s, url in zip(alice, urls, strict=True):
+            assert s.get(url + "files/").status_code == 401  # the old password, cached a moment ago
+            assert s.get(url + "files/", auth=("alice", "a-new-password-9")).status_code == 200  # twin
+            s.auth = ("alice", "a-new-password-9")
+
+        _cli(inst, "user", "disable", "alice")
+        assert [s.get(url + "files/").status_code for s, url in zip(alice, urls, strict=True)] == [401, 401]
+        _cli(inst, "user", "enable", "alice")
+        assert [s.get(url + "files/").status_code for s, url in zip(alice, urls, strict=True)] == [200, 200]
+
+        _cli(inst, "cert", "revoke", inst.clients["alice"].issued.serial)
+        assert [s.get(url + "files/").status_code for s, url in zip(alice, urls, strict=True)] == [401, 401]
+        assert last_reason(inst, "revoked") == "revoked"
+        assert [bob.get(url + "files/").status_code for url in urls] == [200, 200]  # twin: bob unaffected
+
+
+def test_a_totp_reset_by_the_cli_ends_the_grant_on_both_warm_servers(inst: Instance) -> None:
+    configure(inst, throttle=_NO_LOCKOUT)
+    totp = enrol(inst)
+    with two_servers(inst) as urls:
+        s = session_for(inst, "alice")
+        assert s.get(urls[0] + "secure/", auth=("alice", PW + code(totp))).status_code == 200
+        # the grant opened through one server serves the password alone on the other
+        assert [s.get(url + "secure/").status_code for url in urls] == [200, 200]
+        fresh = enrol(inst)  # `user totp enable` again: a new secret
+        assert [s.get(url + "secure/").status_code for url in urls] == [401, 401]
+        assert last_reason(inst, "otp_required") == "otp_required"
+        assert s.get(urls[1] + "secure/", auth=("alice", PW + code(fresh, 1))).status_code == 200  # twin
+        assert s.get(urls[0] + "secure/").status_code == 200
