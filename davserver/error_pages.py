@@ -13,15 +13,22 @@ The only HTML a request below this middleware may answer with besides those
 pages is a user's file or the folder listing, both a 200/206 of GET or HEAD;
 so every other HTML body is such a page and is replaced by the status line.
 Every body written here carries the headers of content_safety.py.
+
+A browser navigation (browser_pages.wants_html) gets, for 401, 403, 404, 409, 423, 503
+and 507, a small page saying in plain words what happened with a link to the share
+or the root (:func:`browser_error_page`; the guard uses it for its refusals too); every
+other client keeps the status line as text, byte for byte.
 """
 
 from __future__ import annotations
 
 import errno
+import html
 import http
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from urllib.parse import quote
 
 from wsgidav import util
 from wsgidav.dav_error import (
@@ -36,10 +43,12 @@ from wsgidav.dav_error import (
 )
 from wsgidav.mw.base_mw import BaseMiddleware
 
+from .browser_pages import html_headers, page_bytes, wants_html
 from .content_safety import SAFETY_HEADERS, replace_headers
+from .stepup import PREFIX
 from .store.base import StoreUnavailable
 
-__all__ = ["ErrorPages"]
+__all__ = ["BROWSER_PAGE_STATUSES", "ErrorPages", "browser_error_page"]
 
 log = logging.getLogger("davserver.errors")
 
@@ -69,6 +78,85 @@ _OS_ERRORS = {
 }
 
 
+#: What a browser is told, per status: (heading, explanation). Plain words; nothing
+#: about the server or why a sign-in failed (the audit log has the reason).
+_PLAIN: dict[int, tuple[str, str]] = {
+    401: ("Sign-in needed",
+          "The server did not accept the sign-in for this address. Check your user name and password; "
+          "if they are right, your account may not open this folder."),
+    403: ("Not allowed",
+          "Your account may not do this here. The folder may be read-only for you, or the name is one "
+          "the server does not accept."),
+    404: ("Not found",
+          "There is nothing at this address. It may have been moved, renamed or deleted."),
+    409: ("Could not be done",
+          "This conflicts with what is already there, for example the folder it should go into does not exist."),
+    423: ("Locked",
+          "Someone is editing this right now, so it is locked. Try again in a few minutes."),
+    503: ("Temporarily unavailable",
+          "The server cannot answer right now. Try again shortly."),
+    507: ("No space left",
+          "The server has no room for this. Delete files you no longer need, or ask the administrator."),
+}
+#: Statuses a browser gets a page for; any other keeps the text answer.
+BROWSER_PAGE_STATUSES = frozenset(_PLAIN)
+#: Shown instead of the 401 text when the certificate's account may open the share and
+#: the share needs a code from it (guard.py decides when).
+_CODE_NEEDED = (
+    "A two-factor code is needed",
+    "This folder needs a code from your authenticator app as well as your password. "
+    "Enter both on the two-factor page; after that your password alone opens the folder for a while.",
+)
+
+
+def browser_error_page(status: int, *, path: str = "", share: str | None = None,
+                       code_next: str | None = None) -> tuple[bytes, list[tuple[str, str]]]:
+    """The page and its headers for a browser that got ``status`` (one of
+    :data:`BROWSER_PAGE_STATUSES`; KeyError otherwise) at ``path`` (decoded, shown escaped).
+
+    ``share``: the share the request was in and the account may read, linked as the way
+    back (None: only the root is linked). ``code_next``: a code is needed (401 only):
+    the page links to the step-up page with ``next`` = this path (decoded; encoded here).
+    Headers: browser_pages.html_headers (no script)."""
+    heading, text = _CODE_NEEDED if code_next is not None else _PLAIN[status]
+    e = html.escape
+    parts = [f"<h1>{e(heading)}</h1>", f"<p>{e(text)}</p>"]
+    if path and status in (403, 404, 409, 423):
+        parts.append(f"<p class=note>Address: <code>{e(path)}</code></p>")
+    links = []
+    if code_next is not None:
+        target = quote(code_next, safe="/")
+        links.append(f'<a class=button href="/{PREFIX}/?next={e(target)}">Enter a two-factor code</a>')
+    if share:
+        links.append(f'<a href="/{e(quote(share, safe=""))}/">Back to the folder {e(share)}</a>')
+    links.append('<a href="/">All shares</a>')
+    parts.append(f'<p class=links>{"".join(links)}</p>')
+    body = page_bytes(heading, "".join(parts))
+    return body, html_headers(body)
+
+
+def _share_of(environ: dict[str, Any]) -> str | None:
+    """The share the guard allowed this request in (its name), if any."""
+    share = environ.get("davserver.share")
+    name = getattr(share, "name", None)
+    return name if isinstance(name, str) else None
+
+
+def _browser_answer(environ: dict[str, Any], code: int, headers: list[tuple[str, str]]) -> tuple[
+        list[tuple[str, str]], bytes] | None:
+    """The HTML page in place of an error answer for a browser navigation, or None."""
+    if code not in BROWSER_PAGE_STATUSES or not wants_html(environ):
+        return None
+    # WsgiDAV's routing moved the share's mount point to SCRIPT_NAME (PEP 3333: Latin-1 text of UTF-8).
+    wsgi_path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
+    path = wsgi_path.encode("latin-1", "replace").decode("utf-8", "replace")
+    body, page_headers = browser_error_page(code, path=path, share=_share_of(environ))
+    if environ.get("REQUEST_METHOD") == "HEAD":
+        body = b""
+        page_headers = replace_headers(page_headers, [("Content-Length", "0")])
+    return replace_headers(headers, page_headers), body
+
+
 def _as_dav_error(exc: BaseException) -> DAVError:
     if isinstance(exc, DAVError):
         return exc
@@ -96,7 +184,12 @@ def _is_status_page(environ: dict[str, Any], status: str, headers: list[tuple[st
 
 def _status_answer(environ: dict[str, Any], status: str, headers: list[tuple[str, str]]) -> tuple[
         list[tuple[str, str]], bytes]:
-    """The status line as a text/plain body, in place of a status page; other headers kept."""
+    """The status line as a text/plain body, in place of a status page; other headers kept
+    (a browser navigation gets the page of :func:`browser_error_page` instead)."""
+    code = status.split(" ", 1)[0]
+    page = _browser_answer(environ, int(code), headers) if code.isdigit() else None
+    if page is not None:
+        return page
     body = b"" if environ.get("REQUEST_METHOD") == "HEAD" else (status + "\n").encode("utf-8")
     return replace_headers(headers, [("Content-Type", "text/plain; charset=utf-8"),
                                      ("Content-Length", str(len(body))), *SAFETY_HEADERS]), body
@@ -149,6 +242,11 @@ class ErrorPages(BaseMiddleware):
             length = [] if error.value == HTTP_NOT_MODIFIED else [("Content-Length", "0")]
             start_response(status, [*length, *(error.add_headers or [])])
             yield b""
+            return
+        page = _browser_answer(environ, error.value, list(error.add_headers or []))
+        if page is not None:
+            start_response(status, page[0])
+            yield page[1]
             return
         if error.err_condition:
             ctype, body = "application/xml; charset=utf-8", util.to_bytes(error.err_condition.as_string())

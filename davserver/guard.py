@@ -16,13 +16,15 @@ from . import access
 from .access import Refusal, refusal_for_status
 from .accounts import AccountsWatcher
 from .audit import AuditLog
-from .auth.core import Authenticator, Credentials, Decision, failure_key
+from .auth.core import Authenticator, Credentials, Decision
 from .auth.identity import CertIdentity
+from .browser_pages import wants_html
 from .config import Config, ShareConfig
 from .copymove import DESTINATION_KEY
 from .csrf import TOKENS_KEY as CSRF_TOKENS_KEY
 from .csrf import CsrfTokens
 from .dav import VISIBLE_SHARES_KEY
+from .error_pages import browser_error_page
 from .issuance import renew as renew_certificate
 from .listing import MAY_WRITE_KEY
 from .renewal import RENEW_DUE_KEY, Renewals
@@ -40,6 +42,13 @@ StartResponse = Callable[..., Any]
 log = logging.getLogger("davserver.guard")
 
 _REALM = 'Basic realm="davserver", charset="UTF-8"'
+
+#: Refusals of a sign-in by an account the certificate maps to (auth/core.py): on a share
+#: that needs a code, a browser is sent to the step-up page for each of them alike.
+_SIGN_IN_FAILURES = frozenset({
+    Refusal.NO_CREDENTIALS, Refusal.BAD_PASSWORD, Refusal.BAD_OTP, Refusal.OTP_REPLAYED, Refusal.OTP_REQUIRED,
+    Refusal.USER_MISMATCH, Refusal.BAD_AUTH_HEADER, Refusal.LOCKED,
+})
 
 #: A layer after the decision that refuses what was allowed (a limit, a lock token of
 #: another account, a bad name) puts its reason (an access.Refusal value) here; the
@@ -199,8 +208,6 @@ class Guard:
             totp_config=config.totp,
             throttle=config.throttle,
             strip_domain=config.auth.strip_domain,
-            # one key for every process of this home: a repeated failure counts once (auth/core.py)
-            failure_key=failure_key(config.home.state_dir / "failure.key"),
         )
         #: Renewal of the built-in CA's certificates by their holders (renewal.py).
         self.renewals = Renewals(
@@ -430,6 +437,32 @@ class Guard:
 
         return _Audited(body, finish)
 
+    def _refusal_page(self, environ: dict[str, Any], decision: Decision) -> tuple[bytes, list[tuple[str, str]]]:
+        """The page a browser navigation gets for a refusal (error_pages.browser_error_page).
+
+        A 401 says "a two-factor code is needed", with a link to the step-up page and back,
+        exactly when the certificate maps to an enabled account that may read the share and
+        the share needs a code of it (the account has TOTP): for every failed sign-in there,
+        not only ``otp_required``, so the page depends on the share's policy alone and never
+        tells a right password from a wrong one. Every other refusal gets the generic
+        page, linking only to the root (the share's existence is not confirmed); a 403
+        links back to the share the account may read."""
+        try:
+            target = parse_wsgi_path(environ.get("PATH_INFO", ""))
+        except BadTarget:
+            target = parse_wsgi_path("/")
+        share = self._share(target.share or "")
+        account = decision.account
+        readable = share is not None and account is not None and share.may_read(account.name, account.groups)
+        code_next = None
+        if (decision.status not in (403, 503) and readable and account is not None and share is not None
+                and decision.reason in _SIGN_IN_FAILURES and account.totp_secret is not None
+                and "totp" in self.authenticator.required(account, share.require)):
+            code_next = target.path
+        status = decision.status if decision.status in (403, 503) else 401
+        back = share.name if status == 403 and readable and share is not None else None  # a 401: the root only
+        return browser_error_page(status, path=target.path, share=back, code_next=code_next)
+
     def _deny(self, environ: dict[str, Any], decision: Decision, start_response: StartResponse) -> list[bytes]:
         if decision.status == 403:
             status, body = "403 Forbidden", b"forbidden\n"
@@ -440,10 +473,16 @@ class Guard:
         else:
             status, body = "401 Unauthorized", b"invalid credentials\n"
             headers = [("WWW-Authenticate", _REALM)]
-        headers += [
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Length", str(len(body))),
-        ]
+        if wants_html(environ):
+            body, page_headers = self._refusal_page(environ, decision)
+            headers += page_headers
+            if environ.get("REQUEST_METHOD") == "HEAD":
+                body = b""
+        else:
+            headers += [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+            ]
         if _has_body(environ):
             # An unread body is never drained into memory: end the connection instead.
             headers.append(("Connection", "close"))

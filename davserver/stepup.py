@@ -1,6 +1,13 @@
 """The browser step-up page: prove password + TOTP code once in a form, and every
 client using the same certificate gets in with the password alone until the
-grant ends. Served at a reserved path no share name can take.
+two-factor session (a "grant" in the code and the audit log) ends. Served at a
+reserved path no share name can take.
+
+``GET /_davserver/?next=/share/folder/`` (where a browser refused on a share that needs
+a code is sent, guard.py) carries ``next`` through the form; after a correct code the
+page links back to it, when it is a same-origin path (browser_pages.safe_next).
+The page is laid out and worded for people (browser_pages.py): the certificate by its
+name and expiry, its serial behind a details toggle, times in the browser's local time.
 
 The page is only reachable with a valid client certificate (the TLS layer
 demands it), and its forms carry a CSRF token bound to that certificate, so
@@ -19,13 +26,14 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs
 
 from .accounts import Account
 from .auth.core import Authenticator, Decision
 from .auth.identity import CertIdentity
+from .browser_pages import LOCAL_TIME_SCRIPT, html_headers, page_bytes, safe_next, time_html
 from .content_safety import FORM_PAGE_HEADERS
 from .csrf import CsrfTokens, browser_origin_refusal
 from .enrolment_pages import (
@@ -49,17 +57,10 @@ PREFIX = "_davserver"
 _MAX_FORM = 8192
 _SECURITY_HEADERS = FORM_PAGE_HEADERS  # content_safety.py: shared with the enrolment pages
 
-_STYLE = """
-body{font-family:system-ui,sans-serif;max-width:34rem;margin:3rem auto;padding:0 1rem;color:#222}
-h1{font-size:1.4rem}dl{display:grid;grid-template-columns:max-content 1fr;gap:.3rem 1rem}
-dt{color:#666}label{display:block;margin:.8rem 0 .2rem}input[type=password],input[type=text]{width:100%;
-padding:.5rem;font-size:1rem;box-sizing:border-box}button{margin-top:1rem;padding:.5rem 1.2rem;font-size:1rem}
-.ok{background:#e6f4ea;padding:.6rem 1rem}.err{background:#fce8e6;padding:.6rem 1rem}
-"""
-
-
-def _when(stamp: float) -> str:
-    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+#: After a refused code: why it may have failed, without saying which factor was wrong.
+REFUSED = "The password or the code was not accepted. Each code can be used once — wait for the next one."
+#: Shown when the form's token is missing, expired or from another site.
+EXPIRED = "The form expired. Please try again."
 
 
 class StepUpPage:
@@ -97,22 +98,24 @@ class StepUpPage:
                                           ("Content-Length", str(len(guide))), *_SECURITY_HEADERS])
                 return [b"" if method == "HEAD" else guide], ok
         if method in ("GET", "HEAD"):
-            return self._page(start_response, account, cert, 200, head=method == "HEAD"), ok
+            query = parse_qs(environ.get("QUERY_STRING", ""), max_num_fields=10)
+            following = (query.get("next") or [""])[0]
+            return self._page(start_response, account, cert, 200, head=method == "HEAD", following=following), ok
         if method == "POST" and action == "renew":
             return self._renew(environ, start_response, account, cert)
         if method != "POST" or action not in ("stepup", "end"):
             start_response("405 Method Not Allowed", [("Allow", "GET, POST"), ("Content-Length", "0")])
             return [b""], Decision.deny("bad_request", account, status=405)
         form = self._form(environ)
+        following = form.get("next", "") if form is not None else ""
         if form is None or not self._same_origin(environ) or not self._token_ok(cert, form.get("csrf", "")):
-            return self._page(start_response, account, cert, 403, error="The form expired. Please try again."), (
+            return self._page(start_response, account, cert, 403, error=EXPIRED, following=following), (
                 Decision.deny("csrf", account, status=403)
             )
         if action == "end":
             self.auth.end_grant(account, cert)
-            return self._page(start_response, account, cert, 200, notice="The grant has ended."), Decision(
-                True, 0, "grant_ended", account
-            )
+            return self._page(start_response, account, cert, 200,
+                              notice="Your two-factor session has ended."), Decision(True, 0, "grant_ended", account)
         decision = self.auth.step_up(
             account=account, cert=cert, password=form.get("password", ""), code=form.get("code", ""),
             now=self.clock(), peer=environ.get("REMOTE_ADDR", ""),
@@ -120,8 +123,9 @@ class StepUpPage:
         if not decision.allowed:
             if decision.delay:
                 time.sleep(decision.delay)
-            return self._page(start_response, account, cert, 403, error="Invalid credentials."), decision
-        return self._page(start_response, account, cert, 200, notice="Verified."), Decision(
+            return self._page(start_response, account, cert, 403, error=REFUSED, following=following), decision
+        return self._page(start_response, account, cert, 200, notice="Code accepted: your two-factor session is open.",
+                          following=following, done=True), Decision(
             True, 0, "stepup", account, decision.factors, decision.grant_expires
         )
 
@@ -136,7 +140,7 @@ class StepUpPage:
             return self._plain(start_response, form, "the form could not be read\n", close=True), Decision.deny(
                 "bad_request", account, status=form)
         if browser and (not self._same_origin(environ) or not self._token_ok(cert, form.get("csrf", ""))):
-            return self._page(start_response, account, cert, 403, error="The form expired. Please try again."), (
+            return self._page(start_response, account, cert, 403, error=EXPIRED), (
                 Decision.deny("csrf", account, status=403)
             )
         if self.renewals is None or not self.renewals.due(cert, now):
@@ -154,7 +158,7 @@ class StepUpPage:
             if decision.delay:
                 time.sleep(decision.delay)
             if browser:
-                return self._page(start_response, account, cert, 403, error="Invalid credentials."), decision
+                return self._page(start_response, account, cert, 403, error=REFUSED), decision
             return self._plain(start_response, 401, "invalid credentials\n"), decision
         try:
             delivery = self.renewals.renew(cert, p12_password=p12_password, csr_pem=csr_pem)
@@ -217,48 +221,62 @@ class StepUpPage:
         error: str = "",
         notice: str = "",
         head: bool = False,
+        following: str = "",
+        done: bool = False,
     ) -> list[bytes]:
+        """The page: who is signed in, the two-factor session, and its form.
+
+        ``following``: the ``next`` path asked for (any text; only a same-origin path,
+        browser_pages.safe_next, is used). It rides in the form, and once a session is
+        open (``done``, or one already is) the page links to it."""
         e = html.escape
-        grant = self.auth.current_grant(account, cert, self.clock())
+        now = self.clock()
+        grant = self.auth.current_grant(account, cert, now)
         token = self._token(cert)
+        href = safe_next(following)
+        name = cert.common_name or cert.subject
         parts = [
-            "<!doctype html><html lang=en><head><meta charset=utf-8>",
-            '<meta name=viewport content="width=device-width,initial-scale=1">',
-            f"<title>davserver sign-in</title><style>{_STYLE}</style></head><body>",
             "<h1>Two-factor sign-in</h1>",
             f'<p class="err">{e(error)}</p>' if error else "",
             f'<p class="ok">{e(notice)}</p>' if notice else "",
+        ]
+        if grant is not None and href is not None:
+            parts.append(f'<p><a class=button href="{e(href)}">Continue to {e(following)}</a></p>'
+                         if done else f'<p><a href="{e(href)}">Back to {e(following)}</a></p>')
+        parts += [
             "<dl>",
             f"<dt>Account</dt><dd>{e(account.name)}</dd>",
-            f"<dt>Certificate</dt><dd>{e(cert.subject)} (serial {e(cert.serial)})</dd>",
-            f"<dt>Expires</dt><dd>{e(_when(cert.not_after.timestamp()))} "
-            f"(in {max(0, int(days_left(cert, self.clock())))} days)</dd>",
+            f"<dt>Certificate</dt><dd>{e(name)}<details><summary>Certificate details</summary>"
+            f"Subject {e(cert.subject)}<br>Issued by {e(cert.issuer)}<br>Serial {e(cert.serial)}</details></dd>",
+            f"<dt>Expires</dt><dd>{time_html(cert.not_after.timestamp())} "
+            f"(in {max(0, int(days_left(cert, now)))} days)</dd>",
         ]
+        hidden_next = f'<input type=hidden name=next value="{e(following)}">' if href is not None else ""
         if grant is not None:
             parts += [
-                f"<dt>Grant</dt><dd>active; ends {e(_when(grant.idle_until))} if unused, "
-                f"at the latest {e(_when(grant.expires))}</dd></dl>",
-                "<p>Every client that uses this certificate can now sign in with the password alone.</p>",
+                f"<dt>Two-factor session</dt><dd>open until {time_html(grant.idle_until)} if unused, "
+                f"at the latest {time_html(grant.expires)}</dd></dl>",
+                "<p>Every program that uses this certificate (this browser, a mapped drive, a sync app) "
+                "can now open folders that need a code with your password alone.</p>",
                 f'<form method=post action="/{PREFIX}/end"><input type=hidden name=csrf value="{e(token)}">',
-                "<button type=submit>End the grant now</button></form>",
+                "<button type=submit class=quiet>End the two-factor session now</button></form>",
             ]
         else:
             parts += [
-                "<dt>Grant</dt><dd>none</dd></dl>",
+                "<dt>Two-factor session</dt><dd>none</dd></dl>",
+                "<p>Some folders need a code from your authenticator app as well as your password. "
+                "Enter both here once; then your password alone opens them for a while.</p>",
                 f'<form method=post action="/{PREFIX}/stepup" autocomplete=off>',
-                f'<input type=hidden name=csrf value="{e(token)}">',
+                f'<input type=hidden name=csrf value="{e(token)}">{hidden_next}',
                 "<label for=password>Password</label>",
                 "<input id=password name=password type=password required autocomplete=current-password>",
-                "<label for=code>Code from your authenticator app</label>",
+                "<label for=code>Code from your authenticator app (6 digits)</label>",
                 "<input id=code name=code type=text inputmode=numeric pattern=[0-9]{6} maxlength=6 required "
                 "autocomplete=one-time-code>",
                 "<button type=submit>Verify</button></form>",
             ]
         parts.append(self._renewal_form(account, cert, token))
-        parts.append("</body></html>")
-        body = "".join(parts).encode("utf-8")
-        start_response(
-            status_line(status),
-            [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body))), *_SECURITY_HEADERS],
-        )
+        parts.append('<p class=links><a href="/">All shares</a></p>')
+        body = page_bytes("Two-factor sign-in", "".join(parts), scripts=(LOCAL_TIME_SCRIPT,))
+        start_response(status_line(status), html_headers(body, scripts=(LOCAL_TIME_SCRIPT,)))
         return [b""] if head else [body]

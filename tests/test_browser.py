@@ -45,9 +45,12 @@ CHROMIUM_ARGS = [
 #: Defaults of the totp section (configure() leaves them alone).
 GRANT_IDLE = 1800
 GRANT_ABSOLUTE = 43200
+#: The step-up page's session line, its times as the <time> elements' datetime (UTC).
 _GRANT_TEXT = re.compile(
-    r"active; ends (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC if unused, at the latest (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC"
+    r'open until <time datetime="(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)Z"[^>]*>[^<]*</time> if unused, '
+    r'at the latest <time datetime="(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)Z"[^>]*>[^<]*</time>'
 )
+SESSION = "Two-factor session"
 
 
 def require_playwright() -> ModuleType:
@@ -110,7 +113,7 @@ def cert_context(browser: Browser, inst: Instance, server: DavServer, account: s
 
 
 def facts(page: Page) -> dict[str, str]:
-    """The page's <dl>: Account, Certificate, Grant."""
+    """The page's <dl>: Account, Certificate, Expires, Two-factor session."""
     terms = page.locator("dt").all_inner_texts()
     values = page.locator("dd").all_inner_texts()
     assert len(terms) == len(values), page.content()
@@ -152,7 +155,12 @@ def wrong_code(totp: pyotp.TOTP) -> str:
 
 
 def utc(stamp: str) -> float:
-    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
+    return datetime.strptime(stamp.replace("T", " "), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
+
+
+def session_html(page: Page) -> str:
+    """The markup of the step-up page's "Two-factor session" value."""
+    return page.locator("dt", has_text=SESSION).locator("xpath=following-sibling::dd[1]").inner_html()
 
 
 def has_grant(inst: Instance, server: DavServer) -> bool:
@@ -202,9 +210,11 @@ def test_browser_stepup_grant_lets_rclone_in_with_password_alone(
         shown = facts(page)
         assert shown["Account"] == "alice", shown
         assert cert.subject.rfc4514_string() == "CN=alice"
-        assert shown["Certificate"].startswith("CN=alice (serial "), shown
-        assert f"{cert.serial_number:X}" in shown["Certificate"].upper(), shown
-        assert shown["Grant"] == "none", shown
+        # The certificate by its name; its serial behind the details toggle.
+        assert shown["Certificate"].startswith("alice"), shown
+        page.get_by_text("Certificate details").click()
+        assert f"{cert.serial_number:X}" in facts(page)["Certificate"].upper(), facts(page)
+        assert shown[SESSION] == "none", shown
 
         # A wrong code with the right password: refused, no grant.
         page.fill("#password", alice.password)
@@ -212,8 +222,8 @@ def test_browser_stepup_grant_lets_rclone_in_with_password_alone(
         response = submit(page, "Verify")
         assert response.status == 403
         assert_security_headers(response)
-        assert "Invalid credentials." in page.locator("p.err").inner_text()
-        assert facts(page)["Grant"] == "none"
+        assert "Each code can be used once" in page.locator("p.err").inner_text()
+        assert facts(page)[SESSION] == "none"
         assert not has_grant(inst, server), "a wrong code opened a grant"
 
         # Password + the right code: the grant is active, with its end times.
@@ -223,14 +233,14 @@ def test_browser_stepup_grant_lets_rclone_in_with_password_alone(
         response = submit(page, "Verify")
         assert response.status == 200, page.content()
         assert_security_headers(response)
-        assert page.locator("p.ok").inner_text() == "Verified."
-        grant = facts(page)["Grant"]
+        assert page.locator("p.ok").inner_text() == "Code accepted: your two-factor session is open."
+        grant = session_html(page)
         m = _GRANT_TEXT.fullmatch(grant)
         assert m, grant
         idle_end, latest = utc(m[1]), utc(m[2])
         assert before + GRANT_IDLE - 5 <= idle_end <= time.time() + GRANT_IDLE + 1, grant
         assert before + GRANT_ABSOLUTE - 5 <= latest <= time.time() + GRANT_ABSOLUTE + 1, grant
-        assert page.get_by_role("button", name="End the grant now").is_visible()
+        assert page.get_by_role("button", name="End the two-factor session now").is_visible()
 
         # No browser involved: rclone with alice's certificate and the password alone.
         env = secure_remote(inst, server, tmp_path)
@@ -245,11 +255,11 @@ def test_browser_stepup_grant_lets_rclone_in_with_password_alone(
         assert not (share_dir(inst, "files") / "hello.txt").exists(), "rclone wrote to the config file's url"
 
         # End the grant in the browser: the password alone no longer works.
-        response = submit(page, "End the grant now")
+        response = submit(page, "End the two-factor session now")
         assert response.status == 200
         assert_security_headers(response)
-        assert page.locator("p.ok").inner_text() == "The grant has ended."
-        assert facts(page)["Grant"] == "none"
+        assert page.locator("p.ok").inner_text() == "Your two-factor session has ended."
+        assert facts(page)[SESSION] == "none"
     finally:
         ctx.close()
 
@@ -312,7 +322,7 @@ def test_stepup_post_without_valid_csrf_is_refused(secure: tuple[Instance, DavSe
         for label, (data, headers) in bad.items():
             r = s.post(server.url + "_davserver/stepup", data=data, headers=headers, timeout=30)
             assert r.status_code == 403, (label, r.status_code, r.text)
-            assert "Grant</dt><dd>none" in r.text, (label, r.text)
+            assert "Two-factor session</dt><dd>none" in r.text, (label, r.text)
             assert not has_grant(inst, server), f"a {label} csrf token opened a grant"
 
         # Control: the same code was right and is still unspent, so the refusals above
@@ -536,7 +546,7 @@ def test_browser_totp_share_listing_after_stepup_page(
         page.fill("#code", totp.now())
         response = submit(page, "Verify")
         assert response.status == 200, page.content()
-        assert page.locator("p.ok").inner_text() == "Verified."
+        assert page.locator("p.ok").inner_text() == "Code accepted: your two-factor session is open."
 
         # The same browser, the password alone: the listing, with the grant's end.
         before = time.time()
@@ -562,6 +572,6 @@ def test_browser_totp_share_listing_after_stepup_page(
         response = follow(page, "two-factor sign-in")
         assert response.status == 200
         assert page.url == server.url + STEPUP
-        assert _GRANT_TEXT.fullmatch(facts(page)["Grant"]), facts(page)
+        assert _GRANT_TEXT.fullmatch(session_html(page)), session_html(page)
     finally:
         ctx.close()
