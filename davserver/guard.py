@@ -16,7 +16,7 @@ from . import access
 from .access import Refusal, refusal_for_status
 from .accounts import AccountsWatcher
 from .audit import AuditLog
-from .auth.core import Authenticator, Credentials, Decision
+from .auth.core import Authenticator, Credentials, Decision, failure_key
 from .auth.identity import CertIdentity
 from .browser_pages import wants_html
 from .config import Config, ShareConfig
@@ -208,6 +208,8 @@ class Guard:
             totp_config=config.totp,
             throttle=config.throttle,
             strip_domain=config.auth.strip_domain,
+            # one key for every process of this home: a repeated failure counts once (auth/core.py)
+            failure_key=failure_key(config.home.state_dir / "failure.key"),
         )
         #: Renewal of the built-in CA's certificates by their holders (renewal.py).
         self.renewals = Renewals(
