@@ -119,6 +119,7 @@ _BY_STATUS = {
     416: Refusal.BAD_REQUEST,
     423: Refusal.RESOURCE_LOCKED,
     502: Refusal.BAD_GATEWAY,
+    503: Refusal.STORE_UNAVAILABLE,  # the DAV app's only 503: the state store (error_pages._as_dav_error)
     507: Refusal.INSUFFICIENT_STORAGE,
 }
 

@@ -28,7 +28,7 @@ from .metrics import Metrics, MetricsListener
 from .proxy_protocol import ProxyHeaderError, ProxyPolicy
 from .revocation import RevocationList
 from .server_certificate import ServerCertificate
-from .store import StoreUnavailable, open_store
+from .store import StoreUnavailable, open_store, unavailable_at_start
 from .tls import CERT_ENVIRON_KEY, DeferredHandshakeAdapter, TLSConnection, create_ssl_context
 from .tls_refusals import TLSRefusals
 from .watchdog import Watchdog
@@ -141,10 +141,7 @@ class DavServer:
             self.store.ping()
         except StoreUnavailable as exc:
             self.store.close()
-            if config.state.sentinels:  # store/redis.py names the sentinels it asked
-                raise StartupError(f"state.sentinels: {exc} (start the sentinels and Redis, or fix "
-                                   "state.sentinels and state.sentinel_service)") from None
-            raise StartupError(f"state.url: {exc} (start Redis or fix the URL)") from None
+            raise StartupError(unavailable_at_start(config.state, exc)) from None
         self.audit = AuditLog(config.audit.file)
         try:
             self.guard = Guard(

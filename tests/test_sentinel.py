@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,9 @@ import yaml
 from click.testing import CliRunner
 
 from davserver.cli import main
+from davserver.config import ConfigError, Home, load_config, parse_config
+from davserver.errors import StartupError
+from davserver.server import DavServer
 from davserver.store.redis import _USE_OTP
 
 from .conftest import Instance, running, session_for
@@ -198,10 +201,16 @@ def _audit(inst: Instance) -> list[dict[str, Any]]:
 
 
 def _audit_after(inst: Instance, before: int, n: int) -> list[dict[str, Any]]:
-    """The `n` audit records after the first `before` (a line is written once its answer is sent)."""
-    records = _until(f"{n} audit records", lambda: len(_audit(inst)) >= before + n and _audit(inst), 5)
-    assert len(records) == before + n, records[before:]
-    return list(records[before:])
+    """The `n` 503 records of the audit log after its first `before` lines (a line is
+    written once its answer is sent, so an earlier answer's line may still come)."""
+
+    def refused() -> list[dict[str, Any]]:
+        return [r for r in _audit(inst)[before:] if r.get("status") == 503]
+
+    _until(f"{n} refusals audited", lambda: len(refused()) >= n, 5)
+    time.sleep(0.2)
+    assert len(refused()) == n, refused()
+    return refused()
 
 
 def _lock(inst: Instance, url: str) -> str:
@@ -296,3 +305,102 @@ def test_failover_is_followed_and_codes_and_locks_survive_it(
         records = _audit_after(inst, before, 6)
         assert {r["reason"] for r in records} == {"store_unavailable"}, records
         assert "no sentinel names a master" in caplog.text
+
+
+def test_a_write_no_replica_confirms_is_refused_and_the_lock_withdrawn(inst: Instance, sentinels: SentinelSet) -> None:
+    """state.wait_replicas: a used code or a new lock that no replica confirms within
+    state.wait_seconds is a 503 (audited); with wait_replicas 0 the same sign-in works
+    (the twin); with the replica back, both work again."""
+    _use_sentinels(inst, sentinels, wait_seconds=0.3)
+    alice, carol = _enrol(inst, "alice"), _enrol(inst, "carol")
+    config = load_config(inst.home)
+    assert config.state.wait_replicas == 1 and config.state.wait_seconds == 0.3
+    replica = sentinels.procs[sentinels.redis_ports[1]]
+    with running(inst) as node:
+        assert _status(inst, node.url + "files/", password=PW) == 200
+        replica.send_signal(signal.SIGSTOP)  # connected, but confirms nothing
+        try:
+            before = len(_audit(inst))
+            assert _status(inst, node.url + "secure/", password=PW + alice.now()) == 503
+            with session_for(inst) as s:
+                r = s.request("LOCK", node.url + "files/held.txt", data=LOCKINFO,
+                              headers={"Depth": "0", "Timeout": "Second-600"}, timeout=30)
+            assert r.status_code == 503 and "Lock-Token" not in r.headers
+            records = _audit_after(inst, before, 2)
+            assert [r["reason"] for r in records] == ["store_unavailable"] * 2
+            assert all(300 <= r["duration_ms"] < 3000 for r in records), "waited state.wait_seconds, no longer"
+            # the twin: not waiting for replicas, the same kind of sign-in is let in
+            relaxed = DavServer(replace(config, state=replace(config.state, wait_replicas=0)), port=0)
+            relaxed.start()
+            try:
+                assert _status(inst, relaxed.url + "secure/", "carol", "carol-secret-pw" + carol.now()) == 200
+            finally:
+                relaxed.stop()
+        finally:
+            replica.send_signal(signal.SIGCONT)
+        master = sentinels.redis_ports[0]
+        _until("the replica in sync again", lambda: sentinels.replicas_in_sync(master) >= 1)
+        # The lock no replica confirmed was withdrawn: nobody holds its token, nothing blocks a write.
+        assert _put(inst, node.url + "files/held.txt", b"free") in (200, 201, 204)
+        token = _lock(inst, node.url + "files/held.txt")
+        assert _put(inst, node.url + "files/held.txt", b"sneaky") == 423
+        assert _put(inst, node.url + "files/held.txt", b"mine", token) in (200, 201, 204)
+
+
+def test_no_sentinel_at_start_is_a_clear_error(inst: Instance, sentinels: SentinelSet) -> None:
+    """No sentinel answers, or they know no such master: the server does not start, with
+    one line naming state.sentinels and what failed; the twin (the right name, sentinels
+    up) serves."""
+    dead = _free_ports(2)
+    for state, says in (({"sentinels": [f"127.0.0.1:{p}" for p in dead]},
+                         f"no sentinel answers: 127.0.0.1:{dead[0]} (ConnectionError), 127.0.0.1:{dead[1]}"),
+                        ({"sentinel_service": "nosuch"}, "name no master 'nosuch' that is up")):
+        _use_sentinels(inst, sentinels, **state)
+        with pytest.raises(StartupError) as err:
+            DavServer(load_config(inst.home), port=0)
+        assert str(err.value).startswith("state.sentinels: state store (redis) unavailable: ")
+        assert says in str(err.value) and "\n" not in str(err.value) and REDIS_PW not in str(err.value)
+    _use_sentinels(inst, sentinels)
+    with running(inst) as node:
+        assert _status(inst, node.url + "files/", password=PW) == 200
+
+
+BAD_SENTINELS = [
+    ("10.0.0.5", "state.sentinels[0]", "host:port"),
+    ("10.0.0.5:", "state.sentinels[0]", "1 to 65535"),
+    ("10.0.0.5:0", "state.sentinels[0]", "1 to 65535"),
+    ("10.0.0.5:65536", "state.sentinels[0]", "1 to 65535"),
+    ("10.0.0.5:26379x", "state.sentinels[0]", "1 to 65535"),
+    (":26379", "state.sentinels[0]", "host:port"),
+    ("2001:db8::7:26379", "state.sentinels[0]", "brackets"),
+    ("[2001:db8::7]", "state.sentinels[0]", "brackets"),
+    ("[10.0.0.5]:26379", "state.sentinels[0]", "IPv6"),
+    ("[nonsense]:26379", "state.sentinels[0]", "IPv6"),
+    ("redis://10.0.0.5:26379", "state.sentinels[0]", "host:port"),
+    ("my host:26379", "state.sentinels[0]", "host:port"),
+    (26379, "state.sentinels[0]", "host:port"),
+]
+
+
+@pytest.mark.parametrize(("entry", "key", "says"), BAD_SENTINELS)
+def test_a_bad_sentinel_entry_is_a_config_error_naming_it(entry: Any, key: str, says: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"state": {"backend": "redis", "sentinels": ["s1:26379", entry][1:]}}, Home(tmp_path))
+    assert err.value.key == key and says in str(err.value), str(err.value)
+    assert "host:port" in str(err.value) or "[2001:db8::7]:26379" in str(err.value), "the fix is named"
+
+
+def test_sentinel_lists_and_urls_that_work_and_those_that_do_not(tmp_path: Path) -> None:
+    def state(**kw: Any) -> Any:
+        return parse_config({"state": {"backend": "redis", **kw}}, Home(tmp_path)).state
+
+    good = state(sentinels=["s1.internal:26379", " 10.0.0.6:26380 ", "[2001:db8::7]:26379"], url="redis://x/3")
+    assert good.sentinels == (("s1.internal", 26379), ("10.0.0.6", 26380), ("2001:db8::7", 26379))
+    assert state().sentinels == () and state(sentinels=None).sentinels == ()
+    for bad, key in (({"sentinels": "s1:26379"}, "state.sentinels"),
+                     ({"sentinels": ["s1:26379", "s1:26379"]}, "state.sentinels[1]"),
+                     ({"sentinels": ["s1:26379"], "url": "rediss://x/0"}, "state.url"),
+                     ({"sentinels": ["s1:26379"], "url": "unix:///run/redis.sock"}, "state.url")):
+        with pytest.raises(ConfigError) as err:
+            state(**bad)
+        assert err.value.key == key, (bad, err.value.key)

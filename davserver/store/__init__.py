@@ -12,7 +12,7 @@ from .sqlite import SQLiteStore
 if TYPE_CHECKING:
     from ..config import StateConfig
 
-__all__ = ["Grant", "SQLiteStore", "StateStore", "StoreUnavailable", "open_store"]
+__all__ = ["Grant", "SQLiteStore", "StateStore", "StoreUnavailable", "open_store", "unavailable_at_start"]
 
 
 def open_store(state: StateConfig) -> StateStore:
@@ -27,3 +27,13 @@ def open_store(state: StateConfig) -> StateStore:
                           wait_seconds=state.wait_seconds)
     assert state.path is not None
     return SQLiteStore(state.path)
+
+
+def unavailable_at_start(state: StateConfig, exc: StoreUnavailable) -> str:
+    """The one line a server that cannot reach its store at start ends with: the setting
+    to look at (``state.sentinels`` with Sentinel, else ``state.url``), what failed (the
+    store's message names the sentinels asked; never the password) and what to do."""
+    if state.sentinels:
+        return (f"state.sentinels: {exc} (start the sentinels and Redis, or fix state.sentinels and "
+                "state.sentinel_service)")
+    return f"state.url: {exc} (start Redis or fix the URL)"

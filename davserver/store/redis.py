@@ -44,7 +44,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis as redis_lib
+from redis.backoff import NoBackoff
 from redis.commands.core import Script
+from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
 from .base import Grant, InvitationRecord, StoreUnavailable
@@ -261,8 +263,10 @@ class RedisStore:
             db = int(parse_url(url).get("db") or 0)
             self.sentinel = _WatchedSentinel(
                 list(sentinels),
+                # No retries against one sentinel: the next one is asked instead (redis-py's default
+                # would retry a dead sentinel ten times before moving on).
                 sentinel_kwargs={"socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT,
-                                 **extra},
+                                 "retry": Retry(NoBackoff(), 0), **extra},
                 socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT, db=db, **extra,
             )
             self._r = self.sentinel.master_for(service)
@@ -303,9 +307,20 @@ class RedisStore:
         except redis_lib.RedisError as exc:
             if self.sentinel is None:
                 raise StoreUnavailable(f"state store (redis) unavailable: {exc}") from exc
-            asked = ", ".join(_address(s) for s in self.sentinel.sentinels)
-            raise StoreUnavailable(f"state store (redis) unavailable: no master {self.service!r} from the "
-                                   f"sentinels {asked}: {exc}") from exc
+            answering, silent = [], []
+            for sentinel in self.sentinel.sentinels:
+                try:
+                    sentinel.ping()
+                    answering.append(_address(sentinel))
+                except redis_lib.RedisError as error:
+                    silent.append(f"{_address(sentinel)} ({type(error).__name__})")
+            if not answering:
+                why = f"no sentinel answers: {', '.join(silent)}"
+            elif isinstance(exc, MasterNotFoundError):
+                why = f"the sentinels that answer ({', '.join(answering)}) name no master {self.service!r} that is up"
+            else:
+                why = f"the master {self.service!r} the sentinels name does not answer: {exc}"
+            raise StoreUnavailable(f"state store (redis) unavailable: {why}") from exc
 
     def run_confirmed(self, script: Script, *, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> tuple[Any, bool]:
         """Run a write script, then (with sentinels and ``wait_replicas`` > 0) Redis
