@@ -471,10 +471,13 @@ def test_browser_listing_root_share_and_download(inst: Instance, browser: Browse
             assert response is not None and response.status == 200, response and response.text()
             assert_security_headers(response)
             assert page.locator("h1").inner_text() == "Index of /"
-            assert page.locator("p.who b").inner_text() == "alice"
-            who = page.locator("p.who").inner_text()
-            assert who.startswith("Signed in as alice with certificate CN=alice (serial "), who
-            assert who.endswith("· factors: certificate, password"), who
+            assert page.locator(".who b").inner_text() == "alice"
+            who = page.locator(".who p").inner_text()
+            assert who.startswith("Signed in as alice with the certificate alice, valid until "), who
+            details = page.locator(".who details")
+            assert details.inner_text() == "Certificate details", "the serial is behind the toggle"
+            details.locator("summary").click()
+            assert details.inner_text().endswith("factors: certificate, password"), details.inner_text()
             assert "two-factor" not in who, who  # alice has no TOTP and / is no TOTP share
             assert listed(page) == {"files/": "/files/", "ro/": "/ro/", "team/": "/team/"}
 
@@ -521,7 +524,7 @@ def test_browser_listing_root_share_and_download(inst: Instance, browser: Browse
             ctx.close()
 
 
-_GRANT_IN_LISTING = re.compile(r"two-factor grant until (\d{4}-\d\d-\d\d \d\d:\d\d) UTC")
+_GRANT_IN_LISTING = re.compile(r"(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)Z")  # a <time datetime>
 
 
 def test_browser_totp_share_listing_after_stepup_page(
@@ -554,12 +557,13 @@ def test_browser_totp_share_listing_after_stepup_page(
         assert response is not None and response.status == 200, response and response.status
         assert_security_headers(response)
         assert page.locator("h1").inner_text() == "Index of /secure/"
-        who = page.locator("p.who").inner_text()
-        assert who.startswith("Signed in as alice with certificate CN=alice (serial "), who
-        assert "factors: certificate, password, totp" in who, who
-        m = _GRANT_IN_LISTING.search(who)
-        assert m, who
-        until = utc(m[1] + ":00")  # shown to the minute
+        who = page.locator(".who p").inner_text()
+        assert who.startswith("Signed in as alice with the certificate alice, valid until "), who
+        assert "factors: certificate, password, totp" in page.locator(".who details").text_content(), who
+        assert "two-factor session until" in who, who
+        m = _GRANT_IN_LISTING.fullmatch(page.locator(".who time").nth(1).get_attribute("datetime") or "")
+        assert m, page.content()
+        until = utc(m[1] + " " + m[2])
         assert before + GRANT_IDLE - 60 <= until <= time.time() + GRANT_IDLE, who
         assert listed(page) == {"../": "/", "plan.txt": "/secure/plan.txt"}
         response = follow(page, "plan.txt")

@@ -1,0 +1,536 @@
+"""Writing from the folder listing in a browser: upload (file picker, drag and drop,
+with progress), new folder, rename and delete, and the CSRF protection of every
+browser write (csrf.py, checked once in the guard's decision).
+
+The page's script sends the same PUT/MKCOL/MOVE/DELETE a WebDAV client sends, with
+the certificate-bound token in ``X-Davserver-CSRF``; a request that carries a
+browser's headers (``Origin``, ``Sec-Fetch-*``) but comes from another site or lacks
+a valid token is refused 403 and audited ``csrf``; a request without those headers
+(curl, rclone, every WebDAV client) is not checked.
+
+Playwright drives Debian's chromium with alice's (or bob's) client certificate, as in
+test_browser.py, whose fixtures and helpers these tests import. Screenshots of the
+listing at 360 px and 1280 px go to docs/img/ (DAVSERVER_SCREENSHOTS=0 skips writing them).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import itertools
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import pytest
+import requests
+
+from davserver.access import Refusal
+from davserver.csrf import HEADER, SAFE_METHODS
+from davserver.server import DavServer
+from tests.conftest import Instance, running, session_for
+from tests.test_browser import browser, cert_context, listed  # noqa: F401 - browser is a fixture
+from tests.test_clients import run_curl, share_dir
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, BrowserContext, Dialog, Page
+
+pytestmark = pytest.mark.client
+
+IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
+PHONE = {"width": 360, "height": 740}
+DESKTOP = {"width": 1280, "height": 800}
+#: Names that must survive upload and rename exactly: markup, quotes, URL delimiters,
+#: percent signs that look like escapes, spaces, non-ASCII, a leading dot.
+HOSTILE = ['<script>alert("x")<!--.txt', "<img src=x onerror=alert(1)>.txt",
+           'say "hi" & \'bye\'.txt', "a#b?c=d.txt", "100% %2F..%2Fup.txt",
+           "  spaced  name .txt", "Grüße ✓ 日本.txt", ".hidden", "semi;colon+plus.txt"]
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def token_of(page_html: str) -> str:
+    m = re.search(r'data-token="([^"]+)"', page_html)
+    assert m, page_html
+    return html.unescape(m[1])
+
+
+def audit_lines(inst: Instance) -> list[dict[str, Any]]:
+    path = inst.home.root / "state" / "audit.log"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().split("\n")[:-1]]  # whole lines only
+
+
+def last_audit(inst: Instance, count_before: int, method: str) -> dict[str, Any]:
+    """The audit line of the one request made since ``count_before`` lines (written when its answer ends)."""
+    deadline = time.monotonic() + 5
+    while True:
+        fresh = [r for r in audit_lines(inst)[count_before:] if r["method"] == method]
+        if fresh or time.monotonic() > deadline:
+            assert len(fresh) == 1, fresh
+            return fresh[0]
+        time.sleep(0.02)
+
+
+def alice_context(browser: Browser, inst: Instance, server: DavServer, viewport: dict[str, int] = DESKTOP,  # noqa: F811
+                  account: str = "alice") -> BrowserContext:
+    client = inst.clients[account]
+    return cert_context(browser, inst, server, account, viewport=viewport,
+                        http_credentials={"username": client.account, "password": client.password})
+
+
+class Watch:
+    """What a page said on its console and which dialogs it opened (answered as told)."""
+
+    def __init__(self, page: Page, answer: str | bool | None = True) -> None:
+        self.console: list[str] = []
+        self.dialogs: list[tuple[str, str]] = []
+        self.answer = answer
+        page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
+        page.on("pageerror", lambda e: self.console.append(f"pageerror: {e}"))
+        page.on("dialog", self._dialog)
+
+    def _dialog(self, dialog: Dialog) -> None:
+        self.dialogs.append((dialog.type, dialog.message))
+        if self.answer is False or self.answer is None:
+            dialog.dismiss()
+        elif isinstance(self.answer, str):
+            dialog.accept(self.answer)
+        else:
+            dialog.accept()
+
+    def violations(self) -> list[str]:
+        return [m for m in self.console if "Content Security Policy" in m or "pageerror" in m]
+
+
+def reloaded(page: Page, action: Any) -> None:
+    """Run ``action`` and wait for the page's reload after a successful change."""
+    try:
+        with page.expect_navigation(wait_until="load", timeout=60_000):
+            action()
+    except Exception as exc:  # noqa: BLE001 - say what the page said instead of a bare timeout
+        status = page.locator("#status").inner_text() if page.locator("#status").count() else ""
+        raise AssertionError(f"the page did not reload: {status!r}") from exc
+
+
+def shot(page: Page, name: str) -> None:
+    if os.environ.get("DAVSERVER_SCREENSHOTS", "1") != "0":
+        IMG.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(IMG / name), full_page=True)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def live(inst: Instance) -> Iterator[tuple[Instance, DavServer]]:
+    with running(inst) as server:
+        yield inst, server
+
+
+# --- the guard's decision, for the kind: methods x browser headers x tokens -----------------
+
+UNSAFE = ("PUT", "DELETE", "MKCOL", "MOVE", "COPY", "PROPPATCH", "LOCK", "UNLOCK", "POST")
+ORIGINS = {"no Origin": None, "foreign": "https://evil.example", "null": "null", "same": "SAME"}
+SITES = (None, "cross-site", "same-site", "same-origin", "none")
+TOKENS = ("missing", "wrong", "other certificate's", "valid")
+_PROPPATCH = (b'<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:x"><D:set><D:prop>'
+              b"<Z:colour>blue</Z:colour></D:prop></D:set></D:propertyupdate>")
+_LOCK = (b'<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
+         b"<D:locktype><D:write/></D:locktype></D:lockinfo>")
+
+
+def _request(s: requests.Session, url: str, method: str, name: str, headers: dict[str, str]) -> requests.Response:
+    """``method`` on the file ``name``, shaped to succeed."""
+    target = url + name
+    kw: dict[str, Any] = {}
+    h = dict(headers)
+    if method in ("MOVE", "COPY"):
+        h["Destination"] = target + ".moved"
+        h["Overwrite"] = "T"
+    elif method == "MKCOL":
+        target += ".dir"
+    elif method == "PROPPATCH":
+        kw["data"] = _PROPPATCH
+        h["Content-Type"] = "application/xml"
+    elif method == "LOCK":
+        kw["data"] = _LOCK
+        h["Content-Type"] = "application/xml"
+    elif method == "UNLOCK":
+        h["Lock-Token"] = "<opaquelocktoken:00000000-0000-0000-0000-000000000000>"
+    elif method in ("PUT", "POST"):
+        kw["data"] = b"after"
+    return s.request(method, target, headers=h, timeout=30, **kw)
+
+
+def test_every_unsafe_browser_request_needs_our_origin_and_a_valid_token(live: tuple[Instance, DavServer]) -> None:
+    """The decision for the kind: each unsafe method with each combination of Origin,
+    Sec-Fetch-Site and token. Refused (403, audit ``csrf``, the file untouched) exactly
+    when browser headers are present and the origin is another or the token is not
+    valid for this certificate; allowed otherwise (a success status, no ``csrf``)."""
+    inst, server = live
+    url = server.url + "files/"
+    host = server.url.rstrip("/")
+    with session_for(inst, "bob") as s:
+        bobs = token_of(s.get(url, timeout=30).text)
+    with session_for(inst, "alice") as s:
+        valid = token_of(s.get(url, timeout=30).text)
+        issued, _, mac = valid.partition(".")
+        tokens = {"missing": None, "wrong": f"{issued}.{mac[::-1]}", "other certificate's": bobs, "valid": valid}
+        seen: dict[str, int] = {"refused": 0, "allowed": 0}
+        for n, (method, (olabel, origin), site, tlabel) in enumerate(
+                itertools.product(UNSAFE, ORIGINS.items(), SITES, TOKENS)):
+            headers: dict[str, str] = {}
+            if origin is not None:
+                headers["Origin"] = host if origin == "SAME" else origin
+            if site is not None:
+                headers["Sec-Fetch-Site"] = site
+                headers["Sec-Fetch-Mode"] = "cors"
+            token = tokens[tlabel]
+            if token is not None:
+                headers[HEADER] = token
+            browser_request = bool(headers.keys() & {"Origin", "Sec-Fetch-Site"})
+            cross = origin not in (None, "SAME") or site in ("cross-site", "same-site")
+            refuse = browser_request and (cross or tlabel != "valid")
+            name = f"k{n}.txt"
+            before = len(audit_lines(inst))
+            assert s.put(url + name, data=b"before", timeout=30).status_code == 201
+            last_audit(inst, before, "PUT")  # its line is written once the answer ends
+            before = len(audit_lines(inst))
+            r = _request(s, url, method, name, headers)
+            record = last_audit(inst, before, method)
+            label = (method, olabel, site, tlabel, r.status_code, record["reason"])
+            if refuse:
+                seen["refused"] += 1
+                assert r.status_code == 403, label
+                assert (record["decision"], record["reason"]) == ("deny", Refusal.CSRF), label
+                assert (share_dir(inst, "files") / name).read_bytes() == b"before", label
+            else:
+                seen["allowed"] += 1
+                assert r.status_code != 403 and record["reason"] != Refusal.CSRF, label
+                assert r.status_code < 400 or (method, r.status_code) in (("POST", 405), ("UNLOCK", 409)), label
+        assert seen["refused"] > 0 and seen["allowed"] > 0, seen
+
+
+def test_safe_methods_and_plain_clients_are_not_checked(live: tuple[Instance, DavServer], tmp_path: Path) -> None:
+    """Reads from a browser need no token (even cross-site: the answer is not readable
+    there), and curl writes without any of these headers, as before."""
+    inst, server = live
+    (share_dir(inst, "files") / "read.txt").write_bytes(b"read me")
+    cross = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+    with session_for(inst, "alice") as s:
+        for method in sorted(SAFE_METHODS - {"TRACE"}):
+            headers = {**cross, "Depth": "0"} if method == "PROPFIND" else cross
+            r = s.request(method, server.url + "files/read.txt", headers=headers, timeout=30)
+            assert r.status_code < 400, (method, r.status_code)
+    alice = inst.clients["alice"]
+    local = tmp_path / "curl.bin"
+    local.write_bytes(os.urandom(4096))
+    rc, status, _, err = run_curl(inst, tmp_path, "-T", str(local), f"{server.url}files/curl.bin", client=alice)
+    assert (rc, status) == (0, 201), err
+    assert (share_dir(inst, "files") / "curl.bin").read_bytes() == local.read_bytes()
+    rc, status, _, err = run_curl(inst, tmp_path, "-X", "DELETE", f"{server.url}files/curl.bin", client=alice)
+    assert (rc, status) == (0, 204), err
+    # The same curl posing as a browser without the token is refused: the headers decide.
+    local.write_bytes(b"again")
+    rc, status, _, err = run_curl(inst, tmp_path, "-T", str(local), "-H", "Sec-Fetch-Site: same-origin",
+                                  f"{server.url}files/curl.bin", client=alice)
+    assert (rc, status) == (0, 403), err
+    assert not (share_dir(inst, "files") / "curl.bin").exists()
+
+
+def test_write_controls_only_where_access_decide_allows_a_put(live: tuple[Instance, DavServer]) -> None:
+    """The listing offers writing (and connect-src 'self', and the write script's hash)
+    exactly where the account may PUT: alice on files and team, not on ro; bob on files,
+    not on team (he only reads it). Every page's script is allowed by hash only."""
+    inst, server = live
+    cases = {("alice", "files"): True, ("alice", "team"): True, ("alice", "ro"): False,
+             ("bob", "files"): True, ("bob", "team"): False, ("bob", "ro"): False}
+    for (account, share), writable in cases.items():
+        with session_for(inst, account) as s:
+            r = s.get(f"{server.url}{share}/", timeout=30)
+        assert r.status_code == 200, (account, share, r.status_code)
+        csp = r.headers["Content-Security-Policy"]
+        assert "'self'" not in csp.split("connect-src")[0] and "unsafe-inline" not in csp.split("style-src")[0]
+        assert "script-src 'sha256-" in csp and "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0]
+        assert ("connect-src 'self'" in csp) is writable, (account, share, csp)
+        assert ('id=tools' in r.text) is writable and ('data-token=' in r.text) is writable, (account, share)
+        assert ("<button" in r.text) is writable, (account, share)
+        for script in re.findall(r"<script>(.*?)</script>", r.text, re.S):
+            digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+            assert f"'sha256-{digest}'" in csp, (account, share)
+
+
+# --- in the browser ------------------------------------------------------------------------
+
+
+def test_upload_two_files_with_the_picker(live: tuple[Instance, DavServer], browser: Browser) -> None:  # noqa: F811
+    inst, server = live
+    big = os.urandom(20 * 1024 * 1024)
+    small = "a small note ✓\n".encode()
+    ctx = alice_context(browser, inst, server)
+    try:
+        page = ctx.new_page()
+        watch = Watch(page)
+        response = page.goto(server.url + "files/")
+        assert response is not None and response.status == 200
+        shot(page, "browser-listing-writable-1280.png")
+        # Upload at 8 MB/s (Chrome's network emulation), so the page can be seen uploading.
+        cdp = ctx.new_cdp_session(page)
+        cdp.send("Network.enable")
+        cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0,
+                                                      "downloadThroughput": -1, "uploadThroughput": 8_000_000})
+        with page.expect_navigation(wait_until="load", timeout=120_000):
+            page.set_input_files("#pick", files=[
+                {"name": "big.bin", "mimeType": "application/octet-stream", "buffer": big},
+                {"name": "note.txt", "mimeType": "text/plain", "buffer": small},
+            ])
+            page.wait_for_selector("#status progress", timeout=30_000)
+            shot(page, "browser-listing-uploading-1280.png")
+        files = share_dir(inst, "files")
+        assert sha((files / "big.bin").read_bytes()) == sha(big)
+        assert (files / "note.txt").read_bytes() == small
+        assert {"big.bin", "note.txt"} <= set(listed(page))
+        assert watch.dialogs == [] and watch.violations() == [], watch.console
+        puts = [r for r in audit_lines(inst) if r["method"] == "PUT"]
+        assert [(r["path"], r["status"], r["bytes_in"]) for r in puts] == [
+            ("/files/big.bin", 201, len(big)), ("/files/note.txt", 201, len(small))]
+
+        # Again with the same name: the page asks before it replaces; "no" keeps the file.
+        watch.answer = False
+        page.set_input_files("#pick", files=[{"name": "note.txt", "mimeType": "text/plain", "buffer": b"new"}])
+        page.wait_for_timeout(500)
+        assert watch.dialogs[-1][0] == "confirm" and "Replace" in watch.dialogs[-1][1]
+        assert (files / "note.txt").read_bytes() == small
+        watch.answer = True
+        reloaded(page, lambda: page.set_input_files(
+            "#pick", files=[{"name": "note.txt", "mimeType": "text/plain", "buffer": b"new"}]))
+        assert (files / "note.txt").read_bytes() == b"new"
+    finally:
+        ctx.close()
+
+
+def test_a_file_created_meanwhile_is_not_overwritten(live: tuple[Instance, DavServer], browser: Browser) -> None:  # noqa: F811
+    """The page uploads a new name with If-None-Match: *; a file of that name that
+    appeared after the page loaded stays, and the refusal (412) is said in plain words."""
+    inst, server = live
+    ctx = alice_context(browser, inst, server)
+    try:
+        page = ctx.new_page()
+        page.goto(server.url + "files/")
+        (share_dir(inst, "files") / "race.txt").write_bytes(b"theirs")
+        page.set_input_files("#pick", files=[{"name": "race.txt", "mimeType": "text/plain", "buffer": b"mine"}])
+        error = page.locator("#status .err")
+        error.wait_for()
+        assert "already here" in error.inner_text(), error.inner_text()
+        assert (share_dir(inst, "files") / "race.txt").read_bytes() == b"theirs"
+        assert page.locator("#again").count() == 1
+    finally:
+        ctx.close()
+
+
+def test_drag_and_drop_uploads(live: tuple[Instance, DavServer], browser: Browser) -> None:  # noqa: F811
+    inst, server = live
+    ctx = alice_context(browser, inst, server)
+    try:
+        page = ctx.new_page()
+        watch = Watch(page)
+        page.goto(server.url + "files/")
+        data = page.evaluate_handle(
+            "() => { const t = new DataTransfer();"
+            " t.items.add(new File(['dropped bytes \\u2713'], 'dropped.txt', {type: 'text/plain'})); return t; }")
+        page.dispatch_event("body", "dragover", {"dataTransfer": data})
+        assert "dragging" in (page.locator("body").get_attribute("class") or "")
+        reloaded(page, lambda: page.dispatch_event("body", "drop", {"dataTransfer": data}))
+        assert (share_dir(inst, "files") / "dropped.txt").read_bytes() == "dropped bytes ✓".encode()
+        assert "dropped.txt" in listed(page)
+        assert watch.violations() == [], watch.console
+    finally:
+        ctx.close()
+
+
+def test_new_folder_rename_and_delete(live: tuple[Instance, DavServer], browser: Browser) -> None:  # noqa: F811
+    inst, server = live
+    files = share_dir(inst, "files")
+    (files / "keep.txt").write_bytes(b"keep")
+    ctx = alice_context(browser, inst, server, PHONE)  # the whole round at phone width
+    try:
+        page = ctx.new_page()
+        watch = Watch(page, "Holiday photos")
+        page.goto(server.url + "files/")
+        reloaded(page, lambda: page.click("#mkdir"))
+        assert (files / "Holiday photos").is_dir()
+        assert listed(page)["Holiday photos/"] == "/files/Holiday%20photos/"
+
+        # Rename the folder and the file.
+        watch.answer = "Photos 2026"
+        reloaded(page, lambda: page.get_by_role("button", name="Rename Holiday photos").click())
+        assert (files / "Photos 2026").is_dir() and not (files / "Holiday photos").exists()
+        watch.answer = "kept.txt"
+        reloaded(page, lambda: page.get_by_role("button", name="Rename keep.txt").click())
+        assert (files / "kept.txt").read_bytes() == b"keep" and not (files / "keep.txt").exists()
+
+        # Renaming onto an existing name is refused (Overwrite: F), in plain words.
+        (files / "other.txt").write_bytes(b"other")
+        page.reload()
+        watch.answer = "other.txt"
+        page.get_by_role("button", name="Rename kept.txt").click()
+        error = page.locator("#status .err")
+        error.wait_for()
+        assert "already here" in error.inner_text(), error.inner_text()
+        assert (files / "other.txt").read_bytes() == b"other" and (files / "kept.txt").exists()
+
+        # Delete asks first: dismissed, the file stays; accepted, it goes.
+        page.reload()
+        watch.answer = False
+        page.get_by_role("button", name="Delete kept.txt").click()
+        page.wait_for_timeout(500)
+        assert watch.dialogs[-1] == ("confirm", "Delete \u201ckept.txt\u201d?")
+        assert (files / "kept.txt").exists()
+        watch.answer = True
+        reloaded(page, lambda: page.get_by_role("button", name="Delete kept.txt").click())
+        assert not (files / "kept.txt").exists() and "kept.txt" not in listed(page)
+        reloaded(page, lambda: page.get_by_role("button", name="Delete Photos 2026").click())
+        assert "everything in it" in watch.dialogs[-1][1]
+        assert not (files / "Photos 2026").exists()
+        assert watch.violations() == [], watch.console
+        methods = [(r["method"], r["status"]) for r in audit_lines(inst) if r["method"] not in ("GET", "HEAD")]
+        assert methods == [("MKCOL", 201), ("MOVE", 201), ("MOVE", 201), ("MOVE", 412), ("DELETE", 204),
+                           ("DELETE", 204)], methods
+    finally:
+        ctx.close()
+
+
+@pytest.mark.parametrize(("account", "share"), [("bob", "team"), ("alice", "ro")])
+def test_a_reader_gets_no_write_controls_and_a_forged_write_is_refused(
+    live: tuple[Instance, DavServer], browser: Browser, account: str, share: str  # noqa: F811
+) -> None:
+    inst, server = live
+    (share_dir(inst, share) / "doc.txt").write_bytes(b"doc")
+    ctx = alice_context(browser, inst, server, account=account)
+    try:
+        page = ctx.new_page()
+        watch = Watch(page)
+        response = page.goto(f"{server.url}{share}/")
+        assert response is not None and response.status == 200
+        assert listed(page)["doc.txt"] == f"/{share}/doc.txt"
+        assert page.locator("#tools, #pick, #mkdir, button").count() == 0
+        assert "connect-src" not in response.headers["content-security-policy"]
+        if (account, share) == ("alice", "ro"):
+            shot(page, "browser-listing-readonly-1280.png")
+            page.set_viewport_size(PHONE)
+            shot(page, "browser-listing-readonly-360.png")
+        # A forged write from our own origin without the token (a script that got into a
+        # page, here the writable listing of files whose CSP allows fetch): refused as
+        # csrf before any share rule, for the write and a POST alike.
+        page.goto(f"{server.url}files/")
+        before = len(audit_lines(inst))
+        for method in ("PUT", "POST"):
+            status = page.evaluate(
+                "async ([m, u]) => (await fetch(u, {method: m, body: 'forged', credentials: 'include'})).status",
+                [method, f"/{share}/doc.txt"])
+            assert status == 403, (method, status)
+        assert (share_dir(inst, share) / "doc.txt").read_bytes() == b"doc"
+        refused = [r for r in audit_lines(inst)[before:] if r["method"] in ("PUT", "POST")]
+        assert [(r["method"], r["decision"], r["reason"]) for r in refused] == [
+            ("PUT", "deny", "csrf"), ("POST", "deny", "csrf")], refused
+        assert watch.dialogs == []
+    finally:
+        ctx.close()
+
+
+def test_twin_a_same_origin_fetch_with_the_token_writes(live: tuple[Instance, DavServer], browser: Browser) -> None:  # noqa: F811
+    """The twin of the forged write: the same fetch with the page's token succeeds."""
+    inst, server = live
+    ctx = alice_context(browser, inst, server)
+    try:
+        page = ctx.new_page()
+        page.goto(server.url + "files/")
+        token = page.locator("#tools").get_attribute("data-token")
+        page.goto(server.url + "files/")
+        for token_sent, expected in ((None, 403), (token, 201)):
+            headers = {HEADER: token_sent} if token_sent else {}
+            status = page.evaluate(
+                "async ([u, h]) => (await fetch(u, {method: 'PUT', body: 'by fetch', headers: h})).status",
+                ["/files/fetched.txt", headers])
+            assert status == expected, (token_sent, status)
+        assert (share_dir(inst, "files") / "fetched.txt").read_bytes() == b"by fetch"
+    finally:
+        ctx.close()
+
+
+def test_hostile_names_round_trip_without_running_script(live: tuple[Instance, DavServer], browser: Browser) -> None:  # noqa: F811
+    """Each name arrives on disk exactly (upload), is listed and linked exactly, and
+    renames exactly; no script runs from a name and the console shows no CSP violation."""
+    inst, server = live
+    files = share_dir(inst, "files")
+    ctx = alice_context(browser, inst, server)
+    try:
+        page = ctx.new_page()
+        watch = Watch(page)
+        page.goto(server.url + "files/")
+        payloads = {name: f"content of {name}".encode() for name in HOSTILE}
+        reloaded(page, lambda: page.set_input_files("#pick", files=[
+            {"name": n, "mimeType": "text/plain", "buffer": b} for n, b in payloads.items()]))
+        assert {p.name: p.read_bytes() for p in files.iterdir()} == payloads
+        assert set(listed(page).values()) == {"/"} | {"/files/" + quote(n) for n in HOSTILE}
+        for name in HOSTILE:
+            new = "renamed " + name.strip()
+            watch.answer = new
+            button = page.locator(f'button.rename[data-href="/files/{quote(name)}"]')
+            assert button.get_attribute("data-name") == name
+            reloaded(page, button.click)
+            assert (files / new).read_bytes() == payloads[name], name
+            assert not (files / name).exists()
+            href = "/files/" + quote(new)
+            assert href in listed(page).values(), (name, listed(page))
+            assert requests_get(inst, server.url.rstrip("/") + href) == payloads[name], (name, href)
+        assert watch.dialogs and all(kind == "prompt" for kind, _ in watch.dialogs), "a name ran script"
+        assert watch.violations() == [], watch.console
+        shot(page, "browser-listing-names-1280.png")
+    finally:
+        ctx.close()
+
+
+def requests_get(inst: Instance, url: str) -> bytes:
+    with session_for(inst, "alice") as s:
+        r = s.get(url, timeout=30)
+    assert r.status_code == 200, (url, r.status_code)
+    return r.content
+
+
+def test_phone_width_screenshots_and_layout(live: tuple[Instance, DavServer], browser: Browser) -> None:  # noqa: F811
+    """At 360 px the writable listing needs no sideways scrolling and its controls are reachable."""
+    inst, server = live
+    files = share_dir(inst, "files")
+    (files / "Documents").mkdir()
+    (files / "Holiday photos").mkdir()
+    (files / "budget 2026 - final version (2).xlsx").write_bytes(os.urandom(48_000))
+    (files / "notes.txt").write_bytes(b"notes\n")
+    ctx = alice_context(browser, inst, server, PHONE)
+    try:
+        page = ctx.new_page()
+        watch = Watch(page)
+        page.goto(server.url + "files/")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], width
+        for control in ("Upload files", "New folder"):
+            box = page.get_by_text(control, exact=True).bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], (control, box)
+        box = page.get_by_role("button", name="Delete notes.txt").bounding_box()
+        assert box is not None and box["x"] + box["width"] <= PHONE["width"], box
+        shot(page, "browser-listing-writable-360.png")
+        page.set_viewport_size(DESKTOP)
+        shot(page, "browser-listing-writable-1280.png")
+        assert watch.violations() == [], watch.console
+    finally:
+        ctx.close()
