@@ -451,13 +451,13 @@ class Supervisor:
 def _ping_store(config: Config) -> None:
     """StartupError, as the single server says it (server.py), when the state store does
     not answer: before binding, not as every worker's failure to start."""
-    from .store import StoreUnavailable, open_store
+    from .store import StoreUnavailable, open_store, unavailable_at_start
 
     store = open_store(config.state)
     try:
         store.ping()
     except StoreUnavailable as exc:
-        raise StartupError(f"state.url: {exc} (start Redis or fix the URL)") from None
+        raise StartupError(unavailable_at_start(config.state, exc)) from None
     finally:
         store.close()
 

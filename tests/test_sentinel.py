@@ -360,6 +360,8 @@ def test_no_sentinel_at_start_is_a_clear_error(inst: Instance, sentinels: Sentin
             DavServer(load_config(inst.home), port=0)
         assert str(err.value).startswith("state.sentinels: state store (redis) unavailable: ")
         assert says in str(err.value) and "\n" not in str(err.value) and REDIS_PW not in str(err.value)
+        out = CliRunner().invoke(main, ["--home", str(inst.home.root), "serve", "--port", "0"])
+        assert out.exit_code == 2 and out.output == f"error: {err.value}\n", out.output
     _use_sentinels(inst, sentinels)
     with running(inst) as node:
         assert _status(inst, node.url + "files/", password=PW) == 200
