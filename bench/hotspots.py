@@ -4,6 +4,7 @@
     python bench/hotspots.py get_small                # 4 KiB GET keep-alive, 8 clients (ab)
     python bench/hotspots.py propfind --seconds 20    # PROPFIND Depth 1 on 1000 files, 4 clients
     python bench/hotspots.py get_big | put_big | new_conn
+    python bench/hotspots.py get_small --workers 2      # supervisor and both workers (py-spy --subprocesses)
 
 Starts davserver as in bench/run.py (own process, full stack), attaches
 `py-spy record --format raw` for the workload's duration, and prints the functions
@@ -104,6 +105,7 @@ def main() -> None:
     p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--gil", action="store_true", help="sample only the thread holding the GIL (py-spy --gil)")
+    p.add_argument("--workers", help="davserver's worker processes (serve --workers; default: its server.workers)")
     args = p.parse_args()
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))  # so `finally` stops the servers
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -112,16 +114,18 @@ def main() -> None:
 
     out_dir = BENCH / "profiles"
     out_dir.mkdir(exist_ok=True)
-    raw = out_dir / f"{args.workload}{'-gil' if args.gil else ''}.txt"
+    workers = f"-workers{args.workers}" if args.workers else ""
+    raw = out_dir / f"{args.workload}{'-gil' if args.gil else ''}{workers}.txt"
     work = Path(tempfile.mkdtemp(prefix="davprof-"))
-    server = DavServerProc(make_fixture(work, 512 << 20))
+    server = DavServerProc(make_fixture(work, 512 << 20), workers=args.workers)
     spy = None
     try:
         server.start()
         clients.warm_up(server)
         assert server.proc is not None
         cmd = [py_spy, "record", "--pid", str(server.proc.pid), "--rate", str(args.rate), "--format", "raw",
-               "--output", str(raw), "--nonblocking", *(["--gil"] if args.gil else [])]
+               "--output", str(raw), "--nonblocking", *(["--gil"] if args.gil else []),
+               *(["--subprocesses"] if len(server.worker_pids()) > 1 else [])]
         spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(1.0)  # let py-spy attach
         drive(args.workload, server, args.seconds)

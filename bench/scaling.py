@@ -276,6 +276,7 @@ def measure_workers(server: Server, kind: str, seconds: float) -> dict[str, Any]
         "cpu_ms": cpu * 1000 / run.count,
         "server_cores": cpu / run.seconds,
         "worker_cpu": each,
+        "supervisor_cpu": cpu - sum(each) if len(workers) > 1 else 0.0,
         "connections": [sampler.connections.get(pid, 0) for pid in workers],
         "client_cpu": run.client_cpu,
         "client_ms": run.client_cpu * 1000 / run.count,
@@ -473,6 +474,9 @@ def summarize(raw: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, 
                 "client_ms": statistics.median(e["client_ms"] for e in es),
                 "client_share": statistics.median(e["client_share"] for e in es),
                 "busiest_worker_share": statistics.median(shares),
+                "supervisor_cpu_share": statistics.median(
+                    e.get("supervisor_cpu", 0.0) / max(1e-9, e["server_cpu"]) for e in es
+                ),
                 "connections": [e["connections"] for e in es],
                 "worker_rss": statistics.median(_mib(m["rss"]) for m in loaded),
                 "worker_pss": statistics.median(_mib(m["pss"]) for m in loaded),
@@ -787,20 +791,22 @@ def workers_markdown(result: dict[str, Any], rows: list[dict[str, Any]]) -> list
         f"{p['seconds']:g} s per point, median (min–max) over {p['rounds']} interleaved round(s), a fresh server "
         "for every point. Server CPU: user + system seconds of the supervisor and all its workers (/proc), per "
         "request; cores busy = server CPU / elapsed. Busiest worker: its share of the server's CPU (1/W is an even "
-        "spread). Connections per worker: the keep-alive connections each worker held (one list per round). "
+        "spread); supervisor: its own share. Connections per worker: the keep-alive connections each worker held "
+        "(one list per round). "
         "Client: the load generator's own CPU (ab, a C event loop; the PROPFIND client is 4 Python threads) as "
         "a share of all the machine's CPUs, which it shares with the server.",
         "",
-        "| workload | workers | req/s | × 1 worker | server CPU, ms/req | cores busy | busiest worker | "
+        "| workload | workers | req/s | × 1 worker | server CPU, ms/req | cores busy | busiest worker | supervisor | "
         "connections per worker | client CPU, ms/req | client share of CPUs |",
-        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in rows:
         ratio = r["median"] / base[r["kind"]]["median"] if r["kind"] in base else float("nan")
         conns = "; ".join("/".join(str(c) for c in cs) for cs in r["connections"])
         lines.append(
             f"| {titles[r['kind']]} | {r['workers']} ({r['workers_n']}) | {_range(r)} | {ratio:.2f} | "
-            f"{r['cpu_ms']:.2f} | {r['server_cores']:.2f} | {r['busiest_worker_share']:.0%} | {conns} | "
+            f"{r['cpu_ms']:.2f} | {r['server_cores']:.2f} | {r['busiest_worker_share']:.0%} | "
+            f"{r.get('supervisor_cpu_share', 0.0):.1%} | {conns} | "
             f"{r['client_ms']:.3f} | {r['client_share']:.0%} |"
         )
     lines += [
@@ -1011,6 +1017,8 @@ def plot(result: dict[str, Any], pngs: dict[str, Path]) -> list[Path]:
             if one:
                 ax.plot(xs, [one["median"] * x for x in xs], ls=":", color="tab:blue", alpha=0.5,
                         label="linear from 1 worker")
+                ax.plot([2], [WORKERS_TARGET * one["median"]], marker="_", markersize=18, mew=2, color="tab:red",
+                        ls="", label=f"target: 2 workers ≥ {WORKERS_TARGET} × 1")
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ticks(ax, xs, [str(x) for x in xs])
