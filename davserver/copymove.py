@@ -44,7 +44,7 @@ from wsgidav.dav_error import (
     DAVError,
 )
 
-from .sharefs import is_hidden
+from .sharefs import dav_error, is_hidden
 from .target import Target
 
 __all__ = ["DESTINATION_KEY", "copy_or_move"]
@@ -86,7 +86,11 @@ def copy_or_move(
         raise DAVError(HTTP_BAD_REQUEST, context_info="Missing or invalid Destination header.")
     source_share = getattr(server._davProvider, "share", None)
     if source_share is not None and destination.share != source_share.name:
-        return _across_shares(server, environ, start_response, destination, is_move=is_move)
+        try:
+            return _across_shares(server, environ, start_response, destination, is_move=is_move)
+        except OSError as exc:  # a system call on the way: the status sharefs.py gives it
+            raise dav_error(exc, f"{'moving' if is_move else 'copying'} across shares", environ,
+                            creating=True) from None
     raw = environ.get("HTTP_DESTINATION")
     environ["HTTP_DESTINATION"] = destination.path  # what the two replacements pass through
     try:
@@ -159,7 +163,8 @@ def _across_shares(
     Answers 201 (created) or 204 (replaced); raises ``DAVError`` 404 (no source),
     409 (no destination folder), 412 (exists and ``Overwrite: F``), 403 (onto or
     below itself, where two shares overlap on disk), 423 (a WebDAV lock without
-    its token), and the filesystem's errors as fs.py maps them.
+    its token), and the filesystem's errors as sharefs.dav_error maps them (also an
+    OSError raised here: :func:`copy_or_move` maps it, as creating the destination).
     """
     provider = server._davProvider
     app = environ["wsgidav.app"]
@@ -228,7 +233,7 @@ def _across_shares(
                                   with_children=True, environ=environ)
         src_res.remove_all_locks(recursive=True)
     elif not src_res.is_collection:
-        dest_provider.copy_file_in(src_file, dest_file)
+        dest_provider.copy_file_in(src_file, dest_file, environ)
         carry(src_url, dest_url)
     else:
         os.mkdir(dest_file, stat.S_IMODE(os.stat(src_file).st_mode))
@@ -240,7 +245,7 @@ def _across_shares(
                     os.mkdir(os.path.join(dest_file, rel), stat.S_IMODE(os.stat(os.path.join(src_file, rel)).st_mode))
                     carry(f"{src_url}{quoted}/", f"{dest_url}/{quoted}/")
                 else:
-                    dest_provider.copy_file_in(os.path.join(src_file, rel), os.path.join(dest_file, rel))
+                    dest_provider.copy_file_in(os.path.join(src_file, rel), os.path.join(dest_file, rel), environ)
                     carry(f"{src_url}{quoted}", f"{dest_url}/{quoted}")
     if is_move and not moved:
         src_res.remove_all_properties(recursive=True)

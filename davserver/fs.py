@@ -776,12 +776,12 @@ class ShareProvider(FilesystemProvider):
         self.max_tree_depth = max_tree_depth
         self.checksums = checksums
 
-    def copy_file_in(self, src: str, dest: str) -> None:
+    def copy_file_in(self, src: str, dest: str, environ: dict[str, Any]) -> None:
         """Copy the file at path ``src`` (any share) to path ``dest`` in this share in one
         step (an atomic rename of a complete temp file, mode and times kept), for COPY and
         MOVE across shares (copymove.py). Raises DAVError as the filesystem's error maps
-        (sharefs.dav_error)."""
-        _atomic_copy(src, dest)
+        for the request of ``environ`` (sharefs.dav_error)."""
+        _atomic_copy(src, dest, environ=environ)
 
     def is_readonly(self) -> bool:
         """Read-only shares say so in OPTIONS (DAV: 1, no write methods, no locking)."""

@@ -91,6 +91,7 @@ def share(inst: Instance) -> Path:
 def _cases(root: Path) -> list[tuple[str, str, str, dict[str, str], bytes, str, str, int, bool]]:
     """(label, method, path, headers, body, os function, its path, argument number, creating)."""
     dest = {"Destination": "/files/"}
+    team = Path(os.path.realpath(root.parent / "team"))
     return [
         ("MKCOL", "MKCOL", "new/", {}, b"", "mkdir", str(root / "new"), 0, True),
         ("PUT", "PUT", "new.txt", {}, b"data", "replace", str(root / "new.txt"), 1, True),
@@ -102,6 +103,12 @@ def _cases(root: Path) -> list[tuple[str, str, str, dict[str, str], bytes, str, 
          True),
         ("MOVE file", "MOVE", "f.txt", {**dest, "Destination": "/files/m.txt"}, b"", "rename",
          str(root / "m.txt"), 1, True),
+        # Across shares (copymove.py's own walk, not WsgiDAV's).
+        ("COPY file across", "COPY", "f.txt", {"Destination": "/team/c.txt"}, b"", "replace",
+         str(team / "c.txt"), 1, True),
+        ("COPY folder across", "COPY", "d/", {"Destination": "/team/d2/"}, b"", "mkdir", str(team / "d2"), 0, True),
+        ("MOVE file across", "MOVE", "f.txt", {"Destination": "/team/m.txt"}, b"", "rename", str(team / "m.txt"), 1,
+         True),
     ]
 
 
@@ -123,6 +130,7 @@ def test_every_errno_of_every_method_answers_the_rfc_status(inst: Instance, shar
                 assert not os.path.lexists(target) or label == "DELETE file", (label, code)
                 assert str(share) not in r.text  # no server path in the answer
                 assert sorted(p.name for p in share.iterdir()) == ["d", "f.txt"], (label, code)
+                assert not any((share.parent / "team").iterdir()), (label, code)
     assert not wrong, "\n".join(wrong)
 
 
