@@ -10,7 +10,9 @@ step-up page and back, and take the screenshots in docs/img/ at 360 px and 1280 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -327,9 +329,14 @@ def _watch_console(page: Page) -> list[str]:
     return messages
 
 
-def _shoot(page: Page, name: str) -> None:
-    IMG.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(IMG / f"{name}.png"), full_page=True)
+def _shoot(page: Page, folder: Path, name: str) -> None:
+    """A screenshot into ``folder``; into docs/img/ too with DAVSERVER_UPDATE_SCREENSHOTS=1
+    (so an ordinary test run leaves the documentation's pictures alone)."""
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 2000, f"{name}: an empty picture"
+    if os.environ.get("DAVSERVER_UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(path, IMG / path.name)
 
 
 def test_browser_from_totp_share_to_code_page_and_back(
@@ -414,7 +421,7 @@ def _fits(page: Page) -> None:
 
 
 def test_screenshots_of_the_pages(
-    secure: tuple[Instance, DavServer, pyotp.TOTP], browser: Browser  # noqa: F811
+    secure: tuple[Instance, DavServer, pyotp.TOTP], browser: Browser, tmp_path: Path  # noqa: F811
 ) -> None:
     """Each page at 360 px and 1280 px, into docs/img/: no sideways scrolling, the times in
     local time, no CSP violation in the console."""
@@ -429,28 +436,28 @@ def test_screenshots_of_the_pages(
             response = page.goto(server.url + "secure/")
             assert response is not None and response.status == 401
             _fits(page)
-            _shoot(page, f"{size}-refusal-code-needed")
+            _shoot(page, tmp_path, f"{size}-refusal-code-needed")
             response = page.goto(server.url + "files/no-such-file.txt")
             assert response is not None and response.status == 404
             _fits(page)
-            _shoot(page, f"{size}-refusal-not-found")
+            _shoot(page, tmp_path, f"{size}-refusal-not-found")
             page.goto(server.url + STEPUP + "?next=/secure/")
             _fits(page)
             shown = page.locator("time").first
             assert shown.get_attribute("title", timeout=5000) and "UTC" not in shown.inner_text(), shown.inner_text()
-            _shoot(page, f"{size}-stepup-form")
+            _shoot(page, tmp_path, f"{size}-stepup-form")
             page.fill("#password", alice.password)
             page.fill("#code", wrong_code(totp))
             submit(page, "Verify")
             _fits(page)
-            _shoot(page, f"{size}-stepup-wrong-code")
+            _shoot(page, tmp_path, f"{size}-stepup-wrong-code")
             page.get_by_text("Certificate details").click()
             page.fill("#password", alice.password)
             page.fill("#code", code(totp, 0 if size == "360" else 1))
             submit(page, "Verify")
             page.get_by_text("Certificate details").click()
             _fits(page)
-            _shoot(page, f"{size}-stepup-session-open")
+            _shoot(page, tmp_path, f"{size}-stepup-session-open")
             submit(page, "End the two-factor session now")
             assert not [m for m in console if "Content Security Policy" in m or "pageerror" in m], console
         finally:
