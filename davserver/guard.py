@@ -477,9 +477,10 @@ class Guard:
             headers = [("WWW-Authenticate", _REALM)]
         if wants_html(environ):
             body, page_headers = self._refusal_page(environ, decision)
-            headers += page_headers
-            if environ.get("REQUEST_METHOD") == "HEAD":
+            if environ.get("REQUEST_METHOD") == "HEAD":  # as the text answer: no body, length 0
                 body = b""
+                page_headers = [(k, "0" if k == "Content-Length" else v) for k, v in page_headers]
+            headers += page_headers
         else:
             headers += [
                 ("Content-Type", "text/plain; charset=utf-8"),

@@ -249,6 +249,12 @@ def test_totp_share_refusal_sends_a_browser_to_the_code_page(vault: tuple[Instan
     assert page.status_code == 401
     assert 'href="/_davserver/?next=/secure/Gr%C3%BC%C3%9Fe%20%E2%9C%93/"' in page.text, page.text
 
+    # HEAD: the same status and challenge, no body.
+    with session_for(inst, "alice") as s:
+        head = s.head(url, headers=BROWSER, timeout=30)
+    assert (head.status_code, head.content, head.headers["Content-Length"]) == (401, b"", "0")
+    assert head.headers["WWW-Authenticate"] == REALM
+
     # The twin: with the code, in.
     with session_for(inst, "alice", password=alice.password + code(totp)) as s:
         ok = s.get(url, headers=BROWSER, timeout=30)
