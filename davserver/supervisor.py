@@ -205,13 +205,13 @@ class Supervisor:
     def _prepare_metrics(self) -> None:
         from . import metrics
 
+        # The workers' environment only: this process's own metrics (none) stay in memory.
         self._metrics_dir = tempfile.mkdtemp(prefix="davserver-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir  # the workers' environment, and ours
         listener_of = getattr(metrics, "supervisor_listener", None)
         if listener_of is None:
             log.warning("metrics.enabled: this version serves no metrics with server.workers > 1")
             return
-        self.metrics_listener = listener_of(self.config, self.workers_alive)
+        self.metrics_listener = listener_of(self.config, self.workers_alive, directory=self._metrics_dir)
         try:
             self.metrics_listener.prepare()
         except OSError as exc:
@@ -262,7 +262,8 @@ class Supervisor:
             fds.append(self._enrolment_socket.fileno())
             cmd += ["--enrolment-fd", str(self._enrolment_socket.fileno())]
         try:
-            slot.proc = subprocess.Popen(cmd, pass_fds=fds)  # noqa: S603 - our own interpreter and module
+            env = None if self._metrics_dir is None else {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir}
+            slot.proc = subprocess.Popen(cmd, pass_fds=fds, env=env)  # noqa: S603 - our own interpreter and module
         except OSError:
             os.close(read_end)
             slot.proc = None
@@ -291,6 +292,8 @@ class Supervisor:
             said = slot.message.decode("utf-8", "replace").strip()
             if said == "ready":
                 slot.ready = True
+                log.info("worker %d serving: pid %d, %.2f s after its start", slot.number,
+                         slot.proc.pid if slot.proc else -1, time.monotonic() - slot.started)
             elif said.startswith("error\t"):
                 log.error("worker %d (pid %s) could not start: %s", slot.number,
                           slot.proc.pid if slot.proc else "-", said.partition("\t")[2])
@@ -383,7 +386,7 @@ class Supervisor:
         hook: Callable[[int], object] | None = getattr(metrics, "worker_exited", None)
         if hook is not None and self._metrics_dir is not None:
             try:
-                hook(pid)
+                hook(pid, directory=self._metrics_dir)
             except Exception:  # noqa: BLE001 - metrics must never take the supervisor down
                 log.exception("metrics: worker_exited(%d) failed", pid)
 

@@ -1,0 +1,428 @@
+"""server.workers: `davserver serve` as a supervisor and worker processes (supervisor.py).
+
+Real `davserver serve` processes on real TLS with the project's certificates. Which
+worker serves a connection is read from /proc (the supervisor's children, each one's
+socket descriptors against /proc/net/tcp), never from anything in the answers.
+
+- two workers each accept connections; ``server.workers: 1`` stays one process;
+- ``kill -9`` of the worker holding a client's keep-alive connection, while the client
+  loops GET/PUT on that connection and on new ones: no request fails beyond the one in
+  flight on the killed worker, and a replacement worker starts within 1 s;
+- SIGTERM: no new connection is accepted, an upload in flight finishes (201, the whole
+  body on disk), exit 0 and "stopping"; SIGHUP reaches every worker (each reopens the
+  audit log);
+- a worker that dies at every start is restarted after 1, 2, 4 ... s, each death logged,
+  without the supervisor spinning; it serves again once the fault is fixed;
+- once-only work runs once: leftover uploads are swept before the workers start and
+  never by a restarted worker (another may be uploading), the CRL is re-signed and the
+  expiry warnings logged by the supervisor alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from davserver.config import ConfigError, load_config
+from davserver.pki import CertificateAuthority
+from davserver.server import DavServer
+from davserver.supervisor import BACKOFF_MAX_SECONDS, restart_delay, worker_count
+from tests.conftest import Instance, client_context, session_for
+
+START_SECONDS = 60  # for `davserver serve` to print its URL on a busy machine
+
+
+# --- helpers -------------------------------------------------------------------------
+
+@contextmanager
+def serve(inst: Instance, tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    """`davserver serve --port 0 ARGS` as its own process; yields it, its URL and its log."""
+    log = tmp_path / f"serve-{time.monotonic_ns()}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "davserver.cli", "--home", str(inst.home.root), "serve",
+                                 "--port", "0", *args], stderr=out)
+    try:
+        url = ""
+        deadline = time.monotonic() + START_SECONDS
+        while time.monotonic() < deadline and not url and proc.poll() is None:
+            if m := re.search(r"serving (https://127\.0\.0\.1:\d+/)", log.read_text(errors="replace")):
+                url = m.group(1)
+            else:
+                time.sleep(0.05)
+        assert url, "the server did not start: " + log.read_text(errors="replace")[-3000:]
+        yield proc, url, log
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def children(pid: int) -> list[int]:
+    """The PIDs of process `pid`'s children (Linux /proc)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def wait_for(check: Callable[[], object], seconds: float = 20.0, step: float = 0.02) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(step)
+    return bool(check())
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """The inodes of process `pid`'s sockets."""
+    found = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                found.add(int(target[8:-1]))
+    except FileNotFoundError:
+        pass
+    return found
+
+
+def established(port: int) -> dict[int, int]:
+    """Inode -> client port of every established TCP connection to local `port`."""
+    found = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote, state, inode = fields[1], fields[2], fields[3], int(fields[9])
+            if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
+                found[inode] = int(remote.rsplit(":", 1)[1], 16)
+    return found
+
+
+def worker_of(pids: list[int], port: int, client_port: int) -> int | None:
+    """Which of `pids` holds the server side of the connection from `client_port`."""
+    conns = {inode for inode, cport in established(port).items() if cport == client_port}
+    return next((pid for pid in pids if socket_inodes(pid) & conns), None)
+
+
+def get_from(session: requests.Session, url: str) -> tuple[int, int]:
+    """GET `url` on `session`: (status, the local port of the connection it used)."""
+    r = session.get(url, timeout=30, stream=True)
+    port = int(r.raw._connection.sock.getsockname()[1])  # urllib3 2: the connection until the body is read
+    r.content  # noqa: B018 - read: the connection goes back to the session's pool
+    return r.status_code, port
+
+
+def port_of(url: str) -> int:
+    return int(url.rstrip("/").rsplit(":", 1)[1])
+
+
+def set_setting(inst: Instance, section: str, **values: object) -> None:
+    raw = yaml.safe_load(inst.home.config_file.read_text())
+    raw.setdefault(section, {}).update(values)
+    inst.home.config_file.write_text(yaml.safe_dump(raw))
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ready_workers(log: Path) -> int:
+    return len(re.findall(r"worker \d+ serving: pid", log.read_text(errors="replace")))
+
+
+# --- the setting ---------------------------------------------------------------------
+
+def test_auto_is_the_number_of_usable_cpus_and_numbers_are_taken_as_they_are() -> None:
+    assert worker_count("auto") == len(os.sched_getaffinity(0))
+    for n in (1, 2, 7, 256):
+        assert worker_count(n) == n
+
+
+@pytest.mark.parametrize("value", [0, -1, 257, "many", True, 1.5, "", None, [2]])
+def test_a_bad_workers_value_is_refused_naming_the_key(inst: Instance, value: object) -> None:
+    set_setting(inst, "server", workers=value)
+    with pytest.raises(ConfigError, match=r"server\.workers: .* is not a whole number from 1 to 256 or auto"):
+        load_config(inst.home)
+
+
+@pytest.mark.parametrize(("value", "expected"), [(1, 1), (2, 2), ("3", 3), (256, 256), ("auto", "auto")])
+def test_a_good_workers_value_is_taken(inst: Instance, value: object, expected: object) -> None:
+    """The twin: the bounds themselves and auto are accepted."""
+    set_setting(inst, "server", workers=value)
+    assert load_config(inst.home).server.workers == expected
+
+
+def test_restarts_back_off_to_the_cap() -> None:
+    delays = [restart_delay(n) for n in range(1, 10)]
+    assert delays == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, BACKOFF_MAX_SECONDS, BACKOFF_MAX_SECONDS, BACKOFF_MAX_SECONDS]
+
+
+def test_a_worker_never_binds_and_runs_no_once_only_maintenance(inst: Instance) -> None:
+    """DavServer(role="worker") serves on the socket it is given (the same port, no other
+    listener) and has no once-only maintenance; the single server has it."""
+    config = load_config(inst.home)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        worker = DavServer(config, listen_socket=listener, role="worker")
+        worker.start()
+        try:
+            assert worker.port == port and worker.instance_maintenance is None and worker.metrics_listener is None
+            r = session_for(inst, "alice").get(f"https://127.0.0.1:{port}/files/", timeout=30)
+            assert r.status_code == 200
+        finally:
+            worker.stop()
+    single = DavServer(config, port=0)
+    try:
+        assert single.instance_maintenance is not None
+    finally:
+        single.stop()
+    with pytest.raises(ValueError, match="listen_socket"):
+        DavServer(config, role="worker")
+
+
+# --- two workers serve ---------------------------------------------------------------
+
+def test_two_workers_each_accept_connections(inst: Instance, tmp_path: Path) -> None:
+    with serve(inst, tmp_path, "--workers", "2") as (proc, url, log):
+        pids = children(proc.pid)
+        assert len(pids) == 2, pids
+        port = port_of(url)
+        assert wait_for(lambda: ready_workers(log) == 2)
+        served: dict[int, int] = {}
+        sessions = []
+        for _ in range(60):  # new connections, each kept open, until both workers have some
+            s = session_for(inst, "alice")
+            sessions.append(s)
+            status, client_port = get_from(s, url + "files/")
+            assert status == 200
+            pid = worker_of(pids, port, client_port)
+            assert pid is not None, "no worker holds the connection"
+            served[pid] = served.get(pid, 0) + 1
+            if len(served) == 2:
+                break
+        assert set(served) == set(pids), served
+        assert not socket_inodes(proc.pid) & set(established(port)), "the supervisor holds a connection"
+        for s in sessions:
+            s.close()
+
+
+def test_one_worker_is_one_process_as_before(inst: Instance, tmp_path: Path) -> None:
+    """The twin: server.workers: 1 starts no supervisor (no children) and serves."""
+    set_setting(inst, "server", workers=1)
+    with serve(inst, tmp_path) as (proc, url, log):
+        assert session_for(inst, "alice").get(url + "files/", timeout=30).status_code == 200
+        assert children(proc.pid) == []
+        assert "worker" not in log.read_text()
+    assert proc.returncode == 0
+
+
+# --- kill -9 -------------------------------------------------------------------------
+
+def test_kill_9_of_a_worker_fails_at_most_the_request_in_flight(inst: Instance, tmp_path: Path) -> None:
+    with serve(inst, tmp_path, "--workers", "2") as (proc, url, log):
+        assert wait_for(lambda: ready_workers(log) == 2)
+        pids = children(proc.pid)
+        port = port_of(url)
+        keep = session_for(inst, "alice")
+        assert keep.put(url + "files/k.txt", data=b"first", timeout=30).status_code == 201
+        status, client_port = get_from(keep, url + "files/k.txt")
+        assert status == 200
+        victim = worker_of(pids, port, client_port)
+        assert victim in pids
+        results: list[tuple[str, str]] = []  # (what, "ok" or the error)
+        stop = threading.Event()
+
+        def loop() -> None:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                body = f"body {i}".encode()
+                for what, call in (
+                    ("keep-alive PUT", lambda body=body: keep.put(url + "files/k.txt", data=body, timeout=30)),
+                    ("keep-alive GET", lambda: keep.get(url + "files/k.txt", timeout=30)),
+                    ("new GET", lambda: session_for(inst, "alice").get(url + "files/k.txt", timeout=30)),
+                ):
+                    try:
+                        r = call()
+                        results.append((what, "ok" if r.status_code in (200, 201, 204) else str(r.status_code)))
+                    except requests.RequestException as exc:
+                        results.append((what, repr(exc)))
+
+        client = threading.Thread(target=loop)
+        client.start()
+        try:
+            assert wait_for(lambda: len(results) >= 10)
+            before = len(results)
+            os.kill(victim, signal.SIGKILL)
+            killed = time.monotonic()
+            assert wait_for(lambda: any(p not in pids for p in children(proc.pid)), seconds=1.0, step=0.005), \
+                "no replacement worker within 1 s"
+            replaced_after = time.monotonic() - killed
+            assert wait_for(lambda: len(results) >= before + 30)
+            assert wait_for(lambda: ready_workers(log) == 3)  # the replacement serves too
+        finally:
+            stop.set()
+            client.join(timeout=60)
+        failed = [r for r in results if r[1] != "ok"]
+        assert len(failed) <= 1, failed
+        assert replaced_after < 1.0
+        assert len(children(proc.pid)) == 2 and victim not in children(proc.pid)
+        assert re.search(rf"worker \d \(pid {victim}\) was killed by SIGKILL after [\d.]+ s: restarting it",
+                         log.read_text())
+        assert keep.get(url + "files/k.txt", timeout=30).status_code == 200
+
+
+# --- signals -------------------------------------------------------------------------
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def test_sigterm_drains_an_upload_in_flight(inst: Instance, tmp_path: Path) -> None:
+    client = inst.clients["alice"]
+    body = os.urandom(256 * 1024)
+    with serve(inst, tmp_path, "--workers", "2") as (proc, url, log):
+        assert wait_for(lambda: ready_workers(log) == 2)
+        port = port_of(url)
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=client_context(inst, client), timeout=60)
+        token = base64.b64encode(f"{client.account}:{client.password}".encode()).decode()
+        conn.putrequest("PUT", "/files/drained.bin")
+        conn.putheader("Authorization", f"Basic {token}")
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders()
+        conn.send(body[:1024])
+        time.sleep(0.5)  # the worker reads the request and waits for the rest of the body
+        pids = children(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: _refused(port), seconds=10), "new connections are still accepted"
+        time.sleep(0.5)
+        conn.send(body[1024:])
+        r = conn.getresponse()
+        assert r.status == 201, r.read()
+        conn.close()
+        assert proc.wait(timeout=40) == 0
+    share = load_config(inst.home).shares["files"].path
+    assert (share / "drained.bin").read_bytes() == body
+    assert "stopping" in log.read_text()
+    assert all(not Path(f"/proc/{p}").exists() for p in pids), "a worker outlived the supervisor"
+
+
+def test_sighup_reaches_every_worker(inst: Instance, tmp_path: Path) -> None:
+    """Each worker reopens the audit log: after a rename and SIGHUP to the supervisor,
+    every worker writes the new file (its descriptor), none the renamed one."""
+    audit = inst.home.state_dir / "audit.log"
+    rotated = audit.with_name("audit.log.1")
+
+    def holders(path: Path) -> set[int]:
+        found = set()
+        for pid in children(proc.pid):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                        found.add(pid)
+                except OSError:
+                    pass
+        return found
+
+    with serve(inst, tmp_path, "--workers", "2") as (proc, url, log):
+        assert wait_for(lambda: ready_workers(log) == 2)
+        pids = set(children(proc.pid))
+        assert holders(audit) == pids
+        audit.rename(rotated)
+        assert holders(rotated) == pids  # the check below can fail: they all write the old file
+        proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: holders(audit) == pids and not holders(rotated)), (holders(audit), holders(rotated))
+        assert wait_for(lambda: log.read_text().count("reloaded on request: audit=yes") == 2)
+        assert set(children(proc.pid)) == pids and proc.poll() is None, "SIGHUP stopped or restarted a worker"
+
+
+# --- back-off ------------------------------------------------------------------------
+
+def test_a_worker_that_dies_at_every_start_is_restarted_with_back_off(inst: Instance, tmp_path: Path) -> None:
+    accounts = inst.home.accounts_file
+    good = accounts.read_text()
+    with serve(inst, tmp_path, "--workers", "2") as (proc, url, log):
+        assert wait_for(lambda: ready_workers(log) == 2)
+        pids = children(proc.pid)
+        accounts.write_text("accounts: [this is: not valid")  # every new worker fails to start
+        cpu_before = cpu_seconds(proc.pid)
+        os.kill(pids[0], signal.SIGKILL)
+        started = time.monotonic()
+        assert wait_for(lambda: "restarting in 4 s" in log.read_text(), seconds=30)
+        window = time.monotonic() - started
+        text = log.read_text()
+        for deaths, delay in ((2, 1), (3, 2), (4, 4)):  # the kill, then each failed start
+            assert re.search(rf"died {deaths} times in a row within 10 s of its start: restarting in {delay} s",
+                             text), text[-3000:]
+        assert "could not start: " in text and "accounts" in text
+        starts = len(re.findall(r"worker 0 restarted: pid", text))
+        assert 3 <= starts <= 4, text[-3000:]  # immediately, after 1 s and 2 s: no spinning
+        assert cpu_seconds(proc.pid) - cpu_before < 0.5 * window, "the supervisor spins"
+        assert session_for(inst, "alice").get(url + "files/", timeout=30).status_code == 200  # the other serves
+        accounts.write_text(good)
+        assert wait_for(lambda: ready_workers(log) == 3, seconds=30), log.read_text()[-3000:]
+        assert len(children(proc.pid)) == 2
+
+
+# --- once-only work ------------------------------------------------------------------
+
+def test_leftover_uploads_are_swept_at_start_and_never_by_a_restarted_worker(inst: Instance, tmp_path: Path) -> None:
+    share = load_config(inst.home).shares["files"].path
+    leftover = share / ".davserver-upload-crashed"
+    leftover.write_bytes(b"half")
+    with serve(inst, tmp_path, "--workers", "2") as (proc, url, log):
+        assert not leftover.exists(), "the leftover of a crash was not swept at start"
+        assert wait_for(lambda: ready_workers(log) == 2)
+        in_flight = share / ".davserver-upload-in-flight"  # another worker's upload being written
+        in_flight.write_bytes(b"being written")
+        os.kill(children(proc.pid)[0], signal.SIGKILL)
+        assert wait_for(lambda: ready_workers(log) == 3)
+        assert in_flight.exists(), "a restarted worker swept another worker's upload"
+        assert log.read_text().count("removed 1 unfinished upload(s)") == 1
+
+
+def test_crl_resigning_and_expiry_warnings_run_once_not_per_worker(inst: Instance, tmp_path: Path) -> None:
+    CertificateAuthority(inst.home.certs_dir).write_crl(next_update_days=1)  # due: within 10 days
+    set_setting(inst, "tls", expiry_warning_days=3650)  # every certificate lapses "soon"
+    for workers in ("2", "1"):
+        with serve(inst, tmp_path, "--workers", workers) as (proc, url, log):
+            if workers == "2":
+                assert wait_for(lambda: ready_workers(log) == 2)
+            assert wait_for(lambda: "CRL re-signed" in log.read_text())
+            time.sleep(1.0)  # a worker that ran them too would have by now
+            text = log.read_text()
+        assert text.count("CRL re-signed") == 1, (workers, text)
+        warnings = [line.split("davserver.lifecycle: ", 1)[1] for line in text.splitlines()
+                    if "WARNING davserver.lifecycle: " in line]
+        assert warnings and len(warnings) == len(set(warnings)), (workers, warnings)  # each once
+        CertificateAuthority(inst.home.certs_dir).write_crl(next_update_days=1)
