@@ -383,7 +383,7 @@ class Supervisor:
     def _exited(self, pid: int) -> None:
         from . import metrics
 
-        hook: Callable[[int], object] | None = getattr(metrics, "worker_exited", None)
+        hook: Callable[..., object] | None = getattr(metrics, "worker_exited", None)
         if hook is not None and self._metrics_dir is not None:
             try:
                 hook(pid, directory=self._metrics_dir)
