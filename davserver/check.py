@@ -220,6 +220,20 @@ def _state(config: Config, findings: list[Finding], timeout: float) -> None:
         findings.append(Finding("error", f"cannot read {state.password_file}: {exc.strerror}",
                                 "fix the path or the file's owner", setting="state.password_file"))
         return
+    if state.sentinels:  # the master the sentinels name, as the server finds it (store/redis.py)
+        from .store.base import StoreUnavailable
+        from .store.redis import RedisStore
+
+        store = RedisStore(state.url or "", prefix=state.prefix, password=password, sentinels=state.sentinels,
+                           service=state.sentinel_service)
+        try:
+            store.ping()
+        except StoreUnavailable as exc:
+            findings.append(Finding("error", str(exc), "start the sentinels and Redis, or fix state.sentinels and "
+                                    "state.sentinel_service (and state.password_file)", setting="state.sentinels"))
+        finally:
+            store.close()
+        return
     import redis
 
     extra: dict[str, Any] = {"password": password} if password else {}

@@ -34,6 +34,7 @@ from davserver.server import DavServer
 from davserver.store.redis import _USE_OTP
 
 from .conftest import Instance, running, session_for
+from .test_check import findings as check_findings
 
 PW = "alice-secret-pw"
 REDIS_PW = "sentinel-test-pw"
@@ -175,6 +176,7 @@ def _use_sentinels(inst: Instance, s: SentinelSet, **state: Any) -> None:
     raw = yaml.safe_load(inst.home.config_file.read_text())
     pw_file = inst.home.root / "config" / "redis.pw"
     pw_file.write_text(REDIS_PW + "\n")
+    pw_file.chmod(0o600)
     raw["state"] = {"backend": "redis", "url": "redis://ignored/2", "prefix": f"t-{uuid.uuid4().hex}:",
                     "password_file": str(pw_file), "sentinels": s.sentinel_list, "sentinel_service": SERVICE,
                     **state}
@@ -362,7 +364,11 @@ def test_no_sentinel_at_start_is_a_clear_error(inst: Instance, sentinels: Sentin
         assert says in str(err.value) and "\n" not in str(err.value) and REDIS_PW not in str(err.value)
         out = CliRunner().invoke(main, ["--home", str(inst.home.root), "serve", "--port", "0"])
         assert out.exit_code == 2 and out.output == f"error: {err.value}\n", out.output
+        code, found = check_findings(inst)  # davserver check asks the sentinels too, not state.url
+        assert code == 1 and [(f["level"], f.get("setting")) for f in found] == [("error", "state.sentinels")], found
+        assert says in found[0]["message"]
     _use_sentinels(inst, sentinels)
+    assert check_findings(inst) == (0, [])
     with running(inst) as node:
         assert _status(inst, node.url + "files/", password=PW) == 200
 
