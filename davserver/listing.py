@@ -88,10 +88,11 @@ for(const f of files){
 const name=f.name,headers={"Content-Type":"application/octet-stream"};
 if(names.has(name)){if(!confirm("Replace “"+name+"”? The file already here will be overwritten."))continue;}
 else headers["If-None-Match"]="*";
-const line=say("Uploading “"+name+"” ","note"),bar=document.createElement("progress");
-bar.max=f.size||1;bar.value=0;line.append(bar);
+const line=say("Uploading “"+name+"” ","note"),bar=document.createElement("progress"),
+done=document.createElement("span");bar.max=f.size||1;bar.value=0;done.textContent=" 0%";line.append(bar,done);
 const code=await send("PUT",base+encodeURIComponent(name),headers,f,e=>{
-if(e.lengthComputable){bar.max=e.total;bar.value=e.loaded;}});
+if(e.lengthComputable){bar.max=e.total;bar.value=e.loaded;
+done.textContent=" "+Math.floor(100*e.loaded/(e.total||1))+"%";}});
 if(good(code)){line.className="ok";line.textContent="Uploaded “"+name+"”.";names.add(name);}
 else{failed=true;line.className="err";line.textContent="“"+name+"” was not uploaded. "+plain(code);}}
 if(failed)again();else location.reload();}
@@ -154,7 +155,8 @@ h1{font-size:1.3rem;overflow-wrap:anywhere}.who{background:#f3f5f8;padding:.6rem
 table{border-collapse:collapse;width:100%;margin-top:1rem}
 th,td{text-align:left;padding:.4rem .5rem;border-bottom:1px solid #eee;vertical-align:middle}
 td:first-child{overflow-wrap:anywhere}td.n{text-align:right;white-space:nowrap}td.act{text-align:right;white-space:nowrap}
-th{font-weight:600;color:#555}.renew{background:#fff4ce;padding:.6rem 1rem}
+th{font-weight:600;color:#555}th.n{text-align:right}.readonly{color:#555;font-size:.9rem}
+.renew{background:#fff4ce;padding:.6rem 1rem}
 a{color:#0645ad;text-decoration:none}a:hover{text-decoration:underline}
 .tools{display:flex;flex-wrap:wrap;gap:.5rem;align-items:center;margin-top:1rem}
 .tools button,.tools label{font:inherit;font-size:.95rem;padding:.5rem .9rem;border-radius:4px;cursor:pointer;
@@ -276,6 +278,8 @@ class Listing(BaseMiddleware):
                 "<span class=hint>or drop files onto this page</span></div>"
                 '<div id=status role=status aria-live=polite></div>'
             )
+        elif environ.get("davserver.share") is not None:
+            tools = "<p class=readonly>You can open and download the files here, but not change them.</p>"
         scripts = [_TIME_SCRIPT, _WRITE_SCRIPT] if writable else [_TIME_SCRIPT]
         return "".join(
             [
@@ -285,7 +289,7 @@ class Listing(BaseMiddleware):
                 f"<h1>Index of {e(base)}</h1>",
                 self._who(environ),
                 tools,
-                "<table><thead><tr><th>Name</th><th>Size</th><th class=m>Modified</th>",
+                "<table><thead><tr><th>Name</th><th class=n>Size</th><th class='n m'>Modified</th>",
                 "<th><span class=hint>Actions</span></th>" if writable else "",
                 "</tr></thead><tbody>",
                 *rows,
