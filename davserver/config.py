@@ -261,6 +261,8 @@ class StateConfig:
     #: with sentinels: replicas that must confirm a used TOTP step or a new WebDAV lock (Redis WAIT) …
     wait_replicas: int = _default("state.wait_replicas")
     wait_seconds: float = _default("state.wait_seconds")  # … within this many seconds, else StoreUnavailable
+    #: sqlite: seconds a write waits for another process's write lock, else StoreUnavailable (store/sqlite.py)
+    busy_timeout_seconds: float = _default("state.busy_timeout_seconds")
 
 
 @dataclass(frozen=True)
@@ -760,6 +762,7 @@ def _parse_state(raw: Mapping[str, Any], home: Home) -> StateConfig:
         "sentinel_service": _setting(s, "state.sentinel_service"),
         "wait_replicas": _setting(s, "state.wait_replicas"),
         "wait_seconds": _setting(s, "state.wait_seconds"),
+        "busy_timeout_seconds": _setting(s, "state.busy_timeout_seconds"),
     }
     if backend == "sqlite":
         return StateConfig(backend=backend, path=path, **sentinel)

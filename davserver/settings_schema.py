@@ -358,6 +358,12 @@ SETTINGS: tuple[Setting, ...] = (
         doc='the SQLite file (WAL mode; the CLI and the server may use it at the same time)',
     ),
     Setting(
+        'state.busy_timeout_seconds', 'float', 10.0, lo=0.05, hi=300.0,
+        doc=("with `backend: sqlite`: how long a write waits for another process's write lock on the file "
+             "(a worker's, the CLI's); past it the request is refused with 503, never let through "
+             '(docs/scaling.md, "What holds across workers")'),
+    ),
+    Setting(
         'state.url', 'str', 'redis://127.0.0.1:6379/0',
         doc='with `backend: redis`: the Redis server (`rediss://` for TLS)',
     ),

@@ -44,7 +44,7 @@ from davserver.config import ThrottleConfig
 from davserver.store.base import Grant, InvitationRecord, StoreUnavailable
 from davserver.store.sqlite import SQLiteStore
 
-from .conftest import PASSWORDS, Instance, session_for
+from .conftest import PASSWORDS, Instance, running, session_for
 from .test_server_auth import audit_records
 from .test_totp_live import PW, code, configure, enrol
 
@@ -606,3 +606,25 @@ def test_a_totp_reset_by_the_cli_ends_the_grant_on_both_warm_servers(inst: Insta
         assert audited(inst, "otp_required")
         assert s.get(urls[1] + "secure/", auth=("alice", PW + code(fresh, 1))).status_code == 200  # twin
         assert s.get(urls[0] + "secure/").status_code == 200
+
+
+def test_requests_that_cannot_record_their_state_in_time_are_refused_503(inst: Instance) -> None:
+    configure(inst, throttle=_NO_LOCKOUT, state={"busy_timeout_seconds": 0.3})
+    totp = enrol(inst)
+    lock_body = ('<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
+                 '<D:locktype><D:write/></D:locktype></D:lockinfo>')
+    with running(inst) as server:
+        url = f"https://127.0.0.1:{server.port}/"
+        s = session_for(inst, "alice")
+        typed = PW + code(totp)
+        assert s.put(url + "files/x.txt", data=b"x").status_code == 201
+        with write_lock_held(_state_db(inst)):
+            wrong = s.get(url + "files/", auth=("alice", "wrong-password"))  # its failure cannot be counted
+            assert (wrong.status_code, wrong.headers.get("Retry-After")) == (503, "5")
+            assert audited(inst, "store_unavailable")
+            assert s.get(url + "secure/", auth=("alice", typed)).status_code == 503  # the code's use: not recorded
+            assert s.request("LOCK", url + "files/x.txt", data=lock_body).status_code == 503
+        # twins: with the file free again the same requests succeed, the code was not spent
+        assert s.get(url + "secure/", auth=("alice", typed)).status_code == 200
+        assert s.request("LOCK", url + "files/x.txt", data=lock_body).status_code == 200
+        assert s.get(url + "files/", auth=("alice", "wrong-password")).status_code == 401

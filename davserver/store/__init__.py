@@ -26,7 +26,7 @@ def open_store(state: StateConfig) -> StateStore:
                           service=state.sentinel_service, wait_replicas=state.wait_replicas,
                           wait_seconds=state.wait_seconds)
     assert state.path is not None
-    return SQLiteStore(state.path)
+    return SQLiteStore(state.path, busy_timeout=state.busy_timeout_seconds)
 
 
 def unavailable_at_start(state: StateConfig, exc: StoreUnavailable) -> str:
