@@ -26,7 +26,8 @@ certificate, password, audit log, started by bench/servers.py as in bench/run.py
    32 clients requests queue for a worker (idle keep-alive connections hold none).
 4. Worker processes (`server.workers`, given as `serve --workers`): 1, 2 and auto (one
    per usable CPU), each with (a) 4 KiB GET, `ab -k -c 8`, and (b) PROPFIND Depth 1 of
-   the 1,000-file folder with 4 keep-alive clients, 10 s each, 3 interleaved rounds.
+   the 1,000-file folder with 4 keep-alive clients (`ab -k -c 4 -m PROPFIND`, the
+   cheapest client: a third of the Python client's CPU), 10 s each, 3 interleaved rounds.
    Per point: req/s; the server's CPU seconds per request (user + system of the
    supervisor and every worker, from /proc) and how many cores it kept busy; each
    worker's share of that CPU and of the connections (a shared accept socket may hand
@@ -261,7 +262,7 @@ def measure_workers(server: Server, kind: str, seconds: float) -> dict[str, Any]
         if kind == "get":
             run = clients.ab_small_run(server, seconds, WORKER_GET_CLIENTS)
         else:
-            run = clients.propfind_rate_run(server, seconds, WORKER_PROPFIND_CLIENTS)
+            run = clients.ab_propfind_run(server, seconds, WORKER_PROPFIND_CLIENTS)
     cpu = server.cpu_seconds() - cpu0
     each = [tree_cpu_seconds([pid]) - c for pid, c in zip(workers, each0, strict=True)]
     if server.worker_pids() != workers:
@@ -793,8 +794,9 @@ def workers_markdown(result: dict[str, Any], rows: list[dict[str, Any]]) -> list
         "request; cores busy = server CPU / elapsed. Busiest worker: its share of the server's CPU (1/W is an even "
         "spread); supervisor: its own share. Connections per worker: the keep-alive connections each worker held "
         "(one list per round). "
-        "Client: the load generator's own CPU (ab, a C event loop; the PROPFIND client is 4 Python threads) as "
-        "a share of all the machine's CPUs, which it shares with the server.",
+        "Client: the load generator's own CPU (ab, one C event loop, for both workloads: `ab -k -m PROPFIND` "
+        "checks every answer's length against the first, which is checked for 207 and 1,001 responses) as a share "
+        "of all the machine's CPUs, which it shares with the server.",
         "",
         "| workload | workers | req/s | × 1 worker | server CPU, ms/req | cores busy | busiest worker | supervisor | "
         "connections per worker | client CPU, ms/req | client share of CPUs |",
