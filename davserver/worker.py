@@ -6,7 +6,8 @@ inherits no threads or held locks. The supervisor passes the sockets' descriptor
 (``--listen-fd``, ``--enrolment-fd``) and a pipe (``--ready-fd``) on which the worker
 writes one line once it serves, ``ready``, or why it could not start, ``error<TAB>``
 and the one line the CLI would print. Signals: SIGTERM drains (in-flight requests get
-``server.shutdown_timeout``) and exits 0; SIGHUP reloads (``DavServer.reload``);
+``server.shutdown_timeout``; a second SIGTERM, as systemd's stop sends one to every
+process of the service besides the supervisor's, changes nothing) and exits 0; SIGHUP reloads (``DavServer.reload``);
 SIGINT is ignored (a Ctrl-C at the terminal reaches every process of the group: the
 supervisor alone decides); the worker ends with the supervisor (``PR_SET_PDEATHSIG``),
 so a supervisor killed by SIGKILL leaves no worker serving on its own.
@@ -82,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     def _terminate(signum: int, frame: Any) -> None:
+        # Once: systemd's stop (KillMode=control-group) signals every process of the
+        # service, then the supervisor forwards its own; a second KeyboardInterrupt
+        # inside stop() would cut the drain short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     def _reload(signum: int, frame: Any) -> None:

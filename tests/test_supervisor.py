@@ -323,13 +323,17 @@ def test_sigterm_drains_an_upload_in_flight(inst: Instance, tmp_path: Path) -> N
         conn.send(body[:1024])
         time.sleep(0.5)  # the worker reads the request and waits for the rest of the body
         pids = children(proc.pid)
+        for pid in pids:  # systemd's stop (KillMode=control-group) signals every process, then the supervisor does
+            os.kill(pid, signal.SIGTERM)
         proc.send_signal(signal.SIGTERM)
         assert wait_for(lambda: _refused(port), seconds=10), "new connections are still accepted"
         time.sleep(0.5)
-        conn.send(body[1024:])
-        r = conn.getresponse()
-        assert r.status == 201, r.read()
-        conn.close()
+        try:
+            conn.send(body[1024:])
+            r = conn.getresponse()
+            assert r.status == 201, r.read()
+        finally:
+            conn.close()
         assert proc.wait(timeout=40) == 0
     share = load_config(inst.home).shares["files"].path
     assert (share / "drained.bin").read_bytes() == body
