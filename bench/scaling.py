@@ -66,6 +66,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -288,6 +289,59 @@ def measure_workers(server: Server, kind: str, seconds: float) -> dict[str, Any]
     }
 
 
+def measure_split(servers: list[Server], kind: str, seconds: float) -> dict[str, Any]:
+    """The even spread a supervisor should reach, for comparison: N single-process servers on one
+    instance (N ports), each with its own ab and 1/N of the clients, run at the same time."""
+    n = len(servers)
+    per = (WORKER_GET_CLIENTS if kind == "get" else WORKER_PROPFIND_CLIENTS) // n
+    idle = [memory_kib(s.worker_pids()[0]) for s in servers]
+    cpu0 = [s.cpu_seconds() for s in servers]
+    client0 = clients._children_cpu()
+    runs: list[clients.Run | None] = [None] * n
+    errors: list[BaseException] = []
+
+    def drive(i: int) -> None:
+        try:
+            fn = clients.ab_small_run if kind == "get" else clients.ab_propfind_run
+            runs[i] = fn(servers[i], seconds, per)
+        except BaseException as exc:  # noqa: BLE001 - raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=drive, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    time.sleep(min(2.0, seconds / 2))
+    connections = [sum(s.connections().values()) for s in servers]
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    done = [r for r in runs if r is not None]
+    each = [s.cpu_seconds() - c for s, c in zip(servers, cpu0, strict=True)]
+    client_cpu = clients._children_cpu() - client0
+    count, elapsed = sum(r.count for r in done), max(r.seconds for r in done)
+    cpus = len(os.sched_getaffinity(0))
+    return {
+        "workers_n": n,
+        "clients": per * n,
+        "rps": count / elapsed,
+        "requests": count,
+        "seconds": elapsed,
+        "server_cpu": sum(each),
+        "cpu_ms": sum(each) * 1000 / count,
+        "server_cores": sum(each) / elapsed,
+        "worker_cpu": each,
+        "supervisor_cpu": 0.0,
+        "connections": connections,
+        "client_cpu": client_cpu,
+        "client_ms": client_cpu * 1000 / count,
+        "client_share": client_cpu / (elapsed * cpus),
+        "memory_idle": {"supervisor": None, "workers": idle},
+        "memory_loaded": {"supervisor": None, "workers": [memory_kib(s.worker_pids()[0]) for s in servers]},
+        "rss_peak_mib": 0.0,
+    }
+
+
 # --- the run ---------------------------------------------------------------------
 
 
@@ -395,11 +449,31 @@ class Runner:
                         )
 
 
+    def split_point(self, n: int, key: dict[str, Any], kind: str) -> None:
+        """N fresh single-process davservers on one instance, measured together (measure_split)."""
+        busy = self.wait_quiet()
+        t0 = time.monotonic()
+        try:
+            with contextlib.ExitStack() as stack:
+                servers = [stack.enter_context(fresh(DavServerProc, self.fx, "1")) for _ in range(n)]
+                record = measure_split(servers, kind, self.params.seconds)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            record = {"error": str(exc)}
+            print(f"  ERROR workers davserver {key}: {exc}", flush=True)
+        entry = {"server": "davserver", **key, **record, "background_cpu": busy, "point_s": time.monotonic() - t0}
+        self.result["raw"]["workers"].append(entry)
+        if "error" not in entry:
+            print("  " + describe("workers", entry), flush=True)
+        self.save()
+
     def workers(self) -> None:
         print("worker processes", flush=True)
         for rnd in range(1, self.params.rounds + 1):
             for kind in WORKER_KINDS:
                 for w in self.params.worker_counts:
+                    if w.endswith("x1") and w[:-2].isdigit():
+                        self.split_point(int(w[:-2]), {"workers": w, "kind": kind, "round": rnd}, kind)
+                        continue
                     self.point(
                         "workers",
                         "davserver",
@@ -545,7 +619,9 @@ def summarize(raw: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, 
         "propfind": sorted(propfind, key=lambda r: (r["server"], r["members"])),
         "transfer": sorted(transfer, key=lambda r: (r["server"], r["op"], r["size"])),
         "concurrency": sorted(conc, key=lambda r: (r["server"], r["clients"])),
-        "workers": sorted(workers, key=lambda r: (r["kind"], r["workers_n"], r["workers"] == "auto")),
+        "workers": sorted(
+            workers, key=lambda r: (r["kind"], r["workers"].endswith("x1"), r["workers_n"], r["workers"] == "auto")
+        ),
     }
 
 
@@ -796,7 +872,9 @@ def workers_markdown(result: dict[str, Any], rows: list[dict[str, Any]]) -> list
         "(one list per round). "
         "Client: the load generator's own CPU (ab, one C event loop, for both workloads: `ab -k -m PROPFIND` "
         "checks every answer's length against the first, which is checked for 207 and 1,001 responses) as a share "
-        "of all the machine's CPUs, which it shares with the server.",
+        "of all the machine's CPUs, which it shares with the server. A row Nx1 (e.g. 2x1) is N single-process "
+        "servers on N ports of the same instance, each with its own ab and 1/N of the clients at the same time: "
+        "the even spread of connections, for comparison with what the supervisor's shared socket gets.",
         "",
         "| workload | workers | req/s | × 1 worker | server CPU, ms/req | cores busy | busiest worker | supervisor | "
         "connections per worker | client CPU, ms/req | client share of CPUs |",
@@ -1002,8 +1080,10 @@ def plot(result: dict[str, Any], pngs: dict[str, Path]) -> list[Path]:
         kinds = (("get", f"4 KiB GET, {WORKER_GET_CLIENTS} keep-alive clients"),
                  ("propfind", f"PROPFIND Depth 1 of 1,000, {WORKER_PROPFIND_CLIENTS} clients"))
         for ax, (kind, title) in zip(axes[:2], kinds, strict=True):
-            rows = [r for r in s["workers"] if r["kind"] == kind and r["workers"] != "auto"]
+            rows = [r for r in s["workers"] if r["kind"] == kind and r["workers"] != "auto"
+                    and not r["workers"].endswith("x1")]
             auto = [r for r in s["workers"] if r["kind"] == kind and r["workers"] == "auto"]
+            split = [r for r in s["workers"] if r["kind"] == kind and r["workers"].endswith("x1")]
             if not rows:
                 continue
             errbar(ax, [dict(r, x=r["workers_n"]) for r in rows], "x", color="tab:blue",
@@ -1011,6 +1091,9 @@ def plot(result: dict[str, Any], pngs: dict[str, Path]) -> list[Path]:
             for r in auto:
                 ax.plot([r["workers_n"]], [r["median"]], marker="D", color="tab:purple", ls="",
                         label=f"auto ({r['workers_n']}), measured")
+            for r in split:
+                ax.plot([r["workers_n"]], [r["median"]], marker="s", color="tab:green", ls="",
+                        label=f"{r['workers_n']} separate processes, clients split evenly")
             best = min(rows, key=lambda r: r["cpu_ms"] if r["workers_n"] > 1 else float("inf"))
             xs = [1, 2, 4, 8, PROJECT_CORES]
             ax.plot(xs, [x * 1000 / best["cpu_ms"] for x in xs], ls="--", color="tab:gray",
@@ -1032,7 +1115,7 @@ def plot(result: dict[str, Any], pngs: dict[str, Path]) -> list[Path]:
             ax.grid(True, which="major", alpha=0.3)
             ax.legend(fontsize=7)
         ax = axes[2]
-        mem = [r for r in s["workers"] if r["kind"] == "propfind"] or s["workers"]
+        mem = [r for r in s["workers"] if r["kind"] == "propfind" and not r["workers"].endswith("x1")] or s["workers"]
         labels = [f"{r['workers']} ({r['workers_n']})" for r in mem]
         xs = list(range(len(mem)))
         ax.bar([x - 0.2 for x in xs], [r["worker_rss"] for r in mem], width=0.2, label="RSS per worker")
