@@ -45,10 +45,8 @@ class TreeServer(DavServerProc):
 
 
 def cpu_seconds(server: TreeServer) -> float:
-    assert server.proc is not None
-    with open(f"/proc/{server.proc.pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """The server's CPU so far: its process and its worker processes (servers.tree_cpu_seconds)."""
+    return server.cpu_seconds()
 
 
 def run(workload: str, server: TreeServer, seconds: float) -> float:
