@@ -10,7 +10,7 @@ a valid token is refused 403 and audited ``csrf``; a request without those heade
 
 Playwright drives Debian's chromium with alice's (or bob's) client certificate, as in
 test_browser.py, whose fixtures and helpers these tests import. Screenshots of the
-listing at 360 px and 1280 px go to docs/img/ (DAVSERVER_SCREENSHOTS=0 skips writing them).
+listing at 360 px and 1280 px go to docs/img/ with DAVSERVER_UPDATE_SCREENSHOTS=1.
 """
 
 from __future__ import annotations
@@ -122,9 +122,11 @@ def reloaded(page: Page, action: Any) -> None:
 
 
 def shot(page: Page, name: str) -> None:
-    if os.environ.get("DAVSERVER_SCREENSHOTS", "1") != "0":
-        IMG.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(IMG / name), full_page=True)
+    """A screenshot of the page; written to docs/img/ only with DAVSERVER_UPDATE_SCREENSHOTS=1."""
+    picture = page.screenshot(full_page=True)
+    assert picture.startswith(b"\x89PNG")
+    if os.environ.get("DAVSERVER_UPDATE_SCREENSHOTS") == "1":
+        (IMG / name).write_bytes(picture)
 
 
 def sha(data: bytes) -> str:
@@ -537,3 +539,35 @@ def test_phone_width_screenshots_and_layout(live: tuple[Instance, DavServer], br
         assert watch.violations() == [], watch.console
     finally:
         ctx.close()
+
+
+# --- the guide, as written -------------------------------------------------------------------
+
+
+def test_the_browser_guide_shows_what_the_page_says() -> None:
+    """docs/browser.md: every picture it shows exists, and every message it explains is
+    one the listing's script says (word for word), so the guide cannot drift from the page."""
+    from davserver import listing
+
+    guide = (IMG.parent / "browser.md").read_text()
+    flat = " ".join(guide.split())
+    pictures = re.findall(r"!\[[^\]]*\]\((img/[^)]+)\)", guide)
+    assert pictures and all((IMG.parent / p).is_file() for p in pictures), pictures
+    assert {p for p in pictures if "listing" in p} == {
+        f"img/browser-listing-{n}.png" for n in ("writable-1280", "uploading-1280", "readonly-1280",
+                                                 "writable-360", "readonly-360")}
+    table = guide[guide.index("| The page says |"):].split("\n\n", 1)[0]
+    said = [row.split("|")[1].strip() for row in table.splitlines()[2:]]
+    assert len(said) >= 7, said
+    for sentence in said:
+        assert sentence in listing._WRITE_SCRIPT, sentence
+    for sentence in ("Show the folder as it is now", "Upload files", "New folder"):
+        assert sentence in flat and sentence in listing._WRITE_SCRIPT + _listing_html(), sentence
+    assert "You can open and download the files here, but not change them." in flat
+
+
+def _listing_html() -> str:
+    import inspect
+
+    from davserver import listing
+    return inspect.getsource(listing.Listing._render)
