@@ -26,6 +26,8 @@ import pytest
 import redis
 import yaml
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from davserver.cli import main
 from davserver.config import ConfigError, Home, load_config, parse_config
@@ -412,3 +414,28 @@ def test_sentinel_lists_and_urls_that_work_and_those_that_do_not(tmp_path: Path)
         with pytest.raises(ConfigError) as err:
             state(**bad)
         assert err.value.key == key, (bad, err.value.key)
+
+
+_HOSTS = st.one_of(
+    st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,10}){0,3}", fullmatch=True),
+    st.ip_addresses(v=4).map(str),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(hosts=st.lists(st.tuples(st.one_of(_HOSTS, st.ip_addresses(v=6).map(str)), st.integers(1, 65535)),
+                      min_size=1, max_size=5, unique=True))
+def test_every_sentinel_address_written_as_documented_reads_back(hosts: list[tuple[str, int]]) -> None:
+    """host:port, an IPv6 address in brackets: what is written is what the store is given."""
+    written = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in hosts]
+    config = parse_config({"state": {"backend": "redis", "sentinels": written}}, Home(Path("/nonexistent")))
+    assert config.state.sentinels == tuple(hosts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(host=st.ip_addresses(v=6).map(str), port=st.integers(1, 65535))
+def test_an_ipv6_sentinel_without_brackets_is_refused_with_the_fix(host: str, port: int) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"state": {"backend": "redis", "sentinels": [f"{host}:{port}"]}}, Home(Path("/nonexistent")))
+    assert err.value.key == "state.sentinels[0]" and f"[{host}]" not in str(err.value)
+    assert "brackets" in str(err.value)
