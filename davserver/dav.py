@@ -28,6 +28,7 @@ from .store.davstate import (
     LockOwnerFilter,
     PropertyBounds,
     RecordLimitReason,
+    SharedWritesLockManager,
     SQLiteLockStorage,
     SQLitePropertyManager,
 )
@@ -193,7 +194,7 @@ def build_dav_app(config: Config, store: StateStore) -> WsgiDAVApp:
     for name, share in config.shares.items():
         mapping["/" + name] = ShareProvider(share, max_tree_depth=config.limits.max_tree_depth,
                                             checksums=config.properties.checksums)
-    return WsgiDAVApp(
+    app = WsgiDAVApp(
         {
             "provider_mapping": mapping,
             "middleware_stack": [
@@ -212,3 +213,6 @@ def build_dav_app(config: Config, store: StateStore) -> WsgiDAVApp:
             "dir_browser": {"enable": False},
         }
     )
+    if app.lock_manager is not None:  # WsgiDAV builds it; only its marks of writes in flight change
+        app.lock_manager.__class__ = SharedWritesLockManager
+    return app

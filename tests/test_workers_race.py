@@ -628,3 +628,42 @@ def test_requests_that_cannot_record_their_state_in_time_are_refused_503(inst: I
         assert s.get(url + "secure/", auth=("alice", typed)).status_code == 200
         assert s.request("LOCK", url + "files/x.txt", data=lock_body).status_code == 200
         assert s.get(url + "files/", auth=("alice", "wrong-password")).status_code == 401
+
+
+def test_a_lock_is_refused_on_any_server_while_another_is_still_receiving_an_upload(inst: Instance) -> None:
+    """WsgiDAV refuses a LOCK while a PUT to the resource is still receiving its body
+    (CWE-367); the mark of the write in flight is in the state file, so every process sees it."""
+    body = ('<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
+            '<D:locktype><D:write/></D:locktype></D:lockinfo>')
+    with two_servers(inst) as urls:
+        alice, bob = session_for(inst, "alice"), session_for(inst, "bob")
+        assert alice.put(urls[0] + "files/up.txt", data=b"old").status_code == 201
+        sent = threading.Event()
+        release = threading.Event()
+
+        def slow_body() -> Iterator[bytes]:
+            yield b"x" * 1000
+            sent.set()
+            release.wait(_WAIT)
+            yield b"y" * 1000
+
+        upload: list[int] = []
+        uploader = threading.Thread(target=lambda: upload.append(
+            alice.put(urls[0] + "files/up.txt", data=slow_body()).status_code))
+        uploader.start()
+        try:
+            assert sent.wait(_WAIT)
+            time.sleep(0.5)  # the server has the first chunk and is waiting for the rest
+            for url in urls:  # the other server as well as the one receiving it
+                assert bob.request("LOCK", url + "files/up.txt", data=body).status_code == 423
+            # twin: another resource locks meanwhile
+            assert alice.put(urls[1] + "files/other.txt", data=b"o").status_code == 201
+            assert bob.request("LOCK", urls[1] + "files/other.txt", data=body).status_code == 200
+        finally:
+            release.set()
+            uploader.join(_WAIT)
+        assert upload == [204]
+        # twin: once the upload is complete the LOCK is granted, by either server
+        assert bob.request("LOCK", urls[1] + "files/up.txt", data=body).status_code == 200
+        with opened(_state_db(inst)) as store:
+            assert store.connection().execute("SELECT COUNT(*) FROM dav_writes").fetchone()[0] == 0

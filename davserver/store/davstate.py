@@ -20,6 +20,9 @@ Locks:
   Timeout header (WsgiDAV's default is a week) or anything longer gets the cap.
 - Expired locks are never returned; they are purged on open, on every create
   and refresh, and when looked up.
+- A LOCK on a resource that a PUT or PROPPATCH is still writing is refused (423)
+  whatever process it reaches: :class:`SharedWritesLockManager` keeps WsgiDAV's marks of
+  writes in flight in the ``dav_writes`` table instead of one process's memory.
 - A lock belongs to the account that took it (``principal``). WsgiDAV enforces
   that for writes and UNLOCK, but not for a LOCK refresh:
   :class:`LockOwnerFilter` closes that gap.
@@ -45,9 +48,11 @@ quota on it) bounds how many that is.
 from __future__ import annotations
 
 import io
+import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -65,7 +70,7 @@ from wsgidav.dav_error import (
     PRECONDITION_CODE_LockConflict,
     PRECONDITION_CODE_LockTokenMismatch,
 )
-from wsgidav.lock_man.lock_manager import generate_lock_token, normalize_lock_root, validate_lock
+from wsgidav.lock_man.lock_manager import LockManager, generate_lock_token, normalize_lock_root, validate_lock
 from wsgidav.mw.base_mw import BaseMiddleware
 from wsgidav.xml_tools import xml_to_bytes
 
@@ -81,6 +86,7 @@ __all__ = [
     "RecordLimitReason",
     "SQLiteLockStorage",
     "SQLitePropertyManager",
+    "SharedWritesLockManager",
     "StateLimitExceeded",
 ]
 
@@ -97,6 +103,8 @@ CREATE INDEX IF NOT EXISTS dav_locks_expire ON dav_locks(expire);
 CREATE INDEX IF NOT EXISTS dav_locks_principal ON dav_locks(principal, expire);
 CREATE TABLE IF NOT EXISTS dav_props (
     url TEXT NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (url, name));
+CREATE TABLE IF NOT EXISTS dav_writes (
+    url TEXT NOT NULL, process TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (url, process));
 """
 
 # Queries are literals (no string building): arguments only ever travel as parameters.
@@ -588,6 +596,7 @@ class SQLiteLockStorage:
             now = self._clock()
             db.execute("DELETE FROM dav_locks WHERE expire < ?", (now,))
             conflicts = self._conflicts(db, root, lock["scope"], lock["depth"], now)
+            conflicts += self._writes_in_flight(db, root, lock["depth"])
             if conflicts:
                 cond = DAVErrorCondition(PRECONDITION_CODE_LockConflict)
                 for href in conflicts:
@@ -650,6 +659,44 @@ class SQLiteLockStorage:
             ]
         return hrefs
 
+    # --- writes in flight, seen by every process (SharedWritesLockManager) ----------------
+
+    @contextmanager
+    def writing(self, url: str, check: Callable[[], None]) -> Iterator[None]:
+        """Run `check` (WsgiDAV's write-permission check, which reads the locks through this
+        storage) and mark `url` (a normalized lock root) as being written by this process,
+        in one IMMEDIATE transaction: a LOCK on another process either comes first and the
+        check sees it, or comes after and ``create`` sees the mark. The mark is removed
+        when the block ends."""
+        with self.store.transaction() as db:
+            check()
+            db.execute("INSERT INTO dav_writes (url, process, count) VALUES (?, ?, 1) "
+                       "ON CONFLICT(url, process) DO UPDATE SET count = count + 1", (url, _PROCESS))
+        try:
+            yield
+        finally:
+            with self.store.transaction() as db:
+                db.execute("UPDATE dav_writes SET count = count - 1 WHERE url = ? AND process = ?", (url, _PROCESS))
+                db.execute("DELETE FROM dav_writes WHERE url = ? AND process = ? AND count <= 0", (url, _PROCESS))
+
+    @staticmethod
+    def _writes_in_flight(db: sqlite3.Connection, root: str, depth: str) -> list[str]:
+        """URLs at `root` (and below it for a depth-infinity lock) that a live process is
+        writing (WsgiDAV's rule, lock_manager.py _check_lock_permission); marks of processes
+        that died are dropped."""
+        lo, hi = _below(root)
+        rows = db.execute(
+            "SELECT url, process FROM dav_writes WHERE url = ? OR (? AND url >= ? AND url < ?)",
+            (root, depth == "infinity", lo, hi),
+        ).fetchall()
+        found = []
+        for url, process in rows:
+            if _alive(process):
+                found.append(url)
+            else:
+                db.execute("DELETE FROM dav_writes WHERE process = ?", (process,))
+        return found
+
     def refresh(self, token: str, *, timeout: float | None) -> dict[str, Any]:
         """Give a live lock a new timeout (capped); 412 when it no longer exists."""
         timeout = self.clamp_timeout(timeout)
@@ -684,6 +731,81 @@ class SQLiteLockStorage:
         ).fetchall()
         locks = [_lock_dict(row) for row in rows]
         return [lock["token"] for lock in locks] if token_only else locks
+
+
+def _process_id(pid: int) -> str | None:
+    """``pid:start`` (start: the process's start time in clock ticks since boot, /proc's
+    stat field 22), so a reused pid is not taken for the process that died; None when the
+    process does not exist. Without /proc: ``pid:0`` while the pid exists."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return f"{pid}:{int(stat[stat.rindex(b')') + 2:].split()[19])}"
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except OSError:
+            pass
+        return f"{pid}:0"
+
+
+def _alive(process: str) -> bool:
+    pid = int(process.split(":", 1)[0])
+    return _process_id(pid) == process
+
+
+_PROCESS = _process_id(os.getpid()) or f"{os.getpid()}:0"
+
+
+class SharedWritesLockManager(LockManager):
+    """WsgiDAV's LockManager, with its marks of writes in flight kept in the state file.
+
+    WsgiDAV refuses a LOCK on a resource while a PUT or PROPPATCH to it is still receiving
+    its body (lock_manager.py ``write_transaction``, CWE-367), but it keeps that mark in
+    the process's memory, so a LOCK reaching another worker process (``server.workers``)
+    was granted mid-upload. Here the permission check and the mark are one transaction of
+    the storage (:meth:`SQLiteLockStorage.writing`) and ``create`` refuses a LOCK on a
+    marked resource (423) whatever process asks. A storage without ``writing`` (Redis)
+    keeps WsgiDAV's per-process marks only.
+    """
+
+    @contextmanager
+    def write_transaction(self, *, url: str, token_list: Any, principal: str, depth: str = "0") -> Iterator[None]:
+        writing = getattr(self.storage, "writing", None)
+        if writing is None:
+            with super().write_transaction(url=url, token_list=token_list, principal=principal, depth=depth):
+                yield
+            return
+        began = False
+
+        def check() -> None:
+            nonlocal began
+            self._begin_write_transaction(url=url, token_list=token_list, principal=principal, depth=depth)
+            began = True
+
+        # WsgiDAV's lock first, the file's second: the order acquire() takes them in (a LOCK
+        # holds WsgiDAV's lock while create() waits for the file), so neither waits on the other.
+        self._lock.acquire_write()
+        try:
+            marked = writing(normalize_lock_root(url), check)
+            marked.__enter__()
+        except BaseException:
+            if began:
+                self._end_write_transaction(url)
+            raise
+        finally:
+            self._lock.release()
+        try:
+            yield
+        finally:
+            try:
+                marked.__exit__(None, None, None)
+            finally:
+                self._end_write_transaction(url)
 
 
 class SQLitePropertyManager(BoundedProperties):
