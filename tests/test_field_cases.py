@@ -53,6 +53,7 @@ evidence, not the suite.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import html
 import os
@@ -552,7 +553,9 @@ HOSTILE = ['"><img src=x onerror=alert(1)>.txt', "<script>alert(2)<script>.txt",
            "javascript:alert(4)", "&lt;b&gt;pre-escaped&lt;b&gt;.txt"]
 HOSTILE_FOLDER = "<svg onload=alert(5)>"
 PAGE_ELEMENTS = {"html", "head", "meta", "title", "style", "body", "h1", "p", "b", "a", "table", "thead", "tbody",
-                 "tr", "th", "td", "em"}
+                 "tr", "th", "td", "em",
+                 # the who-bar and the write controls of a writable listing, and its own scripts
+                 "div", "details", "summary", "time", "label", "input", "button", "span", "script"}
 
 
 class _Elements(HTMLParser):
@@ -598,7 +601,15 @@ def test_case_21_hostile_names_are_escaped_in_the_listing(inst: Instance, server
             assert name in text, name  # shown as the literal name
         bad = [h for h in page.hrefs if h.lower().startswith("javascript:") or any(c in h for c in "<>\"' ")]
         assert bad == [] and any(h.endswith(q(shown[0])) for h in page.hrefs)
-        assert "default-src 'none'" in r.headers["Content-Security-Policy"]
+        csp = r.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in csp
+        # The only scripts are the page's own two, each allowed by its hash alone.
+        scripts = re.findall(r"<script>(.*?)</script>", r.text, re.S)
+        assert len(scripts) == r.text.count("<script") == 2, r.text.count("<script")
+        for script in scripts:
+            assert "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'" in csp
+        assert "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0] and "'self'" not in csp.split(
+            "script-src")[1].split(";")[0]
     page_of_folder = s.get(u + q(HOSTILE_FOLDER) + "/").text
     for tag in ("title", "h1"):
         inner = re.search(rf"<{tag}>(.*?)</{tag}>", page_of_folder, re.S)
