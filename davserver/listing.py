@@ -13,8 +13,6 @@ percent-encoded. Names that are not UTF-8 are not listed (the share hides them).
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import html
 import os
 from collections.abc import Callable, Iterable
@@ -25,6 +23,7 @@ from urllib.parse import quote
 from wsgidav.mw.base_mw import BaseMiddleware
 
 from .auth.identity import CertIdentity
+from .browser_pages import LOCAL_TIME_SCRIPT, script_csp
 from .config import ShareConfig
 from .content_safety import NO_STORE_HEADERS
 from .csrf import TOKENS_KEY as CSRF_TOKENS_KEY
@@ -40,13 +39,8 @@ __all__ = ["MAY_WRITE_KEY", "Listing", "human_size"]
 #: in the requested folder (the share is writable and the account one of its writers).
 MAY_WRITE_KEY = "davserver.may_write"
 
-#: Shows every ``<time datetime>`` in the browser's local time (the same text as
-#: browser_pages.LOCAL_TIME_SCRIPT, so one hash serves both).
-_TIME_SCRIPT = (
-    'for(const t of document.querySelectorAll("time[datetime]")){'
-    'const d=new Date(t.getAttribute("datetime"));'
-    'if(!isNaN(d))t.textContent=d.toLocaleString([],{dateStyle:"medium",timeStyle:"short"});}'
-)
+#: Shows every ``<time datetime>`` in the browser's local time (browser_pages.py).
+_TIME_SCRIPT = LOCAL_TIME_SCRIPT
 
 #: The write controls of a writable listing: upload (file picker, drag and drop, with
 #: progress), new folder, rename and delete. Every change is the WebDAV request any
@@ -124,17 +118,12 @@ const folders=entries.filter(x=>x&&x.isDirectory).length,files=Array.from(e.data
 })();"""
 
 
-def _script_hash(source: str) -> str:
-    """The CSP hash-source of an inline script (CSP Level 3 §8.4): ``'sha256-<base64>'``."""
-    return "'sha256-" + base64.b64encode(hashlib.sha256(source.encode("utf-8")).digest()).decode("ascii") + "'"
-
-
 #: Never 'self' (that would allow a user's uploaded .js from this origin) nor 'unsafe-inline'.
 _CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src {scripts}; form-action 'none'; "
         "base-uri 'none'; frame-ancestors 'none'")
-_READ_CSP = _CSP.format(scripts=_script_hash(_TIME_SCRIPT))
+_READ_CSP = _CSP.format(scripts=script_csp(_TIME_SCRIPT))
 #: connect-src 'self' only where the page writes (the XHRs of _WRITE_SCRIPT).
-_WRITE_CSP = _CSP.format(scripts=f"{_script_hash(_TIME_SCRIPT)} {_script_hash(_WRITE_SCRIPT)}") + (
+_WRITE_CSP = _CSP.format(scripts=f"{script_csp(_TIME_SCRIPT)} {script_csp(_WRITE_SCRIPT)}") + (
     "; connect-src 'self'")
 
 

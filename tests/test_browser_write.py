@@ -24,15 +24,19 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from davserver.access import Refusal
-from davserver.csrf import HEADER, SAFE_METHODS
+from davserver.auth.identity import CertIdentity
+from davserver.csrf import HEADER, SAFE_METHODS, TOKEN_TTL_SECONDS, CsrfTokens
 from davserver.server import DavServer
 from tests.conftest import Instance, running, session_for
 from tests.test_browser import browser, cert_context, listed  # noqa: F401 - browser is a fixture
@@ -137,6 +141,39 @@ def sha(data: bytes) -> str:
 def live(inst: Instance) -> Iterator[tuple[Instance, DavServer]]:
     with running(inst) as server:
         yield inst, server
+
+
+# --- the tokens (csrf.py) ------------------------------------------------------------------
+
+
+def _cert(fingerprint: str) -> CertIdentity:
+    now = datetime.now(UTC)
+    return CertIdentity(fingerprint=fingerprint, serial="01", subject="CN=x", issuer="CN=ca", common_name="x",
+                        emails=(), upns=(), uris=(), not_before=now, not_after=now, client_auth=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_any_text_is_refused_as_a_token_never_an_exception(text: str) -> None:
+    tokens = CsrfTokens(key=b"k" * 32)
+    assert tokens.valid(_cert("a" * 64), text) is False
+
+
+def test_a_token_lives_ttl_seconds_for_its_certificate_only() -> None:
+    """The bound hit on both sides: valid at issue + ttl, refused a second later; refused
+    for another certificate, from another key, or issued more than a minute ahead."""
+    now = [1_700_000_000.0]
+    tokens = CsrfTokens(key=b"k" * 32, ttl_seconds=TOKEN_TTL_SECONDS, clock=lambda: now[0])
+    mine, other = _cert("a" * 64), _cert("b" * 64)
+    token = tokens.issue(mine)
+    assert tokens.valid(mine, token) and not tokens.valid(other, token)
+    assert not CsrfTokens(key=b"j" * 32, clock=lambda: now[0]).valid(mine, token)
+    now[0] += TOKEN_TTL_SECONDS
+    assert tokens.valid(mine, token)
+    now[0] += 1
+    assert not tokens.valid(mine, token)
+    assert not tokens.valid(mine, tokens.issue(mine, int(now[0]) + 61))
+    assert tokens.valid(mine, tokens.issue(mine, int(now[0]) + 59))
 
 
 # --- the guard's decision, for the kind: methods x browser headers x tokens -----------------
