@@ -230,16 +230,17 @@ class Supervisor:
         for slot in self._slots:
             self._spawn(slot, now)
         deadline = now + _START_SECONDS
+        # Until each has said ready once; one that dies after that is restarted by serve_forever.
         while not all(slot.ready for slot in self._slots):
-            failed = next((s for s in self._slots if s.proc is None or s.proc.poll() is not None), None)
-            if failed is None:
-                self._read_pipes(min(0.5, max(0.0, deadline - time.monotonic())))
-                failed = next((s for s in self._slots if s.proc is None or s.proc.poll() is not None), None)
-            if failed is not None and not failed.ready:
+            self._read_pipes(min(0.5, max(0.0, deadline - time.monotonic())))
+            failed = next((s for s in self._slots if not s.ready and (s.proc is None or s.proc.poll() is not None)),
+                          None)
+            if failed is not None:
                 self._read_pipes(0.0)
-                why = self._death_message(failed)
-                self.stop()
-                raise StartupError(why)
+                if not failed.ready:
+                    why = self._death_message(failed)
+                    self.stop()
+                    raise StartupError(why)
             if time.monotonic() > deadline:
                 self.stop()
                 raise StartupError(f"the worker processes did not start within {_START_SECONDS:.0f} s")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import socket
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     from .server import DavServer, tune_allocator
 
     _setup_logging()
+    for handler in logging.getLogger().handlers:  # which worker said it: the supervisor logs each one's PID
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"))
     tune_allocator()
     listen = socket.socket(fileno=args.listen_fd)
     enrolment = socket.socket(fileno=args.enrolment_fd) if args.enrolment_fd >= 0 else None

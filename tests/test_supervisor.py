@@ -430,3 +430,59 @@ def test_crl_resigning_and_expiry_warnings_run_once_not_per_worker(inst: Instanc
                     if "WARNING davserver.lifecycle: " in line]
         assert warnings and len(warnings) == len(set(warnings)), (workers, warnings)  # each once
         CertificateAuthority(inst.home.certs_dir).write_crl(next_update_days=1)
+
+
+# --- start-up ------------------------------------------------------------------------
+
+def _serve_fails(inst: Instance, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "davserver.cli", "--home", str(inst.home.root), "serve",
+                           "--port", "0", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_a_worker_that_cannot_start_at_all_is_one_line_as_without_workers(inst: Instance) -> None:
+    """The first workers' own error (here a broken accounts.yaml, which only a worker
+    reads) ends `serve` with the line the single process prints, exit 2, nothing left
+    running; the twin: workers 1 says the same."""
+    inst.home.accounts_file.write_text("accounts: [this is: not valid")
+    lines = {}
+    for workers in ("2", "1"):
+        r = _serve_fails(inst, "--workers", workers)
+        assert r.returncode == 2, r.stderr
+        errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "accounts.yaml: not valid YAML" in errors[0], r.stderr
+        assert "Traceback" not in r.stderr and "serving" not in r.stderr
+        lines[workers] = errors[0]
+    assert lines["2"] == lines["1"]
+
+
+def test_a_taken_port_is_refused_before_any_worker_starts(inst: Instance) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "davserver.cli", "--home", str(inst.home.root), "serve",
+                            "--port", str(port), "--workers", "2"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == (f"error: server.port: 127.0.0.1:{port} is already in use "
+                                                 "(stop the other server or pick --port)"), r.stderr
+    assert "worker" not in r.stderr
+
+
+def test_the_enrolment_listener_is_served_by_the_workers(inst: Instance, tmp_path: Path) -> None:
+    """enrolment.enabled: the supervisor binds the enrolment socket once; the workers
+    answer on it (TLS without a client certificate), and the main listener still
+    demands one."""
+    set_setting(inst, "enrolment", enabled=True, port=0)
+    with serve(inst, tmp_path, "--workers", "2") as (proc, url, log):
+        assert wait_for(lambda: ready_workers(log) == 2)
+        found = re.findall(r"enrolment pages on https://127\.0\.0\.1:(\d+)/enrol/", log.read_text())
+        assert len(found) == 2 and len(set(found)) == 1, found  # each worker, one socket
+        port = int(found[0])
+        anonymous = requests.Session()
+        anonymous.trust_env = False
+        anonymous.verify = str(inst.ca_file)
+        for _ in range(6):
+            r = anonymous.get(f"https://127.0.0.1:{port}/enrol/no-such-token", timeout=30,
+                              headers={"Connection": "close"})
+            assert r.status_code == 404
+        with pytest.raises(requests.exceptions.SSLError):
+            anonymous.get(url + "files/", timeout=30)
+        assert session_for(inst, "alice").get(url + "files/", timeout=30).status_code == 200
