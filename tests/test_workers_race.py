@@ -667,3 +667,40 @@ def test_a_lock_is_refused_on_any_server_while_another_is_still_receiving_an_upl
         assert bob.request("LOCK", urls[1] + "files/up.txt", data=body).status_code == 200
         with opened(_state_db(inst)) as store:
             assert store.connection().execute("SELECT COUNT(*) FROM dav_writes").fetchone()[0] == 0
+
+
+def _write_in_flight(db: str, url: str, marked: Any) -> None:
+    """A spawned process that marks `url` as being written and never finishes (it is killed)."""
+    from davserver.store.davstate import SQLiteLockStorage
+
+    storage = SQLiteLockStorage(SQLiteStore(Path(db)))
+    with storage.writing(url, lambda: None):
+        marked.set()
+        time.sleep(_WAIT)
+
+
+def test_a_mark_of_a_write_in_flight_refuses_a_lock_until_its_process_is_gone(db: Path) -> None:
+    from wsgidav.dav_error import DAVError
+
+    from davserver.store.davstate import SQLiteLockStorage
+
+    marked = SPAWN.Event()
+    writer = SPAWN.Process(target=_write_in_flight, args=(str(db), "/files/w/x.txt", marked))
+    writer.start()
+    lock = {"type": "write", "scope": "exclusive", "depth": "0", "owner": "", "timeout": 60, "principal": "a"}
+    with opened(db) as store:
+        locks = SQLiteLockStorage(store)
+        try:
+            assert marked.wait(_WAIT)
+            with pytest.raises(DAVError) as refused:
+                locks.create("/files/w/x.txt", dict(lock))
+            assert refused.value.value == 423
+            with pytest.raises(DAVError):  # a depth-infinity lock on its folder too
+                locks.create("/files/w/", {**lock, "depth": "infinity"})
+            assert str(locks.create("/files/w/y.txt", dict(lock))["token"]).startswith("opaque")  # twin: a sibling
+        finally:
+            writer.kill()  # dies inside the write: its mark stays behind
+            writer.join(_WAIT)
+        # a mark whose process is gone is dropped: the lock is granted
+        assert str(locks.create("/files/w/x.txt", dict(lock))["token"]).startswith("opaque")
+        assert store.connection().execute("SELECT COUNT(*) FROM dav_writes").fetchone()[0] == 0

@@ -671,13 +671,14 @@ class SQLiteLockStorage:
         with self.store.transaction() as db:
             check()
             db.execute("INSERT INTO dav_writes (url, process, count) VALUES (?, ?, 1) "
-                       "ON CONFLICT(url, process) DO UPDATE SET count = count + 1", (url, _PROCESS))
+                       "ON CONFLICT(url, process) DO UPDATE SET count = count + 1", (url, _this_process()))
         try:
             yield
         finally:
+            process = _this_process()
             with self.store.transaction() as db:
-                db.execute("UPDATE dav_writes SET count = count - 1 WHERE url = ? AND process = ?", (url, _PROCESS))
-                db.execute("DELETE FROM dav_writes WHERE url = ? AND process = ? AND count <= 0", (url, _PROCESS))
+                db.execute("UPDATE dav_writes SET count = count - 1 WHERE url = ? AND process = ?", (url, process))
+                db.execute("DELETE FROM dav_writes WHERE url = ? AND process = ? AND count <= 0", (url, process))
 
     @staticmethod
     def _writes_in_flight(db: sqlite3.Connection, root: str, depth: str) -> list[str]:
@@ -758,7 +759,15 @@ def _alive(process: str) -> bool:
     return _process_id(pid) == process
 
 
-_PROCESS = _process_id(os.getpid()) or f"{os.getpid()}:0"
+_PROCESS: dict[int, str] = {}
+
+
+def _this_process() -> str:
+    """This process's ``pid:start`` (looked up once per pid: a forked child gets its own)."""
+    pid = os.getpid()
+    if pid not in _PROCESS:
+        _PROCESS[pid] = _process_id(pid) or f"{pid}:0"
+    return _PROCESS[pid]
 
 
 class SharedWritesLockManager(LockManager):
