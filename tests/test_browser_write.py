@@ -43,7 +43,7 @@ from tests.test_browser import browser, cert_context, listed  # noqa: F401 - bro
 from tests.test_clients import run_curl, share_dir
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, BrowserContext, Dialog, Page
+    from playwright.sync_api import Browser, BrowserContext, Dialog, Page, Route
 
 pytestmark = pytest.mark.client
 
@@ -608,3 +608,52 @@ def _listing_html() -> str:
 
     from davserver import listing
     return inspect.getsource(listing.Listing._render)
+
+
+def test_refusals_are_said_in_plain_words(live: tuple[Instance, DavServer], browser: Browser) -> None:  # noqa: F811
+    """A file another client has locked (423) and a page whose token is no longer valid
+    (403: here the token is swapped for another certificate's) say what happened and
+    what to do; nothing changes."""
+    inst, server = live
+    files = share_dir(inst, "files")
+    (files / "locked.txt").write_bytes(b"in use")
+    with session_for(inst, "alice") as s:
+        r = s.request("LOCK", server.url + "files/locked.txt", data=_LOCK, timeout=30,
+                      headers={"Content-Type": "application/xml", "Timeout": "Second-600"})
+        assert r.status_code == 200, r.text
+    with session_for(inst, "bob") as s:
+        bobs = token_of(s.get(server.url + "files/", timeout=30).text)
+    ctx = alice_context(browser, inst, server)
+    try:
+        page = ctx.new_page()
+        watch = Watch(page)
+        page.goto(server.url + "files/")
+        page.get_by_role("button", name="Delete locked.txt").click()
+        error = page.locator("#status .err")
+        error.wait_for()
+        assert error.inner_text() == ("\u201clocked.txt\u201d was not deleted. It is locked because someone is "
+                                      "working on it. Try again later."), error.inner_text()
+        assert (files / "locked.txt").read_bytes() == b"in use"
+
+        def swap_token(route: Route) -> None:
+            response = route.fetch()
+            route.fulfill(response=response, body=re.sub(r'data-token="[^"]+"', f'data-token="{bobs}"',
+                                                         response.text()))
+
+        page.route("**/files/", swap_token)
+        page.reload()
+        page.unroute("**/files/")
+        watch.answer = "new folder"
+        page.click("#mkdir")
+        page.locator("#status .err").wait_for()
+        said = page.locator("#status .err").inner_text()
+        assert said.startswith("The folder \u201cnew folder\u201d was not created. This is not allowed here."), said
+        assert "reload it" in said and not (files / "new folder").exists()
+        page.click("#again")
+        page.wait_for_load_state()
+        assert page.locator("#status").inner_text() == ""
+        assert watch.violations() == [], watch.console
+    finally:
+        ctx.close()
+    refused = [(r["method"], r["status"], r["reason"]) for r in audit_lines(inst) if r["method"] in ("DELETE", "MKCOL")]
+    assert refused == [("DELETE", 423, "resource_locked"), ("MKCOL", 403, "csrf")], refused
