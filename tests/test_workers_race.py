@@ -12,10 +12,12 @@ together by a barrier, many rounds each:
   counted N and a lockout exactly at ``throttle.lock_after``; an invitation spent
   once and burned once; one exclusive WebDAV lock per resource; a dead-property
   bound never exceeded; a grant opened by one seen by the other; a store file
-  opened by many at once; a write that cannot get the lock in time fails closed;
+  opened by many at once; a write that cannot get the lock in time fails closed; a
+  write-in-flight mark refuses a LOCK until its process is gone;
 * real TLS requests to two `davserver serve --workers 1` processes on one home:
   the same TOTP code accepted by exactly one; the same LOCK granted to exactly one;
-  wrong passwords counted across both, a repeat once;
+  wrong passwords counted across both, a repeat once; no LOCK through either while one
+  is still receiving an upload; a write that cannot get the file's lock in time is 503;
 * per-process caches: a ``user passwd``/``disable``/``totp enable`` and a ``cert
   revoke`` run while both servers are warm are honoured by both at the next request.
 
