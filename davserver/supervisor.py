@@ -164,6 +164,8 @@ class Supervisor:
         self.metrics_listener: Any = None
         self._maintenance: InstanceMaintenance | None = None
         self._maintenance_thread: threading.Thread | None = None
+        #: The workers' shared accept counter (worker.py TurnTakingSocket): a memfd of 8 bytes.
+        self._turns = -1
 
     # --- start ---------------------------------------------------------------------
 
@@ -189,6 +191,9 @@ class Supervisor:
         except OSError as exc:
             raise _bind_error("server", self.bind, self._port, exc.errno or 0, "pick --port") from None
         self._port = int(self._socket.getsockname()[1])
+        if hasattr(os, "memfd_create"):
+            self._turns = os.memfd_create("davserver-accept-turns")
+            os.ftruncate(self._turns, 8)
         e = self.config.enrolment
         if e.enabled:
             try:
@@ -259,6 +264,9 @@ class Supervisor:
         fds = [self._socket.fileno(), write_end]
         cmd = [sys.executable, "-m", "davserver.worker", "--home", str(self.config.home.root), "--bind", self.bind,
                "--listen-fd", str(self._socket.fileno()), "--ready-fd", str(write_end), "--parent", str(os.getpid())]
+        if self._turns >= 0:
+            fds.append(self._turns)
+            cmd += ["--turns-fd", str(self._turns), "--slot", str(slot.number), "--workers", str(self.workers)]
         if self._enrolment_socket is not None:
             fds.append(self._enrolment_socket.fileno())
             cmd += ["--enrolment-fd", str(self._enrolment_socket.fileno())]
@@ -450,6 +458,9 @@ class Supervisor:
             if sock is not None:
                 sock.close()
         self._socket = self._enrolment_socket = None
+        if self._turns >= 0:
+            os.close(self._turns)
+            self._turns = -1
 
 
 def _ping_store(config: Config) -> None:

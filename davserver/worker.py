@@ -18,16 +18,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import errno
 import logging
+import mmap
 import os
 import signal
 import socket
+import struct
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main"]
+__all__ = ["TurnTakingSocket", "main"]
 
 #: <linux/prctl.h>: deliver a signal to this process when its parent exits.
 _PR_SET_PDEATHSIG = 1
@@ -39,6 +43,47 @@ def _end_with_parent(parent: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent:
         sys.exit(0)
+
+
+class TurnTakingSocket(socket.socket):
+    """The shared listening socket, accepting new connections in turns.
+
+    Every worker waits on the one socket, and the kernel wakes all of them for each new
+    connection: the first to call accept() wins, so a few connections opened at once
+    (a benchmark's, a sync client's) often land 3 to 1 on two workers, and one core
+    idles. Here the workers count their accepts in one shared counter (`turns`: 8 bytes
+    of a memfd from the supervisor, the same for all) and the worker in `slot` accepts
+    when ``count % workers == slot``; the others wait up to ``TURN_WAIT_SECONDS`` for it
+    (in steps that release the interpreter lock) and then take the connection
+    themselves, so a busy, dead or restarting worker delays a connection by at most that
+    and never loses one. Not its turn and another took it: ``accept`` raises
+    BlockingIOError (EAGAIN), which cheroot treats as nothing to accept
+    (``cheroot/connections.py`` ``_from_server_socket``). Updates are not atomic across
+    processes; a lost increment only shifts the turns by one.
+    """
+
+    #: How long a worker leaves a new connection to the worker whose turn it is.
+    TURN_WAIT_SECONDS = 0.002
+    _STEP_SECONDS = 0.0002
+
+    def __init__(self, fileno: int, turns: mmap.mmap, slot: int, workers: int) -> None:
+        super().__init__(fileno=fileno)
+        self.turns, self.slot, self.workers = turns, slot, workers
+
+    def _count(self) -> int:
+        return int(struct.unpack_from("=Q", self.turns, 0)[0])
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        seen = self._count()
+        if seen % self.workers != self.slot:
+            deadline = time.monotonic() + self.TURN_WAIT_SECONDS
+            while time.monotonic() < deadline:
+                time.sleep(self._STEP_SECONDS)
+                if self._count() != seen:
+                    raise BlockingIOError(errno.EAGAIN, "taken in its turn by another worker")
+        conn, address = super().accept()
+        struct.pack_into("=Q", self.turns, 0, (self._count() + 1) % (1 << 63))
+        return conn, address
 
 
 def _say(fd: int, line: str) -> None:
@@ -59,6 +104,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--enrolment-fd", type=int, default=-1)
     parser.add_argument("--ready-fd", type=int, required=True)
     parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--turns-fd", type=int, default=-1)
+    parser.add_argument("--slot", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1)
     return parser.parse_args(argv)
 
 
@@ -75,7 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:  # which worker said it: the supervisor logs each one's PID
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"))
     tune_allocator()
-    listen = socket.socket(fileno=args.listen_fd)
+    listen: socket.socket
+    if args.turns_fd >= 0 and args.workers > 1:
+        listen = TurnTakingSocket(args.listen_fd, mmap.mmap(args.turns_fd, 8), args.slot, args.workers)
+        os.close(args.turns_fd)  # the mapping stays
+    else:
+        listen = socket.socket(fileno=args.listen_fd)
     enrolment = socket.socket(fileno=args.enrolment_fd) if args.enrolment_fd >= 0 else None
     try:
         server = DavServer(load_config(Home(args.home)), bind=args.bind, listen_socket=listen,
