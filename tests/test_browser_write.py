@@ -471,6 +471,7 @@ def test_a_reader_gets_no_write_controls_and_a_forged_write_is_refused(
         if (account, share) == ("alice", "ro"):
             shot(page, "browser-listing-readonly-1280.png")
             page.set_viewport_size(PHONE)
+            assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
             shot(page, "browser-listing-readonly-360.png")
         # A forged write from our own origin without the token (a script that got into a
         # page, here the writable listing of files whose CSP allows fetch): refused as
