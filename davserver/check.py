@@ -78,7 +78,21 @@ def check_instance(home: Home, *, timeout: float = PING_SECONDS, now: datetime |
     _enrolment(config, findings)
     _audit(config, findings)
     _listeners(config, findings)
+    _workers(config, findings)
     return findings
+
+
+def _workers(config: Config, findings: list[Finding]) -> None:
+    """server.workers above the CPUs this process may use (supervisor.py): every worker
+    is a whole interpreter's memory, and past one per CPU they only take turns."""
+    from .supervisor import worker_count
+
+    cpus = worker_count("auto")
+    if config.server.workers != "auto" and worker_count(config.server.workers) > cpus:
+        findings.append(Finding(
+            "warning", f"{config.server.workers} worker processes on {cpus} usable CPU(s): more add memory "
+            "(about 55 MiB each), not speed", f"set server.workers: auto or at most {cpus}",
+            setting="server.workers"))
 
 
 def _rel(home: Home, path: Path) -> str:

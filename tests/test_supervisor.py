@@ -176,6 +176,18 @@ def test_a_good_workers_value_is_taken(inst: Instance, value: object, expected: 
     assert load_config(inst.home).server.workers == expected
 
 
+def test_check_warns_about_more_workers_than_cpus(inst: Instance) -> None:
+    from davserver.check import check_instance
+
+    cpus = len(os.sched_getaffinity(0))
+    for workers, warned in ((cpus + 1, True), (cpus, False), ("auto", False), (1, False)):
+        set_setting(inst, "server", workers=workers)
+        found = [f for f in check_instance(inst.home) if f.setting == "server.workers"]
+        assert len(found) == (1 if warned else 0), (workers, found)
+        if warned:
+            assert found[0].level == "warning" and f"on {cpus} usable CPU" in found[0].message
+
+
 def test_restarts_back_off_to_the_cap() -> None:
     delays = [restart_delay(n) for n in range(1, 10)]
     assert delays == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, BACKOFF_MAX_SECONDS, BACKOFF_MAX_SECONDS, BACKOFF_MAX_SECONDS]
