@@ -55,7 +55,7 @@ class Refusal(StrEnum):
     TOTP_NOT_ENROLLED = "totp_not_enrolled"
     TOTP_UNAVAILABLE = "totp_unavailable"
     LOCKED = "locked"  # a sign-in lockout is in force
-    CSRF = "csrf"  # a step-up form without its certificate-bound token or from another origin
+    CSRF = "csrf"  # a browser's write or step-up form without its certificate-bound token, or cross-origin (csrf.py)
     RENEW_NOT_DUE = "renew_not_due"  # a renewal before enrolment.renew_before_days (stepup.py)
     RENEW_REFUSED = "renew_refused"  # a renewal the CA refused: a bad CSR, a certificate not ours (renewal.py)
     STORE_UNAVAILABLE = "store_unavailable"
