@@ -433,6 +433,23 @@ def test_sigterm_drains_an_upload_in_flight(inst: Instance, tmp_path: Path) -> N
     assert all(not Path(f"/proc/{p}").exists() for p in pids), "a worker outlived the supervisor"
 
 
+def test_ctrl_c_stops_through_the_supervisor_alone(inst: Instance, tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches every process of the group: a worker ignores SIGINT
+    (it keeps serving), the supervisor turns it into the drain of every worker, exit 0."""
+    with serve(inst, tmp_path, "--workers", "2") as (proc, url, log):
+        assert wait_for(lambda: ready_workers(log) == 2)
+        pids = children(proc.pid)
+        for pid in pids:
+            os.kill(pid, signal.SIGINT)
+        time.sleep(0.5)
+        assert children(proc.pid) == pids, "SIGINT stopped a worker on its own"
+        assert session_for(inst, "alice").get(url + "files/", timeout=30).status_code == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=40) == 0
+    assert log.read_text().rstrip().endswith("stopping")
+    assert all(not Path(f"/proc/{p}").exists() for p in pids)
+
+
 def test_sighup_reaches_every_worker(inst: Instance, tmp_path: Path) -> None:
     """Each worker reopens the audit log: after a rename and SIGHUP to the supervisor,
     every worker writes the new file (its descriptor), none the renamed one."""
