@@ -853,6 +853,13 @@ def markdown(result: dict[str, Any], pngs: dict[str, Path], md_dir: Path) -> str
 PROJECT_CORES = 16
 
 
+def _workers_label(r: dict[str, Any]) -> str:
+    w = r["workers"]
+    if w.endswith("x1"):
+        return f"{w[:-2]} single-process servers"
+    return "1 worker" if w == "1" else f"{w} workers" + (f" ({r['workers_n']})" if w == "auto" else "")
+
+
 def workers_markdown(result: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     """The worker-process tables: rates and CPU, memory, and the projection to PROJECT_CORES cores."""
     p = result["params"]
@@ -922,7 +929,7 @@ def workers_markdown(result: dict[str, Any], rows: list[dict[str, Any]]) -> list
             continue
         per_core = 1000 / r["cpu_ms"]
         lines.append(
-            f"| {titles[r['kind']]} | {r['workers']} worker(s) | {r['cpu_ms']:.2f} | {_num(per_core)} | "
+            f"| {titles[r['kind']]} | {_workers_label(r)} | {r['cpu_ms']:.2f} | {_num(per_core)} | "
             f"{_num(per_core * PROJECT_CORES)} |"
         )
     return lines
