@@ -376,24 +376,6 @@ SETTINGS: tuple[Setting, ...] = (
         doc='with `backend: redis`: a file holding the Redis password',
     ),
     Setting(
-        'locks.max_timeout_seconds', 'int', 3600, lo=1, hi=2_592_000,
-        doc=('longest a WebDAV lock is granted for ("Infinite" and longer requests get this); locks and dead '
-             'properties are kept in the state file and survive a restart'),
-    ),
-    Setting(
-        'locks.max_per_resource', 'int', 64, lo=1, hi=1_000_000,
-        doc='live WebDAV locks on one resource (only shared locks can pile up); past it LOCK gets `507`',
-    ),
-    Setting(
-        'locks.max_per_account', 'int', 1000, lo=1, hi=100_000_000,
-        doc='live WebDAV locks one account holds on all resources; past it LOCK gets `507`',
-    ),
-    Setting(
-        'locks.max_owner_bytes', 'int', 4096, lo=256, hi=1_048_576,
-        doc=("bytes of one lock's `<D:owner>` (its XML); a LOCK with a larger one gets `507` (reason "
-             '`lock_owner_too_large`)'),
-    ),
-    Setting(
         'state.sentinels', 'list', (),
         doc=('with `backend: redis`: Redis Sentinel addresses (`host:port`, IPv6 as `[addr]:port`); when set, '
              'the master is found through them and followed across a failover, `state.url` gives only the '
@@ -412,6 +394,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         'state.wait_seconds', 'float', 1.0, lo=0.01, hi=3.0,
         doc='with `state.sentinels`: how long such a write waits for the replicas (0.01 to 3)',
+    ),
+    Setting(
+        'locks.max_timeout_seconds', 'int', 3600, lo=1, hi=2_592_000,
+        doc=('longest a WebDAV lock is granted for ("Infinite" and longer requests get this); locks and dead '
+             'properties are kept in the state file and survive a restart'),
+    ),
+    Setting(
+        'locks.max_per_resource', 'int', 64, lo=1, hi=1_000_000,
+        doc='live WebDAV locks on one resource (only shared locks can pile up); past it LOCK gets `507`',
+    ),
+    Setting(
+        'locks.max_per_account', 'int', 1000, lo=1, hi=100_000_000,
+        doc='live WebDAV locks one account holds on all resources; past it LOCK gets `507`',
+    ),
+    Setting(
+        'locks.max_owner_bytes', 'int', 4096, lo=256, hi=1_048_576,
+        doc=("bytes of one lock's `<D:owner>` (its XML); a LOCK with a larger one gets `507` (reason "
+             '`lock_owner_too_large`)'),
     ),
     Setting(
         'properties.max_value_bytes', 'int', 65_536, lo=1024, hi=1_073_741_824,
