@@ -35,7 +35,7 @@ from .auth.core import Authenticator, Decision
 from .auth.identity import CertIdentity
 from .browser_pages import LOCAL_TIME_SCRIPT, html_headers, page_bytes, safe_next, time_html
 from .content_safety import FORM_PAGE_HEADERS
-from .csrf import CsrfTokens, browser_origin_refusal
+from .csrf import CsrfTokens, browser_origin_refusal, is_browser
 from .enrolment_pages import (
     ResultFiles,
     answer_delivery,
@@ -134,7 +134,7 @@ class StepUpPage:
     ) -> tuple[Iterable[bytes], Decision]:
         """``POST /_davserver/renew``: a successor for the connection's certificate (see the module docstring)."""
         now = self.clock()
-        browser = bool(environ.get("HTTP_ORIGIN") or environ.get("HTTP_SEC_FETCH_SITE"))
+        browser = is_browser(environ)  # the guard's decision too (one for every browser write)
         form = read_form(environ, max_bytes=self.renewals.form_bytes if self.renewals is not None else 16384)
         if isinstance(form, int):
             return self._plain(start_response, form, "the form could not be read\n", close=True), Decision.deny(
