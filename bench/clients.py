@@ -401,6 +401,19 @@ class RssSampler:
         return self.peak_process_kib / 1024
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (/proc/stat: everything but idle and iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process (the bench: its threads, samplers, a Python client)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def cpu_busy(seconds: float = 2.0) -> float:
     """Share of all cores busy over `seconds` (from /proc/stat): with our servers idle, that is other work."""
 

@@ -253,18 +253,28 @@ def _memory(server: Server) -> dict[str, Any]:
     return {"supervisor": supervisor, "workers": [memory_kib(pid) for pid in workers]}
 
 
+def _others_share(machine0: float, own0: float, client0: float, server_cpu: float, seconds: float) -> float:
+    """Share of all CPUs that other processes took while a point ran: the machine's busy time
+    less the server's, the client's (reaped children) and the bench's own, over the elapsed time."""
+    busy = clients.machine_busy_seconds() - machine0
+    ours = server_cpu + (clients._children_cpu() - client0) + (clients.own_cpu_seconds() - own0)
+    return max(0.0, busy - ours) / (seconds * len(os.sched_getaffinity(0)))
+
+
 def measure_workers(server: Server, kind: str, seconds: float) -> dict[str, Any]:
     """One workload against davserver with some worker processes: rate, CPU (server, per worker,
     client), connections per worker, memory per worker."""
     workers = server.worker_pids()
     idle = _memory(server)
     cpu0, each0 = server.cpu_seconds(), [tree_cpu_seconds([pid]) for pid in workers]
+    machine0, own0, client0 = clients.machine_busy_seconds(), clients.own_cpu_seconds(), clients._children_cpu()
     with clients.RssSampler(server) as sampler:
         if kind == "get":
             run = clients.ab_small_run(server, seconds, WORKER_GET_CLIENTS)
         else:
             run = clients.ab_propfind_run(server, seconds, WORKER_PROPFIND_CLIENTS)
     cpu = server.cpu_seconds() - cpu0
+    others = _others_share(machine0, own0, client0, cpu, run.seconds)
     each = [tree_cpu_seconds([pid]) - c for pid, c in zip(workers, each0, strict=True)]
     if server.worker_pids() != workers:
         raise clients.BenchError(f"worker processes changed during the point: {workers} → {server.worker_pids()}")
@@ -283,6 +293,7 @@ def measure_workers(server: Server, kind: str, seconds: float) -> dict[str, Any]
         "client_cpu": run.client_cpu,
         "client_ms": run.client_cpu * 1000 / run.count,
         "client_share": run.client_share(),
+        "others_share": others,
         "memory_idle": idle,
         "memory_loaded": _memory(server),
         "rss_peak_mib": sampler.peak_mib,
@@ -297,6 +308,7 @@ def measure_split(servers: list[Server], kind: str, seconds: float) -> dict[str,
     idle = [memory_kib(s.worker_pids()[0]) for s in servers]
     cpu0 = [s.cpu_seconds() for s in servers]
     client0 = clients._children_cpu()
+    machine0, own0 = clients.machine_busy_seconds(), clients.own_cpu_seconds()
     runs: list[clients.Run | None] = [None] * n
     errors: list[BaseException] = []
 
@@ -321,6 +333,7 @@ def measure_split(servers: list[Server], kind: str, seconds: float) -> dict[str,
     client_cpu = clients._children_cpu() - client0
     count, elapsed = sum(r.count for r in done), max(r.seconds for r in done)
     cpus = len(os.sched_getaffinity(0))
+    others = _others_share(machine0, own0, client0, sum(each), elapsed)
     return {
         "workers_n": n,
         "clients": per * n,
@@ -336,6 +349,7 @@ def measure_split(servers: list[Server], kind: str, seconds: float) -> dict[str,
         "client_cpu": client_cpu,
         "client_ms": client_cpu * 1000 / count,
         "client_share": client_cpu / (elapsed * cpus),
+        "others_share": others,
         "memory_idle": {"supervisor": None, "workers": idle},
         "memory_loaded": {"supervisor": None, "workers": [memory_kib(s.worker_pids()[0]) for s in servers]},
         "rss_peak_mib": 0.0,
@@ -496,7 +510,7 @@ def describe(workload: str, e: dict[str, Any]) -> str:
             f"server {e['cpu_ms']:.2f} ms CPU/req, {e['server_cores']:.2f} cores  "
             f"per worker CPU {'/'.join(f'{c:.1f}' for c in e['worker_cpu'])} s, "
             f"connections {'/'.join(str(c) for c in e['connections'])}  "
-            f"client {e['client_share']:.0%} of CPUs  "
+            f"client {e['client_share']:.0%} of CPUs, others {e.get('others_share', 0.0):.0%}  "
             f"worker RSS:PSS {mem} MiB"
         )
     if workload == "propfind":
@@ -548,6 +562,7 @@ def summarize(raw: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, 
                 "server_cores": statistics.median(e["server_cores"] for e in es),
                 "client_ms": statistics.median(e["client_ms"] for e in es),
                 "client_share": statistics.median(e["client_share"] for e in es),
+                "others_share": max(e.get("others_share", 0.0) for e in es),
                 "busiest_worker_share": statistics.median(shares),
                 "supervisor_cpu_share": statistics.median(
                     e.get("supervisor_cpu", 0.0) / max(1e-9, e["server_cpu"]) for e in es
@@ -879,13 +894,16 @@ def workers_markdown(result: dict[str, Any], rows: list[dict[str, Any]]) -> list
         "(one list per round). "
         "Client: the load generator's own CPU (ab, one C event loop, for both workloads: `ab -k -m PROPFIND` "
         "checks every answer's length against the first, which is checked for 207 and 1,001 responses) as a share "
-        "of all the machine's CPUs, which it shares with the server. A row Nx1 (e.g. 2x1) is N single-process "
+        "of all the machine's CPUs, which it shares with the server. Others: the share of all CPUs that other "
+        "processes took during the point (the machine's busy time less the server's, the client's and the "
+        "bench's own), the highest over the rounds: a point with more than a few percent was disturbed. "
+        "A row Nx1 (e.g. 2x1) is N single-process "
         "servers on N ports of the same instance, each with its own ab and 1/N of the clients at the same time: "
         "the even spread of connections, for comparison with what the supervisor's shared socket gets.",
         "",
         "| workload | workers | req/s | × 1 worker | server CPU, ms/req | cores busy | busiest worker | supervisor | "
-        "connections per worker | client CPU, ms/req | client share of CPUs |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "connections per worker | client CPU, ms/req | client share of CPUs | others, at most |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for r in rows:
         ratio = r["median"] / base[r["kind"]]["median"] if r["kind"] in base else float("nan")
@@ -894,7 +912,7 @@ def workers_markdown(result: dict[str, Any], rows: list[dict[str, Any]]) -> list
             f"| {titles[r['kind']]} | {r['workers']} ({r['workers_n']}) | {_range(r)} | {ratio:.2f} | "
             f"{r['cpu_ms']:.2f} | {r['server_cores']:.2f} | {r['busiest_worker_share']:.0%} | "
             f"{r.get('supervisor_cpu_share', 0.0):.1%} | {conns} | "
-            f"{r['client_ms']:.3f} | {r['client_share']:.0%} |"
+            f"{r['client_ms']:.3f} | {r['client_share']:.0%} | {r.get('others_share', 0.0):.0%} |"
         )
     lines += [
         "",
