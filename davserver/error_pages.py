@@ -22,7 +22,6 @@ other client keeps the status line as text, byte for byte.
 
 from __future__ import annotations
 
-import errno
 import html
 import http
 import logging
@@ -33,10 +32,8 @@ from urllib.parse import quote
 from wsgidav import util
 from wsgidav.dav_error import (
     ERROR_DESCRIPTIONS,
-    HTTP_FORBIDDEN,
     HTTP_INTERNAL_ERROR,
     HTTP_NO_CONTENT,
-    HTTP_NOT_FOUND,
     HTTP_NOT_MODIFIED,
     DAVError,
     get_http_status_string,
@@ -45,6 +42,7 @@ from wsgidav.mw.base_mw import BaseMiddleware
 
 from .browser_pages import html_headers, page_bytes, wants_html
 from .content_safety import SAFETY_HEADERS, replace_headers
+from .sharefs import os_error_status
 from .stepup import PREFIX
 from .store.base import StoreUnavailable
 
@@ -60,23 +58,6 @@ _RFC9110_PHRASES = {413: "Content Too Large", 414: "URI Too Long", 422: "Unproce
 for _status in http.HTTPStatus:
     _phrase = _RFC9110_PHRASES.get(_status.value, _status.phrase)
     ERROR_DESCRIPTIONS.setdefault(_status.value, f"{_status.value} {_phrase}")
-
-#: OS errors a client can cause or should hear about, as HTTP statuses.
-_OS_ERRORS = {
-    errno.EACCES: HTTP_FORBIDDEN,
-    errno.EPERM: HTTP_FORBIDDEN,
-    errno.ENOENT: HTTP_NOT_FOUND,
-    errno.ENOTDIR: HTTP_NOT_FOUND,
-    errno.ENAMETOOLONG: 414,
-    errno.ENOSPC: 507,
-    errno.EDQUOT: 507,
-    errno.EFBIG: 413,
-    errno.EISDIR: 409,
-    errno.ENOTEMPTY: 409,
-    errno.EEXIST: 412,
-    errno.EILSEQ: 400,
-}
-
 
 #: What a browser is told, per status: (heading, explanation). Plain words; nothing
 #: about the server or why a sign-in failed (the audit log has the reason).
@@ -157,14 +138,22 @@ def _browser_answer(environ: dict[str, Any], code: int, headers: list[tuple[str,
     return replace_headers(headers, page_headers), body
 
 
-def _as_dav_error(exc: BaseException) -> DAVError:
+def _as_dav_error(exc: BaseException, environ: dict[str, Any]) -> DAVError:
+    """The answer for an exception that escaped WsgiDAV while serving ``environ``. An
+    OSError gets sharefs.os_error_status's status for its errno and the request's method
+    and ``Overwrite`` (the one table fs.py, fastpath.py and copymove.py use); an errno
+    a client cannot cause is a 500 with the traceback logged."""
     if isinstance(exc, DAVError):
         return exc
     if isinstance(exc, StoreUnavailable):
         log.error("state store unavailable: %s", exc)
         return DAVError(503, add_headers=[("Retry-After", "5")])
-    if isinstance(exc, OSError) and exc.errno in _OS_ERRORS:
-        return DAVError(_OS_ERRORS[exc.errno])
+    if isinstance(exc, OSError):
+        overwrite = str(environ.get("HTTP_OVERWRITE", "T")).upper() != "F"
+        found = os_error_status(exc.errno, str(environ.get("REQUEST_METHOD", "")), overwrite=overwrite)
+        if found is not None:
+            log.info("%s %s failed: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), exc)
+            return DAVError(found[0])
     if isinstance(exc, ValueError) and "null" in str(exc).lower():
         return DAVError(400)  # an embedded NUL byte in a path
     log.error("internal error", exc_info=exc)
@@ -234,7 +223,7 @@ class ErrorPages(BaseMiddleware):
         except Exception as exc:  # noqa: BLE001 - every failure becomes a clean answer
             if started:
                 raise  # the status line is out: only the connection can signal the failure now
-            error = _as_dav_error(exc)
+            error = _as_dav_error(exc, environ)
         status = get_http_status_string(error)
         if error.value in (HTTP_NOT_MODIFIED, HTTP_NO_CONTENT):
             # content_safety.py gives a file's 304 the headers of its 200. A 304 has no

@@ -231,3 +231,51 @@ def test_the_model_gives_each_errno_and_method_its_status() -> None:
             got = os_error_status(code, method)
             want = expected(code, method, creating=method in ("PUT", "MKCOL", "LOCK"))
             assert (got[0] if got else 500) == want
+
+
+#: Every method WsgiDAV dispatches to a share (request_server.py ``do_<METHOD>``); OPTIONS
+#: is answered before (it touches no file).
+DISPATCHED = ("GET", "HEAD", "PROPFIND", "PROPPATCH", "MKCOL", "DELETE", "PUT", "COPY", "MOVE", "LOCK", "UNLOCK")
+
+
+def test_an_os_error_escaping_wsgidav_answers_the_same_status_as_one_fs_py_maps(
+        inst: Instance, share: Path, server: DavServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OSError that no provider call turned into a DAVError (raised by WsgiDAV's own
+    ``do_<METHOD>``, request_server.py, as conditions.PreconditionServer runs it; or by
+    copymove.py for COPY and MOVE) reaches error_pages.py, which answers it from the
+    same table (sharefs.os_error_status): per errno, method and ``Overwrite``. It used to
+    have its own (ENOTDIR 404 for PUT, EEXIST 412 for MKCOL, EROFS and ELOOP a 500)."""
+    from davserver import fs
+    from davserver.conditions import PreconditionServer
+
+    s = session_for(inst)
+    url = server.url + "files/f.txt"
+    wrong = []
+    with wsgidav_only(monkeypatch):
+        for method in DISPATCHED:
+            for overwrite in (("T", "F") if method in ("COPY", "MOVE") else ("T",)):
+                headers = {"Destination": server.url + "files/c.txt", "Overwrite": overwrite}
+                for code in ERRNOS:
+                    def fail(*args: Any, code: int = code, **kwargs: Any) -> Any:
+                        raise OSError(code, os.strerror(code), str(share / "f.txt"))
+
+                    fail.__name__ = f"do_{method}"  # fs.py dispatches by the handler's name
+                    with monkeypatch.context() as m:
+                        if method in ("COPY", "MOVE"):  # fs.py hands them to copymove.py, not WsgiDAV
+                            m.setattr(fs, "copy_or_move", fail)
+                        else:
+                            m.setattr(PreconditionServer, f"do_{method}", fail)
+                        r = s.request(method, url, headers=headers, data=b"")
+                    want = expected(code, method, creating=method in ("PUT", "MKCOL", "LOCK"),
+                                    overwrite=overwrite == "T")
+                    if r.status_code != want:
+                        wrong.append(f"{method} Overwrite={overwrite} {errno.errorcode[code]}: {r.status_code}, "
+                                     f"want {want}")
+                    assert str(share) not in r.text and os.strerror(code) not in r.text
+        assert not wrong, "\n".join(wrong)
+        assert (share / "f.txt").read_bytes() == b"hello", "a failed request changed the file"
+        # The twin: nothing raised, each method answers as usual.
+        assert s.get(url).status_code == 200 and s.head(url).status_code == 200
+        assert s.request("PROPFIND", url, headers={"Depth": "0"}).status_code == 207
+        assert s.request("COPY", url, headers={"Destination": server.url + "files/c.txt"}).status_code == 201
+    assert (share / "f.txt").read_bytes() == b"hello" and (share / "c.txt").read_bytes() == b"hello"
