@@ -216,7 +216,11 @@ class Supervisor:
         if listener_of is None:
             log.warning("metrics.enabled: this version serves no metrics with server.workers > 1")
             return
-        self.metrics_listener = listener_of(self.config, self.workers_alive, directory=self._metrics_dir)
+        # /readyz says 503 "stopping" from SIGTERM on, while the workers drain: a load
+        # balancer sends no new connections to a node that is going away.
+        self.metrics_listener = listener_of(self.config, self.workers_alive,
+                                            ready=lambda: "stopping" if self._stopping.is_set() else None,
+                                            directory=self._metrics_dir)
         try:
             self.metrics_listener.prepare()
         except OSError as exc:
@@ -224,12 +228,21 @@ class Supervisor:
 
             self.metrics_listener = None
             self._close_sockets()
+            self._remove_metrics_dir()
             m = self.config.metrics
             raise _bind_error("metrics", m.bind, m.port, exc.errno or 0, "pick another metrics.port") from None
 
     def start(self) -> None:
         """Start every worker and wait until each serves. Raises StartupError when one
-        cannot start (its message, as the CLI would print it), having stopped the others."""
+        cannot start (its message, as the CLI would print it), having stopped the others;
+        on any failure everything taken (sockets, workers, the metrics directory) is released."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
         self.prepare()
         now = time.monotonic()
         for slot in self._slots:
@@ -449,9 +462,13 @@ class Supervisor:
             if self.metrics_listener is not None:
                 self.metrics_listener.stop()
                 self.metrics_listener = None
-            if self._metrics_dir is not None:
-                shutil.rmtree(self._metrics_dir, ignore_errors=True)
-                self._metrics_dir = None
+            self._remove_metrics_dir()
+
+    def _remove_metrics_dir(self) -> None:
+        """Remove the workers' private ``PROMETHEUS_MULTIPROC_DIR`` (a stop, a failed start)."""
+        if self._metrics_dir is not None:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+            self._metrics_dir = None
 
     def _close_sockets(self) -> None:
         for sock in (self._socket, self._enrolment_socket):
