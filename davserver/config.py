@@ -216,6 +216,8 @@ class AuthConfig:
     credential_cache_max_seconds: float = _default("auth.credential_cache_max_seconds")
     #: Basic user ``DOMAIN\\name`` or ``name@domain`` is the certificate's account ``name``.
     strip_domain: bool = _default("auth.strip_domain")
+    #: Seconds a browser page's CSRF token (csrf.py) is accepted after the page was shown.
+    browser_token_seconds: int = _default("auth.browser_token_seconds")
 
 
 @dataclass(frozen=True)
@@ -907,6 +909,7 @@ def parse_config(raw: Any, home: Home) -> Config:
             credential_cache_seconds=_setting(a, "auth.credential_cache_seconds"),
             credential_cache_max_seconds=_setting(a, "auth.credential_cache_max_seconds"),
             strip_domain=_setting(a, "auth.strip_domain"),
+            browser_token_seconds=_setting(a, "auth.browser_token_seconds"),
         ),
         audit=AuditConfig(
             file=None if audit_file in (None, "-") else home.resolve(audit_file),

@@ -35,7 +35,8 @@ __all__ = [
 HEADER = "X-Davserver-CSRF"
 #: The environ key under which the guard hands its one :class:`CsrfTokens` to the listing.
 TOKENS_KEY = "davserver.csrf"
-#: How long an issued token is accepted, in seconds (a page left open longer is reloaded).
+#: How long an issued token is accepted, in seconds, unless told otherwise (the setting
+#: ``auth.browser_token_seconds``; a listing left open longer asks the user to reload it).
 TOKEN_TTL_SECONDS = 3600
 #: Methods that change nothing (RFC 9110 §9.2.1; PROPFIND: RFC 4918 §9.1). Every other
 #: method, COPY and unknown ones included, is unsafe and needs the browser checks.

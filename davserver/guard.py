@@ -218,7 +218,7 @@ class Guard:
             form_bytes=config.enrolment.form_bytes,
         )
         #: One CSRF key per server: the step-up forms and the listing's writes (csrf.py).
-        self.csrf = CsrfTokens()
+        self.csrf = CsrfTokens(ttl_seconds=config.auth.browser_token_seconds)
         self.stepup = StepUpPage(self.authenticator, clock, self.renewals, self.csrf)
 
     # --- the decision -----------------------------------------------------------

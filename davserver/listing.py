@@ -26,8 +26,8 @@ from .auth.identity import CertIdentity
 from .browser_pages import LOCAL_TIME_SCRIPT, script_csp
 from .config import ShareConfig
 from .content_safety import NO_STORE_HEADERS
+from .csrf import TOKEN_TTL_SECONDS, CsrfTokens
 from .csrf import TOKENS_KEY as CSRF_TOKENS_KEY
-from .csrf import CsrfTokens
 from .names import display_name
 from .renewal import RENEW_DUE_KEY
 from .stepup import PREFIX as STEPUP_PREFIX
@@ -51,6 +51,7 @@ _TIME_SCRIPT = LOCAL_TIME_SCRIPT
 _WRITE_SCRIPT = r"""(()=>{
 const tools=document.getElementById("tools");if(!tools)return;
 const token=tools.dataset.token,base=tools.dataset.base,status=document.getElementById("status");
+const shown=Date.now(),ttl=1000*Number(tools.dataset.ttl);
 const names=new Set(Array.from(document.querySelectorAll("button.rename"),b=>b.dataset.name));
 const words={0:"The connection was lost. Check the network and try again.",
 400:"The server cannot accept this name or request.",
@@ -63,7 +64,9 @@ const words={0:"The connection was lost. Check the network and try again.",
 413:"The file is larger than this server accepts.",
 423:"It is locked because someone is working on it. Try again later.",
 507:"There is not enough space left on the server."};
-function plain(code){return words[code]||(code>=500?
+function plain(code){if(code===403&&Date.now()-shown>=0.9*ttl)return(
+"This page has been open too long to make changes from it. Reload the page, then try again.");
+return words[code]||(code>=500?
 "The server had a problem ("+code+"). Try again later.":"It did not work ("+code+").");}
 function say(text,kind){const p=document.createElement("p");
 p.className=kind;p.textContent=text;status.append(p);return p;}
@@ -233,6 +236,14 @@ class Listing(BaseMiddleware):
             return None
         return tokens.issue(cert)
 
+    @staticmethod
+    def _token_seconds(environ: dict[str, Any]) -> int:
+        """Seconds this page's token is accepted (``auth.browser_token_seconds``): the write
+        script counts them from when the page was shown and, on a 403 after 90 % of them
+        (the page may have arrived a little after the token was issued), says to reload."""
+        tokens: CsrfTokens | None = environ.get(CSRF_TOKENS_KEY)
+        return tokens.ttl_seconds if tokens is not None else TOKEN_TTL_SECONDS
+
     def _render(self, environ: dict[str, Any], res: Any, base: str, token: str | None) -> str:
         e = _text
         writable = token is not None
@@ -261,7 +272,8 @@ class Listing(BaseMiddleware):
         tools = ""
         if writable:
             tools = (
-                f'<div id=tools class=tools data-token="{html.escape(token or "")}" data-base="{e(quote(base))}">'
+                f'<div id=tools class=tools data-token="{html.escape(token or "")}" data-base="{e(quote(base))}" '
+                f'data-ttl="{self._token_seconds(environ)}">'
                 "<label>Upload files<input id=pick type=file multiple></label>"
                 "<button id=mkdir type=button>New folder</button>"
                 "<span class=hint>or drop files onto this page</span></div>"

@@ -276,6 +276,12 @@ SETTINGS: tuple[Setting, ...] = (
              'when `name` is exactly its name; `false`: only the account name'),
     ),
     Setting(
+        'auth.browser_token_seconds', 'int', 3600, lo=10, hi=604800,
+        doc=('how long a page shown in a browser (the folder listing, the two-factor page) may send changes: '
+             'its anti-forgery token is accepted this long after the page was loaded, 10–604800; a listing '
+             'open longer asks the user to reload it'),
+    ),
+    Setting(
         'audit.file', 'path', 'state/audit.log',
         doc='the audit log (JSON lines); `-` for standard error',
     ),

@@ -658,3 +658,42 @@ def test_refusals_are_said_in_plain_words(live: tuple[Instance, DavServer], brow
         ctx.close()
     refused = [(r["method"], r["status"], r["reason"]) for r in audit_lines(inst) if r["method"] in ("DELETE", "MKCOL")]
     assert refused == [("DELETE", 423, "resource_locked"), ("MKCOL", 403, "csrf")], refused
+
+
+def test_a_listing_open_longer_than_its_token_asks_for_a_reload(inst: Instance, browser: Browser) -> None:  # noqa: F811
+    """``auth.browser_token_seconds`` (here its least, 10 s) bounds how long a listing's
+    token is accepted. A change sent from a page open longer is refused (403, audited
+    csrf), nothing changes, and the page says in plain words to reload it; after the
+    reload the same change is made. The twin: a change within the time is made."""
+    TTL = 10
+    cfg = inst.home.config_file
+    cfg.write_text(cfg.read_text() + f"\nauth: {{browser_token_seconds: {TTL}}}\n")
+    files = share_dir(inst, "files")
+    with running(inst) as server:
+        assert server.config.auth.browser_token_seconds == TTL
+        ctx = alice_context(browser, inst, server)
+        try:
+            page = ctx.new_page()
+            watch = Watch(page, answer="fresh")
+            page.goto(server.url + "files/")
+            reloaded(page, lambda: page.click("#mkdir"))  # the twin: in time
+            assert (files / "fresh").is_dir()
+            shown = time.monotonic()
+            time.sleep(max(0.0, shown + TTL + 1 - time.monotonic()))
+            watch.answer = "late"
+            page.click("#mkdir")
+            page.locator("#status .err").wait_for()
+            said = page.locator("#status .err").inner_text()
+            assert said == ("The folder \u201clate\u201d was not created. This page has been open too long to make "
+                            "changes from it. Reload the page, then try again."), said
+            assert not (files / "late").exists()
+            page.click("#again")
+            page.wait_for_load_state()
+            reloaded(page, lambda: page.click("#mkdir"))
+            assert (files / "late").is_dir()
+            assert watch.violations() == [], watch.console
+        finally:
+            ctx.close()
+    made = [(r["method"], r["status"], r["reason"]) for r in audit_lines(inst) if r["method"] == "MKCOL"]
+    assert [m[:2] for m in made] == [("MKCOL", 201), ("MKCOL", 403), ("MKCOL", 201)], made
+    assert made[1][2] == Refusal.CSRF.value
