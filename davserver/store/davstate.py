@@ -778,8 +778,9 @@ class SharedWritesLockManager(LockManager):
     the process's memory, so a LOCK reaching another worker process (``server.workers``)
     was granted mid-upload. Here the permission check and the mark are one transaction of
     the storage (:meth:`SQLiteLockStorage.writing`) and ``create`` refuses a LOCK on a
-    marked resource (423) whatever process asks. A storage without ``writing`` (Redis)
-    keeps WsgiDAV's per-process marks only.
+    marked resource (423) whatever process asks. The Redis storage has its own
+    ``writing`` (redis_davstate.py: a mark that lapses unless renewed); a storage
+    without one keeps WsgiDAV's per-process marks only.
     """
 
     @contextmanager

@@ -19,6 +19,21 @@ Locks
 - ``P dav:lock-owners``       hash: token -> account, so that dropping a lock whose
                               key has already expired still finds its locks-of entry.
 
+Writes in flight (WsgiDAV refuses a LOCK while a PUT or PROPPATCH to the resource is
+still receiving its body; see ``SharedWritesLockManager`` in davstate.py)
+
+- ``P dav:writes``            sorted set (all scores 0) of ``<url>``, a line feed, ``<mark>``: a
+                              ZRANGEBYLEX range finds the marks on a URL and below it.
+                              ``<mark>`` names the node, the process (pid and start
+                              time) and a random part, for the operator and the log.
+- ``P dav:write-expiry``      sorted set, the same members, score = when the mark
+                              lapses (the node's clock): :data:`WRITE_MARK_SECONDS`
+                              after it was set or last renewed. The process renews its
+                              marks every third of that while the body arrives, so a
+                              mark of a process or node that was killed stops refusing
+                              LOCKs at most that long after (another node cannot ask
+                              whether a process elsewhere is alive).
+
 Every change to these keys is one Lua script, so they always agree: in
 particular ``create`` purges, checks for conflicts and inserts in one script, so
 two nodes racing for the same exclusive lock cannot both get it, and the bounds
@@ -52,9 +67,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import math
+import os
+import secrets
+import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis as redis_lib
@@ -81,6 +101,7 @@ from .davstate import (
     StateLimitExceeded,
     _ancestors,
     _below,
+    _this_process,
     check_owner,
     prepare_new_lock,
 )
@@ -88,8 +109,13 @@ from .redis import RedisStore
 
 __all__ = ["RedisLockStorage", "RedisPropertyManager"]
 
+log = logging.getLogger("davserver.store")
+
 #: Seconds a lock's key outlives its expire: nodes' clocks may differ a little from Redis's.
 TTL_GRACE = 60
+#: Seconds a mark of a write in flight lasts unless its process renews it (every third of
+#: it, while the body arrives): the longest a killed process's or node's mark refuses LOCKs.
+WRITE_MARK_SECONDS = 30.0
 #: Expired locks purged at most per create/refresh (cleanup() purges all, in batches).
 PURGE_BATCH = 100
 #: Members one script call of answer_bytes looks at before it hands back (a few ms of Redis).
@@ -107,6 +133,24 @@ local function lock_key(token) return pfx .. 'dav:lock:' .. token end
 local function at_key(root) return pfx .. 'dav:locks-at:' .. root end
 local owners_key = pfx .. 'dav:lock-owners'
 local function of_key(principal) return pfx .. 'dav:locks-of:' .. principal end
+local writes_key = pfx .. 'dav:writes'
+local write_expiry_key = pfx .. 'dav:write-expiry'
+
+-- URLs with a live mark of a write in flight among the members of dav:writes in the lex
+-- range [lo, hi); lapsed marks (a killed process's) are dropped.
+local function writing(lo, hi, now)
+  local out = {}
+  for _, member in ipairs(redis.call('ZRANGEBYLEX', writes_key, lo, hi)) do
+    local lapses = redis.call('ZSCORE', write_expiry_key, member)
+    if lapses and tonumber(lapses) >= tonumber(now) then
+      table.insert(out, string.match(member, '^(.-)\n'))
+    else
+      redis.call('ZREM', writes_key, member)
+      redis.call('ZREM', write_expiry_key, member)
+    end
+  end
+  return out
+end
 
 local function drop(token, root)
   local principal = redis.call('HGET', owners_key, token)
@@ -166,6 +210,12 @@ if depth == 'infinity' then
       for _ in ipairs(live(r, now)) do table.insert(hrefs, r) end
     end
   end
+end
+-- WsgiDAV's rule for writes in flight (lock_manager.py _check_lock_permission): one on
+-- the resource, or below it for a depth-infinity lock, conflicts.
+for _, url in ipairs(writing('[' .. root .. '\n', '(' .. root .. '\11', now)) do table.insert(hrefs, url) end
+if depth == 'infinity' then
+  for _, url in ipairs(writing('[' .. ARGV[11], '(' .. ARGV[12], now)) do table.insert(hrefs, url) end
 end
 if #hrefs > 0 then return hrefs end
 if #live(root, now) >= tonumber(ARGV[14]) then return {'!too_many_locks'} end
@@ -240,6 +290,33 @@ _PURGE = _LOCK_LIB + r"""
 return purge(ARGV[2], tonumber(ARGV[3]))
 """
 
+# ARGV: pfx, lapse time, members... Sets (or renews) each mark of a write in flight.
+_MARK_WRITES = _LOCK_LIB + r"""
+for i = 3, #ARGV do
+  redis.call('ZADD', writes_key, 0, ARGV[i])
+  redis.call('ZADD', write_expiry_key, ARGV[2], ARGV[i])
+end
+return #ARGV - 2
+"""
+
+# ARGV: pfx, lapse time, members... Renews the marks that still exist (not one removed meanwhile).
+_RENEW_WRITES = _LOCK_LIB + r"""
+local n = 0
+for i = 3, #ARGV do
+  if redis.call('ZSCORE', writes_key, ARGV[i]) then
+    redis.call('ZADD', write_expiry_key, ARGV[2], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"""
+
+# ARGV: pfx, member. Removes one mark.
+_UNMARK_WRITE = _LOCK_LIB + r"""
+redis.call('ZREM', writes_key, ARGV[2])
+return redis.call('ZREM', write_expiry_key, ARGV[2])
+"""
+
 # ARGV: pfx.
 _CLEAR_LOCKS = _LOCK_LIB + r"""
 for _, member in ipairs(redis.call('ZRANGE', expiry_key, 0, -1)) do
@@ -247,7 +324,7 @@ for _, member in ipairs(redis.call('ZRANGE', expiry_key, 0, -1)) do
   drop(token, root)
 end
 for _, root in ipairs(redis.call('ZRANGE', roots_key, 0, -1)) do redis.call('DEL', at_key(root)) end
-redis.call('DEL', roots_key, expiry_key, owners_key)
+redis.call('DEL', roots_key, expiry_key, owners_key, writes_key, write_expiry_key)
 return 1
 """
 
@@ -457,7 +534,9 @@ def _decode_lock(raw: bytes) -> dict[str, Any]:
 class RedisLockStorage:
     """Lock storage for WsgiDAV's LockManager (``lock_storage`` in its config), shared by nodes.
 
-    `max_timeout` is in seconds; `bounds` caps the live locks per resource and per account.
+    `max_timeout` is in seconds; `bounds` caps the live locks per resource and per account;
+    `write_mark_seconds` is how long a mark of a write in flight lasts unless renewed
+    (:meth:`writing`; ValueError unless positive).
     """
 
     def __init__(
@@ -467,9 +546,17 @@ class RedisLockStorage:
         max_timeout: float = DEFAULT_MAX_LOCK_TIMEOUT,
         bounds: LockBounds = DEFAULT_LOCK_BOUNDS,
         clock: Callable[[], float] = time.time,
+        write_mark_seconds: float = WRITE_MARK_SECONDS,
     ) -> None:
         if max_timeout <= 0:
             raise ValueError("max_timeout must be positive")
+        if write_mark_seconds <= 0:
+            raise ValueError("write_mark_seconds must be positive")
+        self.write_mark_seconds = float(write_mark_seconds)
+        #: This process's marks of writes in flight, renewed by one thread (per pid: a fork has none).
+        self._marks: set[str] = set()
+        self._marks_lock = threading.Lock()
+        self._renewer_pid = 0
         self.store = store
         self.max_timeout = float(max_timeout)
         self.bounds = bounds
@@ -483,6 +570,9 @@ class RedisLockStorage:
         self._list = r.register_script(_LIST)
         self._purge = r.register_script(_PURGE)
         self._clear = r.register_script(_CLEAR_LOCKS)
+        self._mark_writes = r.register_script(_MARK_WRITES)
+        self._renew_writes = r.register_script(_RENEW_WRITES)
+        self._unmark_write = r.register_script(_UNMARK_WRITE)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.store.prefix!r}, max_timeout={self.max_timeout:g})"
@@ -608,6 +698,59 @@ class RedisLockStorage:
     def delete(self, token: str) -> bool:
         """Remove a lock; False when it did not exist."""
         return bool(_call(self._delete, args=[self.store.prefix, token]))
+
+    # --- writes in flight, seen by every node (davstate.SharedWritesLockManager) ---------
+
+    @contextlib.contextmanager
+    def writing(self, url: str, check: Callable[[], None]) -> Iterator[None]:
+        """Mark `url` (a normalized lock root) as being written by this process, run
+        `check` (WsgiDAV's write-permission check, which reads the locks through this
+        storage), and remove the mark when the block ends (also when `check` raises).
+
+        The mark is set by one script before the check: a LOCK on any node either ran its
+        ``create`` script first, so the check sees the lock (and refuses the write), or
+        after, so ``create`` sees the mark (423); Redis runs scripts one at a time. (The
+        SQLite storage runs both in one transaction instead.) The mark lapses
+        ``write_mark_seconds`` after it was set unless this process renews it (a thread,
+        every third of that, while the block runs), so a killed process's or node's mark
+        refuses LOCKs at most that long. Raises StoreUnavailable when Redis does not answer."""
+        member = f"{url}\n{socket.gethostname()}:{_this_process()}:{secrets.token_hex(8)}"
+        _call(self._mark_writes, args=[self.store.prefix, _num(self._clock() + self.write_mark_seconds), member])
+        with self._marks_lock:
+            self._marks.add(member)
+            self._start_renewer()
+        try:
+            check()
+            yield
+        finally:
+            with self._marks_lock:
+                self._marks.discard(member)
+            try:
+                _call(self._unmark_write, args=[self.store.prefix, member])
+            except StoreUnavailable as exc:  # it lapses on its own
+                log.warning("a mark of a write in flight stays until it lapses (%g s): %s",
+                            self.write_mark_seconds, exc)
+
+    def _start_renewer(self) -> None:
+        """Start this process's renewing thread unless it runs (called with _marks_lock held)."""
+        if self._renewer_pid == os.getpid():
+            return
+        self._renewer_pid = os.getpid()
+        threading.Thread(target=self._renew_marks, name="davserver-write-marks", daemon=True).start()
+
+    def _renew_marks(self) -> None:
+        """Every third of ``write_mark_seconds``: push the lapse time of this process's marks."""
+        while True:
+            time.sleep(self.write_mark_seconds / 3)
+            with self._marks_lock:
+                members = list(self._marks)
+            if not members:
+                continue
+            try:
+                _call(self._renew_writes,
+                      args=[self.store.prefix, _num(self._clock() + self.write_mark_seconds), *members])
+            except StoreUnavailable as exc:
+                log.warning("cannot renew the marks of writes in flight: %s", exc)
 
     # --- lists -----------------------------------------------------------------------
 
