@@ -697,3 +697,47 @@ def test_a_listing_open_longer_than_its_token_asks_for_a_reload(inst: Instance, 
     made = [(r["method"], r["status"], r["reason"]) for r in audit_lines(inst) if r["method"] == "MKCOL"]
     assert [m[:2] for m in made] == [("MKCOL", 201), ("MKCOL", 403), ("MKCOL", 201)], made
     assert made[1][2] == Refusal.CSRF.value
+
+
+def test_a_reader_with_a_valid_token_is_still_refused_by_the_share_rule(
+    live: tuple[Instance, DavServer], browser: Browser  # noqa: F811
+) -> None:
+    """The token says the request comes from our page, not that the account may write:
+    bob, a reader of team, takes the real token of a page he can read (the listing of
+    files, where he may write) and sends PUT, DELETE and MOVE to team with it, from that
+    page. Each passes the CSRF check and is refused by the share's rule (403,
+    write_denied); nothing changes. The twin: the same token writes in files."""
+    inst, server = live
+    team = share_dir(inst, "team")
+    (team / "doc.txt").write_bytes(b"doc")
+    ctx = alice_context(browser, inst, server, account="bob")
+    try:
+        page = ctx.new_page()
+        page.goto(f"{server.url}team/")
+        assert page.locator("#tools").count() == 0  # a reader's listing offers no writes
+        page.goto(f"{server.url}files/")
+        token = page.locator("#tools").get_attribute("data-token")
+        assert token
+        before = len(audit_lines(inst))
+        sent = {
+            "PUT": ("/team/doc.txt", {}),
+            "DELETE": ("/team/doc.txt", {}),
+            "MOVE": ("/team/doc.txt", {"Destination": f"{server.url}team/moved.txt", "Overwrite": "F"}),
+        }
+        for method, (url, extra) in sent.items():
+            status = page.evaluate(
+                "async ([m, u, h]) => (await fetch(u, {method: m, headers: h, body: m === 'PUT' ? 'x' : null,"
+                " credentials: 'include'})).status",
+                [method, url, {HEADER: token, **extra}])
+            assert status == 403, (method, status)
+        refused = [(r["method"], r["decision"], r["reason"]) for r in audit_lines(inst)[before:]]
+        assert refused == [(m, "deny", "write_denied") for m in sent], refused
+        assert (team / "doc.txt").read_bytes() == b"doc" and not (team / "moved.txt").exists()
+        # The twin: the token is good, and writes where bob may write.
+        status = page.evaluate(
+            "async ([u, t]) => (await fetch(u, {method: 'PUT', headers: {'X-Davserver-CSRF': t}, body: 'mine',"
+            " credentials: 'include'})).status", ["/files/bob.txt", token])
+        assert status == 201, status
+        assert (share_dir(inst, "files") / "bob.txt").read_bytes() == b"mine"
+    finally:
+        ctx.close()
