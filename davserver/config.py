@@ -277,6 +277,8 @@ class LocksConfig:
     max_per_account: int = _default("locks.max_per_account")
     #: Bytes of one lock's <D:owner> (its XML as stored); a LOCK with a larger one gets 507.
     max_owner_bytes: int = _default("locks.max_owner_bytes")
+    #: Redis: seconds a mark of an upload in flight lasts unless renewed (redis_davstate.py).
+    write_mark_seconds: float = _default("locks.write_mark_seconds")
 
 
 @dataclass(frozen=True)
@@ -826,6 +828,7 @@ def _parse_locks(raw: Mapping[str, Any]) -> LocksConfig:
         max_per_resource=_setting(lk, "locks.max_per_resource"),
         max_per_account=_setting(lk, "locks.max_per_account"),
         max_owner_bytes=_setting(lk, "locks.max_owner_bytes"),
+        write_mark_seconds=_setting(lk, "locks.write_mark_seconds"),
     )
 
 

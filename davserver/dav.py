@@ -184,7 +184,8 @@ def _dav_state(config: Config, store: StateStore) -> tuple[Any, Any]:
     from .store.redis_davstate import RedisLockStorage, RedisPropertyManager
 
     assert isinstance(store, RedisStore)
-    return RedisLockStorage(store, max_timeout=timeout, bounds=locks), RedisPropertyManager(store, bounds=props)
+    return (RedisLockStorage(store, max_timeout=timeout, bounds=locks, write_mark_seconds=lk.write_mark_seconds),
+            RedisPropertyManager(store, bounds=props))
 
 
 def build_dav_app(config: Config, store: StateStore) -> WsgiDAVApp:

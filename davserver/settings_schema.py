@@ -420,6 +420,12 @@ SETTINGS: tuple[Setting, ...] = (
              '`lock_owner_too_large`)'),
     ),
     Setting(
+        'locks.write_mark_seconds', 'float', 30.0, lo=1.0, hi=3600.0,
+        doc=('with `state.backend: redis`: how long the mark of an upload in flight (a LOCK of that resource '
+             'meanwhile gets `423` on every node) lasts unless its process renews it, every third of this; '
+             'the longest a node killed mid-upload keeps refusing LOCKs of that resource, 1–3600'),
+    ),
+    Setting(
         'properties.max_value_bytes', 'int', 65_536, lo=1024, hi=1_073_741_824,
         doc=('largest dead property value (its XML); a PROPPATCH over any `properties` bound gets `507` for '
              'that property in its `207` and stores nothing (RFC 4918 §9.2.1)'),

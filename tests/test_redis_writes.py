@@ -23,12 +23,15 @@ import time
 import uuid
 
 import pytest
+import yaml
 from wsgidav.dav_error import DAVError
 
+from davserver.config import ConfigError, load_config
+from davserver.dav import build_dav_app
 from davserver.store.redis import RedisStore
 from davserver.store.redis_davstate import RedisLockStorage
 
-from .conftest import client_context, session_for
+from .conftest import Instance, client_context, session_for
 from .test_dav_state import new_lock
 from .test_multinode import LOCKINFO, PW, nodes  # noqa: F401 - nodes is a fixture
 
@@ -137,3 +140,29 @@ def test_a_failed_check_removes_the_mark(locks: RedisLockStorage) -> None:
     with locks.writing("/files/a.txt", lambda: None):
         assert _refused(locks, "/files/a.txt")
     assert not _refused(locks, "/files/a.txt")
+
+
+@pytest.mark.parametrize(("written", "taken"), [(None, 30.0), ("2", 2.0), ("1", 1.0), ("3600", 3600.0)])
+def test_locks_write_mark_seconds_reaches_the_storage(inst: Instance, redis_url: str, written: str | None,
+                                                      taken: float) -> None:
+    """The bound is the setting ``locks.write_mark_seconds`` (default 30, 1–3600): the
+    lock storage the server builds on Redis uses it; outside the range it is refused."""
+    raw = yaml.safe_load(inst.home.config_file.read_text())
+    raw["state"] = {"backend": "redis", "url": redis_url, "prefix": f"test-{uuid.uuid4().hex}:"}
+    if written is not None:
+        raw["locks"] = {**raw.get("locks", {}), "write_mark_seconds": float(written)}
+    inst.home.config_file.write_text(yaml.safe_dump(raw))
+    config = load_config(inst.home)
+    assert config.locks.write_mark_seconds == taken
+    store = RedisStore(redis_url, prefix=raw["state"]["prefix"])
+    try:
+        app = build_dav_app(config, store)
+        assert app.lock_manager is not None
+        assert app.lock_manager.storage.write_mark_seconds == taken
+    finally:
+        store.close()
+    for bad in (0.5, 3601):
+        raw.setdefault("locks", {})["write_mark_seconds"] = bad
+        inst.home.config_file.write_text(yaml.safe_dump(raw))
+        with pytest.raises(ConfigError, match="locks.write_mark_seconds"):
+            load_config(inst.home)

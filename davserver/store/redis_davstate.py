@@ -115,6 +115,7 @@ log = logging.getLogger("davserver.store")
 TTL_GRACE = 60
 #: Seconds a mark of a write in flight lasts unless its process renews it (every third of
 #: it, while the body arrives): the longest a killed process's or node's mark refuses LOCKs.
+#: The default of the setting ``locks.write_mark_seconds``.
 WRITE_MARK_SECONDS = 30.0
 #: Expired locks purged at most per create/refresh (cleanup() purges all, in batches).
 PURGE_BATCH = 100
