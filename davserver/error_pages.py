@@ -90,13 +90,25 @@ _CODE_NEEDED = (
 )
 
 
+def _way_back(path: str, share: str) -> tuple[str, str]:
+    """(href, name) of the folder that holds ``path`` (decoded, ``/share/…``) in ``share``:
+    where the user was before following a link that failed. The share's root when
+    ``path`` is the root itself, directly in it, or not in the share at all."""
+    root = f"/{share}/"
+    inner = path[len(root):].rstrip("/") if path.startswith(root) else ""
+    if "/" not in inner:
+        return "/" + quote(share, safe="") + "/", share
+    folder = inner.rsplit("/", 1)[0]
+    return quote(root + folder + "/", safe="/"), folder.rsplit("/", 1)[-1]
+
+
 def browser_error_page(status: int, *, path: str = "", share: str | None = None,
                        code_next: str | None = None) -> tuple[bytes, list[tuple[str, str]]]:
     """The page and its headers for a browser that got ``status`` (one of
     :data:`BROWSER_PAGE_STATUSES`; KeyError otherwise) at ``path`` (decoded, shown escaped).
 
-    ``share``: the share the request was in and the account may read, linked as the way
-    back (None: only the root is linked). ``code_next``: a code is needed (401 only):
+    ``share``: the share the request was in and the account may read; the folder holding
+    ``path`` in it is linked as the way back (None: only the root is linked). ``code_next``: a code is needed (401 only):
     the page links to the step-up page with ``next`` = this path (decoded; encoded here).
     Headers: browser_pages.html_headers (no script)."""
     heading, text = _CODE_NEEDED if code_next is not None else _PLAIN[status]
@@ -109,7 +121,8 @@ def browser_error_page(status: int, *, path: str = "", share: str | None = None,
         target = quote(code_next, safe="/")
         links.append(f'<a class=button href="/{PREFIX}/?next={e(target)}">Enter a two-factor code</a>')
     if share:
-        links.append(f'<a href="/{e(quote(share, safe=""))}/">Back to the folder {e(share)}</a>')
+        href, name = _way_back(path, share)
+        links.append(f'<a href="{e(href)}">Back to the folder {e(name)}</a>')
     links.append('<a href="/">All shares</a>')
     parts.append(f'<p class=links>{"".join(links)}</p>')
     body = page_bytes(heading, "".join(parts))
@@ -128,9 +141,14 @@ def _browser_answer(environ: dict[str, Any], code: int, headers: list[tuple[str,
     """The HTML page in place of an error answer for a browser navigation, or None."""
     if code not in BROWSER_PAGE_STATUSES or not wants_html(environ):
         return None
-    # WsgiDAV's routing moved the share's mount point to SCRIPT_NAME (PEP 3333: Latin-1 text of UTF-8).
+    # WsgiDAV's routing moved the share's mount point to SCRIPT_NAME. PEP 3333 makes the path
+    # Latin-1 text of UTF-8 bytes, but WsgiDAV's provider has re-decoded PATH_INFO to text by
+    # the time an error comes back: a path that is not such Latin-1 text is used as it is.
     wsgi_path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
-    path = wsgi_path.encode("latin-1", "replace").decode("utf-8", "replace")
+    try:
+        path = wsgi_path.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        path = wsgi_path
     body, page_headers = browser_error_page(code, path=path, share=_share_of(environ))
     if environ.get("REQUEST_METHOD") == "HEAD":
         body = b""

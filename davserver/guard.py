@@ -14,7 +14,7 @@ from typing import Any
 
 from . import access
 from .access import Refusal, refusal_for_status
-from .accounts import AccountsWatcher
+from .accounts import Account, AccountsWatcher
 from .audit import AuditLog
 from .auth.core import Authenticator, Credentials, Decision, failure_key
 from .auth.identity import CertIdentity
@@ -439,16 +439,30 @@ class Guard:
 
         return _Audited(body, finish)
 
-    def _refusal_page(self, environ: dict[str, Any], decision: Decision) -> tuple[bytes, list[tuple[str, str]]]:
-        """The page a browser navigation gets for a refusal (error_pages.browser_error_page).
+    def _refusal_page(self, environ: dict[str, Any], decision: Decision) -> tuple[
+            bool, bytes, list[tuple[str, str]]]:
+        """The page a browser navigation gets for a refusal (error_pages.browser_error_page),
+        as ``(challenge, body, headers)``; ``challenge`` False turns a 401 into a 403
+        without ``WWW-Authenticate``.
 
-        A 401 says "a two-factor code is needed", with a link to the step-up page and back,
-        exactly when the certificate maps to an enabled account that may read the share and
-        the share needs a code of it (the account has TOTP): for every failed sign-in there,
-        not only ``otp_required``, so the page depends on the share's policy alone and never
-        tells a right password from a wrong one. Every other refusal gets the generic
-        page, linking only to the root (the share's existence is not confirmed); a 403
-        links back to the share the account may read."""
+        On a share that needs a code, when the certificate maps to an enabled account that
+        may read it and has TOTP, and this certificate has **no** open two-factor session,
+        every failed sign-in (no password, a wrong one, a right one without a code, a wrong
+        or reused code, a lockout) gets the page "a two-factor code is needed" with a link to
+        the step-up page and back, answered **403 without a Basic challenge**: a 401 must
+        carry ``WWW-Authenticate`` (RFC 9110 §15.5.2), and a browser answers that by
+        showing its password dialog again after every password, so the user would see the
+        guide only after pressing Cancel, while a password alone can never open the share.
+        403, not a 303 to the step-up page: the address stays the folder's (a reload after
+        the code opens it) and the page says why a code is needed before asking for one.
+        Once a session is open the password alone opens the share, so the usual 401 with
+        the challenge (and the generic "sign-in needed" page behind it) asks for it.
+
+        Whether the password was right is never part of this: the choice depends on the
+        share's policy, the account having TOTP and the session's existence only, which the
+        certificate holder is entitled to know. Every other refusal gets the generic page,
+        linking only to the root (the share's existence is not confirmed); a 403 links back
+        to the share the account may read."""
         try:
             target = parse_wsgi_path(environ.get("PATH_INFO", ""))
         except BadTarget:
@@ -459,11 +473,24 @@ class Guard:
         code_next = None
         if (decision.status not in (403, 503) and readable and account is not None and share is not None
                 and decision.reason in _SIGN_IN_FAILURES and account.totp_secret is not None
-                and "totp" in self.authenticator.required(account, share.require)):
+                and "totp" in self.authenticator.required(account, share.require)
+                and not self._session_open(account, environ.get(CERT_ENVIRON_KEY))):
             code_next = target.path
         status = decision.status if decision.status in (403, 503) else 401
         back = share.name if status == 403 and readable and share is not None else None  # a 401: the root only
-        return browser_error_page(status, path=target.path, share=back, code_next=code_next)
+        body, headers = browser_error_page(status, path=target.path, share=back, code_next=code_next)
+        return code_next is None, body, headers
+
+    def _session_open(self, account: Account, cert: CertIdentity | None) -> bool:
+        """Whether ``cert`` has an open two-factor session (grant) for ``account``; True when
+        the state store cannot say (the answer then keeps its Basic challenge, as before)."""
+        if cert is None:
+            return False
+        try:
+            return self.authenticator.current_grant(account, cert, self.clock()) is not None
+        except (StoreUnavailable, OSError) as exc:
+            log.error("two-factor session of %s: %s", account.name, exc)
+            return True
 
     def _deny(self, environ: dict[str, Any], decision: Decision, start_response: StartResponse) -> list[bytes]:
         if decision.status == 403:
@@ -476,7 +503,9 @@ class Guard:
             status, body = "401 Unauthorized", b"invalid credentials\n"
             headers = [("WWW-Authenticate", _REALM)]
         if wants_html(environ):
-            body, page_headers = self._refusal_page(environ, decision)
+            challenge, body, page_headers = self._refusal_page(environ, decision)
+            if not challenge:  # the code page, no session yet: no password dialog (see _refusal_page)
+                status, headers = "403 Forbidden", []
             if environ.get("REQUEST_METHOD") == "HEAD":  # as the text answer: no body, length 0
                 body = b""
                 page_headers = [(k, "0" if k == "Content-Length" else v) for k, v in page_headers]

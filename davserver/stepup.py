@@ -241,8 +241,10 @@ class StepUpPage:
             f'<p class="ok">{e(notice)}</p>' if notice else "",
         ]
         if grant is not None and href is not None:
-            parts.append(f'<p><a class=button href="{e(href)}">Continue to {e(following)}</a></p>'
-                         if done else f'<p><a href="{e(href)}">Back to {e(following)}</a></p>')
+            # The path shown as a path (in <code>, after what it is), never read as a sentence.
+            place = f'the {"folder" if following.endswith("/") else "file"} <code>{e(following)}</code>'
+            parts.append(f'<p><a class=button href="{e(href)}">Continue to {place}</a></p>'
+                         if done else f'<p><a href="{e(href)}">Back to {place}</a></p>')
         parts += [
             "<dl>",
             f"<dt>Account</dt><dd>{e(account.name)}</dd>",

@@ -231,13 +231,15 @@ def test_totp_share_refusal_sends_a_browser_to_the_code_page(vault: tuple[Instan
         assert (text.status_code, text.content) == (401, b"invalid credentials\n"), label
         assert text.headers["Content-Type"] == "text/plain; charset=utf-8"
         assert text.headers["WWW-Authenticate"] == REALM
-        # A browser: the same status and challenge, and the page that leads to the code.
-        assert page.status_code == 401, label
-        assert page.headers["WWW-Authenticate"] == REALM
+        # A browser without a two-factor session: the page that leads to the code, as a 403
+        # without a challenge (no password dialog: a password alone cannot open the share).
+        assert page.status_code == 403, label
+        assert "WWW-Authenticate" not in page.headers, label
         assert page.headers["Content-Type"] == "text/html; charset=utf-8"
         assert page.content == _code_page("/secure/sub/"), (label, page.text)
-        # The same audit line either way (the bytes sent differ: the page is longer).
-        assert {**text_audit, "bytes_out": 0} == {**page_audit, "bytes_out": 0}, label
+        # The same audit line either way (the page is longer and says 403).
+        assert page_audit["status"] == 403, page_audit
+        assert {**text_audit, "bytes_out": 0, "status": 0} == {**page_audit, "bytes_out": 0, "status": 0}, label
         assert text_audit["decision"] == "deny"
     assert [r["reason"] for r in audit_lines(inst) if r.get("path") == "/secure/sub/"][::2] == [
         "otp_required", "bad_otp", "bad_password", "no_credentials"]
@@ -246,19 +248,32 @@ def test_totp_share_refusal_sends_a_browser_to_the_code_page(vault: tuple[Instan
     (share_dir(inst, "secure") / "Grüße ✓").mkdir()
     with session_for(inst, "alice") as s:
         page = s.get(f"{server.url}secure/Gr%C3%BC%C3%9Fe%20%E2%9C%93/", headers=BROWSER, timeout=30)
-    assert page.status_code == 401
+    assert page.status_code == 403
     assert 'href="/_davserver/?next=/secure/Gr%C3%BC%C3%9Fe%20%E2%9C%93/"' in page.text, page.text
 
-    # HEAD: the same status and challenge, no body.
+    # HEAD: the same status as GET, no challenge, no body.
     with session_for(inst, "alice") as s:
         head = s.head(url, headers=BROWSER, timeout=30)
-    assert (head.status_code, head.content, head.headers["Content-Length"]) == (401, b"", "0")
-    assert head.headers["WWW-Authenticate"] == REALM
+    assert (head.status_code, head.content, head.headers["Content-Length"]) == (403, b"", "0")
+    assert "WWW-Authenticate" not in head.headers
 
-    # The twin: with the code, in.
+    # The twin: with the code, in; that opens a two-factor session, and from then on a
+    # browser's failed sign-in is the usual 401 with the challenge (the dialog asks for the
+    # password, which alone now opens the share) and the generic page, right password or not.
     with session_for(inst, "alice", password=alice.password + code(totp)) as s:
         ok = s.get(url, headers=BROWSER, timeout=30)
     assert ok.status_code == 200, ok.text
+    for password in (None, "not-the-password"):
+        with session_for(inst, "alice", password=password or "") as s:
+            if password is None:
+                s.auth = None
+            page = s.get(url, headers=BROWSER, timeout=30)
+            text = s.get(url, timeout=30)
+        assert (page.status_code, page.headers["WWW-Authenticate"]) == (401, REALM), password
+        assert b"Sign-in needed" in page.content and b"two-factor" not in page.content, page.text
+        assert (text.status_code, text.content) == (401, b"invalid credentials\n")
+    with session_for(inst, "alice") as s:
+        assert s.get(url, headers=BROWSER, timeout=30).status_code == 200  # the password alone, now
 
 
 def test_other_refusals_say_nothing_about_codes(vault: tuple[Instance, DavServer, pyotp.TOTP]) -> None:
@@ -288,7 +303,8 @@ def test_other_refusals_say_nothing_about_codes(vault: tuple[Instance, DavServer
     enrol(inst, "bob")
     with session_for(inst, "bob") as s:
         page = s.get(server.url + "vault/", headers=BROWSER, timeout=30)
-    assert page.status_code == 401 and b"Enter a two-factor code" in page.content, page.text
+    assert page.status_code == 403 and b"Enter a two-factor code" in page.content, page.text
+    assert "WWW-Authenticate" not in page.headers
 
 
 def test_status_pages_for_a_browser_and_text_for_webdav_clients(server: DavServer, inst: Instance) -> None:
@@ -345,21 +361,32 @@ def _shoot(page: Page, folder: Path, name: str) -> None:
         shutil.copyfile(path, IMG / path.name)
 
 
+SIZES = {"360": {"width": 360, "height": 740}, "1280": {"width": 1280, "height": 800}}
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
 def test_browser_from_totp_share_to_code_page_and_back(
-    secure: tuple[Instance, DavServer, pyotp.TOTP], browser: Browser  # noqa: F811
+    secure: tuple[Instance, DavServer, pyotp.TOTP], browser: Browser, size: str  # noqa: F811
 ) -> None:
+    """The whole way, on a phone-sized screen and a desktop one: the first visit, with no
+    credentials at all (Playwright's page gets a 401 where a browser shows its password
+    dialog), is the guide page itself, 403 without a challenge; the step-up page; back to
+    the folder, which now asks for the password (401 with the challenge); the password alone
+    opens it."""
     inst, server, totp = secure
     alice = inst.clients["alice"]
     (share_dir(inst, "secure") / "Pläne").mkdir()
     (share_dir(inst, "secure") / "Pläne" / "plan.txt").write_bytes(b"plan\n")
-    ctx = password_context(browser, inst, server)
+    ctx = cert_context(browser, inst, server, viewport=SIZES[size])
     try:
         page = ctx.new_page()
         console = _watch_console(page)
         folder = server.url + "secure/Pl%C3%A4ne/"
         response = page.goto(folder)
-        assert response is not None and response.status == 401
+        assert response is not None and response.status == 403, response.status
+        assert "www-authenticate" not in response.headers, response.headers  # no password dialog
         assert page.locator("h1").inner_text() == "A two-factor code is needed"
+        _fits(page)
         link = page.get_by_role("link", name="Enter a two-factor code")
         assert link.get_attribute("href") == "/_davserver/?next=/secure/Pl%C3%A4ne/"
         with page.expect_navigation():
@@ -381,14 +408,28 @@ def test_browser_from_totp_share_to_code_page_and_back(
         response = submit(page, "Verify")
         assert response.status == 200, page.content()
         assert page.locator("p.ok").inner_text() == "Code accepted: your two-factor session is open."
-        back = page.get_by_role("link", name="Continue to /secure/Pläne/")
+        _fits(page)
+        back = page.get_by_role("link", name="Continue to the folder /secure/Pläne/")
         assert back.get_attribute("href") == "/secure/Pl%C3%A4ne/"
-        with page.expect_navigation() as nav:
+        assert back.locator("code").inner_text() == "/secure/Pläne/"
+        with page.expect_response(folder) as answer:
             back.click()
-        assert nav.value is not None and nav.value.status == 200
-        assert page.url == folder
-        assert "plan.txt" in page.content()
+        # The session is open: now the browser's password dialog comes (the usual challenge;
+        # Playwright without credentials cancels it: net::ERR_INVALID_AUTH_CREDENTIALS).
+        assert answer.value.status == 401
+        assert answer.value.headers["www-authenticate"] == REALM
         assert not [m for m in console if "Content Security Policy" in m or "pageerror" in m], console
+    finally:
+        ctx.close()
+    # The password typed into that dialog (Playwright's http_credentials) opens the folder.
+    ctx = cert_context(browser, inst, server, viewport=SIZES[size],
+                       http_credentials={"username": alice.account, "password": alice.password})
+    try:
+        page = ctx.new_page()
+        response = page.goto(folder)
+        assert response is not None and response.status == 200
+        assert "plan.txt" in page.content()
+        _fits(page)
     finally:
         ctx.close()
 
@@ -412,12 +453,9 @@ def test_next_elsewhere_is_never_linked(
         assert all(h.startswith("/") and not h.startswith("//") for h in hrefs), hrefs
         # The twin: the session shows a good next as a link back.
         page.goto(server.url + STEPUP + "?next=/secure/")
-        assert page.get_by_role("link", name="Back to /secure/").get_attribute("href") == "/secure/"
+        assert page.get_by_role("link", name="Back to the folder /secure/").get_attribute("href") == "/secure/"
     finally:
         ctx.close()
-
-
-SIZES = {"360": {"width": 360, "height": 740}, "1280": {"width": 1280, "height": 800}}
 
 
 def _fits(page: Page) -> None:
@@ -433,16 +471,40 @@ def test_screenshots_of_the_pages(
     local time, no CSP violation in the console."""
     inst, server, totp = secure
     alice = inst.clients["alice"]
+    secret = share_dir(inst, "files") / "unreadable.txt"
+    secret.write_bytes(b"x")
+    secret.chmod(0)  # the filesystem refuses: the 403 "not allowed" page
     for size, viewport in SIZES.items():
+        # No password at all: "sign-in needed", the page a browser shows after its dialog's Cancel
+        # (Playwright cancels that dialog and keeps no page: the answer is fetched, then shown).
+        with session_for(inst, "alice") as s:
+            s.auth = None
+            answer = s.get(server.url + "files/", headers=BROWSER, timeout=30)
+        assert (answer.status_code, answer.headers["WWW-Authenticate"]) == (401, REALM)
+        ctx = cert_context(browser, inst, server, viewport=viewport)
+        try:
+            page = ctx.new_page()
+            page.set_content(answer.text)
+            assert page.locator("h1").inner_text() == "Sign-in needed"
+            _fits(page)
+            _shoot(page, tmp_path, f"{size}-refusal-sign-in")
+        finally:
+            ctx.close()
         ctx = password_context(browser, inst, server)
         try:
             page = ctx.new_page()
             page.set_viewport_size(viewport)
             console = _watch_console(page)
             response = page.goto(server.url + "secure/")
-            assert response is not None and response.status == 401
+            assert response is not None and response.status == 403
             _fits(page)
             _shoot(page, tmp_path, f"{size}-refusal-code-needed")
+            if os.geteuid() != 0:
+                response = page.goto(server.url + "files/unreadable.txt")
+                assert response is not None and response.status == 403
+                assert page.locator("h1").inner_text() == "Not allowed"
+                _fits(page)
+                _shoot(page, tmp_path, f"{size}-refusal-not-allowed")
             response = page.goto(server.url + "files/no-such-file.txt")
             assert response is not None and response.status == 404
             _fits(page)
@@ -468,3 +530,52 @@ def test_screenshots_of_the_pages(
             assert not [m for m in console if "Content Security Policy" in m or "pageerror" in m], console
         finally:
             ctx.close()
+
+
+def test_not_found_leads_back_to_the_folder_it_was_in(server: DavServer, inst: Instance) -> None:
+    """A 404 deep in a share links to the folder that held the missing name, not the
+    share's root; directly in the share (the twin) that folder is the root."""
+    (share_dir(inst, "files") / "a" / "Bü").mkdir(parents=True)
+    cases = {
+        "files/a/B%C3%BC/missing.txt": '<a href="/files/a/B%C3%BC/">Back to the folder Bü</a>',
+        "files/a/gone/": '<a href="/files/a/">Back to the folder a</a>',
+        "files/missing.txt": '<a href="/files/">Back to the folder files</a>',
+    }
+    with session_for(inst, "alice") as s:
+        for path, link in cases.items():
+            page = s.get(server.url + path, headers=BROWSER, timeout=30)
+            assert page.status_code == 404, path
+            assert link in page.text, (path, page.text)
+            assert s.get(server.url + path, timeout=30).content == b"404 Not Found\n"
+
+
+def _served_script_hashes(body: str) -> set[str]:
+    return {script_csp(m) for m in re.findall(r"<script>(.*?)</script>", body, flags=re.S)}
+
+
+def _csp_script_hashes(header: str) -> set[str]:
+    directives = {d.strip().split(" ", 1)[0]: d.strip() for d in header.split(";") if d.strip()}
+    return set(directives["script-src"].split()[1:]) if "script-src" in directives else set()
+
+
+def test_served_csp_allows_exactly_the_scripts_served(
+    secure: tuple[Instance, DavServer, pyotp.TOTP],  # noqa: F811
+) -> None:
+    """The Content-Security-Policy header each page is served with allows by hash exactly
+    the inline scripts in that page's bytes (so each runs, and nothing else would), with
+    no 'self', 'unsafe-inline' or host source: the writable and read-only listings and the
+    step-up page."""
+    inst, server, _ = secure
+    pages = {"files/": 2, "ro/": 1, STEPUP + "?next=/secure/": 1}
+    with session_for(inst, "alice") as s:
+        for path, scripts in pages.items():
+            page = s.get(server.url + path, headers=BROWSER, timeout=30)
+            assert page.status_code == 200, (path, page.text)
+            served = _served_script_hashes(page.text)
+            allowed = _csp_script_hashes(page.headers["Content-Security-Policy"])
+            assert len(served) == scripts and served == allowed, (path, served, allowed)
+            assert all(a.startswith("'sha256-") for a in allowed), allowed
+            assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+            # The twin: one byte more in any script and its hash is not allowed.
+            for body in re.findall(r"<script>(.*?)</script>", page.text, flags=re.S):
+                assert script_csp(body + ";") not in allowed
