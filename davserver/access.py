@@ -4,7 +4,9 @@ The guard authenticates a request (certificate, password, code: auth/core.py)
 and then asks :func:`decide` once, with the request's parsed target and
 Destination (target.py), for every resource the request touches: the target,
 and for COPY and MOVE the destination too. Nothing later in the request asks
-again; the filesystem and WsgiDAV execute on the same parsed paths.
+again; the filesystem and WsgiDAV execute on the same parsed paths. The factors
+the sign-in must prove are those of every share the request touches, the
+strictest union (:func:`required_factors`), computed once before authentication.
 
 Every refusal anywhere in the server has a reason from :class:`Refusal`, the
 audit log's ``reason`` vocabulary. The client hears only the status.
@@ -16,10 +18,10 @@ from collections.abc import Mapping
 from enum import StrEnum
 
 from .accounts import Account
-from .config import ShareConfig, is_macos_clutter
+from .config import FACTORS, ShareConfig, is_macos_clutter
 from .target import Target
 
-__all__ = ["READ_METHODS", "Refusal", "authorize", "decide", "refusal_for_status"]
+__all__ = ["READ_METHODS", "Refusal", "authorize", "decide", "refusal_for_status", "required_factors"]
 
 #: Methods that only read their target. Anything else, including methods we do not
 #: know, counts as a write. (COPY reads its source and writes its Destination.)
@@ -146,6 +148,41 @@ def authorize(account: Account, share: ShareConfig | None, write: bool) -> Refus
     if write and not share.may_write(account.name, account.groups):
         return Refusal.WRITE_DENIED
     return None
+
+
+def required_factors(
+    method: str,
+    target: Target,
+    destination: Target | None,
+    shares: Mapping[str, ShareConfig],
+    default_require: tuple[str, ...],
+) -> tuple[str, ...]:
+    """The factors beyond the certificate (a subset of ``config.FACTORS``, in its order:
+    ``()``, ``("password",)`` or ``("password", "totp")``) a request must prove: the union
+    of the ``require`` of every share it touches, so each resource is reached only with its
+    own share's factors.
+
+    A request touches its target and, for COPY and MOVE, its Destination (RFC 4918 §9.8,
+    §9.9: COPY reads the source and writes the destination; MOVE deletes the source too).
+    A name outside every share (``/``, a name that is no share) counts with
+    ``default_require`` (it is refused by :func:`decide` anyway when written). Nothing else
+    a request names is touched: LOCK and UNLOCK act on the target's locks only (an UNLOCK
+    token must lock the target, WsgiDAV request_server.py do_UNLOCK; another account's
+    token is refused, store/davstate.py LockOwnerFilter), a PROPFIND stays in its target's
+    share (Depth 0 or 1, limits.py; ``/`` lists the shares' names, never their content, and
+    a share's modification time only to a request that proved its factors, dav.py), and an
+    If header's tagged lists for other resources are never evaluated
+    (conditions.if_header_holds).
+    OPTIONS needs no factor: its answer is fixed per share (guard.py ``_options``) and
+    Windows' WebDAV redirector gives up on a 401 there."""
+    if method == "OPTIONS":
+        return ()
+    touched = [target] + ([destination] if method in ("COPY", "MOVE") and destination is not None else [])
+    needed: set[str] = set()
+    for resource in touched:
+        share = shares.get(resource.share) if resource.share else None
+        needed.update(share.require if share is not None else default_require)
+    return tuple(f for f in FACTORS if f in needed)
 
 
 _DEST = {

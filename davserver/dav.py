@@ -103,6 +103,12 @@ class _ShareEntry(_QuotaMixin, DAVCollection):
         return {"type": "Share"}
 
     def get_last_modified(self) -> float | None:
+        """The share folder's mtime (POSIX seconds), or None: only to a request that proved
+        the share's factors (``davserver.factors``, set by guard.py). ``/`` asks for
+        ``defaults.require`` only (access.required_factors), so a change inside a share that
+        needs more is told by a request to that share, never by the root's listing."""
+        if not set(self.share.require) <= set(self.environ.get("davserver.factors", ())):
+            return None
         try:
             return os.stat(self.share.path).st_mtime
         except OSError:

@@ -239,16 +239,15 @@ class Guard:
     def _decide_with_store(
         self, environ: dict[str, Any], target: Target, destination: Target | None, share: ShareConfig | None
     ) -> Decision:
-        """Authenticate with the factors the share needs, then :func:`access.decide` once
-        for every resource the request touches."""
+        """Authenticate with the factors of every share the request touches (the target's
+        and a COPY or MOVE Destination's: :func:`access.required_factors`), then
+        :func:`access.decide` once for every resource the request touches. A factor missing
+        for either end is refused with its reason (``otp_required``), the destination in
+        the audit line."""
         method = environ.get("REQUEST_METHOD", "")
         cert: CertIdentity | None = environ.get(CERT_ENVIRON_KEY)
-        require = share.require if share is not None else self.config.default_require
-        if method == "OPTIONS":
-            # Windows' WebDAV redirector gives up when OPTIONS answers 401, so OPTIONS
-            # needs the certificate only; its answer is fixed per share (_options).
-            require = ()
         shares = self.config.shares
+        require = access.required_factors(method, target, destination, shares, self.config.default_require)
         # A browser's write without our origin and token is refused before any resource
         # rule (so even a reader's forged write says csrf); other clients are not checked.
         forged = self.csrf.request_refusal(environ, cert)
