@@ -118,6 +118,8 @@ class ServerConfig:
     threads: int = _default("server.threads")
     #: Worker processes: a whole number >= 1, or "auto" (supervisor.py ``worker_count``).
     workers: int | str = _default("server.workers")
+    #: Seconds a worker may send no heartbeat before the supervisor kills and replaces it.
+    worker_heartbeat_seconds: int = _default("server.worker_heartbeat_seconds")
     timeout: float = _default("server.timeout")
     keep_alive_limit: int = _default("server.keep_alive_limit")
     shutdown_timeout: float = _default("server.shutdown_timeout")
@@ -517,6 +519,7 @@ def _parse_server(raw: Mapping[str, Any]) -> ServerConfig:
         port=_setting(s, "server.port"),
         threads=_setting(s, "server.threads"),
         workers=_workers(s.get("workers", _default("server.workers"))),
+        worker_heartbeat_seconds=_setting(s, "server.worker_heartbeat_seconds"),
         timeout=_setting(s, "server.timeout"),
         keep_alive_limit=_setting(s, "server.keep_alive_limit"),
         shutdown_timeout=_setting(s, "server.shutdown_timeout"),

@@ -113,6 +113,12 @@ SETTINGS: tuple[Setting, ...] = (
              'worker (docs/scaling.md)'),
     ),
     Setting(
+        'server.worker_heartbeat_seconds', 'int', 30, lo=2, hi=3600,
+        doc=('with `server.workers` past 1: seconds a worker may send no heartbeat (one a second, from a '
+             'thread of its own) before the supervisor kills it (SIGKILL, logged) and starts another: a '
+             'stopped or hung worker, not a busy one'),
+    ),
+    Setting(
         'server.timeout', 'float', 30.0, lo=1.0,
         doc='seconds a connection may idle or take for one read',
     ),
