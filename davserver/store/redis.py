@@ -213,12 +213,15 @@ class _WatchedSentinel(Sentinel):
         (a redis ConnectionError) when no sentinel names one that is up."""
         try:
             found = super().discover_master(service_name)
-        except MasterNotFoundError as exc:
+        except MasterNotFoundError:
             with self._seen_lock:
                 lost, self._lost = not self._lost, True
             if lost:
-                log.error("state store: no sentinel names a master for %r that is up (%s); requests that need "
-                          "the store are refused (503) until one does", service_name, exc)
+                # The sentinels' addresses, not `exc`: redis-py's text holds each sentinel
+                # client's full repr (about 1.5 KB per sentinel) for every failover logged.
+                log.error("state store: no sentinel names a master for %r that is up (asked %s); requests that "
+                          "need the store are refused (503) until one does", service_name,
+                          ", ".join(_address(s) for s in self.sentinels))
             raise
         address = (str(found[0]), int(found[1]))
         with self._seen_lock:
