@@ -35,7 +35,7 @@ from .auth import totp
 from .auth.lockout import account_prefix, address_key, canonical_address
 from .auth.passwords import hash_password
 from .check import PING_SECONDS, unknown_principals
-from .config import Config, ConfigError, Home, load_config
+from .config import Config, ConfigError, Home, load_config, read_config
 from .errors import StartupError
 from .invitations import InvitationError, Invitations, default_base_url, server_fingerprint
 from .issuance import IssuanceError
@@ -1014,11 +1014,15 @@ def serve(ctx: click.Context, bind: str | None, port: int | None, workers: int |
     from .supervisor import Supervisor, worker_count
 
     _setup_logging()
-    config = load_config(_home(ctx))
+    config, config_text = read_config(_home(ctx))
     count = worker_count(config.server.workers if workers is None else workers)
     if count > 1:  # a supervisor and `count` worker processes (supervisor.py)
-        supervisor = Supervisor(config, workers=count, bind=bind, port=port)
-        supervisor.start()
+        supervisor = Supervisor(config, workers=count, bind=bind, port=port, config_text=config_text)
+        try:
+            supervisor.start()
+        except KeyboardInterrupt:  # SIGTERM/SIGINT while the workers started: they are stopped
+            click.echo("stopping", err=True)
+            return
         click.echo(f"davserver serving {_serving(supervisor.bind, supervisor.port)}", err=True)
         _run(supervisor)
         return

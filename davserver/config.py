@@ -983,6 +983,12 @@ def _refuse_duplicates(node: yaml.Node, where: str, seen: set[int]) -> None:
 
 def load_config(home: Home) -> Config:
     """Read and validate the instance's davserver.yaml."""
+    return read_config(home)[0]
+
+
+def read_config(home: Home) -> tuple[Config, str]:
+    """Read and validate the instance's davserver.yaml: (the configuration, the exact text
+    it was parsed from; the supervisor hands that text to its workers). Raises ConfigError."""
     path = home.config_file
     try:
         text = path.read_text(encoding="utf-8")
@@ -992,16 +998,22 @@ def load_config(home: Home) -> Config:
         ) from None
     except OSError as exc:
         raise ConfigError("", f"cannot read {path}: {exc.strerror}", source=str(path)) from None
+    return config_from_text(text, home, str(path)), text
+
+
+def config_from_text(text: str, home: Home, source: str) -> Config:
+    """Validate the davserver.yaml text `text` of instance `home` (relative paths resolve
+    against it); `source` names it in errors. Raises ConfigError."""
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except _DuplicateKey as exc:
         raise ConfigError(exc.key, f"is written twice (lines {exc.lines[0]} and {exc.lines[1]}); the YAML "
-                          "parser would silently keep the last", "keep one of them", source=str(path)) from None
+                          "parser would silently keep the last", "keep one of them", source=source) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError("", f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", source=str(path)) from None
+        raise ConfigError("", f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", source=source) from None
     try:
         return parse_config(raw, home)
     except ConfigError as exc:
-        raise ConfigError(exc.key, exc.message, exc.hint, source=str(path)) from None
+        raise ConfigError(exc.key, exc.message, exc.hint, source=source) from None

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import select
 import shutil
 import signal
@@ -51,7 +52,7 @@ from typing import Any
 
 from cheroot.server import HTTPServer
 
-from .config import MAX_WORKERS, Config
+from .config import MAX_WORKERS, Config, read_config
 from .errors import StartupError
 from .maintenance import InstanceMaintenance
 from .revocation import RevocationList
@@ -73,6 +74,13 @@ _START_SECONDS = 120.0
 _KILL_GRACE_SECONDS = 5.0
 #: How often the once-per-instance maintenance is looked at.
 _MAINTAIN_SECONDS = 5.0
+#: The workers' private PROMETHEUS_MULTIPROC_DIR in the temp folder: this prefix, the
+#: supervisor's PID, a dash and a random part (removed at stop, and at the next start
+#: once that PID is gone: a supervisor killed by SIGKILL cannot remove its own).
+METRICS_DIR_PREFIX = "davserver-metrics-"
+#: What a worker writes on its pipe once a second (worker.py ``_heartbeat``): a byte
+#: that never occurs in its ready/error line.
+HEARTBEAT = b"\0"
 
 
 def worker_count(setting: int | str) -> int:
@@ -110,6 +118,8 @@ class _Slot:
     message: bytes = b""
     quick_deaths: int = 0
     restart_at: float = 0.0
+    #: When the worker last said anything on its pipe (a heartbeat, its ready line).
+    last_beat: float = 0.0
     pids: list[int] = field(default_factory=list)
 
 
@@ -147,10 +157,18 @@ class Supervisor:
     says "stopping"); ``reload()`` forwards SIGHUP; ``stop()`` ends everything.
     """
 
-    def __init__(self, config: Config, *, workers: int, bind: str | None = None, port: int | None = None) -> None:
+    def __init__(self, config: Config, *, workers: int, bind: str | None = None, port: int | None = None,
+                 config_text: str | None = None) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, not {workers}")
+        if config_text is None:  # not told the text `config` came from: read and parse it once, here
+            config, config_text = read_config(config.home)
         self.config = config
+        #: The davserver.yaml text every worker runs (one parse, one decision: a worker
+        #: restarted after the file changed still runs this; the change needs a restart).
+        self.config_text = config_text
+        self._config_fd = -1
+        self._config_change_logged: str | None = None
         self.workers = workers
         self.bind = bind if bind is not None else config.server.bind
         self._port = port if port is not None else config.server.port
@@ -211,7 +229,8 @@ class Supervisor:
         from . import metrics
 
         # The workers' environment only: this process's own metrics (none) stay in memory.
-        self._metrics_dir = tempfile.mkdtemp(prefix="davserver-metrics-")
+        remove_dead_metrics_dirs()
+        self._metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
         listener_of = getattr(metrics, "supervisor_listener", None)
         if listener_of is None:
             log.warning("metrics.enabled: this version serves no metrics with server.workers > 1")
@@ -243,6 +262,9 @@ class Supervisor:
             raise
 
     def _start(self) -> None:
+        self._install_signal_handlers()
+        if self._stopping.is_set():
+            raise KeyboardInterrupt
         self.prepare()
         now = time.monotonic()
         for slot in self._slots:
@@ -250,7 +272,9 @@ class Supervisor:
         deadline = now + _START_SECONDS
         # Until each has said ready once; one that dies after that is restarted by serve_forever.
         while not all(slot.ready for slot in self._slots):
-            self._read_pipes(min(0.5, max(0.0, deadline - time.monotonic())))
+            if self._stopping.is_set():  # SIGTERM/SIGINT while starting: start() stops what started
+                raise KeyboardInterrupt
+            self._read_pipes(min(0.1, max(0.0, deadline - time.monotonic())))
             failed = next((s for s in self._slots if not s.ready and (s.proc is None or s.proc.poll() is not None)),
                           None)
             if failed is not None:
@@ -273,10 +297,12 @@ class Supervisor:
 
     def _spawn(self, slot: _Slot, now: float) -> None:
         assert self._socket is not None
+        config_fd = self._config_descriptor()
         read_end, write_end = os.pipe()
-        fds = [self._socket.fileno(), write_end]
+        fds = [self._socket.fileno(), write_end, config_fd]
         cmd = [sys.executable, "-m", "davserver.worker", "--home", str(self.config.home.root), "--bind", self.bind,
-               "--listen-fd", str(self._socket.fileno()), "--ready-fd", str(write_end), "--parent", str(os.getpid())]
+               "--listen-fd", str(self._socket.fileno()), "--ready-fd", str(write_end), "--parent", str(os.getpid()),
+               "--config-fd", str(config_fd)]
         if self._turns >= 0:
             fds.append(self._turns)
             cmd += ["--turns-fd", str(self._turns), "--slot", str(slot.number), "--workers", str(self.workers)]
@@ -293,7 +319,33 @@ class Supervisor:
         finally:
             os.close(write_end)
         slot.pipe, slot.message, slot.ready, slot.started = read_end, b"", False, now
+        slot.last_beat = now
         slot.pids.append(slot.proc.pid)
+
+    def _config_descriptor(self) -> int:
+        """A descriptor holding `config_text` (a memfd; elsewhere an unlinked temp file),
+        made once and passed to every worker, which reads it from offset 0 with pread."""
+        if self._config_fd < 0:
+            data = self.config_text.encode("utf-8")
+            if hasattr(os, "memfd_create"):
+                fd = os.memfd_create("davserver-config")
+            else:  # pragma: no cover - not Linux
+                fd = os.dup(tempfile.TemporaryFile().fileno())  # noqa: SIM115 - the descriptor outlives it
+            _write_all(fd, data)
+            self._config_fd = fd
+        return self._config_fd
+
+    def _config_changed_on_disk(self) -> None:
+        """Log once (per changed text) that davserver.yaml differs from the text the
+        workers run: a worker restarted now still runs the text the supervisor started with."""
+        try:
+            text = self.config.home.config_file.read_text(encoding="utf-8")
+        except OSError:
+            return
+        if text != self.config_text and text != self._config_change_logged:
+            self._config_change_logged = text
+            log.warning("davserver.yaml changed since start; restart the service to apply it "
+                        "(the restarted worker runs the configuration the others run)")
 
     def _read_pipes(self, timeout: float) -> None:
         """Read what the workers said on their ready pipes (waiting up to `timeout` s)."""
@@ -306,11 +358,19 @@ class Supervisor:
         for fd in readable:
             slot = pipes[fd]
             chunk = os.read(fd, 4096)
-            slot.message += chunk
+            if chunk:
+                slot.last_beat = time.monotonic()
+            if slot.ready:  # heartbeats, until the worker ends (EOF)
+                if not chunk:
+                    os.close(fd)
+                    slot.pipe = None
+                continue
+            slot.message += chunk.replace(HEARTBEAT, b"")
             if chunk and not slot.message.endswith(b"\n"):
                 continue
-            os.close(fd)
-            slot.pipe = None
+            if not chunk or not slot.message.startswith(b"ready"):  # it ended, or could not start
+                os.close(fd)
+                slot.pipe = None
             said = slot.message.decode("utf-8", "replace").strip()
             if said == "ready":
                 slot.ready = True
@@ -337,9 +397,13 @@ class Supervisor:
         """How many workers run now and said they serve (metrics' readiness)."""
         return sum(1 for s in self._slots if s.ready and s.proc is not None and s.proc.poll() is None)
 
-    def serve_forever(self) -> None:
-        """Supervise until SIGTERM or SIGINT (its own signal handlers, installed here), then
-        stop the workers (each drains) and raise KeyboardInterrupt."""
+    def _install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT ask for a stop, SIGHUP for a reload: both only set a flag the
+        supervising loop (or the start, which stops the workers it started) acts on, so a
+        signal that comes while the workers start is never the default action (death by
+        SIGTERM/SIGHUP, with the metrics directory left behind). Main thread only."""
+        if threading.current_thread() is not threading.main_thread():
+            return
 
         def _terminate(signum: int, frame: Any) -> None:
             self._stopping.set()
@@ -350,6 +414,12 @@ class Supervisor:
         signal.signal(signal.SIGTERM, _terminate)
         signal.signal(signal.SIGINT, _terminate)
         signal.signal(signal.SIGHUP, _hangup)
+
+    def serve_forever(self) -> None:
+        """Supervise until SIGTERM or SIGINT (its own signal handlers, installed here), then
+        stop the workers (each drains) and raise KeyboardInterrupt. A SIGHUP that came
+        while the workers started is forwarded now."""
+        self._install_signal_handlers()
         if not self._slots[0].pids:
             self.start()
         try:
@@ -373,6 +443,7 @@ class Supervisor:
                 if status is None:
                     if slot.ready and now - slot.started >= STABLE_SECONDS:
                         slot.quick_deaths = 0
+                    self._check_heartbeat(slot, now)
                     continue
                 self._exited(slot.proc.pid)
                 lived = now - slot.started
@@ -393,6 +464,7 @@ class Supervisor:
                               _status(status), lived)
                 slot.proc = None
             if slot.proc is None and now >= slot.restart_at:
+                self._config_changed_on_disk()
                 try:
                     self._spawn(slot, now)
                 except OSError as exc:
@@ -401,6 +473,25 @@ class Supervisor:
                     log.error("could not start worker %d: %s", slot.number, exc)
                 else:
                     log.info("worker %d restarted: pid %d", slot.number, slot.pids[-1])
+
+    def _check_heartbeat(self, slot: _Slot, now: float) -> None:
+        """SIGKILL a running worker that sent nothing for ``server.worker_heartbeat_seconds``
+        (stopped, or hung so that even its heartbeat thread cannot run): its connections
+        would hang and it would still count as alive. The next look reaps and replaces it."""
+        limit = self.config.server.worker_heartbeat_seconds
+        if slot.proc is None or now - slot.last_beat < limit:
+            return
+        # Our own view may be stale (this loop was busy): read what is waiting first.
+        if slot.pipe is not None:
+            self._read_pipes(0.0)
+            if time.monotonic() - slot.last_beat < limit:
+                return
+        log.error("worker %d (pid %d) sent no heartbeat for %.0f s (server.worker_heartbeat_seconds: %d): "
+                  "it is stopped or hung; killing it with SIGKILL and starting another", slot.number,
+                  slot.proc.pid, now - slot.last_beat, limit)
+        with contextlib.suppress(ProcessLookupError):
+            slot.proc.kill()
+        slot.last_beat = now  # once: it is reaped at the next look
 
     def _exited(self, pid: int) -> None:
         from . import metrics
@@ -475,9 +566,53 @@ class Supervisor:
             if sock is not None:
                 sock.close()
         self._socket = self._enrolment_socket = None
+        if self._config_fd >= 0:
+            os.close(self._config_fd)
+            self._config_fd = -1
         if self._turns >= 0:
             os.close(self._turns)
             self._turns = -1
+
+
+def remove_dead_metrics_dirs(tmp: str | None = None) -> list[str]:
+    """Remove the metrics directories (``METRICS_DIR_PREFIX``) in the temp folder `tmp`
+    that are ours (this user's) and whose supervisor PID no longer runs: left by a
+    supervisor killed with SIGKILL. Returns the names removed."""
+    folder = tmp if tmp is not None else tempfile.gettempdir()
+    removed: list[str] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = re.fullmatch(re.escape(METRICS_DIR_PREFIX) + r"(\d+)-\w+", name)
+        if m is None:
+            continue
+        path = os.path.join(folder, name)
+        try:
+            if os.lstat(path).st_uid != os.getuid() or _alive(int(m.group(1))):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _ping_store(config: Config) -> None:

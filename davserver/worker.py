@@ -5,7 +5,13 @@ Started as a fresh interpreter (``python -m davserver.worker``), never forked, s
 inherits no threads or held locks. The supervisor passes the sockets' descriptors
 (``--listen-fd``, ``--enrolment-fd``) and a pipe (``--ready-fd``) on which the worker
 writes one line once it serves, ``ready``, or why it could not start, ``error<TAB>``
-and the one line the CLI would print. Signals: SIGTERM drains (in-flight requests get
+and the one line the CLI would print; from its first moment a thread of its own writes
+a heartbeat byte (NUL) on the same pipe every second, busy or not, so the supervisor
+can tell a stopped or hung worker from a busy one (``server.worker_heartbeat_seconds``).
+Its configuration is the exact davserver.yaml text the supervisor parsed at start
+(``--config-fd``: parsed here with the same home, never re-read from disk), so every
+worker, a restarted one too, runs the configuration the supervisor started with.
+Signals: SIGTERM drains (in-flight requests get
 ``server.shutdown_timeout``; a second SIGTERM, as systemd's stop sends one to every
 process of the service besides the supervisor's, changes nothing) and exits 0; SIGHUP reloads (``DavServer.reload``);
 SIGINT is ignored (a Ctrl-C at the terminal reaches every process of the group: the
@@ -86,14 +92,41 @@ class TurnTakingSocket(socket.socket):
         return conn, address
 
 
+#: Seconds between two heartbeats (the supervisor's limit is server.worker_heartbeat_seconds >= 2).
+HEARTBEAT_SECONDS = 1.0
+
+
 def _say(fd: int, line: str) -> None:
-    """Tell the supervisor `line` on the ready pipe and close it."""
+    """Tell the supervisor `line` on the ready pipe in one write (atomic with the
+    heartbeats, being under PIPE_BUF). The pipe stays open: the heartbeat thread writes
+    on it until the process ends."""
+    with contextlib.suppress(OSError):
+        os.write(fd, (line.replace("\n", " ") + "\n").encode("utf-8", "replace")[:512])
+
+
+def _heartbeat(fd: int) -> None:
+    """Write one NUL byte on the pipe `fd` every HEARTBEAT_SECONDS until the pipe is gone
+    (the supervisor ended: EPIPE; or the fd closed at a failed start: EBADF)."""
+    while True:
+        try:
+            os.write(fd, b"\0")
+        except OSError:
+            return
+        time.sleep(HEARTBEAT_SECONDS)
+
+
+def read_config_fd(fd: int) -> str:
+    """The text held by the descriptor `fd` (the supervisor's memfd), read from offset 0
+    with pread (the offset is shared with the other workers). Closes `fd`."""
+    parts = []
+    offset = 0
     try:
-        os.write(fd, (line.replace("\n", " ") + "\n").encode("utf-8", "replace"))
-    except OSError:
-        pass
+        while chunk := os.pread(fd, 65536, offset):
+            parts.append(chunk)
+            offset += len(chunk)
     finally:
         os.close(fd)
+    return b"".join(parts).decode("utf-8")
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -104,6 +137,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--enrolment-fd", type=int, default=-1)
     parser.add_argument("--ready-fd", type=int, required=True)
     parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--config-fd", type=int, required=True)
     parser.add_argument("--turns-fd", type=int, default=-1)
     parser.add_argument("--slot", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
@@ -115,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _end_with_parent(args.parent)
+    threading.Thread(target=_heartbeat, args=(args.ready_fd,), name="davserver-heartbeat", daemon=True).start()
     from .cli import _failure, _setup_logging
-    from .config import Home, load_config
+    from .config import Home, config_from_text
     from .server import DavServer, tune_allocator
 
     _setup_logging()
@@ -131,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         listen = socket.socket(fileno=args.listen_fd)
     enrolment = socket.socket(fileno=args.enrolment_fd) if args.enrolment_fd >= 0 else None
     try:
-        server = DavServer(load_config(Home(args.home)), bind=args.bind, listen_socket=listen,
-                           enrolment_socket=enrolment, role="worker")
+        home = Home(args.home)
+        config = config_from_text(read_config_fd(args.config_fd), home, str(home.config_file))
+        server = DavServer(config, bind=args.bind, listen_socket=listen, enrolment_socket=enrolment, role="worker")
         server.start()
     except Exception as exc:  # noqa: BLE001 - told to the supervisor as the CLI would say it
         _say(args.ready_fd, f"error\t{_failure(exc)}")
