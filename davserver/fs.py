@@ -50,11 +50,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import logging
 import os
 import shutil
 import stat
 import tempfile
+import threading
 import time
 import unicodedata
 from collections.abc import Iterable
@@ -243,7 +245,7 @@ class AtomicFile:
         self.written = 0
         self._done = False
         try:
-            fd, self.temp_path = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.folder)
+            fd, self.temp_path = _locked_temp_file(self.folder)
         except OSError as exc:
             self._done = True
             raise dav_error(exc, "creating an upload file", environ, creating=True) from None
@@ -306,8 +308,10 @@ class AtomicFile:
             if self.digests is not None and self.digests.keep:
                 store_checksums(fd, self.digests.value())  # stamped with the times just set
             os.fsync(fd)
-            self._file.close()
+            # Renamed while still open, so its lock (:func:`sweep_temp_files`) covers the rename.
             os.replace(self.temp_path, self.target)
+            _writing_done(self.temp_path)
+            self._file.close()
         except OSError as exc:
             self.abort()
             raise dav_error(exc, f"storing {self.target}", self.environ, creating=True) from None
@@ -321,14 +325,15 @@ class AtomicFile:
         if self._done:
             return
         self._done = True
-        with contextlib.suppress(OSError):
-            self._file.close()
-        try:
+        try:  # removed before its file is closed: still under its lock
             os.unlink(self.temp_path)
         except FileNotFoundError:
             pass
         except OSError as exc:
             log.error("could not remove upload file %s: %s", self.temp_path, exc)
+        _writing_done(self.temp_path)
+        with contextlib.suppress(OSError):
+            self._file.close()
 
     def __del__(self) -> None:
         if not getattr(self, "_done", True):
@@ -384,12 +389,102 @@ def _atomic_copy(src: str, dest: str, *, checksums: bool = False, environ: dict[
         out.close()
 
 
+#: Temp files this process is writing (absolute paths). flock() locks belong to an open
+#: file, so the sweep's own open conflicts with a writer in the same process too; but
+#: where the kernel emulates flock() with fcntl() locks (NFS), locks are per process, and
+#: a sweep in the writing process would get its own writer's lock: it checks this set.
+_WRITING: set[str] = set()
+_WRITING_LOCK = threading.Lock()
+#: Attempts at a temp file that is ours and locked before giving up (a sweep in another
+#: process can remove a fresh file in the instant between its creation and its lock).
+_TEMP_ATTEMPTS = 5
+
+
+def _writing_done(path: str) -> None:
+    with _WRITING_LOCK:
+        _WRITING.discard(path)
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """True when `path` still names the open file `fd` (not removed, not replaced)."""
+    try:
+        a, b = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _locked_temp_file(folder: str) -> tuple[int, str]:
+    """Create a temp upload file in `folder` holding an exclusive ``flock`` on it; returns
+    ``(fd, path)``. The lock lasts until the file is closed (after its rename or removal,
+    :class:`AtomicFile`) or its process dies (the kernel drops it): it is how
+    :func:`sweep_temp_files` tells a file in flight from a leftover. Where the filesystem
+    cannot lock (``flock`` fails with anything but EWOULDBLOCK) the file is written
+    unlocked and the sweep, unable to lock it either, leaves it alone. Raises OSError
+    (creating the file; or EEXIST after ``_TEMP_ATTEMPTS`` files a sweep took from under us)."""
+    for _ in range(_TEMP_ATTEMPTS):
+        fd, path = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)  # a sweep holds it and is removing it: take another name
+            continue
+        except OSError as exc:
+            log.debug("no lock on upload file %s (%s): the sweep will leave it alone", path, exc)
+        # Locked, but a sweep may have removed the name between mkstemp and flock.
+        if _same_file(fd, path):
+            with _WRITING_LOCK:
+                _WRITING.add(path)
+            return fd, path
+        os.close(fd)
+    raise OSError(errno.EEXIST, "no upload file could be created and locked", folder)
+
+
+def _remove_if_unlocked(path: str) -> bool:
+    """Remove the temp file `path` if no process holds its lock; True when removed.
+
+    The file is opened (never following a symlink) and locked with ``LOCK_EX|LOCK_NB``:
+    held by a writer (BlockingIOError) it is in flight and stays; a lock that cannot be
+    taken at all (ENOLCK, EOPNOTSUPP, EINVAL on a filesystem without locks) also leaves it
+    (fail safe). Under the lock the name must still be that file (a writer may have
+    renamed it over its target between our listing and our open) before it is removed."""
+    with _WRITING_LOCK:
+        if path in _WRITING:
+            return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            log.warning("leftover upload file %s kept: it cannot be locked here (%s)", path, exc)
+            return False
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or not _same_file(fd, path):
+            return False
+        os.unlink(path)
+        return True
+    finally:
+        os.close(fd)  # drops the lock
+
+
 def sweep_temp_files(root: Path, *, older_than: float = 60.0) -> int:
     """Remove temp files left under `root` by interrupted uploads; returns how many.
 
-    Only files not written to for `older_than` seconds go: an upload in progress
-    keeps touching its file. Pass 0 at start-up of a single server; with several
-    nodes on one shared filesystem keep the default, another node may be uploading.
+    Safe at any time, in any process: the process writing a temp file holds an exclusive
+    ``flock`` on it from its creation until after its rename or removal
+    (:class:`AtomicFile`), and a file is removed only when the sweep can take that lock
+    itself, and under it (:func:`_remove_if_unlocked`). A process that dies loses its locks
+    (the kernel drops them), so its files become removable at once; a file that cannot be
+    locked at all is kept. On Linux NFS (2.6.12 on) ``flock`` is emulated with ``fcntl``
+    byte-range locks, which the NFS server sees, so a lock held on another machine also
+    keeps the file; a mount whose locks are local only (``local_lock=flock``/``all``,
+    ``nolock``) cannot show it: there `older_than` (seconds since the file was last
+    written; default 60) is what keeps another machine's upload. On one machine pass 0
+    (maintenance.py does, with ``state.backend: sqlite``): the locks alone decide.
     """
     removed = 0
     cutoff = time.time() - older_than
@@ -410,8 +505,8 @@ def sweep_temp_files(root: Path, *, older_than: float = 60.0) -> int:
                 if not is_temp_name(entry.name):
                     continue
                 st = entry.stat(follow_symlinks=False)
-                if stat.S_ISREG(st.st_mode) and (older_than <= 0 or st.st_mtime < cutoff):
-                    os.unlink(entry.path)
+                if (stat.S_ISREG(st.st_mode) and (older_than <= 0 or st.st_mtime < cutoff)
+                        and _remove_if_unlocked(entry.path)):
                     removed += 1
             except OSError as exc:
                 log.warning("could not remove leftover upload file %s: %s", entry.path, exc)

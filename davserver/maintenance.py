@@ -1,12 +1,13 @@
 """What runs once per instance, not once per process: the sweep of leftover upload
-files at start, the CRL re-signing, the server certificate's re-issue and the expiry
-warnings.
+files, the CRL re-signing, the server certificate's re-issue and the expiry warnings.
 
 The single-process server (``server.workers: 1``) runs them itself (server.py
-``DavServer._maintain``); with worker processes the supervisor (supervisor.py) runs
-them once, and a worker never does: a restarted worker that swept at start would
-remove the temp file of an upload another worker is writing, and two workers
-re-signing the CRL or re-issuing the certificate at once would each write the files.
+``DavServer._maintain``; the sweep once its sockets are bound); with worker processes
+the supervisor (supervisor.py) runs them once (the sweep after its binds and after each
+worker that dies), and a worker never does: two workers re-signing the CRL or
+re-issuing the certificate at once would each write the files. The sweep itself is safe
+anywhere, any time: it removes only temp files whose writer's lock is gone (fs.py
+``sweep_temp_files``).
 What each process keeps doing on its own (the server certificate's reload check,
 re-reading accounts.yaml and the CRL, handing free memory back) stays in
 ``DavServer._maintain``.
@@ -35,10 +36,13 @@ CRL_SECONDS = 3600.0
 
 def sweep_leftover_uploads(config: Config) -> int:
     """Remove the temp files of uploads cut off by a crash from every share; returns how
-    many. Run before any process serves (no upload can be in flight then). With a shared
-    store other nodes may be uploading into the same folders, so only files untouched for
-    five minutes go then (fs.py ``sweep_temp_files``). A share folder that is missing is
-    left to the server's own check (server.py ``check_shares``)."""
+    many. A file some live process is writing holds that process's lock and stays, so
+    this may run while uploads are in flight, in this or any other process (fs.py
+    ``sweep_temp_files``). With a shared store other nodes may be uploading into the
+    same folders over a network filesystem whose locks this machine may not see (a mount
+    with local-only locks), so there only files also untouched for five minutes go. A
+    share folder that is missing is left to the server's own check (server.py
+    ``check_shares``)."""
     total = 0
     for name, share in config.shares.items():
         if not share.path.is_dir():

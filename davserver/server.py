@@ -84,15 +84,14 @@ class _Connection(TLSConnection):
 
 def check_shares(config: Config, *, once: bool = True) -> None:
     """StartupError unless every share's folder exists; with `once` (the single server,
-    the supervisor: not each worker) sweep leftover uploads and warn about shares nobody
-    may use."""
+    the supervisor: not each worker) warn about shares nobody may use. Leftover uploads
+    are swept later, once the listening sockets are bound (``DavServer.start``,
+    supervisor.py ``prepare``): a start that fails changes nothing."""
     for name, share in config.shares.items():
         if not share.path.is_dir():
             raise StartupError(f"shares.{name}.path: {share.path} is not a folder (create it or fix the path)")
     if not once:
         return
-    # Leftovers of uploads cut off by a crash (maintenance.py); a worker never sweeps.
-    sweep_leftover_uploads(config)
     for name, share in config.shares.items():
         if not share.readers and not share.writers:
             log.warning("share %r lists no readers or writers: nobody can use it", name)
@@ -407,6 +406,8 @@ class DavServer:
                 self.store.close()
                 self._server.stop()
                 raise
+        if self.role == "single":  # every socket is ours now; only files no process writes go
+            sweep_leftover_uploads(self.config)
         raise_open_file_limit()
         self.handshakes.start()
         self.watchdog.start()

@@ -4,9 +4,13 @@ One davserver process uses at most one CPU core (the interpreter lock serialises
 threads). With ``server.workers`` above 1 (``auto``: one per usable CPU) ``davserver
 serve`` runs this small supervisor instead of the server:
 
-- it checks the shares, sweeps leftover upload files (maintenance.py) and binds the
-  listening socket (and the enrolment listener's, when enabled) ONCE, before any
-  worker starts, so no upload can be in flight during the sweep;
+- it checks the shares and binds the listening socket (and the enrolment listener's,
+  when enabled) ONCE, before any worker starts; then it sweeps leftover upload files
+  (maintenance.py), so a start that fails (port in use) removes nothing. The sweep
+  removes only temp files no process holds the lock of (fs.py ``sweep_temp_files``),
+  so it is safe while another server or a worker orphaned by a killed supervisor is
+  still writing an upload; it runs again after each worker that dies (its uploads'
+  files are unlocked from then on), on the maintenance thread;
 - it starts the workers (worker.py) as fresh interpreters (``subprocess.Popen`` with
   ``pass_fds``; no fork: nothing of the supervisor's threads or locks is inherited),
   each a full server (``DavServer(role="worker")``) accepting on the same shared
@@ -54,7 +58,7 @@ from cheroot.server import HTTPServer
 
 from .config import MAX_WORKERS, Config, read_config
 from .errors import StartupError
-from .maintenance import InstanceMaintenance
+from .maintenance import InstanceMaintenance, sweep_leftover_uploads
 from .revocation import RevocationList
 
 __all__ = ["BACKOFF_MAX_SECONDS", "STABLE_SECONDS", "Supervisor", "restart_delay", "worker_count"]
@@ -182,6 +186,8 @@ class Supervisor:
         self.metrics_listener: Any = None
         self._maintenance: InstanceMaintenance | None = None
         self._maintenance_thread: threading.Thread | None = None
+        #: Set when a worker died: the maintenance thread sweeps its leftover uploads.
+        self._sweep_due = threading.Event()
         #: The workers' shared accept counter (worker.py TurnTakingSocket): a memfd of 8 bytes.
         self._turns = -1
 
@@ -193,8 +199,8 @@ class Supervisor:
         return self._port
 
     def prepare(self) -> None:
-        """Check the shares and sweep leftover uploads (server.py ``check_shares``: no
-        worker runs yet), then bind the listening sockets. Raises StartupError."""
+        """Check the shares (server.py ``check_shares``), bind the listening sockets, then
+        sweep leftover uploads (only once every bind succeeded). Raises StartupError."""
         from .server import _bind_error, bind_errno, check_shares
 
         if self._socket is not None:
@@ -224,6 +230,7 @@ class Supervisor:
                 ) from None
         if self.config.metrics.enabled:
             self._prepare_metrics()
+        sweep_leftover_uploads(self.config)
 
     def _prepare_metrics(self) -> None:
         from . import metrics
@@ -446,6 +453,7 @@ class Supervisor:
                     self._check_heartbeat(slot, now)
                     continue
                 self._exited(slot.proc.pid)
+                self._sweep_due.set()  # the uploads it was writing are unlocked now
                 lived = now - slot.started
                 slot.quick_deaths = slot.quick_deaths + 1 if lived < STABLE_SECONDS else 1
                 delay = restart_delay(slot.quick_deaths)
@@ -505,9 +513,15 @@ class Supervisor:
 
     def _maintain(self) -> None:
         while not self._stopping.is_set():
+            if self._sweep_due.is_set():
+                self._sweep_due.clear()
+                try:
+                    sweep_leftover_uploads(self.config)
+                except Exception:  # noqa: BLE001 - maintenance must never take the supervisor down
+                    log.exception("sweeping leftover uploads failed")
             if self._maintenance is not None:
                 self._maintenance.run_due()
-            self._stopping.wait(_MAINTAIN_SECONDS)
+            self._sweep_due.wait(_MAINTAIN_SECONDS)
 
     def reload(self) -> dict[str, bool]:
         """Forward SIGHUP to every worker (each reopens the audit log and re-reads its
@@ -530,6 +544,7 @@ class Supervisor:
         the sockets and the metrics directory. Idempotent."""
         with self._lock:
             self._stopping.set()
+            self._sweep_due.set()  # wakes the maintenance thread, which sees the stop and ends
             # Ours first: once the workers closed theirs, a new connection is refused, not queued.
             self._close_sockets()
             procs = [s.proc for s in self._slots if s.proc is not None]
