@@ -494,7 +494,9 @@ class Guard:
     def _deny(self, environ: dict[str, Any], decision: Decision, start_response: StartResponse) -> list[bytes]:
         if decision.status == 403:
             status, body = "403 Forbidden", b"forbidden\n"
-            headers = []
+            # Only a browser's write is refused for its token (csrf.py): the listing's script
+            # reads this to ask for a reload, where a share's rule must not (listing.py).
+            headers = [("X-Davserver-Refusal", "csrf")] if decision.reason == Refusal.CSRF else []
         elif decision.status == 503:
             status, body = "503 Service Unavailable", b"temporarily unavailable, try again shortly\n"
             headers = [("Retry-After", "5")]

@@ -47,25 +47,32 @@ _TIME_SCRIPT = LOCAL_TIME_SCRIPT
 #: client sends (PUT, MKCOL, MOVE, DELETE) to the same URL, so the guard's one decision,
 #: the limits, the atomic writes and the audit apply; each carries the certificate-bound
 #: token (csrf.py) in ``X-Davserver-CSRF``. Names are percent-encoded with
-#: encodeURIComponent; refusals are said in plain words. Kept byte-for-byte as hashed.
+#: encodeURIComponent; refusals are said in plain words: a 403 the guard marks
+#: ``X-Davserver-Refusal: csrf`` (the token, not the share's rule) asks to reload the
+#: page, any other 403 does not. Kept byte-for-byte as hashed.
 _WRITE_SCRIPT = r"""(()=>{
 const tools=document.getElementById("tools");if(!tools)return;
 const token=tools.dataset.token,base=tools.dataset.base,status=document.getElementById("status");
 const shown=Date.now(),ttl=1000*Number(tools.dataset.ttl);
 const names=new Set(Array.from(document.querySelectorAll("button.rename"),b=>b.dataset.name));
+const folders_=new Set(Array.from(document.querySelectorAll("button.rename[data-folder]"),b=>b.dataset.name));
 const words={0:"The connection was lost. Check the network and try again.",
 400:"The server cannot accept this name or request.",
 401:"You are not signed in any more. Reload the page to sign in again.",
-403:"This is not allowed here. If the page has been open a long time, reload it and try again.",
+403:"Your account may not change this here, or the server does not accept this name.",
 404:"It is not there any more. Reload the page.",
 405:"Something with this name is already here.",
 409:"This cannot be done here: the folder is gone, or the name is not allowed.",
 412:"Something with this name is already here. Choose another name.",
 413:"The file is larger than this server accepts.",
+414:"The name is too long. Choose a shorter name.",
+415:"The server does not accept this kind of request here.",
+503:"The server is busy or cannot reach its storage right now. Try again in a minute.",
 423:"It is locked because someone is working on it. Try again later.",
 507:"There is not enough space left on the server."};
-function plain(code){if(code===403&&Date.now()-shown>=0.9*ttl)return(
-"This page has been open too long to make changes from it. Reload the page, then try again.");
+function plain(code){if(code===-1)return(Date.now()-shown>=0.9*ttl?
+"This page has been open too long to make changes from it. Reload the page, then try again.":
+"This page can no longer send changes. Reload the page, then try again.");
 return words[code]||(code>=500?
 "The server had a problem ("+code+"). Try again later.":"It did not work ("+code+").");}
 function say(text,kind){const p=document.createElement("p");
@@ -77,12 +84,14 @@ function bad(name){return !name||name==="."||name===".."||name.includes("/");}
 function send(method,url,headers,body,progress){return new Promise(done=>{
 const x=new XMLHttpRequest();x.open(method,url);x.setRequestHeader("X-Davserver-CSRF",token);
 for(const k in headers)x.setRequestHeader(k,headers[k]);if(progress)x.upload.onprogress=progress;
-x.onload=()=>done(x.status);x.onerror=()=>done(0);x.send(body===undefined?null:body);});}
+x.onload=()=>done(x.status===403&&x.getResponseHeader("X-Davserver-Refusal")==="csrf"?-1:x.status);x.onerror=()=>done(0);x.send(body===undefined?null:body);});}
 async function upload(files,folders){
 status.textContent="";let failed=folders>0;
 if(folders)say("Folders cannot be uploaded here: open the folder and upload the files in it.","err");
 for(const f of files){
 const name=f.name,headers={"Content-Type":"application/octet-stream"};
+if(folders_.has(name)){failed=true;say("“"+name+"” was not uploaded: a folder of that name is already here. "+
+"Rename the folder or the file first.","err");continue;}
 if(names.has(name)){if(!confirm("Replace “"+name+"”? The file already here will be overwritten."))continue;}
 else headers["If-None-Match"]="*";
 const line=say("Uploading “"+name+"” ","note"),bar=document.createElement("progress"),
@@ -155,7 +164,7 @@ a{color:#0645ad;text-decoration:none}a:hover{text-decoration:underline}
 border:1px solid #2a5db0;background:#2f6fd6;color:#fff}.tools button{background:#fff;color:#2a5db0}
 .tools label:focus-within{outline:2px solid #222}
 .tools input[type=file]{position:absolute;opacity:0;width:1px;height:1px}
-.hint{color:#666;font-size:.85rem}
+.hint{color:#666;font-size:.85rem}.where{margin:-.6rem 0 .8rem;color:#555;font-size:.9rem;overflow-wrap:anywhere}
 td.act button{font:inherit;font-size:.85rem;padding:.25rem .5rem;margin-left:.3rem;border:1px solid #bbb;
 border-radius:4px;background:#fff;cursor:pointer}td.act button.delete{color:#b3261e;border-color:#e0a39e}
 #status p{margin:.5rem 0;padding:.5rem .8rem;border-radius:4px;overflow-wrap:anywhere}
@@ -165,6 +174,16 @@ body.dragging{outline:3px dashed #2f6fd6;outline-offset:.5rem}
 @media (max-width:40rem){body{margin:1rem auto;padding:0 .6rem}th.m,td.m{display:none}
 td.act button{display:block;margin:.2rem 0 .2rem auto}.hint{display:none}}
 """
+
+
+def _folder_name(base: str) -> str:
+    """The heading of a listing: the folder's own name (``/files/a/`` → ``a``), "All shares" at the root."""
+    name = base.rstrip("/").rsplit("/", 1)[-1]
+    return name or "All shares"
+
+
+#: How each factor of a sign-in is said on the page.
+_FACTOR_WORDS = {"password": "your password", "totp": "a code from your authenticator app"}
 
 
 def human_size(n: int | None) -> str:
@@ -287,7 +306,7 @@ class Listing(BaseMiddleware):
                 "<!doctype html><html lang=en><head><meta charset=utf-8>",
                 '<meta name=viewport content="width=device-width,initial-scale=1">',
                 f"<title>{e(base)}</title><style>{_STYLE}</style></head><body>",
-                f"<h1>Index of {e(base)}</h1>",
+                f"<h1>{e(_folder_name(base))}</h1><p class=where>Address: {e(base)}</p>",
                 self._who(environ),
                 tools,
                 "<table><thead><tr><th>Name</th><th class=n>Size</th><th class='n m'>Modified</th>",
@@ -307,14 +326,15 @@ class Listing(BaseMiddleware):
         e = _text
         cert: CertIdentity | None = environ.get(CERT_ENVIRON_KEY)
         account = environ.get("davserver.account", "")
-        factors = ("certificate", *environ.get("davserver.factors", ()))
+        factors = ["this certificate", *(_FACTOR_WORDS.get(f, f) for f in environ.get("davserver.factors", ()))]
+        said = factors[0] if len(factors) == 1 else ", ".join(factors[:-1]) + " and " + factors[-1]
         parts = [f"Signed in as <b>{e(account)}</b>"]
         details = ""
         if cert is not None:
             parts.append(f"with the certificate {e(cert.common_name or cert.subject)}, "
                          f"valid until {_when(cert.not_after.timestamp())}")
             details = (f"<details><summary>Certificate details</summary>{e(cert.subject)}, serial number "
-                       f"{e(cert.serial)}; factors: {e(', '.join(factors))}</details>")
+                       f"{e(cert.serial)}. You signed in with {e(said)}.</details>")
         grant = environ.get("davserver.grant_expires")
         if grant:
             parts.append(f"· two-factor session until {_when(grant)}")

@@ -199,7 +199,7 @@ def test_attackers_page_cannot_read_bobs_files(vault: tuple[Instance, DavServer]
             assert page.url == server.url + "files/", "the page was replaced by alice's"
         time.sleep(SCRIPT_SECONDS)
         shot(page, tmp_path, "after-downloads")
-        assert page.locator("h1").inner_text() == "Index of /files/"
+        assert page.locator("h1").inner_text() == "files"
     finally:
         ctx.close()
     assert looted(inst) == [], "alice's script read bob's secret"
@@ -266,7 +266,7 @@ def test_images_text_and_listing_still_work_for_bob(vault: tuple[Instance, DavSe
         assert response is not None and response.status == 200
         assert listed(page) == {"files/": "/files/", "ro/": "/ro/", "team/": "/team/", "vault/": "/vault/"}
         response = follow(page, "files/")
-        assert response.status == 200 and page.locator("h1").inner_text() == "Index of /files/"
+        assert response.status == 200 and page.locator("h1").inner_text() == "files"
         shot(page, tmp_path, "listing")
 
         # A picture opens in the browser, drawn.
@@ -296,10 +296,10 @@ def test_images_text_and_listing_still_work_for_bob(vault: tuple[Instance, DavSe
         assert Path(info.value.path()).read_bytes() == wav()
 
         # Back in the listing, the vault's link works (bob's grant), and its file opens.
-        assert page.locator("h1").inner_text() == "Index of /files/"
+        assert page.locator("h1").inner_text() == "files"
         follow(page, "../")
         follow(page, "vault/")
-        assert page.locator("h1").inner_text() == "Index of /vault/"
+        assert page.locator("h1").inner_text() == "vault"
         response = follow(page, "secret.txt")
         assert response.status == 200 and page.locator("body").inner_text().strip() == SECRET.strip()
     finally:

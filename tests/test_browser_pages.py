@@ -579,3 +579,17 @@ def test_served_csp_allows_exactly_the_scripts_served(
             # The twin: one byte more in any script and its hash is not allowed.
             for body in re.findall(r"<script>(.*?)</script>", page.text, flags=re.S):
                 assert script_csp(body + ";") not in allowed
+
+
+def test_listing_says_every_status_a_write_can_answer_in_plain_words() -> None:
+    """Each status the write path can answer has its own sentence in the listing's script
+    (not "It did not work (414)."); a 403 that is not about the page's age does not tell
+    the user to reload; a name of an existing folder is said, not asked to overwrite."""
+    from davserver.listing import _WRITE_SCRIPT
+
+    table = dict(re.findall(r'^(\d{3}):"([^"]+)"', _WRITE_SCRIPT, flags=re.M))
+    statuses = ["400", "403", "404", "405", "409", "412", "413", "414", "415", "423", "503", "507"]
+    assert [s for s in statuses if s not in table] == [], table
+    assert "reload" not in table["403"].lower(), table["403"]
+    assert "a folder of that name is already here" in _WRITE_SCRIPT
+    assert "It did not work" in _WRITE_SCRIPT  # the twin: a status outside the table still gets words

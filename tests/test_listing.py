@@ -19,7 +19,7 @@ def test_listing_shows_the_signed_in_identity_and_readable_entries(inst: Instanc
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html")
     assert "Signed in as <b>alice</b>" in r.text
     assert "CN=alice" in r.text and inst.clients["alice"].issued.serial in r.text
-    assert "factors: certificate, password" in r.text
+    assert "You signed in with this certificate and your password." in r.text
     assert 'href="/files/sub%20dir/"' in r.text
     assert "report &lt;1&gt;.txt" in r.text, "names are escaped"
     assert "4.9 KiB" in r.text and re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", r.text)
