@@ -81,8 +81,9 @@ _PLAIN: dict[int, tuple[str, str]] = {
 }
 #: Statuses a browser gets a page for; any other keeps the text answer.
 BROWSER_PAGE_STATUSES = frozenset(_PLAIN)
-#: Shown instead of the 401 text when the certificate's account may open the share and
-#: the share needs a code from it (guard.py decides when).
+#: Shown when the certificate's account may open the share, the share needs a code from
+#: it and no two-factor session is open (guard.py decides, and answers it 403 without a
+#: Basic challenge so no password dialog hides it).
 _CODE_NEEDED = (
     "A two-factor code is needed",
     "This folder needs a code from your authenticator app as well as your password. "
@@ -107,8 +108,9 @@ def browser_error_page(status: int, *, path: str = "", share: str | None = None,
     """The page and its headers for a browser that got ``status`` (one of
     :data:`BROWSER_PAGE_STATUSES`; KeyError otherwise) at ``path`` (decoded, shown escaped).
 
-    ``share``: the share the request was in and the account may read; the folder holding
-    ``path`` in it is linked as the way back (None: only the root is linked). ``code_next``: a code is needed (401 only):
+    ``share``: the share the request was in and the account may read, linked as the way
+    back; for a 404 the folder holding ``path`` in it (None: only the root is linked).
+    ``code_next``: a code is needed (401 only):
     the page links to the step-up page with ``next`` = this path (decoded; encoded here).
     Headers: browser_pages.html_headers (no script)."""
     heading, text = _CODE_NEEDED if code_next is not None else _PLAIN[status]
@@ -121,7 +123,8 @@ def browser_error_page(status: int, *, path: str = "", share: str | None = None,
         target = quote(code_next, safe="/")
         links.append(f'<a class=button href="/{PREFIX}/?next={e(target)}">Enter a two-factor code</a>')
     if share:
-        href, name = _way_back(path, share)
+        # A 404: the folder the missing name was in; otherwise (a 409's parent may be missing) the share.
+        href, name = _way_back(path, share) if status == 404 else ("/" + quote(share, safe="") + "/", share)
         links.append(f'<a href="{e(href)}">Back to the folder {e(name)}</a>')
     links.append('<a href="/">All shares</a>')
     parts.append(f'<p class=links>{"".join(links)}</p>')
