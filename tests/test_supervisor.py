@@ -564,7 +564,9 @@ def test_leftover_uploads_are_swept_at_start_and_never_by_a_restarted_worker(ins
         assert wait_for(lambda: ready_workers(log) == 2)
         in_flight = share / ".davserver-upload-in-flight"  # an upload being written: its writer's lock
         in_flight.write_bytes(b"being written")
-        writer = subprocess.Popen(["flock", "-x", str(in_flight), "sleep", "60"])
+        writer = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "  # killed: lock gone
+                                   "fcntl.flock(os.open(sys.argv[1], os.O_RDONLY), fcntl.LOCK_EX); time.sleep(60)",
+                                   str(in_flight)])
         try:
             assert wait_for(lambda: subprocess.run(["flock", "-n", str(in_flight), "true"], check=False).returncode)
             os.kill(children(proc.pid)[0], signal.SIGKILL)

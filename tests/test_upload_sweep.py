@@ -87,6 +87,14 @@ def locked_by_someone(path: Path) -> bool:
         os.close(fd)
 
 
+def hold_lock(path: Path) -> subprocess.Popen[bytes]:
+    """Another process holding `path`'s flock until it is killed (flock(1) would leave its
+    command, a child holding the lock, behind)."""
+    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); time.sleep(60)")
+    return subprocess.Popen([sys.executable, "-c", code, str(path)])
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -375,7 +383,7 @@ def test_a_temp_file_nobody_locks_is_swept_one_locked_elsewhere_is_not(tmp_path:
     held = tmp_path / "d" / (TEMP_PREFIX + "held")
     orphan.write_bytes(b"x")
     held.write_bytes(b"y")
-    holder = subprocess.Popen(["flock", "-x", str(held), "sleep", "60"])
+    holder = hold_lock(held)
     try:
         assert wait_for(lambda: locked_by_someone(held), seconds=10)
         assert sweep_temp_files(tmp_path, older_than=0) == 1
