@@ -809,3 +809,42 @@ def test_uploading_a_name_of_a_folder_says_so_and_asks_nothing(
         assert (files / "notes.txt").read_bytes() == b"new"
     finally:
         ctx.close()
+
+
+def test_upload_of_20_mb_on_a_phone(live: tuple[Instance, DavServer], browser: Browser) -> None:  # noqa: F811
+    """The two-file upload (one of 20 MiB) on a 360 px screen with touch: the picker's label
+    is on screen and tappable without sideways scrolling, progress is shown, and both files
+    arrive with their exact bytes and are listed."""
+    inst, server = live
+    big = os.urandom(20 * 1024 * 1024)
+    small = "from the phone ✓\n".encode()
+    ctx = alice_context(browser, inst, server, PHONE)
+    try:
+        page = ctx.new_page()
+        watch = Watch(page)
+        response = page.goto(server.url + "files/")
+        assert response is not None and response.status == 200
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        label = page.locator("label", has_text="Upload files").bounding_box()
+        assert label is not None and label["x"] >= 0 and label["x"] + label["width"] <= PHONE["width"], label
+        cdp = ctx.new_cdp_session(page)
+        cdp.send("Network.enable")
+        cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0,
+                                                      "downloadThroughput": -1, "uploadThroughput": 8_000_000})
+        with page.expect_navigation(wait_until="load", timeout=120_000):
+            page.set_input_files("#pick", files=[
+                {"name": "big.bin", "mimeType": "application/octet-stream", "buffer": big},
+                {"name": "phone.txt", "mimeType": "text/plain", "buffer": small},
+            ])
+            deadline = time.monotonic() + 30
+            while page.evaluate("() => (document.querySelector('#status progress') || {value: 0}).value") < 4e6:
+                assert time.monotonic() < deadline, "no progress shown"
+                time.sleep(0.05)
+            assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]  # while uploading too
+        files = share_dir(inst, "files")
+        assert sha((files / "big.bin").read_bytes()) == sha(big)
+        assert (files / "phone.txt").read_bytes() == small
+        assert {"big.bin", "phone.txt"} <= set(listed(page))
+        assert watch.dialogs == [] and watch.violations() == [], watch.console
+    finally:
+        ctx.close()
