@@ -416,3 +416,35 @@ def test_a_file_that_cannot_be_locked_is_kept(tmp_path: Path, monkeypatch: pytes
     assert (tmp_path / "target.bin").read_bytes() == b"data"
     monkeypatch.setattr(fcntl, "flock", real_flock)
     assert sweep_temp_files(tmp_path, older_than=0) == 1 and not leftover.exists()
+
+
+def test_uploads_written_while_another_process_sweeps_without_pause_all_land(tmp_path: Path) -> None:
+    """A sweep in a tight loop in another process (so only the locks protect the files,
+    not this process's record of them) while 300 uploads are written here: every upload
+    lands whole, even one whose fresh temp file the sweep met between its creation and
+    its lock (it takes another name, fs.py ``_locked_temp_file``)."""
+    stop = tmp_path / "stop"
+    code = ("import sys, pathlib; from davserver.fs import sweep_temp_files\n"
+            "root, stop, n = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), 0\n"
+            "while not stop.exists():\n    n += 1; sweep_temp_files(root, older_than=0)\n"
+            "print(n)\n")
+    (tmp_path / "d").mkdir()
+    sweeper = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "d"), str(stop)],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)  # it sweeps
+        for n in range(300):
+            data = os.urandom(1000 + n)
+            upload = fs.AtomicFile(str(tmp_path / "d" / f"f{n % 7}.bin"))
+            upload.write(data[:500])
+            upload.write(data[500:])
+            upload.close()
+            assert (tmp_path / "d" / f"f{n % 7}.bin").read_bytes() == data, n
+        stop.touch()
+        out, _ = sweeper.communicate(timeout=30)
+        assert int(out) > 10, "the sweeper hardly ran: the test proved nothing"
+    finally:
+        if sweeper.poll() is None:
+            sweeper.kill()
+            sweeper.wait()
+    assert temp_files(tmp_path / "d") == []
