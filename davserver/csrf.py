@@ -46,8 +46,10 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PROPFIND", "TRACE"})
 class CsrfTokens:
     """Tokens bound to a client certificate: ``"<issued>.<hex HMAC-SHA256>"``.
 
-    ``key`` is the HMAC key (32 random bytes when None: tokens then die with the
-    process, and each server process has its own); ``ttl_seconds`` is how long a token
+    ``key`` is the HMAC key: the server passes its state store's shared secret (guard.py,
+    StateStore.shared_secret), so a token issued by one worker process or node is valid on
+    every other; when None, 32 random bytes of this process only (tokens then die with
+    the process and are refused by every other one); ``ttl_seconds`` is how long a token
     is valid after issue; ``clock`` gives POSIX seconds (tests move it).
     One instance per server, shared by the step-up page and the listing.
     """

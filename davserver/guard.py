@@ -16,7 +16,7 @@ from . import access
 from .access import Refusal, refusal_for_status
 from .accounts import Account, AccountsWatcher
 from .audit import AuditLog
-from .auth.core import Authenticator, Credentials, Decision, failure_key
+from .auth.core import Authenticator, Credentials, Decision
 from .auth.identity import CertIdentity
 from .browser_pages import wants_html
 from .config import Config, ShareConfig
@@ -35,6 +35,9 @@ from .store.base import StateStore, StoreUnavailable
 from .target import BadTarget, Target, parse_destination, parse_request_target, parse_wsgi_path
 from .tls import CERT_ENVIRON_KEY
 from .watchdog import current_connection
+
+#: The store's shared secret (StateStore.shared_secret) that keys the CSRF tokens (csrf.py).
+CSRF_KEY_NAME = "csrf"
 
 __all__ = ["REFUSAL_KEY", "Guard", "parse_basic"]
 
@@ -208,8 +211,7 @@ class Guard:
             totp_config=config.totp,
             throttle=config.throttle,
             strip_domain=config.auth.strip_domain,
-            # one key for every process of this home: a repeated failure counts once (auth/core.py)
-            failure_key=failure_key(config.home.state_dir / "failure.key"),
+            # failure_key: the store's shared secret, one for every process and node (auth/core.py)
         )
         #: Renewal of the built-in CA's certificates by their holders (renewal.py).
         self.renewals = Renewals(
@@ -218,7 +220,10 @@ class Guard:
             form_bytes=config.enrolment.form_bytes,
         )
         #: One CSRF key per server: the step-up forms and the listing's writes (csrf.py).
-        self.csrf = CsrfTokens(ttl_seconds=config.auth.browser_token_seconds)
+        # Its key is the store's shared secret: a token one worker process or node issued is
+        # valid on every other (raises StoreUnavailable when the store is down: no start).
+        self.csrf = CsrfTokens(key=store.shared_secret(CSRF_KEY_NAME) if store is not None else None,
+                               ttl_seconds=config.auth.browser_token_seconds)
         self.stepup = StepUpPage(self.authenticator, clock, self.renewals, self.csrf)
 
     # --- the decision -----------------------------------------------------------

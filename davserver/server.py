@@ -154,10 +154,12 @@ class DavServer:
                 audit=self.audit,
                 store=self.store,
             )
-        except BaseException:
+        except BaseException as exc:
             # e.g. StartupError for a subject rule's issuer file: nothing is left open
             self.audit.close()
             self.store.close()
+            if isinstance(exc, StoreUnavailable):  # gone since the ping, reading the shared keys
+                raise StartupError(unavailable_at_start(config.state, exc)) from None
             raise
         self._server = HandshakingServer(
             (self.bind, self._port),

@@ -565,7 +565,9 @@ def test_a_repeated_wrong_password_counts_once_across_servers(inst: Instance) ->
         assert _failures(store, key) == 2
         assert a.get(urls[0] + "files/", auth=("alice", PASSWORDS["alice"])).status_code == 200
         assert _failures(store, key) == 0
-    assert (inst.home.state_dir / "failure.key").stat().st_mode & 0o777 == 0o600
+    # the key is the store's shared secret, in the state file (0600), no longer state/failure.key
+    assert not (inst.home.state_dir / "failure.key").exists()
+    assert _state_db(inst).stat().st_mode & 0o777 == 0o600
 
 
 # --- per-process caches: the CLI's changes reach every warm server at its next request -----------

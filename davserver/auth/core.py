@@ -29,17 +29,14 @@ account when the user part is exactly its name.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Protocol
 
 from ..access import Refusal, authorize
@@ -53,7 +50,7 @@ from .issuers import SubjectRules
 from .lockout import FACTOR_OF, Lockouts
 from .passwords import password_forms, prepare_password, verify_password
 
-__all__ = ["Authenticator", "Credentials", "Decision", "authorize", "credential_epoch", "failure_key"]
+__all__ = ["FAILURE_KEY_NAME", "Authenticator", "Credentials", "Decision", "authorize", "credential_epoch"]
 
 log = logging.getLogger("davserver.auth")
 
@@ -92,43 +89,9 @@ def credential_epoch(account: Account) -> str:
     return hashlib.sha256(material).hexdigest()[:32]
 
 
+#: The failure digests' key: the store's shared secret of this name (StateStore.shared_secret).
+FAILURE_KEY_NAME = "failure-digest"
 _FAILURE_KEY_BYTES = 32
-
-
-def failure_key(path: Path) -> bytes | None:
-    """The key of the failure digests (`Authenticator._failed`) that every process of one
-    instance home shares, so a repeated wrong password counts once whichever worker
-    process (``server.workers``) or server it reaches: 32 random bytes in `path` (mode
-    0600; the server keeps it in ``state/failure.key``), made by the first process that
-    needs it and published with link(2), so processes starting together agree on one.
-
-    Never raises: None when the file cannot be read or made (logged), and the caller keys
-    with a random key of its own; then a repeat may count once per process (more, never
-    fewer, than one count per distinct failure)."""
-    try:
-        try:
-            key = path.read_bytes()
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(secrets.token_bytes(_FAILURE_KEY_BYTES))
-                    f.flush()
-                    os.fsync(f.fileno())
-                with contextlib.suppress(FileExistsError):  # the first link made is the key everyone uses
-                    os.link(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
-            key = path.read_bytes()
-    except OSError as exc:
-        log.warning("failure digests keyed per process: %s: %s", path, exc.strerror)
-        return None
-    if len(key) != _FAILURE_KEY_BYTES:
-        log.warning("failure digests keyed per process: %s is not %d bytes", path, _FAILURE_KEY_BYTES)
-        return None
-    return key
 
 
 class _Fingerprinted(Protocol):
@@ -213,15 +176,18 @@ class Authenticator:
         failure_key: bytes | None = None,
     ) -> None:
         """``strip_domain``: accept ``DOMAIN\\user`` and ``user@domain`` as ``user`` (see
-        `user_matches`). ``failure_key`` keys the digests of failures (32 bytes, see
-        `failure_key`): processes sharing one store and one key count a repeat once; without
-        one, a random per-process key, and then several processes sharing one store may each
-        count a repeat once (more, never fewer, than one count per distinct failure)."""
+        `user_matches`). ``failure_key`` keys the digests of failures (32 bytes): by default
+        the store's shared secret FAILURE_KEY_NAME, the same in every process and node on the
+        store, so a repeated wrong password counts once whichever one it reaches (raises
+        StoreUnavailable when the store is down); without a store, a random key."""
         self.identity = identity
         #: Raises StartupError when a rule's issuer is not one readable CA certificate.
         self.subject_rules = SubjectRules(identity.subject_rules)
         self.strip_domain = strip_domain
-        self._failure_key = failure_key or secrets.token_bytes(_FAILURE_KEY_BYTES)
+        if failure_key is None:
+            failure_key = (store.shared_secret(FAILURE_KEY_NAME, _FAILURE_KEY_BYTES) if store is not None
+                           else secrets.token_bytes(_FAILURE_KEY_BYTES))
+        self._failure_key = failure_key
         self.store = store
         self.totp = totp_config or TOTPConfig()
         self.throttle = throttle or ThrottleConfig()

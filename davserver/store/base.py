@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Grant", "InvitationRecord", "StateStore", "StoreUnavailable"]
+__all__ = ["MIN_SECRET_BYTES", "Grant", "InvitationRecord", "StateStore", "StoreUnavailable", "check_secret"]
 
 
 class StoreUnavailable(Exception):
@@ -52,6 +52,24 @@ class InvitationRecord:
 
     def is_open(self, now: float) -> bool:
         return self.state == "open" and now < self.expires
+
+
+#: The fewest bytes a shared secret (`StateStore.shared_secret`) may have: 128 bits.
+MIN_SECRET_BYTES = 16
+
+
+def check_secret(name: str, size: int, value: bytes | None = None) -> bytes:
+    """For the drivers' `shared_secret`: raise ValueError for an empty `name`, a `size`
+    below MIN_SECRET_BYTES, or a stored `value` that is not `size` bytes; returns `value`
+    (b"" when None)."""
+    if not name:
+        raise ValueError("a shared secret needs a name")
+    if size < MIN_SECRET_BYTES:
+        raise ValueError(f"shared secret {name!r}: {size} bytes is too short (at least {MIN_SECRET_BYTES})")
+    if value is not None and len(value) != size:
+        raise ValueError(f"shared secret {name!r}: the store holds {len(value)} bytes, {size} were asked for "
+                         "(one name, one size)")
+    return value or b""
 
 
 class StateStore(Protocol):
@@ -111,6 +129,17 @@ class StateStore(Protocol):
 
     def revoke_invitations(self, account: str, now: float) -> int:
         """Turn the account's open invitations into ``revoked``; returns how many."""
+
+    # keys every process and node serving the same users must agree on
+    def shared_secret(self, name: str, size: int = 32) -> bytes:
+        """The random secret `name` (`size` bytes) that every process and node on this store
+        shares: made by the first caller, read by every later one, atomically (racing first
+        callers all get the winner's bytes). Kept until the store itself is wiped. Used for
+        keys a request may meet in another process than the one that used it first: the
+        CSRF tokens' HMAC key (guard.py) and the failure digests' key (auth/core.py).
+        Raises StoreUnavailable when the store cannot be reached (a server then does not
+        start: a per-process key would refuse tokens issued by the other processes), and
+        ValueError for an empty `name`, a `size` below 16, or a stored value of another size."""
 
     def ping(self) -> None:
         """Raise StoreUnavailable when the backend cannot be reached."""

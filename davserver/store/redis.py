@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import secrets
 import threading
 import time
 from collections.abc import Sequence
@@ -49,7 +50,7 @@ from redis.commands.core import Script
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
-from .base import Grant, InvitationRecord, StoreUnavailable
+from .base import Grant, InvitationRecord, StoreUnavailable, check_secret
 
 __all__ = ["RedisStore"]
 
@@ -189,6 +190,12 @@ end
 return n
 """
 
+# A shared secret: SET NX, then GET, in one step; the first element says whether this call made it.
+_GET_OR_MAKE_KEY = """
+local made = redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return {made and 1 or 0, redis.call('GET', KEYS[1])}
+"""
+
 _GLOB_SPECIALS = frozenset("*?[]\\")
 
 
@@ -286,6 +293,7 @@ class RedisStore:
         self._spend_invitation = self._r.register_script(_SPEND_INVITATION)
         self._unspend_invitation = self._r.register_script(_UNSPEND_INVITATION)
         self._revoke_invitations = self._r.register_script(_REVOKE_INVITATIONS)
+        self._shared_secret = self._r.register_script(_GET_OR_MAKE_KEY)
 
     @property
     def client(self) -> redis_lib.Redis:
@@ -470,6 +478,20 @@ class RedisStore:
     def revoke_invitations(self, account: str, now: float) -> int:
         args = [repr(now), account, self._k("inv", "")]
         return int(self._call(self._revoke_invitations, keys=[self._k("invs")], args=args))
+
+    # --- keys shared by every node on this Redis ------------------------------------------------
+
+    def shared_secret(self, name: str, size: int = 32) -> bytes:
+        """See StateStore.shared_secret: ``SET <prefix>secret:<name> <random> NX`` then ``GET``
+        in one Lua step, kept without expiry. With sentinels and ``wait_replicas`` > 0, a
+        secret this call made must reach that many replicas (else StoreUnavailable: a
+        failover could lose it and the nodes would part ways)."""
+        check_secret(name, size)
+        (made, value), confirmed = self.run_confirmed(
+            self._shared_secret, keys=[self._k("secret", name)], args=[secrets.token_bytes(size)])
+        if made and not confirmed:
+            raise self.unconfirmed(f"the new shared secret {name!r}")
+        return check_secret(name, size, bytes(value))
 
     def close(self) -> None:
         self._r.close()

@@ -14,13 +14,14 @@ request that needed it is refused (503), never let through uncounted.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from .base import Grant, InvitationRecord, StoreUnavailable
+from .base import Grant, InvitationRecord, StoreUnavailable, check_secret
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "SQLiteStore"]
 
@@ -43,6 +44,7 @@ CREATE TABLE IF NOT EXISTS lockout_accounts (
 CREATE TABLE IF NOT EXISTS invitations (
     digest TEXT PRIMARY KEY, account TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL,
     keep_until REAL NOT NULL, failures INTEGER NOT NULL, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS shared_secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
 
 _INVITATION_COLUMNS = "digest, account, created, expires, keep_until, failures, state"
@@ -312,6 +314,18 @@ class SQLiteStore:
             "UPDATE invitations SET state = 'revoked' WHERE account = ? AND state = 'open' AND expires > ?",
             (account, now),
         ).rowcount
+
+    # --- keys shared by every process on this file -------------------------------------------
+
+    def shared_secret(self, name: str, size: int = 32) -> bytes:
+        """See StateStore.shared_secret: INSERT OR IGNORE of fresh random bytes, then SELECT,
+        in one IMMEDIATE transaction, so of processes racing to make it one value wins."""
+        check_secret(name, size)
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO shared_secrets(name, value) VALUES (?, ?)",
+                       (name, secrets.token_bytes(size)))
+            (value,) = db.execute("SELECT value FROM shared_secrets WHERE name = ?", (name,)).fetchone()
+        return check_secret(name, size, bytes(value))
 
     def ping(self) -> None:
         self._db().execute("SELECT 1")
