@@ -159,6 +159,11 @@ class Supervisor:
     with a worker's own message when one cannot start); ``serve_forever()`` supervises
     until SIGTERM/SIGINT, then drains the workers and raises KeyboardInterrupt (the CLI
     says "stopping"); ``reload()`` forwards SIGHUP; ``stop()`` ends everything.
+
+    `config_text` is the davserver.yaml text `config` was parsed from (config.py
+    ``read_config``); every worker is handed that text (a memfd, ``--config-fd``) and
+    never reads the file, so all run one configuration until the service restarts.
+    Without it the supervisor reads and parses the file itself, once, and uses that.
     """
 
     def __init__(self, config: Config, *, workers: int, bind: str | None = None, port: int | None = None,
@@ -261,7 +266,10 @@ class Supervisor:
     def start(self) -> None:
         """Start every worker and wait until each serves. Raises StartupError when one
         cannot start (its message, as the CLI would print it), having stopped the others;
-        on any failure everything taken (sockets, workers, the metrics directory) is released."""
+        KeyboardInterrupt when SIGTERM or SIGINT came while they started (the signal
+        handlers are installed first: ``_install_signal_handlers``); a SIGHUP then is kept
+        for ``serve_forever``. On any failure everything taken (sockets, workers, the
+        metrics directory) is released."""
         try:
             self._start()
         except BaseException:
