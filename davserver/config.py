@@ -181,6 +181,8 @@ class TLSConfig:
     #: Bytes the CA names may take in the certificate request; over it none are sent
     #: (tls_ca_names.py: Java refuses handshake messages over 32 KiB).
     max_ca_names_bytes: int = _default("tls.max_ca_names_bytes")
+    #: Seconds each set of shared TLS session-ticket keys serves (tls_tickets.py).
+    session_ticket_seconds: int = _default("tls.session_ticket_seconds")
 
 
 @dataclass(frozen=True)
@@ -610,6 +612,7 @@ def _parse_tls(raw: Mapping[str, Any], home: Home) -> TLSConfig:
         reissue_days=_setting(t, "tls.reissue_days"),
         expiry_warning_days=_setting(t, "tls.expiry_warning_days"),
         max_ca_names_bytes=_setting(t, "tls.max_ca_names_bytes"),
+        session_ticket_seconds=_setting(t, "tls.session_ticket_seconds"),
     )
 
 

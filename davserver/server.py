@@ -31,6 +31,8 @@ from .server_certificate import ServerCertificate
 from .store import StoreUnavailable, open_store, unavailable_at_start
 from .tls import CERT_ENVIRON_KEY, DeferredHandshakeAdapter, TLSConnection, create_ssl_context
 from .tls_refusals import TLSRefusals
+from .tls_tickets import SECRET_NAME as TICKET_SECRET
+from .tls_tickets import SharedTicketKeys
 from .watchdog import Watchdog
 
 __all__ = ["DavServer", "check_shares"]
@@ -154,6 +156,9 @@ class DavServer:
                 audit=self.audit,
                 store=self.store,
             )
+            # One set of session-ticket keys on every worker and node (tls_tickets.py).
+            self.server_certificate.share_ticket_keys(SharedTicketKeys(
+                self.store.shared_secret(TICKET_SECRET), config.tls.session_ticket_seconds))
         except BaseException as exc:
             # e.g. StartupError for a subject rule's issuer file: nothing is left open
             self.audit.close()
@@ -326,6 +331,10 @@ class DavServer:
             now = time.monotonic()
             if self.instance_maintenance is not None:
                 self.instance_maintenance.run_due(now)
+            try:
+                self.server_certificate.rotate_ticket_keys()
+            except Exception:  # noqa: BLE001 - maintenance must never take the server down
+                log.exception("TLS session-ticket key rotation failed")
             if now >= reload_due:
                 reload_due = now + self.config.tls.reload_seconds
                 try:

@@ -21,9 +21,11 @@ partial-chain verification and the options of ``create_ssl_context``, and one
 attribute assignment (atomic under the GIL) hands it to the adapter: connections
 accepted before it keep their own ``SSL_CTX`` (kept alive by their ``SSLSocket``),
 so a kept-alive connection goes on as it was; the next accepted connection gets the new
-certificate. The price: TLS session tickets are sealed with keys of their
-``SSL_CTX`` and Python cannot carry them over (``SSL_CTX_set_tlsext_ticket_keys`` is
-not exposed), so each client makes one full handshake after a reload, once per renewal.
+certificate. Every context built here gets the session-ticket keys shared by every worker
+and node (tls_tickets.py, ``share_ticket_keys``; ``rotate_ticket_keys`` moves them all to
+the next period's keys), bound to the server certificate and the trusted client CAs
+(``_ticket_scope``): a reload that changes either makes each client do one full handshake
+(the new certificate is then what it sees), one that changes neither keeps sessions.
 
 A pair that is half written, mismatched, unreadable or whose key other users may read
 is never served: the old pair stays, one warning says what is wrong, and the files are
@@ -32,6 +34,7 @@ read again at every check until they form a good pair.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import ssl
@@ -47,6 +50,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from .config import TLSConfig
 from .errors import StartupError
 from .tls import create_ssl_context
+from .tls_tickets import SharedTicketKeys
 
 __all__ = ["ContextBuilder", "ServerCertificate", "read_pair"]
 
@@ -148,6 +152,52 @@ class ServerCertificate:
         #: Reloads done since start (for tests and metrics).
         self.reloads = 0
         self._failing: str | None = None
+        self._tickets: SharedTicketKeys | None = None
+        self._ticket_period = 0
+        #: Per attached target: what its tickets are bound to (``_ticket_scope``).
+        self._scopes: list[bytes] = []
+
+    def _ticket_scope(self, context: ssl.SSLContext, leaf: x509.Certificate, client_ca: bytes) -> bytes:
+        """What a context's ticket keys are bound to besides the period (tls_tickets.py
+        ``derive_keys``): the server certificate, and for a context that verifies clients
+        the ``tls.client_ca`` bundle it trusts, and the verify mode. A session is then not
+        resumed under another server certificate or another set of trusted CAs (a CA taken
+        out of the bundle must not let its certificates' sessions back in), nor one from
+        the enrolment listener (no client certificate) on the main listener."""
+        verifies = context.verify_mode != ssl.CERT_NONE
+        return hashlib.sha256(b"\0".join((leaf.fingerprint(_SHA256), client_ca if verifies else b"",
+                                          str(int(context.verify_mode)).encode()))).digest()
+
+    def _client_ca_bytes(self) -> bytes:
+        try:
+            return self.tls.client_ca.read_bytes()
+        except OSError:
+            return b""
+
+    def share_ticket_keys(self, keys: SharedTicketKeys, now: float | None = None) -> None:
+        """From now on every context attached or built here encrypts session tickets with
+        `keys` (tls_tickets.py) of the period at `now` (Unix seconds, default the clock),
+        the contexts attached already included. Call it before serving."""
+        with self._lock:
+            self._tickets = keys
+            self._ticket_period = keys.period(now)
+            for (target, _), scope in zip(self._targets, self._scopes, strict=True):
+                keys.apply(target.context, self._ticket_period, scope)
+
+    def rotate_ticket_keys(self, now: float | None = None) -> bool:
+        """When the ticket-key period at `now` (Unix seconds, default the clock) is not the
+        one in force, set its keys on every attached context (the server's maintenance loop
+        calls this every few seconds); True when they changed. Tickets of the period before
+        are no longer resumed (one full handshake). No-op without shared keys."""
+        with self._lock:
+            keys = self._tickets
+            if keys is None or keys.period(now) == self._ticket_period:
+                return False
+            self._ticket_period = keys.period(now)
+            for (target, _), scope in zip(self._targets, self._scopes, strict=True):
+                keys.apply(target.context, self._ticket_period, scope)
+        log.debug("TLS session-ticket keys rotated to period %d", self._ticket_period)
+        return True
 
     def _stamps(self) -> tuple[_Stamp, _Stamp, _Stamp]:
         # tls.client_ca too: a CA bundle extended for a CA renewal (docs/certificates.md)
@@ -173,8 +223,12 @@ class ServerCertificate:
         listener attaches its adapter with ``tls.create_enrolment_context``."""
         ctx = context if context is not None else build(self.tls)
         with self._lock:
+            scope = self._ticket_scope(ctx, self._chain[0], self._client_ca_bytes())
+            if self._tickets is not None:
+                self._tickets.apply(ctx, self._ticket_period, scope)
             target.context = ctx
             self._targets.append((target, build))
+            self._scopes.append(scope)
         return ctx
 
     def check(self) -> bool:
@@ -190,6 +244,7 @@ class ServerCertificate:
             try:
                 pair = read_pair(self.tls)
                 contexts = [build(self.tls) for _, build in self._targets]
+                client_ca = self.tls.client_ca.read_bytes()
                 if read_pair(self.tls).certificate_pem != pair.certificate_pem or self._stamps() != stamp:
                     raise StartupError(
                         f"tls.certificate: {self.tls.certificate} changed while it was loaded; trying again"
@@ -201,7 +256,10 @@ class ServerCertificate:
                                 message)
                 self._failing = message
                 return False
-            for (target, _), ctx in zip(self._targets, contexts, strict=True):
+            self._scopes = [self._ticket_scope(ctx, pair.chain[0], client_ca) for ctx in contexts]
+            for (target, _), ctx, scope in zip(self._targets, contexts, self._scopes, strict=True):
+                if self._tickets is not None:
+                    self._tickets.apply(ctx, self._ticket_period, scope)
                 target.context = ctx
             old = self.certificate
             self._chain, self._stamp, self._failing = pair.chain, stamp, None

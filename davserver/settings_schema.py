@@ -259,6 +259,14 @@ SETTINGS: tuple[Setting, ...] = (
              'says so (Java clients refuse handshake messages over 32 KiB); 0: never'),
     ),
     Setting(
+        'tls.session_ticket_seconds', 'int', 3600, lo=60, hi=86400,
+        doc=('every worker process and every node on the same state store encrypts TLS session tickets with '
+             'one key, derived from a secret in the store for each period of this many seconds (Unix time): '
+             'a client resumes its session on any of them without a new certificate handshake; a period\'s key '
+             'is never stored and is forgotten when the period ends (forward secrecy), so a ticket from the '
+             'period before is not resumed (one full handshake) (see [docs/scaling.md](docs/scaling.md))'),
+    ),
+    Setting(
         'identity.subject_rules', 'list', (),
         doc=('for an enterprise CA: a list of `{issuer: PATH, match: cn\\|san_email}`; a certificate whose '
              "issuing CA is the one in `PATH` (relative to the instance home; matched on that CA's key) maps "

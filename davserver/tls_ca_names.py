@@ -108,13 +108,17 @@ def _library() -> ctypes.CDLL:
         lib.OPENSSL_sk_num.argtypes = [ctypes.c_void_p]
         lib.ERR_clear_error.restype = None
         lib.ERR_clear_error.argtypes = []
+        # long SSL_CTX_ctrl(SSL_CTX *, int cmd, long larg, void *parg) (ssl.h): tls_tickets.py
+        lib.SSL_CTX_ctrl.restype = ctypes.c_long
+        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
     except (OSError, AttributeError) as exc:
         raise CANamesUnavailable(f"libssl functions not reachable through _ssl ({exc})") from None
     return lib
 
 
 def _ssl_ctx_pointer(context: ssl.SSLContext, lib: ctypes.CDLL) -> int:
-    """The ``SSL_CTX *`` of `context`, after the checks of the module docstring.
+    """The ``SSL_CTX *`` of `context`, after the checks of the module docstring: the one
+    place the server reaches an ``SSL_CTX`` (tls_tickets.py uses it too).
     Raises ``CANamesUnavailable`` naming the check that failed."""
     if not isinstance(context, ssl.SSLContext):
         raise CANamesUnavailable("not an ssl.SSLContext")

@@ -1,0 +1,162 @@
+"""One set of TLS session-ticket keys for every worker process and every node.
+
+A client that reconnects with a session ticket (TLS 1.2, RFC 5077) or a PSK from a
+NewSessionTicket (TLS 1.3, RFC 8446 §4.6.1, §2.2) skips the certificate exchange and its
+signatures. OpenSSL encrypts each ticket with keys of its own ``SSL_CTX``, random per
+context (``SSL_CTX_new``): with worker processes the supervisor's accept turn-taking sends
+the next connection to another worker, and behind a balancer to another node, whose keys
+cannot open the ticket, so every reconnect paid a full mutual-TLS handshake.
+
+Here every context the server builds (``ServerCertificate.attach`` and its reloads, for
+the main and the enrolment listener) gets keys derived from the state store's
+``shared_secret("tls-session-tickets")`` (the same bytes in every process and on every
+node on that store) with HKDF-SHA256 (RFC 5869) for the current *period*:
+``floor(unix time / tls.session_ticket_seconds)``, and for the context's *scope*: its server
+certificate, trusted client CAs and verify mode (server_certificate.py ``_ticket_scope``), so
+a session is never resumed under another certificate or CA bundle than it was made under,
+nor an enrolment listener's session (no client certificate) on the main listener. Keys change with the period, on every
+process at the same wall-clock instant, and a period's keys are derived, never stored:
+once a period is over, its tickets cannot be opened (forward secrecy for the sessions
+they carry). A ticket from the previous period is not resumed: that client does one full
+handshake (OpenSSL takes one key at a time through this call).
+
+The call is ``SSL_CTX_ctrl(ctx, SSL_CTRL_SET_TLSEXT_TICKET_KEYS, 80, keys)`` (OpenSSL 3.0
+``ssl.h:1317``, macro ``SSL_CTX_set_tlsext_ticket_keys`` ``tls1.h:310``; ``ssl/s3_lib.c``
+``ssl3_ctx_ctrl``: 16 bytes key name, 32 HMAC-SHA256 key, 32 AES-256-CBC key, copied into
+the ``SSL_CTX``), reached on the context's own ``SSL_CTX`` through the checked pointer of
+tls_ca_names.py. Before writing, the length OpenSSL expects is asked (a NULL ``parg``
+returns it) and must be 80; after writing, the keys are read back
+(``SSL_CTRL_GET_TLSEXT_TICKET_KEYS``, 58) and must be the ones written. If a check fails
+nothing is written and :class:`TicketKeysUnavailable` says why; the server then warns
+once and runs with per-process keys (resumption only on the same worker).
+
+A rotation writes the new keys into the contexts in use. OpenSSL copies the 80 bytes with
+no lock; a handshake on another thread at that instant may issue or meet a ticket no key
+opens: that client does a full handshake, nothing else follows from it.
+
+What a resumed session proves: it carries the client certificate of its full handshake
+(``SSL_SESSION`` peer, serialised into the ticket), which ``getpeercert`` returns and the
+guard maps to an account and checks against the CRL on every request, as for a full
+handshake (tests/test_session_tickets.py). Whoever can read the secret from the store can
+forge a ticket naming any certificate the store's nodes trust: the store's credentials
+guard it (docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import ssl
+import time
+from collections.abc import Callable
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .tls_ca_names import CANamesUnavailable, _library, _ssl_ctx_pointer
+
+__all__ = ["KEYS_LENGTH", "SECRET_NAME", "SharedTicketKeys", "TicketKeysUnavailable", "derive_keys",
+           "set_ticket_keys", "ticket_keys_of"]
+
+log = logging.getLogger("davserver.tls")
+
+#: The state store's secret the keys come from (``StateStore.shared_secret``).
+SECRET_NAME = "tls-session-tickets"  # noqa: S105 - the name of the secret, not the secret
+#: Bytes of one key set in OpenSSL 3.0: 16 key name + 32 HMAC key + 32 AES key.
+KEYS_LENGTH = 80
+#: ssl.h (OpenSSL 3.0): SSL_CTRL_GET_TLSEXT_TICKET_KEYS, SSL_CTRL_SET_TLSEXT_TICKET_KEYS.
+_GET_KEYS = 58
+_SET_KEYS = 59
+_HKDF_INFO = b"davserver tls session ticket keys v1 period "
+
+
+class TicketKeysUnavailable(RuntimeError):
+    """The keys could not be set on a context: ``reason`` says which check failed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def derive_keys(secret: bytes, period: int, scope: bytes = b"") -> bytes:
+    """The :data:`KEYS_LENGTH` key bytes of `period` (an integer, the number of whole
+    periods since the Unix epoch) for `scope` (bytes naming what the tickets are bound to:
+    server_certificate.py hashes the server certificate, the trusted client CAs and the
+    verify mode into it): HKDF-SHA256 (RFC 5869) of `secret`, no salt, the period and the
+    scope in the info. Same inputs, same bytes, in any process."""
+    info = _HKDF_INFO + period.to_bytes(8, "big", signed=True) + scope
+    return HKDF(algorithm=hashes.SHA256(), length=KEYS_LENGTH, salt=None, info=info).derive(secret)
+
+
+def set_ticket_keys(context: ssl.SSLContext, keys: bytes) -> None:
+    """Make `context` (a server ``ssl.SSLContext``) encrypt and open session tickets with
+    `keys` (:data:`KEYS_LENGTH` bytes) from now on. Raises ValueError for another length,
+    :class:`TicketKeysUnavailable` when the ``SSL_CTX`` cannot be reached safely
+    (tls_ca_names.py's checks), OpenSSL expects another length, or the keys read back
+    differ; in the first two cases nothing was written."""
+    if len(keys) != KEYS_LENGTH:
+        raise ValueError(f"ticket keys are {KEYS_LENGTH} bytes, not {len(keys)}")
+    try:
+        lib = _library()
+        ptr = _ssl_ctx_pointer(context, lib)
+    except CANamesUnavailable as exc:
+        raise TicketKeysUnavailable(exc.reason) from None
+    expected = lib.SSL_CTX_ctrl(ptr, _GET_KEYS, 0, None)
+    if expected != KEYS_LENGTH:
+        lib.ERR_clear_error()
+        raise TicketKeysUnavailable(f"OpenSSL expects {expected} bytes of ticket keys, not {KEYS_LENGTH}")
+    buf = ctypes.create_string_buffer(keys, KEYS_LENGTH)
+    back = ctypes.create_string_buffer(KEYS_LENGTH)
+    if (lib.SSL_CTX_ctrl(ptr, _SET_KEYS, KEYS_LENGTH, buf) != 1
+            or lib.SSL_CTX_ctrl(ptr, _GET_KEYS, KEYS_LENGTH, back) != 1 or back.raw != keys):
+        lib.ERR_clear_error()
+        raise TicketKeysUnavailable("the ticket keys read back from the SSL_CTX are not the ones written")
+
+
+def ticket_keys_of(context: ssl.SSLContext) -> bytes:
+    """The :data:`KEYS_LENGTH` ticket-key bytes `context` uses now (for checks and tests).
+    Raises :class:`TicketKeysUnavailable` as :func:`set_ticket_keys` does."""
+    try:
+        lib = _library()
+        ptr = _ssl_ctx_pointer(context, lib)
+    except CANamesUnavailable as exc:
+        raise TicketKeysUnavailable(exc.reason) from None
+    back = ctypes.create_string_buffer(KEYS_LENGTH)
+    if (lib.SSL_CTX_ctrl(ptr, _GET_KEYS, 0, None) != KEYS_LENGTH
+            or lib.SSL_CTX_ctrl(ptr, _GET_KEYS, KEYS_LENGTH, back) != 1):
+        lib.ERR_clear_error()
+        raise TicketKeysUnavailable(f"OpenSSL does not hand out {KEYS_LENGTH} bytes of ticket keys")
+    return back.raw
+
+
+class SharedTicketKeys:
+    """The ticket keys of every process on one state store: `secret` (bytes, from
+    ``store.shared_secret(SECRET_NAME)``) and the period `seconds` (``tls.session_ticket_seconds``,
+    > 0). `clock` returns Unix time in seconds. Thread-safe (no mutable state beyond the
+    once-only warning)."""
+
+    def __init__(self, secret: bytes, seconds: float, *, clock: Callable[[], float] = time.time) -> None:
+        if seconds <= 0:
+            raise ValueError("the ticket key period must be positive")
+        self._secret = secret
+        self.seconds = seconds
+        self._clock = clock
+        self._warned = False
+
+    def period(self, now: float | None = None) -> int:
+        """The period number at `now` (Unix seconds; default the clock)."""
+        return int((self._clock() if now is None else now) // self.seconds)
+
+    def apply(self, context: ssl.SSLContext, period: int, scope: bytes = b"") -> bool:
+        """Set the keys of `period` and `scope` (:func:`derive_keys`) on `context`; True
+        when set. On TicketKeysUnavailable one warning per instance (the context keeps
+        OpenSSL's own per-process keys)."""
+        try:
+            set_ticket_keys(context, derive_keys(self._secret, period, scope))
+        except TicketKeysUnavailable as exc:
+            if not self._warned:
+                self._warned = True
+                log.warning("TLS session tickets stay per process (%s): a client reconnecting to another "
+                            "worker or node does a full handshake", exc.reason)
+            return False
+        return True
