@@ -90,7 +90,7 @@ def test_browser_enrolment_p12_lists_share_through_nss(inst: Instance, tmp_path:
     assert rc == 0, f"chromium exited {rc}\n{err[-4000:]}"
     assert f">{FILE_NAME}</a>" in dom, f"{dom[:3000]}\n--- stderr\n{err[-4000:]}"
     assert "Signed in as <b>alice</b>" in dom
-    assert f"(serial {serial})" in dom, "Chromium presented the certificate the browser just enrolled"
+    assert f"serial number {serial}" in dom, "Chromium presented the certificate the browser just enrolled"
     assert "/open/" in served_paths(inst)
     print(f"\ninvite to first file listed in the browser: {elapsed:.2f} s")
     if os.environ.get("ENROLMENT_TIMING_FILE"):

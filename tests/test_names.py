@@ -97,6 +97,12 @@ def test_refused_and_hidden_characters() -> None:
 # --- what the server emits ------------------------------------------------------------
 
 
+#: Elements that have no end tag (WHATWG HTML §13.1.2 "void elements").
+_VOID_ELEMENTS = frozenset(
+    ("area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr")
+)
+
+
 class _Links(html.parser.HTMLParser):
     """Collects (href, text) of the listing's links; any parse problem fails the test."""
 
@@ -108,7 +114,7 @@ class _Links(html.parser.HTMLParser):
         self.stack: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag not in ("meta", "br"):
+        if tag not in _VOID_ELEMENTS:
             self.stack.append(tag)
         if tag == "a":
             self._href, self._text = dict(attrs).get("href") or "", ""

@@ -65,6 +65,11 @@ PRIVATE = [
     Private("wsgidav.fs_dav_provider:FilesystemProvider", "_is_equal_or_child_path", "attr", ("fs.py",)),
     # fs.py and dav.py count lookups as WsgiDAV's own get_resource_inst does.
     Private("wsgidav.dav_provider:DAVProvider", "_count_get_resource_inst", "instance", ("fs.py", "dav.py")),
+    # store/davstate.py's SharedWritesLockManager marks writes in flight as WsgiDAV does,
+    # under WsgiDAV's own lock, before keeping the mark in the state store.
+    Private("wsgidav.lock_man.lock_manager:LockManager", "_begin_write_transaction", "attr", ("store/davstate.py",)),
+    Private("wsgidav.lock_man.lock_manager:LockManager", "_end_write_transaction", "attr", ("store/davstate.py",)),
+    Private("wsgidav.lock_man.lock_manager:LockManager", "_lock", "instance", ("store/davstate.py",)),
     # tls.py sets it without running the base __init__ (which loads files); get_environ reads it.
     Private("cheroot.ssl.builtin:BuiltinSSLAdapter", "_server_env", "reads", ("tls.py",)),
     # tls.py fills large reads in place from the pure-Python reader's buffer state.
