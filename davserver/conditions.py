@@ -39,8 +39,8 @@ from typing import Any
 from urllib.parse import quote
 
 from wsgidav import util
-from wsgidav.dav_error import HTTP_NOT_MODIFIED, HTTP_PRECONDITION_FAILED, DAVError
-from wsgidav.request_server import RequestServer
+
+from .upstream import HTTP_NOT_MODIFIED, HTTP_PRECONDITION_FAILED, DAVError, RequestServer
 
 __all__ = ["PreconditionServer", "Validators", "entity_tag", "evaluate", "if_header_holds", "parse_entity_tags",
            "parse_http_date", "precondition_error", "validator_headers"]

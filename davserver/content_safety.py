@@ -59,7 +59,8 @@ from urllib.parse import quote
 
 from wsgidav import util
 from wsgidav.dav_error import HTTP_NOT_MODIFIED, DAVError
-from wsgidav.mw.base_mw import BaseMiddleware
+
+from .upstream import BaseMiddleware
 
 __all__ = [
     "CACHE_HEADERS", "FORM_PAGE_HEADERS", "INLINE_TYPES", "NO_STORE_HEADERS", "SAFETY_HEADERS", "ContentSafety",

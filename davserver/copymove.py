@@ -46,6 +46,7 @@ from wsgidav.dav_error import (
 
 from .sharefs import dav_error, is_hidden
 from .target import Target
+from .upstream import send_status_response
 
 __all__ = ["DESTINATION_KEY", "copy_or_move"]
 
@@ -255,4 +256,4 @@ def _across_shares(
         else:
             os.unlink(src_file)
     status = HTTP_NO_CONTENT if dest_res is not None else HTTP_CREATED
-    return util.send_status_response(environ, start_response, status)
+    return send_status_response(environ, start_response, status)

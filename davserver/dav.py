@@ -13,7 +13,6 @@ import shutil
 from typing import Any
 
 from wsgidav.dav_error import HTTP_NOT_FOUND, DAVError
-from wsgidav.dav_provider import DAVCollection, DAVProvider
 from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
@@ -33,6 +32,7 @@ from .store.davstate import (
     SQLitePropertyManager,
 )
 from .store.sqlite import SQLiteStore
+from .upstream import DAVCollection, DAVProvider
 
 __all__ = ["VISIBLE_SHARES_KEY", "build_dav_app"]
 

@@ -38,13 +38,13 @@ from wsgidav.dav_error import (
     DAVError,
     get_http_status_string,
 )
-from wsgidav.mw.base_mw import BaseMiddleware
 
 from .browser_pages import html_headers, page_bytes, wants_html
 from .content_safety import SAFETY_HEADERS, replace_headers
 from .sharefs import os_error_status
 from .stepup import PREFIX
 from .store.base import StoreUnavailable
+from .upstream import BaseMiddleware
 
 __all__ = ["BROWSER_PAGE_STATUSES", "ErrorPages", "browser_error_page"]
 

@@ -49,6 +49,7 @@ from .oc_compat import CHECKSUMS, checksums_xml, stored_checksums
 from .ranges import Unsatisfiable, resolve_range
 from .sharefs import dav_error, etag, is_hidden, is_temp_name, served_kind
 from .store.davstate import refuse
+from .upstream import get_rfc1123_time
 
 __all__ = ["LIVE_PROPS", "Share", "check_propfind", "fast_get", "fast_propfind"]
 
@@ -139,9 +140,9 @@ def fast_get(provider: Share, environ: dict[str, Any], start_response: Callable[
         return None
     headers = [
         ("Content-Length", str(st.st_size if part is None else part.size)),
-        ("Last-Modified", util.get_rfc1123_time(st.st_mtime)),
+        ("Last-Modified", get_rfc1123_time(st.st_mtime)),
         ("Content-Type", util.guess_mime_type(path, environ["wsgidav.config"])),
-        ("Date", util.get_rfc1123_time()),
+        ("Date", get_rfc1123_time()),
         ("ETag", entity_tag(etag(st))),
         ("Accept-Ranges", "bytes"),
     ]
@@ -419,7 +420,7 @@ def _prop_values(name: str, entry_name: str, path: str, st: os.stat_result, is_d
     if name == "displayname":
         return escape(display_name(entry_name))  # XML 1.0 cannot carry every name on disk (names.py)
     if name == "getlastmodified":
-        return util.get_rfc1123_time(st.st_mtime)
+        return get_rfc1123_time(st.st_mtime)
     if name == "creationdate":
         return datetime.fromtimestamp(st.st_ctime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     if is_dir:
@@ -746,7 +747,7 @@ def fast_propfind(provider: Share, environ: dict[str, Any], start_response: Call
     if first is None:
         pieces.close()
         return None
-    date = ("Date", util.get_rfc1123_time())
+    date = ("Date", get_rfc1123_time())
     content_type = ("Content-Type", "application/xml; charset=utf-8")
     if second is None:
         body = _HEAD + first + _TAIL

@@ -74,8 +74,6 @@ from wsgidav.dav_error import (
     DAVError,
     PRECONDITION_CODE_ProtectedProperty,
 )
-from wsgidav.dav_provider import DAVNonCollection
-from wsgidav.fs_dav_provider import FileResource, FilesystemProvider, FolderResource
 
 from .access import Refusal
 from .conditions import PreconditionServer, entity_tag
@@ -100,6 +98,7 @@ from .oc_compat import (
 )
 from .ranges import normalise_range
 from .sharefs import TEMP_PREFIX, dav_error, etag, is_hidden, is_temp_name, served_kind
+from .upstream import DAVNonCollection, FileResource, FilesystemProvider, FolderResource
 
 __all__ = ["DEFAULT_MAX_TREE_DEPTH", "TEMP_PREFIX", "AtomicFile", "ShareProvider", "is_temp_name", "sweep_temp_files",
            "tree_height_exceeds"]

@@ -67,10 +67,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cheroot import wsgi
-
 from .proxy_protocol import ProxyHeaderError, ProxyPolicy, read_header, starts_with_proxy_header
 from .tls import TLSConnection
+from .upstream import WSGIServer
 from .watchdog import end_reading
 
 __all__ = [
@@ -756,7 +755,7 @@ def listener_url(bind: str, port: int) -> str:
     return f"https://{host}:{port}"
 
 
-class HandshakingServer(wsgi.Server):
+class HandshakingServer(WSGIServer):
     """cheroot's WSGI server, with handshakes in a :class:`HandshakeLoop`.
 
     ``process_conn`` (``cheroot/server.py:2194``; called from ``cheroot/connections.py:250``

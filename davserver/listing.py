@@ -20,8 +20,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from wsgidav.mw.base_mw import BaseMiddleware
-
 from .auth.identity import CertIdentity
 from .browser_pages import LOCAL_TIME_SCRIPT, script_csp
 from .config import ShareConfig
@@ -32,6 +30,7 @@ from .names import display_name
 from .renewal import RENEW_DUE_KEY
 from .stepup import PREFIX as STEPUP_PREFIX
 from .tls import CERT_ENVIRON_KEY
+from .upstream import BaseMiddleware
 
 __all__ = ["MAY_WRITE_KEY", "Listing", "human_size"]
 

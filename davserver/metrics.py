@@ -58,7 +58,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cheroot import wsgi
-from cheroot.server import HTTPConnection
 from cryptography import x509
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -71,6 +70,7 @@ from .config import MetricsConfig
 from .errors import StartupError
 from .handshake import HandshakeCounters
 from .pki import CertificateAuthority, PKIError
+from .upstream import HTTPConnection
 from .watchdog import Watchdog
 
 if TYPE_CHECKING:
@@ -211,7 +211,7 @@ class Metrics:
         """Count one refused TLS handshake (`reason`: tls_refusals.classify's Refusal)."""
         self.tls_failures.labels(reason=_reason(reason)).inc()
 
-    def count_connections(self, base: type) -> type:
+    def count_connections(self, base: type[HTTPConnection]) -> type[HTTPConnection]:
         """A subclass of the connection class `base` (cheroot ``HTTPConnection``) whose
         objects count in ``davserver_connections_open`` from creation (cheroot's accept
         thread) until ``close()``, until it is handed to the lingerer (``linger`` set:
@@ -219,7 +219,9 @@ class Metrics:
         collected, whichever comes first; each counts down exactly once."""
         gauge = self.connections
 
-        class CountedConnection(base):
+        # A class on a base known only at run time (server.py passes ConnectionClass):
+        # mypy cannot type a class statement on it; the base's type is in the signature.
+        class CountedConnection(base):  # type: ignore[valid-type,misc]
             def __init__(self, *args: Any, **kwargs: Any) -> None:
                 super().__init__(*args, **kwargs)
                 gauge.inc()

@@ -54,12 +54,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cheroot.server import HTTPServer
-
 from .config import MAX_WORKERS, Config, read_config
 from .errors import StartupError
 from .maintenance import InstanceMaintenance, sweep_leftover_uploads
 from .revocation import RevocationList
+from .upstream import HTTPServer
 
 __all__ = ["BACKOFF_MAX_SECONDS", "STABLE_SECONDS", "Supervisor", "restart_delay", "worker_count"]
 

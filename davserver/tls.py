@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cheroot.makefile import MakeFile, StreamReader, StreamWriter
-from cheroot.server import HTTPConnection
+from cheroot.makefile import MakeFile, StreamWriter
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from .auth.identity import parse_certificate
@@ -32,6 +31,7 @@ from .auth.issuers import check_trust_anchors
 from .config import TLSConfig
 from .errors import StartupError
 from .tls_ca_names import CANamesUnavailable, send_client_ca_names
+from .upstream import HTTPConnection, StreamReader
 from .watchdog import Watchdog, set_current_connection
 
 __all__ = [

@@ -65,16 +65,21 @@ from wsgidav.dav_error import (
     HTTP_INSUFFICIENT_STORAGE,
     HTTP_LOCKED,
     HTTP_PRECONDITION_FAILED,
-    DAVError,
     DAVErrorCondition,
     PRECONDITION_CODE_LockConflict,
     PRECONDITION_CODE_LockTokenMismatch,
 )
-from wsgidav.lock_man.lock_manager import LockManager, generate_lock_token, normalize_lock_root, validate_lock
-from wsgidav.mw.base_mw import BaseMiddleware
-from wsgidav.xml_tools import xml_to_bytes
 
 from ..access import Refusal
+from ..upstream import (
+    BaseMiddleware,
+    DAVError,
+    LockManager,
+    generate_lock_token,
+    normalize_lock_root,
+    validate_lock,
+    xml_to_bytes,
+)
 from .sqlite import SQLiteStore
 
 __all__ = [

@@ -86,9 +86,9 @@ from wsgidav.dav_error import (
     PRECONDITION_CODE_LockConflict,
     PRECONDITION_CODE_LockTokenMismatch,
 )
-from wsgidav.lock_man.lock_manager import normalize_lock_root
 
 from ..access import Refusal
+from ..upstream import normalize_lock_root
 from .base import StoreUnavailable
 from .davstate import (
     DEFAULT_LOCK_BOUNDS,
