@@ -80,6 +80,9 @@ class Accounts(Mapping[str, Account]):
     """An immutable snapshot; edits return a new snapshot."""
 
     by_name: Mapping[str, Account] = field(default_factory=dict)
+    #: Certificate fingerprint → account name, built by __post_init__ (not an argument, not
+    #: compared, not shown).
+    _by_fingerprint: dict[str, str] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         index: dict[str, str] = {}
@@ -104,7 +107,7 @@ class Accounts(Mapping[str, Account]):
         return len(self.by_name)
 
     def owner_of(self, fingerprint: str) -> str | None:
-        return self._by_fingerprint.get(fingerprint)  # type: ignore[attr-defined]
+        return self._by_fingerprint.get(fingerprint)
 
     def with_account(self, account: Account) -> Accounts:
         return Accounts({**self.by_name, account.name: account})

@@ -540,7 +540,9 @@ def _workers(value: Any) -> int | str:
     """server.workers: ``auto`` or a whole number from 1 to MAX_WORKERS (``"2"`` is 2)."""
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value.strip())
-    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WORKERS):
+    if isinstance(value, str) and value == "auto":
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WORKERS:
         return value
     raise ConfigError("server.workers", f"{value!r} is not a whole number from 1 to {MAX_WORKERS} or auto",
                       "e.g. workers: 2, or workers: auto for one per CPU")

@@ -42,7 +42,7 @@ import secrets
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis as redis_lib
 from redis.backoff import NoBackoff
@@ -204,7 +204,24 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + ch if ch in _GLOB_SPECIALS else ch for ch in text)
 
 
-class _WatchedSentinel(Sentinel):
+if TYPE_CHECKING:
+    class _Sentinel(Sentinel):
+        """redis-py's ``Sentinel`` (redis/sentinel.py, untyped), with the types of the
+        methods davserver overrides or calls; it is ``Sentinel`` itself at run time."""
+
+        def __init__(self, sentinels: list[tuple[str, int]], min_other_sentinels: int = 0,
+                     sentinel_kwargs: dict[str, Any] | None = None, force_master_ip: str | None = None,
+                     **connection_kwargs: Any) -> None: ...
+
+        def discover_master(self, service_name: str) -> tuple[str, int]: ...
+
+        def master_for(self, service_name: str, redis_class: type[redis_lib.Redis] = ...,
+                       connection_pool_class: Any = ..., **kwargs: Any) -> redis_lib.Redis: ...
+else:
+    _Sentinel = Sentinel
+
+
+class _WatchedSentinel(_Sentinel):
     """redis-py's Sentinel that logs when the master it finds changes, or cannot be found:
     what an operator sees of a failover (docs/scaling.md). ``discover_master`` runs for
     every new connection to the master, not for every command."""
@@ -279,7 +296,7 @@ class RedisStore:
                                  "retry": Retry(NoBackoff(), 0), **extra},
                 socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT, db=db, **extra,
             )
-            self._r = self.sentinel.master_for(service)
+            self._r: redis_lib.Redis = self.sentinel.master_for(service)
         else:
             self._r = redis_lib.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT,
                                                socket_connect_timeout=REDIS_TIMEOUT, **extra)
