@@ -560,7 +560,8 @@ def test_browser_totp_share_listing_after_stepup_page(
         assert page.locator("h1").inner_text() == "secure"
         who = page.locator(".who p").inner_text()
         assert who.startswith("Signed in as alice with the certificate alice, valid until "), who
-        assert page.locator(".who details").text_content().endswith(
+        details = page.locator(".who details").text_content()
+        assert details is not None and details.endswith(
             "You signed in with this certificate, your password and a code from your authenticator app."), who
         assert "two-factor session until" in who, who
         m = _GRANT_IN_LISTING.fullmatch(page.locator(".who time").nth(1).get_attribute("datetime") or "")

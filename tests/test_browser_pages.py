@@ -43,7 +43,7 @@ from tests.test_clients import share_dir
 from tests.test_totp_live import code, configure, enrol
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, Page, ViewportSize
 
 CHROMIUM_ACCEPT = (
     "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,"
@@ -361,7 +361,7 @@ def _shoot(page: Page, folder: Path, name: str) -> None:
         shutil.copyfile(path, IMG / path.name)
 
 
-SIZES = {"360": {"width": 360, "height": 740}, "1280": {"width": 1280, "height": 800}}
+SIZES: dict[str, ViewportSize] = {"360": {"width": 360, "height": 740}, "1280": {"width": 1280, "height": 800}}
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))
@@ -383,7 +383,7 @@ def test_browser_from_totp_share_to_code_page_and_back(
         console = _watch_console(page)
         folder = server.url + "secure/Pl%C3%A4ne/"
         response = page.goto(folder)
-        assert response is not None and response.status == 403, response.status
+        assert response is not None and response.status == 403, response and response.status
         assert "www-authenticate" not in response.headers, response.headers  # no password dialog
         assert page.locator("h1").inner_text() == "A two-factor code is needed"
         _fits(page)

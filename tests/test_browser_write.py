@@ -43,13 +43,13 @@ from tests.test_browser import browser, cert_context, listed  # noqa: F401 - bro
 from tests.test_clients import run_curl, share_dir
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, BrowserContext, Dialog, Page, Route
+    from playwright.sync_api import Browser, BrowserContext, Dialog, FilePayload, Page, Route, ViewportSize
 
 pytestmark = pytest.mark.client
 
 IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
-PHONE = {"width": 360, "height": 740}
-DESKTOP = {"width": 1280, "height": 800}
+PHONE: ViewportSize = {"width": 360, "height": 740}
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
 #: Names that must survive upload and rename exactly: markup, quotes, URL delimiters,
 #: percent signs that look like escapes, spaces, non-ASCII, a leading dot.
 HOSTILE = ['<script>alert("x")<!--.txt', "<img src=x onerror=alert(1)>.txt",
@@ -58,6 +58,11 @@ HOSTILE = ['<script>alert("x")<!--.txt', "<img src=x onerror=alert(1)>.txt",
 
 
 # --- helpers -----------------------------------------------------------------------------
+
+
+def _upload(name: str, mime_type: str, buffer: bytes) -> FilePayload:
+    """One file for the page's file picker (Playwright's set_input_files)."""
+    return {"name": name, "mimeType": mime_type, "buffer": buffer}
 
 
 def token_of(page_html: str) -> str:
@@ -84,7 +89,7 @@ def last_audit(inst: Instance, count_before: int, method: str) -> dict[str, Any]
         time.sleep(0.02)
 
 
-def alice_context(browser: Browser, inst: Instance, server: DavServer, viewport: dict[str, int] = DESKTOP,  # noqa: F811
+def alice_context(browser: Browser, inst: Instance, server: DavServer, viewport: ViewportSize = DESKTOP,  # noqa: F811
                   account: str = "alice") -> BrowserContext:
     client = inst.clients[account]
     return cert_context(browser, inst, server, account, viewport=viewport,
@@ -329,8 +334,8 @@ def test_upload_two_files_with_the_picker(live: tuple[Instance, DavServer], brow
                                                       "downloadThroughput": -1, "uploadThroughput": 8_000_000})
         with page.expect_navigation(wait_until="load", timeout=120_000):
             page.set_input_files("#pick", files=[
-                {"name": "big.bin", "mimeType": "application/octet-stream", "buffer": big},
-                {"name": "note.txt", "mimeType": "text/plain", "buffer": small},
+                _upload("big.bin", "application/octet-stream", big),
+                _upload("note.txt", "text/plain", small),
             ])
             deadline = time.monotonic() + 30
             while page.evaluate("() => (document.querySelector('#status progress') || {value: 0}).value") < 4e6:
@@ -348,13 +353,13 @@ def test_upload_two_files_with_the_picker(live: tuple[Instance, DavServer], brow
 
         # Again with the same name: the page asks before it replaces; "no" keeps the file.
         watch.answer = False
-        page.set_input_files("#pick", files=[{"name": "note.txt", "mimeType": "text/plain", "buffer": b"new"}])
+        page.set_input_files("#pick", files=[_upload("note.txt", "text/plain", b"new")])
         page.wait_for_timeout(500)
         assert watch.dialogs[-1][0] == "confirm" and "Replace" in watch.dialogs[-1][1]
         assert (files / "note.txt").read_bytes() == small
         watch.answer = True
         reloaded(page, lambda: page.set_input_files(
-            "#pick", files=[{"name": "note.txt", "mimeType": "text/plain", "buffer": b"new"}]))
+            "#pick", files=[_upload("note.txt", "text/plain", b"new")]))
         assert (files / "note.txt").read_bytes() == b"new"
     finally:
         ctx.close()
@@ -369,7 +374,7 @@ def test_a_file_created_meanwhile_is_not_overwritten(live: tuple[Instance, DavSe
         page = ctx.new_page()
         page.goto(server.url + "files/")
         (share_dir(inst, "files") / "race.txt").write_bytes(b"theirs")
-        page.set_input_files("#pick", files=[{"name": "race.txt", "mimeType": "text/plain", "buffer": b"mine"}])
+        page.set_input_files("#pick", files=[_upload("race.txt", "text/plain", b"mine")])
         error = page.locator("#status .err")
         error.wait_for()
         assert "already here" in error.inner_text(), error.inner_text()
@@ -524,7 +529,7 @@ def test_hostile_names_round_trip_without_running_script(live: tuple[Instance, D
         page.goto(server.url + "files/")
         payloads = {name: f"content of {name}".encode() for name in HOSTILE}
         reloaded(page, lambda: page.set_input_files("#pick", files=[
-            {"name": n, "mimeType": "text/plain", "buffer": b} for n, b in payloads.items()]))
+            _upload(n, "text/plain", b) for n, b in payloads.items()]))
         assert {p.name: p.read_bytes() for p in files.iterdir()} == payloads
         assert set(listed(page).values()) == {"/"} | {"/files/" + quote(n) for n in HOSTILE}
         for name in HOSTILE:
@@ -796,7 +801,7 @@ def test_uploading_a_name_of_a_folder_says_so_and_asks_nothing(
         watch = Watch(page)
         page.goto(server.url + "files/")
         before = len(audit_lines(inst))
-        page.set_input_files("#pick", files=[{"name": "report", "mimeType": "text/plain", "buffer": b"new"}])
+        page.set_input_files("#pick", files=[_upload("report", "text/plain", b"new")])
         page.locator("#status .err").wait_for()
         said = page.locator("#status .err").inner_text()
         assert said == ("\u201creport\u201d was not uploaded: a folder of that name is already here. "
@@ -804,7 +809,7 @@ def test_uploading_a_name_of_a_folder_says_so_and_asks_nothing(
         assert watch.dialogs == [] and (files / "report").is_dir()
         assert [r for r in audit_lines(inst)[before:] if r["method"] == "PUT"] == []
         reloaded(page, lambda: page.set_input_files(
-            "#pick", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"new"}]))
+            "#pick", files=[_upload("notes.txt", "text/plain", b"new")]))
         assert [d[0] for d in watch.dialogs] == ["confirm"], watch.dialogs
         assert (files / "notes.txt").read_bytes() == b"new"
     finally:
@@ -833,8 +838,8 @@ def test_upload_of_20_mb_on_a_phone(live: tuple[Instance, DavServer], browser: B
                                                       "downloadThroughput": -1, "uploadThroughput": 8_000_000})
         with page.expect_navigation(wait_until="load", timeout=120_000):
             page.set_input_files("#pick", files=[
-                {"name": "big.bin", "mimeType": "application/octet-stream", "buffer": big},
-                {"name": "phone.txt", "mimeType": "text/plain", "buffer": small},
+                _upload("big.bin", "application/octet-stream", big),
+                _upload("phone.txt", "text/plain", small),
             ])
             deadline = time.monotonic() + 30
             while page.evaluate("() => (document.querySelector('#status progress') || {value: 0}).value") < 4e6:
