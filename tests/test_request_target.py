@@ -202,7 +202,7 @@ def test_any_destination_lands_exactly_where_it_was_authorised(inst: Instance, s
 
 
 @SETTINGS
-@given(dest=st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\x0b\x0c\x00"),
+@given(dest=st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\r\n\x0b\x0c\x00"),
                max_size=40).map(str.strip))
 def test_no_destination_string_gives_a_server_error_or_an_unaudited_answer(inst: Instance, server: DavServer,
                                                                           dest: str) -> None:
