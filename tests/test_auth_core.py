@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,8 +29,8 @@ RO = ShareConfig("ro", Path("/srv"), read_only=True, readers=("*",))
 GOOD = Credentials("alice", "right-password")
 
 
-def decide(auth: Authenticator | None = None, **kw):
-    args = dict(cert=CERT, credentials=GOOD, accounts=ACCOUNTS, revoked=frozenset(), share=SHARE,
+def decide(auth: Authenticator | None = None, **kw: Any) -> Any:
+    args: dict[str, Any] = dict(cert=CERT, credentials=GOOD, accounts=ACCOUNTS, revoked=frozenset(), share=SHARE,
                 require=("password",), write=False, now=NOW)
     args.update(kw)
     return (auth or Authenticator(IdentityConfig(), cache_seconds=300)).decide(**args)
@@ -82,7 +83,11 @@ def test_verified_password_is_cached_but_not_across_password_or_certificate(monk
     import davserver.auth.core as core
 
     real = core.verify_password
-    monkeypatch.setattr(core, "verify_password", lambda h, p: calls.append(p) or real(h, p))
+    def counting(h: str | None, p: str) -> bool:
+        calls.append(p)
+        return real(h, p)
+
+    monkeypatch.setattr(core, "verify_password", counting)
     auth = Authenticator(IdentityConfig(), cache_seconds=60)
     assert decide(auth).allowed and decide(auth).allowed
     assert len(calls) == 1
@@ -103,7 +108,11 @@ def test_cache_lifetime_slides_while_used_and_is_capped(monkeypatch) -> None:
     import davserver.auth.core as core
 
     real = core.verify_password
-    monkeypatch.setattr(core, "verify_password", lambda h, p: calls.append(p) or real(h, p))
+    def counting(h: str | None, p: str) -> bool:
+        calls.append(p)
+        return real(h, p)
+
+    monkeypatch.setattr(core, "verify_password", counting)
     auth = Authenticator(IdentityConfig(), cache_seconds=60, cache_max_seconds=300)
     for seconds in range(0, 300, 50):  # a busy client: one request every 50 s
         assert decide(auth, now=NOW + timedelta(seconds=seconds)).allowed

@@ -16,6 +16,7 @@ import ssl
 import threading
 import time
 from base64 import b64encode
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from davserver.cert_lifecycle import REISSUE_DAYS, check_expiry, reissue_server_certificate
-from davserver.config import ConfigError, load_config
+from davserver.config import ConfigError, TLSConfig, load_config
 from davserver.errors import StartupError
 from davserver.pki import CertificateAuthority
 from davserver.server import DavServer
@@ -95,7 +96,7 @@ def set_tls(inst: Instance, text: str) -> None:
         fh.write(f"tls: {{{text}}}\n")
 
 
-def wait_for(predicate, seconds: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
+def wait_for(predicate: Callable[[], object], seconds: float = 20.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if predicate():
@@ -133,7 +134,8 @@ def test_replaced_pair_is_served_to_new_connections_and_kept_alive_ones_go_on(
             second.read()
             assert second.status == 200
             assert conn.sock is sock, "the kept-alive connection was dropped"
-            assert _fingerprint(sock.getpeercert(binary_form=True)) == before
+            der = sock.getpeercert(binary_form=True)
+            assert der is not None and _fingerprint(der) == before
         finally:
             conn.close()
 
@@ -218,7 +220,7 @@ def test_every_attached_listener_switches_or_none_does(inst: Instance, tmp_path:
     holder.attach(main)
     failing = {"on": True}
 
-    def enrolment(t):  # type: ignore[no-untyped-def]
+    def enrolment(t: TLSConfig) -> ssl.SSLContext:
         if failing["on"]:
             raise StartupError("tls.certificate: the second listener cannot load it")
         return create_ssl_context(t)
@@ -409,7 +411,7 @@ def test_lifecycle_settings_are_bounded(inst: Instance, text: str, key: str) -> 
 
 
 def _tls12_session_round(srv: DavServer, inst: Instance, ctx: ssl.SSLContext,
-                         session: ssl.SSLSession | None) -> tuple[ssl.SSLSession | None, bool, str]:
+                         session: ssl.SSLSession | None) -> tuple[ssl.SSLSession | None, bool | None, str]:
     with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as raw, \
             ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
         der = tls.getpeercert(binary_form=True)

@@ -33,7 +33,7 @@ from davserver.cert_lifecycle import check_expiry
 from davserver.config import load_config
 from davserver.pki import CertificateAuthority
 from davserver.server import DavServer
-from tests.conftest import Instance, running, session_for
+from tests.conftest import Client, Instance, running, session_for
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "certificates.md"
 VENV_BIN = Path(sys.executable).parent
@@ -121,7 +121,7 @@ def wait_for(predicate: Callable[[], bool], seconds: float = 20.0) -> bool:
     return False
 
 
-def can_list(inst: Instance, srv: DavServer, client) -> bool:  # type: ignore[no-untyped-def]
+def can_list(inst: Instance, srv: DavServer, client: Client) -> bool:
     with session_for(inst, client=client) as s:
         s.verify = False
         try:

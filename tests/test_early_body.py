@@ -12,14 +12,14 @@ import ssl
 import threading
 import time
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
 import yaml
 
 from davserver.config import ConfigError, load_config
-from davserver.http1 import HTTP1Options
+from davserver.http1 import HTTP1Options, Lingerer
 from davserver.server import DavServer
 from davserver.tls import SocketReader
 
@@ -65,7 +65,7 @@ def head_of(method: str, path: str, auth: str | None, extra: str = "", length: i
     return f"{method} {path} HTTP/1.1\r\nHost: x\r\n{cred}{extra}Content-Length: {length}\r\n\r\n".encode()
 
 
-def lingerer(server: DavServer):  # type: ignore[no-untyped-def]
+def lingerer(server: DavServer) -> Lingerer:
     options = server._server.http1  # type: ignore[attr-defined]
     assert isinstance(options, HTTP1Options)
     return options.lingerer
@@ -98,7 +98,11 @@ def test_reader_returns_at_most_max_read_per_call() -> None:
     a, b = socket.socketpair()
     try:
         data = os.urandom(4 * SocketReader.max_read + 123)
-        sender = threading.Thread(target=lambda: (a.sendall(data), a.shutdown(socket.SHUT_WR)))
+        def send() -> None:
+            a.sendall(data)
+            a.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
         sender.start()
         reader = SocketReader(b, "rb", 1 << 16)
         got = bytearray()
@@ -296,7 +300,7 @@ def send_until_cut(tls: ssl.SSLSocket, limit: int, seconds: float = 10.0) -> int
     return sent
 
 
-def wait_for(predicate, seconds: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+def wait_for(predicate: Callable[[], object], seconds: float = 5.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if predicate():

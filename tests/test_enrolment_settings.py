@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -60,7 +61,7 @@ def configure(inst: Instance, *, limits: dict[str, object] | None = None, **enro
 
 
 @contextmanager
-def serving(inst: Instance, **enrolment: object) -> Iterator[DavServer]:
+def serving(inst: Instance, **enrolment: Any) -> Iterator[DavServer]:
     configure(inst, **enrolment)
     with running(inst) as server:
         assert server.enrolment is not None

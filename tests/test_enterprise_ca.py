@@ -377,9 +377,11 @@ def test_a_rule_must_name_one_ca_certificate(tmp_path: Path, pki: PKI) -> None:
     with pytest.raises(StartupError, match=r"subject_rules\[0\].issuer: cannot read"):
         load()
     path.write_bytes(pki.users.cert.public_bytes(serialization.Encoding.DER))  # the twin: one CA, DER too
-    assert load().issuers[0].cert == pki.users.cert
+    issuer = load().issuers[0]
+    assert issuer is not None and issuer.cert == pki.users.cert
     path.write_bytes(pki.users.pem)
-    assert load().issuers[0].cert == pki.users.cert
+    issuer = load().issuers[0]
+    assert issuer is not None and issuer.cert == pki.users.cert
 
 
 def test_a_server_refusing_a_bad_issuer_file_leaves_nothing_open(inst: Instance, pki: PKI) -> None:

@@ -10,6 +10,7 @@ import pytest
 from defusedxml import ElementTree
 
 from davserver.server import DavServer
+from davserver.store.sqlite import SQLiteStore
 
 from .conftest import Instance, session_for
 from .conftest import wsgidav_only as conftest_wsgidav_only
@@ -241,6 +242,7 @@ def test_a_broken_stored_property_leaves_the_answer_to_wsgidav(inst: Instance, s
     (root / "a.txt").write_bytes(b"x")
     s = session_for(inst)
     assert s.request("PROPPATCH", server.url + "files/odd/a.txt", data=WIN32_PATCH.encode()).status_code == 207
+    assert isinstance(server.store, SQLiteStore)
     server.store.connection().execute("UPDATE dav_props SET value = ? WHERE url LIKE '/files/odd/%'",
                                       (b"<not-xml",))
     fast, full = _both(s, monkeypatch, server.url + "files/odd/", "1", None)
@@ -290,6 +292,7 @@ def test_a_broken_property_late_in_a_streamed_answer_is_reported_missing(inst: I
     names = [e.name for e in os.scandir(root)]
     late = names[-1]  # rendered in the second batch
     assert s.request("PROPPATCH", u + late, data=WIN32_PATCH.encode()).status_code == 207
+    assert isinstance(server.store, SQLiteStore)
     server.store.connection().execute("UPDATE dav_props SET value = ? WHERE url LIKE '/files/late/%'",
                                       (b"<not-xml",))
     r = s.request("PROPFIND", u, headers={"Depth": "1"})

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from davserver.http1 import FramingError, frame_request, read_fields
+from davserver.http1 import FramingError, RequestFraming, frame_request, read_fields
 from davserver.server import DavServer
 
 from .conftest import Instance, client_context, session_for
@@ -27,7 +27,7 @@ AUTH = "Basic YWxpY2U6YWxpY2Utc2VjcmV0LXB3"  # alice:alice-secret-pw
 # --- the parser, in-process ---------------------------------------------------------
 
 
-def frame(head: bytes, *, http11: bool = True):  # type: ignore[no-untyped-def]
+def frame(head: bytes, *, http11: bool = True) -> RequestFraming:
     return frame_request(read_fields(io.BytesIO(head + b"\r\n")), http11=http11)
 
 

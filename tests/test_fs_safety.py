@@ -233,8 +233,8 @@ def test_put_without_length_or_chunking_is_an_empty_upload(inst: Instance, serve
     conn.close()
     assert (folder / "empty.txt").read_bytes() == b"" and (folder / "full.txt").read_bytes() == b""
     # twin: with a body, the body is stored
-    r = session_for(inst).put(server.url + "files/full.txt", data=b"back")
-    assert r.status_code == 204 and (folder / "full.txt").read_bytes() == b"back"
+    put = session_for(inst).put(server.url + "files/full.txt", data=b"back")
+    assert put.status_code == 204 and (folder / "full.txt").read_bytes() == b"back"
 
 
 def test_put_gives_normal_file_modes(inst: Instance, server) -> None:

@@ -9,6 +9,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -58,7 +59,7 @@ def store(open_node: Callable[[], StateStore]) -> StateStore:
 
 
 def invitations(store: StateStore, **changes: object) -> Invitations:
-    cfg = EnrolmentConfig(**{**CONFIG.__dict__, **changes})  # type: ignore[arg-type]
+    cfg = EnrolmentConfig(**{**CONFIG.__dict__, **changes})
     return Invitations(store, cfg)
 
 
@@ -245,17 +246,18 @@ def test_tokens_are_random_and_at_least_128_bits(store: StateStore) -> None:
 
 def _redis_dump(store: RedisStore) -> bytes:
     out = b""
-    for key in store.client.scan_iter(match=store.prefix + "*"):
+    client: Any = store.client  # redis-py's sync answers are typed as "sync or async"
+    for key in client.scan_iter(match=store.prefix + "*"):
         out += key
-        kind = store.client.type(key)
+        kind = client.type(key)
         if kind == b"hash":
-            for k, v in store.client.hgetall(key).items():
+            for k, v in client.hgetall(key).items():
                 out += k + v
         elif kind == b"zset":
-            for member, score in store.client.zrange(key, 0, -1, withscores=True):
+            for member, score in client.zrange(key, 0, -1, withscores=True):
                 out += member + repr(score).encode()
         else:
-            out += repr(store.client.dump(key)).encode()
+            out += repr(client.dump(key)).encode()
     return out
 
 
@@ -311,7 +313,7 @@ _OPS = st.lists(
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=_OPS)
-def test_invitations_follow_the_model(store: StateStore, ops: list[tuple[object, ...]]) -> None:
+def test_invitations_follow_the_model(store: StateStore, ops: list[tuple[Any, ...]]) -> None:
     """Any sequence of creates, failures, spends, withdrawals and waits: each invitation is
     open until the first of spent / expired / burned (3 failures) / revoked, is spent at
     most once, and is unknown one lifetime after it expired; the store agrees with a plain model at every step."""
@@ -319,24 +321,24 @@ def test_invitations_follow_the_model(store: StateStore, ops: list[tuple[object,
     now = T0
     run = uuid.uuid4().hex[:8]  # the store outlives one example: this example's accounts are its own
     tokens: list[str] = []
-    model: list[dict[str, object]] = []  # account, expires, failures, state
+    model: list[dict[str, Any]] = []  # account, expires, failures, state
 
     def model_state(i: int) -> str:
         m = model[i]
-        if now >= float(m["keep_until"]):  # type: ignore[arg-type]
+        if now >= float(m["keep_until"]):
             return "unknown"
-        if m["state"] == "open" and now >= float(m["expires"]):  # type: ignore[arg-type]
+        if m["state"] == "open" and now >= float(m["expires"]):
             return "expired"
         return str(m["state"])
 
     for op in ops:
         if op[0] == "create":
-            token, _ = inv.create(f"{op[1]}-{run}", valid_for=float(op[2]), now=now)  # type: ignore[arg-type]
+            token, _ = inv.create(f"{op[1]}-{run}", valid_for=float(op[2]), now=now)
             tokens.append(token)
             model.append({"account": f"{op[1]}-{run}", "expires": now + float(op[2]), "failures": 0, "state": "open",
-                          "keep_until": now + 2 * float(op[2])})  # type: ignore[arg-type]
+                          "keep_until": now + 2 * float(op[2])})
         elif op[0] == "wait":
-            now += float(op[1])  # type: ignore[arg-type]
+            now += float(op[1])
         elif op[0] == "revoke":
             name = f"{op[1]}-{run}"
             expected = [i for i in range(len(model)) if model[i]["account"] == name and model_state(i) == "open"]
@@ -344,7 +346,7 @@ def test_invitations_follow_the_model(store: StateStore, ops: list[tuple[object,
             for i in expected:
                 model[i]["state"] = "revoked"
         elif tokens:
-            i = int(op[1]) % len(tokens)  # type: ignore[call-overload]
+            i = int(op[1]) % len(tokens)
             state = model_state(i)
             if op[0] == "spend":
                 if state == "open":
@@ -358,7 +360,7 @@ def test_invitations_follow_the_model(store: StateStore, ops: list[tuple[object,
                         inv.spend(tokens[i], now=now)
                     assert gone.value.reason == state
             elif state == "open":
-                n = int(model[i]["failures"]) + 1  # type: ignore[call-overload]
+                n = int(model[i]["failures"]) + 1
                 assert inv.record_failure(tokens[i], now=now) == n
                 model[i]["failures"] = n
                 model[i]["state"] = "burned" if n >= 3 else "open"
@@ -369,7 +371,7 @@ def test_invitations_follow_the_model(store: StateStore, ops: list[tuple[object,
                 with pytest.raises(InvitationGone) as gone:
                     inv.record_failure(tokens[i], now=now)
                 assert gone.value.reason == state
-        open_now = sorted((str(m["account"]), float(m["expires"])) for i, m in enumerate(model)  # type: ignore[arg-type]
+        open_now = sorted((str(m["account"]), float(m["expires"])) for i, m in enumerate(model)
                           if model_state(i) == "open")
         listed = [(i.account, i.expires.timestamp()) for i in inv.open(now=now) if i.account.endswith(run)]
         assert sorted(listed) == open_now

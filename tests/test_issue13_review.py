@@ -45,7 +45,7 @@ class _BlipStore(SQLiteStore):
 
     fail = 0
 
-    def lock_until(self, key: str, now: float) -> float | None:  # type: ignore[override]
+    def lock_until(self, key: str, now: float) -> float | None:
         if self.fail > 0:
             self.fail -= 1
             raise StoreUnavailable("state store unreachable (test outage)")

@@ -71,7 +71,7 @@ def test_trust_is_the_same_for_an_ipv4_address_and_its_mapped_form_for_every_net
             mapped = f"::ffff:{peer}"
             assert policy.trusts(peer) == policy.trusts(mapped), (net, peer)
             inside = any(ipaddress.ip_address(a) in ipaddress.ip_network(net) for a in (peer, mapped))
-            plain_v6 = ":" in net and not ipaddress.ip_network(net).subnet_of(ipaddress.ip_network("::ffff:0:0/96"))
+            plain_v6 = ":" in net and not ipaddress.IPv6Network(net).subnet_of(ipaddress.IPv6Network("::ffff:0:0/96"))
             # a plain IPv6 network (::/0 included) holds no IPv4 peer; every other one exactly its addresses
             assert policy.trusts(peer) == (inside and not plain_v6), (net, peer)
     # twin: real IPv6 peers are matched by IPv6 networks as before

@@ -484,11 +484,11 @@ def test_any_workers_dying_in_any_order_sum_like_one_process(
                 expected = _comparable(generate_latest(single.registry).decode())
                 expected.pop(("davserver_connections_open", ()), None)
                 pids = [40000 + i for i in deaths if i < len(workloads)]
-                for pid in [None, *pids]:
-                    if pid is not None:
-                        classes[pid - 40000].close_all_files()
-                        alive.pop(pid)
-                        worker_exited(pid)
+                for dead in [None, *pids]:
+                    if dead is not None:
+                        classes[dead - 40000].close_all_files()
+                        alive.pop(dead)
+                        worker_exited(dead)
                     seen = _comparable(generate_latest(listener.metrics.registry).decode())
                     assert seen.pop(("davserver_connections_open", ()), 0.0) == sum(alive.values())
                     assert seen == pytest.approx(expected)  # sums in another order: a last bit may differ

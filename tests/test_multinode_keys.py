@@ -87,7 +87,9 @@ def _served(session: requests.Session, method: str, url: str, pids: list[int], p
             headers: dict[str, str] | None = None) -> tuple[requests.Response, int]:
     """`method` on a new connection of `session`: the answer and the worker PID that holds it."""
     r = session.request(method, url, headers=headers or {}, timeout=30, stream=True)
-    client_port = int(r.raw._connection.sock.getsockname()[1])  # urllib3 2: open until the body is read
+    connection = r.raw._connection  # urllib3 2: open until the body is read
+    assert connection is not None
+    client_port = int(connection.sock.getsockname()[1])
     pid = worker_of(pids, port, client_port)
     r.content  # noqa: B018 - read: the connection goes back to the pool
     assert pid is not None, "no worker holds the connection"

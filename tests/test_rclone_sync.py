@@ -134,8 +134,9 @@ def test_owncloud_vendor_uploads_a_same_size_edit_and_nothing_else(inst: Instanc
     assert copied(out) == [] and audit.new_puts(0) == []
 
     # rclone reads the server's oc:checksums: its SHA-1 of every file is the local one
-    listed = dict(reversed(line.split("  ", 1)) for line in rclone(env, "hashsum", "sha1", "dav:sync").splitlines()
-                  if "  " in line and not line.startswith(("INFO", "NOTICE", "DEBUG", "20")))
+    listed = {name: digest for digest, name in (
+        line.split("  ", 1) for line in rclone(env, "hashsum", "sha1", "dav:sync").splitlines()
+        if "  " in line and not line.startswith(("INFO", "NOTICE", "DEBUG", "20")))}
     want = {str(p.relative_to(src)): hashlib.sha1(p.read_bytes(), usedforsecurity=False).hexdigest()
             for p in src.rglob("*") if p.is_file()}
     assert listed == want

@@ -120,6 +120,7 @@ class SentinelSet:
         ports = set()
         for port in self.sentinel_ports:
             state = _client(port).sentinel_master(SERVICE)
+            assert isinstance(state, dict), state
             ports.add(int(state["port"]))
         assert len(ports) == 1, ports
         return ports.pop()
@@ -133,6 +134,7 @@ class SentinelSet:
         """Every sentinel sees the master, the replica and the two other sentinels."""
         for port in self.sentinel_ports:
             state = _client(port).sentinel_master(SERVICE)
+            assert isinstance(state, dict), state
             if int(state["num-other-sentinels"]) < 2 or int(state["num-slaves"]) < 1:
                 return False
             if state.get("is_sdown") or state.get("is_odown"):

@@ -166,9 +166,9 @@ def test_password_change_ends_the_cached_login(inst: Instance, server) -> None:
 def test_read_only_share_refuses_writes(inst: Instance, server) -> None:
     s = session_for(inst)
     assert s.get(server.url + "ro/readme.txt").text == "read only\n"
-    for method, kw in [("PUT", {"data": b"x"}), ("DELETE", {}), ("MKCOL", {})]:
+    for method, data in [("PUT", b"x"), ("DELETE", None), ("MKCOL", None)]:
         target = server.url + ("ro/new" if method != "DELETE" else "ro/readme.txt")
-        r = s.request(method, target, **kw)
+        r = s.request(method, target, data=data)
         assert r.status_code == 403, method
     assert (inst.home.root / "data/ro/readme.txt").read_text() == "read only\n"
     assert not (inst.home.root / "data/ro/new").exists()

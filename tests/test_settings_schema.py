@@ -60,7 +60,7 @@ def _readme_drift(text: str) -> list[str]:
 def _comments(text: str) -> dict[str, list[str]]:
     """section -> the comment lines written under it (and right above it) in the file."""
     comments: dict[str, list[str]] = {}
-    section, above = "", []  # comments at column 0 belong to the section they precede
+    section, above = "", list[str]()  # comments at column 0 belong to the section they precede
     for line in text.splitlines():
         if re.match(r"^[a-z]+:", line):
             section = line.split(":")[0]

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -48,7 +48,7 @@ def server_process(inst: Instance, shutdown_timeout: float) -> Iterator[tuple[su
             proc.stderr.close()
 
 
-def slow_put(inst: Instance, port: int, name: str, body: bytes, seconds: float, on_half: callable) -> bytes:
+def slow_put(inst: Instance, port: int, name: str, body: bytes, seconds: float, on_half: Callable[[], object]) -> bytes:
     sock = socket.create_connection(("127.0.0.1", port), timeout=20)
     tls = client_context(inst, inst.clients["alice"]).wrap_socket(sock, server_hostname="localhost")
     tls.sendall(f"PUT /files/{name} HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH}\r\n"

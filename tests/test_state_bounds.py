@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,7 @@ def el(name: str, text: str) -> bytes:
     return f'<ns0:{local} xmlns:ns0="{ns}">{text}</ns0:{local}>'.encode()
 
 
-def proppatch(pm: PropertyManager, url: str, changes: list[tuple[str, bytes | None]],
+def proppatch(pm: PropertyManager, url: str, changes: Sequence[tuple[str, bytes | None]],
               environ: dict[str, Any] | None = None) -> list[int]:
     """What WsgiDAV's do_PROPPATCH does (request_server.py): every instruction as a dry run,
     and only when all pass, each for real. The status of each instruction, as in the 207."""
@@ -688,8 +688,8 @@ def test_a_propfind_answer_over_the_bound_is_refused_on_both_paths(live: tuple[I
             return alice.request("PROPFIND", url, data=body, headers={**XML, "Depth": depth, **headers})
 
         # the short path (no lock in the way): allprop with and without a body
-        for body in (None, ALLPROP):
-            r = propfind(folder, body)
+        for request_body in (None, ALLPROP):
+            r = propfind(folder, request_body)
             assert r.status_code == 507, r.status_code
             assert b"answer-too-large" in r.content
             assert audit_reasons(inst, "PROPFIND")[-1] == "answer_too_large"

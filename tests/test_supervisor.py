@@ -130,7 +130,9 @@ def worker_of(pids: list[int], port: int, client_port: int) -> int | None:
 def get_from(session: requests.Session, url: str) -> tuple[int, int]:
     """GET `url` on `session`: (status, the local port of the connection it used)."""
     r = session.get(url, timeout=30, stream=True)
-    port = int(r.raw._connection.sock.getsockname()[1])  # urllib3 2: the connection until the body is read
+    connection = r.raw._connection  # urllib3 2: the connection until the body is read
+    assert connection is not None
+    port = int(connection.sock.getsockname()[1])
     r.content  # noqa: B018 - read: the connection goes back to the session's pool
     return r.status_code, port
 

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -93,10 +94,13 @@ def test_a_restarted_worker_runs_the_configuration_the_supervisor_started_with(i
         port = port_of(url)
         assert request(inst, port, "PUT", "/files/a.txt", b"a")[0] == 201
         require(inst, ["password", "totp"])  # the file changes under the running service
+        def workers_ready(count: int) -> Callable[[], bool]:
+            return lambda: ready_workers(log) == count
+
         for n in (1, 2):  # both workers replaced, one after the other
             victim = children(proc.pid)[0]
             os.kill(victim, signal.SIGKILL)
-            assert wait_for(lambda n=n: ready_workers(log) == 2 + n, seconds=30)
+            assert wait_for(workers_ready(2 + n), seconds=30)
         pids = children(proc.pid)
         seen: dict[int | None, list[int]] = {}
         for _ in range(16):  # new connections take turns: both (restarted) workers answer

@@ -211,7 +211,7 @@ def test_the_bounds_hold_for_each_address_and_in_total(tmp_path: Path, per_addre
     counted: list[str] = []
     refusals = TLSRefusals(audit, per_address=per_address, total=total, counter=counted.append, clock=clock)
     exc = ssl.SSLError(1, "[SSL: PEER_DID_NOT_RETURN_A_CERTIFICATE] peer did not return a certificate")
-    exc.reason = "PEER_DID_NOT_RETURN_A_CERTIFICATE"  # type: ignore[misc]
+    exc.reason = "PEER_DID_NOT_RETURN_A_CERTIFICATE"
     peers = ["192.0.2.1", "192.0.2.2", "2001:db8::1", "2001:db8::2"]  # the last two: one /64
     for _ in range(20):
         for peer in peers:
@@ -239,7 +239,7 @@ def test_the_bounds_hold_for_each_address_and_in_total(tmp_path: Path, per_addre
 def test_classify_maps_openssl_errors_to_the_five_reasons() -> None:
     def verify(code: int) -> ssl.SSLCertVerificationError:
         e = ssl.SSLCertVerificationError(1, "certificate verify failed")
-        e.verify_code = code  # type: ignore[attr-defined]
+        e.verify_code = code
         return e
 
     assert classify(verify(10)) == Refusal.CERT_EXPIRED
@@ -249,7 +249,7 @@ def test_classify_maps_openssl_errors_to_the_five_reasons() -> None:
     assert classify(verify(26)) == Refusal.BAD_EKU
     assert classify(verify(50)) == Refusal.TLS_ERROR
     wrong = ssl.SSLError(1, "wrong version number")
-    wrong.reason = "WRONG_VERSION_NUMBER"  # type: ignore[misc]
+    wrong.reason = "WRONG_VERSION_NUMBER"
     assert classify(wrong) == Refusal.TLS_ERROR
     assert classify(ssl.SSLEOFError(8, "EOF")) is None
     assert classify(ConnectionResetError()) is None

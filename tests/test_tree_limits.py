@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from davserver.copymove import _walk
 from davserver.fs import tree_height_exceeds
@@ -81,7 +82,7 @@ def make_tree(base: Path, levels: int) -> Path:
 # --- share roots ------------------------------------------------------------------------
 
 
-def _request(s, url: str, method: str, dest: str) -> int:  # type: ignore[no-untyped-def]
+def _request(s: requests.Session, url: str, method: str, dest: str) -> int:
     headers = {"Depth": "0", "Destination": dest, "Lock-Token": "<opaquelocktoken:x>", "Timeout": "Second-60"}
     body = {"LOCK": LOCKINFO, "PROPPATCH": PROPPATCH, "PUT": "replacement"}.get(method)
     return s.request(method, url, headers=headers, data=body).status_code

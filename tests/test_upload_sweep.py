@@ -58,7 +58,7 @@ def temp_files(folder: Path) -> list[Path]:
 
 def temp_files_of(pid: int, folder: Path) -> set[str]:
     """The temp upload files process `pid` has open under `folder` (Linux /proc)."""
-    found = set()
+    found: set[str] = set()
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except FileNotFoundError:
