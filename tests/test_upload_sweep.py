@@ -262,7 +262,7 @@ class _Probe:
 @pytest.fixture
 def probe(monkeypatch: pytest.MonkeyPatch) -> _Probe:
     found = _Probe()
-    real_write, real_os = fs.AtomicFile.write, fs.os
+    real_write, real_os = fs.AtomicFile.write, os  # the os module fs.py calls
 
     def write(self: fs.AtomicFile, data: bytes) -> int:
         found.writes += 1
