@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from davserver import config as config_module
-from davserver.config import ConfigError, Home, load_config, parse_config
+from davserver.config import Config, ConfigError, Home, load_config, parse_config
 from davserver.instance import default_config_text
 from davserver.settings_schema import SECTIONS, SETTINGS, Setting, keys_of, render_readme_table, setting
 
@@ -322,20 +323,21 @@ def test_a_duplicate_key_in_the_file_is_refused_naming_it_and_both_lines(tmp_pat
         assert "lines 2 and 3" in str(err.value) and "keep one of them" in str(err.value)
 
 
-@pytest.mark.parametrize(("text", "key", "meant"), [
-    ("server: {threds: 3}", "server.threds", "threads"),
-    ("state: {backnd: redis}", "state.backnd", "backend"),
-    ("shares: {a: {path: x, read-only: true}}", "shares.a.read-only", "read_only"),
-    ("sever: {port: 1}", "sever", "server"),
+@pytest.mark.parametrize(("text", "key", "meant", "taken"), [  # taken: the value (not the default) is read
+    ("server: {threds: 3}", "server.threds", "threads", lambda c: c.server.threads == 3),
+    ("state: {backnd: redis}", "state.backnd", "backend", lambda c: c.state.backend == "redis"),
+    ("shares: {a: {path: x, read-only: true}}", "shares.a.read-only", "read_only", lambda c: c.shares["a"].read_only),
+    ("sever: {port: 1}", "sever", "server", lambda c: c.server.port == 1),
 ])
 def test_a_misspelt_key_is_refused_naming_the_key_it_resembles(text: str, key: str, meant: str,
+                                                                taken: Callable[[Config], bool],
                                                                 tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(yaml.safe_load(text), Home(tmp_path))
     assert err.value.key == key
     assert err.value.hint.startswith(f"did you mean {meant}? known keys: ")
     # the twin: spelt right, it is taken
-    assert parse_config(yaml.safe_load(text.replace(key.rpartition(".")[2], meant)), Home(tmp_path))
+    assert taken(parse_config(yaml.safe_load(text.replace(key.rpartition(".")[2], meant)), Home(tmp_path)))
 
 
 @pytest.mark.parametrize(("text", "key", "lines"), [
