@@ -429,7 +429,7 @@ def test_revoke(ca: CertificateAuthority) -> None:
     revoked = ca.revoke(gone.serial.lower())
     assert revoked.status == "revoked" and revoked.serial == gone.serial
     serials, next_update = load_crl_serials(ca.crl_path)
-    assert serials == {gone.serial}
+    assert serials == frozenset({gone.serial})
     assert next_update is not None and next_update > datetime.now(UTC) + timedelta(days=29)
     status = {c.serial: c.status for c in ca.list_issued()}
     assert status == {keep.serial: "valid", gone.serial: "revoked"}
@@ -439,7 +439,7 @@ def test_revoke(ca: CertificateAuthority) -> None:
     crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
     # idempotent: same answer, CRL content unchanged
     again = ca.revoke("0x" + gone.serial)
-    assert again.status == "revoked" and load_crl_serials(ca.crl_path)[0] == {gone.serial}
+    assert again.status == "revoked" and load_crl_serials(ca.crl_path)[0] == frozenset({gone.serial})
 
 
 def test_revoke_tolerates_colons(ca: CertificateAuthority) -> None:
@@ -463,7 +463,7 @@ def test_revoke_account(ca: CertificateAuthority) -> None:
     done = ca.revoke_account("alice")
     assert {c.serial for c in done} == {a1.serial, a2.serial}
     assert all(c.status == "revoked" for c in done)
-    assert load_crl_serials(ca.crl_path)[0] == {a1.serial, a2.serial}
+    assert load_crl_serials(ca.crl_path)[0] == frozenset({a1.serial, a2.serial})
     assert {c.serial: c.status for c in ca.list_issued()}[b1.serial] == "valid"
     assert ca.revoke_account("alice") == []
     assert ca.revoke_account("nobody") == []
@@ -475,7 +475,7 @@ def test_write_crl_keeps_revocations_and_moves_next_update(ca: CertificateAuthor
     later = datetime.now(UTC) + timedelta(days=20)
     ca.write_crl(now=later, next_update_days=7)
     serials, next_update = load_crl_serials(ca.crl_path)
-    assert serials == {issued.serial}
+    assert serials == frozenset({issued.serial})
     assert next_update == (later + timedelta(days=7)).replace(microsecond=0)
     assert _crl(ca).last_update_utc < later
 
