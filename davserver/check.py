@@ -24,6 +24,7 @@ from typing import Any
 from .accounts import Accounts, load_accounts
 from .cert_lifecycle import check_expiry
 from .config import Config, ConfigError, Home, load_config
+from .share_overlap import share_overlaps
 
 __all__ = ["Finding", "check_instance", "unknown_principals"]
 
@@ -214,6 +215,9 @@ def _shares(config: Config, accounts: Accounts | None, findings: list[Finding]) 
                 findings.append(Finding("warning", f"{', '.join(unknown)}: no such account or group",
                                         "add the account (`davserver user add`, --groups) or fix the name",
                                         setting=f"shares.{name}"))
+    for overlap in share_overlaps(config):  # the refusal server.py check_shares makes at start
+        findings.append(Finding("error" if overlap.refused else "warning", overlap.message(), overlap.fix(),
+                                setting=f"shares.{overlap.inner}.path"))
 
 
 def _state(config: Config, findings: list[Finding], timeout: float) -> None:

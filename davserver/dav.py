@@ -41,6 +41,9 @@ VISIBLE_SHARES_KEY = "davserver.visible_shares"
 
 
 _QUOTA_PROPS = ("{DAV:}quota-used-bytes", "{DAV:}quota-available-bytes")
+#: The live properties the root listing gives of a share whose factors the request did
+#: not prove (_ShareEntry.proven): none of them changes when the share is used.
+_INERT_PROPS = frozenset({"{DAV:}resourcetype", "{DAV:}displayname", "{DAV:}getcontenttype"})
 
 
 def _disk_figures(folder: os.PathLike[str] | str) -> tuple[int, int] | None:
@@ -92,9 +95,28 @@ class _ShareEntry(_QuotaMixin, DAVCollection):
         self._quota: tuple[int, int] | None | bool = False
 
     def _figures(self) -> tuple[int, int] | None:
+        if not self.proven():
+            return None
         if self._quota is False:
             self._quota = _disk_figures(self.share.path)
         return self._quota  # type: ignore[return-value]
+
+    def proven(self) -> bool:
+        """Whether the request proved the share's factors (``davserver.factors``, set by
+        guard.py). ``/`` asks for ``defaults.require`` only (access.required_factors), so
+        for a share that needs more the root listing tells its name and kind only
+        (:data:`_INERT_PROPS`): no quota, size, ETag, times or dead properties, which
+        change with its use and are told by a request to the share itself."""
+        return set(self.share.require) <= set(self.environ.get("davserver.factors", ()))
+
+    def get_property_names(self, *, is_allprop: bool) -> list[str]:
+        names: list[str] = DAVCollection.get_property_names(self, is_allprop=is_allprop)
+        return names if self.proven() else [n for n in names if n in _INERT_PROPS]
+
+    def get_property_value(self, name: str) -> Any:
+        if not self.proven() and name not in _INERT_PROPS:
+            raise DAVError(HTTP_NOT_FOUND)
+        return super().get_property_value(name)
 
     def get_member_names(self) -> list[str]:
         return []
@@ -107,7 +129,7 @@ class _ShareEntry(_QuotaMixin, DAVCollection):
         the share's factors (``davserver.factors``, set by guard.py). ``/`` asks for
         ``defaults.require`` only (access.required_factors), so a change inside a share that
         needs more is told by a request to that share, never by the root's listing."""
-        if not set(self.share.require) <= set(self.environ.get("davserver.factors", ())):
+        if not self.proven():
             return None
         try:
             return os.stat(self.share.path).st_mtime
@@ -133,7 +155,8 @@ class _RootCollection(_QuotaMixin, DAVCollection):
 
     def _figures(self) -> tuple[int, int] | None:
         if self._quota is False:
-            found = [f for name in self.get_member_names() if (f := _disk_figures(self.shares[name].path))]
+            found = [f for name in self.get_member_names() if (f := _ShareEntry(
+                "/" + name, self.environ, self.shares[name])._figures())]  # shares proven only
             self._quota = min(found, key=lambda f: f[1]) if found else None
         return self._quota  # type: ignore[return-value]
 

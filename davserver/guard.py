@@ -45,6 +45,9 @@ StartResponse = Callable[..., Any]
 log = logging.getLogger("davserver.guard")
 
 _REALM = 'Basic realm="davserver", charset="UTF-8"'
+#: The methods of a browser navigation: only these get the two-factor guide page as a
+#: 403 without a Basic challenge (Guard._refusal_page); every other method keeps the 401.
+_NAVIGATIONS = ("GET", "HEAD")
 
 #: Refusals of a sign-in by an account the certificate maps to (auth/core.py): on a share
 #: that needs a code, a browser is sent to the step-up page for each of them alike.
@@ -461,6 +464,10 @@ class Guard:
         the code opens it) and the page says why a code is needed before asking for one.
         Once a session is open the password alone opens the share, so the usual 401 with
         the challenge (and the generic "sign-in needed" page behind it) asks for it.
+        Only a GET or HEAD navigation (:data:`_NAVIGATIONS`) loses the challenge (``_deny``):
+        a WebDAV client that prefers HTML (KIO sends ``Accept: text/html, ...`` on PROPFIND
+        and PUT too) keeps its 401 with ``WWW-Authenticate``, this page as its body, or it
+        could never sign in again.
 
         Whether the password was right is never part of this: the choice depends on the
         share's policy, the account having TOTP and the session's existence only, which the
@@ -510,8 +517,8 @@ class Guard:
             headers = [("WWW-Authenticate", _REALM)]
         if wants_html(environ):
             challenge, body, page_headers = self._refusal_page(environ, decision)
-            if not challenge:  # the code page, no session yet: no password dialog (see _refusal_page)
-                status, headers = "403 Forbidden", []
+            if not challenge and environ.get("REQUEST_METHOD") in _NAVIGATIONS:
+                status, headers = "403 Forbidden", []  # the code page, no session yet (see _refusal_page)
             if environ.get("REQUEST_METHOD") == "HEAD":  # as the text answer: no body, length 0
                 body = b""
                 page_headers = [(k, "0" if k == "Content-Length" else v) for k, v in page_headers]

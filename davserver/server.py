@@ -28,6 +28,7 @@ from .metrics import Metrics, MetricsListener
 from .proxy_protocol import ProxyHeaderError, ProxyPolicy
 from .revocation import RevocationList
 from .server_certificate import ServerCertificate
+from .share_overlap import share_overlaps
 from .store import StoreUnavailable, open_store, unavailable_at_start
 from .tls import CERT_ENVIRON_KEY, DeferredHandshakeAdapter, TLSConnection, create_ssl_context
 from .tls_refusals import TLSRefusals
@@ -85,15 +86,22 @@ class _Connection(TLSConnection):
 
 
 def check_shares(config: Config, *, once: bool = True) -> None:
-    """StartupError unless every share's folder exists; with `once` (the single server,
+    """StartupError unless every share's folder exists and no two shares' folders are the
+    same or nested with different access settings (share_overlap.py); with `once` (the single server,
     the supervisor: not each worker) warn about shares nobody may use. Leftover uploads
     are swept later, once the listening sockets are bound (``DavServer.start``,
     supervisor.py ``prepare``): a start that fails changes nothing."""
     for name, share in config.shares.items():
         if not share.path.is_dir():
             raise StartupError(f"shares.{name}.path: {share.path} is not a folder (create it or fix the path)")
+    overlaps = share_overlaps(config)
+    for overlap in overlaps:
+        if overlap.refused:
+            raise StartupError(f"{overlap.message()} (fix: {overlap.fix()})")
     if not once:
         return
+    for overlap in overlaps:
+        log.warning("%s", overlap.message())
     for name, share in config.shares.items():
         if not share.readers and not share.writers:
             log.warning("share %r lists no readers or writers: nobody can use it", name)
