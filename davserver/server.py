@@ -32,7 +32,6 @@ from .share_overlap import share_overlaps
 from .store import StoreUnavailable, open_store, unavailable_at_start
 from .tls import CERT_ENVIRON_KEY, DeferredHandshakeAdapter, TLSConnection, create_ssl_context
 from .tls_refusals import TLSRefusals
-from .tls_tickets import SECRET_NAME as TICKET_SECRET
 from .tls_tickets import SharedTicketKeys
 from .watchdog import Watchdog
 
@@ -166,7 +165,7 @@ class DavServer:
             )
             # One set of session-ticket keys on every worker and node (tls_tickets.py).
             self.server_certificate.share_ticket_keys(SharedTicketKeys(
-                self.store.shared_secret(TICKET_SECRET), config.tls.session_ticket_seconds))
+                self.store, config.tls.session_ticket_seconds))
         except BaseException as exc:
             # e.g. StartupError for a subject rule's issuer file: nothing is left open
             self.audit.close()

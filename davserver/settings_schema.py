@@ -261,10 +261,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         'tls.session_ticket_seconds', 'int', 3600, lo=60, hi=86400,
         doc=('every worker process and every node on the same state store encrypts TLS session tickets with '
-             'one key, derived from a secret in the store for each period of this many seconds (Unix time): '
-             'a client resumes its session on any of them without a new certificate handshake; a period\'s key '
-             'is never stored and is forgotten when the period ends (forward secrecy), so a ticket from the '
-             'period before is not resumed (one full handshake) (see [docs/scaling.md](docs/scaling.md))'),
+             'one key, derived from a random secret the store keeps for each period of this many seconds '
+             '(Unix time): a client resumes its session on any of them without a new certificate handshake; a '
+             'ticket from the period before is not resumed (one full handshake). Forward secrecy: the store '
+             'deletes a period\'s secret at the end of the period after it, so a reader of the store (or of a '
+             'backup, replica or Redis RDB/AOF file taken during period n) can open the tickets of periods n-1 '
+             'and n only, not older ones (see [docs/scaling.md](docs/scaling.md))'),
     ),
     Setting(
         'identity.subject_rules', 'list', (),

@@ -1,7 +1,7 @@
 """TLS session tickets work across worker processes and nodes (tls_tickets.py).
 
 Every context the server builds encrypts tickets with keys derived from the state store's
-``shared_secret("tls-session-tickets")`` for the current period of
+``period_secret("tls-session-tickets", period, ...)`` for the current period of
 ``tls.session_ticket_seconds``. Before, each worker had OpenSSL's random keys: the accept
 turn-taking sent a reconnect to the other worker, which could not open the ticket, and the
 client paid a full mutual-TLS handshake (TLS 1.3 PSK: reused=False every time).
@@ -36,10 +36,10 @@ import yaml
 from davserver import tls_ca_names
 from davserver.config import ConfigError, load_config
 from davserver.pki import CertificateAuthority
+from davserver.store import SQLiteStore
 from davserver.tls_ca_names import CANamesUnavailable
 from davserver.tls_tickets import (
     KEYS_LENGTH,
-    SECRET_NAME,
     SharedTicketKeys,
     TicketKeysUnavailable,
     derive_keys,
@@ -104,13 +104,14 @@ def test_keys_are_derived_per_period_and_set_on_the_ssl_ctx() -> None:
 
 
 def test_a_failed_pointer_check_writes_nothing_and_warns_once(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     """What another Python build would meet (tls_ca_names.py's checks): the context keeps
     OpenSSL's per-process keys; the twin, with the checks passing, gets the shared ones."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     own = ticket_keys_of(ctx)
-    shared = SharedTicketKeys(b"k" * 32, 3600)
+    store = SQLiteStore(tmp_path / "state.db")
+    shared = SharedTicketKeys(store, 3600, clock=lambda: 3600.0)
     real = tls_ca_names._ssl_ctx_pointer
 
     def refuse(context: ssl.SSLContext, lib: object) -> int:
@@ -127,7 +128,8 @@ def test_a_failed_pointer_check_writes_nothing_and_warns_once(
     monkeypatch.setattr("davserver.tls_tickets._ssl_ctx_pointer", real)
     assert ticket_keys_of(ctx) == own, "nothing was written"
     assert shared.apply(ctx, 1) is True
-    assert ticket_keys_of(ctx) == derive_keys(b"k" * 32, 1)
+    assert ticket_keys_of(ctx) == derive_keys(shared.secret(1), 1)
+    store.close()
     with pytest.raises(TicketKeysUnavailable, match="not an ssl.SSLContext"):
         set_ticket_keys(object(), derive_keys(b"k" * 32, 1))  # type: ignore[arg-type]
 
@@ -240,8 +242,8 @@ def test_every_context_carries_the_shared_keys_bound_to_its_certificate_and_cas(
         keys = [ticket_keys_of(a.context) for a in adapters]
         assert keys == [ticket_keys_of(a.context) for a in (other._server.ssl_adapter, other.enrolment.adapter)]
         assert keys[0] != keys[1], "the enrolment listener's tickets are not the main listener's"
-        secret = server.store.shared_secret(SECRET_NAME)
         period = int(time.time() // server.config.tls.session_ticket_seconds)
+        secret = SharedTicketKeys(server.store, server.config.tls.session_ticket_seconds).secret(period)
         assert derive_keys(secret, period, b"") not in keys and len(set(keys)) == 2
 
         # an enrolment session (asked for no client certificate) on the main listener: a full handshake

@@ -141,6 +141,20 @@ class StateStore(Protocol):
         start: a per-process key would refuse tokens issued by the other processes), and
         ValueError for an empty `name`, a `size` below 16, or a stored value of another size."""
 
+    def period_secret(self, name: str, period: int, size: int, keep_seconds: float) -> bytes:
+        """The random secret of `name` for `period` (an integer, e.g. whole key periods since
+        the Unix epoch; `size` bytes), shared like `shared_secret` (made by the first caller,
+        the same bytes for every later one, atomically) but deleted when it is no longer
+        needed, so that nothing the store keeps can bring it back (forward secrecy: the TLS
+        session-ticket keys, tls_tickets.py). `keep_seconds` (float, seconds from now) is how
+        long the secret of `period` must stay readable: a caller whose `keep_seconds` is <= 0
+        asks for a period already over and gets fresh random bytes that are stored nowhere
+        (no other process has them). The secrets of `name` for periods before ``period - 1``
+        are deleted by the same call (SQLite, with ``secure_delete`` and a WAL checkpoint
+        that truncates the WAL file: their bytes are overwritten in the file); on Redis a
+        secret expires `keep_seconds` after it was made (``SET ... NX PX``). Raises
+        StoreUnavailable when the store cannot be reached, ValueError as `shared_secret`."""
+
     def ping(self) -> None:
         """Raise StoreUnavailable when the backend cannot be reached."""
 

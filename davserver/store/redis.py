@@ -196,6 +196,14 @@ local made = redis.call('SET', KEYS[1], ARGV[1], 'NX')
 return {made and 1 or 0, redis.call('GET', KEYS[1])}
 """
 
+#: KEYS[1] the period's secret, KEYS[2] the same name's never-expiring shared secret of
+#: earlier releases (deleted); ARGV: fresh bytes, milliseconds to keep them.
+_GET_OR_MAKE_PERIOD_KEY = """
+redis.call('DEL', KEYS[2])
+local made = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+return {made and 1 or 0, redis.call('GET', KEYS[1])}
+"""
+
 _GLOB_SPECIALS = frozenset("*?[]\\")
 
 
@@ -311,6 +319,7 @@ class RedisStore:
         self._unspend_invitation = self._r.register_script(_UNSPEND_INVITATION)
         self._revoke_invitations = self._r.register_script(_REVOKE_INVITATIONS)
         self._shared_secret = self._r.register_script(_GET_OR_MAKE_KEY)
+        self._period_secret = self._r.register_script(_GET_OR_MAKE_PERIOD_KEY)
 
     @property
     def client(self) -> redis_lib.Redis:
@@ -508,6 +517,23 @@ class RedisStore:
             self._shared_secret, keys=[self._k("secret", name)], args=[secrets.token_bytes(size)])
         if made and not confirmed:
             raise self.unconfirmed(f"the new shared secret {name!r}")
+        return check_secret(name, size, bytes(value))
+
+    def period_secret(self, name: str, period: int, size: int, keep_seconds: float) -> bytes:
+        """See StateStore.period_secret: ``SET <prefix>period-secret:<name>:<period> <random>
+        NX PX <keep_seconds in ms>`` then ``GET`` in one Lua step (and ``DEL`` of the same
+        name's `shared_secret` of earlier releases). Redis deletes it when the time is up
+        (and so do its replicas); an RDB snapshot or AOF file written while it lived still
+        holds it (docs/scaling.md). With sentinels and ``wait_replicas`` > 0 a secret this
+        call made must reach that many replicas, as for `shared_secret`."""
+        check_secret(name, size)
+        if keep_seconds <= 0:  # a period already over: bytes no other process has, stored nowhere
+            return secrets.token_bytes(size)
+        (made, value), confirmed = self.run_confirmed(
+            self._period_secret, keys=[self._k("period-secret", name, str(period)), self._k("secret", name)],
+            args=[secrets.token_bytes(size), max(1, math.ceil(keep_seconds * 1000))])
+        if made and not confirmed:
+            raise self.unconfirmed(f"the new secret {name!r} of period {period}")
         return check_secret(name, size, bytes(value))
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ request that needed it is refused (503), never let through uncounted.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import sqlite3
 import threading
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from .base import Grant, InvitationRecord, StoreUnavailable, check_secret
+
+log = logging.getLogger("davserver.store")
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "SQLiteStore"]
 
@@ -45,6 +48,9 @@ CREATE TABLE IF NOT EXISTS invitations (
     digest TEXT PRIMARY KEY, account TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL,
     keep_until REAL NOT NULL, failures INTEGER NOT NULL, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS shared_secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS period_secrets (
+    name TEXT NOT NULL, period INTEGER NOT NULL, value BLOB NOT NULL, expires REAL NOT NULL,
+    PRIMARY KEY (name, period));
 """
 
 _INVITATION_COLUMNS = "digest, account, created, expires, keep_until, failures, state"
@@ -84,6 +90,7 @@ class SQLiteStore:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
+        self._wipe_pending = False  # period_secret: a WAL checkpoint after a delete did not finish
         self._db().executescript(_SCHEMA)
         path.chmod(0o600)
 
@@ -113,6 +120,9 @@ class SQLiteStore:
                         raise
                     time.sleep(0.01)
             db.execute("PRAGMA synchronous=NORMAL")
+            # deleted rows' bytes are overwritten with zeros, not left in free space
+            # (period_secret: a deleted key must not be readable from the file)
+            db.execute("PRAGMA secure_delete=ON")
         except BaseException:
             db.close()
             raise
@@ -326,6 +336,41 @@ class SQLiteStore:
                        (name, secrets.token_bytes(size)))
             (value,) = db.execute("SELECT value FROM shared_secrets WHERE name = ?", (name,)).fetchone()
         return check_secret(name, size, bytes(value))
+
+    def period_secret(self, name: str, period: int, size: int, keep_seconds: float) -> bytes:
+        """See StateStore.period_secret. In one IMMEDIATE transaction: delete this name's
+        secrets of periods before ``top - 1`` (``top``: the latest period asked for, this one
+        or one stored) or past their ``expires``, and its `shared_secret` of earlier releases
+        (same name), then INSERT OR IGNORE fresh random bytes for `period` and SELECT them.
+        ``secure_delete`` (set on every connection) zeroes the deleted rows in the pages
+        written to the WAL; the deleted bytes' older copies still sit in earlier WAL frames,
+        so after a delete a ``wal_checkpoint(TRUNCATE)`` copies the zeroed pages into the
+        database file and empties the WAL (it waits up to ``busy_timeout`` for readers; a
+        warning when it could not finish, retried by the next delete)."""
+        check_secret(name, size)
+        now = time.time()
+        value: bytes | None = None
+        with self._tx() as db:
+            (top,) = db.execute("SELECT MAX(period) FROM period_secrets WHERE name = ?", (name,)).fetchone()
+            top = period if top is None else max(int(top), period)
+            deleted = db.execute("DELETE FROM period_secrets WHERE name = ? AND (period < ? OR expires <= ?)",
+                                 (name, top - 1, now)).rowcount
+            deleted += db.execute("DELETE FROM shared_secrets WHERE name = ?", (name,)).rowcount
+            if keep_seconds > 0 and period >= top - 1:
+                db.execute("INSERT OR IGNORE INTO period_secrets(name, period, value, expires) VALUES (?, ?, ?, ?)",
+                           (name, period, secrets.token_bytes(size), now + keep_seconds))
+                (stored,) = db.execute("SELECT value FROM period_secrets WHERE name = ? AND period = ?",
+                                       (name, period)).fetchone()
+                value = bytes(stored)
+        if deleted or self._wipe_pending:
+            busy, _, _ = self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            self._wipe_pending = bool(busy)
+            if busy:
+                log.warning("state store (sqlite): deleted secrets may stay in %s-wal until the next "
+                            "checkpoint (a reader held it)", self.path)
+        if value is None:  # a period already over: bytes no other process has, stored nowhere
+            return secrets.token_bytes(size)
+        return check_secret(name, size, value)
 
     def ping(self) -> None:
         self._db().execute("SELECT 1")
