@@ -269,6 +269,10 @@ class StateConfig:
     wait_seconds: float = _default("state.wait_seconds")  # … within this many seconds, else StoreUnavailable
     #: sqlite: seconds a write waits for another process's write lock, else StoreUnavailable (store/sqlite.py)
     busy_timeout_seconds: float = _default("state.busy_timeout_seconds")
+    #: seconds between sweeps of leftover upload files while running (maintenance.py)
+    sweep_seconds: float = _default("state.sweep_seconds")
+    #: redis: a leftover upload file is swept only once untouched this many seconds (maintenance.py)
+    sweep_age_seconds: float = _default("state.sweep_age_seconds")
 
 
 @dataclass(frozen=True)
@@ -775,6 +779,8 @@ def _parse_state(raw: Mapping[str, Any], home: Home) -> StateConfig:
         "wait_replicas": _setting(s, "state.wait_replicas"),
         "wait_seconds": _setting(s, "state.wait_seconds"),
         "busy_timeout_seconds": _setting(s, "state.busy_timeout_seconds"),
+        "sweep_seconds": _setting(s, "state.sweep_seconds"),
+        "sweep_age_seconds": _setting(s, "state.sweep_age_seconds"),
     }
     if backend == "sqlite":
         return StateConfig(backend=backend, path=path, **sentinel)

@@ -298,7 +298,7 @@ class AtomicFile:
         try:
             self._file.flush()
             fd = self._file.fileno()
-            self._apply_metadata(fd)
+            mode = self._apply_metadata(fd)
             kept_mtime = False
             if self.mtime is not None:
                 os.utime(fd, ns=(time.time_ns(), self.mtime * 1_000_000_000))
@@ -310,6 +310,11 @@ class AtomicFile:
             # Renamed while still open, so its lock (:func:`sweep_temp_files`) covers the rename.
             os.replace(self.temp_path, self.target)
             _writing_done(self.temp_path)
+            if not mode & stat.S_IWUSR:  # the owner's write bit was kept for the sweep until now
+                try:
+                    os.fchmod(fd, mode)
+                except OSError as exc:  # the data is in place; only the mode is not
+                    log.error("could not set the mode of %s to %o: %s", self.target, mode, exc)
             self._file.close()
         except OSError as exc:
             self.abort()
@@ -338,22 +343,32 @@ class AtomicFile:
         if not getattr(self, "_done", True):
             self.abort()
 
-    def _apply_metadata(self, fd: int) -> None:
+    def _apply_metadata(self, fd: int) -> int:
+        """Give the temp file its final times, owner and mode; returns the mode (permission
+        bits). The owner's write bit stays set until after the rename (:meth:`close` drops
+        it then, on the open descriptor): a leftover of this file must stay openable for
+        writing by the server's user, which the sweep needs for an exclusive lock on NFS
+        (:func:`_remove_if_unlocked`). A crash between the rename and that ``fchmod``
+        leaves the new file writable by its owner, who may change its mode anyway."""
         if self.like is not None:
-            os.fchmod(fd, stat.S_IMODE(self.like.st_mode))
+            mode = stat.S_IMODE(self.like.st_mode)
+            os.fchmod(fd, mode | stat.S_IWUSR)
             os.utime(fd, ns=(self.like.st_atime_ns, self.like.st_mtime_ns))
-            return
+            return mode
         try:
             old = os.lstat(self.target)
         except OSError:
             old = None
         if old is not None and stat.S_ISREG(old.st_mode):
-            os.fchmod(fd, stat.S_IMODE(old.st_mode))
+            mode = stat.S_IMODE(old.st_mode)
+            os.fchmod(fd, mode | stat.S_IWUSR)
             if (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
                 with contextlib.suppress(OSError):  # not root: the new file keeps our owner
                     os.fchown(fd, old.st_uid, old.st_gid)
-        else:
-            os.fchmod(fd, 0o666 & ~_umask())
+            return mode
+        mode = 0o666 & ~_umask()
+        os.fchmod(fd, mode | stat.S_IWUSR)
+        return mode
 
 
 def _atomic_copy(src: str, dest: str, *, checksums: bool = False, environ: dict[str, Any] | None = None) -> None:
@@ -442,8 +457,15 @@ def _locked_temp_file(folder: str) -> tuple[int, str]:
 def _remove_if_unlocked(path: str) -> bool:
     """Remove the temp file `path` if no process holds its lock; True when removed.
 
-    The file is opened (never following a symlink) and locked with ``LOCK_EX|LOCK_NB``:
-    held by a writer (BlockingIOError) it is in flight and stays; a lock that cannot be
+    The file is opened write-only (never following a symlink, never truncated or
+    created; nothing is written) and locked with ``LOCK_EX|LOCK_NB``. For writing
+    because on Linux NFS ``flock`` is emulated with ``fcntl`` locks, and an exclusive
+    one needs a descriptor open for writing (flock(2) NOTES; read-only: EBADF, and
+    nothing could ever be swept there). :class:`AtomicFile` keeps the owner's write bit
+    on a temp file until after its rename, so a leftover is writable by the server's
+    user; one that is not (left by an older version) is opened read-only instead, which
+    local filesystems lock just the same. Held by a writer (BlockingIOError) it is in
+    flight and stays; a lock that cannot be
     taken at all (ENOLCK, EOPNOTSUPP, EINVAL on a filesystem without locks) also leaves it
     (fail safe). Under the lock the name must still be that file (a writer may have
     renamed it over its target between our listing and our open) before it is removed."""
@@ -451,9 +473,14 @@ def _remove_if_unlocked(path: str) -> bool:
         if path in _WRITING:
             return False
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
+    except PermissionError:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

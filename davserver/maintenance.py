@@ -3,8 +3,8 @@ files, the CRL re-signing, the server certificate's re-issue and the expiry warn
 
 The single-process server (``server.workers: 1``) runs them itself (server.py
 ``DavServer._maintain``; the sweep once its sockets are bound); with worker processes
-the supervisor (supervisor.py) runs them once (the sweep after its binds and after each
-worker that dies), and a worker never does: two workers re-signing the CRL or
+the supervisor (supervisor.py) runs them once (the sweep after its binds, after each
+worker that dies and every ``state.sweep_seconds``), and a worker never does: two workers re-signing the CRL or
 re-issuing the certificate at once would each write the files. The sweep itself is safe
 anywhere, any time: it removes only temp files whose writer's lock is gone (fs.py
 ``sweep_temp_files``).
@@ -40,14 +40,16 @@ def sweep_leftover_uploads(config: Config) -> int:
     this may run while uploads are in flight, in this or any other process (fs.py
     ``sweep_temp_files``). With a shared store other nodes may be uploading into the
     same folders over a network filesystem whose locks this machine may not see (a mount
-    with local-only locks), so there only files also untouched for five minutes go. A
+    with local-only locks), so there only files also untouched for ``state.sweep_age_seconds``
+    (default 300) go. A
     share folder that is missing is left to the server's own check (server.py
     ``check_shares``)."""
     total = 0
     for name, share in config.shares.items():
         if not share.path.is_dir():
             continue
-        swept = sweep_temp_files(share.path, older_than=0.0 if config.state.backend == "sqlite" else 300.0)
+        age = 0.0 if config.state.backend == "sqlite" else config.state.sweep_age_seconds
+        swept = sweep_temp_files(share.path, older_than=age)
         if swept:
             log.info("share %r: removed %d unfinished upload(s)", name, swept)
         total += swept
@@ -61,7 +63,11 @@ class InstanceMaintenance:
     ``time.monotonic()``; it does what is due and never raises (failures are logged and
     tried again at the next round). `on_reissue` is called after the server certificate
     was re-issued (the single-process server reloads it at once; workers notice it within
-    ``tls.reload_seconds``)."""
+    ``tls.reload_seconds``). Every ``state.sweep_seconds`` (counted from the first call,
+    which follows the start's own sweep) leftover uploads are swept again
+    (:func:`sweep_leftover_uploads`), so a file of a crash that a sweep had to keep for its
+    age (redis) goes within ``state.sweep_age_seconds + state.sweep_seconds`` of its last
+    write, without a restart."""
 
     def __init__(self, config: Config, revocations: RevocationList,
                  on_reissue: Callable[[], object] | None = None) -> None:
@@ -70,10 +76,19 @@ class InstanceMaintenance:
         self.on_reissue = on_reissue
         self._lifecycle_due = 0.0
         self._crl_due = 0.0
+        self._sweep_due: float | None = None
 
     def run_due(self, now: float | None = None) -> None:
         """Run the rounds that are due at `now` (monotonic seconds; default: now)."""
         now = time.monotonic() if now is None else now
+        if self._sweep_due is None:
+            self._sweep_due = now + self.config.state.sweep_seconds
+        elif now >= self._sweep_due:
+            self._sweep_due = now + self.config.state.sweep_seconds
+            try:
+                sweep_leftover_uploads(self.config)
+            except Exception:  # noqa: BLE001 - maintenance must never take the server down
+                log.exception("sweeping leftover uploads failed")
         if now >= self._lifecycle_due:
             self._lifecycle_due = now + DAILY_SECONDS
             try:

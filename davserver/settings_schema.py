@@ -386,6 +386,18 @@ SETTINGS: tuple[Setting, ...] = (
              '(docs/scaling.md, "What holds across workers")'),
     ),
     Setting(
+        'state.sweep_seconds', 'float', 120.0, lo=1.0, hi=3600.0,
+        doc=('how often the files of uploads cut off by a crash are swept while the server runs (besides at '
+             'start and when a worker dies); a leftover goes within `state.sweep_age_seconds` plus this '
+             '(docs/scaling.md, "The sweep of leftover uploads")'),
+    ),
+    Setting(
+        'state.sweep_age_seconds', 'float', 300.0, lo=0.0, hi=86400.0,
+        doc=('with `backend: redis`: a leftover upload file is swept only once untouched this long, so '
+             "another node's upload on a network filesystem whose locks this machine cannot see stays "
+             '(with `sqlite` the writer\'s lock alone decides)'),
+    ),
+    Setting(
         'state.url', 'str', 'redis://127.0.0.1:6379/0',
         doc='with `backend: redis`: the Redis server (`rediss://` for TLS)',
     ),
