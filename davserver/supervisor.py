@@ -10,7 +10,8 @@ serve`` runs this small supervisor instead of the server:
   removes only temp files no process holds the lock of (fs.py ``sweep_temp_files``),
   so it is safe while another server or a worker orphaned by a killed supervisor is
   still writing an upload; it runs again after each worker that dies (its uploads'
-  files are unlocked from then on), on the maintenance thread;
+  files are unlocked from then on) and every ``state.sweep_seconds`` (maintenance.py
+  ``InstanceMaintenance``), on the maintenance thread;
 - it starts the workers (worker.py) as fresh interpreters (``subprocess.Popen`` with
   ``pass_fds``; no fork: nothing of the supervisor's threads or locks is inherited),
   each a full server (``DavServer(role="worker")``) accepting on the same shared
