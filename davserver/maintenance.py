@@ -85,21 +85,26 @@ class InstanceMaintenance:
             self._sweep_due = now + self.config.state.sweep_seconds
         elif now >= self._sweep_due:
             self._sweep_due = now + self.config.state.sweep_seconds
-            try:
-                sweep_leftover_uploads(self.config)
-            except Exception:  # noqa: BLE001 - maintenance must never take the server down
-                log.exception("sweeping leftover uploads failed")
+            _logging_failure("sweeping leftover uploads failed", lambda: sweep_leftover_uploads(self.config))
         if now >= self._lifecycle_due:
             self._lifecycle_due = now + DAILY_SECONDS
-            try:
-                if reissue_server_certificate(self.config) == "reissued" and self.on_reissue is not None:
-                    self.on_reissue()
-                check_expiry(self.config)
-            except Exception:  # noqa: BLE001 - maintenance must never take the server down
-                log.exception("certificate lifecycle maintenance failed")
+            _logging_failure("certificate lifecycle maintenance failed", self._certificate_lifecycle)
         if now >= self._crl_due:
             self._crl_due = now + CRL_SECONDS
-            try:
-                self.revocations.keep_fresh(self.config.home.certs_dir)
-            except Exception:  # noqa: BLE001 - maintenance must never take the server down
-                log.exception("CRL maintenance failed")
+            _logging_failure("CRL maintenance failed",
+                             lambda: self.revocations.keep_fresh(self.config.home.certs_dir))
+
+    def _certificate_lifecycle(self) -> None:
+        """Re-issue the server certificate when due (then `on_reissue`), warn about expiry."""
+        if reissue_server_certificate(self.config) == "reissued" and self.on_reissue is not None:
+            self.on_reissue()
+        check_expiry(self.config)
+
+
+def _logging_failure(failure: str, work: Callable[[], object]) -> None:
+    """Run `work`; any exception it raises is logged as `failure` (with its traceback) and
+    not raised: maintenance must never take the server down."""
+    try:
+        work()
+    except Exception:  # noqa: BLE001 - maintenance must never take the server down
+        log.exception(failure)
