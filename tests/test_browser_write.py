@@ -23,7 +23,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,6 +128,24 @@ def reloaded(page: Page, action: Any) -> None:
     except Exception as exc:  # noqa: BLE001 - say what the page said instead of a bare timeout
         status = page.locator("#status").inner_text() if page.locator("#status").count() else ""
         raise AssertionError(f"the page did not reload: {status!r}") from exc
+
+
+def upload_slowly(ctx: BrowserContext, page: Page, files: list[FilePayload],
+                  while_uploading: Callable[[], object]) -> None:
+    """Choose `files` in the page's picker with uploads at 8 MB/s (Chrome's network
+    emulation), so the page can be seen uploading: `while_uploading` runs once the
+    progress bar shows 4 MB sent (within 30 s); returns after the reload that ends it."""
+    cdp = ctx.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0,
+                                                  "downloadThroughput": -1, "uploadThroughput": 8_000_000})
+    with page.expect_navigation(wait_until="load", timeout=120_000):
+        page.set_input_files("#pick", files=files)
+        deadline = time.monotonic() + 30
+        while page.evaluate("() => (document.querySelector('#status progress') || {value: 0}).value") < 4e6:
+            assert time.monotonic() < deadline, "no progress shown"
+            time.sleep(0.05)
+        while_uploading()
 
 
 def shot(page: Page, name: str) -> None:
@@ -327,21 +345,9 @@ def test_upload_two_files_with_the_picker(live: tuple[Instance, DavServer], brow
         watch = Watch(page)
         response = page.goto(server.url + "files/")
         assert response is not None and response.status == 200
-        # Upload at 8 MB/s (Chrome's network emulation), so the page can be seen uploading.
-        cdp = ctx.new_cdp_session(page)
-        cdp.send("Network.enable")
-        cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0,
-                                                      "downloadThroughput": -1, "uploadThroughput": 8_000_000})
-        with page.expect_navigation(wait_until="load", timeout=120_000):
-            page.set_input_files("#pick", files=[
-                _upload("big.bin", "application/octet-stream", big),
-                _upload("note.txt", "text/plain", small),
-            ])
-            deadline = time.monotonic() + 30
-            while page.evaluate("() => (document.querySelector('#status progress') || {value: 0}).value") < 4e6:
-                assert time.monotonic() < deadline, "no progress shown"
-                time.sleep(0.05)
-            shot(page, "browser-listing-uploading-1280.png")
+        upload_slowly(ctx, page, [_upload("big.bin", "application/octet-stream", big),
+                                  _upload("note.txt", "text/plain", small)],
+                      lambda: shot(page, "browser-listing-uploading-1280.png"))
         files = share_dir(inst, "files")
         assert sha((files / "big.bin").read_bytes()) == sha(big)
         assert (files / "note.txt").read_bytes() == small
@@ -832,20 +838,12 @@ def test_upload_of_20_mb_on_a_phone(live: tuple[Instance, DavServer], browser: B
         assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
         label = page.locator("label", has_text="Upload files").bounding_box()
         assert label is not None and label["x"] >= 0 and label["x"] + label["width"] <= PHONE["width"], label
-        cdp = ctx.new_cdp_session(page)
-        cdp.send("Network.enable")
-        cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0,
-                                                      "downloadThroughput": -1, "uploadThroughput": 8_000_000})
-        with page.expect_navigation(wait_until="load", timeout=120_000):
-            page.set_input_files("#pick", files=[
-                _upload("big.bin", "application/octet-stream", big),
-                _upload("phone.txt", "text/plain", small),
-            ])
-            deadline = time.monotonic() + 30
-            while page.evaluate("() => (document.querySelector('#status progress') || {value: 0}).value") < 4e6:
-                assert time.monotonic() < deadline, "no progress shown"
-                time.sleep(0.05)
+
+        def fits_while_uploading() -> None:
             assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]  # while uploading too
+
+        upload_slowly(ctx, page, [_upload("big.bin", "application/octet-stream", big),
+                                  _upload("phone.txt", "text/plain", small)], fits_while_uploading)
         files = share_dir(inst, "files")
         assert sha((files / "big.bin").read_bytes()) == sha(big)
         assert (files / "phone.txt").read_bytes() == small
