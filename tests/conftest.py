@@ -238,3 +238,12 @@ def wsgidav_only(monkeypatch: pytest.MonkeyPatch, *, get: bool = True) -> Iterat
             m.setattr(fs, "fast_get", lambda *args: None)
         m.setattr(fs, "fast_propfind", lambda *args: None)
         yield
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The TMPDIR the server processes started by the test make their directories in."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    return tmp

@@ -39,7 +39,7 @@ from davserver.guard import CSRF_KEY_NAME
 from davserver.store.sqlite import SQLiteStore
 from tests.conftest import Instance, server_process, session_for
 from tests.test_clients import share_dir
-from tests.test_supervisor import children, port_of, ready_workers, serve, wait_for, worker_of
+from tests.workers import children, port_of, ready_workers, serve, wait_for, worker_of
 
 TRIES = 60  # new connections to make until every worker has answered each kind of request
 

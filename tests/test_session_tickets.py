@@ -48,7 +48,7 @@ from davserver.tls_tickets import (
 )
 from tests.conftest import Client, Instance, client_context, running
 from tests.test_enrolment_web import enable
-from tests.test_supervisor import children, port_of, ready_workers, serve, wait_for, worker_of
+from tests.workers import children, port_of, ready_workers, serve, wait_for, worker_of
 
 VERSIONS = (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3)
 

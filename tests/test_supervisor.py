@@ -30,102 +30,31 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import requests
-import yaml
 
 from davserver.config import ConfigError, load_config
 from davserver.pki import CertificateAuthority
 from davserver.server import DavServer
 from davserver.supervisor import BACKOFF_MAX_SECONDS, restart_delay, worker_count
 from tests.conftest import Instance, client_context, session_for
-
-START_SECONDS = 60  # for `davserver serve` to print its URL on a busy machine
-
+from tests.workers import (
+    children,
+    established,
+    port_of,
+    ready_workers,
+    run_serve,
+    serve,
+    set_setting,
+    socket_inodes,
+    start_upload,
+    wait_for,
+    worker_of,
+)
 
 # --- helpers -------------------------------------------------------------------------
-
-@contextmanager
-def serve(inst: Instance, tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
-    """`davserver serve --port 0 ARGS` as its own process; yields it, its URL and its log."""
-    log = tmp_path / f"serve-{time.monotonic_ns()}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "davserver.cli", "--home", str(inst.home.root), "serve",
-                                 "--port", "0", *args], stderr=out)
-    try:
-        url = ""
-        deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline and not url and proc.poll() is None:
-            if m := re.search(r"serving (https://127\.0\.0\.1:\d+/)", log.read_text(errors="replace")):
-                url = m.group(1)
-            else:
-                time.sleep(0.05)
-        assert url, "the server did not start: " + log.read_text(errors="replace")[-3000:]
-        yield proc, url, log
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-
-
-def children(pid: int) -> list[int]:
-    """The PIDs of process `pid`'s children (Linux /proc)."""
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except FileNotFoundError:
-        return []
-
-
-def wait_for(check: Callable[[], object], seconds: float = 20.0, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(step)
-    return bool(check())
-
-
-def socket_inodes(pid: int) -> set[int]:
-    """The inodes of process `pid`'s sockets."""
-    found = set()
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                found.add(int(target[8:-1]))
-    except FileNotFoundError:
-        pass
-    return found
-
-
-def established(port: int) -> dict[int, int]:
-    """Inode -> client port of every established TCP connection to local `port`."""
-    found = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            local, remote, state, inode = fields[1], fields[2], fields[3], int(fields[9])
-            if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
-                found[inode] = int(remote.rsplit(":", 1)[1], 16)
-    return found
-
-
-def worker_of(pids: list[int], port: int, client_port: int) -> int | None:
-    """Which of `pids` holds the server side of the connection from `client_port`."""
-    conns = {inode for inode, cport in established(port).items() if cport == client_port}
-    return next((pid for pid in pids if socket_inodes(pid) & conns), None)
-
 
 def get_from(session: requests.Session, url: str) -> tuple[int, int]:
     """GET `url` on `session`: (status, the local port of the connection it used)."""
@@ -137,23 +66,9 @@ def get_from(session: requests.Session, url: str) -> tuple[int, int]:
     return r.status_code, port
 
 
-def port_of(url: str) -> int:
-    return int(url.rstrip("/").rsplit(":", 1)[1])
-
-
-def set_setting(inst: Instance, section: str, **values: object) -> None:
-    raw = yaml.safe_load(inst.home.config_file.read_text())
-    raw.setdefault(section, {}).update(values)
-    inst.home.config_file.write_text(yaml.safe_dump(raw))
-
-
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def ready_workers(log: Path) -> int:
-    return len(re.findall(r"worker \d+ serving: pid", log.read_text(errors="replace")))
 
 
 # --- the setting ---------------------------------------------------------------------
@@ -449,17 +364,11 @@ def _refused(port: int) -> bool:
 
 
 def test_sigterm_drains_an_upload_in_flight(inst: Instance, tmp_path: Path) -> None:
-    client = inst.clients["alice"]
     body = os.urandom(256 * 1024)
     with serve(inst, tmp_path, "--workers", "2") as (proc, url, log):
         assert wait_for(lambda: ready_workers(log) == 2)
         port = port_of(url)
-        conn = http.client.HTTPSConnection("127.0.0.1", port, context=client_context(inst, client), timeout=60)
-        token = base64.b64encode(f"{client.account}:{client.password}".encode()).decode()
-        conn.putrequest("PUT", "/files/drained.bin")
-        conn.putheader("Authorization", f"Basic {token}")
-        conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders()
+        conn = start_upload(inst, port, "/files/drained.bin", len(body))
         conn.send(body[:1024])
         time.sleep(0.5)  # the worker reads the request and waits for the rest of the body
         pids = children(proc.pid)
@@ -600,11 +509,6 @@ def test_crl_resigning_and_expiry_warnings_run_once_not_per_worker(inst: Instanc
 
 # --- start-up ------------------------------------------------------------------------
 
-def _serve_fails(inst: Instance, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "davserver.cli", "--home", str(inst.home.root), "serve",
-                           "--port", "0", *args], capture_output=True, text=True, timeout=120)
-
-
 def test_a_worker_that_cannot_start_at_all_is_one_line_as_without_workers(inst: Instance) -> None:
     """The first workers' own error (here a broken accounts.yaml, which only a worker
     reads) ends `serve` with the line the single process prints, exit 2, nothing left
@@ -612,7 +516,7 @@ def test_a_worker_that_cannot_start_at_all_is_one_line_as_without_workers(inst: 
     inst.home.accounts_file.write_text("accounts: [this is: not valid")
     lines = {}
     for workers in ("2", "1"):
-        r = _serve_fails(inst, "--workers", workers)
+        r = run_serve(inst, "--port", "0", "--workers", workers)
         assert r.returncode == 2, r.stderr
         errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and "accounts.yaml: not valid YAML" in errors[0], r.stderr
@@ -624,8 +528,7 @@ def test_a_worker_that_cannot_start_at_all_is_one_line_as_without_workers(inst: 
 def test_a_taken_port_is_refused_before_any_worker_starts(inst: Instance) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        r = subprocess.run([sys.executable, "-m", "davserver.cli", "--home", str(inst.home.root), "serve",
-                            "--port", str(port), "--workers", "2"], capture_output=True, text=True, timeout=120)
+        r = run_serve(inst, "--port", str(port), "--workers", "2")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == (f"error: server.port: 127.0.0.1:{port} is already in use "
                                                  "(stop the other server or pick --port)"), r.stderr

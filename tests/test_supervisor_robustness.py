@@ -30,39 +30,27 @@ import yaml
 
 from davserver.supervisor import METRICS_DIR_PREFIX, remove_dead_metrics_dirs
 from tests.conftest import Instance, client_context, free_port
-
-from .test_supervisor import children, established, port_of, ready_workers, serve, set_setting, socket_inodes, wait_for
+from tests.workers import (
+    children,
+    launch,
+    metrics_dirs,
+    port_of,
+    ready_workers,
+    serve,
+    set_setting,
+    start_upload,
+    wait_for,
+    worker_of,
+)
 
 CHANGED = "davserver.yaml changed since start; restart the service to apply it"
 
 
 def request(inst: Instance, port: int, method: str, path: str, body: bytes | None = None,
-            password: str | None = None) -> tuple[int, int]:
-    """`method` `path` as alice on a new TLS connection: (status, the connection's client port)."""
-    client = inst.clients["alice"]
-    conn = http.client.HTTPSConnection("127.0.0.1", port, context=client_context(inst, client), timeout=30)
-    try:
-        conn.connect()
-        assert conn.sock is not None
-        cport = int(conn.sock.getsockname()[1])
-        token = base64.b64encode(f"alice:{password or client.password}".encode()).decode()
-        conn.request(method, path, body=body, headers={"Authorization": f"Basic {token}"})
-        r = conn.getresponse()
-        r.read()
-        return r.status, cport
-    finally:
-        conn.close()
-
-
-def served_by(pids: list[int], port: int, cport: int) -> int | None:
-    """Which of `pids` held the server side of the connection from `cport` (looked up
-    while it is open: call from inside the request, see `answered_by`)."""
-    inodes = {inode for inode, c in established(port).items() if c == cport}
-    return next((p for p in pids if socket_inodes(p) & inodes), None)
-
-
-def answered_by(inst: Instance, port: int, pids: list[int], path: str) -> tuple[int, int | None]:
-    """GET `path` on a new keep-alive connection; (status, the worker in `pids` holding it)."""
+            workers: list[int] | None = None) -> tuple[int, int | None]:
+    """`method` `path` as alice on a new keep-alive TLS connection: (status, the one of
+    `workers` that held the connection, looked up while it is still open; None without
+    `workers`)."""
     client = inst.clients["alice"]
     conn = http.client.HTTPSConnection("127.0.0.1", port, context=client_context(inst, client), timeout=30)
     try:
@@ -70,10 +58,10 @@ def answered_by(inst: Instance, port: int, pids: list[int], path: str) -> tuple[
         assert conn.sock is not None
         cport = int(conn.sock.getsockname()[1])
         token = base64.b64encode(f"alice:{client.password}".encode()).decode()
-        conn.request("GET", path, headers={"Authorization": f"Basic {token}"})
+        conn.request(method, path, body=body, headers={"Authorization": f"Basic {token}"})
         r = conn.getresponse()
         r.read()
-        return r.status, served_by(pids, port, cport)  # the connection is still open: keep-alive
+        return r.status, worker_of(workers, port, cport) if workers else None  # the connection is still open
     finally:
         conn.close()
 
@@ -104,7 +92,7 @@ def test_a_restarted_worker_runs_the_configuration_the_supervisor_started_with(i
         pids = children(proc.pid)
         seen: dict[int | None, list[int]] = {}
         for _ in range(16):  # new connections take turns: both (restarted) workers answer
-            status, pid = answered_by(inst, port, pids, "/files/a.txt")
+            status, pid = request(inst, port, "GET", "/files/a.txt", workers=pids)
             seen.setdefault(pid, []).append(status)
         assert set(seen) == set(pids), seen
         assert all(s == 200 for statuses in seen.values() for s in statuses), seen  # not 401 from either
@@ -118,24 +106,9 @@ def test_a_restarted_worker_runs_the_configuration_the_supervisor_started_with(i
 
 # --- signals while the workers start -------------------------------------------------
 
-@pytest.fixture
-def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    monkeypatch.setenv("TMPDIR", str(tmp))
-    return tmp
-
-
-def metrics_dirs(tmp: Path) -> list[str]:
-    return sorted(p.name for p in tmp.iterdir() if p.name.startswith(METRICS_DIR_PREFIX))
-
-
 def _starting(inst: Instance, tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
     """`davserver serve --workers 2`, returned once both workers run and neither serves yet."""
-    log = tmp_path / f"serve-{time.monotonic_ns()}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "davserver.cli", "--home", str(inst.home.root), "serve",
-                                 "--port", "0", "--workers", "2"], stderr=out)
+    proc, log = launch(inst, tmp_path, "--workers", "2")
     assert wait_for(lambda: len(children(proc.pid)) == 2, seconds=60, step=0.005)
     assert ready_workers(log) == 0, "the workers served before the signal: this test proves nothing"
     return proc, log
@@ -226,7 +199,7 @@ def test_a_stopped_worker_is_killed_and_replaced_after_the_heartbeat_limit(inst:
         assert re.search(rf"\(pid {victim}\) was killed by SIGKILL", text), text
         pids = children(proc.pid)
         assert other in pids and victim not in pids and len(pids) == 2
-        seen = {answered_by(inst, port, pids, "/files/")[1] for _ in range(16)}
+        seen = {request(inst, port, "GET", "/files/", workers=pids)[1] for _ in range(16)}
         assert seen == set(pids), log.read_text()  # the replacement serves
 
 
@@ -234,18 +207,12 @@ def test_a_busy_worker_is_not_killed(inst: Instance, tmp_path: Path) -> None:
     """The twin: a worker receiving a slow upload for three times the limit, while both
     workers answer other requests, keeps sending its heartbeat and is not killed."""
     set_setting(inst, "server", worker_heartbeat_seconds=2)
-    client = inst.clients["alice"]
     with serve(inst, tmp_path, "--workers", "2") as (proc, url, log):
         assert wait_for(lambda: ready_workers(log) == 2)
         port = port_of(url)
         pids = children(proc.pid)
-        conn = http.client.HTTPSConnection("127.0.0.1", port, context=client_context(inst, client), timeout=60)
-        token = base64.b64encode(f"alice:{client.password}".encode()).decode()
         chunks = 60
-        conn.putrequest("PUT", "/files/slow.bin")
-        conn.putheader("Authorization", f"Basic {token}")
-        conn.putheader("Content-Length", str(chunks * 1024))
-        conn.endheaders()
+        conn = start_upload(inst, port, "/files/slow.bin", chunks * 1024)
         started = time.monotonic()
         for _ in range(chunks):  # 6 s: three times the limit
             conn.send(b"x" * 1024)

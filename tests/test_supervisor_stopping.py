@@ -11,25 +11,16 @@ The server is the real ``davserver serve`` process, its clients real TLS sockets
 
 from __future__ import annotations
 
-import base64
-import http.client
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import Instance, client_context, free_port
-
-from .test_supervisor import port_of, ready_workers, serve, set_setting, wait_for
-
-PREFIX = "davserver-metrics-"  # supervisor.py's tempfile.mkdtemp prefix
+from tests.conftest import Instance, free_port
+from tests.workers import metrics_dirs, port_of, ready_workers, run_serve, serve, set_setting, start_upload, wait_for
 
 
 def readyz(port: int) -> tuple[int, str]:
@@ -41,35 +32,15 @@ def readyz(port: int) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
-def leftovers(tmp: Path) -> list[str]:
-    return sorted(p.name for p in tmp.iterdir() if p.name.startswith(PREFIX))
-
-
-@pytest.fixture
-def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The TMPDIR the server processes started by the test make their directories in."""
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    monkeypatch.setenv("TMPDIR", str(tmp))
-    return tmp
-
-
 def test_readyz_says_stopping_while_the_workers_drain(inst: Instance, tmp_path: Path, private_tmp: Path) -> None:
     mport = free_port()
     set_setting(inst, "metrics", enabled=True, port=mport)
-    client = inst.clients["alice"]
     body = os.urandom(64 * 1024)
     with serve(inst, tmp_path, "--workers", "2") as (proc, url, log):
         assert wait_for(lambda: ready_workers(log) == 2)
         assert readyz(mport) == (200, "ready\n")  # the twin: serving, ready
-        assert len(leftovers(private_tmp)) == 1  # the workers' directory, while they run
-        conn = http.client.HTTPSConnection("127.0.0.1", port_of(url), context=client_context(inst, client),
-                                           timeout=60)
-        token = base64.b64encode(f"{client.account}:{client.password}".encode()).decode()
-        conn.putrequest("PUT", "/files/drained.bin")
-        conn.putheader("Authorization", f"Basic {token}")
-        conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders()
+        assert len(metrics_dirs(private_tmp)) == 1  # the workers' directory, while they run
+        conn = start_upload(inst, port_of(url), "/files/drained.bin", len(body))
         conn.send(body[:1024])
         time.sleep(0.5)  # a worker reads the request and waits for the rest of the body
         proc.send_signal(signal.SIGTERM)
@@ -82,7 +53,7 @@ def test_readyz_says_stopping_while_the_workers_drain(inst: Instance, tmp_path: 
         finally:
             conn.close()
         assert proc.wait(timeout=40) == 0
-    assert leftovers(private_tmp) == []
+    assert metrics_dirs(private_tmp) == []
 
 
 def test_a_taken_metrics_port_ends_serve_with_one_line_and_leaves_no_directory(
@@ -90,18 +61,17 @@ def test_a_taken_metrics_port_ends_serve_with_one_line_and_leaves_no_directory(
     with socket.create_server(("127.0.0.1", 0)) as taken:
         mport = taken.getsockname()[1]
         set_setting(inst, "metrics", enabled=True, port=mport)
-        r = subprocess.run([sys.executable, "-m", "davserver.cli", "--home", str(inst.home.root), "serve",
-                            "--port", "0", "--workers", "2"], capture_output=True, text=True, timeout=120)
+        r = run_serve(inst, "--port", "0", "--workers", "2")
     assert r.returncode == 2, r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
     assert errors == [r.stderr.strip().splitlines()[-1]], r.stderr
     assert errors[0].startswith(f"error: metrics.port: 127.0.0.1:{mport} is already in use"), r.stderr
     assert "Traceback" not in r.stderr and "serving" not in r.stderr
-    assert leftovers(private_tmp) == []
+    assert metrics_dirs(private_tmp) == []
     # The twin: with the port free it serves, and stopping removes the directory too.
     with serve(inst, tmp_path, "--workers", "2") as (proc, _url, log):
         assert wait_for(lambda: ready_workers(log) == 2)
         assert readyz(mport) == (200, "ready\n")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=40) == 0
-    assert leftovers(private_tmp) == []
+    assert metrics_dirs(private_tmp) == []

@@ -41,7 +41,7 @@ from davserver.config import load_config
 from davserver.fs import TEMP_PREFIX, sweep_temp_files
 from tests.conftest import Instance, running, session_for
 from tests.test_fs_safety import put_head, read_response, status_of, tls_socket
-from tests.test_supervisor import children, port_of, ready_workers, serve, wait_for, worker_of
+from tests.workers import children, port_of, ready_workers, run_serve, serve, wait_for, worker_of
 
 #: How soon after a worker's death its leftover upload files must be gone (the
 #: supervisor reaps within 0.1 s and sweeps at once on its maintenance thread).
@@ -99,12 +99,6 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def second_serve(inst: Instance, port: int, workers: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "davserver.cli", "--home", str(inst.home.root), "serve",
-                           "--workers", workers, "--port", str(port)],
-                          capture_output=True, text=True, timeout=120, check=False)
-
-
 @contextmanager
 def half_upload(inst: Instance, port: int, path: str, body: bytes) -> Iterator[Any]:
     """A PUT on a raw TLS connection whose body has been sent up to half; yields the socket."""
@@ -117,6 +111,43 @@ def half_upload(inst: Instance, port: int, path: str, body: bytes) -> Iterator[A
 def finish(tls: Any, body: bytes) -> int:
     tls.sendall(body[len(body) // 2 :])
     return status_of(read_response(tls))
+
+
+def uploads_on_each_worker(inst: Instance, stack: ExitStack, port: int, pids: list[int],
+                           body: bytes) -> dict[int, list[Any]]:
+    """Half uploads of `body` to /files/u0.bin, u1.bin ... (at most 12) on new connections
+    until each worker of `pids` holds at least one: worker -> its uploads' sockets (each
+    closed by `stack`)."""
+    owner: dict[int, list[Any]] = {pid: [] for pid in pids}
+    for n in range(12):  # until each worker has an upload in flight
+        tls = stack.enter_context(half_upload(inst, port, f"/files/u{n}.bin", body))
+        client_port = int(tls.getsockname()[1])
+        assert wait_for(lambda: worker_of(pids, port, client_port) is not None)  # noqa: B023 - used at once
+        owner[worker_of(pids, port, client_port) or 0].append(tls)
+        if all(owner.values()):
+            break
+    assert all(owner.values()), "the connections did not reach both workers"
+    return owner
+
+
+def kill_mid_upload(share: Path, owner: dict[int, list[Any]], victim: int,
+                    survivor: int) -> tuple[set[str], set[str], float]:
+    """Once each worker has its uploads' temp files open, `kill -9` `victim`: (its temp
+    files, `survivor`'s, the monotonic time of the kill)."""
+    assert wait_for(lambda: len(temp_files_of(victim, share)) == len(owner[victim]))
+    assert wait_for(lambda: len(temp_files_of(survivor, share)) == len(owner[survivor]))
+    doomed, kept = temp_files_of(victim, share), temp_files_of(survivor, share)
+    os.kill(victim, signal.SIGKILL)
+    return doomed, kept, time.monotonic()
+
+
+def assert_uploads_whole(share: Path, body: bytes) -> None:
+    """Every u0.bin ... u11.bin that was stored has exactly `body`, and no temp file is left."""
+    for n in range(12):
+        target = share / f"u{n}.bin"
+        if target.exists():
+            assert sha(target.read_bytes()) == sha(body)
+    assert temp_files(share) == []
 
 
 # --- the reviewer's reproduction -----------------------------------------------------
@@ -144,7 +175,7 @@ def test_a_second_serve_that_cannot_bind_removes_no_upload_in_flight(inst: Insta
             in_flight = temp_files(share)
             inode = in_flight[0].stat().st_ino
             for workers in ("1", "2"):
-                second = second_serve(inst, port_of(url), workers)
+                second = run_serve(inst, "--workers", workers, "--port", str(port_of(url)))
                 said = second.stdout + second.stderr
                 assert second.returncode == 2, said
                 assert "in use" in said, said
@@ -203,22 +234,10 @@ def test_kill_9_of_a_worker_its_upload_files_are_swept_soon_the_others_stay(inst
     with serve(inst, tmp_path, "--workers", "2") as (proc, url, log), ExitStack() as stack:
         assert wait_for(lambda: ready_workers(log) == 2)
         port, pids = port_of(url), children(proc.pid)
-        owner: dict[int, list[Any]] = {pid: [] for pid in pids}
-        for n in range(12):  # until each worker has an upload in flight
-            tls = stack.enter_context(half_upload(inst, port, f"/files/u{n}.bin", body))
-            client_port = int(tls.getsockname()[1])
-            assert wait_for(lambda: worker_of(pids, port, client_port) is not None)  # noqa: B023 - used at once
-            owner[worker_of(pids, port, client_port) or 0].append(tls)
-            if all(owner.values()):
-                break
-        assert all(owner.values()), "the connections did not reach both workers"
+        owner = uploads_on_each_worker(inst, stack, port, pids, body)
         victim, survivor = pids
         assert wait_for(lambda: temp_files_of(victim, share) and temp_files_of(survivor, share))
-        assert wait_for(lambda: len(temp_files_of(victim, share)) == len(owner[victim]))
-        assert wait_for(lambda: len(temp_files_of(survivor, share)) == len(owner[survivor]))
-        doomed, kept = temp_files_of(victim, share), temp_files_of(survivor, share)
-        os.kill(victim, signal.SIGKILL)
-        killed = time.monotonic()
+        doomed, kept, killed = kill_mid_upload(share, owner, victim, survivor)
         assert wait_for(lambda: not any(os.path.exists(p) for p in doomed), seconds=SWEPT_WITHIN), \
             log.read_text()[-2000:]
         assert time.monotonic() - killed <= SWEPT_WITHIN
@@ -226,11 +245,7 @@ def test_kill_9_of_a_worker_its_upload_files_are_swept_soon_the_others_stay(inst
         assert all(os.path.exists(p) for p in kept), "the sweep removed a live upload of the other worker"
         for tls in owner[survivor]:
             assert finish(tls, body) == 201
-    for n in range(12):
-        target = share / f"u{n}.bin"
-        if target.exists():
-            assert sha(target.read_bytes()) == sha(body)
-    assert temp_files(share) == []
+    assert_uploads_whole(share, body)
 
 
 # --- every write path holds the lock while in flight ---------------------------------

@@ -22,7 +22,6 @@ can lock them where locks need a writable descriptor (NFS).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -30,12 +29,11 @@ import time
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 from davserver.config import load_config
 from tests.conftest import Instance, running
-from tests.test_supervisor import children, port_of, ready_workers, serve, set_setting, wait_for, worker_of
-from tests.test_upload_sweep import finish, half_upload, sha, share_dir, temp_files, temp_files_of
+from tests.test_upload_sweep import assert_uploads_whole, finish, kill_mid_upload, share_dir, uploads_on_each_worker
+from tests.workers import children, port_of, ready_workers, serve, set_setting, wait_for
 
 #: The small age and period of these tests (seconds; the settings' lower bound is 1).
 AGE = 1.0
@@ -70,21 +68,9 @@ def test_kill_9_of_a_worker_on_redis_its_uploads_go_within_the_bound_live_ones_s
     with serve(inst, tmp_path, "--workers", "2") as (proc, url, log), ExitStack() as stack:
         assert wait_for(lambda: ready_workers(log) == 2)
         port, pids = port_of(url), children(proc.pid)
-        owner: dict[int, list[Any]] = {pid: [] for pid in pids}
-        for n in range(12):  # until each worker has an upload in flight
-            tls = stack.enter_context(half_upload(inst, port, f"/files/u{n}.bin", body))
-            client_port = int(tls.getsockname()[1])
-            assert wait_for(lambda: worker_of(pids, port, client_port) is not None)  # noqa: B023 - used at once
-            owner[worker_of(pids, port, client_port) or 0].append(tls)
-            if all(owner.values()):
-                break
-        assert all(owner.values()), "the connections did not reach both workers"
+        owner = uploads_on_each_worker(inst, stack, port, pids, body)
         victim, survivor = pids
-        assert wait_for(lambda: len(temp_files_of(victim, share)) == len(owner[victim]))
-        assert wait_for(lambda: len(temp_files_of(survivor, share)) == len(owner[survivor]))
-        doomed, kept = temp_files_of(victim, share), temp_files_of(survivor, share)
-        os.kill(victim, signal.SIGKILL)
-        killed = time.monotonic()
+        doomed, kept, killed = kill_mid_upload(share, owner, victim, survivor)
         assert wait_for(lambda: not any(os.path.exists(p) for p in doomed), seconds=BOUND), \
             log.read_text()[-2000:]
         assert time.monotonic() - killed <= BOUND
@@ -93,11 +79,7 @@ def test_kill_9_of_a_worker_on_redis_its_uploads_go_within_the_bound_live_ones_s
         assert all(os.path.exists(p) for p in kept), "the sweep removed a live upload of the other worker"
         for tls in owner[survivor]:
             assert finish(tls, body) == 201
-    for n in range(12):
-        target = share / f"u{n}.bin"
-        if target.exists():
-            assert sha(target.read_bytes()) == sha(body)
-    assert temp_files(share) == []
+    assert_uploads_whole(share, body)
 
 
 WRITER = textwrap.dedent("""
