@@ -113,21 +113,27 @@ def finish(tls: Any, body: bytes) -> int:
     return status_of(read_response(tls))
 
 
-def uploads_on_each_worker(inst: Instance, stack: ExitStack, port: int, pids: list[int],
-                           body: bytes) -> dict[int, list[Any]]:
-    """Half uploads of `body` to /files/u0.bin, u1.bin ... (at most 12) on new connections
-    until each worker of `pids` holds at least one: worker -> its uploads' sockets (each
-    closed by `stack`)."""
-    owner: dict[int, list[Any]] = {pid: [] for pid in pids}
-    for n in range(12):  # until each worker has an upload in flight
-        tls = stack.enter_context(half_upload(inst, port, f"/files/u{n}.bin", body))
-        client_port = int(tls.getsockname()[1])
-        assert wait_for(lambda: worker_of(pids, port, client_port) is not None)  # noqa: B023 - used at once
-        owner[worker_of(pids, port, client_port) or 0].append(tls)
-        if all(owner.values()):
-            break
-    assert all(owner.values()), "the connections did not reach both workers"
-    return owner
+@contextmanager
+def uploads_on_each_worker(inst: Instance, tmp_path: Path,
+                           body: bytes) -> Iterator[tuple[Path, dict[int, list[Any]], int, int]]:
+    """`davserver serve --workers 2`, and half uploads of `body` to /files/u0.bin, u1.bin
+    ... (at most 12) on new connections until each worker holds at least one; yields the
+    server's log, worker -> its uploads' sockets, and the two workers (victim, survivor).
+    The sockets are closed, then the server stopped, at the end."""
+    with serve(inst, tmp_path, "--workers", "2") as (proc, url, log), ExitStack() as stack:
+        assert wait_for(lambda: ready_workers(log) == 2)
+        port, pids = port_of(url), children(proc.pid)
+        owner: dict[int, list[Any]] = {pid: [] for pid in pids}
+        for n in range(12):  # until each worker has an upload in flight
+            tls = stack.enter_context(half_upload(inst, port, f"/files/u{n}.bin", body))
+            client_port = int(tls.getsockname()[1])
+            assert wait_for(lambda: worker_of(pids, port, client_port) is not None)  # noqa: B023 - used at once
+            owner[worker_of(pids, port, client_port) or 0].append(tls)
+            if all(owner.values()):
+                break
+        assert all(owner.values()), "the connections did not reach both workers"
+        victim, survivor = pids
+        yield log, owner, victim, survivor
 
 
 def kill_mid_upload(share: Path, owner: dict[int, list[Any]], victim: int,
@@ -139,6 +145,12 @@ def kill_mid_upload(share: Path, owner: dict[int, list[Any]], victim: int,
     doomed, kept = temp_files_of(victim, share), temp_files_of(survivor, share)
     os.kill(victim, signal.SIGKILL)
     return doomed, kept, time.monotonic()
+
+
+def assert_gone_within(paths: set[str], since: float, seconds: float, log: Path) -> None:
+    """Every one of `paths` is gone within `seconds` of `since` (monotonic); else the log's tail."""
+    assert wait_for(lambda: not any(os.path.exists(p) for p in paths), seconds=seconds), log.read_text()[-2000:]
+    assert time.monotonic() - since <= seconds
 
 
 def assert_uploads_whole(share: Path, body: bytes) -> None:
@@ -231,16 +243,10 @@ def test_kill_9_of_a_worker_its_upload_files_are_swept_soon_the_others_stay(inst
     within SWEPT_WITHIN seconds, the other worker's stay and its uploads complete."""
     share = share_dir(inst)
     body = os.urandom(2 << 20)
-    with serve(inst, tmp_path, "--workers", "2") as (proc, url, log), ExitStack() as stack:
-        assert wait_for(lambda: ready_workers(log) == 2)
-        port, pids = port_of(url), children(proc.pid)
-        owner = uploads_on_each_worker(inst, stack, port, pids, body)
-        victim, survivor = pids
+    with uploads_on_each_worker(inst, tmp_path, body) as (log, owner, victim, survivor):
         assert wait_for(lambda: temp_files_of(victim, share) and temp_files_of(survivor, share))
         doomed, kept, killed = kill_mid_upload(share, owner, victim, survivor)
-        assert wait_for(lambda: not any(os.path.exists(p) for p in doomed), seconds=SWEPT_WITHIN), \
-            log.read_text()[-2000:]
-        assert time.monotonic() - killed <= SWEPT_WITHIN
+        assert_gone_within(doomed, killed, SWEPT_WITHIN, log)
         assert f"removed {len(doomed)} unfinished upload(s)" in log.read_text()
         assert all(os.path.exists(p) for p in kept), "the sweep removed a live upload of the other worker"
         for tls in owner[survivor]:

@@ -27,13 +27,19 @@ import sys
 import textwrap
 import time
 import uuid
-from contextlib import ExitStack
 from pathlib import Path
 
 from davserver.config import load_config
 from tests.conftest import Instance, running
-from tests.test_upload_sweep import assert_uploads_whole, finish, kill_mid_upload, share_dir, uploads_on_each_worker
-from tests.workers import children, port_of, ready_workers, serve, set_setting, wait_for
+from tests.test_upload_sweep import (
+    assert_gone_within,
+    assert_uploads_whole,
+    finish,
+    kill_mid_upload,
+    share_dir,
+    uploads_on_each_worker,
+)
+from tests.workers import set_setting, wait_for
 
 #: The small age and period of these tests (seconds; the settings' lower bound is 1).
 AGE = 1.0
@@ -65,15 +71,9 @@ def test_kill_9_of_a_worker_on_redis_its_uploads_go_within_the_bound_live_ones_s
     on_redis(inst, redis_url)
     share = share_dir(inst)
     body = os.urandom(1 << 20)
-    with serve(inst, tmp_path, "--workers", "2") as (proc, url, log), ExitStack() as stack:
-        assert wait_for(lambda: ready_workers(log) == 2)
-        port, pids = port_of(url), children(proc.pid)
-        owner = uploads_on_each_worker(inst, stack, port, pids, body)
-        victim, survivor = pids
+    with uploads_on_each_worker(inst, tmp_path, body) as (log, owner, victim, survivor):
         doomed, kept, killed = kill_mid_upload(share, owner, victim, survivor)
-        assert wait_for(lambda: not any(os.path.exists(p) for p in doomed), seconds=BOUND), \
-            log.read_text()[-2000:]
-        assert time.monotonic() - killed <= BOUND
+        assert_gone_within(doomed, killed, BOUND, log)
         # The twin: idle longer than the age and several periods, the live uploads stay.
         time.sleep(max(0.0, killed + AGE + 3 * PERIOD - time.monotonic()))
         assert all(os.path.exists(p) for p in kept), "the sweep removed a live upload of the other worker"
