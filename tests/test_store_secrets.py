@@ -10,7 +10,6 @@ reached raises StoreUnavailable, never a key of one process.
 
 from __future__ import annotations
 
-import multiprocessing
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -27,11 +26,10 @@ from davserver.store.base import MIN_SECRET_BYTES
 from davserver.store.redis import RedisStore
 
 from .conftest import free_port
+from .racing import WAIT, run_spawned
 
-SPAWN = multiprocessing.get_context("spawn")
 PROCESSES = 4
 ROUNDS = 15
-_WAIT = 120.0  # seconds a barrier or a result may take on a loaded machine
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -86,7 +84,7 @@ def _racer(where: tuple[str, str, str], rounds: int, barrier: Any, results: Any)
     store = open_at(*where)
     try:
         for r in range(rounds):
-            barrier.wait(_WAIT)
+            barrier.wait(WAIT)
             try:
                 results.put((r, store.shared_secret(f"race-{r}").hex()))
             except Exception as exc:  # noqa: BLE001 - reported, asserted by the parent
@@ -98,23 +96,9 @@ def _racer(where: tuple[str, str, str], rounds: int, barrier: Any, results: Any)
 def test_processes_making_a_secret_at_once_all_get_one_value(where: tuple[str, str, str]) -> None:
     if where[0] == "sqlite":
         SQLiteStore(Path(where[1])).close()  # the file exists; its first opening is raced elsewhere
-    barrier = SPAWN.Barrier(PROCESSES)
-    results = SPAWN.Queue()
-    procs = [SPAWN.Process(target=_racer, args=(where, ROUNDS, barrier, results)) for _ in range(PROCESSES)]
-    for p in procs:
-        p.start()
     seen: dict[int, set[str]] = {r: set() for r in range(ROUNDS)}
-    try:
-        for _ in range(ROUNDS * PROCESSES):
-            r, value = results.get(timeout=_WAIT)
-            seen[r].add(value)
-    finally:
-        for p in procs:
-            p.join(timeout=_WAIT)
-            if p.is_alive():
-                p.kill()
-                p.join()
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    for r, value in run_spawned(_racer, [(where, ROUNDS)] * PROCESSES, ROUNDS * PROCESSES):
+        seen[r].add(value)
     assert all(len(values) == 1 and not next(iter(values)).startswith("error") for values in seen.values()), seen
     store = open_at(*where)
     try:  # the value they agreed on is the one kept; every round made its own

@@ -26,7 +26,6 @@ Every refusal has its twin: the legitimate request still works.
 
 from __future__ import annotations
 
-import multiprocessing
 import re
 import sqlite3
 import subprocess
@@ -47,25 +46,24 @@ from davserver.store.base import Grant, InvitationRecord, StoreUnavailable
 from davserver.store.sqlite import SQLiteStore
 
 from .conftest import PASSWORDS, Instance, running, session_for
+from .racing import SPAWN, WAIT, run_spawned
 from .test_server_auth import audit_records
 from .test_totp_live import PW, code, configure, enrol
 
-SPAWN = multiprocessing.get_context("spawn")
 ROUNDS = 40
-_WAIT = 120.0  # seconds a barrier or a result may take on a loaded machine
 
 
 # --- the harness: processes that run one race per round, released together ------------------
 
-def _racer(name: str, db: str, index: int, rounds: int, barrier: Any, results: Any, extra: Any) -> None:
+def _racer(name: str, db: str, index: int, rounds: int, extra: Any, barrier: Any, results: Any) -> None:
     """A spawned process: opens its own store, then per round waits at the barrier and runs
     the race `name` (a function of this module), reporting (index, round, outcome)."""
     race = globals()[name]
     store = SQLiteStore(Path(db))
     try:
-        barrier.wait(_WAIT)  # everyone has opened the store
+        barrier.wait(WAIT)  # everyone has opened the store
         for r in range(rounds):
-            barrier.wait(_WAIT)
+            barrier.wait(WAIT)
             try:
                 outcome = race(store, r, index, extra)
             except Exception as exc:  # noqa: BLE001 - reported, asserted by the parent
@@ -77,24 +75,10 @@ def _racer(name: str, db: str, index: int, rounds: int, barrier: Any, results: A
 
 def race(name: str, db: Path, *, rounds: int = ROUNDS, processes: int = 2, extra: Any = None) -> list[list[Any]]:
     """Run `name` in `processes` spawned processes for `rounds` rounds: outcomes[round][index]."""
-    barrier = SPAWN.Barrier(processes)
-    results = SPAWN.Queue()
-    procs = [SPAWN.Process(target=_racer, args=(name, str(db), i, rounds, barrier, results, extra))
-             for i in range(processes)]
-    for p in procs:
-        p.start()
     outcomes: list[list[Any]] = [[None] * processes for _ in range(rounds)]
-    try:
-        for _ in range(rounds * processes):
-            index, r, outcome = results.get(timeout=_WAIT)
-            outcomes[r][index] = outcome
-    finally:
-        for p in procs:
-            p.join(timeout=_WAIT)
-            if p.is_alive():
-                p.kill()
-                p.join()
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    for index, r, outcome in run_spawned(_racer, [(name, str(db), i, rounds, extra) for i in range(processes)],
+                                         rounds * processes):
+        outcomes[r][index] = outcome
     return outcomes
 
 
@@ -327,7 +311,7 @@ def _hold_write_lock(db: str, held: Any, release: Any) -> None:
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("BEGIN IMMEDIATE")
     held.set()
-    release.wait(_WAIT)
+    release.wait(WAIT)
     conn.execute("ROLLBACK")
     conn.close()
 
@@ -338,11 +322,11 @@ def write_lock_held(db: Path) -> Iterator[None]:
     holder = SPAWN.Process(target=_hold_write_lock, args=(str(db), held, release))
     holder.start()
     try:
-        assert held.wait(_WAIT)
+        assert held.wait(WAIT)
         yield
     finally:
         release.set()
-        holder.join(_WAIT)
+        holder.join(WAIT)
 
 
 def test_a_write_that_cannot_get_the_lock_in_time_fails_closed(db: Path) -> None:
@@ -398,7 +382,7 @@ def two_servers(inst: Instance, workers: int = 1) -> Iterator[list[str]]:
                      "--port", "0", "--workers", str(workers)], stdout=subprocess.DEVNULL, stderr=out))
         urls: list[str] = []
         for proc, log in zip(procs, logs, strict=True):
-            deadline = time.monotonic() + _WAIT
+            deadline = time.monotonic() + WAIT
             while not (m := re.search(r"serving (https://127\.0\.0\.1:\d+/)", log.read_text())):
                 assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
                 time.sleep(0.05)
@@ -421,14 +405,14 @@ def together(*calls: Callable[[], int]) -> list[int]:
     out: list[int] = [0] * len(calls)
 
     def run(i: int) -> None:
-        barrier.wait(_WAIT)
+        barrier.wait(WAIT)
         out[i] = calls[i]()
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(_WAIT)
+        t.join(WAIT)
     return out
 
 
@@ -648,7 +632,7 @@ def test_a_lock_is_refused_on_any_server_while_another_is_still_receiving_an_upl
         def slow_body() -> Iterator[bytes]:
             yield b"x" * 1000
             sent.set()
-            release.wait(_WAIT)
+            release.wait(WAIT)
             yield b"y" * 1000
 
         upload: list[int] = []
@@ -656,7 +640,7 @@ def test_a_lock_is_refused_on_any_server_while_another_is_still_receiving_an_upl
             alice.put(urls[0] + "files/up.txt", data=slow_body()).status_code))
         uploader.start()
         try:
-            assert sent.wait(_WAIT)
+            assert sent.wait(WAIT)
             time.sleep(0.5)  # the server has the first chunk and is waiting for the rest
             for url in urls:  # the other server as well as the one receiving it
                 assert bob.request("LOCK", url + "files/up.txt", data=body).status_code == 423
@@ -665,7 +649,7 @@ def test_a_lock_is_refused_on_any_server_while_another_is_still_receiving_an_upl
             assert bob.request("LOCK", urls[1] + "files/other.txt", data=body).status_code == 200
         finally:
             release.set()
-            uploader.join(_WAIT)
+            uploader.join(WAIT)
         assert upload == [204]
         # twin: once the upload is complete the LOCK is granted, by either server
         assert bob.request("LOCK", urls[1] + "files/up.txt", data=body).status_code == 200
@@ -680,7 +664,7 @@ def _write_in_flight(db: str, url: str, marked: Any) -> None:
     storage = SQLiteLockStorage(SQLiteStore(Path(db)))
     with storage.writing(url, lambda: None):
         marked.set()
-        time.sleep(_WAIT)
+        time.sleep(WAIT)
 
 
 def test_a_mark_of_a_write_in_flight_refuses_a_lock_until_its_process_is_gone(db: Path) -> None:
@@ -695,7 +679,7 @@ def test_a_mark_of_a_write_in_flight_refuses_a_lock_until_its_process_is_gone(db
     with opened(db) as store:
         locks = SQLiteLockStorage(store)
         try:
-            assert marked.wait(_WAIT)
+            assert marked.wait(WAIT)
             with pytest.raises(DAVError) as refused:
                 locks.create("/files/w/x.txt", dict(lock))
             assert refused.value.value == 423
@@ -704,7 +688,7 @@ def test_a_mark_of_a_write_in_flight_refuses_a_lock_until_its_process_is_gone(db
             assert str(locks.create("/files/w/y.txt", dict(lock))["token"]).startswith("opaque")  # twin: a sibling
         finally:
             writer.kill()  # dies inside the write: its mark stays behind
-            writer.join(_WAIT)
+            writer.join(WAIT)
         # a mark whose process is gone is dropped: the lock is granted
         assert str(locks.create("/files/w/x.txt", dict(lock))["token"]).startswith("opaque")
         assert store.connection().execute("SELECT COUNT(*) FROM dav_writes").fetchone()[0] == 0
