@@ -1,8 +1,9 @@
 """server.workers: `davserver serve` as a supervisor and worker processes (supervisor.py).
 
 Real `davserver serve` processes on real TLS with the project's certificates. Which
-worker serves a connection is read from /proc (the supervisor's children, each one's
-socket descriptors against /proc/net/tcp), never from anything in the answers.
+worker serves a connection is read from Linux (the supervisor's children in /proc, each
+one's socket descriptors against the kernel's socket table), never from anything in the
+answers.
 
 - two workers each accept connections; ``server.workers: 1`` stays one process;
 - ``kill -9`` of a worker while six clients loop GET/PUT on keep-alive and on new
@@ -253,10 +254,12 @@ def test_one_worker_is_one_process_as_before(inst: Instance, tmp_path: Path) -> 
 
 def test_kill_9_of_a_worker_fails_at_most_the_requests_in_flight_on_it(inst: Instance, tmp_path: Path) -> None:
     """Six clients loop GET and PUT (three on keep-alive connections, three on a new
-    connection per request). The victim is stopped, its connections read from /proc,
-    then killed: every failed request was one in flight on the victim at the kill (its
-    connection held by the victim, sent before and unanswered at the kill); the
-    replacement starts within 1 s and answers a request on a new connection within 3 s."""
+    connection per request). The victim is the worker serving an upload left half sent
+    (so something is surely in flight on it); it is stopped, its connections read from
+    the kernel, then killed: every failed request was one in flight on the victim at
+    the kill (its connection held by the victim, sent before and unanswered at the
+    kill), the half-sent upload among them; the replacement starts within 1 s and
+    answers a request on a new connection within 3 s."""
     client = inst.clients["alice"]
     token = base64.b64encode(f"alice:{client.password}".encode()).decode()
     headers = {"Authorization": f"Basic {token}"}
@@ -279,7 +282,15 @@ def test_kill_9_of_a_worker_fails_at_most_the_requests_in_flight_on_it(inst: Ins
                 cport, sent, error = 0, time.monotonic(), ""
                 try:
                     if conn.sock is None:
-                        conn.connect()
+                        # the TCP connection first, so that a handshake cut by the kill is
+                        # counted on its client port
+                        raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+                        cport = int(raw.getsockname()[1])
+                        try:
+                            conn.sock = client_context(inst, client).wrap_socket(raw, server_hostname="127.0.0.1")
+                        except BaseException:
+                            raw.close()
+                            raise
                     assert conn.sock is not None
                     cport = int(conn.sock.getsockname()[1])
                     sent = time.monotonic()
@@ -305,12 +316,29 @@ def test_kill_9_of_a_worker_fails_at_most_the_requests_in_flight_on_it(inst: Ins
             t.start()
         try:
             assert wait_for(lambda: len(results) >= 30)
-            victim = pids[0]
+            upload = start_upload(inst, port, "/files/half-sent.bin", 1 << 20)
+            assert upload.sock is not None
+            upload_port = int(upload.sock.getsockname()[1])
+            upload.send(b"x" * 4096)
+            assert wait_for(lambda: worker_of(pids, port, upload_port) is not None)
+            victim = worker_of(pids, port, upload_port)
+            assert victim is not None
             os.kill(victim, signal.SIGSTOP)  # holds still: what it has in flight stays in flight
             time.sleep(0.3)
             held = {cport for inode, cport in established(port).items() if inode in socket_inodes(victim)}
+            assert upload_port in held
             killed = time.monotonic()
             os.kill(victim, signal.SIGKILL)
+            upload_status: int | str
+            try:
+                upload.send(b"x" * 4096)
+                upload_status = upload.getresponse().status
+            except (OSError, http.client.HTTPException) as exc:
+                upload_status = repr(exc)
+            finally:
+                upload.close()
+            results.append((upload_port, killed - 0.3, time.monotonic(),
+                            upload_status if isinstance(upload_status, str) else ""))
             served_after = spawned_after = None
             while served_after is None and time.monotonic() - killed < 10.0:
                 new = [p for p in children(proc.pid) if p not in pids]
@@ -338,8 +366,9 @@ def test_kill_9_of_a_worker_fails_at_most_the_requests_in_flight_on_it(inst: Ins
                 t.join(timeout=60)
         in_flight = [r for r in results if r[0] in held and r[1] < killed and (r[3] or r[2] > killed)]
         failed = [r for r in results if r[3]]
-        assert in_flight, "nothing was in flight on the killed worker: this test proves nothing"
-        assert all(r in in_flight for r in failed), (failed, in_flight)
+        assert isinstance(upload_status, str) and any(r[0] == upload_port for r in in_flight), upload_status
+        assert not (load_config(inst.home).shares["files"].path / "half-sent.bin").exists()
+        assert all(r in in_flight for r in failed), (failed, in_flight, killed, held)
         assert len(failed) <= len(in_flight)
         # Restarted at once (the supervisor looks every 0.1 s); serving takes a fresh
         # interpreter's start on top (imports, TLS context, store: ~1.5 s on this busy

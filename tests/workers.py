@@ -1,6 +1,7 @@
 """Helpers for the tests of ``server.workers`` > 1: real `davserver serve` processes, and
-which worker holds a connection read from Linux /proc (the supervisor's children, each
-one's socket descriptors against /proc/net/tcp), never from anything in the answers.
+which worker holds a connection read from Linux (the supervisor's children in /proc, each
+one's socket descriptors against the kernel's socket table read with ``ss``), never from
+anything in the answers.
 
 Used by test_supervisor*.py, test_upload_sweep*.py, test_session_tickets.py and
 test_multinode_keys.py; the ``private_tmp`` fixture is in conftest.py.
@@ -103,14 +104,21 @@ def socket_inodes(pid: int) -> set[int]:
 
 
 def established(port: int) -> dict[int, int]:
-    """Inode -> client port of every established TCP connection to local `port`."""
+    """Inode -> client port of every established TCP connection to local `port`.
+
+    Read from the kernel's socket diagnostics (``ss``, netlink, filtered in the kernel:
+    a handful of entries in one dump). /proc/net/tcp is not used: it is read a page at
+    a time and, while other connections open and close between two reads (thousands of
+    TIME_WAIT entries under a load test), resumes at a shifted position and skips
+    entries — a connection held by a worker then looks held by nobody."""
+    out = subprocess.run(["ss", "-Htne", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True, check=True, timeout=30).stdout
     found = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            local, remote, state, inode = fields[1], fields[2], fields[3], int(fields[9])
-            if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
-                found[inode] = int(remote.rsplit(":", 1)[1], 16)
+    for line in out.splitlines():
+        fields = line.split()
+        inode = re.search(r"\bino:(\d+)", line)
+        if len(fields) >= 4 and inode:
+            found[int(inode.group(1))] = int(fields[3].rsplit(":", 1)[1])
     return found
 
 
