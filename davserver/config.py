@@ -270,9 +270,10 @@ class TOTPConfig:
 @dataclass(frozen=True)
 class ThrottleConfig:
     """The ``throttle:`` section: the sign-in lockout (auth/lockout.py). Counts of failures,
-    times in seconds: failures within ``window_seconds`` lock an (account, certificate) for
-    ``lock_seconds``; before that, answers are delayed from ``base_delay_seconds`` doubling up
-    to ``max_delay_seconds``."""
+    times in seconds: ``lock_after`` failures within ``window_seconds`` lock an (account,
+    certificate) out for ``lock_seconds``; past ``delay_after`` failures each failed answer
+    is held back ``base_delay_seconds``, doubling with every further one up to
+    ``max_delay_seconds``."""
 
     # failures within window_seconds that lock an (account, certificate)
     lock_after: int = _default("throttle.lock_after")
@@ -296,8 +297,8 @@ class ThrottleConfig:
 @dataclass(frozen=True)
 class StateConfig:
     """The ``state:`` section: where runtime state (TOTP steps used, grants, lockouts,
-    invitations, WebDAV locks and properties) is kept: ``backend`` ``"sqlite"`` (``path``, a
-    file under the home) or ``"redis"`` (``url``, ``prefix``, Sentinel and WAIT settings);
+    invitations, WebDAV locks and properties) is kept: ``backend`` ``"sqlite"`` (``path``,
+    a file, resolved against the home) or ``"redis"`` (``url``, ``prefix``, Sentinel and WAIT settings);
     times in seconds (store/)."""
 
     backend: str = _default("state.backend")
