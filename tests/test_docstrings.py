@@ -24,6 +24,8 @@ import enum
 import importlib
 import inspect
 import pkgutil
+import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -107,14 +109,24 @@ def _lacking(names: dict[str, str | None]) -> list[str]:
     return sorted(q for q, doc in names.items() if doc is None or len(doc.split()) < MIN_WORDS)
 
 
+def _module_of(qualified: str) -> str:
+    """The module part of ``davserver.x.Class.method``: its longest prefix that is a module."""
+    parts = qualified.split(".")
+    return next(".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in sys.modules)
+
+
 def test_public_names_have_docstrings() -> None:
     names = public_names()
     missing = _lacking(names)
     allowed = int(len(names) * MAX_MISSING_SHARE)
     if len(missing) > allowed:
+        per_module = Counter(_module_of(q) for q in missing)
         pytest.fail(
             f"{len(missing)} of {len(names)} public names ({len(missing) / len(names):.1%}) lack a docstring "
-            f"of at least {MIN_WORDS} words; at most {allowed} ({MAX_MISSING_SHARE:.0%}) may. Missing:\n  "
+            f"of at least {MIN_WORDS} words; at most {allowed} ({MAX_MISSING_SHARE:.0%}) may.\n"
+            "By module: "
+            + ", ".join(f"{m} {n}" for m, n in per_module.most_common())
+            + "\nMissing:\n  "
             + "\n  ".join(missing),
             pytrace=False,
         )
