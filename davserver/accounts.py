@@ -287,8 +287,8 @@ class AccountsWatcher:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def current(self) -> Accounts:
-        """The accounts in force: re-read when the file's (mtime ns, size, inode) changed
-        since the last look. A file that no longer parses is logged and the last good
+        """The accounts in force: re-read when the file changed since the last look (another
+        inode, size or modification time). A file that no longer parses is logged and the last good
         snapshot kept; a missing file means no accounts. Thread-safe; never raises
         ConfigError after construction."""
         stamp = self._stat()

@@ -26,7 +26,7 @@ _MARGIN = timedelta(days=10)
 
 class RevocationList:
     """The revoked serials of the CRL file ``tls.crl`` (``path``; None: no CRL, nothing
-    revoked), re-read when the file's (mtime ns, size, inode) changes. Thread-safe.
+    revoked), re-read when the file changes (another inode, size or time). Thread-safe.
     Raises StartupError at construction when the file cannot be read or parsed: the
     server does not start without the CRL it was told to enforce."""
 
