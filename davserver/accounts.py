@@ -43,12 +43,20 @@ _FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
 
 @dataclass(frozen=True)
 class BoundCert:
+    """A client certificate bound to an account: ``fingerprint`` is the SHA-256 of its DER
+    as 64 lower-case hex digits (pki.fingerprint_der), ``serial`` its serial number as
+    upper-case hex (pki.serial_hex; empty when unknown, e.g. a hand-written binding)."""
+
     fingerprint: str
     serial: str = ""
 
 
 @dataclass(frozen=True)
 class Account:
+    """One entry of the accounts file: its name (``ACCOUNT_NAME_RE``), argon2 PHC password
+    hash (None: no password set), whether it may sign in, its groups, its bound certificates,
+    its base32 TOTP secret (None: not enrolled) and whether TOTP is required of it everywhere."""
+
     name: str
     password_hash: str | None = None
     enabled: bool = True
@@ -58,6 +66,9 @@ class Account:
     totp_required: bool = False
 
     def to_yaml(self) -> dict[str, Any]:
+        """The account as its mapping in the accounts file (the inverse of parsing it):
+        keys ``enabled``, and only when set ``password``, ``groups`` (sorted),
+        ``certificates`` (a list of ``{fingerprint, serial}``), ``totp_secret``, ``totp``."""
         data: dict[str, Any] = {"enabled": self.enabled}
         if self.password_hash:
             data["password"] = self.password_hash
@@ -107,15 +118,24 @@ class Accounts(Mapping[str, Account]):
         return len(self.by_name)
 
     def owner_of(self, fingerprint: str) -> str | None:
+        """The name of the account the certificate ``fingerprint`` (64 lower-case hex digits)
+        is bound to, None when it is bound to none."""
         return self._by_fingerprint.get(fingerprint)
 
     def with_account(self, account: Account) -> Accounts:
+        """A new snapshot with ``account`` added or replacing the one of its name.
+
+        Raises ConfigError when one of its certificates is bound to another account."""
         return Accounts({**self.by_name, account.name: account})
 
     def edit(self, name: str, **changes: Any) -> Accounts:
+        """A new snapshot where the account ``name`` has the given fields (``Account``
+        field names) changed. Raises KeyError for an unknown ``name``, TypeError for an
+        unknown field, ConfigError for a certificate bound elsewhere."""
         return self.with_account(replace(self.by_name[name], **changes))
 
     def to_yaml(self) -> dict[str, Any]:
+        """The whole file's content: ``{"accounts": {name: Account.to_yaml(), ...}}``, by name."""
         return {"accounts": {name: acc.to_yaml() for name, acc in sorted(self.by_name.items())}}
 
 
@@ -171,6 +191,11 @@ def _parse_account(name: Any, spec: Any) -> Account:
 
 
 def parse_accounts(raw: Any) -> Accounts:
+    """Check and convert the YAML-loaded accounts file (``{"accounts": {name: spec}}``;
+    None for an empty file) into a snapshot. Fingerprints may be written with colons and in
+    upper case; they are stored as 64 lower-case hex digits.
+
+    Raises ConfigError naming the key (``accounts.NAME.password`` …), the value and a fix."""
     if raw is None:
         return Accounts({})
     if not isinstance(raw, Mapping) or set(raw) - {"accounts"}:
@@ -238,6 +263,8 @@ _HEADER = (
 
 
 def save_accounts(path: Path, accounts: Accounts) -> None:
+    """Write ``accounts`` to ``path`` as YAML under a short header comment, atomically and
+    with mode 0600 (the file holds password hashes and TOTP secrets); raises OSError."""
     text = _HEADER + yaml.safe_dump(accounts.to_yaml(), sort_keys=False, allow_unicode=True)
     write_atomic(path, text.encode("utf-8"), 0o600)
 
@@ -260,6 +287,10 @@ class AccountsWatcher:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def current(self) -> Accounts:
+        """The accounts in force: re-read when the file changed since the last look (another
+        inode, size or modification time). A file that no longer parses is logged and the last good
+        snapshot kept; a missing file means no accounts. Thread-safe; never raises
+        ConfigError after construction."""
         stamp = self._stat()
         if stamp == self._stamp:
             return self._current

@@ -47,6 +47,10 @@ class AuditLog:
             self._owned = True
 
     def write(self, record: dict[str, Any]) -> None:
+        """Append ``record`` (field name -> JSON value; what JSON cannot hold is written as
+        its ``str``) as one compact line of UTF-8 JSON, U+0085/2028/2029 escaped so no
+        tool splits it, then hand it to every observer. A write error (a full disk) or a
+        failing observer is logged, never raised: an audit problem does not fail a request."""
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str).translate(_LINE_BREAKS)
         with self._lock:
             try:
@@ -86,6 +90,8 @@ class AuditLog:
         return True
 
     def close(self) -> None:
+        """Close the file (standard error is left open). A write after this is logged as not
+        written, not raised."""
         if self._owned:
             with self._lock:
                 self._stream.close()

@@ -835,7 +835,10 @@ def user_enable(ctx: click.Context, name: str) -> None:
 @click.pass_context
 @_handled
 def user_list(ctx: click.Context, as_json: bool) -> None:
-    """List accounts."""
+    """List accounts, their groups and certificates.
+
+    With --json: one object per account with name, enabled, groups, password and totp
+    (whether one is set) and certificates (their SHA-256 fingerprints)."""
     accounts = load_accounts(_home(ctx).accounts_file)
     rows: list[dict[str, Any]] = [
         {
@@ -927,7 +930,10 @@ def share_remove(ctx: click.Context, name: str) -> None:
 @click.pass_context
 @_handled
 def share_list(ctx: click.Context, as_json: bool) -> None:
-    """List shares."""
+    """List shares: mode, factors, readers, writers.
+
+    With --json: one object per share with name, path, read_only, readers, writers and
+    require (the factors asked beyond the certificate)."""
     config = load_config(_home(ctx))
     rows: list[dict[str, Any]] = [
         {

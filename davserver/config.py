@@ -88,31 +88,46 @@ class Home:
 
     @property
     def config_file(self) -> Path:
+        """The server settings, ``<home>/config/davserver.yaml`` (parse_config reads it)."""
         return self.root / "config" / "davserver.yaml"
 
     @property
     def accounts_file(self) -> Path:
+        """The accounts and their bound certificates, ``<home>/config/accounts.yaml`` (accounts.py)."""
         return self.root / "config" / "accounts.yaml"
 
     @property
     def certs_dir(self) -> Path:
+        """The built-in CA's folder, ``<home>/certs``: CA and server key pairs, the CRL, issued certificates."""
         return self.root / "certs"
 
     @property
     def state_dir(self) -> Path:
+        """Runtime state, ``<home>/state`` (mode 0700): by default the SQLite store and the audit log."""
         return self.root / "state"
 
     @property
     def data_dir(self) -> Path:
+        """``<home>/data``, where the shipped configuration keeps its share folders (``data/files``)."""
         return self.root / "data"
 
     def resolve(self, value: str | Path) -> Path:
+        """``value`` as an absolute path: ``~`` expanded, a relative path taken under the home
+        (not the working directory, so a service and the CLI agree). Nothing is checked on disk."""
         path = Path(os.path.expanduser(str(value)))
         return path if path.is_absolute() else self.root / path
 
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """The ``server:`` section: the WebDAV listener (address, TCP port), request threads and
+    worker processes, timeouts (seconds), handshake caps and the PROXY protocol.
+
+    ``timeout`` is the seconds a connection may idle or take for one read, ``shutdown_timeout``
+    the seconds in-flight requests get on SIGTERM, ``keep_alive_limit`` the idle keep-alive
+    connections kept open (past it each response closes its connection), ``threads`` the
+    requests served at once per worker."""
+
     bind: str = _default("server.bind")
     port: int = _default("server.port")
     threads: int = _default("server.threads")
@@ -139,6 +154,12 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class LimitsConfig:
+    """The ``limits:`` section: sizes (bytes) and times (seconds) a request must keep to.
+
+    ``xml_body_bytes`` is the largest XML request body (PROPFIND, PROPPATCH, LOCK; larger: 413
+    unread), ``header_bytes`` the largest request line plus headers, ``body_grace_seconds`` the
+    time before ``body_min_bytes_per_second`` is enforced (limits.py, guard.py)."""
+
     xml_body_bytes: int = _default("limits.xml_body_bytes")
     header_bytes: int = _default("limits.header_bytes")
     #: The request headers must arrive within this once a worker serves the connection.
@@ -166,6 +187,11 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class TLSConfig:
+    """The ``tls:`` section: the server's certificate chain and key, the CA file client
+    certificates must chain to and the CRL (absolute paths, resolved against the home; ``crl``
+    None: no revocation list), ``min_version`` ``"1.2"`` or ``"1.3"``, reload and renewal
+    times (seconds, days) and the CA-names and session-ticket bounds (tls.py)."""
+
     certificate: Path
     private_key: Path
     client_ca: Path
@@ -215,6 +241,10 @@ class IdentityConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
+    """The ``auth:`` section: how long a verified (account, certificate, password) is
+    remembered after its last use (``credential_cache_seconds``, seconds; 0: off), Basic user
+    names with a domain, and the lifetime of browser CSRF tokens (auth/core.py, csrf.py)."""
+
     credential_cache_seconds: float = _default("auth.credential_cache_seconds")
     #: However busy the client, a verified password is checked again after this long.
     credential_cache_max_seconds: float = _default("auth.credential_cache_max_seconds")
@@ -226,6 +256,10 @@ class AuthConfig:
 
 @dataclass(frozen=True)
 class TOTPConfig:
+    """The ``totp:`` section: ``issuer`` (the label authenticator apps show next to the
+    account, in the otpauth:// URI) and how long a grant from one entered code lasts
+    (seconds, idle and absolute; auth/core.py)."""
+
     issuer: str = _default("totp.issuer")
     #: A grant ends after this long without a request (NIST SP 800-63B AAL2: 30 minutes) …
     grant_idle_seconds: float = _default("totp.grant_idle_seconds")
@@ -235,6 +269,12 @@ class TOTPConfig:
 
 @dataclass(frozen=True)
 class ThrottleConfig:
+    """The ``throttle:`` section: the sign-in lockout (auth/lockout.py). Counts of failures,
+    times in seconds: ``lock_after`` failures within ``window_seconds`` lock an (account,
+    certificate) out for ``lock_seconds``; past ``delay_after`` failures each failed answer
+    is held back ``base_delay_seconds``, doubling with every further one up to
+    ``max_delay_seconds``."""
+
     # failures within window_seconds that lock an (account, certificate)
     lock_after: int = _default("throttle.lock_after")
     # distinct accounts locked out from one address within window_seconds that lock out the
@@ -256,6 +296,11 @@ class ThrottleConfig:
 
 @dataclass(frozen=True)
 class StateConfig:
+    """The ``state:`` section: where runtime state (TOTP steps used, grants, lockouts,
+    invitations, WebDAV locks and properties) is kept: ``backend`` ``"sqlite"`` (``path``,
+    a file, resolved against the home) or ``"redis"`` (``url``, ``prefix``, Sentinel and WAIT settings);
+    times in seconds (store/)."""
+
     backend: str = _default("state.backend")
     path: Path | None = None  # sqlite
     url: str | None = None  # redis: redis://host:port/db or rediss:// for TLS
@@ -277,6 +322,10 @@ class StateConfig:
 
 @dataclass(frozen=True)
 class LocksConfig:
+    """The ``locks:`` section: bounds of WebDAV locks (RFC 4918 §6, §9.10): their longest
+    timeout (seconds), how many per resource and per account, the size of the owner (bytes);
+    over one, LOCK gets 507 (store/davstate.py)."""
+
     #: WebDAV locks are granted for at most this long ("Infinite" included); clients refresh them.
     max_timeout_seconds: int = _default("locks.max_timeout_seconds")
     #: Live locks on one resource (only shared locks can pile up); past it LOCK gets 507.
@@ -345,6 +394,10 @@ class EnrolmentConfig:
 
 @dataclass(frozen=True)
 class AuditConfig:
+    """The ``audit:`` section: the audit log file (an absolute path, None: standard error;
+    one JSON object per line, audit.py) and the per-second caps on lines for refused TLS
+    handshakes (tls_refusals.py)."""
+
     file: Path | None  # None: standard error
     #: Audit lines for refused TLS handshakes per second and source address (IPv6: /64); more: one summary line.
     tls_refusals_per_second: int = _default("audit.tls_refusals_per_second")
@@ -363,6 +416,11 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class ShareConfig:
+    """One entry of the ``shares:`` section: the share's URL name (``SHARE_NAME_RE``), its
+    folder (an absolute path), who may read and write (account names, ``@group``, ``*``),
+    the factors it requires beyond the certificate (``FACTORS``; default
+    ``defaults.require``) and its macOS clutter policy."""
+
     name: str
     path: Path
     read_only: bool = _default("shares.NAME.read_only")
@@ -376,9 +434,13 @@ class ShareConfig:
         return any(p in ("*", account) or (p.startswith("@") and p[1:] in groups) for p in principals)
 
     def may_write(self, account: str, groups: frozenset[str]) -> bool:
+        """True when the share is not read-only and ``account``, one of its ``groups`` (names
+        without the ``@``) or ``*`` is among the writers."""
         return not self.read_only and self._matches(self.writers, account, groups)
 
     def may_read(self, account: str, groups: frozenset[str]) -> bool:
+        """True when ``account``, one of its ``groups`` or ``*`` is among the readers or the
+        writers (a writer may read, also of a read-only share)."""
         return self._matches(self.readers, account, groups) or self._matches(
             self.writers, account, groups
         )
@@ -386,6 +448,10 @@ class ShareConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole of ``davserver.yaml`` as parsed by parse_config: one frozen section object
+    per top-level key, the shares by name, and the instance home every path was resolved
+    against. ``default_require`` is the ``defaults.require`` list."""
+
     home: Home
     server: ServerConfig
     tls: TLSConfig

@@ -184,6 +184,9 @@ class RootProvider(DAVProvider):
         self.shares = shares
 
     def is_readonly(self) -> bool:
+        """Always True: nothing can be written at ``/``. WsgiDAV reads it for the methods
+        OPTIONS offers (wsgidav/request_server.py:1527-1550, only OPTIONS/HEAD/GET/PROPFIND)
+        and for the ``DAV:`` compliance class (request_resolver.py:194-199, class 1)."""
         return True
 
     def get_resource_inst(self, path: str | None, environ: dict[str, Any]) -> DAVCollection | None:

@@ -74,9 +74,14 @@ class EnrolmentAudit(AuditLog):
 
     @classmethod
     def wrap(cls, audit: Any) -> EnrolmentAudit:
+        """``audit`` (the server's ``AuditLog``) wrapped for the enrolment listener, or
+        ``audit`` itself when it already is an ``EnrolmentAudit``."""
         return audit if isinstance(audit, EnrolmentAudit) else cls(audit)
 
     def write(self, record: dict[str, Any]) -> None:
+        """Write a copy of ``record`` (the audit field set, a dict of JSON values) with every
+        string value redacted (:func:`redact`) and ``listener`` set to ``"enrolment"`` to
+        the inner log; ``record`` itself is not changed. Never raises for the disk."""
         line = {key: redact(value) if isinstance(value, str) else value for key, value in record.items()}
         line["listener"] = "enrolment"
         self.inner.write(line)

@@ -202,14 +202,22 @@ class EnrolmentListener:
 
     @property
     def port(self) -> int:
+        """The TCP port: the configured one until ``start()``, then the one bound (a free one
+        when ``enrolment.port`` is 0; cheroot's prepare() resolves it, cheroot/server.py:1994)."""
         addr: Any = self._server.bind_addr
         return int(addr[1])
 
     @property
     def url(self) -> str:
+        """``https://HOST:PORT`` of this listener (handshake.listener_url), the enrolment
+        pages being under ``/enrol/`` of it."""
         return listener_url(self.bind, self.port)
 
     def start(self) -> None:
+        """Bind the socket, then serve on a daemon thread (with the handshake loop and the
+        watchdog) and return. Raises StartupError naming ``enrolment.port`` when the address
+        cannot be bound (in use, not allowed); an error while serving later is logged and
+        stops only this listener."""
         try:
             self._server.prepare()
         except OSError as exc:
@@ -230,6 +238,8 @@ class EnrolmentListener:
             log.exception("the enrolment listener stopped on an error")
 
     def stop(self) -> None:
+        """Stop taking connections, end the handshake loop, the server (5 s for requests in
+        flight) and the watchdog, and wait up to 10 s for the serving thread."""
         self.handshakes.stop()
         self._server.stop()
         self.watchdog.stop()

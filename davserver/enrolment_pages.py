@@ -124,6 +124,8 @@ _REASONS = {200: "OK", 308: "Permanent Redirect", 400: "Bad Request", 401: "Unau
 
 
 def status_line(code: int) -> str:
+    """The WSGI status string of ``code``, e.g. ``"404 Not Found"``; ``"<code> Error"`` for a
+    code these pages never send (reason phrases of RFC 9110 §15, 413 by its new name)."""
     return f"{code} {_REASONS.get(code, 'Error')}"
 
 
@@ -390,6 +392,9 @@ def read_form(environ: dict[str, Any], *, max_bytes: int = MAX_FORM_BYTES, deadl
 
 
 def page_html(title: str, content: str) -> str:
+    """A whole HTML page (str) with the house style: ``title`` escaped as the title and the
+    heading, ``content`` inserted as it is (the caller escapes what it puts in). Also the
+    step-up page's frame (stepup.py)."""
     return "".join([
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         '<meta name=viewport content="width=device-width,initial-scale=1">',

@@ -253,6 +253,10 @@ class AtomicFile:
     # A file-like object for WsgiDAV's do_PUT, which calls writelines() and then close().
 
     def write(self, data: bytes) -> int:
+        """Append ``data`` to the temp file (buffered), feed it to ``digests`` and count it in
+        ``written`` (bytes); returns ``len(data)``. On an OSError the upload is aborted (temp
+        file removed, target untouched) and a DAVError raised with the errno's status
+        (sharefs.os_error_status: ENOSPC/EDQUOT 507, EFBIG 413, EACCES 403 …)."""
         try:
             self._file.write(data)
         except OSError as exc:

@@ -189,6 +189,14 @@ class _Audited:
 
 
 class Guard:
+    """The WSGI middleware in front of WsgiDAV (``app``): parses the request target and a
+    COPY/MOVE Destination once (target.py; unparsable: 400/403), decides with the
+    Authenticator and access.decide (401 with a Basic challenge, 403, 503 when the store is
+    down), answers OPTIONS and the step-up pages itself, and writes one audit record per
+    request when its response ends (bytes in and out, duration in seconds). ``clock``
+    gives the aware UTC time of every decision. Raises StoreUnavailable at construction
+    when ``store`` cannot give the CSRF key."""
+
     def __init__(
         self,
         app: Callable[..., Iterable[bytes]],

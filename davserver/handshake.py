@@ -790,6 +790,9 @@ class HandshakingServer(WSGIServer):
             self.socket.setblocking(False)
 
     def process_conn(self, conn: Any) -> None:
+        """A newly accepted connection goes to the handshake loop until its TLS handshake is
+        done; a handshaken (or plain) one goes to cheroot's worker queue
+        (cheroot/server.py:2194 ``process_conn``)."""
         if self.handshakes is not None and isinstance(conn, TLSConnection) and not conn.handshake_done:
             self.handshakes.submit(conn)
         else:

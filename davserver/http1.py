@@ -340,9 +340,14 @@ class LengthBody(_Body):
 
     @property
     def finished(self) -> bool:
+        """True once all ``length`` bytes were read (a zero-length body always is)."""
         return self._left == 0
 
     def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes of the body (all that is left for None or < 0), read from the
+        socket in blocks of at most ``BLOCK_BYTES``; fewer only at the end of the body or when
+        the client went away (then ``eof`` is set). ``b""`` once the body is done. The first
+        read sends ``100 Continue`` when the client asked for it."""
         if self._left == 0 or size == 0 or self.eof:
             return b""
         want = self._left if size is None or size < 0 else min(size, self._left)
@@ -387,6 +392,7 @@ class ChunkedBody(_Body):
 
     @property
     def finished(self) -> bool:
+        """True once the last (zero-size) chunk and the trailer section were read."""
         return self._done
 
     def _line(self, limit: int, what: str) -> bytes:
@@ -447,6 +453,10 @@ class ChunkedBody(_Body):
         return True
 
     def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes of the decoded body (the rest of it for None or < 0), chunk
+        data only, read in blocks of at most ``BLOCK_BYTES``; ``b""`` at its end. Raises
+        BadChunkedBody for broken chunking or a connection that ends inside the body (again
+        on every later read); the first read sends ``100 Continue`` when asked for."""
         if self.failed is not None:
             raise self.failed
         if self._done or size == 0:
@@ -657,6 +667,8 @@ class HTTP1Options:
 
     @classmethod
     def from_limits(cls, limits: LimitsConfig, audit: AuditLog | None) -> HTTP1Options:
+        """The options of a listener: its audit log (None: refusals are not audited) and the
+        ``limits.linger_*`` bounds (bytes, seconds, connections)."""
         return cls(
             audit=audit,
             linger_bytes=limits.linger_bytes,
@@ -689,6 +701,10 @@ class HTTP1Request(HTTPRequest):
     # --- parsing --------------------------------------------------------------------
 
     def parse_request(self) -> None:
+        """cheroot's parse of the request line and headers (cheroot/server.py:730, which calls
+        our ``read_request_headers``), then: the header deadline is disarmed and the
+        connection leaves its certificate's header phase (handshake.HeaderPhase), and a
+        request refused while parsing lingers so its 400 reaches a client still sending."""
         super().parse_request()
         watchdog = getattr(self.conn, "watchdog", None)
         if watchdog is not None:
@@ -848,6 +864,11 @@ class HTTP1Request(HTTPRequest):
         environ["wsgi.input"] = LengthBody(self, 0)
 
     def send_headers(self) -> None:
+        """cheroot's send_headers (cheroot/server.py:1168) after two changes: an application's
+        ``Connection: close`` closes the connection, and an answer given before the body was
+        read closes it too, so cheroot never drains the body into memory (server.py ~1236:
+        the lingerer drops it instead). The headers are held to go out with the first body
+        block, one TLS record for a small answer (tls.SocketWriter.hold)."""
         for key, value in self.outheaders:
             if key.lower() == b"connection" and value.lower() == b"close":
                 self.close_connection = True

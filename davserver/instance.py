@@ -45,11 +45,17 @@ def generate_password(groups: int = 4, size: int = 5) -> str:
 
 
 def default_config_text() -> str:
+    """The shipped ``davserver.yaml`` (davserver/default_config.yaml, UTF-8 text with the
+    admin's comments), as ``init`` writes it to a new instance."""
     return resources.files("davserver").joinpath("default_config.yaml").read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
 class InitResult:
+    """What ``init_instance`` made: the CA (always, new or replaced with ``force``), and
+    whether the configuration and the accounts file were new (False: the existing one
+    was kept)."""
+
     created_ca: bool
     created_config: bool
     created_accounts: bool
@@ -105,6 +111,10 @@ def _accounts_lock(home: Home) -> Iterator[None]:
 
 
 def bind_certificate(home: Home, issued: IssuedCert) -> None:
+    """Add the certificate ``issued`` (its SHA-256 fingerprint and hex serial) to the
+    certificates of its account in the accounts file, under the accounts lock (one
+    binding change at a time, across processes). Raises KeyError when the account no
+    longer exists, ConfigError for an unreadable file, OSError for the disk."""
     with _accounts_lock(home):
         accounts = load_accounts(home.accounts_file)
         account = accounts[issued.account]
@@ -236,6 +246,10 @@ def remove_account(home: Home, name: str) -> Account:
 
 @dataclass(frozen=True)
 class Demo:
+    """The ``quickstart`` demo as prepare_demo left it: the account, its new password (in
+    clear, shown once), the share's name, and the client files by kind (``"p12"``,
+    ``"crt"``, ``"key"`` -> path as str)."""
+
     account: str
     password: str
     share: str

@@ -72,6 +72,13 @@ def _names_a_file(environ: dict[str, Any]) -> bool:
 
 
 class Limits:
+    """WSGI middleware between the guard and WsgiDAV (see the module docstring): a PROPFIND
+    of a collection with Depth infinity or none is refused 403 with
+    ``DAV:propfind-finite-depth`` (RFC 4918 §9.1; of a file it becomes Depth 0), and the
+    body of an XML method (``XML_METHODS``) over ``xml_body_bytes`` bytes is refused 413
+    with ``Connection: close`` (a broken chunked body: 400). The refusal's reason goes to
+    ``environ["davserver.limit"]`` for the audit line."""
+
     def __init__(self, app: Callable[..., Iterable[bytes]], *, xml_body_bytes: int) -> None:
         self.app = app
         self.xml_body_bytes = xml_body_bytes

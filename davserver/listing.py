@@ -186,6 +186,8 @@ _FACTOR_WORDS = {"password": "your password", "totp": "a code from your authenti
 
 
 def human_size(n: int | None) -> str:
+    """A size in bytes as the listing shows it: ``"1023 B"``, then binary units with one
+    decimal (``"1.0 KiB"``, ``"5.0 MiB"``, up to TiB); ``""`` for None (a folder)."""
     if n is None:
         return ""
     size = float(n)

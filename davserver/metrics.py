@@ -475,6 +475,8 @@ class MetricsListener:
 
     @property
     def port(self) -> int:
+        """The TCP port: the configured one until ``prepare()``, then the one bound (a free
+        one for port 0; cheroot's prepare() resolves it, cheroot/server.py:1994)."""
         addr: Any = self._server.bind_addr
         return int(addr[1])
 

@@ -213,6 +213,9 @@ class Digests:
         self._adler: int | None = 1 if expected is not None and expected.algorithm == "adler32" else None
 
     def update(self, data: bytes) -> None:
+        """Feed the next block of the upload (bytes, in order) to every checksum: MD5 of a
+        block of at least ``_SIDE_BLOCK`` bytes on the side thread (after the previous
+        one's is done), the others here. Re-raises an error of the side thread's hashing."""
         if self._md5 is not None:
             self._settle()
             if len(data) >= _SIDE_BLOCK:

@@ -236,26 +236,33 @@ class CertificateAuthority:
 
     @property
     def ca_cert_path(self) -> Path:
+        """``ca.crt``: the CA certificate (PEM, EC P-256), what clients and ``tls.client_ca`` trust."""
         return self.certs_dir / "ca.crt"
 
     @property
     def ca_key_path(self) -> Path:
+        """``ca.key``: the CA's private key (PEM, unencrypted, mode 0600)."""
         return self.certs_dir / "ca.key"
 
     @property
     def server_cert_path(self) -> Path:
+        """``server.crt``: the server certificate the CA issued (PEM), see issue_server_cert."""
         return self.certs_dir / "server.crt"
 
     @property
     def server_key_path(self) -> Path:
+        """``server.key``: the server certificate's private key (PEM, unencrypted, mode 0600)."""
         return self.certs_dir / "server.key"
 
     @property
     def crl_path(self) -> Path:
+        """``crl.pem``: the CA's certificate revocation list (PEM, RFC 5280 §5), see write_crl."""
         return self.certs_dir / "crl.pem"
 
     @property
     def issued_dir(self) -> Path:
+        """``issued/``: a copy of every client certificate issued, ``<serial_hex>.crt`` (PEM),
+        the inventory that ``cert list`` and revocation read."""
         return self.certs_dir / "issued"
 
     def exists(self) -> bool:

@@ -25,6 +25,11 @@ _MARGIN = timedelta(days=10)
 
 
 class RevocationList:
+    """The revoked serials of the CRL file ``tls.crl`` (``path``; None: no CRL, nothing
+    revoked), re-read when the file changes (another inode, size or time). Thread-safe.
+    Raises StartupError at construction when the file cannot be read or parsed: the
+    server does not start without the CRL it was told to enforce."""
+
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._lock = threading.Lock()
@@ -47,6 +52,10 @@ class RevocationList:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def serials(self) -> frozenset[str]:
+        """The serials revoked now: a ``pki.RevokedSerials`` (upper-case hex, as
+        ``pki.serial_hex`` and ``CertIdentity.serial`` write them, with the CRL's issuer)
+        once a CRL was read. A changed file that no longer parses is logged and the last
+        good list kept; never raises."""
         if self.path is None:
             return self._serials
         stamp = self._stat()

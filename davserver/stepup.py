@@ -64,6 +64,11 @@ EXPIRED = "The form expired. Please try again."
 
 
 class StepUpPage:
+    """The pages under ``/_davserver/`` (see the module docstring), called by the guard once
+    the certificate maps to an enabled account. ``clock`` gives the aware UTC time of every
+    decision; ``csrf`` signs the forms' tokens (one per server, shared with the listing);
+    ``renewals`` None offers no renewal."""
+
     def __init__(self, authenticator: Authenticator, clock: Callable[[], datetime],
                  renewals: Renewals | None = None, csrf: CsrfTokens | None = None) -> None:
         self.auth = authenticator
@@ -88,6 +93,11 @@ class StepUpPage:
     def handle(
         self, environ: dict[str, Any], start_response: Callable[..., Any], account: Account, cert: CertIdentity
     ) -> tuple[Iterable[bytes], Decision]:
+        """Answer one request of ``account`` on ``cert``: GET/HEAD the page (or the client
+        guide ``clients.md``), POST ``stepup`` (password + code open a grant), ``end`` (end
+        it) or ``renew``; anything else 405. Returns the body and the Decision for the audit
+        line (``stepup``, ``grant_ended``, ``csrf`` 403, a sign-in failure with its delay
+        already waited …). Raises StoreUnavailable (the guard answers 503)."""
         method = environ.get("REQUEST_METHOD", "GET")
         action = environ.get("PATH_INFO", "").rstrip("/").rsplit("/", 1)[-1]
         ok = Decision(True, 0, "ok", account)

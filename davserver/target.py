@@ -96,6 +96,8 @@ class Target:
 
     @property
     def is_share_root(self) -> bool:
+        """True for the root of a share (``/files`` or ``/files/``: one segment), False for
+        ``/`` and for anything inside a share."""
         return len(self.segments) == 1
 
 

@@ -180,6 +180,13 @@ class DeferredHandshakeAdapter(BuiltinSSLAdapter):
         return s, {}
 
     def connection_environ(self, sock: ssl.SSLSocket) -> dict[str, Any]:
+        """The WSGI environ entries of a connection whose handshake completed (str -> value):
+        ``wsgi.url_scheme``, ``HTTPS``, the protocol and cipher, and with a client
+        certificate its parsed ``CertIdentity`` under ``CERT_ENVIRON_KEY`` plus mod_ssl's
+        names for its facts (``SSL_CLIENT_M_SERIAL``, ``SSL_CLIENT_S_DN``, SAN e-mails,
+        UPNs and URIs numbered from 0). Used instead of cheroot's ``get_environ``
+        (cheroot/ssl/builtin.py:345), called once per connection. Raises ValueError for a
+        certificate that cannot be parsed."""
         cipher = sock.cipher() or ("", "", 0)
         env: dict[str, Any] = {
             "wsgi.url_scheme": "https",
@@ -239,11 +246,17 @@ class SocketReader(StreamReader):
     _read_pos: int
 
     def readline(self, size: int | None = -1) -> bytes:
+        """A line up to LF included, of at most ``size`` bytes and never more than
+        ``max_read`` (also for -1 or None); ``b""`` at the end of the stream."""
         if size is None or size < 0 or size > self.max_read:
             size = self.max_read
         return super().readline(size)
 
     def read(self, size: int | None = -1) -> Any:
+        """At most ``size`` bytes and never more than ``max_read`` (also for -1 or None,
+        "all"): fewer means "ask again", ``b""`` the end of the stream. A read larger than
+        the buffer is filled in place into one bytearray (returned as it is) straight from
+        the socket."""
         if size is None or size < 0 or size > self.max_read:
             size = self.max_read
         if size <= self.buffer_size:
@@ -290,9 +303,16 @@ class SocketWriter(StreamWriter):
         self._sock = sock
 
     def hold(self) -> None:
+        """Keep the next write (the response headers) back until the write after it: a body
+        block of at most 64 KiB goes out joined to them in one ``sendall``, a larger one
+        right after them; ``release()`` sends them when no body follows."""
         self._holding = True
 
     def write(self, b: Any) -> int:
+        """Send ``b`` (bytes-like) with ``sendall`` on the TLS socket, unbuffered (or hold it,
+        see ``hold``); returns ``len(b)``. Raises ValueError when closed, and
+        ConnectionResetError when the client went away (an SSL EOF), which cheroot treats
+        as routine (cheroot/errors.py socket_errors_to_ignore)."""
         self._checkClosed()
         size = len(b)
         if self._holding:
@@ -376,6 +396,12 @@ class TLSConnection(HTTPConnection):
         return 0
 
     def communicate(self) -> bool:
+        """Serve one request on a worker thread (cheroot's HTTPConnection.communicate,
+        cheroot/server.py:1301): the connection is the thread's current one (watchdog.py),
+        the request headers must arrive within ``header_seconds`` (the watchdog's deadline)
+        and the connection counts in its certificate's header phase until they are in.
+        Returns True when the connection is to be kept open; a connection whose handshake
+        did not complete is refused (False)."""
         set_current_connection(self)
         if self.watchdog is not None:
             self.watchdog.arm(self, time.monotonic() + self.header_seconds, "request headers")

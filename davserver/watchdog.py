@@ -29,10 +29,18 @@ def current_connection() -> Any:
 
 
 def set_current_connection(conn: Any) -> None:
+    """Make ``conn`` (a cheroot HTTPConnection, or None when done) the calling thread's
+    current connection, for ``current_connection()``; TLSConnection.communicate sets it
+    around each request."""
     _local.conn = conn
 
 
 class Watchdog:
+    """Deadlines of connections, checked every ``interval`` seconds by one daemon thread: a
+    connection past its deadline has its reading side ended (``end_reading``) and the
+    reason logged. Deadlines are ``time.monotonic()`` seconds; ``arm``/``disarm`` may be
+    called from any thread (one deadline per connection, the last armed)."""
+
     def __init__(self, *, interval: float = 0.25) -> None:
         self.interval = interval
         self._deadlines: dict[int, tuple[float, Any, str]] = {}
@@ -40,16 +48,22 @@ class Watchdog:
         self._thread: threading.Thread | None = None
 
     def arm(self, conn: Any, deadline: float, what: str) -> None:
+        """Give ``conn`` the deadline ``deadline`` (``time.monotonic()`` seconds), replacing an
+        earlier one; ``what`` names the phase for the log and ``conn.deadline_passed``
+        (e.g. ``"request headers"``, ``"request body"``)."""
         self._deadlines[id(conn)] = (deadline, conn, what)
 
     def disarm(self, conn: Any) -> None:
+        """Drop the deadline of ``conn``, if it has one."""
         self._deadlines.pop(id(conn), None)
 
     def start(self) -> None:
+        """Start the checking thread (a daemon: it never holds the process up)."""
         self._thread = threading.Thread(target=self._run, name="davserver-watchdog", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the checking thread and wait up to 5 s for it; armed deadlines then no longer fire."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)

@@ -80,6 +80,9 @@ class TurnTakingSocket(socket.socket):
         return int(struct.unpack_from("=Q", self.turns, 0)[0])
 
     def accept(self) -> tuple[socket.socket, Any]:
+        """``socket.accept()`` in turns (see the class docstring): the new connection and the
+        peer address. Raises BlockingIOError (EAGAIN) when it was not this worker's turn and
+        another worker took the connection meanwhile, or when none is pending."""
         seen = self._count()
         if seen % self.workers != self.slot:
             deadline = time.monotonic() + self.TURN_WAIT_SECONDS

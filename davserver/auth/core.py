@@ -70,6 +70,13 @@ class Credentials:
 
 @dataclass(frozen=True)
 class Decision:
+    """The outcome of one authentication and authorisation: whether the request may
+    proceed, the status the client is told when not (401 or 403; 0 when allowed), the
+    audit reason (``"ok"`` or a reason code such as ``bad_password``, access.py), the
+    account when the certificate named one, the factors proved beyond the certificate,
+    when a TOTP grant in use ends (POSIX seconds, UTC) and how long to hold a failed
+    answer back (seconds)."""
+
     allowed: bool
     status: int  # 0 when allowed; otherwise what the client is told (401, 403)
     reason: str  # "ok" or a reason code for the audit log
@@ -80,6 +87,8 @@ class Decision:
 
     @classmethod
     def deny(cls, reason: str, account: Account | None = None, status: int = 401) -> Decision:
+        """A refusal for ``reason`` (an audit reason code) told to the client as ``status``,
+        with no factors and no delay."""
         return cls(False, status, reason, account)
 
 
@@ -163,6 +172,11 @@ class _VerifiedCache:
 
 
 class Authenticator:
+    """The authentication decision of every request and form: certificate to account,
+    password and TOTP per the share's ``require``, grants, and the sign-in lockout's
+    counting (auth/lockout.py). Holds no framework object; time comes in as ``now``
+    (an aware datetime, UTC), state through the ``StateStore``. Thread-safe."""
+
     def __init__(
         self,
         identity: IdentityConfig,
@@ -230,6 +244,9 @@ class Authenticator:
     # --- the whole decision ---------------------------------------------------------
 
     def required(self, account: Account, require: tuple[str, ...]) -> tuple[str, ...]:
+        """The factors (of ``config.FACTORS``) a request of ``account`` must prove where the
+        share asks for ``require``: both password and TOTP for an account marked
+        ``totp: required``, else ``require`` as given."""
         return ("password", "totp") if account.totp_required else require
 
     def decide(
@@ -332,10 +349,15 @@ class Authenticator:
         return Decision(True, 0, "ok", account, ("password", "totp"))
 
     def end_grant(self, account: Account, cert: CertIdentity) -> None:
+        """End the TOTP grant of ``account`` on the certificate ``cert`` (sign-out): the next
+        request needs a code again. Nothing without a store; raises StoreUnavailable."""
         if self.store is not None:
             self.store.end_grant(account.name, cert.fingerprint)
 
     def current_grant(self, account: Account, cert: CertIdentity, now: datetime) -> Grant | None:
+        """The TOTP grant of ``account`` on ``cert`` still in force at ``now`` (not idle or
+        past its absolute end, and opened under the current password and secret:
+        ``credential_epoch``), else None; None without a store. Raises StoreUnavailable."""
         if self.store is None:
             return None
         grant = self.store.get_grant(account.name, cert.fingerprint)

@@ -18,6 +18,12 @@ _UPN_OID = ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
 
 @dataclass(frozen=True)
 class CertIdentity:
+    """The facts of one client certificate the auth core decides on: fingerprint, serial
+    (upper-case hex, the form CRL serials are compared in), subject and issuer names
+    (RFC 4514 strings), common name, SAN e-mails, UPNs and URIs, validity (aware
+    datetimes, UTC) and whether its EKU allows TLS client authentication (RFC 5280
+    §4.2.1.12). Immutable; built by parse_certificate."""
+
     fingerprint: str  # SHA-256 of the DER, lower-case hex
     serial: str  # upper-case hex
     subject: str  # RFC 4514
@@ -34,6 +40,8 @@ class CertIdentity:
     der: bytes = field(default=b"", repr=False, compare=False)
 
     def is_current(self, now: datetime) -> bool:
+        """Whether ``now`` (an aware datetime) lies within notBefore..notAfter, both ends included
+        (RFC 5280 §4.1.2.5)."""
         return self.not_before <= now <= self.not_after
 
 

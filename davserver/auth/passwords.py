@@ -77,4 +77,8 @@ def verify_password(password_hash: str | None, password: str) -> bool:
 
 
 def needs_rehash(password_hash: str) -> bool:
+    """Whether ``password_hash`` (an argon2 PHC string) was made with other parameters than
+    today's defaults of argon2-cffi, so it should be replaced at the next successful
+    sign-in. Raises argon2.exceptions.InvalidHashError (a ValueError) for a string that is
+    no argon2 hash."""
     return _hasher.check_needs_rehash(password_hash)

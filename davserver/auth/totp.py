@@ -22,10 +22,15 @@ _ASCII_DIGITS = frozenset("0123456789")
 
 
 def new_secret() -> str:
+    """A fresh random TOTP secret: 32 base32 characters (160 bits, the HMAC-SHA1 key size
+    RFC 4226 §4 recommends), as stored in the accounts file."""
     return pyotp.random_base32(length=32)
 
 
 def provisioning_uri(secret: str, account: str, issuer: str) -> str:
+    """The ``otpauth://totp/ISSUER:ACCOUNT?secret=…&issuer=…`` URI (Google Authenticator's
+    key-URI format, percent-encoded) that authenticator apps read from a QR code.
+    Raises ValueError when ``secret`` is not base32 of at least 112 bits."""
     return pyotp.TOTP(secret).provisioning_uri(name=account, issuer_name=issuer)
 
 
