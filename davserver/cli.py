@@ -32,7 +32,7 @@ import segno
 from . import instance
 from .accounts import Account, load_accounts
 from .auth import totp
-from .auth.lockout import account_prefix, address_key, canonical_address
+from .auth.lockout import Lockouts, canonical_address
 from .auth.passwords import hash_password
 from .check import PING_SECONDS, unknown_principals
 from .config import Config, ConfigError, Home, load_config, read_config
@@ -755,7 +755,7 @@ def user_unlock(ctx: click.Context, name: str | None, address: str | None, as_js
                 _fail(f"no account {name!r} ({hint})")
             store = _store(home)
             try:
-                n = store.clear_locks(account_prefix(name))
+                n = Lockouts(store.lockouts).unlock_account(name)
             finally:
                 store.close()
             result: dict[str, Any] = {"account": name, "lifted": n}
@@ -768,7 +768,7 @@ def user_unlock(ctx: click.Context, name: str | None, address: str | None, as_js
                 _fail(f"--address: {address!r} is not an IPv4 or IPv6 address (e.g. 192.0.2.7 or 2001:db8::7)")
             store = _store(home)
             try:
-                n = store.clear_lockout(address_key(canonical))
+                n = Lockouts(store.lockouts).unlock_address(canonical)
             finally:
                 store.close()
             result = {"address": canonical, "lifted": n}
@@ -808,7 +808,7 @@ def user_remove(ctx: click.Context, name: str) -> None:
         instance.unbind_certificates(home, revoked)
         instance.remove_account(home, name)
         store.end_grants(name)
-        store.clear_locks(account_prefix(name))
+        Lockouts(store.lockouts).unlock_account(name)
         withdrawn = Invitations(store, config.enrolment).revoke(name)
     click.echo(f"account {name} removed; {len(revoked)} certificate{'s' if len(revoked) != 1 else ''} revoked"
                + (f", {withdrawn} invitation{'s' if withdrawn != 1 else ''} withdrawn" if withdrawn else ""))

@@ -54,7 +54,7 @@ from urllib.parse import parse_qs
 from .accounts import Account, AccountsWatcher
 from .audit import AuditLog
 from .auth.core import Authenticator, Decision
-from .auth.lockout import address_key
+from .auth.lockout import Lockouts
 from .config import Config
 from .content_safety import FORM_PAGE_HEADERS
 from .enrolment_audit import EnrolmentAudit
@@ -488,6 +488,8 @@ class EnrolmentApp:
         self.auth = authenticator
         self.invitations = invitations
         self.store = store
+        #: Unknown links lock an address out of enrolment (``throttle.*``, auth/lockout.py).
+        self.lockouts = Lockouts(store.lockouts, config.throttle)
         #: Every line goes through the listener's one redaction (enrolment_audit.py).
         self.audit: AuditLog = EnrolmentAudit.wrap(audit)
         self.issue = issue
@@ -542,14 +544,14 @@ class EnrolmentApp:
             return self._plain(start_response, 405, "method not allowed\n", environ, [("Allow", "GET, HEAD, POST")])
         now = self.clock()
         stamp = now.timestamp()
-        if self.store.any_locked([self._address_lock(peer)], stamp):
+        if self.lockouts.is_enrolment_locked_out(peer, stamp):
             record["reason"] = "locked"
             return self._plain(start_response, 429, "too many attempts; try again later\n", environ)
         try:
             invitation = self.invitations.peek(token, now=stamp)
         except UnknownInvitation:
             record["reason"] = "unknown_invitation"
-            self._count_unknown(peer, stamp)
+            self.lockouts.fail_enrolment(peer, stamp)
             return self._plain(start_response, 404, "not found\n", environ)
         except InvitationGone as exc:
             record["reason"] = f"invitation_{exc.reason}"
@@ -652,18 +654,6 @@ class EnrolmentApp:
         record["reason"] = "guide"
         body = _send(start_response, 200, "text/plain; charset=utf-8", guide)
         return [b""] if environ.get("REQUEST_METHOD") == "HEAD" else body
-
-    # --- throttling unknown links ------------------------------------------------------
-
-    @staticmethod
-    def _address_lock(peer: str) -> str:
-        return f"enrol:{address_key(peer)}"
-
-    def _count_unknown(self, peer: str, now: float) -> None:
-        t = self.config.throttle
-        key = self._address_lock(peer)
-        if self.store.add_failure(f"{key}:unknown", now, t.window_seconds) >= t.lock_after:
-            self.store.set_lock(key, now + t.lock_seconds)
 
     # --- answers -----------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives import serialization
 from . import instance
 from .accounts import Account
 from .auth.identity import CertIdentity
+from .auth.lockout import Lockouts
 from .config import Home
 from .pki import CertificateAuthority, PKIError, serial_hex
 from .store.base import StateStore
@@ -79,9 +80,7 @@ def renew_serial(home: Home, store: StateStore | None, serial: str, *, p12_passw
     delivery = renew(home, serial, p12_password=p12_password, csr_pem=csr_pem)
     if store is not None:
         new = delivery.issued
-        until = new.not_after.timestamp()
-        store.set_lock(f"renewal:{new.fingerprint}:{serial}", until)
-        store.set_lock(f"renewal:{new.fingerprint}", until)
+        Lockouts(store.lockouts).note_renewal(new.fingerprint, serial, new.not_after.timestamp())
     return delivery
 
 
@@ -183,13 +182,14 @@ class Renewals:
 
     def _revoke_predecessor(self, store: StateStore, account: Account, cert: CertIdentity,
                             stamp: float) -> str | None:
-        if store.lock_until(f"renewal:{cert.fingerprint}", stamp) is None:
+        notes = Lockouts(store.lockouts)
+        if not notes.renewal_pending(cert.fingerprint, stamp):
             return None
         revoked = None
         for bound in account.certificates:
-            if bound.serial and store.lock_until(f"renewal:{cert.fingerprint}:{bound.serial}", stamp):
+            if bound.serial and notes.renewed(cert.fingerprint, bound.serial, stamp):
                 revoked = self._revoke(bound.serial)
-        store.clear_locks(f"renewal:{cert.fingerprint}")
+        notes.clear_renewal(cert.fingerprint)
         return revoked
 
     def _revoke(self, serial: str) -> str | None:

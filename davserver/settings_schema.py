@@ -372,7 +372,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         'state.backend', 'enum', 'sqlite', choices=('sqlite', 'redis'),
-        doc=('where runtime state lives (used TOTP steps, grants, failure counters, sign-in locks, WebDAV '
+        doc=('where runtime state lives (used TOTP steps, grants, failure counters, sign-in lockouts, WebDAV '
              'locks and properties)'),
     ),
     Setting(

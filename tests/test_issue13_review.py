@@ -33,6 +33,7 @@ from davserver.pki import CertificateAuthority, PKIError
 from davserver.renewal import Renewals
 from davserver.store.base import StoreUnavailable
 from davserver.store.sqlite import SQLiteStore
+from davserver.store.sqlite_lockout import SQLiteLockouts
 
 from .conftest import Instance
 
@@ -45,11 +46,21 @@ class _BlipStore(SQLiteStore):
 
     fail = 0
 
-    def lock_until(self, key: str, now: float) -> float | None:
-        if self.fail > 0:
-            self.fail -= 1
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.lockouts = _BlipLockouts(self)
+
+
+class _BlipLockouts(SQLiteLockouts):
+    def __init__(self, owner: _BlipStore) -> None:
+        super().__init__(owner)
+        self.owner = owner
+
+    def lockout_until(self, key: str, now: float) -> float | None:
+        if self.owner.fail > 0:
+            self.owner.fail -= 1
             raise StoreUnavailable("state store unreachable (test outage)")
-        return super().lock_until(key, now)
+        return super().lockout_until(key, now)
 
 
 def _identity(path: Path) -> CertIdentity:

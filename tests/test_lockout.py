@@ -165,7 +165,7 @@ def test_a_user_with_typos_still_gets_in_and_the_right_code_forgives_wrong_codes
 
 
 def test_each_factor_is_cleared_only_by_its_own_success(any_store: StateStore) -> None:
-    lockouts = Lockouts(any_store, ThrottleConfig(lock_after=3, delay_after=1000))
+    lockouts = Lockouts(any_store.lockouts, ThrottleConfig(lock_after=3, delay_after=1000))
     for other, factor in (("password", "totp"), ("totp", "password")):
         name = f"a-{factor}"
         lockouts.fail(name, "fp", factor, "", 0)  # type: ignore[arg-type]
@@ -257,9 +257,9 @@ def test_keys_come_from_the_certificates_account_not_the_typed_user(store: State
         assert ask(auth, accounts, "alice", 101, f"{PW}{i}", share=PW_SHARE, user="Alice").reason == "user_mismatch"
     assert ask(auth, accounts, "alice", 101, PW, share=PW_SHARE).reason == "locked"
     assert ask(auth, accounts, "Alice", 201, PW, share=PW_SHARE).allowed, "the account Alice is not locked out"
-    assert store.clear_locks(account_prefix("Alice")) == 0
+    assert store.lockouts.clear_lockouts_by_prefix(account_prefix("Alice")) == 0
     assert ask(auth, accounts, "alice", 101, PW, share=PW_SHARE).reason == "locked"
-    assert store.clear_locks(account_prefix("alice")) == 1
+    assert store.lockouts.clear_lockouts_by_prefix(account_prefix("alice")) == 1
     assert ask(auth, accounts, "alice", 101, PW, share=PW_SHARE).allowed
 
 
@@ -280,15 +280,15 @@ def test_unlock_lifts_exactly_one_accounts_lockouts(any_store: StateStore, a: st
     tag = uuid.uuid4().hex[:8]  # one store for all examples: keys of this example only
     a, b = f"{tag}{a}", f"{tag}{b}"
     for name in (a, b):
-        any_store.set_lock(f"acct:{name}:fp", until=10**12)
-        any_store.add_failure(f"acct:{name}:fp:totp", now=0, window=10**12)
-    lifted = any_store.clear_locks(account_prefix(a))
+        any_store.lockouts.set_lockout(f"acct:{name}:fp", until=10**12)
+        any_store.lockouts.add_failure(f"acct:{name}:fp:totp", now=0, window=10**12)
+    lifted = any_store.lockouts.clear_lockouts_by_prefix(account_prefix(a))
     assert lifted == 1
-    assert any_store.lock_until(f"acct:{a}:fp", now=0) is None
+    assert any_store.lockouts.lockout_until(f"acct:{a}:fp", now=0) is None
     if a != b:
-        assert any_store.lock_until(f"acct:{b}:fp", now=0) == 10**12, (a, b)
-        assert any_store.add_failure(f"acct:{b}:fp:totp", now=1, window=10**12) == 2, "b's count survived"
-    assert any_store.add_failure(f"acct:{a}:fp:totp", now=1, window=10**12) == 1, "a's count was cleared"
+        assert any_store.lockouts.lockout_until(f"acct:{b}:fp", now=0) == 10**12, (a, b)
+        assert any_store.lockouts.add_failure(f"acct:{b}:fp:totp", now=1, window=10**12) == 2, "b's count survived"
+    assert any_store.lockouts.add_failure(f"acct:{a}:fp:totp", now=1, window=10**12) == 1, "a's count was cleared"
 
 
 def test_redis_deployment_prefix_with_glob_characters_is_matched_literally(redis_url: str) -> None:
@@ -297,12 +297,12 @@ def test_redis_deployment_prefix_with_glob_characters_is_matched_literally(redis
     plain = RedisStore(redis_url, prefix=f"t{tag}1x\\:")  # what the unescaped pattern would also match
     try:
         for s in (odd, plain):
-            s.set_lock("acct:alice:fp", until=10**12)
-        assert odd.clear_locks("acct:alice:") == 1
-        assert odd.lock_until("acct:alice:fp", now=0) is None
-        assert plain.lock_until("acct:alice:fp", now=0) == 10**12
+            s.lockouts.set_lockout("acct:alice:fp", until=10**12)
+        assert odd.lockouts.clear_lockouts_by_prefix("acct:alice:") == 1
+        assert odd.lockouts.lockout_until("acct:alice:fp", now=0) is None
+        assert plain.lockouts.lockout_until("acct:alice:fp", now=0) == 10**12
     finally:
-        plain.clear_locks("acct:")
+        plain.lockouts.clear_lockouts_by_prefix("acct:")
         odd.close()
         plain.close()
 
@@ -329,21 +329,21 @@ def test_failures_of_several_accounts_lock_out_the_address_until_unlocked(any_st
     assert ask(auth, accounts, "bob", 301, PW, share=PW_SHARE).reason == "locked", "two accounts: address"
     assert ask(auth, accounts, "bob", 301, PW, share=PW_SHARE, peer="10.0.0.2").allowed, "only that address"
     assert ask(auth, accounts, "alice", 102, PW, share=PW_SHARE, peer="10.0.0.2").allowed, "alice's other cert"
-    assert any_store.clear_lockout(address_key("10.0.0.10")) == 0, "an address is not a prefix"
+    assert any_store.lockouts.clear_lockout(address_key("10.0.0.10")) == 0, "an address is not a prefix"
     assert ask(auth, accounts, "bob", 301, PW, share=PW_SHARE).reason == "locked"
-    assert any_store.clear_lockout(address_key("::ffff:10.0.0.1")) == 1, "the same address, IPv4-mapped"
+    assert any_store.lockouts.clear_lockout(address_key("::ffff:10.0.0.1")) == 1, "the same address, IPv4-mapped"
     assert ask(auth, accounts, "bob", 301, PW, share=PW_SHARE).allowed
     assert ask(auth, accounts, "alice", 101, PW, share=PW_SHARE).reason == "locked", "alice's own lockout stays"
 
 
 def test_the_address_counts_accounts_within_the_window(any_store: StateStore) -> None:
-    assert any_store.note_lockout("addr:a", "alice", now=0, window=100) == 1
-    assert any_store.note_lockout("addr:a", "alice", now=10, window=100) == 1, "one account counts once"
-    assert any_store.note_lockout("addr:b", "bob", now=20, window=100) == 1, "per address"
-    assert any_store.note_lockout("addr:a", "bob", now=50, window=100) == 2
-    assert any_store.note_lockout("addr:a", "carol", now=111, window=100) == 2, "alice (last at 10) has aged out"
-    assert any_store.clear_lockout("addr:a") == 0, "records are cleared; there was no lockout"
-    assert any_store.note_lockout("addr:a", "dave", now=112, window=100) == 1
+    assert any_store.lockouts.note_lockout("addr:a", "alice", now=0, window=100) == 1
+    assert any_store.lockouts.note_lockout("addr:a", "alice", now=10, window=100) == 1, "one account counts once"
+    assert any_store.lockouts.note_lockout("addr:b", "bob", now=20, window=100) == 1, "per address"
+    assert any_store.lockouts.note_lockout("addr:a", "bob", now=50, window=100) == 2
+    assert any_store.lockouts.note_lockout("addr:a", "carol", now=111, window=100) == 2, "alice (at 10) aged out"
+    assert any_store.lockouts.clear_lockout("addr:a") == 0, "records are cleared; there was no lockout"
+    assert any_store.lockouts.note_lockout("addr:a", "dave", now=112, window=100) == 1
 
 
 def test_canonical_address() -> None:
@@ -576,7 +576,7 @@ def test_slow_guessing_over_every_certificate_locks_the_account_until_unlocked(a
         later = at + timedelta(days=30)
         assert ask(auth, accounts, "alice", n, PW + code_at(later), at=later).reason == "locked"
     assert ask(auth, accounts_with("bob"), "bob", 101, PW + code_at(later), at=later).allowed, "others are not"
-    assert any_store.clear_locks(account_prefix("alice")) >= 1  # what `davserver user unlock alice` does
+    assert Lockouts(any_store.lockouts).unlock_account("alice") >= 1  # what `davserver user unlock alice` does
     assert ask(auth, accounts, "alice", 101, PW + code_at(later), at=later).allowed
 
 

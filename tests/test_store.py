@@ -70,43 +70,43 @@ def test_grants_open_touch_expire_and_end(store: StateStore) -> None:
 
 
 def test_any_locked_asks_for_several_keys_at_once(store: StateStore) -> None:
-    assert not store.any_locked([], now=0)
-    assert not store.any_locked(["acct:a:fp", "addr:1.2.3.4"], now=0)
-    store.set_lock("addr:1.2.3.4", until=100)
-    assert store.any_locked(["acct:a:fp", "addr:1.2.3.4"], now=50)
-    assert store.any_locked(["addr:1.2.3.4"], now=50)
-    assert not store.any_locked(["acct:a:fp", "addr:1.2.3.5"], now=50)
-    assert not store.any_locked(["acct:a:fp", "addr:1.2.3.4"], now=100)  # lifted at its end
-    store.set_lock("acct:a:fp", until=300)
-    assert store.any_locked(["acct:a:fp", "addr:1.2.3.4"], now=200)
-    store.clear_locks("acct:a:")
-    assert not store.any_locked(["acct:a:fp", "addr:1.2.3.4"], now=200)
+    assert not store.lockouts.any_locked_out([], now=0)
+    assert not store.lockouts.any_locked_out(["acct:a:fp", "addr:1.2.3.4"], now=0)
+    store.lockouts.set_lockout("addr:1.2.3.4", until=100)
+    assert store.lockouts.any_locked_out(["acct:a:fp", "addr:1.2.3.4"], now=50)
+    assert store.lockouts.any_locked_out(["addr:1.2.3.4"], now=50)
+    assert not store.lockouts.any_locked_out(["acct:a:fp", "addr:1.2.3.5"], now=50)
+    assert not store.lockouts.any_locked_out(["acct:a:fp", "addr:1.2.3.4"], now=100)  # lifted at its end
+    store.lockouts.set_lockout("acct:a:fp", until=300)
+    assert store.lockouts.any_locked_out(["acct:a:fp", "addr:1.2.3.4"], now=200)
+    store.lockouts.clear_lockouts_by_prefix("acct:a:")
+    assert not store.lockouts.any_locked_out(["acct:a:fp", "addr:1.2.3.4"], now=200)
 
 
 def test_failures_count_in_a_window_and_locks_lift(store: StateStore) -> None:
-    assert [store.add_failure("k", now=t, window=60) for t in (0, 1, 2)] == [1, 2, 3]
-    assert store.add_failure("k", now=61, window=60) == 1, "a new window starts over"
-    store.clear_failures("k")
-    assert store.add_failure("k", now=62, window=60) == 1
-    store.set_lock("acct:alice:fp", until=100)
-    assert store.lock_until("acct:alice:fp", now=50) == 100
-    assert store.lock_until("acct:alice:fp", now=100) is None
-    store.set_lock("acct:alice:fp", until=200)
-    store.set_lock("acct:alice_x:fp", until=200)
-    assert store.clear_locks("acct:alice:") == 1, "a prefix is not a pattern: alice_x keeps its lock"
-    assert store.lock_until("acct:alice:fp", now=150) is None
-    assert store.lock_until("acct:alice_x:fp", now=150) == 200
+    assert [store.lockouts.add_failure("k", now=t, window=60) for t in (0, 1, 2)] == [1, 2, 3]
+    assert store.lockouts.add_failure("k", now=61, window=60) == 1, "a new window starts over"
+    store.lockouts.clear_failures("k")
+    assert store.lockouts.add_failure("k", now=62, window=60) == 1
+    store.lockouts.set_lockout("acct:alice:fp", until=100)
+    assert store.lockouts.lockout_until("acct:alice:fp", now=50) == 100
+    assert store.lockouts.lockout_until("acct:alice:fp", now=100) is None
+    store.lockouts.set_lockout("acct:alice:fp", until=200)
+    store.lockouts.set_lockout("acct:alice_x:fp", until=200)
+    assert store.lockouts.clear_lockouts_by_prefix("acct:alice:") == 1, "a prefix is no pattern: alice_x keeps its own"
+    assert store.lockouts.lockout_until("acct:alice:fp", now=150) is None
+    assert store.lockouts.lockout_until("acct:alice_x:fp", now=150) == 200
 
 
 def test_state_survives_reopening(tmp_path: Path) -> None:
     a = SQLiteStore(tmp_path / "s.db")
     a.use_otp_step("alice", 7)
-    a.set_lock("x", until=10**12)
+    a.lockouts.set_lockout("x", until=10**12)
     a.close()
     b = SQLiteStore(tmp_path / "s.db")
     try:
         assert not b.use_otp_step("alice", 7)
-        assert b.lock_until("x", now=0) == 10**12
+        assert b.lockouts.lockout_until("x", now=0) == 10**12
     finally:
         b.close()
     assert oct((tmp_path / "s.db").stat().st_mode & 0o777) == "0o600"

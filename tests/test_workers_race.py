@@ -148,8 +148,8 @@ def failures(store: SQLiteStore, r: int, index: int, extra: Any) -> list[int]:
     passwords of one account+certificate through Lockouts."""
     from davserver.auth.lockout import Lockouts
 
-    lockouts = Lockouts(store, _THROTTLE)
-    counts = [store.add_failure(f"raw{r}", time.time(), 900) for _ in range(extra)]
+    lockouts = Lockouts(store.lockouts, _THROTTLE)
+    counts = [store.lockouts.add_failure(f"raw{r}", time.time(), 900) for _ in range(extra)]
     for i in range(extra):
         lockouts.fail(f"acct{r}", _FP, "password", "192.0.2.1", time.time(), f"{index:02x}{i:030x}")
     return counts
@@ -161,7 +161,7 @@ def test_failures_from_two_processes_are_all_counted_and_lock_exactly_at_the_thr
     per_process = 3  # 6 failures: one below throttle.lock_after (7)
     outcomes = race("failures", db, rounds=20, extra=per_process)
     with opened(db) as store:
-        lockouts = Lockouts(store, _THROTTLE)
+        lockouts = Lockouts(store.lockouts, _THROTTLE)
         now = time.time()
         for r, (a, b) in enumerate(outcomes):
             # add_failure handed out 1..6 once each: no update was lost, none counted twice
@@ -177,7 +177,7 @@ def threshold(store: SQLiteStore, r: int, index: int, extra: Any) -> bool:
     """Both processes fail at once, one each, starting from lock_after - 2 failures."""
     from davserver.auth.lockout import Lockouts
 
-    Lockouts(store, _THROTTLE).fail(f"thr{r}", _FP, "totp", "", time.time())
+    Lockouts(store.lockouts, _THROTTLE).fail(f"thr{r}", _FP, "totp", "", time.time())
     return True
 
 
@@ -186,7 +186,7 @@ def test_the_lockout_engages_when_the_last_two_failures_race(db: Path) -> None:
 
     rounds = 20
     with opened(db) as store:
-        lockouts = Lockouts(store, _THROTTLE)
+        lockouts = Lockouts(store.lockouts, _THROTTLE)
         now = time.time()
         for r in range(rounds):
             for _ in range(_THROTTLE.lock_after - 2):
@@ -194,7 +194,7 @@ def test_the_lockout_engages_when_the_last_two_failures_race(db: Path) -> None:
             assert not lockouts.is_locked_out(f"thr{r}", _FP, "", now)  # twin: short of the threshold
     race("threshold", db, rounds=rounds)
     with opened(db) as store:
-        lockouts = Lockouts(store, _THROTTLE)
+        lockouts = Lockouts(store.lockouts, _THROTTLE)
         assert all(lockouts.is_locked_out(f"thr{r}", _FP, "", time.time()) for r in range(rounds))
 
 
@@ -347,7 +347,7 @@ def test_a_write_that_cannot_get_the_lock_in_time_fails_closed(db: Path) -> None
                 store.use_otp_step("alice", 5)
             assert 0.25 < time.monotonic() - started < 5  # waited the busy timeout, not for ever
             with pytest.raises(StoreUnavailable):  # a failure that cannot be counted refuses the request
-                Lockouts(store, _THROTTLE).fail("alice", _FP, "password", "192.0.2.1", now, "a" * 32)
+                Lockouts(store.lockouts, _THROTTLE).fail("alice", _FP, "password", "192.0.2.1", now, "a" * 32)
             with pytest.raises(StoreUnavailable):
                 store.spend_invitation("0" * 64, now)
             with pytest.raises(StoreUnavailable):
@@ -525,9 +525,9 @@ def test_wrong_passwords_sent_to_two_servers_are_all_counted_and_lock_at_the_thr
 
         assert together(wrong(a, urls[0], "a"), wrong(b, urls[1], "b")) == [401, 401]
         assert _failures(store, f"{key}:password") == 6  # every one of them, none lost
-        assert not store.any_locked([key], time.time())
+        assert not store.lockouts.any_locked_out([key], time.time())
         assert a.get(urls[0] + "files/", auth=("alice", "wrong-7")).status_code == 401  # the 7th
-        assert store.any_locked([key], time.time())
+        assert store.lockouts.any_locked_out([key], time.time())
         assert b.get(urls[1] + "files/").status_code == 401  # the right password: locked out
         assert audited(inst, "locked")
         _cli(inst, "user", "unlock", "alice")

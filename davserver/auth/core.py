@@ -206,7 +206,7 @@ class Authenticator:
         self.totp = totp_config or TOTPConfig()
         self.throttle = throttle or ThrottleConfig()
         self._cache = _VerifiedCache(cache_seconds, cache_max_seconds)
-        self.lockouts = Lockouts(store, self.throttle) if store is not None else None
+        self.lockouts = Lockouts(store.lockouts, self.throttle) if store is not None else None
 
     # --- certificate -> account -----------------------------------------------------
 

@@ -38,7 +38,14 @@ The rules (NIST SP 800-63B §5.2.2 asks that consecutive failures be limited):
   locking out different accounts (someone holding many stolen certificates)
   does get locked out.
 
-Store keys (exact strings, compared case-sensitively by both backends):
+`Lockouts` applies these rules to a `LockoutStore` driver (store/base.py; the state
+store's ``lockouts``: store/sqlite_lockout.py or store/redis_lockout.py), the shape of
+SFTPGo's Defender (internal/common/defender.go: the rules, over a memory or a provider
+driver). It is the one door to lockouts: the guard's sign-in (auth/core.py), the
+enrolment page's count of unknown links (enrolment_pages.py), the pending revocation of
+renewed certificates (renewal.py) and `davserver user unlock` / `user remove` (cli.py).
+
+Store keys (exact strings, compared case-sensitively by both drivers):
 ``acct:<account>:<fingerprint>`` for the lockout,
 ``acct:<account>:<fingerprint>:<factor>`` for the counters,
 ``acct:<account>:<fingerprint>:<factor>:seen:<digest>`` for the failures already counted,
@@ -46,6 +53,11 @@ Store keys (exact strings, compared case-sensitively by both backends):
 for the address (its canonical text form, see `address_key`).
 `davserver user unlock NAME` clears the ``acct:NAME:`` prefix,
 `davserver user unlock --address ADDR` clears ``addr:ADDR``.
+The enrolment listener counts unknown invitation links at ``enrol:addr:<address>:unknown``
+and locks out ``enrol:addr:<address>``. A renewal that will revoke the old certificate at
+the new one's first use is noted as lockout records ``renewal:<new fingerprint>`` and
+``renewal:<new fingerprint>:<old serial>`` held until the new certificate expires (they
+were kept there before the driver existed, so the notes of running installations stay).
 """
 
 from __future__ import annotations
@@ -54,7 +66,7 @@ import ipaddress
 from typing import Literal
 
 from ..config import ThrottleConfig
-from ..store.base import StateStore
+from ..store.base import LockoutStore
 
 __all__ = ["FACTOR_OF", "Factor", "Lockouts", "account_key", "account_prefix", "address_key", "canonical_address"]
 
@@ -76,6 +88,8 @@ def account_prefix(account: str) -> str:
 
 
 def account_key(account: str, fingerprint: str) -> str:
+    """The lockout key of `account` (canonical name) with the certificate of `fingerprint`
+    (hex SHA-256), or of all its certificates when `fingerprint` is ``*``."""
     return f"{account_prefix(account)}{fingerprint}"
 
 
@@ -110,17 +124,24 @@ def address_key(peer: str) -> str:
 
 
 class Lockouts:
-    """Counts failures and decides lockouts in a `StateStore`; times are POSIX seconds passed in."""
+    """The sign-in lockout rules over the driver `store` (a `LockoutStore`: the state
+    store's ``lockouts``), with the limits of `throttle` (``throttle.*``; the defaults
+    when not given, enough for unlocking and renewal notes). Times are POSIX seconds
+    (float) passed in. Every method raises StoreUnavailable when the store cannot be
+    reached; callers fail closed."""
 
-    def __init__(self, store: StateStore, throttle: ThrottleConfig) -> None:
+    def __init__(self, store: LockoutStore, throttle: ThrottleConfig | None = None) -> None:
         self.store = store
-        self.throttle = throttle
+        self.throttle = throttle if throttle is not None else ThrottleConfig()
+
+    # --- sign-in (auth/core.py) ----------------------------------------------------------
 
     def is_locked_out(self, account: str, fingerprint: str, peer: str, now: float) -> bool:
-        """Whether the account+certificate or the address is locked out (one store round trip)."""
+        """Whether the account+certificate, the whole account or the address `peer`
+        (REMOTE_ADDR; "" for none) is locked out at `now` (one store round trip)."""
         keys = [account_key(account, fingerprint), account_key(account, _ALL_CERTIFICATES)]
         keys += [address_key(peer)] if peer else []
-        return self.store.any_locked(keys, now)
+        return self.store.any_locked_out(keys, now)
 
     def fail(self, account: str, fingerprint: str, factor: Factor, peer: str, now: float, seen: str = "") -> float:
         """Count one failure of `factor`; lock out past the limits. Returns the seconds to
@@ -135,15 +156,15 @@ class Lockouts:
             return 0.0
         count = self.store.add_failure(f"{key}:{factor}", now, t.window_seconds)
         if count >= t.lock_after:
-            self.store.set_lock(key, now + t.lock_seconds)
+            self.store.set_lockout(key, now + t.lock_seconds)
             if peer:
                 addr = address_key(peer)
                 if self.store.note_lockout(addr, account, now, t.window_seconds) >= t.address_lock_after:
-                    self.store.set_lock(addr, now + t.lock_seconds)
+                    self.store.set_lockout(addr, now + t.lock_seconds)
         if t.max_consecutive_failures:
             everywhere = account_key(account, _ALL_CERTIFICATES)
             if self.store.add_failure(f"{everywhere}:{factor}", now, _NO_WINDOW) >= t.max_consecutive_failures:
-                self.store.set_lock(everywhere, now + _NO_WINDOW)
+                self.store.set_lockout(everywhere, now + _NO_WINDOW)
         if count > t.delay_after:
             return float(min(t.max_delay_seconds, t.base_delay_seconds * 2 ** (count - t.delay_after - 1)))
         return 0.0
@@ -153,3 +174,59 @@ class Lockouts:
         account-wide one), and only that factor's."""
         self.store.clear_failures(f"{account_key(account, fingerprint)}:{factor}")
         self.store.clear_failures(f"{account_key(account, _ALL_CERTIFICATES)}:{factor}")
+
+    # --- the administrator (cli.py) ------------------------------------------------------
+
+    def unlock_account(self, account: str) -> int:
+        """Lift every lockout of `account` (the exact, case-sensitive name: all its
+        certificates and the account-wide one) and forget its failure counts (`davserver
+        user unlock NAME`, `user remove`). Returns how many lockout records were removed."""
+        return self.store.clear_lockouts_by_prefix(account_prefix(account))
+
+    def unlock_address(self, address: str) -> int:
+        """Lift the lockout of the peer `address` (any spelling `address_key` accepts: an
+        IPv4-mapped IPv6 address is its IPv4 one, an IPv6 one stands for its /64) and
+        forget what counted toward it (`davserver user unlock --address`). Returns 1 when
+        a lockout was removed, else 0."""
+        return self.store.clear_lockout(address_key(address))
+
+    # --- unknown enrolment links (enrolment_pages.py) ------------------------------------
+
+    @staticmethod
+    def _enrolment_key(peer: str) -> str:
+        return f"enrol:{address_key(peer)}"
+
+    def is_enrolment_locked_out(self, peer: str, now: float) -> bool:
+        """Whether the address `peer` may not try enrolment links at `now` (too many
+        unknown ones)."""
+        return self.store.any_locked_out([self._enrolment_key(peer)], now)
+
+    def fail_enrolment(self, peer: str, now: float) -> None:
+        """Count one unknown enrolment link from `peer`; at ``throttle.lock_after`` within
+        ``throttle.window_seconds`` the address is locked out of enrolment for
+        ``throttle.lock_seconds``."""
+        t = self.throttle
+        key = self._enrolment_key(peer)
+        if self.store.add_failure(f"{key}:unknown", now, t.window_seconds) >= t.lock_after:
+            self.store.set_lockout(key, now + t.lock_seconds)
+
+    # --- renewed certificates whose predecessor goes at first use (renewal.py) -----------
+
+    def note_renewal(self, fingerprint: str, serial: str, until: float) -> None:
+        """Note that the certificate of `fingerprint` (hex SHA-256) renewed the one of
+        `serial` (hex), until `until` (POSIX seconds: the new certificate's end)."""
+        self.store.set_lockout(f"renewal:{fingerprint}:{serial}", until)
+        self.store.set_lockout(f"renewal:{fingerprint}", until)
+
+    def renewal_pending(self, fingerprint: str, now: float) -> bool:
+        """Whether the certificate of `fingerprint` renewed another still to be revoked."""
+        return self.store.lockout_until(f"renewal:{fingerprint}", now) is not None
+
+    def renewed(self, fingerprint: str, serial: str, now: float) -> bool:
+        """Whether the certificate of `fingerprint` renewed the one of `serial`."""
+        return self.store.lockout_until(f"renewal:{fingerprint}:{serial}", now) is not None
+
+    def clear_renewal(self, fingerprint: str) -> None:
+        """Forget the renewal notes of the certificate of `fingerprint` (its predecessor
+        was dealt with)."""
+        self.store.clear_lockouts_by_prefix(f"renewal:{fingerprint}")

@@ -1,6 +1,6 @@
 """Runtime state the server learns (OTP steps used, grants, failure counters,
-locks), behind one small interface: SQLite embedded by default, Redis when
-several server nodes must agree."""
+sign-in lockouts, WebDAV locks), behind one small interface: SQLite embedded by
+default, Redis when several server nodes must agree."""
 
 from __future__ import annotations
 

@@ -1,8 +1,13 @@
-"""The state-store contract. Times are POSIX seconds passed in by the caller.
+"""The state-store contract. Times are POSIX seconds (float, UTC) passed in by the caller.
 
-Keys of sign-in lockouts and failure counters are opaque strings made by
-auth/lockout.py; a backend compares them exactly (case-sensitive, no patterns).
-The lock/locks names below are sign-in lockouts, not WebDAV locks (store/davstate.py).
+`StateStore` is what a backend keeps for sign-in (used TOTP steps, grants), enrolment
+invitations and shared secrets; its `StateStore.lockouts` is the `LockoutStore` driver
+that keeps sign-in failure counters and lockouts for auth/lockout.py's rules (the shape
+of SFTPGo's Defender: the rules in one class, the storage behind an interface with one
+driver per backend: store/sqlite_lockout.py, store/redis_lockout.py). Keys of lockouts
+and failure counters are opaque strings made by auth/lockout.py; a driver compares them
+exactly (case-sensitive, no patterns). A "lock" is a WebDAV lock (store/davstate.py,
+store/redis_davstate.py), never a sign-in lockout.
 """
 
 from __future__ import annotations
@@ -10,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["MIN_SECRET_BYTES", "Grant", "InvitationRecord", "StateStore", "StoreUnavailable", "check_secret"]
+__all__ = ["MIN_SECRET_BYTES", "Grant", "InvitationRecord", "LockoutStore", "StateStore", "StoreUnavailable",
+           "check_secret"]
 
 
 class StoreUnavailable(Exception):
@@ -30,6 +36,8 @@ class Grant:
     expires: float  # absolute end
 
     def valid(self, now: float) -> bool:
+        """Whether the grant still holds at `now` (POSIX seconds): before both its idle end
+        and its absolute end."""
         return now < self.idle_until and now < self.expires
 
 
@@ -51,6 +59,8 @@ class InvitationRecord:
     state: str = "open"
 
     def is_open(self, now: float) -> bool:
+        """Whether the invitation can still be used at `now` (POSIX seconds): ``open`` and
+        not past ``expires``."""
         return self.state == "open" and now < self.expires
 
 
@@ -72,38 +82,91 @@ def check_secret(name: str, size: int, value: bytes | None = None) -> bytes:
     return value or b""
 
 
-class StateStore(Protocol):
-    # one code, one use
-    def use_otp_step(self, account: str, step: int) -> bool:
-        """Record `step` as used; False when it (or a later step) was used already. Atomic."""
+class LockoutStore(Protocol):
+    """The driver that keeps sign-in failure counters and lockouts: what the rules of
+    auth/lockout.py (`Lockouts`, the only caller) need, nothing more. Keys are opaque,
+    case-sensitive strings; times and windows are POSIX seconds (float) passed in by the
+    caller, so every process and node judges by the same clock it was handed. Every
+    method raises StoreUnavailable when the backend cannot be reached or cannot write
+    now (the request that needed it fails closed, 503). Each method is atomic across the
+    threads, processes and nodes sharing the store: racing callers never lose a count.
 
-    # grants
-    def open_grant(self, grant: Grant) -> None: ...
-    def get_grant(self, account: str, fingerprint: str) -> Grant | None: ...
-    def touch_grant(self, account: str, fingerprint: str, now: float, idle: float) -> None: ...
-    def end_grant(self, account: str, fingerprint: str) -> None: ...
-    def end_grants(self, account: str) -> int: ...
+    Drivers: store/sqlite_lockout.py (`SQLiteLockouts`, tables ``failures``, ``lockouts``,
+    ``lockout_accounts``) and store/redis_lockout.py (`RedisLockouts`, keys ``fail:``,
+    ``lockout:``, ``lockouts:`` under the deployment prefix)."""
 
-    # throttling
     def add_failure(self, key: str, now: float, window: float) -> int:
-        """Count a failure for `key` within `window` seconds; returns the count. Atomic."""
+        """Count one failure for `key` at `now`; a count whose window (`window` seconds from
+        its first failure) has passed starts again at 1. Returns the count after this one
+        (>= 1)."""
 
-    def clear_failures(self, key: str) -> None: ...
-    def set_lock(self, key: str, until: float) -> None: ...
-    def lock_until(self, key: str, now: float) -> float | None: ...
-    def any_locked(self, keys: list[str], now: float) -> bool:
-        """Whether any of the keys is locked at `now`: one round trip, asked on every request."""
-    def clear_locks(self, prefix: str) -> int:
-        """Remove sign-in lockouts and counters whose key starts with `prefix` (an exact,
-        case-sensitive prefix: no wildcards, ``alice`` is not ``Alice``); returns how many lockouts."""
+    def clear_failures(self, key: str) -> None:
+        """Forget the failure count of exactly `key` (nothing when there is none)."""
+
+    def set_lockout(self, key: str, until: float) -> None:
+        """Lock `key` out until `until` (POSIX seconds); a lockout is only ever lengthened:
+        an earlier `until` than the one stored changes nothing."""
+
+    def lockout_until(self, key: str, now: float) -> float | None:
+        """When the lockout of `key` ends (POSIX seconds), or None when it has none at `now`
+        (never set, lifted, or ended at or before `now`)."""
+
+    def any_locked_out(self, keys: list[str], now: float) -> bool:
+        """Whether any of `keys` is locked out at `now` (False for no keys): one round trip
+        (one SQLite query, one Redis MGET), asked on every request."""
+
+    def clear_lockouts_by_prefix(self, prefix: str) -> int:
+        """Lift the lockouts and forget the failure counts whose key starts with `prefix`
+        (an exact, case-sensitive prefix: no wildcards, ``alice`` is not ``Alice``, ``_``
+        and ``*`` are themselves). Returns how many lockout records were removed (ended
+        ones still stored included)."""
 
     def note_lockout(self, address: str, account: str, now: float, window: float) -> int:
         """Record that `account` was locked out from the `address` key at `now`; returns how
-        many distinct accounts were locked out from it within the last `window` seconds. Atomic."""
+        many distinct accounts were locked out from it within the last `window` seconds
+        (one account counts once however often)."""
 
     def clear_lockout(self, key: str) -> int:
-        """Remove the lockout, counters and lockout records of exactly `key`; returns 1 when a
-        lockout still in the store was removed, else 0."""
+        """Lift the lockout of exactly `key` and forget its failure count and the lockouts
+        noted against it (`note_lockout`); returns 1 when a lockout record still in the
+        store was removed, else 0."""
+
+
+class StateStore(Protocol):
+    """What every state backend keeps: used TOTP steps, step-up grants, enrolment
+    invitations, shared secrets, and (through `lockouts`) sign-in failure counters and
+    lockouts. Implemented by store/sqlite.py (`SQLiteStore`) and store/redis.py
+    (`RedisStore`); tests/test_store.py is the contract suite run against both. Unless
+    said otherwise a method raises StoreUnavailable when the backend cannot be reached."""
+
+    #: The sign-in lockout driver sharing this store's connections (auth/lockout.py uses it).
+    lockouts: LockoutStore
+
+    # one code, one use
+    def use_otp_step(self, account: str, step: int) -> bool:
+        """Record TOTP time step `step` (an integer: POSIX seconds // 30) as used by
+        `account`; False when it (or a later step) was used already. Atomic: of racing
+        callers with one step, exactly one gets True."""
+
+    # grants
+    def open_grant(self, grant: Grant) -> None:
+        """Store `grant`, replacing the grant of the same account and certificate
+        fingerprint; it lasts until its ``idle_until`` unless touched."""
+
+    def get_grant(self, account: str, fingerprint: str) -> Grant | None:
+        """The grant of `account` with the certificate of `fingerprint` (hex SHA-256), or
+        None. A grant past its idle end may still be returned: check `Grant.valid`."""
+
+    def touch_grant(self, account: str, fingerprint: str, now: float, idle: float) -> None:
+        """Extend a grant still valid at `now` to ``now + idle`` seconds, never past its
+        absolute ``expires``; a grant already idle past its end stays ended."""
+
+    def end_grant(self, account: str, fingerprint: str) -> None:
+        """End the grant of `account` with that certificate (nothing when there is none)."""
+
+    def end_grants(self, account: str) -> int:
+        """End every grant of `account` (password or TOTP changed, disabled, removed);
+        returns how many were stored."""
 
     # enrolment invitations (davserver/invitations.py)
     def add_invitation(self, record: InvitationRecord, now: float, limit: int) -> bool:
@@ -111,7 +174,9 @@ class StateStore(Protocol):
         drops records past keep_until, then, to make room, closed and expired records (soonest
         expiry first). False, storing nothing, when `limit` open invitations remain."""
 
-    def get_invitation(self, digest: str) -> InvitationRecord | None: ...
+    def get_invitation(self, digest: str) -> InvitationRecord | None:
+        """The invitation whose token has the SHA-256 `digest` (hex), in whatever state, or
+        None when none is kept."""
 
     def fail_invitation(self, digest: str, now: float, max_failures: int) -> int:
         """Count a failed sign-in on an open invitation; the one reaching `max_failures` makes it
@@ -158,4 +223,5 @@ class StateStore(Protocol):
     def ping(self) -> None:
         """Raise StoreUnavailable when the backend cannot be reached."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Close this process's connections; the store is not used after."""

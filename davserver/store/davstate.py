@@ -572,6 +572,7 @@ class SQLiteLockStorage:
         return self._db().execute("DELETE FROM dav_locks WHERE expire < ?", (self._clock(),)).rowcount
 
     def clear(self) -> None:
+        """Remove every WebDAV lock, live or expired (WsgiDAV's lock storage ``clear``)."""
         self._db().execute("DELETE FROM dav_locks")
 
     # --- single locks ----------------------------------------------------------------
@@ -851,6 +852,8 @@ class SQLitePropertyManager(BoundedProperties):
         return base, base.rstrip("/") + "/", lo, hi
 
     def get_properties(self, norm_url: str, environ: dict[str, Any] | None = None) -> list[str]:
+        """The names (Clark notation, ``{ns}local``) of the dead properties of `norm_url`
+        (a WsgiDAV ref-URL), sorted; [] for none. `environ` is unused (WsgiDAV's signature)."""
         return [
             name
             for (name,) in self._db().execute("SELECT name FROM dav_props WHERE url = ? ORDER BY name", (norm_url,))
@@ -868,6 +871,8 @@ class SQLitePropertyManager(BoundedProperties):
         return {url: tuple(props) for url, props in found.items()}
 
     def get_property(self, norm_url: str, name: str, environ: dict[str, Any] | None = None) -> bytes | None:
+        """The value (the property's XML as stored, bytes) of dead property `name` of
+        `norm_url`, or None."""
         row = self._db().execute("SELECT value FROM dav_props WHERE url = ? AND name = ?", (norm_url, name)).fetchone()
         return bytes(row[0]) if row else None
 
@@ -957,6 +962,9 @@ class SQLitePropertyManager(BoundedProperties):
     def move_properties(
         self, src_url: str, dest_url: str, with_children: bool, environ: dict[str, Any] | None = None
     ) -> None:
+        """Move the dead properties of `src_url` to `dest_url` (and, `with_children`, of
+        everything below it, their URLs rebased), replacing what the destination had: one
+        IMMEDIATE transaction."""
         with self.store.transaction() as db:
             if not with_children:
                 rows = db.execute("SELECT url, name, value FROM dav_props WHERE url = ?", (src_url,)).fetchall()
@@ -978,6 +986,7 @@ class SQLitePropertyManager(BoundedProperties):
             db.executemany("INSERT OR REPLACE INTO dav_props (url, name, value) VALUES (?, ?, ?)", moved)
 
     def clear(self) -> None:
+        """Remove every dead property of every resource."""
         self._db().execute("DELETE FROM dav_props")
 
     def close(self) -> None:

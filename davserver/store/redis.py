@@ -1,13 +1,11 @@
 """The shared state store for several server nodes: Redis.
 
 Everything two nodes may race on is one atomic step: accepting an OTP step
-and counting a failure are Lua scripts, locks are single SET commands.
-Values are JSON (never pickle), expiry is Redis's own key TTL (never a scan),
-and every key carries the deployment's prefix.
-
-`clear_locks` finds sign-in lockouts with SCAN (an administrator's command, not
-the request path) under a MATCH pattern whose glob characters (of the deployment
-prefix too) are escaped, so it matches the exact, case-sensitive prefix.
+and changing an invitation are Lua scripts. Values are JSON (never pickle),
+expiry is Redis's own key TTL (never a scan), and every key carries the
+deployment's prefix. Sign-in failure counters and lockouts are the store's
+`RedisStore.lockouts` driver (store/redis_lockout.py: its keys, its scripts and
+the migration of the ``lock:`` keys of earlier releases).
 
 If Redis is unreachable the store raises StoreUnavailable; the guard turns
 that into a refusal (fail closed), never into a login without the check.
@@ -28,8 +26,8 @@ The two writes whose loss would let something through that was refused before, a
 TOTP step (the code would work once more) and a new WebDAV lock (another client could
 write under it), are followed by ``WAIT wait_replicas timeout`` on the same connection;
 fewer confirmations than asked raise StoreUnavailable (503): the code is not accepted,
-the lock is withdrawn. Everything else (grants, failure counters, sign-in locks,
-invitation states, dead properties, lock refreshes and removals) may lose its last
+the lock is withdrawn. Everything else (grants, failure counters, sign-in lockouts,
+invitation states, dead properties, WebDAV lock refreshes and removals) may lose its last
 second or so in a failover: docs/scaling.md says what that means.
 """
 
@@ -40,7 +38,6 @@ import logging
 import math
 import secrets
 import threading
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +47,8 @@ from redis.commands.core import Script
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
-from .base import Grant, InvitationRecord, StoreUnavailable, check_secret
+from .base import Grant, InvitationRecord, LockoutStore, StateStore, StoreUnavailable, check_secret
+from .redis_lockout import RedisLockouts
 
 __all__ = ["RedisStore"]
 
@@ -70,22 +68,6 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', 3600)
 return 1
 """
 
-# KEYS[1] = failure counter (hash: n, window_end); ARGV = now, window seconds.
-_ADD_FAILURE = """
-local now = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local window_end = tonumber(redis.call('HGET', KEYS[1], 'window_end') or '-1')
-local n
-if window_end <= now then
-  n = 1
-  redis.call('HSET', KEYS[1], 'n', 1, 'window_end', now + window)
-else
-  n = redis.call('HINCRBY', KEYS[1], 'n', 1)
-end
-redis.call('EXPIRE', KEYS[1], math.ceil(window) + 60)
-return n
-"""
-
 # KEYS[1] = grant key; ARGV = now, idle. Extend idle_until (never past expires) if still valid.
 _TOUCH_GRANT = """
 local raw = redis.call('GET', KEYS[1])
@@ -98,24 +80,6 @@ g.idle_until = math.min(g.expires, now + tonumber(ARGV[2]))
 local ttl = math.max(1, math.ceil(g.idle_until - now))
 redis.call('SET', KEYS[1], cjson.encode(g), 'EX', ttl)
 return 1
-"""
-
-# KEYS[1] = lock key; ARGV = until, ttl. A lock is only ever lengthened.
-_SET_LOCK = """
-local old = tonumber(redis.call('GET', KEYS[1]) or '-1')
-if tonumber(ARGV[1]) > old then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
-return 1
-"""
-
-# KEYS[1] = zset of accounts locked out from one address (score: when); ARGV = now, window, account.
-_NOTE_LOCKOUT = """
-local now = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local old = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[3]) or '-1')
-if now > old then redis.call('ZADD', KEYS[1], now, ARGV[3]) end
-redis.call('EXPIRE', KEYS[1], math.ceil(window) + 60)
-return redis.call('ZCARD', KEYS[1])
 """
 
 # Enrolment invitations: a hash per invitation (KEY_PREFIX .. digest, TTL: keep_until) and an
@@ -204,14 +168,6 @@ local made = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
 return {made and 1 or 0, redis.call('GET', KEYS[1])}
 """
 
-_GLOB_SPECIALS = frozenset("*?[]\\")
-
-
-def _glob_escape(text: str) -> str:
-    """`text` as a literal in a Redis MATCH pattern (stringmatchlen: backslash escapes)."""
-    return "".join("\\" + ch if ch in _GLOB_SPECIALS else ch for ch in text)
-
-
 if TYPE_CHECKING:
     class _Sentinel(Sentinel):
         """redis-py's ``Sentinel`` (redis/sentinel.py, untyped), with the types of the
@@ -271,7 +227,7 @@ class _WatchedSentinel(_Sentinel):
         return address
 
 
-class RedisStore:
+class RedisStore(StateStore):
     """The state store on one Redis, or on the master a set of Redis Sentinels names.
 
     `url` is redis://, rediss:// or unix:// (with `sentinels` only its database number is
@@ -280,7 +236,8 @@ class RedisStore:
     `sentinels`, to the sentinels too. With `sentinels` and `wait_replicas` > 0, a used
     TOTP step and a new WebDAV lock wait up to `wait_seconds` for that many replicas
     (Redis WAIT) and raise StoreUnavailable when fewer confirm. Redis errors raise
-    StoreUnavailable.
+    StoreUnavailable. Sign-in failure counters and lockouts are its `lockouts` driver
+    (store/redis_lockout.py). Nothing is sent to Redis before the first call.
     """
 
     def __init__(self, url: str, *, prefix: str = "davserver:", password: str | None = None,
@@ -309,10 +266,7 @@ class RedisStore:
             self._r = redis_lib.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT,
                                                socket_connect_timeout=REDIS_TIMEOUT, **extra)
         self._use_otp = self._r.register_script(_USE_OTP)
-        self._add_failure = self._r.register_script(_ADD_FAILURE)
         self._touch_grant = self._r.register_script(_TOUCH_GRANT)
-        self._note_lockout = self._r.register_script(_NOTE_LOCKOUT)
-        self._set_lock = self._r.register_script(_SET_LOCK)
         self._add_invitation = self._r.register_script(_ADD_INVITATION)
         self._fail_invitation = self._r.register_script(_FAIL_INVITATION)
         self._spend_invitation = self._r.register_script(_SPEND_INVITATION)
@@ -320,6 +274,7 @@ class RedisStore:
         self._revoke_invitations = self._r.register_script(_REVOKE_INVITATIONS)
         self._shared_secret = self._r.register_script(_GET_OR_MAKE_KEY)
         self._period_secret = self._r.register_script(_GET_OR_MAKE_PERIOD_KEY)
+        self.lockouts: LockoutStore = RedisLockouts(self)
 
     @property
     def client(self) -> redis_lib.Redis:
@@ -330,7 +285,10 @@ class RedisStore:
     def _k(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` (a client method or a registered script); a Redis error
+        (unreachable, timeout, READONLY after a failover, no master) is raised as
+        StoreUnavailable."""
         try:
             return fn(*args, **kwargs)
         except redis_lib.RedisError as exc:
@@ -365,7 +323,7 @@ class RedisStore:
         replicas that have this connection's writes). Returns (the script's answer, whether
         enough replicas confirmed; always True when not waiting). Raises StoreUnavailable."""
         if not self.wait_replicas:
-            return self._call(script, keys=list(keys), args=list(args)), True
+            return self.call(script, keys=list(keys), args=list(args)), True
 
         def run() -> list[Any]:
             with self._r.pipeline(transaction=False) as pipe:
@@ -373,7 +331,7 @@ class RedisStore:
                 pipe.execute_command("WAIT", self.wait_replicas, self.wait_ms)
                 return list(pipe.execute())
 
-        answer, acked = self._call(run)
+        answer, acked = self.call(run)
         confirmed = int(acked) >= self.wait_replicas
         if not confirmed:
             log.error("state store: %d of %d replicas confirmed a write within %d ms; refusing it (503)",
@@ -401,73 +359,24 @@ class RedisStore:
     def open_grant(self, grant: Grant) -> None:
         ttl = max(1, math.ceil(grant.idle_until - grant.last_used))
         value = json.dumps(grant.__dict__)
-        self._call(self._r.set, self._k("grant", grant.account, grant.fingerprint), value, ex=ttl)
-        self._call(self._r.sadd, self._k("grants", grant.account), grant.fingerprint)
+        self.call(self._r.set, self._k("grant", grant.account, grant.fingerprint), value, ex=ttl)
+        self.call(self._r.sadd, self._k("grants", grant.account), grant.fingerprint)
 
     def get_grant(self, account: str, fingerprint: str) -> Grant | None:
-        raw = self._call(self._r.get, self._k("grant", account, fingerprint))
+        raw = self.call(self._r.get, self._k("grant", account, fingerprint))
         return Grant(**json.loads(raw)) if raw else None
 
     def touch_grant(self, account: str, fingerprint: str, now: float, idle: float) -> None:
-        self._call(self._touch_grant, keys=[self._k("grant", account, fingerprint)], args=[now, idle])
+        self.call(self._touch_grant, keys=[self._k("grant", account, fingerprint)], args=[now, idle])
 
     def end_grant(self, account: str, fingerprint: str) -> None:
-        self._call(self._r.delete, self._k("grant", account, fingerprint))
+        self.call(self._r.delete, self._k("grant", account, fingerprint))
 
     def end_grants(self, account: str) -> int:
-        fingerprints = self._call(self._r.smembers, self._k("grants", account))
+        fingerprints = self.call(self._r.smembers, self._k("grants", account))
         keys = [self._k("grant", account, fp.decode()) for fp in fingerprints]
-        n = int(self._call(self._r.delete, *keys)) if keys else 0
-        self._call(self._r.delete, self._k("grants", account))
-        return n
-
-    # --- throttling ------------------------------------------------------------------
-
-    def add_failure(self, key: str, now: float, window: float) -> int:
-        return int(self._call(self._add_failure, keys=[self._k("fail", key)], args=[now, window]))
-
-    def clear_failures(self, key: str) -> None:
-        self._call(self._r.delete, self._k("fail", key))
-
-    def set_lock(self, key: str, until: float) -> None:
-        # The key outlives `until` by a minute; lock_until() compares with the caller's clock.
-        ttl = max(60, math.ceil(until - time.time()) + 60)
-        self._call(self._set_lock, keys=[self._k("lock", key)], args=[repr(until), ttl])
-
-    def lock_until(self, key: str, now: float) -> float | None:
-        raw = self._call(self._r.get, self._k("lock", key))
-        if raw is None:
-            return None
-        until = float(raw)
-        return until if until > now else None
-
-    def any_locked(self, keys: list[str], now: float) -> bool:
-        if not keys:
-            return False
-        values = self._call(self._r.mget, [self._k("lock", key) for key in keys])
-        return any(raw is not None and float(raw) > now for raw in values)
-
-    def clear_locks(self, prefix: str) -> int:
-        lifted = 0
-        for kind in ("lock", "fail"):
-            literal = self._k(kind, prefix)
-            pattern = _glob_escape(literal) + "*"
-            found = self._call(self._scan_all, pattern)
-            for i in range(0, len(found), 500):
-                n = int(self._call(self._r.delete, *found[i:i + 500]))
-                lifted += n if kind == "lock" else 0
-        return lifted
-
-    def _scan_all(self, pattern: str) -> list[bytes]:
-        return list(self._r.scan_iter(match=pattern, count=1000))
-
-    def note_lockout(self, address: str, account: str, now: float, window: float) -> int:
-        keys = [self._k("lockouts", address)]
-        return int(self._call(self._note_lockout, keys=keys, args=[repr(now), repr(window), account]))
-
-    def clear_lockout(self, key: str) -> int:
-        n = int(self._call(self._r.delete, self._k("lock", key)))
-        self._call(self._r.delete, self._k("fail", key), self._k("lockouts", key))
+        n = int(self.call(self._r.delete, *keys)) if keys else 0
+        self.call(self._r.delete, self._k("grants", account))
         return n
 
     # --- enrolment invitations -----------------------------------------------------------
@@ -477,23 +386,23 @@ class RedisStore:
         args = [repr(now), limit, record.digest, record.account, repr(record.created), repr(record.expires),
                 repr(record.keep_until), ttl_ms, self._k("inv", "")]
         keys = [self._k("invs"), self._k("inv", record.digest)]
-        return bool(self._call(self._add_invitation, keys=keys, args=args))
+        return bool(self.call(self._add_invitation, keys=keys, args=args))
 
     def get_invitation(self, digest: str) -> InvitationRecord | None:
-        raw = self._call(self._r.hgetall, self._k("inv", digest))
+        raw = self.call(self._r.hgetall, self._k("inv", digest))
         return _invitation(digest, raw) if raw else None
 
     def fail_invitation(self, digest: str, now: float, max_failures: int) -> int:
-        return int(self._call(self._fail_invitation, keys=[self._k("inv", digest)], args=[repr(now), max_failures]))
+        return int(self.call(self._fail_invitation, keys=[self._k("inv", digest)], args=[repr(now), max_failures]))
 
     def spend_invitation(self, digest: str, now: float) -> bool:
-        return bool(self._call(self._spend_invitation, keys=[self._k("inv", digest)], args=[repr(now)]))
+        return bool(self.call(self._spend_invitation, keys=[self._k("inv", digest)], args=[repr(now)]))
 
     def unspend_invitation(self, digest: str, now: float) -> bool:
-        return bool(self._call(self._unspend_invitation, keys=[self._k("inv", digest)], args=[repr(now)]))
+        return bool(self.call(self._unspend_invitation, keys=[self._k("inv", digest)], args=[repr(now)]))
 
     def open_invitations(self, now: float) -> list[InvitationRecord]:
-        digests = [d.decode() for d in self._call(self._r.zrangebyscore, self._k("invs"), f"({now!r}", "+inf")]
+        digests = [d.decode() for d in self.call(self._r.zrangebyscore, self._k("invs"), f"({now!r}", "+inf")]
         out = []
         for digest in digests:
             record = self.get_invitation(digest)
@@ -503,7 +412,7 @@ class RedisStore:
 
     def revoke_invitations(self, account: str, now: float) -> int:
         args = [repr(now), account, self._k("inv", "")]
-        return int(self._call(self._revoke_invitations, keys=[self._k("invs")], args=args))
+        return int(self.call(self._revoke_invitations, keys=[self._k("invs")], args=args))
 
     # --- keys shared by every node on this Redis ------------------------------------------------
 
@@ -537,6 +446,7 @@ class RedisStore:
         return check_secret(name, size, bytes(value))
 
     def close(self) -> None:
+        """Close the client's connection pool (and the sentinels' clients)."""
         self._r.close()
         if self.sentinel is not None:
             self.sentinel.close()

@@ -611,6 +611,8 @@ class RedisLockStorage:
                 return total
 
     def clear(self) -> None:
+        """Remove every WebDAV lock under the deployment prefix, live or expired (WsgiDAV's
+        lock storage ``clear``)."""
         _call(self._clear, args=[self.store.prefix])
 
     # --- single locks ----------------------------------------------------------------
@@ -804,6 +806,8 @@ class RedisPropertyManager(BoundedProperties):
         return f"{self.store.prefix}dav:props:{url}"
 
     def get_properties(self, norm_url: str, environ: dict[str, Any] | None = None) -> list[str]:
+        """The names (Clark notation) of the dead properties of `norm_url`, sorted; [] for
+        none (HKEYS of its hash). `environ` is unused (WsgiDAV's signature)."""
         names: list[bytes] = _call(self.store.client.hkeys, self._key(norm_url))
         return [name.decode("utf-8") for name in sorted(names)]
 
@@ -820,6 +824,7 @@ class RedisPropertyManager(BoundedProperties):
         }
 
     def get_property(self, norm_url: str, name: str, environ: dict[str, Any] | None = None) -> bytes | None:
+        """The value (bytes, as stored) of dead property `name` of `norm_url`, or None."""
         raw = _call(self.store.client.hget, self._key(norm_url), name)
         return bytes(raw) if raw is not None else None
 
@@ -864,6 +869,8 @@ class RedisPropertyManager(BoundedProperties):
     def move_properties(
         self, src_url: str, dest_url: str, with_children: bool, environ: dict[str, Any] | None = None
     ) -> None:
+        """Move the dead properties of `src_url` to `dest_url` (and, `with_children`, of
+        everything below it, rebased), replacing the destination's: one Lua script."""
         if not with_children:
             _call(self._copy_one, args=[self.store.prefix, src_url, dest_url, 0])
             return
@@ -874,6 +881,7 @@ class RedisPropertyManager(BoundedProperties):
         )
 
     def clear(self) -> None:
+        """Remove every dead property under the deployment prefix."""
         _call(self._clear, args=[self.store.prefix])
 
     def close(self) -> None:

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .base import Grant, InvitationRecord, StoreUnavailable, check_secret
+from .base import Grant, InvitationRecord, LockoutStore, StateStore, StoreUnavailable, check_secret
+from .sqlite_lockout import SQLiteLockouts
 
 log = logging.getLogger("davserver.store")
 
@@ -40,10 +41,6 @@ CREATE TABLE IF NOT EXISTS grants (
     account TEXT NOT NULL, fingerprint TEXT NOT NULL, epoch TEXT NOT NULL,
     opened REAL NOT NULL, last_used REAL NOT NULL, idle_until REAL NOT NULL, expires REAL NOT NULL,
     PRIMARY KEY (account, fingerprint));
-CREATE TABLE IF NOT EXISTS failures (key TEXT PRIMARY KEY, count INTEGER NOT NULL, window_end REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS locks (key TEXT PRIMARY KEY, until REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS lockout_accounts (
-    address TEXT NOT NULL, account TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (address, account));
 CREATE TABLE IF NOT EXISTS invitations (
     digest TEXT PRIMARY KEY, account TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL,
     keep_until REAL NOT NULL, failures INTEGER NOT NULL, state TEXT NOT NULL);
@@ -62,12 +59,14 @@ class _Connection(sqlite3.Connection):
     store's own operations and for store/davstate.py's alike."""
 
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        """sqlite3's execute; StoreUnavailable instead of a "cannot now" OperationalError."""
         try:
             return super().execute(sql, parameters)
         except sqlite3.OperationalError as exc:
             raise _unavailable(exc) from exc
 
     def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+        """sqlite3's executemany; StoreUnavailable instead of a "cannot now" OperationalError."""
         try:
             return super().executemany(sql, parameters)
         except sqlite3.OperationalError as exc:
@@ -79,9 +78,13 @@ def _unavailable(exc: sqlite3.OperationalError) -> Exception:
     return StoreUnavailable(f"state store (sqlite): {exc}") if code in _UNAVAILABLE else exc
 
 
-class SQLiteStore:
-    """`busy_timeout`: seconds a write waits for the file's write lock before
-    StoreUnavailable (SQLite's busy timeout)."""
+class SQLiteStore(StateStore):
+    """The state store in the SQLite file `path` (created with its folder, mode 0600).
+    `busy_timeout`: seconds a write waits for the file's write lock before
+    StoreUnavailable (SQLite's busy timeout). Sign-in failure counters and lockouts are
+    its `lockouts` driver (store/sqlite_lockout.py, which migrates the ``locks`` table of
+    earlier releases on open). Opening raises StoreUnavailable when the file cannot be
+    opened or written now, OSError when its folder cannot be made."""
 
     def __init__(self, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
         self.path = path
@@ -92,6 +95,7 @@ class SQLiteStore:
         self._all_lock = threading.Lock()
         self._wipe_pending = False  # period_secret: a WAL checkpoint after a delete did not finish
         self._db().executescript(_SCHEMA)
+        self.lockouts: LockoutStore = SQLiteLockouts(self)
         path.chmod(0o600)
 
     def _db(self) -> sqlite3.Connection:
@@ -129,6 +133,9 @@ class SQLiteStore:
         return db
 
     class _Tx:
+        """`SQLiteStore.transaction`: BEGIN IMMEDIATE on enter, COMMIT on a clean exit,
+        ROLLBACK otherwise (also when the COMMIT fails)."""
+
         def __init__(self, db: sqlite3.Connection) -> None:
             self.db = db
 
@@ -167,6 +174,7 @@ class SQLiteStore:
     # --- one code, one use ---------------------------------------------------------
 
     def use_otp_step(self, account: str, step: int) -> bool:
+        """See StateStore.use_otp_step: one upsert that only ever raises the step."""
         cur = self._db().execute(
             "INSERT INTO otp_steps(account, step) VALUES (?, ?) "
             "ON CONFLICT(account) DO UPDATE SET step = excluded.step WHERE excluded.step > otp_steps.step",
@@ -203,63 +211,6 @@ class SQLiteStore:
 
     def end_grants(self, account: str) -> int:
         return self._db().execute("DELETE FROM grants WHERE account = ?", (account,)).rowcount
-
-    # --- throttling ------------------------------------------------------------------
-
-    def add_failure(self, key: str, now: float, window: float) -> int:
-        with self._tx() as db:
-            row = db.execute("SELECT count, window_end FROM failures WHERE key = ?", (key,)).fetchone()
-            count = 1 if row is None or row[1] <= now else row[0] + 1
-            window_end = now + window if row is None or row[1] <= now else row[1]
-            db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?)", (key, count, window_end))
-        return count
-
-    def clear_failures(self, key: str) -> None:
-        self._db().execute("DELETE FROM failures WHERE key = ?", (key,))
-
-    def set_lock(self, key: str, until: float) -> None:
-        self._db().execute(
-            "INSERT INTO locks VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET until = MAX(until, excluded.until)",
-            (key, until),
-        )
-
-    def lock_until(self, key: str, now: float) -> float | None:
-        row = self._db().execute("SELECT until FROM locks WHERE key = ? AND until > ?", (key, now)).fetchone()
-        return float(row[0]) if row else None
-
-    def any_locked(self, keys: list[str], now: float) -> bool:
-        if not keys:
-            return False
-        marks = ",".join("?" * len(keys))
-        sql = f"SELECT 1 FROM locks WHERE key IN ({marks}) AND until > ? LIMIT 1"  # noqa: S608 - only ? marks
-        return self._db().execute(sql, (*keys, now)).fetchone() is not None
-
-    def clear_locks(self, prefix: str) -> int:
-        # Not LIKE: it ignores case (`alice` would lift `Alice`) and treats `_` and `%` as
-        # wildcards. substr() counts characters, as len() does; `=` compares bytes (BINARY).
-        args = (len(prefix), prefix)
-        with self._tx() as db:
-            n = db.execute("DELETE FROM locks WHERE substr(key, 1, ?) = ?", args).rowcount
-            db.execute("DELETE FROM failures WHERE substr(key, 1, ?) = ?", args)
-        return n
-
-    def note_lockout(self, address: str, account: str, now: float, window: float) -> int:
-        with self._tx() as db:
-            db.execute("DELETE FROM lockout_accounts WHERE at <= ?", (now - window,))  # every address: stays small
-            db.execute(
-                "INSERT INTO lockout_accounts VALUES (?, ?, ?) "
-                "ON CONFLICT(address, account) DO UPDATE SET at = MAX(at, excluded.at)",
-                (address, account, now),
-            )
-            row = db.execute("SELECT COUNT(*) FROM lockout_accounts WHERE address = ?", (address,)).fetchone()
-        return int(row[0])
-
-    def clear_lockout(self, key: str) -> int:
-        with self._tx() as db:
-            n = db.execute("DELETE FROM locks WHERE key = ?", (key,)).rowcount
-            db.execute("DELETE FROM failures WHERE key = ?", (key,))
-            db.execute("DELETE FROM lockout_accounts WHERE address = ?", (key,))
-        return n
 
     # --- enrolment invitations -----------------------------------------------------------
 
@@ -373,9 +324,11 @@ class SQLiteStore:
         return check_secret(name, size, value)
 
     def ping(self) -> None:
+        """Raise StoreUnavailable when the file cannot be read now (``SELECT 1``)."""
         self._db().execute("SELECT 1")
 
     def close(self) -> None:
+        """Close the connections of every thread; a later call opens a new one."""
         with self._all_lock:
             for db in self._all:
                 db.close()
