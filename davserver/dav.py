@@ -124,7 +124,7 @@ class _ShareEntry(_QuotaMixin, DAVCollection):
 
     def get_last_modified(self) -> float | None:
         """The share folder's mtime (POSIX seconds), or None: only to a request that proved
-        the share's factors (``davserver.factors``, set by guard.py). ``/`` asks for
+        the share's factors (``RequestContext.factors``, set by guard.py). ``/`` asks for
         ``defaults.require`` only (access.required_factors), so a change inside a share that
         needs more is told by a request to that share, never by the root's listing."""
         if not self.proven():
