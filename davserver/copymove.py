@@ -44,14 +44,12 @@ from wsgidav.dav_error import (
     DAVError,
 )
 
+from .request_context import request_context
 from .sharefs import dav_error, is_hidden
 from .target import Target
 from .upstream import send_status_response
 
-__all__ = ["DESTINATION_KEY", "copy_or_move"]
-
-#: Where the guard leaves the parsed Destination (a target.Target) for this module.
-DESTINATION_KEY = "davserver.destination"
+__all__ = ["copy_or_move"]
 
 _upstream = request_server.RequestServer._copy_or_move
 
@@ -76,13 +74,14 @@ def copy_or_move(
     *,
     is_move: bool,
 ) -> Iterable[bytes]:
-    """Run WsgiDAV's COPY/MOVE with ``environ[DESTINATION_KEY]`` as the destination.
+    """Run WsgiDAV's COPY/MOVE with the guard's parsed Destination
+    (``RequestContext.destination``, request_context.py) as the destination.
 
     ``server`` is the RequestServer handling the request (the ``__self__`` of the
     default handler WsgiDAV passes to ``custom_request_handler``). Raises
     ``DAVError`` as WsgiDAV does (400 when no parsed destination is present).
     """
-    destination: Target | None = environ.get(DESTINATION_KEY)
+    destination: Target | None = request_context(environ).destination
     if destination is None:
         raise DAVError(HTTP_BAD_REQUEST, context_info="Missing or invalid Destination header.")
     source_share = getattr(server._davProvider, "share", None)

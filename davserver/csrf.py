@@ -28,13 +28,11 @@ from typing import Any
 from .auth.identity import CertIdentity
 
 __all__ = [
-    "HEADER", "SAFE_METHODS", "TOKENS_KEY", "TOKEN_TTL_SECONDS", "CsrfTokens", "browser_origin_refusal", "is_browser",
+    "HEADER", "SAFE_METHODS", "TOKEN_TTL_SECONDS", "CsrfTokens", "browser_origin_refusal", "is_browser",
 ]
 
 #: The request header the listing's script sends its token in (WSGI: ``HTTP_X_DAVSERVER_CSRF``).
 HEADER = "X-Davserver-CSRF"
-#: The environ key under which the guard hands its one :class:`CsrfTokens` to the listing.
-TOKENS_KEY = "davserver.csrf"
 #: How long an issued token is accepted, in seconds, unless told otherwise (the setting
 #: ``auth.browser_token_seconds``; a listing left open longer asks the user to reload it).
 TOKEN_TTL_SECONDS = 3600

@@ -21,6 +21,7 @@ from .content_safety import ContentSafety
 from .error_pages import ErrorPages
 from .fs import ShareProvider
 from .listing import Listing
+from .request_context import request_context
 from .store.base import StateStore
 from .store.davstate import (
     LockBounds,
@@ -34,10 +35,7 @@ from .store.davstate import (
 from .store.sqlite import SQLiteStore
 from .upstream import DAVCollection, DAVProvider
 
-__all__ = ["VISIBLE_SHARES_KEY", "build_dav_app"]
-
-#: The guard puts the names of the shares the account may read here.
-VISIBLE_SHARES_KEY = "davserver.visible_shares"
+__all__ = ["build_dav_app"]
 
 
 _QUOTA_PROPS = ("{DAV:}quota-used-bytes", "{DAV:}quota-available-bytes")
@@ -102,12 +100,12 @@ class _ShareEntry(_QuotaMixin, DAVCollection):
         return self._quota  # type: ignore[return-value]
 
     def proven(self) -> bool:
-        """Whether the request proved the share's factors (``davserver.factors``, set by
-        guard.py). ``/`` asks for ``defaults.require`` only (access.required_factors), so
+        """Whether the request proved the share's factors (``RequestContext.factors``, set
+        by guard.py). ``/`` asks for ``defaults.require`` only (access.required_factors), so
         for a share that needs more the root listing tells its name and kind only
         (:data:`_INERT_PROPS`): no quota, size, ETag, times or dead properties, which
         change with its use and are told by a request to the share itself."""
-        return set(self.share.require) <= set(self.environ.get("davserver.factors", ()))
+        return set(self.share.require) <= set(request_context(self.environ).factors)
 
     def get_property_names(self, *, is_allprop: bool) -> list[str]:
         names: list[str] = DAVCollection.get_property_names(self, is_allprop=is_allprop)
@@ -126,7 +124,7 @@ class _ShareEntry(_QuotaMixin, DAVCollection):
 
     def get_last_modified(self) -> float | None:
         """The share folder's mtime (POSIX seconds), or None: only to a request that proved
-        the share's factors (``davserver.factors``, set by guard.py). ``/`` asks for
+        the share's factors (``RequestContext.factors``, set by guard.py). ``/`` asks for
         ``defaults.require`` only (access.required_factors), so a change inside a share that
         needs more is told by a request to that share, never by the root's listing."""
         if not self.proven():
@@ -161,7 +159,7 @@ class _RootCollection(_QuotaMixin, DAVCollection):
         return self._quota  # type: ignore[return-value]
 
     def get_member_names(self) -> list[str]:
-        visible = self.environ.get(VISIBLE_SHARES_KEY, ())
+        visible = request_context(self.environ).visible_shares
         return [name for name in sorted(self.shares) if name in visible]
 
     def get_member(self, name: str) -> _ShareEntry | None:

@@ -41,6 +41,7 @@ from wsgidav.dav_error import (
 
 from .browser_pages import html_headers, page_bytes, wants_html
 from .content_safety import SAFETY_HEADERS, replace_headers
+from .request_context import request_context
 from .sharefs import os_error_status
 from .stepup import PREFIX
 from .store.base import StoreUnavailable
@@ -134,7 +135,7 @@ def browser_error_page(status: int, *, path: str = "", share: str | None = None,
 
 def _share_of(environ: dict[str, Any]) -> str | None:
     """The share the guard allowed this request in (its name), if any."""
-    share = environ.get("davserver.share")
+    share = request_context(environ).share
     name = getattr(share, "name", None)
     return name if isinstance(name, str) else None
 

@@ -78,14 +78,13 @@ from wsgidav.dav_error import (
 from .access import Refusal
 from .conditions import PreconditionServer, entity_tag
 from .config import ShareConfig
-from .copymove import DESTINATION_KEY, copy_or_move
+from .copymove import copy_or_move
 from .fastpath import check_propfind, fast_get, fast_propfind
 from .hrefs import quote_href
 from .names import display_name, refused_name
 from .oc_compat import (
     CHECKSUMS,
     LASTMODIFIED,
-    MTIME_ACCEPTED_KEY,
     Digests,
     agrees,
     checksums_element,
@@ -97,6 +96,7 @@ from .oc_compat import (
     stored_checksums,
 )
 from .ranges import normalise_range
+from .request_context import request_context
 from .sharefs import TEMP_PREFIX, dav_error, etag, is_hidden, is_temp_name, served_kind
 from .upstream import DAVNonCollection, FileResource, FilesystemProvider, FolderResource
 
@@ -117,8 +117,8 @@ _TWINS_KEY = "davserver.twins"
 
 def _refuse(environ: dict[str, Any], reason: Refusal, status: int, text: str,
             headers: list[tuple[str, str]] | None = None) -> DAVError:
-    """A refusal with its audit reason (``davserver.limit``, read by the guard's audit line)."""
-    environ["davserver.limit"] = str(reason)
+    """A refusal with its audit reason (``RequestContext.refusal``, read by the guard's audit line)."""
+    request_context(environ).refuse(str(reason))
     return DAVError(status, text, add_headers=headers)
 
 
@@ -228,7 +228,7 @@ class AtomicFile:
     the client's OC-Checksum is refused (400, target untouched), and with
     ``digests.keep`` the checksums are stored on the file, stamped after its times are
     set. `environ` is the request's, to record a refusal's audit reason and an
-    accepted mtime (oc_compat.MTIME_ACCEPTED_KEY).
+    accepted mtime (``RequestContext.mtime_accepted``).
     """
 
     def __init__(self, target: str, *, expected_size: int | None = None, like: os.stat_result | None = None,
@@ -326,7 +326,7 @@ class AtomicFile:
         self._done = True
         _fsync_dir(self.folder)
         if kept_mtime and self.environ is not None:
-            self.environ[MTIME_ACCEPTED_KEY] = True
+            request_context(self.environ).mtime_accepted = True
 
     def abort(self) -> None:
         """Drop the temp file; the target stays as it was."""
@@ -870,7 +870,7 @@ def _answer_mtime(environ: dict[str, Any], start_response: Any) -> Any:
     stored the client's X-OC-Mtime (rclone webdav.go master:1204 looks for it)."""
 
     def respond(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        if environ.get(MTIME_ACCEPTED_KEY) and status.startswith("2"):
+        if request_context(environ).mtime_accepted and status.startswith("2"):
             headers = [*headers, ("X-OC-MTime", "accepted")]
         return start_response(status, headers, exc_info) if exc_info is not None else start_response(status, headers)
 
@@ -969,7 +969,7 @@ class ShareProvider(FilesystemProvider):
             raise _refuse(environ, Refusal.SHARE_ROOT, HTTP_METHOD_NOT_ALLOWED, "A share root is a collection.",
                           [("Allow", allow)])
         if method == "COPY":
-            dest = environ.get(DESTINATION_KEY)
+            dest = request_context(environ).destination
             if dest is not None and getattr(dest, "share", None) != self.share.name:
                 return  # into another share: not inside the source
             raise _refuse(environ, Refusal.SHARE_ROOT, HTTP_FORBIDDEN, "A share root cannot be copied into itself.")
@@ -1001,7 +1001,7 @@ class ShareProvider(FilesystemProvider):
     def _realm_ok(self, environ: dict[str, Any]) -> bool:
         """False when the guard authorised the request for another share than this one."""
         realm = environ.get(_REALM_KEY)
-        destination = environ.get(DESTINATION_KEY)  # COPY/MOVE: its share was authorised too
+        destination = request_context(environ).destination  # COPY/MOVE: its share was authorised too
         allowed = {str(realm).lower(), getattr(destination, "share", None)}
         return realm is None or self.share.name.lower() in allowed
 
@@ -1025,7 +1025,7 @@ class ShareProvider(FilesystemProvider):
         realm = environ.get(_REALM_KEY)
         if not self._realm_ok(environ):
             log.warning("request for share %r reached share %r: refused", realm, self.share.name)
-            environ["davserver.limit"] = "share_mismatch"  # audited as a refusal (guard.REFUSAL_KEY)
+            request_context(environ).refuse(Refusal.SHARE_MISMATCH)  # audited as a refusal by the guard
             raise DAVError(HTTP_FORBIDDEN, "Path outside the share.")
 
     def _loc_to_file_path(self, path: str, environ: dict[str, Any] | None = None) -> str:
@@ -1117,10 +1117,11 @@ class ShareProvider(FilesystemProvider):
             environ["PATH_INFO"] = canonical
 
     def _destination_on_disk(self, environ: dict[str, Any]) -> None:
-        """Rewrite a COPY/MOVE Destination (``environ[DESTINATION_KEY]``, the guard's parsed
+        """Rewrite a COPY/MOVE Destination (``RequestContext.destination``, the guard's parsed
         target) to the names on disk, as :meth:`_on_disk` does the request path: a MOVE
         onto ``cafe\u0301.txt`` replaces ``caf\u00e9.txt`` and keeps its on-disk name."""
-        dest = environ.get(DESTINATION_KEY)
+        context = request_context(environ)
+        dest = context.destination
         if dest is None or len(dest.segments) < 2 or all(seg.isascii() for seg in dest.segments[1:]):
             return
         app = environ.get("wsgidav.app")
@@ -1132,7 +1133,7 @@ class ShareProvider(FilesystemProvider):
         except DAVError:
             return  # refused as usual where it is looked up
         if tuple(parts) != dest.segments[1:]:
-            environ[DESTINATION_KEY] = dataclasses.replace(dest, segments=(dest.segments[0], *parts))
+            context.destination = dataclasses.replace(dest, segments=(dest.segments[0], *parts))
 
     def get_resource_inst(self, path: str | None, environ: dict[str, Any]) -> Any:
         """The resource at share path ``path``, or None when nothing (servable) is there.
@@ -1149,7 +1150,7 @@ class ShareProvider(FilesystemProvider):
                 return None
             # WsgiDAV's util.get_uri_parent also answers None for a blank last name
             # ("/\r", "/ "): that is a name that cannot be created, not the share root.
-            dest = environ.get(DESTINATION_KEY)
+            dest = request_context(environ).destination
             name = dest.name if dest is not None else environ.get("PATH_INFO", "").rstrip("/").rsplit("/", 1)[-1]
             if not name.strip():
                 _check_new_name(environ, name)

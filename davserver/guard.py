@@ -1,5 +1,10 @@
 """The outermost WSGI layer: every request is authenticated and authorised here,
 and audited when its response ends. There is no route around it.
+
+The guard is the first layer that knows a request: it creates its context
+(request_context.py) with the parsed Destination and, once allowed, the decision's
+facts, which every later layer reads from there. Counting the body and the answer and
+the upload-rate deadline are metering.py's.
 """
 
 from __future__ import annotations
@@ -8,7 +13,7 @@ import base64
 import binascii
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,26 +25,23 @@ from .auth.core import Authenticator, Credentials, Decision
 from .auth.identity import CertIdentity
 from .browser_pages import wants_html
 from .config import Config, ShareConfig
-from .copymove import DESTINATION_KEY
-from .csrf import TOKENS_KEY as CSRF_TOKENS_KEY
 from .csrf import CsrfTokens
-from .dav import VISIBLE_SHARES_KEY
 from .error_pages import browser_error_page
 from .issuance import renew as renew_certificate
-from .listing import MAY_WRITE_KEY
-from .renewal import RENEW_DUE_KEY, Renewals
+from .metering import AuditedResponse, CountedInput, body_deadline
+from .renewal import Renewals
+from .request_context import RequestContext, begin, request_context
 from .revocation import RevocationList
 from .stepup import PREFIX as STEPUP_PREFIX
 from .stepup import StepUpPage
 from .store.base import StateStore, StoreUnavailable
 from .target import BadTarget, Target, parse_destination, parse_request_target, parse_wsgi_path
-from .tls import CERT_ENVIRON_KEY
 from .watchdog import current_connection
 
 #: The store's shared secret (StateStore.shared_secret) that keys the CSRF tokens (csrf.py).
 CSRF_KEY_NAME = "csrf"
 
-__all__ = ["REFUSAL_KEY", "Guard", "parse_basic"]
+__all__ = ["Guard", "parse_basic"]
 
 StartResponse = Callable[..., Any]
 log = logging.getLogger("davserver.guard")
@@ -55,11 +57,6 @@ _SIGN_IN_FAILURES = frozenset({
     Refusal.NO_CREDENTIALS, Refusal.BAD_PASSWORD, Refusal.BAD_OTP, Refusal.OTP_REPLAYED, Refusal.OTP_REQUIRED,
     Refusal.USER_MISMATCH, Refusal.BAD_AUTH_HEADER, Refusal.LOCKED,
 })
-
-#: A layer after the decision that refuses what was allowed (a limit, a lock token of
-#: another account, a bad name) puts its reason (an access.Refusal value) here; the
-#: audit line then says deny with that reason.
-REFUSAL_KEY = "davserver.limit"
 
 #: What OPTIONS answers, the same for every path of a share whatever exists there
 #: (an answer that differs between an existing and a missing file would tell a
@@ -130,62 +127,6 @@ def _printable(raw: bytes | str) -> str:
 def _has_body(environ: dict[str, Any]) -> bool:
     """Whether the request announced a body (which an early answer leaves unread)."""
     return environ.get("CONTENT_LENGTH", "0") not in ("", "0") or bool(environ.get("HTTP_TRANSFER_ENCODING"))
-
-
-class _Counted:
-    """wsgi.input wrapper that counts the bytes the application read, and keeps
-    the body's watchdog deadline ahead of a client that sends at a fair rate."""
-
-    def __init__(self, stream: Any, on_progress: Callable[[int, bool], None] | None = None) -> None:
-        self._stream = stream
-        self.count = 0
-        self._on_progress = on_progress
-
-    def read(self, *args: Any) -> bytes:
-        data: bytes = self._stream.read(*args)
-        self.count += len(data)
-        if self._on_progress is not None:
-            self._on_progress(self.count, not data)
-        return data
-
-    def readline(self, *args: Any) -> bytes:
-        data: bytes = self._stream.readline(*args)
-        self.count += len(data)
-        return data
-
-    def readlines(self, *args: Any) -> list[bytes]:
-        lines: list[bytes] = self._stream.readlines(*args)
-        self.count += sum(len(line) for line in lines)
-        return lines
-
-    def __iter__(self) -> Iterator[bytes]:
-        for line in self._stream:
-            self.count += len(line)
-            yield line
-
-
-class _Audited:
-    """Response iterable that writes the audit record when the server closes it."""
-
-    def __init__(self, body: Iterable[bytes], finish: Callable[[int, bool], None]) -> None:
-        self._body = body
-        self._finish = finish
-        self._sent = 0
-        self._complete = False
-
-    def __iter__(self) -> Iterator[bytes]:
-        for chunk in self._body:
-            self._sent += len(chunk)
-            yield chunk
-        self._complete = True
-
-    def close(self) -> None:
-        try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self._finish(self._sent, self._complete)
 
 
 class Guard:
@@ -261,7 +202,7 @@ class Guard:
         for either end is refused with its reason (``otp_required``), the destination in
         the audit line."""
         method = environ.get("REQUEST_METHOD", "")
-        cert: CertIdentity | None = environ.get(CERT_ENVIRON_KEY)
+        cert = request_context(environ).cert
         shares = self.config.shares
         require = access.required_factors(method, target, destination, shares, self.config.default_require)
         # A browser's write without our origin and token is refused before any resource
@@ -287,6 +228,7 @@ class Guard:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.monotonic()
+        context = begin(environ)  # the request's one context: every later layer reads it
         method = environ.get("REQUEST_METHOD", "")
         raw = _raw_target(environ)
         try:
@@ -299,11 +241,11 @@ class Guard:
             return self._refuse_unparsable(environ, start_response, exc, raw, started)
         # From here on every layer, WsgiDAV's routing included, sees the one parsed path.
         environ["PATH_INFO"] = target.wsgi_path
-        environ[DESTINATION_KEY] = destination
+        context.destination = destination
         path = target.path
         share_name = target.share or ""
         share = self._share(share_name)
-        counted = _Counted(environ.get("wsgi.input"), self._body_deadline(environ, started))
+        counted = CountedInput(environ.get("wsgi.input"), body_deadline(environ, self.config.limits, started))
         environ["wsgi.input"] = counted
         if share_name == STEPUP_PREFIX and share is None:
             return self._stepup(environ, start_response, path, started, counted)
@@ -324,30 +266,30 @@ class Guard:
         if not decision.allowed:
             if decision.delay:
                 time.sleep(decision.delay)  # growing delay: slows guessing without telling why
-            return _Audited(self._deny(environ, decision, recording_start_response), finish)
+            return AuditedResponse(self._deny(environ, decision, recording_start_response), finish)
         account = decision.account
         assert account is not None
         if method == "OPTIONS":
-            return _Audited(self._options(environ, share, recording_start_response), finish)
+            return AuditedResponse(self._options(environ, share, recording_start_response), finish)
         environ["wsgidav.auth.user_name"] = account.name
         environ["wsgidav.auth.realm"] = share_name if share else "/"
-        environ["davserver.account"] = account.name
-        environ["davserver.factors"] = decision.factors
-        environ["davserver.grant_expires"] = decision.grant_expires
-        environ["davserver.share"] = share
-        environ["davserver.totp_enrolled"] = account.totp_secret is not None
+        context.account = account.name
+        context.factors = decision.factors
+        context.grant_expires = decision.grant_expires
+        context.share = share
+        context.totp_enrolled = account.totp_secret is not None
         if method in ("GET", "HEAD"):  # the listing offers write controls where this says yes
-            environ[CSRF_TOKENS_KEY] = self.csrf
-            environ[MAY_WRITE_KEY] = access.decide(account, "PUT", target, None, self.config.shares) is None
-        cert = environ.get(CERT_ENVIRON_KEY)
+            context.csrf = self.csrf
+            context.may_write = access.decide(account, "PUT", target, None, self.config.shares) is None
+        cert = context.cert
         if cert is not None:
             now = self.clock()
-            environ[RENEW_DUE_KEY] = self.renewals.due(cert, now)
+            context.renew_due = self.renewals.due(cert, now)
             try:
                 self.renewals.note_use(account, cert, now)  # revoke_renewed: the predecessor goes
             except (StoreUnavailable, OSError) as exc:
                 log.error("renewal bookkeeping for %s: %s", account.name, exc)
-        environ[VISIBLE_SHARES_KEY] = frozenset(
+        context.visible_shares = frozenset(
             name for name, s in self.config.shares.items() if s.may_read(account.name, account.groups)
         )
         try:
@@ -355,7 +297,7 @@ class Guard:
         except Exception:
             finish(0, False)
             raise
-        return _Audited(body, finish)
+        return AuditedResponse(body, finish)
 
     @staticmethod
     def _destination(environ: dict[str, Any], method: str) -> Target | None:
@@ -402,33 +344,12 @@ class Guard:
         start_response("200 OK", headers)
         return []
 
-    def _body_deadline(self, environ: dict[str, Any], started: float) -> Callable[[int, bool], None] | None:
-        """A request body must average limits.body_min_bytes_per_second after a grace time."""
-        conn = current_connection()
-        watchdog = getattr(conn, "watchdog", None)
-        limits = self.config.limits
-        if watchdog is None or not limits.body_min_bytes_per_second:
-            return None
-        length = environ.get("CONTENT_LENGTH", "")
-        expected = int(length) if length.isdigit() else None
-        if expected == 0 and not environ.get("HTTP_TRANSFER_ENCODING"):
-            return None
-        rate = limits.body_min_bytes_per_second
-        watchdog.arm(conn, started + limits.body_grace_seconds, "request body")
-
-        def progress(count: int, eof: bool) -> None:
-            if eof or (expected is not None and count >= expected):
-                watchdog.disarm(conn)
-            else:
-                watchdog.arm(conn, started + limits.body_grace_seconds + count / rate, "request body")
-
-        return progress
-
     def _stepup(
-        self, environ: dict[str, Any], start_response: StartResponse, path: str, started: float, counted: _Counted
+        self, environ: dict[str, Any], start_response: StartResponse, path: str, started: float,
+        counted: CountedInput,
     ) -> Iterable[bytes]:
         """The step-up page needs only the certificate; the form itself asks for password and code."""
-        cert: CertIdentity | None = environ.get(CERT_ENVIRON_KEY)
+        cert = request_context(environ).cert
         found = self.authenticator.check_certificate(
             cert, self.accounts.current(), self.revocations.serials(), self.clock()
         )
@@ -452,7 +373,7 @@ class Guard:
         def finish(sent: int, complete: bool) -> None:
             self._record(environ, path, decision, None, status_seen[0], counted.count, sent, started, complete)
 
-        return _Audited(body, finish)
+        return AuditedResponse(body, finish)
 
     def _refusal_page(self, environ: dict[str, Any], decision: Decision) -> tuple[
             bool, bytes, list[tuple[str, str]]]:
@@ -493,7 +414,7 @@ class Guard:
         if (decision.status not in (403, 503) and readable and account is not None and share is not None
                 and decision.reason in _SIGN_IN_FAILURES and account.totp_secret is not None
                 and "totp" in self.authenticator.required(account, share.require)
-                and not self._session_open(account, environ.get(CERT_ENVIRON_KEY))):
+                and not self._session_open(account, request_context(environ).cert)):
             code_next = target.path
         status = decision.status if decision.status in (403, 503) else 401
         back = share.name if status == 403 and readable and share is not None else None  # a 401: the root only
@@ -556,12 +477,13 @@ class Guard:
         destination: Target | None = None,
     ) -> None:
         """One audit line per request. ``decision`` is deny when the access decision
-        refused, when a later layer refused what it allowed (REFUSAL_KEY), or when the
+        refused, when a later layer refused what it allowed (RequestContext.refusal), or when the
         answer is 401/403 anyway; other 4xx/5xx keep allow with a reason named after
         the status (a missing file is an outcome, not a refusal)."""
-        cert: CertIdentity | None = environ.get(CERT_ENVIRON_KEY)
+        context: RequestContext = request_context(environ)
+        cert = context.cert
         code = int(status) if status.isdigit() else 0
-        later = environ.get(REFUSAL_KEY)
+        later = context.refusal
         if not decision.allowed:
             verdict, reason = "deny", str(decision.reason)
         elif later:

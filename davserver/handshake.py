@@ -33,7 +33,7 @@ Bounds (all settings in ``config.py``):
 
 - Certificate check: a completed handshake whose client certificate is revoked, or
   maps to no enabled account (``HandshakeLoop(admit=...)``, wired by the server to the
-  guard's own certificate check), is marked (``REFUSED_KEY`` in its ``ssl_env``). All
+  guard's own certificate check), is marked (``_REFUSED_KEY`` in its ``ssl_env``). All
   such connections share one slot group in :class:`HeaderPhase`, so however many
   refused certificates a client holds, they cannot keep workers waiting for headers;
   they are still answered (401 with the reason in the audit line, by the guard), not
@@ -73,7 +73,6 @@ from .upstream import WSGIServer
 from .watchdog import end_reading
 
 __all__ = [
-    "REFUSED_KEY",
     "listener_url",
     "HandshakeCounters",
     "HandshakeLoop",
@@ -97,9 +96,10 @@ _NO_LIMIT_TARGET = 1 << 20
 _IDLE_SECONDS = 1.0
 
 
-#: In a connection's ``ssl_env``: why its certificate can never be served (set by the
-#: handshake loop's ``admit`` check); such connections share one HeaderPhase group.
-REFUSED_KEY = "davserver.refused_certificate"
+#: In a connection's ``ssl_env`` (connection state, written and read here only, before
+#: any request exists): why its certificate can never be served (set by the handshake
+#: loop's ``admit`` check); such connections share one HeaderPhase group.
+_REFUSED_KEY = "davserver.refused_certificate"
 
 
 @dataclass
@@ -201,7 +201,7 @@ class HandshakeLoop:
     `admit`, called on the loop's thread with the completed connection's ``ssl_env`` (the
     parsed certificate under ``tls.CERT_ENVIRON_KEY``) and its peer address, returns None
     to hand the connection on, or a refusal reason (a short word such as ``"revoked"``)
-    to mark it (``REFUSED_KEY``) before handing it on; it must be cheap and must not block
+    to mark it (``_REFUSED_KEY``) before handing it on; it must be cheap and must not block
     (it runs once per handshake, for every client). An exception in it marks the
     connection as refused. `lingerer` (an ``http1.Lingerer``, optional) takes the socket
     of a handshake refused with an alert while the client's bytes wait unread, so that
@@ -584,7 +584,7 @@ class HandshakeLoop:
         if reason is None:
             return False
         self._counters.refused_certificate += 1
-        entry.conn.ssl_env[REFUSED_KEY] = reason
+        entry.conn.ssl_env[_REFUSED_KEY] = reason
         self._log.info(
             "refused_certificate",
             "a connection from %s presents a refused client certificate (%s): one shared header slot group",
@@ -654,7 +654,7 @@ class HeaderPhase:
     that one has been in the phase :data:`EVICT_AFTER_SECONDS`; the newest is kept
     because a fast legitimate request of the same certificate must still be served
     while the tricklers lose their slots. Every connection whose certificate the
-    handshake loop refused (``REFUSED_KEY``) counts in one group, as if all were one
+    handshake loop refused (``_REFUSED_KEY``) counts in one group, as if all were one
     certificate. A connection without a fingerprint is not counted. Raises
     ``ValueError`` for `per_certificate` below 1.
     """
@@ -680,7 +680,7 @@ class HeaderPhase:
         """`conn` (a ``TLSConnection`` with ``ssl_env``) starts waiting for its headers;
         at the cap, shut down the oldest connection of its certificate in the phase."""
         env = getattr(conn, "ssl_env", None) or {}
-        key = REFUSED_KEY if env.get(REFUSED_KEY) else str(env.get("SSL_CLIENT_CERT_SHA256") or "")
+        key = _REFUSED_KEY if env.get(_REFUSED_KEY) else str(env.get("SSL_CLIENT_CERT_SHA256") or "")
         if not key:
             return
         with self._cond:

@@ -64,7 +64,7 @@ from cheroot.server import HTTPRequest
 from .access import Refusal, refusal_for_status
 from .audit import AuditLog
 from .config import LimitsConfig
-from .guard import REFUSAL_KEY
+from .request_context import request_context
 from .tls import CERT_ENVIRON_KEY, SocketWriter, send_close_notify
 
 __all__ = [
@@ -288,7 +288,7 @@ class _Body:
         """The error to raise, now and on every later read (the stream is garbage from here);
         the audit line will say bad_framing."""
         if self.environ is not None:
-            self.environ[REFUSAL_KEY] = Refusal.BAD_FRAMING
+            request_context(self.environ).refuse(Refusal.BAD_FRAMING)
         self.failed = BadChunkedBody(detail)
         return self.failed
 

@@ -19,6 +19,8 @@ import stat
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .access import Refusal
+from .request_context import request_context
 from .target import BadTarget, parse_wsgi_path
 
 __all__ = ["Limits"]
@@ -50,7 +52,7 @@ def _names_a_file(environ: dict[str, Any]) -> bool:
     and refused as before). Only file types are read, nothing is opened, and the
     provider still confines the request itself (fs.py ``_loc_to_file_path``).
     """
-    share = environ.get("davserver.share")
+    share = request_context(environ).share
     if share is None:
         return False  # the server root: a collection
     try:
@@ -90,7 +92,7 @@ class Limits:
             if depth in ("", "infinity") and _names_a_file(environ):
                 environ["HTTP_DEPTH"] = depth = "0"
             if depth not in ("0", "1"):
-                environ["davserver.limit"] = "propfind_depth"
+                request_context(environ).refuse(Refusal.PROPFIND_DEPTH)
                 return _simple(start_response, "403 Forbidden", _FINITE_DEPTH, close=False,
                                ctype="application/xml; charset=utf-8")
         if method in XML_METHODS:
@@ -101,7 +103,7 @@ class Limits:
                 # records the reason bad_framing): 400, and the connection closes.
                 return _simple(start_response, "400 Bad Request", b"bad request framing\n", close=True)
             if refused:
-                environ["davserver.limit"] = "xml_too_large"
+                request_context(environ).refuse(Refusal.XML_TOO_LARGE)
                 return _simple(start_response, "413 Content Too Large", b"request body too large\n", close=True)
         return self.app(environ, start_response)
 

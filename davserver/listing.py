@@ -1,7 +1,7 @@
 """The folder listing a browser sees: who is signed in, with which certificate
 and factors, until when, and the folder's content with readable sizes and dates; a banner with a link to
 renewal when the certificate expires within ``enrolment.renew_before_days``
-(``RENEW_DUE_KEY``, set by the guard).
+(``RequestContext.renew_due``, set by the guard: request_context.py).
 
 It replaces WsgiDAV's directory browser, which names its version and serves
 its assets from an extra share outside our access rules.
@@ -24,19 +24,13 @@ from .auth.identity import CertIdentity
 from .browser_pages import LOCAL_TIME_SCRIPT, script_csp
 from .config import ShareConfig
 from .content_safety import NO_STORE_HEADERS
-from .csrf import TOKEN_TTL_SECONDS, CsrfTokens
-from .csrf import TOKENS_KEY as CSRF_TOKENS_KEY
+from .csrf import TOKEN_TTL_SECONDS
 from .names import display_name
-from .renewal import RENEW_DUE_KEY
+from .request_context import request_context
 from .stepup import PREFIX as STEPUP_PREFIX
-from .tls import CERT_ENVIRON_KEY
 from .upstream import BaseMiddleware
 
-__all__ = ["MAY_WRITE_KEY", "Listing", "human_size"]
-
-#: Set by the guard on GET and HEAD: whether access.decide allows this account a PUT
-#: in the requested folder (the share is writable and the account one of its writers).
-MAY_WRITE_KEY = "davserver.may_write"
+__all__ = ["Listing", "human_size"]
 
 #: Shows every ``<time datetime>`` in the browser's local time (browser_pages.py).
 _TIME_SCRIPT = LOCAL_TIME_SCRIPT
@@ -250,9 +244,9 @@ class Listing(BaseMiddleware):
         """The CSRF token for this page's writes, or None when it offers none: the guard's
         access.decide said no PUT here (a read-only share, a reader), or there is no
         certificate to bind the token to."""
-        tokens: CsrfTokens | None = environ.get(CSRF_TOKENS_KEY)
-        cert: CertIdentity | None = environ.get(CERT_ENVIRON_KEY)
-        if not environ.get(MAY_WRITE_KEY) or tokens is None or cert is None:
+        context = request_context(environ)
+        tokens, cert = context.csrf, context.cert
+        if not context.may_write or tokens is None or cert is None:
             return None
         return tokens.issue(cert)
 
@@ -261,7 +255,7 @@ class Listing(BaseMiddleware):
         """Seconds this page's token is accepted (``auth.browser_token_seconds``): the write
         script counts them from when the page was shown and, on a 403 after 90 % of them
         (the page may have arrived a little after the token was issued), says to reload."""
-        tokens: CsrfTokens | None = environ.get(CSRF_TOKENS_KEY)
+        tokens = request_context(environ).csrf
         return tokens.ttl_seconds if tokens is not None else TOKEN_TTL_SECONDS
 
     def _render(self, environ: dict[str, Any], res: Any, base: str, token: str | None) -> str:
@@ -299,7 +293,7 @@ class Listing(BaseMiddleware):
                 "<span class=hint>or drop files onto this page</span></div>"
                 '<div id=status role=status aria-live=polite></div>'
             )
-        elif environ.get("davserver.share") is not None:
+        elif request_context(environ).share is not None:
             tools = "<p class=readonly>You can open and download the files here, but not change them.</p>"
         scripts = [_TIME_SCRIPT, _WRITE_SCRIPT] if writable else [_TIME_SCRIPT]
         return "".join(
@@ -325,9 +319,10 @@ class Listing(BaseMiddleware):
         """Who is signed in, in plain words: the account, the certificate by its name and
         expiry (subject and serial behind a details toggle), a two-factor session's end."""
         e = _text
-        cert: CertIdentity | None = environ.get(CERT_ENVIRON_KEY)
-        account = environ.get("davserver.account", "")
-        factors = ["this certificate", *(_FACTOR_WORDS.get(f, f) for f in environ.get("davserver.factors", ()))]
+        context = request_context(environ)
+        cert: CertIdentity | None = context.cert
+        account = context.account
+        factors = ["this certificate", *(_FACTOR_WORDS.get(f, f) for f in context.factors)]
         said = factors[0] if len(factors) == 1 else ", ".join(factors[:-1]) + " and " + factors[-1]
         parts = [f"Signed in as <b>{e(account)}</b>"]
         details = ""
@@ -336,14 +331,14 @@ class Listing(BaseMiddleware):
                          f"valid until {_when(cert.not_after.timestamp())}")
             details = (f"<details><summary>Certificate details</summary>{e(cert.subject)}, serial number "
                        f"{e(cert.serial)}. You signed in with {e(said)}.</details>")
-        grant = environ.get("davserver.grant_expires")
+        grant = context.grant_expires
         if grant:
             parts.append(f"· two-factor session until {_when(grant)}")
-        share: ShareConfig | None = environ.get("davserver.share")
-        if share is not None and "totp" in share.require or environ.get("davserver.totp_enrolled"):
+        share: ShareConfig | None = context.share
+        if share is not None and "totp" in share.require or context.totp_enrolled:
             parts.append(f'<a href="/{STEPUP_PREFIX}/">two-factor sign-in</a>')
         banner = ""
-        if environ.get(RENEW_DUE_KEY) and cert is not None:
+        if context.renew_due and cert is not None:
             banner = (
                 f"<p class=renew>Your certificate expires on {_when(cert.not_after.timestamp())}. "
                 f'<a href="/{STEPUP_PREFIX}/#renew">Renew it now</a> so you are not locked out.</p>'

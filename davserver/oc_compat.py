@@ -87,8 +87,9 @@ from wsgidav.dav_error import HTTP_BAD_REQUEST, DAVError
 from wsgidav.xml_tools import etree
 
 from .access import Refusal
+from .request_context import request_context
 
-__all__ = ["CHECKSUMS", "LASTMODIFIED", "MAX_MTIME", "MTIME_ACCEPTED_KEY", "OC_NS", "XATTR", "Digests", "Expected",
+__all__ = ["CHECKSUMS", "LASTMODIFIED", "MAX_MTIME", "OC_NS", "XATTR", "Digests", "Expected",
            "agrees", "checksums_element", "checksums_xml", "parse_seconds", "read_expected", "read_mtime",
            "set_mtime", "store_checksums", "stored_checksums"]
 
@@ -103,8 +104,8 @@ LASTMODIFIED = "{DAV:}lastmodified"
 MAX_MTIME = 253_402_300_799
 #: Where the checksums of a file are kept: ``1 <size> <mtime_ns> <inode> SHA1:<hex> MD5:<hex>``.
 XATTR = "user.davserver.checksums"
-#: Set in the request's environ when a PUT stored the client's X-OC-Mtime (fs.py).
-MTIME_ACCEPTED_KEY = "davserver.oc_mtime_accepted"
+#: The parsed X-OC-Mtime of this request (read_mtime's own cache; whether a PUT stored
+#: it is ``RequestContext.mtime_accepted``, set by fs.py).
 _MTIME_KEY = "davserver.oc_mtime"
 
 _DIGITS = re.compile(r"[0-9]{1,12}")
@@ -140,7 +141,7 @@ def read_mtime(environ: dict[str, Any]) -> int | None:
     if raw is not None:
         value = parse_seconds(raw)
         if value is None:
-            environ["davserver.limit"] = str(Refusal.BAD_MTIME)
+            request_context(environ).refuse(str(Refusal.BAD_MTIME))
             raise DAVError(HTTP_BAD_REQUEST, "X-OC-Mtime must be whole seconds since 1970 (0 to 253402300799).")
     environ[_MTIME_KEY] = value
     return value
@@ -262,7 +263,7 @@ class Digests:
             return
         log.info("PUT refused: the body's %s is not the one the client sent", exp.algorithm)
         if environ is not None:
-            environ["davserver.limit"] = str(Refusal.CHECKSUM_MISMATCH)
+            request_context(environ).refuse(str(Refusal.CHECKSUM_MISMATCH))
         raise DAVError(HTTP_BAD_REQUEST, "The computed checksum does not match the one received from the client.")
 
     def value(self) -> str:

@@ -45,13 +45,9 @@ from .config import Home
 from .pki import CertificateAuthority, PKIError, serial_hex
 from .store.base import StateStore
 
-__all__ = ["RENEW_DUE_KEY", "Renewals", "days_left", "renew_serial"]
+__all__ = ["Renewals", "days_left", "renew_serial"]
 
 log = logging.getLogger("davserver.renewal")
-
-#: In the WSGI environ of an allowed request: True when its certificate is due for renewal
-#: (set by the guard; the listing shows a banner).
-RENEW_DUE_KEY = "davserver.renew_due"
 
 #: Fingerprints checked for a pending revocation, remembered per process (then cleared).
 _MAX_CHECKED = 10_000

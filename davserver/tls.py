@@ -41,7 +41,9 @@ __all__ = [
 
 log = logging.getLogger("davserver.tls")
 
-#: Where the parsed client certificate (auth.identity.CertIdentity) sits in the WSGI environ.
+#: Where the parsed client certificate (auth.identity.CertIdentity) sits in the connection's
+#: ``ssl_env``, which cheroot copies into each request's WSGI environ: the one upstream
+#: boundary key; request_context.begin moves it into the request's context.
 CERT_ENVIRON_KEY = "davserver.cert"
 
 #: TLS 1.2 suites: forward secrecy and AEAD only. TLS 1.3 suites are all AEAD already.

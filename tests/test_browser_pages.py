@@ -27,6 +27,7 @@ from wsgidav.dav_error import DAVError
 
 from davserver.browser_pages import LOCAL_TIME_SCRIPT, page_bytes, safe_next, script_csp, wants_html
 from davserver.error_pages import BROWSER_PAGE_STATUSES, ErrorPages, browser_error_page
+from davserver.request_context import CONTEXT_KEY, RequestContext
 from davserver.server import DavServer
 from tests.conftest import Instance, running, session_for
 from tests.test_browser import (  # noqa: F401 - browser and secure are fixtures
@@ -170,7 +171,8 @@ def test_error_page_for_browser_and_text_for_others(status: int) -> None:
 
     app = ErrorPages(None, raising, {})
     share = type("Share", (), {"name": "files"})()
-    base = {"REQUEST_METHOD": "GET", "PATH_INFO": "/files/Gr\u00c3\u00bc\u00c3\u009fe.txt", "davserver.share": share}
+    base = {"REQUEST_METHOD": "GET", "PATH_INFO": "/files/Gr\u00c3\u00bc\u00c3\u009fe.txt",
+            CONTEXT_KEY: RequestContext(share=share)}
     line, headers, body = _call(app, dict(base))
     assert headers["Content-Type"] == "text/plain; charset=utf-8"
     assert body == (line + "\n").encode() and line.startswith(str(status)), body

@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from davserver.oc_compat import MAX_MTIME, read_mtime
+from davserver.request_context import request_context
 from davserver.server import DavServer
 from tests.conftest import Instance, running, session_for
 from tests.test_fastpath import _assert_same, _both
@@ -204,7 +205,7 @@ def test_x_oc_mtime_reading_is_exactly_digits_up_to_year_9999(value: str) -> Non
     else:
         with pytest.raises(DAVError) as err:
             read_mtime(environ)
-        assert err.value.value == 400 and environ["davserver.limit"] == "bad_mtime"
+        assert err.value.value == 400 and request_context(environ).refusal == "bad_mtime"
     assert read_mtime({}) is None
 
 

@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wsgidav.dav_error import HTTP_LOCKED, DAVError
 
+from davserver.request_context import request_context
 from davserver.store.davstate import (
     LockBounds,
     PropertyBounds,
@@ -113,11 +114,11 @@ def test_a_value_over_the_bound_is_refused_and_one_at_the_bound_stored(backend: 
     assert len(at) == 1024 and len(over) == 1025
     environ: dict[str, Any] = {}
     assert proppatch(pm, "/files/a", [("{x}ok", el("{x}ok", "1")), ("{x}big", over)], environ) == [424, 507]
-    assert environ["davserver.limit"] == "property_too_large"
+    assert request_context(environ).refusal == "property_too_large"
     assert stored(pm, "/files/a") == {}, "nothing of a refused PROPPATCH is stored"
     environ = {}
     assert proppatch(pm, "/files/a", [("{x}big", at)], environ) == [200]
-    assert "davserver.limit" not in environ
+    assert request_context(environ).refusal is None
     assert stored(pm, "/files/a") == {"{x}big": at}
 
 
@@ -126,7 +127,7 @@ def test_the_count_bound_refuses_the_properties_past_it(backend: Backend) -> Non
     environ: dict[str, Any] = {}
     changes: list[tuple[str, bytes | None]] = [(f"{{x}}p{i}", el(f"{{x}}p{i}", "")) for i in range(20)]
     assert proppatch(pm, "/files/a", changes, environ) == [424] * 8 + [507] * 12
-    assert environ["davserver.limit"] == "too_many_properties"
+    assert request_context(environ).refusal == "too_many_properties"
     assert stored(pm, "/files/a") == {}
     assert proppatch(pm, "/files/a", changes[:8]) == [200] * 8, "exactly the bound fits"
     assert proppatch(pm, "/files/a", changes[8:9]) == [507]
@@ -142,7 +143,7 @@ def test_the_bytes_bound_counts_names_and_values(backend: Backend) -> None:
     assert sum(prop_bytes(n, v) for n, v in four) == 4 * 1011 <= 4096
     environ: dict[str, Any] = {}
     assert proppatch(pm, "/files/a", [*four, ("{x}4", value)], environ) == [424] * 4 + [507]
-    assert environ["davserver.limit"] == "property_bytes_exceeded"
+    assert request_context(environ).refusal == "property_bytes_exceeded"
     assert proppatch(pm, "/files/a", four) == [200] * 4
     over, exact = b"<v>" + b"y" * 42 + b"</v>", b"<v>" + b"y" * 41 + b"</v>"
     assert proppatch(pm, "/files/a", [("{x}4", over)]) == [507], "4,044 + 4 + 49 bytes > 4,096"

@@ -16,6 +16,7 @@ import requests
 
 from davserver.copymove import _walk
 from davserver.fs import tree_height_exceeds
+from davserver.request_context import request_context
 from davserver.server import DavServer
 
 from .conftest import Instance, running, session_for
@@ -137,11 +138,11 @@ def test_share_root_refusal_below_the_access_decision(inst: Instance) -> None:
             environ = {"REQUEST_METHOD": method, "PATH_INFO": path}
             with pytest.raises(DAVError) as err:
                 provider.custom_request_handler(environ, None, None)
-            assert err.value.value == status and environ["davserver.limit"] == "share_root"
+            assert err.value.value == status and request_context(environ).refusal == "share_root"
     environ = {"REQUEST_METHOD": "COPY", "PATH_INFO": "/a.txt"}
     with pytest.raises(DAVError) as err:
         provider.get_resource_inst(None, environ)  # the parent of a destination that is the root
-    assert err.value.value == 403 and environ["davserver.limit"] == "dest_share_root"
+    assert err.value.value == 403 and request_context(environ).refusal == "dest_share_root"
     assert provider.get_resource_inst(None, {"REQUEST_METHOD": "COPY", "PATH_INFO": "/"}) is None
 
 

@@ -71,6 +71,7 @@ from wsgidav.dav_error import (
 )
 
 from ..access import Refusal
+from ..request_context import request_context
 from ..upstream import (
     BaseMiddleware,
     DAVError,
@@ -84,7 +85,6 @@ from .sqlite import SQLiteStore
 
 __all__ = [
     "DEFAULT_MAX_LOCK_TIMEOUT",
-    "LIMIT_ENVIRON_KEY",
     "LockBounds",
     "LockOwnerFilter",
     "PropertyBounds",
@@ -186,8 +186,6 @@ def prepare_new_lock(path: str, lock: dict[str, Any], timeout: float) -> tuple[s
 
 # --- bounds -------------------------------------------------------------------------------
 
-#: Where a refusal's reason goes for the audit line (guard.py ``_record`` reads it).
-LIMIT_ENVIRON_KEY = "davserver.limit"
 #: Namespace of the condition element in a refusal's ``<D:error>`` body (RFC 4918 §16
 #: lets a server name its own conditions; clients ignore the ones they do not know).
 LIMIT_NAMESPACE = "urn:davserver:limit"
@@ -288,9 +286,7 @@ def refuse(environ: dict[str, Any] | None, reason: Refusal, context: str, *,
     """Note the reason for the audit line and return the error to raise. Only the first
     refusal of a request says why (WsgiDAV repeats each one's text in a 207's
     responsedescription: 20,000 refused properties would carry 20,000 copies)."""
-    first = environ is None or LIMIT_ENVIRON_KEY not in environ
-    if environ is not None:
-        environ.setdefault(LIMIT_ENVIRON_KEY, reason)
+    first = environ is None or request_context(environ).refuse_first(reason)
     return StateLimitExceeded(reason, context if first else None, in_multistatus=in_multistatus)
 
 
@@ -473,7 +469,7 @@ class RecordLimitReason(BaseMiddleware):
             if refused is None:
                 refused = _owner_look_ahead(environ, getattr(lock_manager.storage, "bounds", None))
             if refused is not None:
-                environ.setdefault(LIMIT_ENVIRON_KEY, refused.reason)
+                request_context(environ).refuse_first(refused.reason)
                 raise refused
         return _NotingLimit(self.next_app(environ, start_response), environ)
 
@@ -515,7 +511,7 @@ class _NotingLimit:
         try:
             return next(self._iter)
         except StateLimitExceeded as exc:
-            self._environ.setdefault(LIMIT_ENVIRON_KEY, exc.reason)
+            request_context(self._environ).refuse_first(exc.reason)
             raise
 
     def close(self) -> None:
@@ -1015,7 +1011,7 @@ class LockOwnerFilter(BaseMiddleware):
             for token in environ["wsgidav.ifLockTokenList"]:
                 lock = lock_manager.get_lock(token)
                 if lock is not None and lock["principal"] != user:
-                    environ["davserver.limit"] = "lock_token_owner"  # audited as a refusal (guard.REFUSAL_KEY)
+                    request_context(environ).refuse(Refusal.LOCK_TOKEN_OWNER)  # audited as a refusal by the guard
                     raise DAVError(HTTP_FORBIDDEN, context_info="Token was created by another user.")
         result: Iterable[bytes] = self.next_app(environ, start_response)
         return result
