@@ -502,7 +502,7 @@ def _writable_prefix(prefix: Path) -> Path:
 
 
 def _write_delivery(prefix: Path, files: dict[str, tuple[bytes, int]]) -> dict[str, str]:
-    from .accounts import write_atomic
+    from .files import write_atomic
 
     paths: dict[str, str] = {}
     prefix.parent.mkdir(parents=True, exist_ok=True)

@@ -58,6 +58,7 @@ from .auth.lockout import address_key
 from .config import Config
 from .content_safety import FORM_PAGE_HEADERS
 from .enrolment_audit import EnrolmentAudit
+from .framing import BadContentLength, content_length
 from .invitations import InvitationError, InvitationGone, Invitations, UnknownInvitation, token_digest
 from .issuance import IssuanceError, check_csr
 from .pki import PKIError
@@ -357,10 +358,12 @@ def read_form(environ: dict[str, Any], *, max_bytes: int = MAX_FORM_BYTES, deadl
     ``Content-Length``, 413 above `max_bytes`, 400 for a body that is not UTF-8 form
     data or holds more than 12 fields. The body must arrive within `deadline` seconds
     (the connection's watchdog ends the read otherwise)."""
-    length = environ.get("CONTENT_LENGTH") or ""
-    if not length.isdigit():
+    try:
+        size = content_length(environ)
+    except BadContentLength:
+        size = None
+    if size is None:
         return 413 if environ.get("HTTP_TRANSFER_ENCODING") else 411
-    size = int(length)
     if size > max_bytes:
         return 413
     conn = current_connection()
@@ -570,7 +573,7 @@ class EnrolmentApp:
         if isinstance(form, int):
             record["reason"] = "bad_form"
             return self._plain(start_response, form, "the form could not be read\n", environ, [("Connection", "close")])
-        record["bytes_in"] = int(environ.get("CONTENT_LENGTH") or 0)
+        record["bytes_in"] = content_length(environ) or 0  # valid: the form was read
         p12_password, csr_pem, problem = check_delivery_form(form)
         if problem:
             record["reason"] = "bad_form"

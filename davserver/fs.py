@@ -80,6 +80,8 @@ from .conditions import PreconditionServer, entity_tag
 from .config import ShareConfig
 from .copymove import DESTINATION_KEY, copy_or_move
 from .fastpath import check_propfind, fast_get, fast_propfind
+from .files import fsync_dir
+from .framing import BadContentLength, content_length
 from .hrefs import quote_href
 from .names import display_name, refused_name
 from .oc_compat import (
@@ -203,19 +205,6 @@ def _umask() -> int:
     return 0o022
 
 
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on folders; the rename is still done
-    finally:
-        os.close(fd)
-
-
 class AtomicFile:
     """A file written beside `target` and renamed over it on a successful `close()`.
 
@@ -320,7 +309,7 @@ class AtomicFile:
             self.abort()
             raise dav_error(exc, f"storing {self.target}", self.environ, creating=True) from None
         self._done = True
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
         if kept_mtime and self.environ is not None:
             self.environ[MTIME_ACCEPTED_KEY] = True
 
@@ -851,10 +840,9 @@ def _expected_length(environ: dict[str, Any]) -> int | None:
     """Bytes the PUT body must have: Content-Length, 0 without one, None for chunked bodies."""
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         return None
-    value = environ.get("CONTENT_LENGTH") or "0"
     try:
-        return int(value)
-    except ValueError:
+        return content_length(environ) or 0
+    except BadContentLength:
         return None
 
 

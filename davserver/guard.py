@@ -25,6 +25,7 @@ from .csrf import TOKENS_KEY as CSRF_TOKENS_KEY
 from .csrf import CsrfTokens
 from .dav import VISIBLE_SHARES_KEY
 from .error_pages import browser_error_page
+from .framing import BadContentLength, content_length, has_body
 from .issuance import renew as renew_certificate
 from .listing import MAY_WRITE_KEY
 from .renewal import RENEW_DUE_KEY, Renewals
@@ -129,7 +130,7 @@ def _printable(raw: bytes | str) -> str:
 
 def _has_body(environ: dict[str, Any]) -> bool:
     """Whether the request announced a body (which an early answer leaves unread)."""
-    return environ.get("CONTENT_LENGTH", "0") not in ("", "0") or bool(environ.get("HTTP_TRANSFER_ENCODING"))
+    return has_body(environ)
 
 
 class _Counted:
@@ -401,8 +402,10 @@ class Guard:
         limits = self.config.limits
         if watchdog is None or not limits.body_min_bytes_per_second:
             return None
-        length = environ.get("CONTENT_LENGTH", "")
-        expected = int(length) if length.isdigit() else None
+        try:
+            expected = content_length(environ)
+        except BadContentLength:
+            expected = None
         if expected == 0 and not environ.get("HTTP_TRANSFER_ENCODING"):
             return None
         rate = limits.body_min_bytes_per_second

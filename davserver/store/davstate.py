@@ -71,6 +71,7 @@ from wsgidav.dav_error import (
 )
 
 from ..access import Refusal
+from ..framing import BadContentLength, content_length
 from ..upstream import (
     BaseMiddleware,
     DAVError,
@@ -484,10 +485,13 @@ def _owner_look_ahead(environ: dict[str, Any], bounds: LockBounds | None) -> Sta
     bound can hold a larger owner; such a body (at most ``limits.xml_body_bytes``) is read,
     parsed and left for WsgiDAV to read again; the owner is measured as WsgiDAV stores it
     (request_server.py do_LOCK: xml_to_bytes of the element)."""
-    length = environ.get("CONTENT_LENGTH", "").strip()
-    if bounds is None or not length.isdigit() or int(length) <= bounds.owner_bytes:
+    try:
+        length = content_length(environ)
+    except BadContentLength:
         return None
-    body = environ["wsgi.input"].read(int(length))
+    if bounds is None or length is None or length <= bounds.owner_bytes:
+        return None
+    body = environ["wsgi.input"].read(length)
     environ["wsgi.input"] = io.BytesIO(body)
     try:
         root = DefusedElementTree.fromstring(body)
