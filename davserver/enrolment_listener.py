@@ -47,6 +47,7 @@ from .enrolment_pages import EnrolmentApp
 from .errors import StartupError
 from .handshake import ConnectionPhase, HandshakeLoop, HandshakingServer, listener_url
 from .http1 import HTTP1Options, HTTP1Request
+from .settings_schema import setting
 from .tls import DeferredHandshakeAdapter, TLSConnection, create_enrolment_context
 from .watchdog import Watchdog
 
@@ -60,20 +61,20 @@ log = logging.getLogger("davserver.enrolment")
 #: Default of ``enrolment.threads``: request workers of the enrolment listener. Issuing costs one EC key and two PKCS#12
 #: files (about 0.4 s of CPU) and argon2 runs at most twice at once in the process
 #: (auth/passwords.py): a few workers are all it can use.
-THREADS = 4
+THREADS: int = setting("enrolment.threads").default
 #: Default of ``enrolment.handshakes_total``: pending TLS handshakes, over all addresses.
-HANDSHAKES_TOTAL = 64
+HANDSHAKES_TOTAL: int = setting("enrolment.handshakes_total").default
 #: Default of ``enrolment.header_bytes``: largest request line + header section (bytes).
-HEADER_BYTES = 16384
+HEADER_BYTES: int = setting("enrolment.header_bytes").default
 #: Default of ``enrolment.keep_alive_limit``: kept-alive connections; past it answers close
 #: the connection.
-KEEP_ALIVE = 32
+KEEP_ALIVE: int = setting("enrolment.keep_alive_limit").default
 #: Default of ``enrolment.header_phase_per_address``: connections of one address (IPv6:
 #: /64) that may hold a worker while their request headers or form body arrive. A browser
 #: sends its headers in one packet and spends microseconds in that phase, so two are room
 #: for a household or an office behind one address; the rest of the workers
 #: (:data:`THREADS`) stay free for everyone else.
-HEADER_PHASE_PER_ADDRESS = 2
+HEADER_PHASE_PER_ADDRESS: int = setting("enrolment.header_phase_per_address").default
 
 
 class AddressPhase(ConnectionPhase):

@@ -62,6 +62,7 @@ from .framing import BadContentLength, content_length
 from .invitations import InvitationError, InvitationGone, Invitations, UnknownInvitation, token_digest
 from .issuance import IssuanceError, check_csr
 from .pki import PKIError
+from .settings_schema import setting
 from .store.base import StateStore, StoreUnavailable
 from .watchdog import current_connection
 
@@ -75,7 +76,7 @@ log = logging.getLogger("davserver.enrolment")
 #: Default of ``enrolment.form_bytes``, the largest form body accepted (bytes): a 4096-bit
 #: RSA CSR is about 1.7 KB of PEM, three times that once form-encoded. A longer body is
 #: refused 413 unread (the connection closes).
-MAX_FORM_BYTES = 16384
+MAX_FORM_BYTES: int = setting("enrolment.form_bytes").default
 #: Shortest PKCS#12 password accepted: the file travels by download and e-mail.
 MIN_P12_PASSWORD = 8
 #: The client guide (docs/clients.md) as this listener serves it, as plain text: the

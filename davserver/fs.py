@@ -99,6 +99,7 @@ from .oc_compat import (
     stored_checksums,
 )
 from .ranges import normalise_range
+from .settings_schema import setting
 from .sharefs import TEMP_PREFIX, dav_error, etag, is_hidden, is_temp_name, served_kind
 from .upstream import DAVNonCollection, FileResource, FilesystemProvider, FolderResource
 
@@ -865,7 +866,7 @@ _ROOT_REFUSED = frozenset({"PUT", "DELETE", "MOVE", "COPY"})
 
 
 #: The default of ``limits.max_tree_depth``: levels below a share root.
-DEFAULT_MAX_TREE_DEPTH = 256
+DEFAULT_MAX_TREE_DEPTH: int = setting("limits.max_tree_depth").default
 
 
 class ShareProvider(FilesystemProvider):

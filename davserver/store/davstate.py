@@ -72,6 +72,7 @@ from wsgidav.dav_error import (
 
 from ..access import Refusal
 from ..framing import BadContentLength, content_length
+from ..settings_schema import setting
 from ..upstream import (
     BaseMiddleware,
     DAVError,
@@ -212,11 +213,11 @@ class PropertyBounds:
     never traps what is already stored.
     """
 
-    value_bytes: int = 64 << 10
-    per_resource: int = 256
-    bytes_per_resource: int = 1 << 20
-    answer_bytes: int = 64 << 20
-    answer_names: int = 1000
+    value_bytes: int = setting("properties.max_value_bytes").default
+    per_resource: int = setting("properties.max_per_resource").default
+    bytes_per_resource: int = setting("properties.max_bytes_per_resource").default
+    answer_bytes: int = setting("properties.max_propfind_bytes").default
+    answer_names: int = setting("properties.max_propfind_names").default
 
     def __post_init__(self) -> None:
         for name in ("value_bytes", "per_resource", "bytes_per_resource", "answer_bytes", "answer_names"):
@@ -231,9 +232,9 @@ class LockBounds:
     the largest ``<D:owner>`` of one lock in bytes of its XML as stored
     (``locks.max_owner_bytes``; lockdiscovery repeats it in every PROPFIND answer)."""
 
-    per_resource: int = 64
-    per_account: int = 1000
-    owner_bytes: int = 4096
+    per_resource: int = setting("locks.max_per_resource").default
+    per_account: int = setting("locks.max_per_account").default
+    owner_bytes: int = setting("locks.max_owner_bytes").default
 
     def __post_init__(self) -> None:
         if self.per_resource < 1 or self.per_account < 1 or self.owner_bytes < 1:
