@@ -22,7 +22,7 @@ cheroot 11.1.2 reads a request's framing leniently and its bodies generously:
 
 * **Strict framing** (RFC 9112 §2.2, §3.2, §5, §6.1, §6.3, §7.1; RFC 9110 §5.5, §8.6):
   every field name is a token followed directly by the colon; no obs-fold; no NUL, CR
-  or other control character in a value; ``Content-Length`` is digits only, and
+  or other control character in a value; ``Content-Length`` is digits only (framing.py), and
   repeated only with the same value; ``Transfer-Encoding`` is exactly ``chunked`` (any
   letter case), never with ``Content-Length`` and never in an HTTP/1.0 request; an
   HTTP/1.1 request has exactly one ``Host``; the fields in :data:`SINGLE_FIELDS` appear
