@@ -9,9 +9,7 @@ logged.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -21,6 +19,7 @@ from typing import Any
 import yaml
 
 from .config import ConfigError
+from .files import FileWatch, file_stamp, write_atomic
 
 __all__ = [
     "ACCOUNT_NAME_RE",
@@ -31,7 +30,6 @@ __all__ = [
     "load_accounts",
     "parse_accounts",
     "save_accounts",
-    "write_atomic",
 ]
 
 log = logging.getLogger("davserver.accounts")
@@ -226,36 +224,6 @@ def load_accounts(path: Path) -> Accounts:
         raise ConfigError(exc.key, exc.message, exc.hint, source=str(path)) from None
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace a file so readers see the old or the new content, never half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress_oserror():
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-class _suppress_oserror:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        return exc_type is not None and issubclass(exc_type, OSError)
-
-
 _HEADER = (
     "# davserver accounts. Edited by `davserver user ...` and `davserver cert issue`;\n"
     "# hand edits are fine, the server reloads this file when it changes.\n"
@@ -275,31 +243,24 @@ class AccountsWatcher:
     def __init__(self, path: Path, *, min_interval: float = 0.0) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int, int] | None = None
+        # Stamped before the first load: a change during it is seen at the next look.
+        self._watch = FileWatch(path, seen=file_stamp(path))
         self._current = load_accounts(path)  # the first load must succeed: fail closed at start
-        self._stamp = self._stat()
-
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def current(self) -> Accounts:
-        """The accounts in force: re-read when the file changed since the last look (another
-        inode, size or modification time). A file that no longer parses is logged and the last good
-        snapshot kept; a missing file means no accounts. Thread-safe; never raises
-        ConfigError after construction."""
-        stamp = self._stat()
-        if stamp == self._stamp:
+        """The accounts in force: re-read when the file changed since the last look
+        (files.FileWatch: another inode, size, modification or change time). A file that
+        no longer parses is logged and the last good snapshot kept; a missing file means
+        no accounts. Thread-safe; never raises ConfigError after construction."""
+        changed, stamp = self._watch.look()
+        if not changed:
             return self._current
         with self._lock:
-            if stamp != self._stamp:
+            if stamp != self._watch.seen:
                 try:
                     self._current = load_accounts(self.path)
                     log.info("accounts reloaded from %s (%d accounts)", self.path, len(self._current))
                 except ConfigError as exc:
                     log.error("accounts file not reloaded, keeping the last good version: %s", exc)
-                self._stamp = stamp
+                self._watch.seen = stamp
             return self._current

@@ -40,6 +40,7 @@ from .errors import StartupError
 from .invitations import InvitationError, Invitations, default_base_url, server_fingerprint
 from .issuance import IssuanceError
 from .pki import CertificateAuthority, IssuedCert, PKIError, load_crl_serials
+from .settings_schema import setting
 from .stepup import PREFIX as STEPUP_PREFIX
 from .store import StateStore, open_store
 from .store.base import StoreUnavailable
@@ -364,8 +365,9 @@ def cert_list(ctx: click.Context, expiring: int | None, as_json: bool) -> None:
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_MIN_INVITE_SECONDS = 60
-_MAX_INVITE_SECONDS = 365 * 86400
+#: ``cli invite --valid-for`` takes what ``enrolment.invite_seconds`` may be (seconds).
+_MIN_INVITE_SECONDS = float(setting("enrolment.invite_seconds").lo or 0)
+_MAX_INVITE_SECONDS = float(setting("enrolment.invite_seconds").hi or 0)
 
 
 def _duration(text: str) -> float:
@@ -502,7 +504,7 @@ def _writable_prefix(prefix: Path) -> Path:
 
 
 def _write_delivery(prefix: Path, files: dict[str, tuple[bytes, int]]) -> dict[str, str]:
-    from .accounts import write_atomic
+    from .files import write_atomic
 
     paths: dict[str, str] = {}
     prefix.parent.mkdir(parents=True, exist_ok=True)

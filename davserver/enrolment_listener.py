@@ -45,10 +45,11 @@ from .config import Config
 from .enrolment_audit import EnrolmentAudit
 from .enrolment_pages import EnrolmentApp
 from .errors import StartupError
-from .handshake import HandshakeLoop, HandshakingServer, listener_url
+from .handshake import ConnectionPhase, HandshakeLoop, HandshakingServer, listener_url
 from .http1 import HTTP1Options, HTTP1Request
+from .settings_schema import setting
 from .tls import DeferredHandshakeAdapter, TLSConnection, create_enrolment_context
-from .watchdog import Watchdog, end_reading
+from .watchdog import Watchdog
 
 __all__ = [
     "HANDSHAKES_TOTAL", "HEADER_BYTES", "HEADER_PHASE_PER_ADDRESS", "KEEP_ALIVE", "THREADS", "AddressPhase",
@@ -60,23 +61,23 @@ log = logging.getLogger("davserver.enrolment")
 #: Default of ``enrolment.threads``: request workers of the enrolment listener. Issuing costs one EC key and two PKCS#12
 #: files (about 0.4 s of CPU) and argon2 runs at most twice at once in the process
 #: (auth/passwords.py): a few workers are all it can use.
-THREADS = 4
+THREADS: int = setting("enrolment.threads").default
 #: Default of ``enrolment.handshakes_total``: pending TLS handshakes, over all addresses.
-HANDSHAKES_TOTAL = 64
+HANDSHAKES_TOTAL: int = setting("enrolment.handshakes_total").default
 #: Default of ``enrolment.header_bytes``: largest request line + header section (bytes).
-HEADER_BYTES = 16384
+HEADER_BYTES: int = setting("enrolment.header_bytes").default
 #: Default of ``enrolment.keep_alive_limit``: kept-alive connections; past it answers close
 #: the connection.
-KEEP_ALIVE = 32
+KEEP_ALIVE: int = setting("enrolment.keep_alive_limit").default
 #: Default of ``enrolment.header_phase_per_address``: connections of one address (IPv6:
 #: /64) that may hold a worker while their request headers or form body arrive. A browser
 #: sends its headers in one packet and spends microseconds in that phase, so two are room
 #: for a household or an office behind one address; the rest of the workers
 #: (:data:`THREADS`) stay free for everyone else.
-HEADER_PHASE_PER_ADDRESS = 2
+HEADER_PHASE_PER_ADDRESS: int = setting("enrolment.header_phase_per_address").default
 
 
-class AddressPhase:
+class AddressPhase(ConnectionPhase):
     """Bounds the connections of one client address that hold a worker of the enrolment
     listener while their request headers or their form body arrive.
 
@@ -95,56 +96,17 @@ class AddressPhase:
     at once and is done before the next trickler comes in. Raises ValueError for
     `per_address` below 1."""
 
-    #: read_form enters the phase again for the body (handshake.HeaderPhase does not count bodies).
     counts_body = True
 
     def __init__(self, per_address: int) -> None:
-        if per_address < 1:
-            raise ValueError("per_address must be at least 1")
+        super().__init__(per_address, _address, evict_after=0.0, setting="enrolment.header_phase_per_address",
+                         client="address", limit_name="per_address")
         self.per_address = per_address
-        self.evicted = 0
-        self._lock = threading.Lock()
-        # address key -> {id(conn): (conn, what)}, oldest first
-        self._by_key: dict[str, dict[int, tuple[Any, str]]] = {}
-        self._keys: dict[int, str] = {}
 
-    def in_phase(self) -> int:
-        """Connections in the phase now (all addresses)."""
-        with self._lock:
-            return len(self._keys)
 
-    def enter(self, conn: Any, what: str = "request header section") -> None:
-        """`conn` (an HTTPConnection) starts waiting for `what` (named in the 408 of an
-        evicted one); at the cap, end the oldest of its address. Idempotent."""
-        key = address_key(str(getattr(conn, "remote_addr", "") or ""))
-        victims = []
-        with self._lock:
-            if id(conn) in self._keys:
-                return
-            same = self._by_key.setdefault(key, {})
-            while len(same) >= self.per_address:
-                oldest = next(iter(same))
-                victims.append(same.pop(oldest))
-                del self._keys[oldest]
-                self.evicted += 1
-            same[id(conn)] = (conn, what)
-            self._keys[id(conn)] = key
-        for victim, victim_what in victims:
-            log.info("closed the oldest connection of %s still sending its %s: enrolment.header_phase_per_address "
-                     "(%d) reached", key, victim_what, self.per_address)
-            end_reading(victim, victim_what)
-
-    def leave(self, conn: Any) -> None:
-        """`conn`'s headers (or body) are in, or its request ended; idempotent."""
-        with self._lock:
-            key = self._keys.pop(id(conn), None)
-            if key is None:
-                return
-            same = self._by_key.get(key)
-            if same is not None:
-                same.pop(id(conn), None)
-                if not same:
-                    del self._by_key[key]
+def _address(conn: Any) -> str:
+    """The per-address key of `conn`: ``auth.lockout.address_key`` of its ``remote_addr``."""
+    return address_key(str(getattr(conn, "remote_addr", "") or ""))
 
 
 class _Connection(TLSConnection):

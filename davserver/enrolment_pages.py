@@ -58,9 +58,11 @@ from .auth.lockout import Lockouts
 from .config import Config
 from .content_safety import FORM_PAGE_HEADERS
 from .enrolment_audit import EnrolmentAudit
+from .framing import BadContentLength, content_length
 from .invitations import InvitationError, InvitationGone, Invitations, UnknownInvitation, token_digest
 from .issuance import IssuanceError, check_csr
 from .pki import PKIError
+from .settings_schema import setting
 from .store.base import StateStore, StoreUnavailable
 from .watchdog import current_connection
 
@@ -74,7 +76,7 @@ log = logging.getLogger("davserver.enrolment")
 #: Default of ``enrolment.form_bytes``, the largest form body accepted (bytes): a 4096-bit
 #: RSA CSR is about 1.7 KB of PEM, three times that once form-encoded. A longer body is
 #: refused 413 unread (the connection closes).
-MAX_FORM_BYTES = 16384
+MAX_FORM_BYTES: int = setting("enrolment.form_bytes").default
 #: Shortest PKCS#12 password accepted: the file travels by download and e-mail.
 MIN_P12_PASSWORD = 8
 #: The client guide (docs/clients.md) as this listener serves it, as plain text: the
@@ -359,10 +361,12 @@ def read_form(environ: dict[str, Any], *, max_bytes: int = MAX_FORM_BYTES, deadl
     ``Content-Length``, 413 above `max_bytes`, 400 for a body that is not UTF-8 form
     data or holds more than 12 fields. The body must arrive within `deadline` seconds
     (the connection's watchdog ends the read otherwise)."""
-    length = environ.get("CONTENT_LENGTH") or ""
-    if not length.isdigit():
+    try:
+        size = content_length(environ)
+    except BadContentLength:
+        size = None
+    if size is None:
         return 413 if environ.get("HTTP_TRANSFER_ENCODING") else 411
-    size = int(length)
     if size > max_bytes:
         return 413
     conn = current_connection()
@@ -577,7 +581,7 @@ class EnrolmentApp:
         if isinstance(form, int):
             record["reason"] = "bad_form"
             return self._plain(start_response, form, "the form could not be read\n", environ, [("Connection", "close")])
-        record["bytes_in"] = int(environ.get("CONTENT_LENGTH") or 0)
+        record["bytes_in"] = content_length(environ) or 0  # valid: the form was read
         p12_password, csr_pem, problem = check_delivery_form(form)
         if problem:
             record["reason"] = "bad_form"

@@ -43,6 +43,7 @@ from wsgidav import util
 from .access import Refusal
 from .conditions import Validators, entity_tag, evaluate, precondition_error
 from .config import ShareConfig
+from .framing import BadContentLength, content_length, has_body
 from .hrefs import quote_href
 from .names import display_name
 from .oc_compat import CHECKSUMS, checksums_xml, stored_checksums
@@ -106,7 +107,7 @@ def _file_body(fd: int, first: int = 0, size: int | None = None) -> Iterator[byt
 def fast_get(provider: Share, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
     """A plain GET/HEAD of a regular file, whole or one satisfiable byte range (206, the
     Range already made canonical by ranges.normalise_range), or None to let WsgiDAV answer."""
-    if any(key in environ for key in _CONDITIONAL) or environ.get("CONTENT_LENGTH", "0") not in ("", "0"):
+    if any(key in environ for key in _CONDITIONAL) or has_body(environ):
         return None
     path = environ["PATH_INFO"]
     if path.endswith("/") or any(is_temp_name(part) for part in path.split("/")):
@@ -210,13 +211,15 @@ def _raw_body(environ: dict[str, Any]) -> bytes | None:
     if _RAW_KEY in environ:
         cached: bytes | None = environ[_RAW_KEY]
         return cached
-    length = environ.get("CONTENT_LENGTH", "").strip()
     body: bytes | None = b""
-    if length not in ("", "0") and not length.isdigit():
+    try:
+        length = content_length(environ)
+    except BadContentLength:
         body = None
-    elif length not in ("", "0"):
-        body = environ["wsgi.input"].read(int(length))
-        environ["wsgi.input"] = io.BytesIO(body)  # WsgiDAV can still read it if we pass
+    else:
+        if length:
+            body = environ["wsgi.input"].read(length)
+            environ["wsgi.input"] = io.BytesIO(body)  # WsgiDAV can still read it if we pass
     environ[_RAW_KEY] = body
     return body
 

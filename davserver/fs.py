@@ -80,6 +80,8 @@ from .conditions import PreconditionServer, entity_tag
 from .config import ShareConfig
 from .copymove import copy_or_move
 from .fastpath import check_propfind, fast_get, fast_propfind
+from .files import fsync_dir
+from .framing import BadContentLength, content_length
 from .hrefs import quote_href
 from .names import display_name, refused_name
 from .oc_compat import (
@@ -97,6 +99,7 @@ from .oc_compat import (
 )
 from .ranges import normalise_range
 from .request_context import request_context
+from .settings_schema import setting
 from .sharefs import TEMP_PREFIX, dav_error, etag, is_hidden, is_temp_name, served_kind
 from .upstream import DAVNonCollection, FileResource, FilesystemProvider, FolderResource
 
@@ -201,19 +204,6 @@ def _umask() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0o022
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on folders; the rename is still done
-    finally:
-        os.close(fd)
 
 
 class AtomicFile:
@@ -324,7 +314,7 @@ class AtomicFile:
             self.abort()
             raise dav_error(exc, f"storing {self.target}", self.environ, creating=True) from None
         self._done = True
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
         if kept_mtime and self.environ is not None:
             request_context(self.environ).mtime_accepted = True
 
@@ -855,10 +845,9 @@ def _expected_length(environ: dict[str, Any]) -> int | None:
     """Bytes the PUT body must have: Content-Length, 0 without one, None for chunked bodies."""
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         return None
-    value = environ.get("CONTENT_LENGTH") or "0"
     try:
-        return int(value)
-    except ValueError:
+        return content_length(environ) or 0
+    except BadContentLength:
         return None
 
 
@@ -881,7 +870,7 @@ _ROOT_REFUSED = frozenset({"PUT", "DELETE", "MOVE", "COPY"})
 
 
 #: The default of ``limits.max_tree_depth``: levels below a share root.
-DEFAULT_MAX_TREE_DEPTH = 256
+DEFAULT_MAX_TREE_DEPTH: int = setting("limits.max_tree_depth").default
 
 
 class ShareProvider(FilesystemProvider):

@@ -27,6 +27,7 @@ from .browser_pages import wants_html
 from .config import Config, ShareConfig
 from .csrf import CsrfTokens
 from .error_pages import browser_error_page
+from .framing import has_body
 from .issuance import renew as renew_certificate
 from .metering import AuditedResponse, CountedInput, body_deadline
 from .renewal import Renewals
@@ -126,7 +127,7 @@ def _printable(raw: bytes | str) -> str:
 
 def _has_body(environ: dict[str, Any]) -> bool:
     """Whether the request announced a body (which an early answer leaves unread)."""
-    return environ.get("CONTENT_LENGTH", "0") not in ("", "0") or bool(environ.get("HTTP_TRANSFER_ENCODING"))
+    return has_body(environ)
 
 
 class Guard:

@@ -77,6 +77,7 @@ __all__ = [
     "HandshakeCounters",
     "HandshakeLoop",
     "HandshakingServer",
+    "ConnectionPhase",
     "HeaderPhase",
     "HeaderPhaseCounters",
     "address_key",
@@ -636,79 +637,90 @@ class HeaderPhaseCounters:
     in_phase: int = 0
 
 
-class HeaderPhase:
-    """Bounds the connections of one client certificate that hold a worker while their
-    request headers arrive.
+class ConnectionPhase:
+    """Bounds the connections of one client that hold a worker while a part of their
+    request (the header section, or a form body) arrives.
 
-    A connection is in the header phase from the moment a worker picks it up
-    (``tls.TLSConnection.communicate``) until its header section has been read
-    (``http1.HTTP1Request.parse_request``); :meth:`enter` and :meth:`leave` mark the
-    two ends and are called by the worker thread serving it. A legitimate client sends
-    a whole header section in one packet, so it spends microseconds here; a client
-    trickling its headers spends up to ``limits.header_seconds`` (the watchdog), on a
-    worker. At most `per_certificate` (≥ 1) connections of one certificate (keyed by
-    its SHA-256 fingerprint, ``SSL_CLIENT_CERT_SHA256`` in ``ssl_env``) are in the
-    phase: a new one at the cap ends the reading side of the *oldest* of them
-    (``watchdog.end_reading``: its worker's blocked read ends, and it closes the
-    connection with close_notify), once
-    that one has been in the phase :data:`EVICT_AFTER_SECONDS`; the newest is kept
-    because a fast legitimate request of the same certificate must still be served
-    while the tricklers lose their slots. Every connection whose certificate the
-    handshake loop refused (``_REFUSED_KEY``) counts in one group, as if all were one
-    certificate. A connection without a fingerprint is not counted. Raises
-    ``ValueError`` for `per_certificate` below 1.
+    A connection is in the phase from :meth:`enter` until :meth:`leave` (both called by
+    the worker thread serving it). A legitimate client sends a whole header section in one
+    packet, so it spends microseconds here; a client trickling its headers spends up to
+    the watchdog's deadline, on a worker. ``key(conn)`` names its client ("" for one not
+    counted); at most ``limit`` (≥ 1) connections of one key are in the phase: a new one
+    at the cap ends the reading side of the *oldest* of them (``watchdog.end_reading``:
+    its worker's blocked read ends, it answers 408 or closes, with close_notify), once
+    that one has been in the phase ``evict_after`` seconds; the newest is kept because a
+    fast legitimate request of the same client must still be served while the tricklers
+    lose their slots. Evictions are logged at INFO, at most one line of a kind every
+    :data:`LOG_INTERVAL` seconds, naming ``setting`` (the bound's config key) and the
+    ``client`` kind ("certificate", "address"). Raises ``ValueError`` for ``limit``
+    below 1 (naming ``limit_name``). :class:`HeaderPhase` keys by certificate,
+    ``enrolment_listener.AddressPhase`` by address.
     """
 
-    def __init__(self, per_certificate: int, *, evict_after: float = EVICT_AFTER_SECONDS) -> None:
-        if per_certificate < 1:
-            raise ValueError("per_certificate must be at least 1")
-        self.per_certificate = per_certificate
+    #: Whether enrolment_pages.read_form enters the phase again for the form body.
+    counts_body = False
+
+    def __init__(self, limit: int, key: Callable[[Any], str], *, evict_after: float, setting: str,
+                 client: str, limit_name: str = "limit") -> None:
+        if limit < 1:
+            raise ValueError(f"{limit_name} must be at least 1")
+        self.limit = limit
         self.evict_after = evict_after
+        self._key = key
+        self._setting = setting
+        self._client = client
         self._cond = threading.Condition()
-        # fingerprint -> {id(conn): (monotonic entry time, conn)}, oldest first
-        self._by_key: dict[str, dict[int, tuple[float, Any]]] = {}
+        # key -> {id(conn): (monotonic entry time, conn, what it waits for)}, oldest first
+        self._by_key: dict[str, dict[int, tuple[float, Any, str]]] = {}
         self._keys: dict[int, str] = {}
-        self._evicted = 0
+        #: Connections shut down to make room since the start.
+        self.evicted = 0
         self._log = _RateLimitedLog()
 
     def counters(self) -> HeaderPhaseCounters:
         """A copy of the totals (see :class:`HeaderPhaseCounters`)."""
         with self._cond:
-            return HeaderPhaseCounters(evicted=self._evicted, in_phase=len(self._keys))
+            return HeaderPhaseCounters(evicted=self.evicted, in_phase=len(self._keys))
 
-    def enter(self, conn: Any) -> None:
-        """`conn` (a ``TLSConnection`` with ``ssl_env``) starts waiting for its headers;
-        at the cap, shut down the oldest connection of its certificate in the phase."""
-        env = getattr(conn, "ssl_env", None) or {}
-        key = _REFUSED_KEY if env.get(_REFUSED_KEY) else str(env.get("SSL_CLIENT_CERT_SHA256") or "")
+    def in_phase(self) -> int:
+        """Connections in the phase now (all clients)."""
+        with self._cond:
+            return len(self._keys)
+
+    def enter(self, conn: Any, what: str = "request header section") -> None:
+        """`conn` (an HTTPConnection) starts waiting for `what` (named in the 408 of an
+        evicted one); at the cap, shut down the oldest connection of its client in the
+        phase. Idempotent; a connection without a key is not counted."""
+        key = self._key(conn)
         if not key:
             return
         with self._cond:
+            if id(conn) in self._keys:
+                return
             while True:
                 same = self._by_key.setdefault(key, {})
-                if len(same) < self.per_certificate:
+                if len(same) < self.limit:
                     break
-                oldest, (started, victim) = next(iter(same.items()))
+                oldest, (started, victim, victim_what) = next(iter(same.items()))
                 wait = started + self.evict_after - time.monotonic()
                 if wait > 0:
                     self._cond.wait(wait)
                     continue
                 del same[oldest]
                 del self._keys[oldest]
-                self._evicted += 1
+                self.evicted += 1
                 self._log.info(
-                    "evict_header_phase",
-                    "closed the oldest connection of certificate %s still sending its request headers: "
-                    "limits.header_phase_per_certificate (%d) reached",
-                    key[:16], self.per_certificate,
+                    f"evict_{self._setting}",
+                    "closed the oldest connection of %s %s still sending its %s: %s (%d) reached",
+                    self._client, key[:16], victim_what, self._setting, self.limit,
                 )
                 # The reading side only: its worker closes it, with close_notify.
-                end_reading(victim, "request header section")
-            same[id(conn)] = (time.monotonic(), conn)
+                end_reading(victim, victim_what)
+            same[id(conn)] = (time.monotonic(), conn, what)
             self._keys[id(conn)] = key
 
     def leave(self, conn: Any) -> None:
-        """`conn`'s header section is in (or its request ended); idempotent."""
+        """`conn`'s part is in (or its request ended); idempotent."""
         with self._cond:
             key = self._keys.pop(id(conn), None)
             if key is None:
@@ -719,6 +731,31 @@ class HeaderPhase:
                 if not same:
                     del self._by_key[key]
             self._cond.notify_all()
+
+
+def _certificate_key(conn: Any) -> str:
+    """The SHA-256 fingerprint of `conn`'s certificate (``SSL_CLIENT_CERT_SHA256`` in
+    ``ssl_env``), ``_REFUSED_KEY`` for one the handshake loop refused, "" without one."""
+    env = getattr(conn, "ssl_env", None) or {}
+    return _REFUSED_KEY if env.get(_REFUSED_KEY) else str(env.get("SSL_CLIENT_CERT_SHA256") or "")
+
+
+class HeaderPhase(ConnectionPhase):
+    """The :class:`ConnectionPhase` of the main listener: the header section, from the
+    moment a worker picks a connection up (``tls.TLSConnection.communicate``) until it has
+    been read (``http1.HTTP1Request.parse_request``), at most `per_certificate`
+    connections of one client certificate (its SHA-256 fingerprint), the oldest evicted
+    once it has been in the phase `evict_after` seconds (:data:`EVICT_AFTER_SECONDS`).
+    Every connection whose certificate the handshake loop refused (``_REFUSED_KEY``)
+    counts in one group, as if all were one certificate; one without a fingerprint is
+    not counted. Raises ``ValueError`` for `per_certificate` below 1.
+    """
+
+    def __init__(self, per_certificate: int, *, evict_after: float = EVICT_AFTER_SECONDS) -> None:
+        super().__init__(per_certificate, _certificate_key, evict_after=evict_after,
+                         setting="limits.header_phase_per_certificate", client="certificate",
+                         limit_name="per_certificate")
+        self.per_certificate = per_certificate
 
 
 def _bytes_waiting(sock: ssl.SSLSocket) -> bool:

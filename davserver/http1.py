@@ -22,7 +22,7 @@ cheroot 11.1.2 reads a request's framing leniently and its bodies generously:
 
 * **Strict framing** (RFC 9112 §2.2, §3.2, §5, §6.1, §6.3, §7.1; RFC 9110 §5.5, §8.6):
   every field name is a token followed directly by the colon; no obs-fold; no NUL, CR
-  or other control character in a value; ``Content-Length`` is digits only, and
+  or other control character in a value; ``Content-Length`` is digits only (framing.py), and
   repeated only with the same value; ``Transfer-Encoding`` is exactly ``chunked`` (any
   letter case), never with ``Content-Length`` and never in an HTTP/1.0 request; an
   HTTP/1.1 request has exactly one ``Host``; the fields in :data:`SINGLE_FIELDS` appear
@@ -64,6 +64,7 @@ from cheroot.server import HTTPRequest
 from .access import Refusal, refusal_for_status
 from .audit import AuditLog
 from .config import LimitsConfig
+from .framing import FramingError, parse_content_length
 from .request_context import request_context
 from .tls import CERT_ENVIRON_KEY, SocketWriter, send_close_notify
 
@@ -90,7 +91,6 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: Control characters a field value must not hold (RFC 9110 §5.5: NUL, CR, LF; the
 #: field-vchar grammar excludes the other CTLs too). HTAB is allowed.
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_DIGITS = re.compile(rb"[0-9]{1,19}")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 #: What may follow a chunk size on its line: a chunk extension (RFC 9112 §7.1.1), no CTLs.
 _CHUNK_EXT = re.compile(rb"[ \t]*;[^\x00-\x08\x0a-\x1f\x7f]*")
@@ -128,17 +128,6 @@ TRAILER_BYTES = 16384
 
 #: Largest block the body readers ask the connection for in one call.
 BLOCK_BYTES = 1 << 20
-
-
-class FramingError(ValueError):
-    """The request's framing is ambiguous or malformed: answered 400, connection closed.
-
-    ``detail`` says what was wrong, for the response body and the log.
-    """
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
 
 
 class BadChunkedBody(FramingError):
@@ -235,11 +224,10 @@ def frame_request(fields: list[tuple[bytes, bytes]], *, http11: bool) -> Request
         raise FramingError("an HTTP/1.1 request without Host (RFC 9112 §3.2)")
     length = 0
     if lengths:
-        if not all(_DIGITS.fullmatch(v) for v in lengths):
-            raise FramingError("Content-Length must be 1 to 19 digits (RFC 9110 §8.6)")
-        if len({int(v) for v in lengths}) != 1:
+        values = {parse_content_length(v) for v in lengths}
+        if len(values) != 1:
             raise FramingError("Content-Length headers that differ (RFC 9112 §6.3)")
-        length = int(lengths[0])
+        length = values.pop()
         headers[b"Content-Length"] = str(length).encode()
     chunked = False
     if codings:

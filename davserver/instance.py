@@ -17,9 +17,10 @@ from typing import Any
 import yaml as pyyaml
 from ruamel.yaml import YAML
 
-from .accounts import Account, Accounts, BoundCert, load_accounts, save_accounts, write_atomic
+from .accounts import Account, Accounts, BoundCert, load_accounts, save_accounts
 from .auth.passwords import hash_password
 from .config import SHARE_NAME_RE, ConfigError, Home, load_config, parse_config
+from .files import write_atomic
 from .pki import CertificateAuthority, IssuedCert, certificate_fingerprint
 
 __all__ = [

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from .config import Config, EnrolmentConfig
+from .settings_schema import setting
 from .store.base import InvitationRecord, StateStore
 
 __all__ = [
@@ -33,7 +34,7 @@ __all__ = [
 _TOKEN_BYTES = 32  # 256 bits; the issue asks for at least 128
 #: Longest lifetime of one invitation (seconds): a year, the bound of ``enrolment.invite_seconds``
 #: and of ``cert invite --valid-for``.
-MAX_VALID_SECONDS = 31_536_000.0
+MAX_VALID_SECONDS = float(setting("enrolment.invite_seconds").hi or 0)
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{22,128}")  # token_urlsafe alphabet; 22 chars = 128 bits
 
 

@@ -26,6 +26,7 @@ from . import instance
 from .accounts import load_accounts
 from .config import ConfigError, Home, load_config
 from .pki import CertificateAuthority, ClientPublicKey, IssuedCert, PKIError
+from .settings_schema import setting
 
 __all__ = [
     "Delivery", "IssuanceError", "MAX_CSR_BYTES", "MIN_RSA_BITS", "check_csr", "csr_limit", "deliver", "mobileconfig",
@@ -37,7 +38,7 @@ MIN_RSA_BITS = 2048
 _CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 #: Default of ``enrolment.csr_bytes``: largest CSR accepted, in bytes (an RSA-16384 CSR in
 #: PEM is ~5 KB).
-MAX_CSR_BYTES = 64 << 10
+MAX_CSR_BYTES: int = setting("enrolment.csr_bytes").default
 DEFAULT_DAYS = 365  # `davserver cert issue --days` default
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .access import Refusal
+from .framing import BadContentLength, content_length
 from .request_context import request_context
 from .target import BadTarget, parse_wsgi_path
 
@@ -110,9 +111,12 @@ class Limits:
     def _cap_body(self, environ: dict[str, Any]) -> bool:
         """True when the body is over the cap. A chunked body is read here, at most cap + 1 bytes,
         and handed on with a Content-Length (WsgiDAV ignores XML bodies without one)."""
-        length = environ.get("CONTENT_LENGTH", "").strip()
-        if length:
-            return length.isdigit() and int(length) > self.xml_body_bytes
+        try:
+            length = content_length(environ)
+        except BadContentLength:
+            return False  # http1.py refuses such a request before any application runs
+        if length is not None:
+            return length > self.xml_body_bytes
         if "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
             return False
         stream = environ["wsgi.input"]

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .config import LimitsConfig
+from .framing import BadContentLength, content_length
 from .watchdog import current_connection
 
 __all__ = ["AuditedResponse", "CountedInput", "body_deadline"]
@@ -94,8 +95,10 @@ def body_deadline(
     watchdog = getattr(conn, "watchdog", None)
     if watchdog is None or not limits.body_min_bytes_per_second:
         return None
-    length = environ.get("CONTENT_LENGTH", "")
-    expected = int(length) if length.isdigit() else None
+    try:
+        expected = content_length(environ)
+    except BadContentLength:
+        expected = None
     if expected == 0 and not environ.get("HTTP_TRANSFER_ENCODING"):
         return None
     rate = limits.body_min_bytes_per_second

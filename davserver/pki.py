@@ -11,9 +11,7 @@ import contextlib
 import dataclasses
 import hashlib
 import ipaddress
-import os
 import re
-import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,6 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .files import write_atomic
 
 __all__ = [
     "CertificateAuthority", "ClientPublicKey", "IssuedCert", "PKIError", "RevokedSerials", "certificate_fingerprint",
@@ -74,7 +74,11 @@ def certificate_fingerprint(path: Path) -> str:
 
 
 def serial_hex(serial: int) -> str:
-    """Serial as upper-case hex without ``0x``: the file name in ``issued/`` and the CLI form."""
+    """The one text form of a certificate serial (a positive int of up to 20 octets, RFC 5280
+    §4.1.2.2): upper-case hex, no ``0x``, no leading zeros (``0x0A`` is ``"A"``). It is the
+    serial of a presented certificate (auth/identity.py), of the CRL's entries
+    (:class:`RevokedSerials`), of the file in ``issued/`` and of the CLI: revocation compares
+    these strings, so each of them comes from here."""
     return format(serial, "X")
 
 
@@ -121,27 +125,8 @@ def _read_crl_file(path: Path) -> x509.CertificateRevocationList:
 
 
 def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write via a same-folder temp file created with its final mode, fsync, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)  # os.open honours umask; make the mode exact
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    with contextlib.suppress(OSError):  # persist the rename itself (not possible on every OS)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    """files.write_atomic with this folder's defaults: public files 0644, folders 0700."""
+    write_atomic(path, data, mode, folder_mode=0o700)
 
 
 def _key_pem(key: _SigningKey) -> bytes:

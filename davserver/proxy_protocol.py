@@ -45,6 +45,8 @@ import socket
 from dataclasses import dataclass
 from typing import Literal
 
+from .settings_schema import setting
+
 __all__ = [
     "V1_MAX_BYTES",
     "V2_MAX_BYTES",
@@ -291,7 +293,7 @@ class ProxyPolicy:
 
     version: Literal[1, 2]
     trusted: tuple[Network, ...]
-    max_v2_bytes: int = 4096
+    max_v2_bytes: int = setting("server.proxy_header_bytes").default
 
     @classmethod
     def from_settings(cls, mode: str, trusted: tuple[str, ...], max_v2_bytes: int) -> ProxyPolicy | None:

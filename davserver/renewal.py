@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -42,6 +41,7 @@ from .accounts import Account
 from .auth.identity import CertIdentity
 from .auth.lockout import Lockouts
 from .config import Home
+from .files import FileWatch
 from .pki import CertificateAuthority, PKIError, serial_hex
 from .store.base import StateStore
 
@@ -98,7 +98,7 @@ class Renewals:
         self._renew = renew
         self._checked: set[str] = set()
         self._ca_names: frozenset[str] = frozenset()
-        self._ca_stamp: tuple[int, int, int] | None = None
+        self._ca_watch = FileWatch(CertificateAuthority(home.certs_dir).ca_cert_path)
         self._lock = threading.Lock()
 
     def due(self, cert: CertIdentity, now: datetime) -> bool:
@@ -119,20 +119,17 @@ class Renewals:
 
     def _ca_subjects(self) -> frozenset[str]:
         """The subjects (RFC 4514) of every CA in the built-in CA file, re-read when its
-        inode, size or mtime changed; empty without a readable file."""
-        path = CertificateAuthority(self.home.certs_dir).ca_cert_path
-        try:
-            st = os.stat(path)
-        except OSError:
+        files.FileStamp changed; empty without a readable file."""
+        changed, stamp = self._ca_watch.look()
+        if stamp is None:
             return frozenset()
-        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-        if stamp != self._ca_stamp:
+        if changed:
             try:
-                cas = x509.load_pem_x509_certificates(path.read_bytes())
+                cas = x509.load_pem_x509_certificates(self._ca_watch.path.read_bytes())
             except (OSError, ValueError):
                 return frozenset()  # half written: read again at the next request
             self._ca_names = frozenset(ca.subject.rfc4514_string() for ca in cas)
-            self._ca_stamp = stamp
+            self._ca_watch.seen = stamp
         return self._ca_names
 
     def _check_ours(self, cert: CertIdentity) -> None:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .errors import StartupError
+from .files import FileWatch, file_stamp
 from .pki import CertificateAuthority, PKIError, load_crl_serials
 
 __all__ = ["RevocationList"]
@@ -35,39 +36,32 @@ class RevocationList:
         self._lock = threading.Lock()
         self._serials: frozenset[str] = frozenset()
         self.next_update: datetime | None = None
-        self._stamp: tuple[int, int, int] | None = None
+        self._watch: FileWatch | None = None
         if path is not None:
+            # Stamped before the first load: a change during it is seen at the next look.
+            self._watch = FileWatch(path, seen=file_stamp(path))
             try:
                 self._serials, self.next_update = load_crl_serials(path)
             except PKIError as exc:
                 raise StartupError(f"tls.crl: {exc}") from None
-            self._stamp = self._stat()
-
-    def _stat(self) -> tuple[int, int, int] | None:
-        assert self.path is not None
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def serials(self) -> frozenset[str]:
         """The serials revoked now: a ``pki.RevokedSerials`` (upper-case hex, as
         ``pki.serial_hex`` and ``CertIdentity.serial`` write them, with the CRL's issuer)
         once a CRL was read. A changed file that no longer parses is logged and the last
         good list kept; never raises."""
-        if self.path is None:
+        if self._watch is None:
             return self._serials
-        stamp = self._stat()
-        if stamp != self._stamp:
+        changed, stamp = self._watch.look()
+        if changed:
             with self._lock:
-                if stamp != self._stamp:
+                if stamp != self._watch.seen:
                     try:
-                        self._serials, self.next_update = load_crl_serials(self.path)
-                        log.info("CRL reloaded from %s (%d revoked)", self.path, len(self._serials))
+                        self._serials, self.next_update = load_crl_serials(self._watch.path)
+                        log.info("CRL reloaded from %s (%d revoked)", self._watch.path, len(self._serials))
                     except PKIError as exc:
                         log.error("CRL not reloaded, keeping the last good version: %s", exc)
-                    self._stamp = stamp
+                    self._watch.seen = stamp
         return self._serials
 
     def keep_fresh(self, certs_dir: Path, *, now: datetime | None = None, margin: timedelta = _MARGIN) -> str:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import ssl
 import threading
 from collections.abc import Callable
@@ -49,6 +48,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from .config import TLSConfig
 from .errors import StartupError
+from .files import FileStamp, file_stamp
+from .pki import serial_hex
 from .tls import create_ssl_context
 from .tls_tickets import SharedTicketKeys
 
@@ -62,8 +63,8 @@ ContextBuilder = Callable[[TLSConfig], Any]
 
 _SHA256 = hashes.SHA256()
 
-#: Per file: (st_ino, st_size, st_mtime_ns, st_ctime_ns), or None when it cannot be stat'ed.
-_Stamp = tuple[int, int, int, int] | None
+#: Per file: its files.FileStamp, or None when it cannot be stat'ed.
+_Stamp = FileStamp | None
 
 
 class _HasContext(Protocol):
@@ -75,14 +76,6 @@ class _Pair:
     certificate_pem: bytes
     key_pem: bytes
     chain: list[x509.Certificate]
-
-
-def _stat(path: os.PathLike[str] | str) -> _Stamp:
-    try:
-        st = os.stat(path)  # follows symlinks: certbot's live/ links point to a new archive/ file
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _spki(public_key: Any) -> bytes:
@@ -127,7 +120,7 @@ def read_pair(tls: TLSConfig) -> _Pair:
     if _spki(key.public_key()) != _spki(chain[0].public_key()):
         raise StartupError(
             f"tls.private_key: {tls.private_key} is not the key of {tls.certificate} "
-            f"(serial {chain[0].serial_number:X}); install the matching pair"
+            f"(serial {serial_hex(chain[0].serial_number)}); install the matching pair"
         )
     return _Pair(cert_pem, key_pem, chain)
 
@@ -202,7 +195,7 @@ class ServerCertificate:
     def _stamps(self) -> tuple[_Stamp, _Stamp, _Stamp]:
         # tls.client_ca too: a CA bundle extended for a CA renewal (docs/certificates.md)
         # is trusted without a restart; create_ssl_context checks it like the pair.
-        return _stat(self.tls.certificate), _stat(self.tls.private_key), _stat(self.tls.client_ca)
+        return file_stamp(self.tls.certificate), file_stamp(self.tls.private_key), file_stamp(self.tls.client_ca)
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -266,8 +259,8 @@ class ServerCertificate:
             self.reloads += 1
         if old.fingerprint(_SHA256) != pair.chain[0].fingerprint(_SHA256):
             log.info(
-                "server certificate reloaded from %s: serial %X, valid until %s",
-                self.tls.certificate, pair.chain[0].serial_number,
+                "server certificate reloaded from %s: serial %s, valid until %s",
+                self.tls.certificate, serial_hex(pair.chain[0].serial_number),
                 pair.chain[0].not_valid_after_utc.strftime("%Y-%m-%d %H:%M UTC"),
             )
         else:

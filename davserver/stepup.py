@@ -47,6 +47,7 @@ from .enrolment_pages import (
     read_form,
     status_line,
 )
+from .framing import BadContentLength, content_length
 from .pki import PKIError
 from .renewal import Renewals, days_left
 
@@ -193,8 +194,8 @@ class StepUpPage:
     @staticmethod
     def _form(environ: dict[str, Any]) -> dict[str, str] | None:
         try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
+            length = content_length(environ) or 0
+        except BadContentLength:
             return None
         if length <= 0 or length > _MAX_FORM:
             return None

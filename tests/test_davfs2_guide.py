@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,25 @@ def run(env: dict[str, str], script: str) -> subprocess.CompletedProcess[str]:
                           stdin=subprocess.DEVNULL, start_new_session=True)
 
 
+def attempt(inst: Instance, server: DavServer, tmp_path: Path, recipe: Callable[[str, str, str, str], str],
+            edit: Callable[[str], str] = lambda script: script) -> subprocess.CompletedProcess[str]:
+    """Run ``edit(recipe(url, account, password, p12_password))`` for alice on the files
+    share in a fresh namespace (:func:`setup`, :func:`run`); the same values are in the
+    environment as URL, PASSWORD and P12_PASSWORD."""
+    env = setup(inst, tmp_path)
+    alice = inst.clients["alice"]
+    url = f"{server.url}files/"
+    env.update(URL=url, PASSWORD=alice.password, P12_PASSWORD=alice.p12_password)
+    return run(env, edit(recipe(url, "alice", alice.password, alice.p12_password)))
+
+
+def assert_not_mounted(inst: Instance, proc: subprocess.CompletedProcess[str], written: str) -> None:
+    """The script got to the mount, the mount failed, and ``written`` never reached the share."""
+    assert proc.returncode != 0 and "REACHED-MOUNT" in proc.stdout, proc.stdout + proc.stderr
+    assert "MOUNTED" not in proc.stdout.replace("REACHED-MOUNT", "")
+    assert not (share_dir(inst, "files") / written).exists()
+
+
 ROOT_CHECK = r"""
 mountpoint -q /mnt/dav
 pid=$(cat /run/mount.davfs/*.pid)
@@ -153,9 +173,7 @@ def root_script(url: str, account: str, password: str, p12_password: str) -> str
 
 
 def test_root_mount_as_documented(inst: Instance, server: DavServer, tmp_path: Path) -> None:
-    env = setup(inst, tmp_path)
-    alice = inst.clients["alice"]
-    proc = run(env, root_script(f"{server.url}files/", "alice", alice.password, alice.p12_password))
+    proc = attempt(inst, server, tmp_path, root_script)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "REACHED-MOUNT\nMOUNTED\n" in proc.stdout
     assert (share_dir(inst, "files") / "from-root.txt").read_text() == "written by root through davfs2\n"
@@ -166,30 +184,23 @@ def test_root_mount_needs_the_certificate_password_entry(inst: Instance, server:
                                                           tmp_path: Path) -> None:
     """Without the secrets line for the PKCS#12 file there is no terminal to ask on:
     the mount fails and nothing reaches the server."""
-    env = setup(inst, tmp_path)
-    alice = inst.clients["alice"]
-    script = root_script(f"{server.url}files/", "alice", alice.password, alice.p12_password)
-    script = re.sub(r"^/etc/davfs2/certs/private/alice\.p12 .*\n", "", script, flags=re.M)
-    assert "certs/private/alice.p12 " not in script
-    proc = run(env, script)
-    assert proc.returncode != 0 and "REACHED-MOUNT" in proc.stdout, proc.stdout + proc.stderr
-    assert "MOUNTED" not in proc.stdout.replace("REACHED-MOUNT", "")
-    assert not (share_dir(inst, "files") / "from-root.txt").exists()
+    def without_entry(script: str) -> str:
+        script = re.sub(r"^/etc/davfs2/certs/private/alice\.p12 .*\n", "", script, flags=re.M)
+        assert "certs/private/alice.p12 " not in script
+        return script
+
+    assert_not_mounted(inst, attempt(inst, server, tmp_path, root_script, without_entry), "from-root.txt")
 
 
 def test_root_mount_with_the_ca_under_root_fails(inst: Instance, server: DavServer, tmp_path: Path) -> None:
     """Why the guide puts the CA in /etc/davfs2/certs: the daemon (user davfs2) reads it
     after giving up root, and cannot read it from a root-only folder."""
-    env = setup(inst, tmp_path)
-    alice = inst.clients["alice"]
-    script = root_script(f"{server.url}files/", "alice", alice.password, alice.p12_password)
-    # A 0700 root folder (on the namespace's private /run) holding the CA.
-    script = script.replace("trust_ca_cert davserver-ca.crt", "trust_ca_cert /run/root-only/davserver-ca.crt")
-    script = 'mkdir -m 0700 /run/root-only && cp "$DOWNLOAD/davserver-ca.crt" /run/root-only/\n' + script
-    proc = run(env, script)
-    assert proc.returncode != 0 and "REACHED-MOUNT" in proc.stdout, proc.stdout + proc.stderr
-    assert "MOUNTED" not in proc.stdout.replace("REACHED-MOUNT", "")
-    assert not (share_dir(inst, "files") / "from-root.txt").exists()
+    def ca_under_root(script: str) -> str:
+        # A 0700 root folder (on the namespace's private /run) holding the CA.
+        script = script.replace("trust_ca_cert davserver-ca.crt", "trust_ca_cert /run/root-only/davserver-ca.crt")
+        return 'mkdir -m 0700 /run/root-only && cp "$DOWNLOAD/davserver-ca.crt" /run/root-only/\n' + script
+
+    assert_not_mounted(inst, attempt(inst, server, tmp_path, root_script, ca_under_root), "from-root.txt")
 
 
 USER_CHECK = r"""
@@ -222,9 +233,7 @@ def user_script(url: str, account: str, password: str, p12_password: str) -> str
 
 
 def test_user_mount_as_documented(inst: Instance, server: DavServer, tmp_path: Path) -> None:
-    env = setup(inst, tmp_path)
-    alice = inst.clients["alice"]
-    proc = run(env, user_script(f"{server.url}files/", "alice", alice.password, alice.p12_password))
+    proc = attempt(inst, server, tmp_path, user_script)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "REACHED-MOUNT\nMOUNTED\n" in proc.stdout
     assert (share_dir(inst, "files") / "from-user.txt").read_text() == f"written by {USER} through davfs2\n"
@@ -232,15 +241,12 @@ def test_user_mount_as_documented(inst: Instance, server: DavServer, tmp_path: P
 
 def test_user_mount_needs_the_certificate_password_entry(inst: Instance, server: DavServer,
                                                           tmp_path: Path) -> None:
-    env = setup(inst, tmp_path)
-    alice = inst.clients["alice"]
-    script = user_script(f"{server.url}files/", "alice", alice.password, alice.p12_password)
-    script = re.sub(rf"^/home/{USER}/\.davfs2/certs/private/alice\.p12 .*\n", "", script, flags=re.M)
-    assert "private/alice.p12  " not in script
-    proc = run(env, script)
-    assert proc.returncode != 0 and "REACHED-MOUNT" in proc.stdout, proc.stdout + proc.stderr
-    assert "MOUNTED" not in proc.stdout.replace("REACHED-MOUNT", "")
-    assert not (share_dir(inst, "files") / "from-user.txt").exists()
+    def without_entry(script: str) -> str:
+        script = re.sub(rf"^/home/{USER}/\.davfs2/certs/private/alice\.p12 .*\n", "", script, flags=re.M)
+        assert "private/alice.p12  " not in script
+        return script
+
+    assert_not_mounted(inst, attempt(inst, server, tmp_path, user_script, without_entry), "from-user.txt")
 
 
 #: The recipe this guide replaced, run as root (what `sudo mount` does): root's
@@ -264,23 +270,15 @@ echo "written" >~/dav/from-root.txt
 def test_the_old_recipe_fails_as_root(inst: Instance, server: DavServer, tmp_path: Path) -> None:
     """The failure this guide fixes: the same files in ~/.davfs2, mounted by root, do
     not mount (no terminal to ask on, nothing written)."""
-    env = setup(inst, tmp_path)
-    alice = inst.clients["alice"]
-    env.update(URL=f"{server.url}files/", PASSWORD=alice.password, P12_PASSWORD=alice.p12_password)
-    proc = run(env, OLD_RECIPE)
-    assert proc.returncode != 0 and "REACHED-MOUNT" in proc.stdout, proc.stdout + proc.stderr
-    assert "MOUNTED" not in proc.stdout.replace("REACHED-MOUNT", "")
-    assert not (share_dir(inst, "files") / "from-root.txt").exists()
+    assert_not_mounted(inst, attempt(inst, server, tmp_path, lambda *values: OLD_RECIPE), "from-root.txt")
 
 
 def test_user_secrets_readable_by_others_is_refused(inst: Instance, server: DavServer, tmp_path: Path) -> None:
     """Why the guide writes ~/.davfs2/secrets under `umask 077`: davfs2 refuses a
     secrets file others can read."""
-    env = setup(inst, tmp_path)
-    alice = inst.clients["alice"]
-    script = user_script(f"{server.url}files/", "alice", alice.password, alice.p12_password)
-    script = script.replace("echo REACHED-MOUNT", "chmod 0644 ~/.davfs2/secrets\necho REACHED-MOUNT")
-    proc = run(env, script)
-    assert proc.returncode != 0 and "REACHED-MOUNT" in proc.stdout, proc.stdout + proc.stderr
+    def readable(script: str) -> str:
+        return script.replace("echo REACHED-MOUNT", "chmod 0644 ~/.davfs2/secrets\necho REACHED-MOUNT")
+
+    proc = attempt(inst, server, tmp_path, user_script, readable)
+    assert_not_mounted(inst, proc, "from-user.txt")
     assert "secrets has wrong permissions" in proc.stderr
-    assert not (share_dir(inst, "files") / "from-user.txt").exists()

@@ -10,6 +10,8 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
+from ..pki import serial_hex
+
 __all__ = ["CertIdentity", "parse_certificate"]
 
 #: Microsoft's User Principal Name, carried as an otherName in the SAN.
@@ -25,7 +27,7 @@ class CertIdentity:
     §4.2.1.12). Immutable; built by parse_certificate."""
 
     fingerprint: str  # SHA-256 of the DER, lower-case hex
-    serial: str  # upper-case hex
+    serial: str  # upper-case hex, pki.serial_hex (the CRL's and issued/'s form)
     subject: str  # RFC 4514
     issuer: str
     common_name: str | None
@@ -81,7 +83,7 @@ def parse_certificate(der: bytes) -> CertIdentity:
     cn = cns[0].value if cns else None
     return CertIdentity(
         fingerprint=hashlib.sha256(der).hexdigest(),
-        serial=format(cert.serial_number, "X"),
+        serial=serial_hex(cert.serial_number),
         subject=cert.subject.rfc4514_string(),
         issuer=cert.issuer.rfc4514_string(),
         common_name=cn if isinstance(cn, str) else None,

@@ -71,7 +71,9 @@ from wsgidav.dav_error import (
 )
 
 from ..access import Refusal
+from ..framing import BadContentLength, content_length
 from ..request_context import request_context
+from ..settings_schema import setting
 from ..upstream import (
     BaseMiddleware,
     DAVError,
@@ -209,11 +211,11 @@ class PropertyBounds:
     never traps what is already stored.
     """
 
-    value_bytes: int = 64 << 10
-    per_resource: int = 256
-    bytes_per_resource: int = 1 << 20
-    answer_bytes: int = 64 << 20
-    answer_names: int = 1000
+    value_bytes: int = setting("properties.max_value_bytes").default
+    per_resource: int = setting("properties.max_per_resource").default
+    bytes_per_resource: int = setting("properties.max_bytes_per_resource").default
+    answer_bytes: int = setting("properties.max_propfind_bytes").default
+    answer_names: int = setting("properties.max_propfind_names").default
 
     def __post_init__(self) -> None:
         for name in ("value_bytes", "per_resource", "bytes_per_resource", "answer_bytes", "answer_names"):
@@ -228,9 +230,9 @@ class LockBounds:
     the largest ``<D:owner>`` of one lock in bytes of its XML as stored
     (``locks.max_owner_bytes``; lockdiscovery repeats it in every PROPFIND answer)."""
 
-    per_resource: int = 64
-    per_account: int = 1000
-    owner_bytes: int = 4096
+    per_resource: int = setting("locks.max_per_resource").default
+    per_account: int = setting("locks.max_per_account").default
+    owner_bytes: int = setting("locks.max_owner_bytes").default
 
     def __post_init__(self) -> None:
         if self.per_resource < 1 or self.per_account < 1 or self.owner_bytes < 1:
@@ -480,10 +482,13 @@ def _owner_look_ahead(environ: dict[str, Any], bounds: LockBounds | None) -> Sta
     bound can hold a larger owner; such a body (at most ``limits.xml_body_bytes``) is read,
     parsed and left for WsgiDAV to read again; the owner is measured as WsgiDAV stores it
     (request_server.py do_LOCK: xml_to_bytes of the element)."""
-    length = environ.get("CONTENT_LENGTH", "").strip()
-    if bounds is None or not length.isdigit() or int(length) <= bounds.owner_bytes:
+    try:
+        length = content_length(environ)
+    except BadContentLength:
         return None
-    body = environ["wsgi.input"].read(int(length))
+    if bounds is None or length is None or length <= bounds.owner_bytes:
+        return None
+    body = environ["wsgi.input"].read(length)
     environ["wsgi.input"] = io.BytesIO(body)
     try:
         root = DefusedElementTree.fromstring(body)
