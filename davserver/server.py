@@ -52,6 +52,8 @@ _M_ARENA_MAX = -8
 
 
 def _libc() -> Any:
+    """glibc (``ctypes.CDLL(None)``) when it has ``malloc_trim`` and ``mallopt``, else None
+    (musl, other systems: the two tunings below do nothing)."""
     try:
         libc = ctypes.CDLL(None)
         libc.malloc_trim, libc.mallopt  # noqa: B018 - both exist on glibc only
@@ -64,7 +66,9 @@ _glibc = _libc()
 
 
 def tune_allocator(arenas: int = 2) -> None:
-    """glibc gives each busy thread its own malloc arena (up to 8 per core) and keeps
+    """Cap glibc's malloc arenas at `arenas` (``mallopt(M_ARENA_MAX)``; no-op without glibc).
+
+    glibc gives each busy thread its own malloc arena (up to 8 per core) and keeps
     what is freed in it: with 32 workers that was about 8 MiB of resident memory
     for nothing, as Python's own allocator and the GIL already serialise most
     allocations. Process-wide: the ``davserver`` command calls it before any worker
@@ -75,12 +79,15 @@ def tune_allocator(arenas: int = 2) -> None:
 
 def release_free_memory() -> None:
     """Hand the free pages of the heap back to the system after a burst (many
-    clients, big PROPFIND answers), instead of staying at the high-water mark."""
+    clients, big PROPFIND answers), instead of staying at the high-water mark
+    (glibc ``malloc_trim(0)``; no-op without glibc). Never raises."""
     if _glibc is not None:
         _glibc.malloc_trim(0)
 
 
 class _Connection(TLSConnection):
+    """The main listener's connection: TLS (tls.py) with davserver's HTTP/1.1 framing (http1.py)."""
+
     RequestHandlerClass = HTTP1Request
 
 
@@ -169,6 +176,9 @@ class DavServer:
     def __init__(self, config: Config, *, bind: str | None = None, port: int | None = None,
                  listen_socket: socket.socket | None = None, enrolment_socket: socket.socket | None = None,
                  role: str = "single") -> None:
+        """Keep the arguments: `bind` (an address text) and `port` override
+        ``server.bind``/``server.port``; a worker's `listen_socket` fixes the port. Raises
+        ValueError for an unknown `role` or a worker without `listen_socket`."""
         if role not in ROLES:
             raise ValueError(f"role {role!r} is not one of {ROLES}")
         if role == "worker" and listen_socket is None:
@@ -191,6 +201,7 @@ class DavServer:
     if not TYPE_CHECKING:  # mypy keeps checking attribute names; at run time a clear error
 
         def __getattr__(self, name: str) -> Any:
+            """Only reached for an attribute not set: a part read before start says so."""
             if name in _STARTED_PARTS:
                 raise AttributeError(f"DavServer.{name} exists once start() or prepare() has run")
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
@@ -519,6 +530,8 @@ class DavServer:
         return listener_url(self.bind, self.port) + "/"
 
     def _serve(self) -> None:
+        """The serving thread: cheroot's accept loop until stopped; an error ends it and is
+        kept for :meth:`run_until_stopped` to raise."""
         try:
             self._server.serve()
         except BaseException as exc:  # noqa: BLE001 - handed on to serve_forever's caller
@@ -593,10 +606,12 @@ class DavServer:
             self.store.close()
 
     def __enter__(self) -> DavServer:
+        """:meth:`start`, for ``with DavServer(config) as server:``."""
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """:meth:`stop`."""
         self.stop()
 
 
@@ -636,5 +651,6 @@ def bind_refusal(section: str, host: str, port: int, err: int, other_port: str) 
 
 
 def _bind_error(section: str, host: str, port: int, err: int, other_port: str) -> StartupError:
+    """The StartupError ``"<setting>: <message> (<fix>)"`` of :func:`bind_refusal`."""
     key, message, fix = bind_refusal(section, host, port, err, other_port)
     return StartupError(f"{key}: {message} ({fix})")
