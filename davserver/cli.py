@@ -395,13 +395,15 @@ def _enrolment_account(home: Home, account: str) -> None:
         _fail(f"account {account!r} has no password to sign in with: set one with `davserver user passwd {account}`")
 
 
-def _invitations(home: Home, *, with_url: bool = False) -> tuple[Invitations, StateStore]:
-    """The instance's invitations and the store to close; ``with_url`` works out the link's base
-    (enrolment.url, else the server certificate's name) before anything is stored."""
+@contextlib.contextmanager
+def _invitations(home: Home, *, with_url: bool = False) -> Iterator[Invitations]:
+    """The instance's invitations on the state store, reachable (:func:`_reachable_store`)
+    and closed after; ``with_url`` works out the link's base (enrolment.url, else the server
+    certificate's name) before the store is opened, so nothing is stored when it fails."""
     config = load_config(home)
     base = default_base_url(config) if with_url else None
-    store = _store(home)
-    return Invitations(store, config.enrolment, base_url=base), store
+    with _reachable_store(home) as store:
+        yield Invitations(store, config.enrolment, base_url=base)
 
 
 @cert.command("invite")
@@ -425,11 +427,8 @@ def cert_invite(ctx: click.Context, account: str, valid_for: str | None, revoke:
             _fail("--valid-for makes a link; --revoke withdraws them: give one of the two")
         if account not in load_accounts(home.accounts_file):
             _fail(f"no account {account!r} (see `davserver user list`)")
-        invitations, store = _invitations(home)
-        try:
+        with _invitations(home) as invitations:
             n = invitations.revoke(account)
-        finally:
-            store.close()
         click.echo(json.dumps({"account": account, "revoked": n}, indent=2) if as_json
                    else f"{n} invitation{'s' if n != 1 else ''} of {account} withdrawn")
         return
@@ -442,11 +441,8 @@ def cert_invite(ctx: click.Context, account: str, valid_for: str | None, revoke:
         if not _MIN_INVITE_SECONDS <= seconds <= _MAX_INVITE_SECONDS:
             _fail(f"--valid-for: {valid_for!r} is not between 1 minute and 365 days")
     _enrolment_account(home, account)
-    invitations, store = _invitations(home, with_url=True)
-    try:
+    with _invitations(home, with_url=True) as invitations:
         token, invitation = invitations.create(account, valid_for=seconds)
-    finally:
-        store.close()
     url = invitations.url(token)
     fingerprint = server_fingerprint(load_config(home))
     if as_json:
@@ -475,11 +471,8 @@ def cert_invites(ctx: click.Context, as_json: bool) -> None:
     An invitation of a disabled or removed account is not listed: its link answers 410
     (withdrawn) as long as the account is disabled."""
     home = _home(ctx)
-    invitations, store = _invitations(home)
-    try:
+    with _invitations(home) as invitations:
         items = invitations.open()
-    finally:
-        store.close()
     accounts = load_accounts(home.accounts_file)
     items = [i for i in items if i.account in accounts and accounts[i.account].enabled]
     rows = [{"account": i.account, "created": _iso(i.created), "expires": _iso(i.expires), "failures": i.failures}
@@ -747,36 +740,27 @@ def user_unlock(ctx: click.Context, name: str | None, address: str | None, as_js
     if (name is None) == (address is None):
         _fail("give an account NAME or --address ADDR, one of the two")
     home = _home(ctx)
-    try:
-        if name is not None:
-            accounts = load_accounts(home.accounts_file)
-            if name not in accounts:
-                similar = sorted(a for a in accounts if a.casefold() == name.casefold())
-                hint = (f"account names are case-sensitive: did you mean {similar[0]!r}?" if similar
-                        else "see `davserver user list`")
-                _fail(f"no account {name!r} ({hint})")
-            store = _store(home)
-            try:
-                n = Lockouts(store.lockouts).unlock_account(name)
-            finally:
-                store.close()
-            result: dict[str, Any] = {"account": name, "lifted": n}
-            message = f"{name} unlocked ({n} lock{'s' if n != 1 else ''} lifted)"
-        else:
-            assert address is not None
-            try:
-                canonical = canonical_address(address)
-            except ValueError:
-                _fail(f"--address: {address!r} is not an IPv4 or IPv6 address (e.g. 192.0.2.7 or 2001:db8::7)")
-            store = _store(home)
-            try:
-                n = Lockouts(store.lockouts).unlock_address(canonical)
-            finally:
-                store.close()
-            result = {"address": canonical, "lifted": n}
-            message = f"address {canonical} unlocked ({n} lockout{'s' if n != 1 else ''} lifted)"
-    except StoreUnavailable as exc:
-        _fail(f"{exc} (check state.url in the configuration, or start the store)")
+    if name is not None:
+        accounts = load_accounts(home.accounts_file)
+        if name not in accounts:
+            similar = sorted(a for a in accounts if a.casefold() == name.casefold())
+            hint = (f"account names are case-sensitive: did you mean {similar[0]!r}?" if similar
+                    else "see `davserver user list`")
+            _fail(f"no account {name!r} ({hint})")
+        with _reachable_store(home) as store:  # down: one line and status 2 (_handled)
+            n = Lockouts(store.lockouts).unlock_account(name)
+        result: dict[str, Any] = {"account": name, "lifted": n}
+        message = f"{name} unlocked ({n} lock{'s' if n != 1 else ''} lifted)"
+    else:
+        assert address is not None
+        try:
+            canonical = canonical_address(address)
+        except ValueError:
+            _fail(f"--address: {address!r} is not an IPv4 or IPv6 address (e.g. 192.0.2.7 or 2001:db8::7)")
+        with _reachable_store(home) as store:
+            n = Lockouts(store.lockouts).unlock_address(canonical)
+        result = {"address": canonical, "lifted": n}
+        message = f"address {canonical} unlocked ({n} lockout{'s' if n != 1 else ''} lifted)"
     click.echo(json.dumps(result, indent=2) if as_json else message)
 
 

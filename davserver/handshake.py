@@ -816,6 +816,19 @@ class HandshakingServer(WSGIServer):
         self.bind_addr = self.resolve_real_bind_addr(sock)
         return sock
 
+    @staticmethod
+    def bind_socket(socket_: socket.socket, bind_addr: Any) -> socket.socket:
+        """cheroot's ``bind_socket`` (``cheroot/server.py`` ``HTTPServer.bind``), closing the
+        socket when it cannot be bound: cheroot's ``bind`` has not stored it in ``self.socket``
+        yet, so its ``prepare`` never closes it and the error's traceback kept it open (the
+        enrolment listener's port taken left a socket behind)."""
+        try:
+            socket_.bind(bind_addr)
+        except BaseException:
+            socket_.close()
+            raise
+        return socket_
+
     def prepare(self) -> None:
         """cheroot's ``prepare``; on an ``inherited_socket`` accept() then never waits: the
         other workers wake for the same connection, and cheroot's 1 s accept timeout

@@ -10,7 +10,7 @@ import os
 import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .accounts import AccountsWatcher
 from .audit import AuditLog
@@ -29,7 +29,7 @@ from .proxy_protocol import ProxyHeaderError, ProxyPolicy
 from .revocation import RevocationList
 from .server_certificate import ServerCertificate
 from .share_overlap import share_overlaps
-from .store import StoreUnavailable, open_store, unavailable_at_start
+from .store import StateStore, StoreUnavailable, open_store, unavailable_at_start
 from .tls import CERT_ENVIRON_KEY, DeferredHandshakeAdapter, TLSConnection, create_ssl_context
 from .tls_refusals import TLSRefusals
 from .tls_tickets import SharedTicketKeys
@@ -52,6 +52,8 @@ _M_ARENA_MAX = -8
 
 
 def _libc() -> Any:
+    """glibc (``ctypes.CDLL(None)``) when it has ``malloc_trim`` and ``mallopt``, else None
+    (musl, other systems: the two tunings below do nothing)."""
     try:
         libc = ctypes.CDLL(None)
         libc.malloc_trim, libc.mallopt  # noqa: B018 - both exist on glibc only
@@ -64,7 +66,9 @@ _glibc = _libc()
 
 
 def tune_allocator(arenas: int = 2) -> None:
-    """glibc gives each busy thread its own malloc arena (up to 8 per core) and keeps
+    """Cap glibc's malloc arenas at `arenas` (``mallopt(M_ARENA_MAX)``; no-op without glibc).
+
+    glibc gives each busy thread its own malloc arena (up to 8 per core) and keeps
     what is freed in it: with 32 workers that was about 8 MiB of resident memory
     for nothing, as Python's own allocator and the GIL already serialise most
     allocations. Process-wide: the ``davserver`` command calls it before any worker
@@ -75,12 +79,15 @@ def tune_allocator(arenas: int = 2) -> None:
 
 def release_free_memory() -> None:
     """Hand the free pages of the heap back to the system after a burst (many
-    clients, big PROPFIND answers), instead of staying at the high-water mark."""
+    clients, big PROPFIND answers), instead of staying at the high-water mark
+    (glibc ``malloc_trim(0)``; no-op without glibc). Never raises."""
     if _glibc is not None:
         _glibc.malloc_trim(0)
 
 
 class _Connection(TLSConnection):
+    """The main listener's connection: TLS (tls.py) with davserver's HTTP/1.1 framing (http1.py)."""
+
     RequestHandlerClass = HTTP1Request
 
 
@@ -106,6 +113,14 @@ def check_shares(config: Config, *, once: bool = True) -> None:
             log.warning("share %r lists no readers or writers: nobody can use it", name)
 
 
+#: What ``start()`` makes, read once it (or ``prepare()``) has returned; before that,
+#: reading one raises AttributeError saying so (``DavServer.__getattr__``).
+_STARTED_PARTS = frozenset({
+    "server_certificate", "revocations", "store", "audit", "guard", "handshakes", "header_phase", "watchdog",
+    "tls_refusals", "metrics", "metrics_listener", "instance_maintenance", "enrolment", "_server",
+})
+
+
 class DavServer:
     """One listener. `start()` returns once it accepts connections; `port` is the real port.
 
@@ -117,12 +132,53 @@ class DavServer:
     and listening already, shared with the other workers, never binds, runs none of the
     once-per-instance maintenance and binds no metrics listener (the supervisor serves
     the metrics), while it still reloads its own server certificate, accounts and CRL.
-    Raises StartupError (ValueError for an unknown `role`, or a worker without socket).
+
+    Constructing one only checks and keeps its arguments: no file is read or opened, no
+    socket, thread, directory or store connection is made. :meth:`prepare` checks the
+    shares, loads the server certificate, accounts and CRL, opens the state store (and
+    pings it) and the audit log, builds the guard and binds; :meth:`start` then starts the
+    enrolment listener, sweeps leftover uploads and starts the threads. A failed
+    ``prepare``/``start`` releases everything it took (:meth:`stop`'s order) before it
+    raises; ``stop()`` then ``start()`` again starts afresh.
+    Raises ValueError for an unknown `role`, or a worker without socket (the start raises
+    StartupError for what the configuration or the system refuses).
     """
+
+    #: The server certificate and key, reloaded when they change on disk (the enrolment
+    #: listener attaches its adapter to it too).
+    server_certificate: ServerCertificate
+    #: The CRL (``tls.crl``), re-read when it changes.
+    revocations: RevocationList
+    #: The state store (store/), pinged at start.
+    store: StateStore
+    #: The audit log (``audit.file``).
+    audit: AuditLog
+    #: The WSGI application cheroot serves: the access decision around WsgiDAV (guard.py).
+    guard: Guard
+    #: Completes TLS handshakes off the workers; its counters() are for the metrics endpoint.
+    handshakes: HandshakeLoop
+    #: Caps one certificate's connections waiting on workers for their headers.
+    header_phase: HeaderPhase
+    #: Closes connections too slow to send their headers (``limits.header_seconds``).
+    watchdog: Watchdog
+    #: The audit of refused TLS handshakes and PROXY headers (tls_refusals.py).
+    tls_refusals: TLSRefusals
+    #: This server's metrics and their listener; None unless ``metrics.enabled`` (no
+    #: listener in a worker: the supervisor serves the metrics).
+    metrics: Metrics | None
+    metrics_listener: MetricsListener | None
+    #: The once-per-instance rounds; None in a worker (the supervisor runs them).
+    instance_maintenance: InstanceMaintenance | None
+    #: The enrolment listener (enrolment_listener.py), when ``enrolment.enabled``.
+    enrolment: EnrolmentListener | None
+    _server: HandshakingServer
 
     def __init__(self, config: Config, *, bind: str | None = None, port: int | None = None,
                  listen_socket: socket.socket | None = None, enrolment_socket: socket.socket | None = None,
                  role: str = "single") -> None:
+        """Keep the arguments: `bind` (an address text) and `port` override
+        ``server.bind``/``server.port``; a worker's `listen_socket` fixes the port. Raises
+        ValueError for an unknown `role` or a worker without `listen_socket`."""
         if role not in ROLES:
             raise ValueError(f"role {role!r} is not one of {ROLES}")
         if role == "worker" and listen_socket is None:
@@ -132,11 +188,32 @@ class DavServer:
         self.bind = bind if bind is not None else config.server.bind
         self._port = port if port is not None else config.server.port
         self._listen_socket = listen_socket
+        self._enrolment_socket = enrolment_socket
         if listen_socket is not None:
             self._port = int(listen_socket.getsockname()[1])
-        check_shares(config, once=role == "single")
-        #: The server certificate and key, reloaded when they change on disk (the
-        #: enrolment listener attaches its adapter to it too).
+        #: "new", "prepared" (bound, not serving), "serving" or "stopped".
+        self._state = "new"
+        self._thread: threading.Thread | None = None
+        self._maintenance: threading.Thread | None = None
+        self._serve_error: BaseException | None = None
+        self._stopping = threading.Event()
+
+    if not TYPE_CHECKING:  # mypy keeps checking attribute names; at run time a clear error
+
+        def __getattr__(self, name: str) -> Any:
+            """Only reached for an attribute not set: a part read before start says so."""
+            if name in _STARTED_PARTS:
+                raise AttributeError(f"DavServer.{name} exists once start() or prepare() has run")
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    # --- start ------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        """The first half of :meth:`prepare`: every part of the server, nothing bound or
+        started. Each part is an attribute as soon as it exists, so :meth:`_release`
+        finds what to close when a later one fails."""
+        config = self.config
+        check_shares(config, once=self.role == "single")
         self.server_certificate = ServerCertificate(config.tls)
         context = create_ssl_context(config.tls)
         try:
@@ -147,11 +224,7 @@ class DavServer:
         self.store = open_store(config.state)
         try:
             self.store.ping()
-        except StoreUnavailable as exc:
-            self.store.close()
-            raise StartupError(unavailable_at_start(config.state, exc)) from None
-        self.audit = AuditLog(config.audit.file)
-        try:
+            self.audit = AuditLog(config.audit.file)
             self.guard = Guard(
                 Limits(
                     build_dav_app(config, self.store),
@@ -162,17 +235,12 @@ class DavServer:
                 revocations=self.revocations,
                 audit=self.audit,
                 store=self.store,
-            )
+            )  # e.g. StartupError for a subject rule's issuer file
             # One set of session-ticket keys on every worker and node (tls_tickets.py).
             self.server_certificate.share_ticket_keys(SharedTicketKeys(
                 self.store, config.tls.session_ticket_seconds))
-        except BaseException as exc:
-            # e.g. StartupError for a subject rule's issuer file: nothing is left open
-            self.audit.close()
-            self.store.close()
-            if isinstance(exc, StoreUnavailable):  # gone since the ping, reading the shared keys
-                raise StartupError(unavailable_at_start(config.state, exc)) from None
-            raise
+        except StoreUnavailable as exc:  # at the ping, or gone since, reading the shared keys
+            raise StartupError(unavailable_at_start(config.state, exc)) from None
         self._server = HandshakingServer(
             (self.bind, self._port),
             self.guard,
@@ -181,7 +249,7 @@ class DavServer:
             request_queue_size=config.server.listen_backlog,
             timeout=int(config.server.timeout),
         )
-        self._server.inherited_socket = listen_socket
+        self._server.inherited_socket = self._listen_socket
         self._server.ConnectionClass = _Connection
         http1 = HTTP1Options.from_limits(config.limits, self.audit)
         http1.attach(self._server)  # audits framing refusals
@@ -191,7 +259,6 @@ class DavServer:
         self._server.keep_alive_conn_limit = config.server.keep_alive_limit
         self._server.shutdown_timeout = config.server.shutdown_timeout
         self.watchdog = Watchdog()
-        #: Completes TLS handshakes off the workers; its counters() are for the metrics endpoint.
         self.handshakes = HandshakeLoop(
             self._server,
             per_address=config.server.handshakes_per_address,
@@ -210,7 +277,6 @@ class DavServer:
             on_proxy_refusal=self._audit_proxy_refusal,
         )
         self._server.handshakes = self.handshakes
-        #: Caps one certificate's connections waiting on workers for their headers.
         self.header_phase = HeaderPhase(config.limits.header_phase_per_certificate)
         # Per server, not per class: two servers in one process keep their own settings.
         self._server.ConnectionClass = type(
@@ -223,25 +289,14 @@ class DavServer:
             },
         )
         self._wire_operations()
-        self._thread: threading.Thread | None = None
-        self._serve_error: BaseException | None = None
-        self._stopping = threading.Event()
-        self._maintenance = threading.Thread(target=self._maintain, name="davserver-maintenance", daemon=True)
-        #: The once-per-instance rounds; None in a worker (the supervisor runs them).
-        self.instance_maintenance: InstanceMaintenance | None = None
-        if role == "single":
+        self.instance_maintenance = None
+        if self.role == "single":
             self.instance_maintenance = InstanceMaintenance(config, self.revocations,
                                                             on_reissue=self.server_certificate.check)
-        #: The enrolment listener (enrolment_listener.py), when ``enrolment.enabled``.
-        self.enrolment: EnrolmentListener | None = None
+        self.enrolment = None
         if config.enrolment.enabled:
-            try:
-                self.enrolment = self._enrolment_listener(accounts)
-                self.enrolment._server.inherited_socket = enrolment_socket
-            except BaseException:
-                self.audit.close()
-                self.store.close()
-                raise
+            self.enrolment = self._enrolment_listener(accounts)
+            self.enrolment._server.inherited_socket = self._enrolment_socket
 
     def _enrolment_listener(self, accounts: AccountsWatcher) -> EnrolmentListener:
         """The second listener: enrolment pages only, sharing this server's store, audit
@@ -274,9 +329,8 @@ class DavServer:
         ``metrics.enabled``, the metrics (metrics.py) fed from the audit records, the
         connections and the handshake loop, and their listener (bound in ``prepare``)."""
         config = self.config
-        #: This server's metrics and their listener; None unless ``metrics.enabled``.
-        self.metrics: Metrics | None = None
-        self.metrics_listener: MetricsListener | None = None
+        self.metrics = None
+        self.metrics_listener = None
         if config.metrics.enabled:
             self.metrics = Metrics()
             self.audit.observers.append(self.metrics.observe)
@@ -301,10 +355,91 @@ class DavServer:
         )
         self.handshakes.on_failure = lambda exc, peer, seconds: self.tls_refusals.refused(exc, peer, duration=seconds)
 
+    def _bind(self) -> None:
+        """The second half of :meth:`prepare`: the main listener (a worker's socket is
+        bound already), then the metrics listener; StartupError naming the setting when
+        an address cannot be bound."""
+        # Checked first because cheroot leaks its socket when bind() fails (also for port 0:
+        # an address that is not this host's). A worker's socket is bound already.
+        err = None if self._listen_socket is not None else bind_errno(self.bind, self._port)
+        if err is not None:
+            raise _bind_error("server", self.bind, self._port, err, "pick --port")
+        try:
+            self._server.prepare()
+        except OSError as exc:
+            err = exc.__cause__.errno if isinstance(exc.__cause__, OSError) else exc.errno
+            raise _bind_error("server", self.bind, self._port, err or 0, "pick --port") from None
+        if self.metrics_listener is not None:
+            try:
+                self.metrics_listener.prepare()
+            except OSError as exc:
+                m = self.config.metrics
+                raise _bind_error("metrics", m.bind, m.port, exc.errno or 0, "pick another metrics.port") from None
+
+    def prepare(self) -> None:
+        """Everything :meth:`start` does before serving, so callers can print the real URL
+        first: check the shares (:func:`check_shares`), load the server certificate, the
+        accounts and the CRL, open the state store and ping it, open the audit log, build
+        the guard, then bind and listen (the main listener, then the metrics listener).
+        Idempotent while prepared or serving. Raises StartupError (the setting at fault
+        and the fix) or OSError (an audit log that cannot be opened), after releasing
+        everything taken so far (:meth:`stop`)."""
+        if self._state in ("prepared", "serving"):
+            return
+        self._forget()
+        try:
+            self._open()
+            self._bind()
+        except BaseException:
+            self._release()
+            raise
+        self._state = "prepared"
+
+    def _forget(self) -> None:
+        """Drop the parts of an earlier, stopped run: a failed start then never closes
+        them twice, and a second start makes all of them afresh."""
+        for name in _STARTED_PARTS:
+            self.__dict__.pop(name, None)
+        self._stopping = threading.Event()
+        self._serve_error = None
+
+    def start(self) -> None:
+        """:meth:`prepare` (if not done), then start the enrolment listener, sweep leftover
+        uploads (``role="single"``, once every socket is ours), raise the open-file limit
+        and start the threads: handshake loop, watchdog, maintenance, cheroot's serving
+        loop, the metrics listener. Returns once connections are accepted (used by tests,
+        ``davserver serve`` and quickstart). Raises StartupError (e.g. ``enrolment.port``
+        taken) after releasing everything taken so far (:meth:`stop`)."""
+        if self._state == "serving":
+            return
+        self.prepare()
+        try:
+            if self.enrolment is not None:
+                self.enrolment.start()
+            if self.role == "single":  # every socket is ours now; only files no process writes go
+                sweep_leftover_uploads(self.config)
+            raise_open_file_limit()
+            self.handshakes.start()
+            self.watchdog.start()
+            self._maintenance = threading.Thread(target=self._maintain, args=(self._stopping,),
+                                                 name="davserver-maintenance", daemon=True)
+            self._maintenance.start()
+            self._thread = threading.Thread(target=self._serve, name="davserver", daemon=True)
+            self._thread.start()
+            if self.metrics_listener is not None:
+                self.metrics_listener.start()
+        except BaseException:
+            self._release()
+            raise
+        self._state = "serving"
+
+    # --- serving ----------------------------------------------------------------------
+
     def readiness(self) -> str | None:
         """None when this server can serve requests: it listens, the state store answers
         and the server certificate is loaded and current; else why not (``/readyz``)."""
-        if not self._server.ready:
+        server = self.__dict__.get("_server")
+        if server is None or not server.ready:
             return "not serving"
         try:
             self.store.ping()
@@ -328,11 +463,11 @@ class DavServer:
         )
         return None if found.allowed else str(found.reason)
 
-    def _maintain(self) -> None:
+    def _maintain(self, stopping: threading.Event) -> None:
         """Alone (``role="single"``): the once-per-instance rounds (maintenance.py: at
         start and daily the certificate re-issue and expiry warnings, hourly the CRL).
         Every ``tls.reload_seconds``: pick up a changed server certificate. Every few
-        seconds: hand freed memory back."""
+        seconds: hand freed memory back. Until `stopping` (this run's) is set."""
         reload_due = time.monotonic() + self.config.tls.reload_seconds
         while True:
             now = time.monotonic()
@@ -349,7 +484,7 @@ class DavServer:
                 except Exception:  # noqa: BLE001 - maintenance must never take the server down
                     log.exception("server certificate reload failed")
             release_free_memory()
-            if self._stopping.wait(min(_TRIM_SECONDS, self.config.tls.reload_seconds)):
+            if stopping.wait(min(_TRIM_SECONDS, self.config.tls.reload_seconds)):
                 return
 
     def reload(self) -> dict[str, bool]:
@@ -359,7 +494,8 @@ class DavServer:
         good version, logged). What ``davserver serve`` does on SIGHUP (``systemctl
         reload``, logrotate's postrotate). Returns ``{"audit": reopened, "certificate":
         reloaded, "crl": checked, "accounts": checked}``; False means unchanged, not
-        applicable or failed (logged). Never raises for what is on disk."""
+        applicable or failed (logged). Never raises for what is on disk; AttributeError
+        before :meth:`start`."""
         done = {"audit": self.audit.reopen(), "certificate": False, "crl": False, "accounts": False}
         try:
             done["certificate"] = self.server_certificate.check()
@@ -380,62 +516,22 @@ class DavServer:
 
     @property
     def port(self) -> int:
-        addr: Any = self._server.bind_addr
+        """The TCP port listened on: once prepared the one bound (a real one for port 0,
+        still known after stop), before that the one asked for (``port=`` or ``server.port``)."""
+        server = self.__dict__.get("_server")
+        if server is None:
+            return self._port
+        addr: Any = server.bind_addr
         return int(addr[1])
 
     @property
     def url(self) -> str:
+        """``https://BIND:PORT/`` of the main listener (:attr:`port`)."""
         return listener_url(self.bind, self.port) + "/"
 
-    def prepare(self) -> None:
-        """Bind and listen (idempotent), so callers can print the real URL before serving."""
-        if self._server.ready:
-            return
-        # Checked first because cheroot leaks its socket when bind() fails (also for port 0:
-        # an address that is not this host's). A worker's socket is bound already.
-        err = None if self._listen_socket is not None else bind_errno(self.bind, self._port)
-        if err is not None:
-            self.audit.close()
-            raise _bind_error("server", self.bind, self._port, err, "pick --port")
-        try:
-            self._server.prepare()
-        except OSError as exc:
-            self.audit.close()
-            err = exc.__cause__.errno if isinstance(exc.__cause__, OSError) else exc.errno
-            raise _bind_error("server", self.bind, self._port, err or 0, "pick --port") from None
-        if self.metrics_listener is not None:
-            try:
-                self.metrics_listener.prepare()
-            except OSError as exc:
-                self._server.stop()
-                self.audit.close()
-                self.store.close()
-                m = self.config.metrics
-                raise _bind_error("metrics", m.bind, m.port, exc.errno or 0, "pick another metrics.port") from None
-
-    def start(self) -> None:
-        """Listen, then serve on a background thread (used by tests and quickstart)."""
-        self.prepare()
-        if self.enrolment is not None:
-            try:
-                self.enrolment.start()
-            except BaseException:
-                self.audit.close()
-                self.store.close()
-                self._server.stop()
-                raise
-        if self.role == "single":  # every socket is ours now; only files no process writes go
-            sweep_leftover_uploads(self.config)
-        raise_open_file_limit()
-        self.handshakes.start()
-        self.watchdog.start()
-        self._maintenance.start()
-        self._thread = threading.Thread(target=self._serve, name="davserver", daemon=True)
-        self._thread.start()
-        if self.metrics_listener is not None:
-            self.metrics_listener.start()
-
     def _serve(self) -> None:
+        """The serving thread: cheroot's accept loop until stopped; an error ends it and is
+        kept for :meth:`run_until_stopped` to raise."""
         try:
             self._server.serve()
         except BaseException as exc:  # noqa: BLE001 - handed on to serve_forever's caller
@@ -470,26 +566,52 @@ class DavServer:
             raise self._serve_error
 
     def stop(self) -> None:
+        """Stop serving and release everything :meth:`prepare` and :meth:`start` took:
+        the enrolment and metrics listeners, the handshake loop, the main listener
+        (in-flight requests get ``server.shutdown_timeout`` seconds), the watchdog and
+        the serving and maintenance threads, then the audit log and the state store.
+        Idempotent; a no-op before start. A stopped server may be started again."""
+        if self._state in ("new", "stopped"):
+            return
+        self._release()
+
+    def _release(self) -> None:
+        """What :meth:`stop` does, for whatever parts exist: a failed start calls it too,
+        so each part is skipped until it was made (listeners and loops made but never
+        started stop at once)."""
+        self._state = "stopped"
         self._stopping.set()
-        if self.enrolment is not None:
-            self.enrolment.stop()
-        if self.metrics_listener is not None:
-            self.metrics_listener.stop()
-        self.handshakes.stop()
-        self._server.stop()
-        self.watchdog.stop()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-        self.tls_refusals.close()
-        self.audit.close()
-        self.store.close()
+        parts = self.__dict__
+        if (enrolment := parts.get("enrolment")) is not None:
+            enrolment.stop()
+        if (metrics_listener := parts.get("metrics_listener")) is not None:
+            metrics_listener.stop()
+        if "handshakes" in parts:
+            self.handshakes.stop()
+        if "_server" in parts:
+            self._server.stop()
+        if "watchdog" in parts:
+            self.watchdog.stop()
+        for thread in (self._thread, self._maintenance):
+            if thread is not None:
+                thread.join(timeout=10)
+        self._thread = self._maintenance = None
+        if "tls_refusals" in parts:
+            self.tls_refusals.close()
+        if (metrics := parts.get("metrics")) is not None:
+            metrics.close()
+        if "audit" in parts:
+            self.audit.close()
+        if "store" in parts:
+            self.store.close()
 
     def __enter__(self) -> DavServer:
+        """:meth:`start`, for ``with DavServer(config) as server:``."""
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """:meth:`stop`."""
         self.stop()
 
 
@@ -529,5 +651,6 @@ def bind_refusal(section: str, host: str, port: int, err: int, other_port: str) 
 
 
 def _bind_error(section: str, host: str, port: int, err: int, other_port: str) -> StartupError:
+    """The StartupError ``"<setting>: <message> (<fix>)"`` of :func:`bind_refusal`."""
     key, message, fix = bind_refusal(section, host, port, err, other_port)
     return StartupError(f"{key}: {message} ({fix})")

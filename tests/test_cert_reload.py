@@ -242,7 +242,7 @@ def test_a_bad_pair_at_start_is_refused(inst: Instance, tmp_path: Path) -> None:
     crt, _ = new_pair(tmp_path, inst.home.certs_dir)
     write(inst.home.certs_dir / "server.crt", crt, 0o644)
     with pytest.raises(StartupError, match="is not the key of"):
-        DavServer(load_config(inst.home), port=0)
+        DavServer(load_config(inst.home), port=0).start()
 
 
 # --- re-issue from the built-in CA ------------------------------------------------

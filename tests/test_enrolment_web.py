@@ -587,6 +587,7 @@ def test_enrolment_app_answers_404_to_every_other_path(inst: Instance) -> None:
     the path is /enrol/<one segment of token characters>, and never a file's content."""
     enable(inst)
     server = DavServer(load_config(inst.home), port=0)
+    server.prepare()  # the parts exist once prepared (nothing is made at construction)
     assert server.enrolment is not None
     app = server.enrolment._server.wsgi_app
 
@@ -613,5 +614,4 @@ def test_enrolment_app_answers_404_to_every_other_path(inst: Instance) -> None:
     try:
         check()
     finally:
-        server.audit.close()
-        server.store.close()
+        server.stop()

@@ -391,7 +391,7 @@ def test_a_server_refusing_a_bad_issuer_file_leaves_nothing_open(inst: Instance,
     (inst.home.certs_dir / "rule-0.pem").write_bytes(pki.eve.pem)  # a leaf, not a CA
     for _ in range(3):
         with pytest.raises(StartupError, match=r"identity.subject_rules\[0\].issuer: .* is not a CA certificate"):
-            DavServer(load_config(inst.home), port=0)
+            DavServer(load_config(inst.home), port=0).start()
         gc.collect()
     (inst.home.certs_dir / "rule-0.pem").write_bytes(pki.users.pem)  # the twin: it starts
     with running(inst) as server:

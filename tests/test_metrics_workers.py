@@ -67,8 +67,8 @@ from davserver.config import Home, load_config
 from davserver.server import DavServer
 srv = DavServer(load_config(Home(Path(sys.argv[1]))), bind="127.0.0.1",
                 listen_socket=socket.socket(fileno=int(sys.argv[2])), role="worker")
-assert srv.metrics is not None and srv.metrics.multiprocess and srv.metrics_listener is None
 srv.start()
+assert srv.metrics is not None and srv.metrics.multiprocess and srv.metrics_listener is None
 print("ready", flush=True)
 sys.stdin.read()
 srv.stop()

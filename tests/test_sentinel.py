@@ -363,7 +363,7 @@ def test_no_sentinel_at_start_is_a_clear_error(inst: Instance, sentinels: Sentin
                         ({"sentinel_service": "nosuch"}, "name no master 'nosuch' that is up")):
         _use_sentinels(inst, sentinels, **state)
         with pytest.raises(StartupError) as err:
-            DavServer(load_config(inst.home), port=0)
+            DavServer(load_config(inst.home), port=0).start()
         assert str(err.value).startswith("state.sentinels: state store (redis) unavailable: ")
         assert says in str(err.value) and "\n" not in str(err.value) and REDIS_PW not in str(err.value)
         out = CliRunner().invoke(main, ["--home", str(inst.home.root), "serve", "--port", "0"])

@@ -106,7 +106,7 @@ def _issue_config(inst: Instance) -> None:
 def test_the_reported_configuration_does_not_start(inst: Instance) -> None:
     _issue_config(inst)
     with pytest.raises(StartupError, match=r"shares\.nest\.path .* contains shares\.(open|ro|secure|team)\.path"):
-        DavServer(load_config(inst.home), port=0)
+        DavServer(load_config(inst.home), port=0).start()
     proc = subprocess.run([sys.executable, "-m", "davserver.cli", "--home", str(inst.home.root), "serve",
                            "--port", "0"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr

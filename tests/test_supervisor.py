@@ -126,6 +126,7 @@ def test_a_worker_never_binds_and_runs_no_once_only_maintenance(inst: Instance) 
         finally:
             worker.stop()
     single = DavServer(config, port=0)
+    single.start()
     try:
         assert single.instance_maintenance is not None
     finally:
