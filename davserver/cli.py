@@ -31,8 +31,9 @@ import segno
 
 from . import instance
 from .accounts import Account, load_accounts
+from .addresses import canonical_address
 from .auth import totp
-from .auth.lockout import Lockouts, canonical_address
+from .auth.lockout import Lockouts
 from .auth.passwords import hash_password
 from .check import PING_SECONDS, unknown_principals
 from .config import Config, ConfigError, Home, load_config, read_config
@@ -750,7 +751,7 @@ def user_unlock(ctx: click.Context, name: str | None, address: str | None, as_js
         with _reachable_store(home) as store:  # down: one line and status 2 (_handled)
             n = Lockouts(store.lockouts).unlock_account(name)
         result: dict[str, Any] = {"account": name, "lifted": n}
-        message = f"{name} unlocked ({n} lock{'s' if n != 1 else ''} lifted)"
+        message = f"{name} unlocked ({n} lockout{'s' if n != 1 else ''} lifted)"
     else:
         assert address is not None
         try:

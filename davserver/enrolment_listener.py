@@ -15,7 +15,7 @@ enrolment visitors never takes the main server's workers or handshake slots:
   all (default :data:`HANDSHAKES_TOTAL`), each within ``limits.handshake_seconds``;
 - ``enrolment.threads`` request workers (cheroot ``numthreads``; default :data:`THREADS`);
 - at most ``enrolment.header_phase_per_address`` connections of one address (IPv6: its
-  /64, as ``auth.lockout.address_key`` groups it) holding a worker while their request
+  /64, as ``addresses.client_block`` groups it) holding a worker while their request
   headers or form body arrive (:class:`AddressPhase`; default
   :data:`HEADER_PHASE_PER_ADDRESS`, and never all the workers): one address trickling
   bytes on many connections cannot keep every other visitor waiting;
@@ -40,7 +40,7 @@ import logging
 import threading
 from typing import Any
 
-from .auth.lockout import address_key
+from .addresses import client_block
 from .config import Config
 from .enrolment_audit import EnrolmentAudit
 from .enrolment_pages import EnrolmentApp
@@ -105,8 +105,8 @@ class AddressPhase(ConnectionPhase):
 
 
 def _address(conn: Any) -> str:
-    """The per-address key of `conn`: ``auth.lockout.address_key`` of its ``remote_addr``."""
-    return address_key(str(getattr(conn, "remote_addr", "") or ""))
+    """The per-address key of `conn`: the client block (addresses.client_block) of its ``remote_addr``."""
+    return client_block(str(getattr(conn, "remote_addr", "") or ""))
 
 
 class _Connection(TLSConnection):

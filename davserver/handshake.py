@@ -54,7 +54,6 @@ Every closed handshake is counted (:class:`HandshakeCounters`, read by
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import resource
 import selectors
@@ -67,6 +66,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .addresses import client_block
 from .proxy_protocol import ProxyHeaderError, ProxyPolicy, read_header, starts_with_proxy_header
 from .tls import TLSConnection
 from .upstream import WSGIServer
@@ -80,7 +80,6 @@ __all__ = [
     "ConnectionPhase",
     "HeaderPhase",
     "HeaderPhaseCounters",
-    "address_key",
     "client_address",
     "raise_open_file_limit",
 ]
@@ -149,22 +148,6 @@ class _RateLimitedLog:
             log.info(msg + " (and %d more like it in the last %.0f s)", *args, held, self.interval)
         else:
             log.info(msg, *args)
-
-
-def address_key(address: str) -> str:
-    """The client a per-address cap counts: an IPv4 address as is (also when it arrives
-    IPv4-mapped on an IPv6 listener), an IPv6 address by its /64 prefix, since one
-    subscriber is given a whole /64 (RFC 6177) and could otherwise take a fresh address
-    for every connection. Anything unparsable is its own key."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
 
 
 def client_address(conn: Any) -> str:
@@ -352,7 +335,7 @@ class HandshakeLoop:
     def _admit(self, conn: TLSConnection) -> None:
         assert self._selector is not None
         self._counters.accepted += 1
-        address = address_key(str(conn.remote_addr or ""))
+        address = client_block(str(conn.remote_addr or ""))
         stage = self._first_stage(str(conn.remote_addr or ""))
         if stage == _AWAIT_HEADER:
             address = _AWAIT_HEADER + " " + address  # not the proxy's per-address cap: see _before_tls
@@ -451,7 +434,7 @@ class HandshakeLoop:
         entry.stage = _AFTER_HEADER
         if header.source is not None:
             conn.remote_addr, conn.remote_port = header.source
-        self._rekey(entry, address_key(str(conn.remote_addr or "")))
+        self._rekey(entry, client_block(str(conn.remote_addr or "")))
         return True
 
     def _screen(self, entry: _Pending) -> bool:

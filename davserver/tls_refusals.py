@@ -21,7 +21,7 @@ A connection that closes before its handshake completed (a TCP health check, a p
 scan, a client that gave up) was not refused and is not logged.
 
 Bounds (``config.py``): at most ``audit.tls_refusals_per_second`` lines per second from
-one address (an IPv6 address counts by its /64, as ``handshake.address_key``) and
+one address (an IPv6 address counts by its /64, as ``addresses.client_block``) and
 ``audit.tls_refusals_total_per_second`` from all; past either, the refusals are counted
 and, once the second is over, one line (``event`` = ``tls_refusals_suppressed``) says how
 many were left out and why. The metrics (``counter``) see every refusal.
@@ -39,8 +39,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .access import Refusal
+from .addresses import client_block
 from .audit import AuditLog
-from .handshake import address_key as _address_key
 from .proxy_protocol import ProxyHeaderError
 
 __all__ = ["EVENT", "SUPPRESSED_EVENT", "TLSRefusals", "classify"]
@@ -122,7 +122,7 @@ class TLSRefusals:
     one address key and `total` a second in all (each ≥ 1), and a summary line for each
     second in which some were left out.
 
-    `address_key` maps a peer address to the key it is limited by (handshake.address_key);
+    `address_key` maps a peer address to the key it is limited by (addresses.client_block);
     `counter`, when given, is called with the reason (a ``Refusal`` value as str) of every
     refusal, written or not (the metrics). `clock` is monotonic seconds. Thread-safe.
     Raises ``ValueError`` for a limit below 1.
@@ -134,7 +134,7 @@ class TLSRefusals:
         *,
         per_address: int,
         total: int,
-        address_key: Callable[[str], str] = _address_key,
+        address_key: Callable[[str], str] = client_block,
         counter: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -25,8 +25,8 @@ import requests
 import requests.adapters
 import yaml
 
+from davserver.addresses import client_block as address_key
 from davserver.config import ConfigError, load_config
-from davserver.handshake import address_key
 from davserver.pki import CertificateAuthority
 from davserver.server import DavServer
 

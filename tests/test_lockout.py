@@ -26,10 +26,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from davserver.accounts import Account, Accounts, BoundCert
+from davserver.addresses import canonical_address
 from davserver.auth import totp as totp_mod
 from davserver.auth.core import FAILURES, Authenticator, Credentials, Decision
 from davserver.auth.identity import CertIdentity
-from davserver.auth.lockout import Lockouts, account_prefix, address_key, canonical_address
+from davserver.auth.lockout import Lockouts, account_prefix, address_key
 from davserver.auth.passwords import hash_password
 from davserver.cli import main
 from davserver.config import IdentityConfig, ShareConfig, ThrottleConfig, TOTPConfig
@@ -442,7 +443,7 @@ def test_live_wrong_codes_after_the_right_password_lock_out(inst: Instance, back
         assert audited(inst, attacker, url, "alice", LIVE_PW + totp.at(time.time() + 30)) == (401, "locked")
         assert audited(inst, s, url, "alice", LIVE_PW) == (200, "ok"), "the other certificate's grant is untouched"
         rc, out = cli(inst, "user", "unlock", "alice")
-        assert rc == 0 and "unlocked (1 lock lifted)" in out, out
+        assert rc == 0 and "unlocked (1 lockout lifted)" in out, out
         assert audited(inst, attacker, url, "alice", LIVE_PW + totp.at(time.time() + 30)) == (200, "ok")
 
 

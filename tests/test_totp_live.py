@@ -123,7 +123,7 @@ def test_lock_after_failures_and_unlock_with_the_cli(live) -> None:
     assert last_reason(inst, "locked") == "locked"
     assert get(inst, url, "bob-secret-pw1", client="bob") == 200, "the lock is alice's, not the address's"
     out = CliRunner().invoke(main, ["--home", str(inst.home.root), "user", "unlock", "alice"])
-    assert out.exit_code == 0 and "unlocked (1 lock lifted)" in out.output
+    assert out.exit_code == 0 and "unlocked (1 lockout lifted)" in out.output
     assert get(inst, url, PW) == 200
 
 

@@ -62,13 +62,13 @@ were kept there before the driver existed, so the notes of running installations
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Literal
 
+from ..addresses import client_block
 from ..config import ThrottleConfig
 from ..store.base import LockoutStore
 
-__all__ = ["FACTOR_OF", "Factor", "Lockouts", "account_key", "account_prefix", "address_key", "canonical_address"]
+__all__ = ["FACTOR_OF", "Factor", "Lockouts", "account_key", "account_prefix", "address_key"]
 
 Factor = Literal["password", "totp"]
 
@@ -99,28 +99,13 @@ _ALL_CERTIFICATES = "*"
 _NO_WINDOW = 10 * 365 * 86400.0
 
 
-def canonical_address(text: str) -> str:
-    """One spelling per address: ``::ffff:10.0.0.1`` and ``10.0.0.1`` are the same peer,
-    IPv6 is compressed and lower-case. Raises ValueError for text that is not an address."""
-    ip = ipaddress.ip_address(text.strip())
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip)
-
-
 def address_key(peer: str) -> str:
-    """The lockout key of a peer address (REMOTE_ADDR); text that is no address is kept as is.
-
-    An IPv6 peer is keyed by its /64 (one subscriber's block, as the handshake caps count
-    it): otherwise one holder of several accounts' certificates would take a fresh address
-    of the block for every account and never reach the address lockout."""
-    try:
-        canonical = canonical_address(peer)
-    except ValueError:
-        return f"addr:{peer}"
-    if ":" in canonical:
-        return f"addr:{ipaddress.ip_network(canonical + '/64', strict=False)}"
-    return f"addr:{canonical}"
+    """The lockout key of a peer address (REMOTE_ADDR): ``addr:`` and its client block
+    (addresses.client_block: an IPv6 peer by its /64, one subscriber's block, as every
+    per-address bound counts it; otherwise one holder of several accounts' certificates
+    would take a fresh address of the block for every account and never reach the
+    address lockout). Text that is no address is kept as is."""
+    return f"addr:{client_block(peer)}"
 
 
 class Lockouts:
