@@ -50,7 +50,7 @@ from redis.sentinel import MasterNotFoundError, Sentinel
 from .base import Grant, InvitationRecord, LockoutStore, StateStore, StoreUnavailable, check_secret
 from .redis_lockout import RedisLockouts
 
-__all__ = ["RedisStore"]
+__all__ = ["RedisStore", "redis_call"]
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,17 @@ class _WatchedSentinel(_Sentinel):
         return address
 
 
+def redis_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` (a client method or a registered script); a Redis error
+    (unreachable, timeout, READONLY after a failover, no master) is raised as
+    StoreUnavailable: every Redis call of the state store goes through here, so the
+    callers fail closed on one exception type."""
+    try:
+        return fn(*args, **kwargs)
+    except redis_lib.RedisError as exc:
+        raise StoreUnavailable(f"state store (redis) unavailable: {exc}") from exc
+
+
 class RedisStore(StateStore):
     """The state store on one Redis, or on the master a set of Redis Sentinels names.
 
@@ -286,13 +297,8 @@ class RedisStore(StateStore):
         return self.prefix + ":".join(parts)
 
     def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)`` (a client method or a registered script); a Redis error
-        (unreachable, timeout, READONLY after a failover, no master) is raised as
-        StoreUnavailable."""
-        try:
-            return fn(*args, **kwargs)
-        except redis_lib.RedisError as exc:
-            raise StoreUnavailable(f"state store (redis) unavailable: {exc}") from exc
+        """``fn(*args, **kwargs)`` through :func:`redis_call`."""
+        return redis_call(fn, *args, **kwargs)
 
     def ping(self) -> None:
         """Raise StoreUnavailable unless the Redis master (with sentinels: the one they

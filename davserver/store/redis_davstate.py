@@ -77,7 +77,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import redis as redis_lib
 from wsgidav.dav_error import (
     HTTP_LOCKED,
     HTTP_PRECONDITION_FAILED,
@@ -105,7 +104,7 @@ from .davstate import (
     check_owner,
     prepare_new_lock,
 )
-from .redis import RedisStore
+from .redis import RedisStore, redis_call
 
 __all__ = ["RedisLockStorage", "RedisPropertyManager"]
 
@@ -490,13 +489,6 @@ return 1
 """
 
 
-def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    try:
-        return fn(*args, **kwargs)
-    except redis_lib.RedisError as exc:
-        raise StoreUnavailable(f"state store (redis) unavailable: {exc}") from exc
-
-
 def _num(x: float) -> str:
     """A float as Redis (and Lua's tonumber) read it back exactly."""
     return repr(float(x))
@@ -605,7 +597,7 @@ class RedisLockStorage:
         now = _num(self._clock())
         total = 0
         while True:
-            n = int(_call(self._purge, args=[self.store.prefix, now, 1000]))
+            n = int(redis_call(self._purge, args=[self.store.prefix, now, 1000]))
             total += n
             if n < 1000:
                 return total
@@ -613,19 +605,19 @@ class RedisLockStorage:
     def clear(self) -> None:
         """Remove every WebDAV lock under the deployment prefix, live or expired (WsgiDAV's
         lock storage ``clear``)."""
-        _call(self._clear, args=[self.store.prefix])
+        redis_call(self._clear, args=[self.store.prefix])
 
     # --- single locks ----------------------------------------------------------------
 
     def get(self, token: str) -> dict[str, Any] | None:
         """The lock, or None when it does not exist or has expired (an expired one is purged)."""
-        raw = _call(self.store.client.get, self._key(token))
+        raw = redis_call(self.store.client.get, self._key(token))
         if raw is None:
             return None
         lock = _decode_lock(raw)
         now = self._clock()
         if lock["expire"] < now:
-            _call(self._drop_expired, args=[self.store.prefix, _num(now), token, lock["root"]])
+            redis_call(self._drop_expired, args=[self.store.prefix, _num(now), token, lock["root"]])
             return None
         return lock
 
@@ -653,7 +645,7 @@ class RedisLockStorage:
         )
         if not conflicts and not confirmed:
             with contextlib.suppress(StoreUnavailable):  # else it ends at its timeout; nobody holds its token
-                _call(self._delete, args=[self.store.prefix, token])
+                redis_call(self._delete, args=[self.store.prefix, token])
             raise self.store.unconfirmed("a new WebDAV lock")
         if conflicts and conflicts[0].startswith(b"!"):
             raise self._refusal(Refusal(conflicts[0][1:].decode("ascii")), root)
@@ -671,7 +663,7 @@ class RedisLockStorage:
         look ahead for davstate.RecordLimitReason; ``create`` checks again, atomically)."""
         args = [self.store.prefix, _num(self._clock()), root, principal, self.bounds.per_resource,
                 self.bounds.per_account]
-        reason = _call(self._check_bounds, args=args)
+        reason = redis_call(self._check_bounds, args=args)
         return self._refusal(Refusal(reason.decode("ascii")), root) if reason else None
 
     def _refusal(self, reason: Refusal, root: str) -> StateLimitExceeded:
@@ -681,13 +673,13 @@ class RedisLockStorage:
     def refresh(self, token: str, *, timeout: float | None) -> dict[str, Any]:
         """Give a live lock a new timeout (capped); 412 when it no longer exists."""
         timeout = self.clamp_timeout(timeout)
-        raw = _call(self.store.client.get, self._key(token))
+        raw = redis_call(self.store.client.get, self._key(token))
         if raw is not None:
             lock = _decode_lock(raw)
             now = self._clock()
             lock["timeout"] = timeout
             lock["expire"] = now + timeout
-            done = _call(
+            done = redis_call(
                 self._refresh,
                 args=[self.store.prefix, _num(now), PURGE_BATCH, token, lock["root"], _encode_lock(lock),
                       _num(lock["expire"]), self._ttl_ms(timeout), lock["principal"]],
@@ -695,12 +687,12 @@ class RedisLockStorage:
             if done:
                 return lock
         else:  # purges all the same, as the SQLite version does
-            _call(self._purge, args=[self.store.prefix, _num(self._clock()), PURGE_BATCH])
+            redis_call(self._purge, args=[self.store.prefix, _num(self._clock()), PURGE_BATCH])
         raise DAVError(HTTP_PRECONDITION_FAILED, err_condition=PRECONDITION_CODE_LockTokenMismatch)
 
     def delete(self, token: str) -> bool:
         """Remove a lock; False when it did not exist."""
-        return bool(_call(self._delete, args=[self.store.prefix, token]))
+        return bool(redis_call(self._delete, args=[self.store.prefix, token]))
 
     # --- writes in flight, seen by every node (davstate.SharedWritesLockManager) ---------
 
@@ -718,7 +710,7 @@ class RedisLockStorage:
         every third of that, while the block runs), so a killed process's or node's mark
         refuses LOCKs at most that long. Raises StoreUnavailable when Redis does not answer."""
         member = f"{url}\n{socket.gethostname()}:{_this_process()}:{secrets.token_hex(8)}"
-        _call(self._mark_writes, args=[self.store.prefix, _num(self._clock() + self.write_mark_seconds), member])
+        redis_call(self._mark_writes, args=[self.store.prefix, _num(self._clock() + self.write_mark_seconds), member])
         with self._marks_lock:
             self._marks.add(member)
             self._start_renewer()
@@ -729,7 +721,7 @@ class RedisLockStorage:
             with self._marks_lock:
                 self._marks.discard(member)
             try:
-                _call(self._unmark_write, args=[self.store.prefix, member])
+                redis_call(self._unmark_write, args=[self.store.prefix, member])
             except StoreUnavailable as exc:  # it lapses on its own
                 log.warning("a mark of a write in flight stays until it lapses (%g s): %s",
                             self.write_mark_seconds, exc)
@@ -750,7 +742,7 @@ class RedisLockStorage:
             if not members:
                 continue
             try:
-                _call(self._renew_writes,
+                redis_call(self._renew_writes,
                       args=[self.store.prefix, _num(self._clock() + self.write_mark_seconds), *members])
             except StoreUnavailable as exc:
                 log.warning("cannot renew the marks of writes in flight: %s", exc)
@@ -766,7 +758,7 @@ class RedisLockStorage:
         root = normalize_lock_root(path)
         lo, hi = _below(root)
         now = self._clock()
-        rows = _call(
+        rows = redis_call(
             self._list,
             args=[self.store.prefix, _num(now), int(include_root), int(include_children), root, lo, hi],
         )
@@ -808,7 +800,7 @@ class RedisPropertyManager(BoundedProperties):
     def get_properties(self, norm_url: str, environ: dict[str, Any] | None = None) -> list[str]:
         """The names (Clark notation) of the dead properties of `norm_url`, sorted; [] for
         none (HKEYS of its hash). `environ` is unused (WsgiDAV's signature)."""
-        names: list[bytes] = _call(self.store.client.hkeys, self._key(norm_url))
+        names: list[bytes] = redis_call(self.store.client.hkeys, self._key(norm_url))
         return [name.decode("utf-8") for name in sorted(names)]
 
     def get_many(self, urls: list[str]) -> dict[str, tuple[tuple[str, bytes], ...]]:
@@ -816,7 +808,7 @@ class RedisPropertyManager(BoundedProperties):
         pipe = self.store.client.pipeline(transaction=False)
         for url in urls:
             pipe.hgetall(self._key(url))
-        replies: list[dict[bytes, bytes]] = _call(pipe.execute)
+        replies: list[dict[bytes, bytes]] = redis_call(pipe.execute)
         return {
             url: tuple(sorted((name.decode("utf-8"), bytes(value)) for name, value in reply.items()))
             for url, reply in zip(urls, replies, strict=True)
@@ -825,11 +817,11 @@ class RedisPropertyManager(BoundedProperties):
 
     def get_property(self, norm_url: str, name: str, environ: dict[str, Any] | None = None) -> bytes | None:
         """The value (bytes, as stored) of dead property `name` of `norm_url`, or None."""
-        raw = _call(self.store.client.hget, self._key(norm_url), name)
+        raw = redis_call(self.store.client.hget, self._key(norm_url), name)
         return bytes(raw) if raw is not None else None
 
     def _sizes(self, url: str) -> dict[str, int]:
-        flat: list[Any] = _call(self._sizes_script, args=[self.store.prefix, url])
+        flat: list[Any] = redis_call(self._sizes_script, args=[self.store.prefix, url])
         return {
             name.decode("utf-8"): len(name) + int(size) for name, size in zip(flat[::2], flat[1::2], strict=True)
         }
@@ -839,7 +831,7 @@ class RedisPropertyManager(BoundedProperties):
         args: list[Any] = [self.store.prefix, url, self.bounds.per_resource, self.bounds.bytes_per_resource]
         for name, value in changes:
             args += ["r", name, b""] if value is None else ["s", name, value]
-        reason = _call(self._apply_script, args=args)
+        reason = redis_call(self._apply_script, args=args)
         return Refusal(reason.decode("ascii")) if reason else None
 
     def answer_bytes(self, url: str, *, members: bool, names: tuple[str, ...] | None, values: bool = True,
@@ -853,18 +845,18 @@ class RedisPropertyManager(BoundedProperties):
         while True:
             args = [self.store.prefix, *tree, int(members), what, stop - total, resume, self.walk_step,
                     *(names or ())]
-            counted, resume = _call(self._answer_bytes, args=args)
+            counted, resume = redis_call(self._answer_bytes, args=args)
             total += int(counted)
             if not resume:
                 return total
 
     def remove_properties(self, norm_url: str, environ: dict[str, Any] | None = None) -> None:
         """Remove the resource's properties and those of everything below it (see the SQLite class)."""
-        _call(self._remove_tree, args=[self.store.prefix, *SQLitePropertyManager._tree(norm_url)])
+        redis_call(self._remove_tree, args=[self.store.prefix, *SQLitePropertyManager._tree(norm_url)])
 
     def copy_properties(self, src_url: str, dest_url: str, environ: dict[str, Any] | None = None) -> None:
         """The destination ends up with exactly the source's properties."""
-        _call(self._copy_one, args=[self.store.prefix, src_url, dest_url, 1])
+        redis_call(self._copy_one, args=[self.store.prefix, src_url, dest_url, 1])
 
     def move_properties(
         self, src_url: str, dest_url: str, with_children: bool, environ: dict[str, Any] | None = None
@@ -872,9 +864,9 @@ class RedisPropertyManager(BoundedProperties):
         """Move the dead properties of `src_url` to `dest_url` (and, `with_children`, of
         everything below it, rebased), replacing the destination's: one Lua script."""
         if not with_children:
-            _call(self._copy_one, args=[self.store.prefix, src_url, dest_url, 0])
+            redis_call(self._copy_one, args=[self.store.prefix, src_url, dest_url, 0])
             return
-        _call(
+        redis_call(
             self._move_tree,
             args=[self.store.prefix, src_url.rstrip("/"), dest_url.rstrip("/"),
                   *SQLitePropertyManager._tree(src_url), *SQLitePropertyManager._tree(dest_url)],
@@ -882,7 +874,7 @@ class RedisPropertyManager(BoundedProperties):
 
     def clear(self) -> None:
         """Remove every dead property under the deployment prefix."""
-        _call(self._clear, args=[self.store.prefix])
+        redis_call(self._clear, args=[self.store.prefix])
 
     def close(self) -> None:
         """The store closes the connections."""
