@@ -240,7 +240,7 @@ def save_accounts(path: Path, accounts: Accounts) -> None:
 class AccountsWatcher:
     """The server's view of the accounts file, re-read when the file changes."""
 
-    def __init__(self, path: Path, *, min_interval: float = 0.0) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
         # Stamped before the first load: a change during it is seen at the next look.
