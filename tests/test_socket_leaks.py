@@ -6,7 +6,9 @@ error`` failed whichever test was running when the collector reached it.
 The first case came from HAProxy's plain TCP health check (connect, then RST): a
 connection reset before cheroot's accept loop wrapped it in TLS left Python's
 ``SSLContext.wrap_socket`` with an ``SSLSocket`` it neither closed nor returned
-(tls.py ``_close_abandoned_wrap``).
+(tls.py ``_close_abandoned_wrap``). The handshake loop also closes a connection it fails
+to take over or to hand on, and goes on with the next (handshake.py ``_take_intake``,
+``_step``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -144,3 +147,50 @@ def test_a_servers_life_of_reset_and_abandoned_connections_leaves_no_descriptor(
     assert fds_on_port(port) == []
     gc.collect()
     assert not open_sslsockets(port)
+
+
+def once(error: Exception, then: Callable[..., Any]) -> Callable[..., Any]:
+    """A stand-in that raises `error` on its first call (any bug the layers around may
+    have) and behaves as `then` afterwards."""
+    calls = []
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 1:
+            raise error
+        return then(*args, **kwargs)
+
+    return call
+
+
+def closed_by_server(tls: ssl.SSLSocket) -> bool:
+    try:
+        return tls.recv(1) == b""
+    except (ssl.SSLError, ConnectionResetError):
+        return True
+
+
+def test_a_connection_the_handshake_loop_cannot_hand_on_is_closed_and_the_loop_goes_on(
+        inst: Instance, monkeypatch: pytest.MonkeyPatch) -> None:
+    alice = inst.clients["alice"]
+    with running(inst) as server:
+        cheroot = server.handshakes.server
+        monkeypatch.setattr(cheroot, "put_conn", once(RuntimeError("a bug"), cheroot.put_conn))
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        with client_context(inst, alice).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert closed_by_server(tls)  # not left open (and to the garbage collector)
+        with session_for(inst) as s:
+            assert s.get(f"https://127.0.0.1:{server.port}/files/", timeout=10).status_code == 200
+
+
+def test_a_connection_the_handshake_loop_cannot_take_over_is_closed_and_the_loop_goes_on(
+        inst: Instance, monkeypatch: pytest.MonkeyPatch) -> None:
+    alice = inst.clients["alice"]
+    with running(inst) as server:
+        loop = server.handshakes
+        monkeypatch.setattr(loop, "_first_stage", once(RuntimeError("a bug"), loop._first_stage))
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw, \
+                pytest.raises((ssl.SSLError, ConnectionResetError)):
+            client_context(inst, alice).wrap_socket(raw, server_hostname="127.0.0.1")
+        with session_for(inst) as s:
+            assert s.get(f"https://127.0.0.1:{server.port}/files/", timeout=10).status_code == 200
