@@ -327,10 +327,14 @@ class HandshakeLoop:
             while self._wake_r.recv(4096):
                 pass
         while self._intake:
+            conn = self._intake.popleft()
             try:
-                self._admit(self._intake.popleft())
+                self._admit(conn)
             except Exception:  # noqa: BLE001 - one broken connection must not end the loop
-                log.exception("could not take over a new connection")
+                log.exception("could not take over a new connection; closed")
+                for entry in [e for e in self._order if e.conn is conn]:
+                    self._drop(entry)
+                _close(conn)
 
     def _admit(self, conn: TLSConnection) -> None:
         assert self._selector is not None
@@ -475,6 +479,17 @@ class HandshakeLoop:
         self._by_address.setdefault(address, {})[entry] = None
 
     def _step(self, entry: _Pending) -> None:
+        """Advance a pending connection as far as its bytes allow (:meth:`_advance`); an
+        unexpected error in doing so closes that connection, never the loop's thread
+        (which would leave every later connection waiting until the server stops)."""
+        try:
+            self._advance(entry)
+        except Exception:  # noqa: BLE001 - one broken connection must not end the loop
+            log.exception("connection from %s broke in the handshake loop; closed", entry.address or "?")
+            self._drop(entry)
+            _close(entry.conn)
+
+    def _advance(self, entry: _Pending) -> None:
         if entry.stage in (_AWAIT_HEADER, _SCREEN) and not self._before_tls(entry):
             return
         if entry.stage == _AFTER_HEADER:

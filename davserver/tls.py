@@ -20,6 +20,7 @@ import ssl
 import stat
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,30 @@ def send_close_notify(sock: socket.socket) -> None:
         sock.unwrap()
 
 
+def _close_abandoned_wrap(exc: BaseException) -> None:
+    """Close the ``ssl.SSLSocket`` a failed ``SSLContext.wrap_socket`` made and dropped.
+
+    ``SSLSocket._create`` (Python 3.11.7 and 3.12.1 ``ssl.py``, "See if we are
+    connected") takes the accepted socket's descriptor (``sock.detach()``) into a new
+    ``SSLSocket``, then checks the connection: when the peer reset it before the wrap
+    without sending a byte (a balancer's TCP check or a forward it aborted, when the
+    accept loop lags), ``getpeername()`` fails with ENOTCONN and the ``recv(1)`` after
+    it raises ECONNRESET, which leaves ``_create`` without closing that ``SSLSocket``.
+    Its descriptor stays open until the object is collected, which then warns
+    (``ResourceWarning: unclosed <ssl.SSLSocket ...>``, an error under the tests'
+    ``filterwarnings``). CPython gh-113280 fixed it (3.13.0 closes it; 3.11.7 and
+    3.12.1 do not). The only reference to it is the ``self`` of ``_create``'s frame in
+    `exc`'s traceback; it is closed there (a no-op when Python closed it itself)."""
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        code = frame.f_code
+        if code.co_name != "_create" or code.co_filename != ssl.__file__:
+            continue
+        abandoned = frame.f_locals.get("self")
+        if isinstance(abandoned, ssl.SSLSocket):
+            with contextlib.suppress(OSError):
+                abandoned.close()
+
+
 class DeferredHandshakeAdapter(BuiltinSSLAdapter):
     """Wraps accepted sockets without handshaking; ``TLSConnection.continue_handshake``,
     driven by the handshake loop (handshake.py), finishes the job."""
@@ -172,13 +197,19 @@ class DeferredHandshakeAdapter(BuiltinSSLAdapter):
         ``send-proxy-v2``: a LOCAL header, then RST) makes Python refuse the wrap
         (``ssl.py`` ``SSLSocket._create``: "Closed before TLS handshake with data in recv
         buffer", errno ENOTCONN), which cheroot's accept loop logged as a traceback; it is
-        raised as the reset it is (ECONNRESET, ``cheroot/connections.py:378`` drops it)."""
+        raised as the reset it is (ECONNRESET, ``cheroot/connections.py:378`` drops it).
+
+        A failed wrap leaves no descriptor open: `sock` is closed, and so is the
+        ``SSLSocket`` that Python had already made of it (:func:`_close_abandoned_wrap`).
+        Raises OSError (``ConnectionResetError`` for a peer gone) or ``ssl.SSLError``."""
         try:
             s = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        except ssl.SSLError as exc:
-            if exc.errno != errno.ENOTCONN:
-                raise
-            raise ConnectionResetError(errno.ECONNRESET, "the client left before it was accepted") from None
+        except BaseException as exc:
+            sock.close()  # still ours when the wrap failed before taking its descriptor
+            _close_abandoned_wrap(exc)
+            if isinstance(exc, ssl.SSLError) and exc.errno == errno.ENOTCONN:
+                raise ConnectionResetError(errno.ECONNRESET, "the client left before it was accepted") from None
+            raise
         return s, {}
 
     def connection_environ(self, sock: ssl.SSLSocket) -> dict[str, Any]:
