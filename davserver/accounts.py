@@ -205,7 +205,9 @@ def parse_accounts(raw: Any) -> Accounts:
 
 
 def load_accounts(path: Path) -> Accounts:
-    """Read the accounts file; a missing file is an instance with no accounts yet."""
+    """Read the accounts file at `path`; a missing file is an instance with no accounts
+    yet. Raises ConfigError (naming the file, and the account and key at fault) for a
+    file that cannot be read, is not YAML, or holds an invalid account."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

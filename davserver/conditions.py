@@ -250,6 +250,8 @@ class PreconditionServer(RequestServer):
         none: request_server.py:587) once its own checks (415, 400, 405, 409) would pass."""
         path = environ["PATH_INFO"]
         provider = self._davProvider
+        # WsgiDAV's own length reading, not framing.content_length: this predicts what
+        # super().do_MKCOL will decide (http1.py has already refused a malformed value).
         if (util.get_content_length(environ) == 0 and environ.get("HTTP_DEPTH", "0") == "0"
                 and not provider.exists(path, environ)):
             parent = provider.get_resource_inst(util.get_uri_parent(path), environ)

@@ -242,6 +242,7 @@ class Guard:
             return self._refuse_unparsable(environ, start_response, exc, raw, started)
         # From here on every layer, WsgiDAV's routing included, sees the one parsed path.
         environ["PATH_INFO"] = target.wsgi_path
+        context.target = target
         context.destination = destination
         path = target.path
         share_name = target.share or ""
@@ -404,10 +405,7 @@ class Guard:
         certificate holder is entitled to know. Every other refusal gets the generic page,
         linking only to the root (the share's existence is not confirmed); a 403 links back
         to the share the account may read."""
-        try:
-            target = parse_wsgi_path(environ.get("PATH_INFO", ""))
-        except BadTarget:
-            target = parse_wsgi_path("/")
+        target = request_context(environ).target or parse_wsgi_path("/")
         share = self._share(target.share or "")
         account = decision.account
         readable = share is not None and account is not None and share.may_read(account.name, account.groups)

@@ -22,7 +22,6 @@ from typing import Any
 from .access import Refusal
 from .framing import BadContentLength, content_length
 from .request_context import request_context
-from .target import BadTarget, parse_wsgi_path
 
 __all__ = ["Limits"]
 
@@ -53,13 +52,11 @@ def _names_a_file(environ: dict[str, Any]) -> bool:
     and refused as before). Only file types are read, nothing is opened, and the
     provider still confines the request itself (fs.py ``_loc_to_file_path``).
     """
-    share = request_context(environ).share
-    if share is None:
+    context = request_context(environ)
+    share, target = context.share, context.target
+    if share is None or target is None:
         return False  # the server root: a collection
-    try:
-        segments = parse_wsgi_path(environ.get("PATH_INFO", "")).segments[1:]
-    except BadTarget:
-        return False
+    segments = target.segments[1:]
     current = os.fspath(share.path)
     for index, name in enumerate(segments):
         current = os.path.join(current, name)
@@ -80,7 +77,7 @@ class Limits:
     ``DAV:propfind-finite-depth`` (RFC 4918 §9.1; of a file it becomes Depth 0), and the
     body of an XML method (``XML_METHODS``) over ``xml_body_bytes`` bytes is refused 413
     with ``Connection: close`` (a broken chunked body: 400). The refusal's reason goes to
-    ``environ["davserver.limit"]`` for the audit line."""
+    the request context (``RequestContext.refuse``) for the audit line."""
 
     def __init__(self, app: Callable[..., Iterable[bytes]], *, xml_body_bytes: int) -> None:
         self.app = app

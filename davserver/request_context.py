@@ -46,6 +46,9 @@ class RequestContext:
 
     #: The client certificate of the connection (tls.py), None without one.
     cert: CertIdentity | None = None
+    #: The request target, parsed once by the guard (target.py); None before it did or
+    #: when the guard refused it as unparsable.
+    target: Target | None = None
     #: A COPY or MOVE's Destination, parsed once by the guard (target.parse_destination);
     #: fs.py rewrites it to the names on disk. None for other methods.
     destination: Target | None = None

@@ -20,6 +20,7 @@ import pytest
 import davserver.copymove
 import davserver.fs
 import davserver.guard
+import davserver.limits
 import davserver.listing
 from davserver import request_context as rc
 from davserver.request_context import CONTEXT_KEY, RequestContext, begin, request_context
@@ -180,3 +181,27 @@ def test_one_context_and_one_destination_parse_per_request(inst: Instance, monke
     assert all(obj is get_context for label, obj in get_seen if label != "begin")
     assert get_context.may_write and get_context.csrf is not None and "files" in get_context.visible_shares
     assert rc.CONTEXT_KEY == "davserver.request"
+
+
+def test_the_request_target_is_parsed_once_and_read_by_the_limits_layer(
+        inst: Instance, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PROPFIND with Depth infinity on a file goes through limits.py's file check (Depth
+    infinity of a file becomes Depth 0): the target it looks at is the guard's parse, from
+    the context; no target parser runs after the guard's one."""
+    seen: list[tuple[str, Any]] = []
+    for name in ("parse_request_target", "parse_wsgi_path"):
+        _recording(monkeypatch, davserver.guard, name, seen, name)
+        if hasattr(davserver.limits, name):
+            _recording(monkeypatch, davserver.limits, name, seen, "limits." + name)
+    with running(inst) as server:
+        s = session_for(inst, "alice")
+        assert s.put(server.url + "files/ctx-depth.txt", data=b"x").status_code in (201, 204)
+        seen.clear()
+        r = s.request("PROPFIND", server.url + "files/ctx-depth.txt", headers={"Depth": "infinity"})
+        assert r.status_code == 207, r.text
+        assert "ctx-depth.txt" in r.text
+        propfind_seen = list(seen)
+        seen.clear()
+        r = s.request("PROPFIND", server.url + "files/", headers={"Depth": "infinity"})
+        assert r.status_code == 403 and "propfind-finite-depth" in r.text  # a folder: still refused
+    assert [label for label, _ in propfind_seen] in (["parse_request_target"], ["parse_wsgi_path"]), propfind_seen
