@@ -547,9 +547,13 @@ def _key_usage(*, cert_sign: bool = False) -> x509.KeyUsage:
 
 
 def _parse_serial(text: str) -> str:
-    """Accept hex serials the way people paste them: any case, 0x prefix, colons or spaces."""
+    """Accept hex serials the way people paste them: any case, 0x prefix, colons or spaces,
+    and leading zeros however many (a viewer may pad to its own width); at most 40 hex
+    digits after those (RFC 5280 §4.1.2.2: 20 octets). Returns `serial_hex`'s text;
+    raises PKIError for anything else."""
     cleaned = text.strip().replace(":", "").replace(" ", "")
     cleaned = cleaned[2:] if cleaned.lower().startswith("0x") else cleaned
+    cleaned = cleaned.lstrip("0") or ("0" if cleaned else "")
     if not re.fullmatch(r"[0-9A-Fa-f]{1,40}", cleaned):
         raise PKIError(f"{text!r} is not a hex serial; see `davserver cert list` for serials")
     return serial_hex(int(cleaned, 16))

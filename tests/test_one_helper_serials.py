@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from davserver.auth.identity import parse_certificate
-from davserver.pki import CertificateAuthority, load_crl_serials, serial_hex
+from davserver.pki import CertificateAuthority, PKIError, _parse_serial, load_crl_serials, serial_hex
 from davserver.server import DavServer
 
 from .conftest import Instance, running, session_for
@@ -97,3 +97,17 @@ def test_a_revoked_certificate_with_an_awkward_serial_is_refused(inst: Instance,
         assert refused.status_code == 401
         assert last_reason(inst, "revoked") == "revoked"
         assert session_for(inst, "bob").get(server.url + "ro/").status_code == 200
+
+
+@pytest.mark.parametrize("pasted", [
+    "1DA7", "0x1da7", "00:1D:A7", "1d a7", "0" * 40 + "1DA7", "0x" + "0" * 60 + "1da7", " 001DA7 ",
+])
+def test_a_serial_is_taken_however_it_is_padded(pasted: str) -> None:
+    assert _parse_serial(pasted) == "1DA7"
+
+
+@pytest.mark.parametrize("pasted", ["", "0x", "::", "1" * 41, "0" + "F" * 41, "1DA7G", "-1DA7", "１DA7"])
+def test_a_serial_that_is_no_serial_is_refused(pasted: str) -> None:
+    """Above 40 significant hex digits (20 octets, RFC 5280 §4.1.2.2), empty, or not hex."""
+    with pytest.raises(PKIError):
+        _parse_serial(pasted)
