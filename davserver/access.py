@@ -93,6 +93,9 @@ class Refusal(StrEnum):
     ANSWER_TOO_LARGE = "answer_too_large"  # a PROPFIND's estimated answer (fastpath.check_propfind)
     PROPFIND_NAMES_EXCEEDED = "propfind_names_exceeded"  # more names than properties.max_propfind_names
     LOCK_OWNER_TOO_LARGE = "lock_owner_too_large"  # a LOCK's <D:owner> over locks.max_owner_bytes
+    # 408: the request did not arrive whole within its deadline (limits.header_seconds for the
+    # header section, limits.body_min_bytes_per_second for the body: metering.BodyTimeout)
+    REQUEST_TIMEOUT = "request_timeout"
     # what the filesystem or WebDAV said, when no layer named a reason
     BAD_REQUEST = "bad_request"
     NOT_FOUND = "not_found"
@@ -113,6 +116,7 @@ _BY_STATUS = {
     403: Refusal.FORBIDDEN,
     404: Refusal.NOT_FOUND,
     405: Refusal.METHOD_NOT_ALLOWED,
+    408: Refusal.REQUEST_TIMEOUT,
     409: Refusal.CONFLICT,
     412: Refusal.PRECONDITION_FAILED,
     413: Refusal.TOO_LARGE,

@@ -29,7 +29,7 @@ from .csrf import CsrfTokens
 from .error_pages import browser_error_page
 from .framing import has_body
 from .issuance import renew as renew_certificate
-from .metering import AuditedResponse, CountedInput, body_deadline
+from .metering import AuditedResponse, BodyTimeout, CountedInput, body_deadline
 from .renewal import Renewals
 from .request_context import RequestContext, begin, request_context
 from .revocation import RevocationList
@@ -128,6 +128,15 @@ def _printable(raw: bytes | str) -> str:
 def _has_body(environ: dict[str, Any]) -> bool:
     """Whether the request announced a body (which an early answer leaves unread)."""
     return has_body(environ)
+
+
+def _body_timed_out(start_response: StartResponse) -> list[bytes]:
+    """The 408 of a request whose body came too slowly (metering.BodyTimeout), closing
+    the connection (its reading side is already shut)."""
+    body = b"request body came too slowly\n"
+    start_response("408 Request Timeout", [("Content-Type", "text/plain; charset=utf-8"),
+                                           ("Content-Length", str(len(body))), ("Connection", "close")])
+    return [body]
 
 
 class Guard:
@@ -296,6 +305,9 @@ class Guard:
         )
         try:
             body = self.app(environ, recording_start_response)
+        except BodyTimeout:  # read above WsgiDAV's error pages (limits.py's chunked XML body)
+            context.refuse(Refusal.REQUEST_TIMEOUT)
+            body = _body_timed_out(recording_start_response)
         except Exception:
             finish(0, False)
             raise
@@ -367,6 +379,9 @@ class Guard:
         else:
             try:
                 body, decision = self.stepup.handle(environ, recording, found.account, cert)
+            except BodyTimeout:  # its form came too slowly
+                decision = Decision.deny(Refusal.REQUEST_TIMEOUT, found.account, status=408)
+                body = _body_timed_out(recording)
             except StoreUnavailable as exc:
                 log.error("step-up page: %s", exc)
                 decision = Decision.deny(Refusal.STORE_UNAVAILABLE, found.account, status=503)

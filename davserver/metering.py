@@ -3,8 +3,10 @@
 guard.py wraps every request it lets through in these: :class:`CountedInput` counts the
 body the application read (``bytes_in``) and, through :func:`body_deadline`, keeps the
 connection's watchdog deadline (watchdog.py) ahead of a client that sends at least
-``limits.body_min_bytes_per_second`` after ``limits.body_grace_seconds``; a slower one
-loses the connection as if it had left. :class:`AuditedResponse` counts the answer
+``limits.body_min_bytes_per_second`` after ``limits.body_grace_seconds``; from a slower one
+the watchdog ends the reading side, and the read that meets that end raises
+:class:`BodyTimeout` (408) instead of handing a cut body to the application as if it were
+whole. :class:`AuditedResponse` counts the answer
 (``bytes_out``) and calls back when the server closes it (PEP 3333: ``close`` is always
 called), where the guard writes the one audit line. Nothing here decides anything.
 """
@@ -16,15 +18,39 @@ from typing import Any
 
 from .config import LimitsConfig
 from .framing import BadContentLength, content_length
+from .upstream import DAVError
 from .watchdog import current_connection
 
-__all__ = ["AuditedResponse", "CountedInput", "body_deadline"]
+__all__ = ["BODY_DEADLINE", "AuditedResponse", "BodyTimeout", "CountedInput", "body_deadline"]
+
+#: What :func:`body_deadline` arms the watchdog for (``conn.deadline_passed`` once it passed).
+BODY_DEADLINE = "request body"
+
+
+class BodyTimeout(DAVError):
+    """The request body stopped arriving at ``limits.body_min_bytes_per_second``: the
+    watchdog ended the connection's reading side (watchdog.end_reading) and a read met
+    that end. Answered ``408 Request Timeout`` (RFC 9110 §15.5.9: the request did not
+    arrive whole in the time the server was prepared to wait) with ``Connection: close``,
+    never processed with the part that came. A DAVError, so WsgiDAV's handlers (a PUT's
+    copy loop, an XML body's parse) pass it on as the answer."""
+
+    def __init__(self) -> None:
+        super().__init__(408, "The request body came too slowly.", add_headers=[("Connection", "close")])
+
+
+def _raise_if_cut() -> None:
+    """Raise BodyTimeout when the current connection's body deadline has passed."""
+    conn = current_connection()
+    if conn is not None and getattr(conn, "deadline_passed", None) == BODY_DEADLINE:
+        raise BodyTimeout
 
 
 class CountedInput:
     """wsgi.input wrapper that counts the bytes the application read (``count``), and
     keeps the body's watchdog deadline ahead of a client that sends at a fair rate:
-    ``on_progress(count, eof)`` is called after every ``read``."""
+    ``on_progress(count, eof)`` is called after every ``read``. A read that ends (empty,
+    or an error of the stream) because that deadline passed raises :class:`BodyTimeout`."""
 
     def __init__(self, stream: Any, on_progress: Callable[[int, bool], None] | None = None) -> None:
         self._stream = stream
@@ -32,28 +58,45 @@ class CountedInput:
         self._on_progress = on_progress
 
     def read(self, *args: Any) -> bytes:
-        """The stream's ``read``, counted."""
-        data: bytes = self._stream.read(*args)
+        """The stream's ``read``, counted; raises BodyTimeout for a body cut by its deadline."""
+        try:
+            data: bytes = self._stream.read(*args)
+        except (OSError, ValueError):  # a chunked body cut mid-chunk, a TLS stream cut
+            _raise_if_cut()
+            raise
+        size = args[0] if args else None
+        if size is None or size < 0 or len(data) < size:  # it met the end: a cut one or the body's
+            _raise_if_cut()
         self.count += len(data)
         if self._on_progress is not None:
             self._on_progress(self.count, not data)
         return data
 
     def readline(self, *args: Any) -> bytes:
-        """The stream's ``readline``, counted."""
-        data: bytes = self._stream.readline(*args)
+        """The stream's ``readline``, counted; raises BodyTimeout as ``read`` does."""
+        try:
+            data: bytes = self._stream.readline(*args)
+        except (OSError, ValueError):
+            _raise_if_cut()
+            raise
+        if not data.endswith(b"\n"):  # it met the end (or the size asked): maybe a cut one
+            _raise_if_cut()
         self.count += len(data)
         return data
 
     def readlines(self, *args: Any) -> list[bytes]:
-        """The stream's ``readlines``, counted."""
-        lines: list[bytes] = self._stream.readlines(*args)
+        """The stream's ``readlines``, counted; raises BodyTimeout as ``read`` does."""
+        try:
+            lines: list[bytes] = self._stream.readlines(*args)
+        except (OSError, ValueError):
+            _raise_if_cut()
+            raise
+        _raise_if_cut()  # readlines reads to the end: a cut end is a cut body
         self.count += sum(len(line) for line in lines)
         return lines
 
     def __iter__(self) -> Iterator[bytes]:
-        for line in self._stream:
-            self.count += len(line)
+        while line := self.readline():
             yield line
 
 
@@ -102,12 +145,12 @@ def body_deadline(
     if expected == 0 and not environ.get("HTTP_TRANSFER_ENCODING"):
         return None
     rate = limits.body_min_bytes_per_second
-    watchdog.arm(conn, started + limits.body_grace_seconds, "request body")
+    watchdog.arm(conn, started + limits.body_grace_seconds, BODY_DEADLINE)
 
     def progress(count: int, eof: bool) -> None:
         if eof or (expected is not None and count >= expected):
             watchdog.disarm(conn)
         else:
-            watchdog.arm(conn, started + limits.body_grace_seconds + count / rate, "request body")
+            watchdog.arm(conn, started + limits.body_grace_seconds + count / rate, BODY_DEADLINE)
 
     return progress

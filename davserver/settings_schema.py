@@ -191,7 +191,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         'limits.body_grace_seconds', 'float', 30.0, lo=1.0,
-        doc='… once this many seconds have passed (0 rate: off)',
+        doc=('… once this many seconds have passed (0 rate: off); a slower body is answered 408 '
+             '(reason `request_timeout`), never processed'),
     ),
     Setting(
         'limits.max_tree_depth', 'int', 256, lo=1, hi=400,
