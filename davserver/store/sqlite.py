@@ -82,8 +82,8 @@ class SQLiteStore(StateStore):
     """The state store in the SQLite file `path` (created with its folder, mode 0600).
     `busy_timeout`: seconds a write waits for the file's write lock before
     StoreUnavailable (SQLite's busy timeout). Sign-in failure counters and lockouts are
-    its `lockouts` driver (store/sqlite_lockout.py, which migrates the ``locks`` table of
-    earlier releases on open). Opening raises StoreUnavailable when the file cannot be
+    its `lockouts` driver (store/sqlite_lockout.py, which also reads and clears the
+    ``locks`` table of earlier releases). Opening raises StoreUnavailable when the file cannot be
     opened or written now, OSError when its folder cannot be made."""
 
     def __init__(self, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
