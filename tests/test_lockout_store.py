@@ -1,10 +1,12 @@
 """The `LockoutStore` contract (store/base.py), run against both drivers: SQLite
 (store/sqlite_lockout.py) and a real Redis (store/redis_lockout.py); failures counted by
-two processes at once are all counted; lockouts stored by earlier releases (the SQLite
-table ``locks``, the Redis keys ``lock:``) are migrated when the store opens."""
+two processes at once are all counted; lockouts stored by the release before (the SQLite
+table ``locks``, the Redis keys ``lock:``), whenever written, are read beside the new
+names (the later end wins) and lifted with them, and never written."""
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 import uuid
@@ -18,7 +20,7 @@ import redis
 from davserver.auth.lockout import Lockouts
 from davserver.store.base import LockoutStore, StateStore
 from davserver.store.redis import RedisStore
-from davserver.store.redis_lockout import MIGRATED_MARKER, RedisLockouts
+from davserver.store.redis_lockout import RedisLockouts
 from davserver.store.sqlite import SQLiteStore
 from davserver.store.sqlite_lockout import SQLiteLockouts
 
@@ -246,51 +248,141 @@ def _assert_kept(lockouts: Lockouts) -> None:
     assert not lockouts.renewed(RENEWED, "FFFF", NOW)
 
 
+def _write_legacy(where: tuple[str, str], key: str, until: float) -> None:
+    """Lock `key` out until `until` as a process of the release before does, beside this one
+    (commit aaf05ca: store/sqlite.py ``set_lock``, an upsert into ``locks`` keeping the later
+    end; store/redis.py ``set_lock``, ``P lock:<key>`` = repr(until) with TTL until + 60 s)."""
+    kind, at = where
+    if kind == "redis":
+        url, prefix = at.split(" ")
+        raw = redis.Redis.from_url(url)
+        try:
+            raw.set(f"{prefix}lock:{key}", repr(until), ex=max(60, math.ceil(until - time.time()) + 60))
+        finally:
+            raw.close()
+        return
+    db = sqlite3.connect(at, isolation_level=None, timeout=10)
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS locks (key TEXT PRIMARY KEY, until REAL NOT NULL)")  # its schema
+        db.execute("INSERT INTO locks VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET until = MAX(until, excluded.until)",
+                   (key, until))
+    finally:
+        db.close()
+
+
+def _legacy_keys(where: tuple[str, str]) -> set[str]:
+    """The lockout keys held under the name of the release before."""
+    kind, at = where
+    if kind == "redis":
+        url, prefix = at.split(" ")
+        raw = redis.Redis.from_url(url)
+        try:
+            head = f"{prefix}lock:"
+            return {name.decode()[len(head):] for name in raw.scan_iter(match=f"{head}*")}  # no glob in `head`
+        finally:
+            raw.close()
+    db = sqlite3.connect(at)
+    try:
+        return {row[0] for row in db.execute("SELECT key FROM locks")}
+    finally:
+        db.close()
+
+
+def test_a_lockout_the_release_before_writes_while_this_one_runs_is_enforced(where: tuple[str, str]) -> None:
+    """Read both, write new: lockouts written under the old name AFTER this release opened
+    the store (a worker or node of the release before still running) are enforced, the later
+    end of a key held under both names wins, and this release writes only the new name."""
+    store = _open(*where)
+    try:
+        driver = store.lockouts
+        driver.set_lockout("acct:a:fp", until=100)
+        driver.set_lockout("acct:b:fp", until=500)
+        _write_legacy(where, "acct:a:fp", 200)  # later than this release's
+        _write_legacy(where, "acct:b:fp", 300)  # earlier than this release's
+        _write_legacy(where, "acct:c:fp", 400)  # only the release before's
+        _write_legacy(where, "acct:d:fp", 10)  # ended
+        assert driver.lockout_until("acct:a:fp", now=0) == 200
+        assert driver.lockout_until("acct:b:fp", now=0) == 500
+        assert driver.lockout_until("acct:c:fp", now=0) == 400
+        assert driver.lockout_until("acct:c:fp", now=400) is None, "ended at its end"
+        assert driver.lockout_until("acct:d:fp", now=20) is None
+        assert driver.any_locked_out(["acct:x:fp", "acct:a:fp"], now=150) is True, "the legacy end wins"
+        assert driver.any_locked_out(["acct:x:fp", "acct:c:fp"], now=350) is True
+        assert driver.any_locked_out(["acct:x:fp", "acct:d:fp"], now=20) is False
+        driver.set_lockout("acct:c:fp", until=350)  # earlier than the legacy end: still 400
+        assert driver.lockout_until("acct:c:fp", now=0) == 400
+        driver.set_lockout("acct:fresh:fp", until=FAR)
+        assert _legacy_keys(where) == {"acct:a:fp", "acct:b:fp", "acct:c:fp", "acct:d:fp"}, "never written"
+        # what the rules ask: bob's account-wide lockout and an address lockout of the release before
+        _write_legacy(where, "acct:bob:*", FAR)
+        _write_legacy(where, "addr:192.0.2.9", FAR)
+        lockouts = Lockouts(driver)
+        assert lockouts.is_locked_out("bob", "11" * 32, "", NOW)
+        assert lockouts.is_locked_out("erin", "22" * 32, "192.0.2.9", NOW)
+        assert not lockouts.is_locked_out("erin", "22" * 32, "192.0.2.10", NOW)
+    finally:
+        store.close()
+
+
+def test_unlocking_lifts_the_lockouts_of_both_releases(where: tuple[str, str]) -> None:
+    store = _open(*where)
+    try:
+        driver = store.lockouts
+        driver.set_lockout("acct:alice:fp", until=FAR)
+        _write_legacy(where, "acct:alice:fp", FAR + 1)  # the same key under both names: one lockout
+        _write_legacy(where, "acct:alice:*", FAR)  # account-wide, only under the old name
+        driver.set_lockout("acct:alice:fp2", until=FAR)  # only under the new name
+        for name in ("Alice", "a_ice", "al*", "alice2", "al%"):
+            _write_legacy(where, f"acct:{name}:fp", FAR)
+        driver.add_failure("acct:alice:fp:totp", now=0, window=FAR)
+        assert Lockouts(driver).unlock_account("alice") == 3
+        assert not driver.any_locked_out(["acct:alice:fp", "acct:alice:*", "acct:alice:fp2"], now=0)
+        assert driver.add_failure("acct:alice:fp:totp", now=1, window=FAR) == 1, "its counts went too"
+        assert _legacy_keys(where) == {f"acct:{n}:fp" for n in ("Alice", "a_ice", "al*", "alice2", "al%")}
+        for name in ("Alice", "a_ice", "al*", "alice2", "al%"):
+            assert driver.lockout_until(f"acct:{name}:fp", now=0) == FAR, name
+        assert driver.clear_lockouts_by_prefix("acct:a_") == 1, "_ is itself, not a wildcard"
+        assert driver.clear_lockouts_by_prefix("acct:al*") == 1, "* is itself"
+        assert driver.clear_lockouts_by_prefix("acct:al%") == 1, "% is itself"
+        assert driver.clear_lockouts_by_prefix("acct:alice:") == 0
+        # one address: under the old name only, then under both
+        _write_legacy(where, "addr:a", FAR)
+        _write_legacy(where, "addr:ab", FAR)
+        driver.note_lockout("addr:a", "alice", now=0, window=100)
+        assert driver.clear_lockout("addr:a") == 1
+        assert driver.clear_lockout("addr:a") == 0, "nothing left to lift"
+        assert driver.lockout_until("addr:a", now=0) is None
+        assert driver.lockout_until("addr:ab", now=0) == FAR, "a key is not a prefix"
+        assert driver.note_lockout("addr:a", "bob", now=2, window=100) == 1, "its notes went"
+        driver.set_lockout("addr:ab", until=FAR + 5)
+        assert driver.clear_lockout("addr:ab") == 1, "one lockout under two names counts once"
+        assert driver.lockout_until("addr:ab", now=0) is None
+        assert _legacy_keys(where) == {"acct:Alice:fp", "acct:alice2:fp"}
+    finally:
+        store.close()
+
+
 def test_a_state_file_of_the_release_before_keeps_its_lockouts(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     _before(path)
     store = SQLiteStore(path)
     try:
-        assert "locks" not in _tables(path) and "lockouts" in _tables(path)
+        assert {"locks", "lockouts"} <= _tables(path), "the release before may still be reading locks"
         lockouts = Lockouts(store.lockouts)
         _assert_kept(lockouts)
-        # the counters came along: one more wrong password is the third of that window
+        # the counters are shared: one more wrong password is the third of that window
         assert store.lockouts.add_failure(f"acct:alice:{ALICE}:password", NOW, 900) == 3
         assert lockouts.unlock_account("alice") == 1
         assert not lockouts.is_locked_out("alice", ALICE, "", NOW)
     finally:
         store.close()
-    again = SQLiteStore(path)  # a second open finds nothing to migrate
+    again = SQLiteStore(path)
     try:
         assert not Lockouts(again.lockouts).is_locked_out("alice", ALICE, "", NOW)
         assert Lockouts(again.lockouts).is_locked_out("bob", "11" * 32, "", NOW)
     finally:
         again.close()
-
-
-def test_a_key_in_both_tables_keeps_the_later_end(tmp_path: Path) -> None:
-    """A store of this release opened the file, then one of the release before recreated
-    ``locks`` (its schema) and wrote to it: the next open merges both."""
-    path = tmp_path / "state.db"
-    store = SQLiteStore(path)
-    store.lockouts.set_lockout("acct:a:fp", until=2000)
-    store.lockouts.set_lockout("acct:b:fp", until=5000)
-    store.close()
-    db = sqlite3.connect(path)
-    try:
-        with db:
-            db.execute("CREATE TABLE locks (key TEXT PRIMARY KEY, until REAL NOT NULL)")
-            db.executemany("INSERT INTO locks VALUES (?, ?)", [("acct:a:fp", 3000), ("acct:b:fp", 4000), ("x", 10)])
-    finally:
-        db.close()
-    store = SQLiteStore(path)
-    try:
-        assert "locks" not in _tables(path)
-        assert store.lockouts.lockout_until("acct:a:fp", now=0) == 3000
-        assert store.lockouts.lockout_until("acct:b:fp", now=0) == 5000
-        assert store.lockouts.lockout_until("x", now=0) == 10
-    finally:
-        store.close()
+    assert "locks" in _tables(path)
 
 
 def _open_file(path: str, index: int, barrier: Any, results: Any) -> None:
@@ -302,50 +394,70 @@ def _open_file(path: str, index: int, barrier: Any, results: Any) -> None:
         store.close()
 
 
-def test_processes_opening_a_file_of_the_release_before_at_once_migrate_it_once(tmp_path: Path) -> None:
+def test_processes_opening_a_file_of_the_release_before_at_once_all_enforce_its_lockouts(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     _before(path)
     assert run_spawned(_open_file, [(str(path), i) for i in range(3)], 3) == [True, True, True]
-    assert "locks" not in _tables(path)
+    assert "locks" in _tables(path)
 
 
-def _legacy_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
-
-
-def test_redis_lockouts_of_the_release_before_are_moved_once(redis_url: str) -> None:
+def test_redis_lockouts_of_the_release_before_are_read_in_place(redis_url: str) -> None:
     """The release before kept a lockout at ``P lock:<key>`` (its until as repr text, TTL
-    until + 60 s: store/redis.py ``set_lock``); they are moved to ``P lockout:<key>``."""
+    until + 60 s: store/redis.py ``set_lock``); they stay there, are enforced and are lifted
+    by an unlock; another deployment's and the WebDAV lock keys are not touched."""
     prefix = f"test-{uuid.uuid4().hex}:"
-    raw = _legacy_client(redis_url)
+    raw = redis.Redis.from_url(redis_url)
     try:
         ttl = int(FAR - time.time()) + 60
         for key, until in ((f"acct:alice:{ALICE}", FAR + 1), ("addr:192.0.2.7", FAR + 1), ("acct:bob:*", FAR),
                            (f"renewal:{RENEWED}:1A2B", FAR), (f"renewal:{RENEWED}", FAR),
                            (f"acct:carol:{CAROL}", 1000.0), ("acct:erin:fp", FAR)):
             raw.set(f"{prefix}lock:{key}", repr(until), ex=ttl)
-        raw.set(f"{prefix}lockout:acct:erin:fp", repr(FAR + 5), ex=ttl)  # already later under the new name
+        raw.set(f"{prefix}lockout:acct:erin:fp", repr(FAR + 5), ex=ttl)  # later under the new name
         raw.set(f"{prefix}dav:lock:token", "{}")  # a WebDAV lock: not a sign-in lockout
         raw.set(f"other-{prefix}lock:acct:alice:fp", repr(FAR))  # another deployment's
         store = RedisStore(redis_url, prefix=prefix)
         try:
-            _assert_kept(Lockouts(store.lockouts))
+            lockouts = Lockouts(store.lockouts)
+            _assert_kept(lockouts)
             assert store.lockouts.lockout_until("acct:erin:fp", now=0) == FAR + 5, "the later end wins"
-            assert raw.keys(f"{prefix}lock:*") == [], "every old key moved"
-            assert 0 < raw.ttl(f"{prefix}lockout:acct:bob:*") <= ttl, "its expiry came along"
+            assert len(raw.keys(f"{prefix}lock:*")) == 7, "nothing moved"
+            assert raw.get(f"{prefix}lockout:acct:bob:*") is None, "nothing written under the new name"
+            assert 0 < raw.ttl(f"{prefix}lock:acct:bob:*") <= ttl, "its expiry is its own"
+            raw.set(f"{prefix}lock:late", repr(FAR))  # written after this release started
+            assert store.lockouts.lockout_until("late", now=0) == FAR
+            assert lockouts.unlock_account("alice") == 1
+            assert not lockouts.is_locked_out("alice", ALICE, "", NOW)
+            assert raw.get(f"{prefix}lock:acct:alice:{ALICE}") is None
+            assert lockouts.unlock_address("192.0.2.7") == 1
+            assert raw.get(f"{prefix}lock:addr:192.0.2.7") is None
             assert raw.get(f"{prefix}dav:lock:token") == b"{}"
             assert raw.exists(f"other-{prefix}lock:acct:alice:fp")
-            assert raw.exists(prefix + MIGRATED_MARKER)
         finally:
             store.close()
-        raw.set(f"{prefix}lock:late", repr(FAR))  # written after the move (a node not upgraded)
-        again = RedisStore(redis_url, prefix=prefix)
-        try:
-            assert again.lockouts.lockout_until("late", now=0) is None, "the marker: no second scan"
-            assert again.lockouts.lockout_until("acct:bob:*", now=0) == FAR
-        finally:
-            again.close()
     finally:
         for name in raw.scan_iter(match=f"*{prefix}*"):
             raw.delete(name)
+        raw.close()
+
+
+def test_redis_legacy_lockouts_are_cleared_only_under_the_deployments_own_prefix(redis_url: str) -> None:
+    """The deployment prefix's glob characters are literal in the SCAN of the old name too."""
+    tag = uuid.uuid4().hex[:8]
+    odd_prefix, plain_prefix = f"t{tag}[1]*?\\:", f"t{tag}1x\\:"  # the unescaped pattern would match both
+    raw = redis.Redis.from_url(redis_url)
+    odd = RedisStore(redis_url, prefix=odd_prefix)
+    try:
+        for prefix in (odd_prefix, plain_prefix):
+            raw.set(f"{prefix}lock:acct:alice:fp", repr(FAR), ex=3600)
+        raw.set(f"{odd_prefix}lock:acct:alice2:fp", repr(FAR), ex=3600)
+        assert odd.lockouts.clear_lockouts_by_prefix("acct:alice:") == 1
+        assert odd.lockouts.lockout_until("acct:alice:fp", now=0) is None
+        assert odd.lockouts.lockout_until("acct:alice2:fp", now=0) == FAR
+        assert raw.get(f"{plain_prefix}lock:acct:alice:fp") == repr(FAR).encode()
+    finally:
+        odd.close()
+        for prefix in (odd_prefix, plain_prefix):
+            for name in (f"{prefix}lock:acct:alice:fp", f"{prefix}lock:acct:alice2:fp"):
+                raw.delete(name)
         raw.close()

@@ -93,7 +93,10 @@ class LockoutStore(Protocol):
 
     Drivers: store/sqlite_lockout.py (`SQLiteLockouts`, tables ``failures``, ``lockouts``,
     ``lockout_accounts``) and store/redis_lockout.py (`RedisLockouts`, keys ``fail:``,
-    ``lockout:``, ``lockouts:`` under the deployment prefix)."""
+    ``lockout:``, ``lockouts:`` under the deployment prefix). Each also reads and clears,
+    never writes, the lockouts of releases before this one (table ``locks``, keys
+    ``lock:``), which may run beside it on the same store: a lockout's end is the later
+    of both names."""
 
     def add_failure(self, key: str, now: float, window: float) -> int:
         """Count one failure for `key` at `now`; a count whose window (`window` seconds from

@@ -4,8 +4,8 @@ Everything two nodes may race on is one atomic step: accepting an OTP step
 and changing an invitation are Lua scripts. Values are JSON (never pickle),
 expiry is Redis's own key TTL (never a scan), and every key carries the
 deployment's prefix. Sign-in failure counters and lockouts are the store's
-`RedisStore.lockouts` driver (store/redis_lockout.py: its keys, its scripts and
-the migration of the ``lock:`` keys of earlier releases).
+`RedisStore.lockouts` driver (store/redis_lockout.py: its keys, its scripts, and
+the ``lock:`` keys of earlier releases, read and cleared beside its own).
 
 If Redis is unreachable the store raises StoreUnavailable; the guard turns
 that into a refusal (fail closed), never into a login without the check.

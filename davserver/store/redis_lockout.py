@@ -12,19 +12,23 @@ racing nodes never lose a count; `RedisLockouts.any_locked_out` is one MGET.
 command, not the request path) under a MATCH pattern whose glob characters (of the
 deployment prefix too) are escaped, so it matches the exact, case-sensitive prefix.
 
-Releases before this one kept a lockout at ``P lock:<key>``. The first call of each
-process moves any such key to ``P lockout:<key>`` (one Lua step per key: the later end
-wins, the TTL goes with it) unless the marker ``P migrated:lockout-keys`` says a process
-did it already, then sets the marker; so lockouts and pending renewal revocations
-survive the upgrade at the cost of one EXISTS per process. A node of an earlier release
-still running after that writes ``lock:`` keys the new nodes do not see: upgrade every
-node of a deployment together (docs/scaling.md).
+Releases before this one (up to commit aaf05ca) keep a lockout at ``P lock:<key>``, with
+the same value and TTL. That name is read and cleared, never written: a node (or worker,
+or CLI) of the release before may run beside this one on the same Redis (a rolling
+upgrade, a supervisor restarting one worker from the upgraded code, a rollback and a
+second upgrade), writing ``lock:`` keys at any time. So every read of a lockout
+(`RedisLockouts.lockout_until`, `RedisLockouts.any_locked_out`: one MGET of both names)
+takes the later end of ``lockout:<key>`` and ``lock:<key>``, every clear
+(`RedisLockouts.clear_lockouts_by_prefix`, `RedisLockouts.clear_lockout`) deletes both,
+and a new lockout is written under ``lockout:`` only; no key is moved, no marker kept. A
+lockout the earlier release writes is enforced here whenever it was written; one this
+release writes is not seen by the earlier release (docs/scaling.md). The failure counters
+and the per-address notes kept their names, so both releases share them.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -33,12 +37,11 @@ import redis as redis_lib
 
 from .base import LockoutStore
 
-__all__ = ["LEGACY_KIND", "MIGRATED_MARKER", "RedisKeys", "RedisLockouts", "glob_escape"]
+__all__ = ["LEGACY_KIND", "RedisKeys", "RedisLockouts", "glob_escape"]
 
-#: The key kind earlier releases kept lockouts under (``P lock:<key>``), migrated once.
+#: The key kind releases before this one keep lockouts under (``P lock:<key>``): read and
+#: cleared, never written.
 LEGACY_KIND = "lock"
-#: The key (under the prefix) that says the ``lock:`` keys were migrated.
-MIGRATED_MARKER = "migrated:lockout-keys"
 
 # KEYS[1] = failure counter (hash: n, window_end); ARGV = now, window seconds.
 _ADD_FAILURE = """
@@ -74,18 +77,14 @@ redis.call('EXPIRE', KEYS[1], math.ceil(window) + 60)
 return redis.call('ZCARD', KEYS[1])
 """
 
-# KEYS[1] = a lockout under its earlier name, KEYS[2] = the same under its name now.
-# Moves it (with its TTL) unless the new key ends later; 1 when there was one to move.
-_MIGRATE_ONE = """
-local old = redis.call('GET', KEYS[1])
-if not old then return 0 end
-local ttl = redis.call('PTTL', KEYS[1])
-local new = tonumber(redis.call('GET', KEYS[2]) or '-1')
-if tonumber(old) > new then
-  if ttl > 0 then redis.call('SET', KEYS[2], old, 'PX', ttl) else redis.call('SET', KEYS[2], old) end
+# KEYS = pairs of one key's lockout under its name now and under its earlier name.
+# Deletes both of each pair; returns how many pairs held at least one.
+_CLEAR_PAIRS = """
+local n = 0
+for i = 1, #KEYS, 2 do
+  if redis.call('DEL', KEYS[i], KEYS[i + 1]) > 0 then n = n + 1 end
 end
-redis.call('DEL', KEYS[1])
-return 1
+return n
 """
 
 _GLOB_SPECIALS = frozenset("*?[]\\")
@@ -120,98 +119,76 @@ class RedisLockouts(LockoutStore):
         self._add_failure = client.register_script(_ADD_FAILURE)
         self._set_lockout = client.register_script(_SET_LOCKOUT)
         self._note_lockout = client.register_script(_NOTE_LOCKOUT)
-        self._migrate_one = client.register_script(_MIGRATE_ONE)
-        self._migrated = False
-        self._migrating = threading.Lock()
+        self._clear_pairs = client.register_script(_CLEAR_PAIRS)
 
     def _k(self, kind: str, key: str) -> str:
         return f"{self._store.prefix}{kind}:{key}"
 
-    def _ready(self) -> None:
-        """Migrate the ``lock:`` keys of earlier releases once per process (module docstring)."""
-        if self._migrated:
-            return
-        with self._migrating:
-            if not self._migrated:
-                self._migrate()
-                self._migrated = True
-
-    def _migrate(self) -> int:
-        """Move every ``P lock:<key>`` to ``P lockout:<key>`` unless the marker says it was
-        done; returns how many were moved. Raises StoreUnavailable (then tried again at
-        the next call)."""
-        call, client = self._store.call, self._store.client
-        marker = self._store.prefix + MIGRATED_MARKER
-        if call(client.exists, marker):
-            return 0
-        legacy = self._k(LEGACY_KIND, "")
-        moved = 0
-        for raw in call(self._scan_all, glob_escape(legacy) + "*"):
-            name = raw.decode() if isinstance(raw, bytes) else str(raw)
-            key = name[len(legacy):]
-            moved += int(call(self._migrate_one, keys=[name, self._k("lockout", key)]))
-        call(client.set, marker, "1")
-        return moved
+    def _both(self, key: str) -> list[str]:
+        """The names of `key`'s lockout: now (``P lockout:<key>``), then before (``P lock:<key>``)."""
+        return [self._k("lockout", key), self._k(LEGACY_KIND, key)]
 
     def _scan_all(self, pattern: str) -> list[bytes]:
         return list(self._store.client.scan_iter(match=pattern, count=1000))
 
     def add_failure(self, key: str, now: float, window: float) -> int:
         """See LockoutStore.add_failure: one Lua step on ``P fail:<key>``."""
-        self._ready()
         return int(self._store.call(self._add_failure, keys=[self._k("fail", key)], args=[now, window]))
 
     def clear_failures(self, key: str) -> None:
         """See LockoutStore.clear_failures."""
-        self._ready()
         self._store.call(self._store.client.delete, self._k("fail", key))
 
     def set_lockout(self, key: str, until: float) -> None:
-        """See LockoutStore.set_lockout: one Lua step on ``P lockout:<key>``, which outlives
-        `until` by a minute (`lockout_until` compares with the caller's clock)."""
-        self._ready()
+        """See LockoutStore.set_lockout: one Lua step on ``P lockout:<key>`` (never ``P
+        lock:<key>``: a later end there wins at every read), which outlives `until` by a
+        minute (`lockout_until` compares with the caller's clock)."""
         ttl = max(60, math.ceil(until - time.time()) + 60)
         self._store.call(self._set_lockout, keys=[self._k("lockout", key)], args=[repr(until), ttl])
 
     def lockout_until(self, key: str, now: float) -> float | None:
-        """See LockoutStore.lockout_until."""
-        self._ready()
-        raw = self._store.call(self._store.client.get, self._k("lockout", key))
-        if raw is None:
-            return None
-        until = float(raw)
-        return until if until > now else None
+        """See LockoutStore.lockout_until: one MGET of ``P lockout:<key>`` and ``P lock:<key>``,
+        the later end."""
+        values = self._store.call(self._store.client.mget, self._both(key))
+        until = max((float(raw) for raw in values if raw is not None), default=None)
+        return until if until is not None and until > now else None
 
     def any_locked_out(self, keys: list[str], now: float) -> bool:
-        """See LockoutStore.any_locked_out: one MGET."""
+        """See LockoutStore.any_locked_out: one MGET of both names of every key."""
         if not keys:
             return False
-        self._ready()
-        values = self._store.call(self._store.client.mget, [self._k("lockout", key) for key in keys])
+        values = self._store.call(self._store.client.mget, [name for key in keys for name in self._both(key)])
         return any(raw is not None and float(raw) > now for raw in values)
 
     def clear_lockouts_by_prefix(self, prefix: str) -> int:
-        """See LockoutStore.clear_lockouts_by_prefix: SCAN of ``P lockout:<prefix>*`` and
-        ``P fail:<prefix>*`` (escaped), DEL in batches of 500."""
-        self._ready()
-        lifted = 0
-        for kind in ("lockout", "fail"):
-            pattern = glob_escape(self._k(kind, prefix)) + "*"
-            found = self._store.call(self._scan_all, pattern)
-            for i in range(0, len(found), 500):
-                n = int(self._store.call(self._store.client.delete, *found[i:i + 500]))
-                lifted += n if kind == "lockout" else 0
-        return lifted
+        """See LockoutStore.clear_lockouts_by_prefix: SCAN of ``P lockout:<prefix>*``, ``P
+        lock:<prefix>*`` and ``P fail:<prefix>*`` (escaped: the exact prefix), then DEL in
+        batches of 500; a key held under both names is deleted under both and counts once."""
+        call = self._store.call
+        lifted: set[str] = set()
+        for kind in ("lockout", LEGACY_KIND):
+            head = self._k(kind, "")
+            for raw in call(self._scan_all, glob_escape(self._k(kind, prefix)) + "*"):
+                name = raw.decode() if isinstance(raw, bytes) else str(raw)
+                lifted.add(name[len(head):])
+        pairs = sorted(lifted)
+        n = 0
+        for i in range(0, len(pairs), 250):
+            names = [name for key in pairs[i:i + 250] for name in self._both(key)]
+            n += int(call(self._clear_pairs, keys=names))
+        found = call(self._scan_all, glob_escape(self._k("fail", prefix)) + "*")
+        for i in range(0, len(found), 500):
+            call(self._store.client.delete, *found[i:i + 500])
+        return n
 
     def note_lockout(self, address: str, account: str, now: float, window: float) -> int:
         """See LockoutStore.note_lockout: one Lua step on the zset ``P lockouts:<address>``."""
-        self._ready()
         keys = [self._k("lockouts", address)]
         return int(self._store.call(self._note_lockout, keys=keys, args=[repr(now), repr(window), account]))
 
     def clear_lockout(self, key: str) -> int:
-        """See LockoutStore.clear_lockout."""
-        self._ready()
-        n = int(self._store.call(self._store.client.delete, self._k("lockout", key)))
+        """See LockoutStore.clear_lockout: one DEL of ``P lockout:<key>`` and ``P lock:<key>``
+        (1 when either was there), one of its counter and notes."""
+        n = int(self._store.call(self._store.client.delete, *self._both(key)))
         self._store.call(self._store.client.delete, self._k("fail", key), self._k("lockouts", key))
-        return n
+        return 1 if n else 0

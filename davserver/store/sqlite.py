@@ -14,9 +14,12 @@ request that needed it is refused (503), never let through uncounted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import secrets
 import sqlite3
+import stat
 import threading
 import time
 from pathlib import Path
@@ -78,18 +81,51 @@ def _unavailable(exc: sqlite3.OperationalError) -> Exception:
     return StoreUnavailable(f"state store (sqlite): {exc}") if code in _UNAVAILABLE else exc
 
 
+def _private_file(path: Path) -> None:
+    """Make the database file `path` readable by its owner only before SQLite opens it:
+    created 0600 when missing (whatever the umask: fchmod), an existing one's group and
+    other bits removed (0644 becomes 0600; an owner-only mode is left as it is), and the
+    -wal and -shm an older installation left chmod 0600. SQLite creates its -wal and -shm
+    with the main file's mode (sqlite3.c: unixOpen through findCreateFileMode for the
+    -wal, unixOpenSharedMemory for the -shm, both fchmod in robust_open), so they are
+    never readable by others either: they hold the same bytes (CSRF key, TLS ticket keys,
+    grants). `path.parent` may be a folder others can enter (``state.path`` names any
+    file). Raises OSError when the file cannot be made or its mode cannot be set (not
+    its owner)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        made = False
+    else:
+        made = True
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if made:
+            os.fchmod(fd, 0o600)  # exactly, whatever the umask took away
+        elif mode & 0o077:
+            os.fchmod(fd, mode & 0o700 or 0o600)  # others' bits go; a read-only file stays read-only
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{suffix}", 0o600)
+
+
 class SQLiteStore(StateStore):
-    """The state store in the SQLite file `path` (created with its folder, mode 0600).
-    `busy_timeout`: seconds a write waits for the file's write lock before
-    StoreUnavailable (SQLite's busy timeout). Sign-in failure counters and lockouts are
-    its `lockouts` driver (store/sqlite_lockout.py, which migrates the ``locks`` table of
-    earlier releases on open). Opening raises StoreUnavailable when the file cannot be
-    opened or written now, OSError when its folder cannot be made."""
+    """The state store in the SQLite file `path` (created with its folder, mode 0600; its
+    -wal and -shm get the same mode: `_private_file`). `busy_timeout`: seconds a write
+    waits for the file's write lock before StoreUnavailable (SQLite's busy timeout).
+    Sign-in failure counters and lockouts are its `lockouts` driver
+    (store/sqlite_lockout.py, which also reads and clears the ``locks`` table of earlier
+    releases). Opening raises StoreUnavailable when the file cannot be opened or written
+    now, OSError when its folder cannot be made or its files' modes cannot be set."""
 
     def __init__(self, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _private_file(path)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()

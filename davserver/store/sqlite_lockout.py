@@ -1,16 +1,25 @@
 """The SQLite driver of sign-in lockouts (`LockoutStore`), in the state store's file.
 
-Three tables, created when the store opens:
+Four tables, created when the store opens:
 
 * ``failures`` (key, count, window_end): a failure counter per key;
 * ``lockouts`` (key, until): a lockout per key, ``until`` in POSIX seconds;
-* ``lockout_accounts`` (address, account, at): the accounts locked out from an address.
+* ``lockout_accounts`` (address, account, at): the accounts locked out from an address;
+* ``locks`` (key, until): where releases before this one (up to commit aaf05ca) keep
+  their lockouts, with the same columns (a name that says WebDAV lock: the WebDAV locks
+  are ``dav_locks``, store/davstate.py).
 
-Releases before this one kept the lockouts in a table named ``locks`` (a name that says
-WebDAV lock: the WebDAV locks are ``dav_locks``, store/davstate.py). Opening a file that
-still has it moves its rows into ``lockouts`` (keeping the later end of a key held in
-both) and drops it, in one IMMEDIATE transaction, so lockouts and pending renewal
-revocations survive the upgrade; processes opening the file at once migrate it once.
+``locks`` is read and cleared, never written, and never dropped: a process of the
+release before may run beside this one on the same file (the other workers of a
+supervisor, the server while an upgraded CLI runs, a rollback and a second upgrade),
+reading and writing ``locks`` on every request. So every read of a lockout
+(`SQLiteLockouts.lockout_until`, `SQLiteLockouts.any_locked_out`) looks in both tables
+and takes the later end, every clear (`SQLiteLockouts.clear_lockouts_by_prefix`,
+`SQLiteLockouts.clear_lockout`) deletes from both, and a new lockout goes to
+``lockouts`` only. A lockout the earlier release writes at any time, before or after
+this release opened the file, is enforced; one this release writes is not seen by the
+earlier release (docs/scaling.md). The failure counters and the per-address notes kept
+their names, so both releases share them.
 
 Every operation that must not race is one statement or one IMMEDIATE transaction on the
 store's connection of this thread (store/sqlite.py), as the rest of the store.
@@ -26,15 +35,25 @@ from .base import LockoutStore
 
 __all__ = ["LEGACY_TABLE", "SCHEMA", "SQLiteFile", "SQLiteLockouts"]
 
-SCHEMA = """
+#: The table releases before this one keep sign-in lockouts in: read and cleared, never written.
+LEGACY_TABLE = "locks"
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS failures (key TEXT PRIMARY KEY, count INTEGER NOT NULL, window_end REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS lockouts (key TEXT PRIMARY KEY, until REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS lockout_accounts (
     address TEXT NOT NULL, account TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (address, account));
+CREATE TABLE IF NOT EXISTS {LEGACY_TABLE} (key TEXT PRIMARY KEY, until REAL NOT NULL);
 """
 
-#: The table earlier releases kept sign-in lockouts in; migrated into ``lockouts`` on open.
-LEGACY_TABLE = "locks"
+# The later end of one key in either table (one statement: one snapshot of both).
+_UNTIL = (f"SELECT MAX(until) FROM (SELECT until FROM lockouts WHERE key = ?1 "  # noqa: S608 - a constant
+          f"UNION ALL SELECT until FROM {LEGACY_TABLE} WHERE key = ?1)")
+
+# Exact, case-sensitive prefix: not LIKE, which ignores case (`alice` would lift `Alice`)
+# and treats `_` and `%` as wildcards. substr() counts characters, as len() does; `=`
+# compares bytes (BINARY). ?1 = len(prefix), ?2 = prefix.
+_BY_PREFIX = "substr(key, 1, ?1) = ?2"
 
 
 class SQLiteFile(Protocol):
@@ -48,24 +67,14 @@ class SQLiteFile(Protocol):
         """A context that runs its block in one IMMEDIATE transaction."""
 
 
-def _has_table(db: sqlite3.Connection, name: str) -> bool:
-    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
-
-
 class SQLiteLockouts(LockoutStore):
     """Sign-in failure counters and lockouts in the SQLite file of `store`. Creating it
-    creates the tables and migrates the ``locks`` table of earlier releases (see the
-    module docstring); raises StoreUnavailable when the file cannot be written now."""
+    creates the tables (``locks`` of the releases before too, when missing: see the module
+    docstring); raises StoreUnavailable when the file cannot be written now."""
 
     def __init__(self, store: SQLiteFile) -> None:
         self._store = store
         store.connection().executescript(SCHEMA)
-        if _has_table(store.connection(), LEGACY_TABLE):
-            with store.transaction() as db:
-                if _has_table(db, LEGACY_TABLE):  # another process may have just done it
-                    db.execute(f"INSERT INTO lockouts (key, until) SELECT key, until FROM {LEGACY_TABLE} "  # noqa: S608
-                               "WHERE true ON CONFLICT(key) DO UPDATE SET until = MAX(until, excluded.until)")
-                    db.execute(f"DROP TABLE {LEGACY_TABLE}")
 
     def add_failure(self, key: str, now: float, window: float) -> int:
         """See LockoutStore.add_failure: a read then a write in one IMMEDIATE transaction."""
@@ -81,36 +90,39 @@ class SQLiteLockouts(LockoutStore):
         self._store.connection().execute("DELETE FROM failures WHERE key = ?", (key,))
 
     def set_lockout(self, key: str, until: float) -> None:
-        """See LockoutStore.set_lockout: one upsert keeping the later end."""
+        """See LockoutStore.set_lockout: one upsert into ``lockouts`` keeping the later end
+        (a later end in ``locks`` wins at every read)."""
         self._store.connection().execute(
             "INSERT INTO lockouts VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET until = MAX(until, excluded.until)",
             (key, until),
         )
 
     def lockout_until(self, key: str, now: float) -> float | None:
-        """See LockoutStore.lockout_until."""
-        row = self._store.connection().execute(
-            "SELECT until FROM lockouts WHERE key = ? AND until > ?", (key, now)).fetchone()
-        return float(row[0]) if row else None
+        """See LockoutStore.lockout_until: the later end in ``lockouts`` and ``locks``, one query."""
+        row = self._store.connection().execute(_UNTIL, (key,)).fetchone()
+        return float(row[0]) if row is not None and row[0] is not None and row[0] > now else None
 
     def any_locked_out(self, keys: list[str], now: float) -> bool:
-        """See LockoutStore.any_locked_out: one query on the primary key."""
+        """See LockoutStore.any_locked_out: one query on the primary keys of ``lockouts`` and
+        ``locks``."""
         if not keys:
             return False
         marks = ",".join("?" * len(keys))
-        sql = f"SELECT 1 FROM lockouts WHERE key IN ({marks}) AND until > ? LIMIT 1"  # noqa: S608 - only ? marks
-        return self._store.connection().execute(sql, (*keys, now)).fetchone() is not None
+        sql = (f"SELECT 1 FROM lockouts WHERE key IN ({marks}) AND until > ? UNION ALL "  # noqa: S608 - only ? marks
+               f"SELECT 1 FROM {LEGACY_TABLE} WHERE key IN ({marks}) AND until > ? LIMIT 1")
+        return self._store.connection().execute(sql, (*keys, now, *keys, now)).fetchone() is not None
 
     def clear_lockouts_by_prefix(self, prefix: str) -> int:
-        """See LockoutStore.clear_lockouts_by_prefix: lockouts and counters in one IMMEDIATE
-        transaction."""
-        # Not LIKE: it ignores case (`alice` would lift `Alice`) and treats `_` and `%` as
-        # wildcards. substr() counts characters, as len() does; `=` compares bytes (BINARY).
+        """See LockoutStore.clear_lockouts_by_prefix: lockouts (of ``lockouts`` and ``locks``)
+        and counters in one IMMEDIATE transaction; a key held in both tables counts once."""
         args = (len(prefix), prefix)
         with self._store.transaction() as db:
-            n = db.execute("DELETE FROM lockouts WHERE substr(key, 1, ?) = ?", args).rowcount
-            db.execute("DELETE FROM failures WHERE substr(key, 1, ?) = ?", args)
-        return int(n)
+            row = db.execute(f"SELECT COUNT(*) FROM (SELECT key FROM lockouts WHERE {_BY_PREFIX} "  # noqa: S608
+                             f"UNION SELECT key FROM {LEGACY_TABLE} WHERE {_BY_PREFIX})", args).fetchone()
+            db.execute(f"DELETE FROM lockouts WHERE {_BY_PREFIX}", args)  # noqa: S608 - constants only
+            db.execute(f"DELETE FROM {LEGACY_TABLE} WHERE {_BY_PREFIX}", args)  # noqa: S608
+            db.execute(f"DELETE FROM failures WHERE {_BY_PREFIX}", args)  # noqa: S608
+        return int(row[0])
 
     def note_lockout(self, address: str, account: str, now: float, window: float) -> int:
         """See LockoutStore.note_lockout: one IMMEDIATE transaction, which also drops the
@@ -126,9 +138,11 @@ class SQLiteLockouts(LockoutStore):
         return int(row[0])
 
     def clear_lockout(self, key: str) -> int:
-        """See LockoutStore.clear_lockout: one IMMEDIATE transaction."""
+        """See LockoutStore.clear_lockout: one IMMEDIATE transaction, deleting `key` from
+        ``lockouts`` and ``locks``; 1 when either held it."""
         with self._store.transaction() as db:
             n = db.execute("DELETE FROM lockouts WHERE key = ?", (key,)).rowcount
+            n += db.execute(f"DELETE FROM {LEGACY_TABLE} WHERE key = ?", (key,)).rowcount  # noqa: S608
             db.execute("DELETE FROM failures WHERE key = ?", (key,))
             db.execute("DELETE FROM lockout_accounts WHERE address = ?", (key,))
-        return int(n)
+        return 1 if n else 0
