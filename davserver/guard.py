@@ -256,7 +256,8 @@ class Guard:
         path = target.path
         share_name = target.share or ""
         share = self._share(share_name)
-        counted = CountedInput(environ.get("wsgi.input"), body_deadline(environ, self.config.limits, started))
+        counted = CountedInput(environ.get("wsgi.input"), body_deadline(environ, self.config.limits, started),
+                               on_cut=lambda: context.refuse(Refusal.REQUEST_TIMEOUT))
         environ["wsgi.input"] = counted
         if share_name == STEPUP_PREFIX and share is None:
             return self._stepup(environ, start_response, path, started, counted)

@@ -39,10 +39,14 @@ class BodyTimeout(DAVError):
         super().__init__(408, "The request body came too slowly.", add_headers=[("Connection", "close")])
 
 
-def _raise_if_cut() -> None:
-    """Raise BodyTimeout when the current connection's body deadline has passed."""
+def _raise_if_cut(on_cut: Callable[[], None] | None) -> None:
+    """Raise BodyTimeout when the current connection's body deadline has passed, after
+    ``on_cut()`` (the guard records the audit reason there: a reader below may already
+    have recorded another, e.g. http1.ChunkedBody's bad_framing for the cut chunk)."""
     conn = current_connection()
     if conn is not None and getattr(conn, "deadline_passed", None) == BODY_DEADLINE:
+        if on_cut is not None:
+            on_cut()
         raise BodyTimeout
 
 
@@ -50,23 +54,26 @@ class CountedInput:
     """wsgi.input wrapper that counts the bytes the application read (``count``), and
     keeps the body's watchdog deadline ahead of a client that sends at a fair rate:
     ``on_progress(count, eof)`` is called after every ``read``. A read that ends (empty,
-    or an error of the stream) because that deadline passed raises :class:`BodyTimeout`."""
+    or an error of the stream) because that deadline passed calls ``on_cut()`` and raises
+    :class:`BodyTimeout`."""
 
-    def __init__(self, stream: Any, on_progress: Callable[[int, bool], None] | None = None) -> None:
+    def __init__(self, stream: Any, on_progress: Callable[[int, bool], None] | None = None,
+                 on_cut: Callable[[], None] | None = None) -> None:
         self._stream = stream
         self.count = 0
         self._on_progress = on_progress
+        self._on_cut = on_cut
 
     def read(self, *args: Any) -> bytes:
         """The stream's ``read``, counted; raises BodyTimeout for a body cut by its deadline."""
         try:
             data: bytes = self._stream.read(*args)
         except (OSError, ValueError):  # a chunked body cut mid-chunk, a TLS stream cut
-            _raise_if_cut()
+            _raise_if_cut(self._on_cut)
             raise
         size = args[0] if args else None
         if size is None or size < 0 or len(data) < size:  # it met the end: a cut one or the body's
-            _raise_if_cut()
+            _raise_if_cut(self._on_cut)
         self.count += len(data)
         if self._on_progress is not None:
             self._on_progress(self.count, not data)
@@ -77,10 +84,10 @@ class CountedInput:
         try:
             data: bytes = self._stream.readline(*args)
         except (OSError, ValueError):
-            _raise_if_cut()
+            _raise_if_cut(self._on_cut)
             raise
         if not data.endswith(b"\n"):  # it met the end (or the size asked): maybe a cut one
-            _raise_if_cut()
+            _raise_if_cut(self._on_cut)
         self.count += len(data)
         return data
 
@@ -89,9 +96,9 @@ class CountedInput:
         try:
             lines: list[bytes] = self._stream.readlines(*args)
         except (OSError, ValueError):
-            _raise_if_cut()
+            _raise_if_cut(self._on_cut)
             raise
-        _raise_if_cut()  # readlines reads to the end: a cut end is a cut body
+        _raise_if_cut(self._on_cut)  # readlines reads to the end: a cut end is a cut body
         self.count += sum(len(line) for line in lines)
         return lines
 

@@ -144,3 +144,62 @@ def test_a_stalled_step_up_form_is_a_408(inst: Instance, fast: DavServer) -> Non
     answer, _ = _send(inst, fast, "POST", "/_davserver/stepup",
                       "Content-Type: application/x-www-form-urlencoded\r\nOrigin: https://x\r\n", form, stall=False)
     assert status_of(answer) == 403, answer[:300]
+
+
+# --- chunked bodies and 100-continue ---------------------------------------------------
+
+def test_a_stalled_chunked_put_is_a_408_audited_request_timeout(inst: Instance, fast: DavServer,
+                                                                 keep: bytes) -> None:
+    """WsgiDAV's chunked copy loop reads the cut body inside WsgiDAV's error pages. The
+    answer is the 408 and nothing is written, but the audit line said ``bad_framing``:
+    http1.ChunkedBody records that reason when the watchdog's end of stream cuts a chunk,
+    and only the guard's own catch (limits.py's XML read) replaces it."""
+    files = inst.home.root / "data/files"
+    before = len(_audit(inst))
+    for name in ("chunked.bin", "keep.txt"):
+        answer, waited = _send(inst, fast, "PUT", f"/files/{name}", "", b"c" * 5000, chunked=True, stall=True)
+        assert status_of(answer) == 408, answer[:300]
+        assert 1.5 < waited < 10, waited
+    assert not (files / "chunked.bin").exists()
+    assert (files / "keep.txt").read_bytes() == keep
+    found: list[tuple[object, object]] = []
+    deadline = time.monotonic() + 5
+    while len(found) < 2 and time.monotonic() < deadline:
+        found = [(r["status"], r["reason"]) for r in _audit(inst)[before:] if r.get("method") == "PUT"]
+        time.sleep(0.05)
+    assert found == [(408, "request_timeout")] * 2
+
+
+def test_a_fair_chunked_put_is_served(inst: Instance, fast: DavServer) -> None:
+    answer, _ = _send(inst, fast, "PUT", "/files/chunked.bin", "", b"c" * 5000, chunked=True, stall=False)
+    assert 200 <= status_of(answer) < 300, answer[:300]
+    assert (inst.home.root / "data/files/chunked.bin").read_bytes() == b"c" * 5000
+
+
+def _continue_put(inst: Instance, server: DavServer, *, stall: bool) -> tuple[bytes, bytes, float]:
+    tls = raw_tls(inst, server)
+    body = b"e" * 5000
+    tls.sendall(f"PUT /files/expect.bin HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH}\r\n"
+                f"Expect: 100-continue\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+    interim = tls.recv(4096)
+    started = time.monotonic()
+    tls.sendall(body[:500] if stall else body)
+    try:
+        return interim, read_response(tls), time.monotonic() - started
+    finally:
+        tls.close()
+
+
+def test_a_client_that_waits_for_100_continue_and_then_stalls_is_a_408(inst: Instance, fast: DavServer) -> None:
+    before = len(_audit(inst))
+    interim, answer, waited = _continue_put(inst, fast, stall=True)
+    assert interim.startswith(b"HTTP/1.1 100"), interim
+    assert status_of(answer) == 408, answer[:300]
+    assert _lines(inst, before, "PUT") == [(408, "request_timeout")]
+    assert not (inst.home.root / "data/files/expect.bin").exists()
+
+
+def test_a_client_that_waits_for_100_continue_then_sends_is_served(inst: Instance, fast: DavServer) -> None:
+    interim, answer, _ = _continue_put(inst, fast, stall=False)
+    assert interim.startswith(b"HTTP/1.1 100"), interim
+    assert 200 <= status_of(answer) < 300, answer[:300]

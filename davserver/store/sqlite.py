@@ -14,7 +14,6 @@ request that needed it is refused (503), never let through uncounted.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import secrets
@@ -90,17 +89,23 @@ def _private_file(path: Path) -> None:
     -wal, unixOpenSharedMemory for the -shm, both fchmod in robust_open), so they are
     never readable by others either: they hold the same bytes (CSRF key, TLS ticket keys,
     grants). `path.parent` may be a folder others can enter (``state.path`` names any
-    file). Raises OSError when the file cannot be made or its mode cannot be set (not
-    its owner)."""
+    file): a -wal or -shm that is a symlink is left alone (its target is not ours), and
+    nothing here blocks on a FIFO. Raises StoreUnavailable when `path` is not a regular
+    file, OSError when the file cannot be made or its mode cannot be set (not its
+    owner)."""
+    # O_NONBLOCK: a FIFO planted at the path must not block the open (SQLite alone fails at once).
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
     except FileExistsError:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         made = False
     else:
         made = True
     try:
-        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode):
+            raise StoreUnavailable(f"state store (sqlite) unavailable: {path} is not a regular file")
+        mode = stat.S_IMODE(found.st_mode)
         if made:
             os.fchmod(fd, 0o600)  # exactly, whatever the umask took away
         elif mode & 0o077:
@@ -108,8 +113,15 @@ def _private_file(path: Path) -> None:
     finally:
         os.close(fd)
     for suffix in ("-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(f"{path}{suffix}", 0o600)
+        try:  # never through a symlink planted there: its target is not ours to change
+            side = os.open(f"{path}{suffix}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
+        except OSError:
+            continue  # missing, or a symlink (ELOOP): SQLite decides what to do with it
+        try:
+            if stat.S_ISREG(os.fstat(side).st_mode):
+                os.fchmod(side, 0o600)
+        finally:
+            os.close(side)
 
 
 class SQLiteStore(StateStore):
