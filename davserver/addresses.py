@@ -12,6 +12,9 @@ import ipaddress
 
 __all__ = ["canonical_address", "client_block"]
 
+#: RFC 6052 §2.1: the NAT64 well-known prefix; the last 32 bits are the IPv4 client's address.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
 
 def canonical_address(text: str) -> str:
     """One spelling per address: surrounding space and an IPv6 zone (``%eth0``) dropped,
@@ -25,13 +28,22 @@ def canonical_address(text: str) -> str:
 
 def client_block(address: str) -> str:
     """The client a per-address bound counts: an IPv4 address as is (also when it arrives
-    IPv4-mapped on an IPv6 listener), an IPv6 address by its /64 prefix (``2001:db8::/64``),
-    since one subscriber is given a whole /64 (RFC 6177) and could otherwise take a fresh
-    address for every connection or account. Text that is no address is its own key."""
+    IPv4-mapped on an IPv6 listener); an IPv6 address that carries one IPv4 client's
+    address (NAT64's well-known prefix ``64:ff9b::/96``, RFC 6052; a Teredo client's
+    mapped address, RFC 4380 §4) by that IPv4 address, since the /64 of such an address
+    is shared by every client of the translator or relay; the loopback ``::1`` as is;
+    any other IPv6 address by its /64 prefix (``2001:db8::/64``), since one subscriber
+    is given a whole /64 (RFC 6177) and could otherwise take a fresh address for every
+    connection or account. Text that is no address is its own key."""
     try:
         canonical = canonical_address(address)
     except ValueError:
         return address
-    if ":" in canonical:
-        return str(ipaddress.IPv6Network((canonical, 64), strict=False))
-    return canonical
+    ip = ipaddress.ip_address(canonical)
+    if not isinstance(ip, ipaddress.IPv6Address) or ip.is_loopback:
+        return canonical
+    if ip in _NAT64:
+        return str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip.teredo is not None:
+        return str(ip.teredo[1])
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
