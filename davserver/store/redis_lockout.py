@@ -136,7 +136,7 @@ class RedisLockouts(LockoutStore):
         return int(self._store.call(self._add_failure, keys=[self._k("fail", key)], args=[now, window]))
 
     def clear_failures(self, key: str) -> None:
-        """See LockoutStore.clear_failures."""
+        """Forget the failure count of exactly `key` (nothing when there is none)."""
         self._store.call(self._store.client.delete, self._k("fail", key))
 
     def set_lockout(self, key: str, until: float) -> None:

@@ -86,7 +86,7 @@ class SQLiteLockouts(LockoutStore):
         return int(count)
 
     def clear_failures(self, key: str) -> None:
-        """See LockoutStore.clear_failures."""
+        """Forget the failure count of exactly `key` (nothing when there is none)."""
         self._store.connection().execute("DELETE FROM failures WHERE key = ?", (key,))
 
     def set_lockout(self, key: str, until: float) -> None:
