@@ -61,6 +61,7 @@ from .enrolment_audit import EnrolmentAudit
 from .framing import BadContentLength, content_length
 from .invitations import InvitationError, InvitationGone, Invitations, UnknownInvitation, token_digest
 from .issuance import IssuanceError, check_csr
+from .metering import BODY_DEADLINE
 from .pki import PKIError
 from .settings_schema import setting
 from .store.base import StateStore, StoreUnavailable
@@ -360,7 +361,8 @@ def read_form(environ: dict[str, Any], *, max_bytes: int = MAX_FORM_BYTES, deadl
     """The urlencoded form of a POST, or the status refusing it: 411 without
     ``Content-Length``, 413 above `max_bytes`, 400 for a body that is not UTF-8 form
     data or holds more than 12 fields. The body must arrive within `deadline` seconds
-    (the connection's watchdog ends the read otherwise)."""
+    (the connection's watchdog ends the read otherwise): a body cut by that deadline is
+    408 (RFC 9110 §15.5.9), as on the main listener (metering.BodyTimeout)."""
     try:
         size = content_length(environ)
     except BadContentLength:
@@ -376,7 +378,7 @@ def read_form(environ: dict[str, Any], *, max_bytes: int = MAX_FORM_BYTES, deadl
     phase = getattr(conn, "header_phase", None)
     phase = phase if getattr(phase, "counts_body", False) else None
     if watchdog is not None:
-        watchdog.arm(conn, time.monotonic() + deadline, "request body")
+        watchdog.arm(conn, time.monotonic() + deadline, BODY_DEADLINE)
     if phase is not None and size:
         phase.enter(conn, "request body")
     try:
@@ -387,7 +389,7 @@ def read_form(environ: dict[str, Any], *, max_bytes: int = MAX_FORM_BYTES, deadl
         if watchdog is not None:
             watchdog.disarm(conn)
     if len(body) != size:
-        return 400
+        return 408 if getattr(conn, "deadline_passed", None) == BODY_DEADLINE else 400
     try:
         parsed = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=12, strict_parsing=False)
     except (UnicodeDecodeError, ValueError):
@@ -579,7 +581,7 @@ class EnrolmentApp:
         form = read_form(environ, max_bytes=self.config.enrolment.form_bytes,
                          deadline=self.config.limits.header_seconds)
         if isinstance(form, int):
-            record["reason"] = "bad_form"
+            record["reason"] = "request_timeout" if form == 408 else "bad_form"
             return self._plain(start_response, form, "the form could not be read\n", environ, [("Connection", "close")])
         record["bytes_in"] = content_length(environ) or 0  # valid: the form was read
         p12_password, csr_pem, problem = check_delivery_form(form)

@@ -13,6 +13,7 @@ Real TLS, real certificates, the server's own watchdog (2 s grace, 20,000 bytes/
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 
@@ -20,7 +21,7 @@ import pytest
 
 from davserver.server import DavServer
 
-from .conftest import Instance, session_for
+from .conftest import Instance, client_context, session_for
 from .test_limits import AUTH, PROPFIND_BODY, fast, raw_tls, read_response, status_of
 
 __all__ = ["fast"]  # the fixture, imported for use here
@@ -203,3 +204,38 @@ def test_a_client_that_waits_for_100_continue_then_sends_is_served(inst: Instanc
     interim, answer, _ = _continue_put(inst, fast, stall=False)
     assert interim.startswith(b"HTTP/1.1 100"), interim
     assert 200 <= status_of(answer) < 300, answer[:300]
+
+
+# --- the enrolment listener's form -------------------------------------------------------
+
+def _enrolment_post(inst: Instance, server: DavServer, token: str, form: bytes, *, stall: bool) -> bytes:
+    assert server.enrolment is not None
+    with socket.create_connection(("127.0.0.1", server.enrolment.port), timeout=20) as plain, \
+            client_context(inst, None).wrap_socket(plain, server_hostname="127.0.0.1") as tls:
+        tls.sendall(f"POST /enrol/{token} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    "Content-Type: application/x-www-form-urlencoded\r\n"
+                    f"Content-Length: {len(form)}\r\n\r\n".encode())
+        tls.sendall(form[:10] if stall else form)
+        return read_response(tls)
+
+
+def test_a_stalled_enrolment_form_is_a_408(inst: Instance) -> None:
+    """The enrolment listener (no client certificate) reads its form with the same rule:
+    cut by its deadline (``limits.header_seconds``), 408 and audited ``request_timeout``;
+    the link stays unspent. Twin: the whole form is read and judged (a wrong password)."""
+    from .test_enrolment_hardening import invite, serving
+
+    form = b"password=wrong-password&p12_password=a-long-enough-p12-password&otp="
+    with serving(inst, {"header_seconds": 2}) as server:
+        token = invite(server)
+        started = time.monotonic()
+        answer = _enrolment_post(inst, server, token, form, stall=True)
+        assert status_of(answer) == 408, answer[:300]
+        assert time.monotonic() - started < 10
+        deadline = time.monotonic() + 5
+        while '"request_timeout"' not in (inst.home.root / "state/audit.log").read_text() and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert '"request_timeout"' in (inst.home.root / "state/audit.log").read_text()
+        answer = _enrolment_post(inst, server, token, form, stall=False)
+        assert status_of(answer) not in (0, 400, 408), answer[:300]
