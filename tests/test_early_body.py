@@ -23,7 +23,7 @@ from davserver.http1 import HTTP1Options, Lingerer
 from davserver.server import DavServer
 from davserver.tls import SocketReader
 
-from .conftest import Instance, client_context, running, server_process, session_for
+from .conftest import PROMPT_SECONDS, Instance, client_context, running, server_process, session_for
 
 AUTH = "Basic YWxpY2U6YWxpY2Utc2VjcmV0LXB3"  # alice:alice-secret-pw
 WRONG = "Basic YWxpY2U6d3Jvbmc="  # alice:wrong
@@ -334,8 +334,8 @@ def test_linger_seconds_ends_the_drain(inst: Instance) -> None:
     with running(inst) as srv:
         tls = refused_upload(inst, srv.port)  # then silent, connection kept open
         started = time.monotonic()
-        assert wait_for(lambda: lingerer(srv).counters["closed_time"] == 1, 5)
-        assert 0.8 < time.monotonic() - started < 3
+        assert wait_for(lambda: lingerer(srv).counters["closed_time"] == 1, 2 + PROMPT_SECONDS)
+        assert 0.8 < time.monotonic() - started < 1 + PROMPT_SECONDS
         assert lingerer(srv).lingering == 0
         tls.close()
 

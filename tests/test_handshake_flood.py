@@ -30,7 +30,7 @@ from davserver.config import ConfigError, load_config
 from davserver.pki import CertificateAuthority
 from davserver.server import DavServer
 
-from .conftest import Client, Instance, client_context, running, server_process, session_for
+from .conftest import PROMPT_SECONDS, Client, Instance, client_context, running, server_process, session_for
 
 
 def client_hello() -> bytes:
@@ -275,10 +275,11 @@ def test_flood_of_silent_and_trickling_connections_leaves_a_certificate_holder_s
     inst: Instance, source: str, caps: str
 ) -> None:
     """1,000 silent TCP connections plus 200 trickled ClientHellos from 127.0.0.1: alice's
-    fresh connection (new handshake) from the same or another address gets its listing in
-    under 0.5 s, and the server grows by less than 64 MiB. With caps above the flood every
-    attacking connection is still open when alice is served: nothing was evicted to make
-    room, the handshakes simply never reach a worker (before: 30 s and more)."""
+    fresh connection (new handshake) from the same or another address gets its listing at
+    once (measured: under 0.1 s; asserted: ``PROMPT_SECONDS``), and the server grows by
+    less than 64 MiB. With caps above the flood every attacking connection is still open
+    when alice is served: nothing was evicted to make room, the handshakes simply never
+    reach a worker (before: 30 s and more)."""
     configure(inst, **FLOOD_CAPS[caps])
     with server_process(inst) as (proc, url):
         port = int(url.rsplit(":", 1)[1].strip("/"))
@@ -289,7 +290,7 @@ def test_flood_of_silent_and_trickling_connections_leaves_a_certificate_holder_s
             latencies = [timed_get(inst, url, source=source, timeout=10) for _ in range(3)]
             rss_growth = rss_bytes(proc.pid) - rss_before
             closed = flood.closed_by_server()
-        assert max(latencies) < 0.5, latencies
+        assert max(latencies) < PROMPT_SECONDS, latencies
         assert rss_growth < 64 << 20, rss_growth
         if caps == "caps above the flood":
             assert closed == 0
@@ -306,7 +307,7 @@ def test_pending_handshakes_do_not_hold_the_two_workers(inst: Instance) -> None:
     handshakes are still pending."""
     with live(inst, server__threads=2) as server, Flood(server.port, silent=50, trickling=20):
         wait_for(lambda: server.handshakes.counters().pending == 70)
-        assert timed_get(inst, server.url) < 0.5
+        assert timed_get(inst, server.url) < PROMPT_SECONDS
         counters = server.handshakes.counters()
         assert counters.pending == 70
         assert counters.completed == 1
@@ -363,15 +364,16 @@ def test_per_address_cap_closes_that_address_oldest_handshake(inst: Instance) ->
         flood = [connect(server.port) for _ in range(15)]
         try:
             wait_for(lambda: server.handshakes.counters().accepted == 16)
-            assert [is_closed(s, wait=1.0 if i < 5 else 0.0) for i, s in enumerate(flood)] == [True] * 5 + [False] * 10
+            closed = [is_closed(s, wait=PROMPT_SECONDS if i < 5 else 0.0) for i, s in enumerate(flood)]
+            assert closed == [True] * 5 + [False] * 10
             assert not is_closed(bystander)
             assert server.handshakes.counters().evicted_per_address == 5
             # A real client behind the flooding address is newest: it gets through,
             # and its arrival closed the oldest remaining attacker.
-            assert timed_get(inst, server.url) < 0.5
+            assert timed_get(inst, server.url) < PROMPT_SECONDS
             counters = server.handshakes.counters()
             assert (counters.evicted_per_address, counters.evicted_total) == (6, 0)
-            assert is_closed(flood[5], wait=1.0)
+            assert is_closed(flood[5], wait=PROMPT_SECONDS)
             assert not is_closed(bystander)
         finally:
             for s in [bystander, *flood]:
@@ -384,9 +386,10 @@ def test_total_cap_closes_the_oldest_handshake_of_the_busiest_address(inst: Inst
         flood = [connect(server.port) for _ in range(25)]
         try:
             wait_for(lambda: server.handshakes.counters().accepted == 26)
-            assert [is_closed(s, wait=1.0 if i < 6 else 0.0) for i, s in enumerate(flood)] == [True] * 6 + [False] * 19
+            closed = [is_closed(s, wait=PROMPT_SECONDS if i < 6 else 0.0) for i, s in enumerate(flood)]
+            assert closed == [True] * 6 + [False] * 19
             assert not is_closed(bystander)
-            assert timed_get(inst, server.url, source="127.0.0.2") < 0.5
+            assert timed_get(inst, server.url, source="127.0.0.2") < PROMPT_SECONDS
             counters = server.handshakes.counters()
             assert (counters.evicted_total, counters.evicted_per_address) == (7, 0)
             assert not is_closed(bystander)
@@ -395,27 +398,32 @@ def test_total_cap_closes_the_oldest_handshake_of_the_busiest_address(inst: Inst
                 s.close()
 
 
+def syn_retransmits(s: socket.socket) -> int:
+    """How many segments the kernel retransmitted on connected socket `s`: for a socket that
+    has sent nothing yet, its SYNs (Linux ``struct tcp_info`` ``tcpi_total_retrans``, at
+    byte 100 of ``TCP_INFO``)."""
+    info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return int.from_bytes(info[100:104], "little")
+
+
 @pytest.mark.parametrize(("backlog", "retried"), [(None, False), (16, True)])
 def test_a_burst_of_connections_waits_in_the_listen_backlog(inst: Instance, backlog: int | None,
                                                             retried: bool) -> None:
     """1,000 connects in a burst, faster than accept(): the default backlog (1,024) queues
     them all at once; a backlog of 16 drops SYNs, and a dropped SYN costs its client a
-    second (the kernel's retry), whoever that client is."""
+    second (the kernel's retry), whoever that client is. The kernel's own count of
+    retransmitted SYNs tells the two apart, however busy the machine."""
     settings = {} if backlog is None else {"server__listen_backlog": backlog}
     with live(inst, **settings) as server:
         raise_own_file_limit(4096)
         socks: list[socket.socket] = []
         try:
-            started = time.monotonic()
-            slowest = 0.0
             for _ in range(1000):
-                before = time.monotonic()
                 socks.append(connect(server.port))
-                slowest = max(slowest, time.monotonic() - before)
-                if slowest > 0.9:
+                if syn_retransmits(socks[-1]):
                     break  # a SYN was dropped and retried
-            assert (slowest > 0.9) is retried, (slowest, time.monotonic() - started)
-            assert timed_get(inst, server.url) < 0.5
+            assert any(syn_retransmits(s) for s in socks) is retried, len(socks)
+            assert timed_get(inst, server.url) < PROMPT_SECONDS
         finally:
             for s in socks:
                 s.close()
@@ -429,13 +437,13 @@ def test_handshake_deadline_closes_unfinished_handshakes(inst: Instance, kind: s
             s = (flood.silent or [t for t, _ in flood.trickling])[0]
             started = time.monotonic()
             assert is_closed(s, wait=5.0)
-            assert 0.7 < time.monotonic() - started < 2.5
+            assert 0.7 < time.monotonic() - started < 1 + PROMPT_SECONDS
         assert server.handshakes.counters().timed_out >= 1
 
 
-@pytest.mark.parametrize(("deadline", "served"), [(4, True), (1, False)])
+@pytest.mark.parametrize(("deadline", "served"), [(8, True), (1, False)])
 def test_a_slow_handshake_completes_within_the_deadline(inst: Instance, deadline: int, served: bool) -> None:
-    """A ClientHello spread over 2 s: served within a 4 s deadline, cut off by a 1 s one."""
+    """A ClientHello spread over 2 s: served within an 8 s deadline, cut off by a 1 s one."""
     with live(inst, limits__handshake_seconds=deadline) as server:
         head = bio_request(server.port, client_context(inst, inst.clients["alice"]), hello_seconds=2.0)
         assert head.startswith(b"HTTP/1.1 200 ") is served

