@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import time
 from pathlib import Path
 
@@ -69,24 +71,27 @@ def test_a_lockout_an_earlier_release_writes_after_the_migration_marker_is_still
         later.close()
 
 
+def modes_of_a_new_store(folder: Path) -> dict[str, int]:
+    """Opens a new store at `folder`/state.db, writes to it (so SQLite makes its -wal and
+    -shm), and returns the permission bits of every file in `folder` by name."""
+    store = SQLiteStore(folder / "state.db")
+    try:
+        store.shared_secret("csrf", 32)
+        return {p.name: stat.S_IMODE(os.stat(p).st_mode) for p in folder.iterdir()}
+    finally:
+        store.close()
+
+
 def test_the_state_files_are_never_readable_by_others_in_a_shared_folder(tmp_path: Path) -> None:
     """``state.path`` may name a file in a folder others can enter (/var/lib/davserver made
     0755 by a package, or any existing folder: mkdir's mode does not apply to it). The
     file holds the CSRF key, the TLS ticket keys, grants and lockouts; its -wal and -shm
     hold the same bytes. Today state.db is chmod 0600 only after SQLite made it (umask
     mode until then) and the -wal/-shm made while it was so stay 0644 (also at aaf05ca)."""
-    import os
-    import stat
-
     folder = tmp_path / "shared"
     folder.mkdir(mode=0o755)
     folder.chmod(0o755)
-    store = SQLiteStore(folder / "state.db")
-    try:
-        store.shared_secret("csrf", 32)
-        modes = {p.name: stat.S_IMODE(os.stat(p).st_mode) for p in folder.iterdir()}
-    finally:
-        store.close()
+    modes = modes_of_a_new_store(folder)
     assert {name: mode for name, mode in modes.items() if mode & 0o077} == {}
 
 
@@ -94,9 +99,6 @@ def test_an_existing_installation_readable_by_others_is_tightened_when_opened(tm
     """An installation of an older release, its state.db, -wal and -shm 0644 (a process of
     that release still has them open): opening the store makes all three 0600, and the
     older process goes on using them."""
-    import os
-    import stat
-
     path = tmp_path / "state.db"
     old = sqlite3.connect(path, isolation_level=None)
     try:
@@ -122,17 +124,9 @@ def test_a_new_state_file_is_0600_whatever_the_umask(tmp_path: Path) -> None:
     """The umask takes bits away from what os.open asks; the file is made exactly 0600
     (a umask of 0277 would leave it 0400: a store that cannot write), and so are the -wal
     and -shm SQLite makes after it."""
-    import os
-    import stat
-
     before = os.umask(0o277)
     try:
-        store = SQLiteStore(tmp_path / "state.db")
-        try:
-            store.shared_secret("csrf", 32)
-            modes = {p.name: stat.S_IMODE(os.stat(p).st_mode) for p in tmp_path.iterdir()}
-        finally:
-            store.close()
+        modes = modes_of_a_new_store(tmp_path)
     finally:
         os.umask(before)
     assert modes == {"state.db": 0o600, "state.db-wal": 0o600, "state.db-shm": 0o600}
